@@ -1,0 +1,40 @@
+"""Data stage: read any supported file, validate and de-duplicate it, split it deterministically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecombot.data.builtin import builtin_path
+from ecombot.data.conversation import Conversation, normalise_text
+from ecombot.data.readers import FORMATS, read_file
+from ecombot.data.split import SPLITS, Split, leaked_questions, split_conversations, write_split
+from ecombot.data.validate import DataReport, clean
+from ecombot.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    split: Split
+    report: DataReport
+
+
+def load_conversations(path: str | Path | None) -> tuple[list[Conversation], DataReport]:
+    """Read and clean one file (None: the built-in dataset)."""
+    return clean(read_file(path if path is not None else builtin_path()))
+
+
+def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> PreparedData:
+    """The one way every command turns a data file into splits, so the same seed gives the same test set."""
+    convs, report = load_conversations(path)
+    if not convs:
+        raise DataError(report.path, None, None, f"no usable conversations (dropped: {dict(report.dropped)})")
+    split = split_conversations(convs, val_fraction, test_fraction, seed)
+    if not split.train:
+        raise DataError(report.path, None, None, f"only {len(convs)} usable conversation(s): too few to split")
+    return PreparedData(split, report)
+
+
+__all__ = ["Conversation", "DataReport", "FORMATS", "PreparedData", "SPLITS", "Split", "builtin_path", "clean",
+           "leaked_questions", "load_conversations", "normalise_text", "prepare", "read_file", "split_conversations",
+           "write_split"]

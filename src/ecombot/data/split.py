@@ -1,0 +1,71 @@
+"""Seeded train/validation/test split, stratified by intent, with no question shared across splits."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecombot.data.conversation import Conversation, normalise_text
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Split:
+    train: list[Conversation]
+    validation: list[Conversation]
+    test: list[Conversation]
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}
+
+
+def split_conversations(convs: list[Conversation], val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """Conversations sharing a normalised first question form one group and land in the same split.
+
+    Stratification: within each intent the groups are shuffled, and each group gets the rank
+    (k + 0.5) / n_intent; sorting all groups by that rank and cutting at the global fractions gives every
+    intent (close to) the same share in each split, even for intents with few examples.
+    """
+    rng = random.Random(seed)
+    groups: dict[str, list[Conversation]] = defaultdict(list)
+    for conv in convs:
+        groups[normalise_text(conv.question)].append(conv)
+    by_intent: dict[str, list[list[Conversation]]] = defaultdict(list)
+    for key in sorted(groups):
+        by_intent[groups[key][0].intent or ""].append(groups[key])
+    ranked = []
+    for intent in sorted(by_intent):
+        members = by_intent[intent]
+        rng.shuffle(members)
+        ranked += [((k + 0.5) / len(members), rng.random(), g) for k, g in enumerate(members)]
+    ranked.sort(key=lambda item: item[:2])
+    ordered = [g for _, _, g in ranked]
+    n_test, n_val = round(len(ordered) * test_fraction), round(len(ordered) * val_fraction)
+    flatten = lambda gs: [c for g in gs for c in g]  # noqa: E731
+    return Split(train=flatten(ordered[n_test + n_val:]), validation=flatten(ordered[n_test:n_test + n_val]),
+                 test=flatten(ordered[:n_test]))
+
+
+def leaked_questions(train: list[Conversation], other: list[Conversation]) -> list[str]:
+    """Normalised questions of `other` that also appear in `train` (must be empty for an honest test)."""
+    seen = {normalise_text(c.question) for c in train}
+    return sorted({normalise_text(c.question) for c in other} & seen)
+
+
+def write_split(split: Split, output: str | Path, extra: dict | None = None) -> Path:
+    """Write train/validation/test as chat JSONL (readable by every ecombot command) plus split.json."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        rows = "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in getattr(split, name))
+        tmp = output / f".{name}.jsonl.tmp"
+        tmp.write_text(rows, encoding="utf-8")
+        tmp.replace(output / f"{name}.jsonl")
+    info = {"counts": split.counts(), "leaked_test_questions": len(leaked_questions(split.train, split.test)),
+            "leaked_validation_questions": len(leaked_questions(split.train, split.validation)), **(extra or {})}
+    (output / "split.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return output

@@ -1,0 +1,100 @@
+"""Load a base model (optionally 4-bit for QLoRA) and a run's adapter on top of it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ecombot.errors import ModelError
+from ecombot.models.device import pick_device, resolve_precision
+from ecombot.models.registry import resolve_model
+from ecombot.models.template import ensure_chat_template
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    ensure_chat_template(tokenizer, AutoConfig.from_pretrained(str(model_dir)).model_type)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantize_4bit: bool = False,
+                    device: str | None = None):
+    """Full-precision weights, or NF4 4-bit weights (bitsandbytes; CPU and CUDA) for QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = device or pick_device()
+    kwargs: dict = {"dtype": dtype}
+    if quantize_4bit:
+        compute = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=torch.uint8)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: cannot load the model ({exc})") from None
+    if not quantize_4bit:
+        model.to(device)
+    return model
+
+
+def read_adapter_base(adapter_dir: Path) -> str:
+    """The model spec a run was trained on: its run config's `model`, else the adapter's base path."""
+    run_config = adapter_dir / "run_config.json"
+    if run_config.is_file():
+        return json.loads(run_config.read_text())["model"]
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
+    if not adapter_dir.is_dir() or missing:
+        raise ModelError(f"{adapter_dir}: not a trained ecombot run or PEFT adapter (missing {', '.join(missing) or 'dir'}); "
+                         "an unfinished run keeps its checkpoints in checkpoints/ (continue it with --resume)")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    model_dir: Path
+    device: str
+    precision: str
+    adapter_dir: Path | None = None
+
+
+def load_for_inference(model: str | None = None, adapter: str | Path | None = None,
+                       precision: str = "auto") -> LoadedModel:
+    """Base model (+ adapter) in the fastest exact-enough dtype: bf16 weights where the hardware has bf16."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter) if adapter else None
+    if adapter_dir is not None:
+        check_adapter_dir(adapter_dir)
+    spec = model or (read_adapter_base(adapter_dir) if adapter_dir else None)
+    if spec is None:
+        from ecombot.models.registry import DEFAULT_MODEL
+        spec = DEFAULT_MODEL
+    model_dir = resolve_model(spec)
+    device = pick_device()
+    precision = resolve_precision(precision, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    tokenizer = load_tokenizer(model_dir)
+    base = load_base_model(model_dir, dtype=dtype, device=device)
+    if adapter_dir is not None:
+        try:
+            base = PeftModel.from_pretrained(base, str(adapter_dir))
+        except Exception as exc:
+            raise ModelError(f"{adapter_dir}: the adapter does not fit base model {spec} ({type(exc).__name__}: {exc})") from None
+    base.eval()
+    return LoadedModel(base, tokenizer, model_dir, device, precision, adapter_dir)

