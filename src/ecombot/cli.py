@@ -1,0 +1,187 @@
+"""The `ecombot` command: a thin layer over the stage packages. Errors the user can fix print as one line."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ecombot.errors import EcombotError
+
+app = typer.Typer(help="Fine-tune a small LLM into an e-commerce support chatbot, then chat with it.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Path = typer.Argument(..., help="Data file: FAQ JSON, CSV, chat JSONL, ShareGPT, Alpaca or prompt/completion."),
+    model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
+    max_length: int = typer.Option(512, help="Token limit used to count truncated conversations."),
+    system_prompt: Optional[str] = typer.Option(None, help="System prompt included in the token counts."),
+    tokens: bool = typer.Option(True, help="Count tokens (loads the model's tokenizer)."),
+) -> None:
+    """Summarise a data file: format, rows, intents, token lengths, dropped rows and why."""
+    from ecombot.config import GENERIC_SYSTEM_PROMPT
+    from ecombot.data import load_conversations
+
+    convs, report = load_conversations(file)
+    if tokens and convs:
+        from ecombot.models import load_tokenizer, resolve_model
+        from ecombot.train.data import encode_conversations
+
+        tokenizer = load_tokenizer(resolve_model(model))
+        encoded = encode_conversations(convs, tokenizer, system_prompt or GENERIC_SYSTEM_PROMPT, max_length)
+        report.add_token_lengths(encoded.lengths, max_length)
+    table = Table(title=f"{file} ({report.format})", show_header=False)
+    table.add_row("rows read", str(report.rows_read))
+    table.add_row("kept", str(report.kept))
+    table.add_row("multi-turn", str(report.multi_turn))
+    table.add_row("intents", f"{len(report.intents)}" + (
+        ": " + ", ".join(f"{k} ({v})" for k, v in report.intents.most_common(12)) + (" ..." if len(report.intents) > 12 else "")
+        if report.intents else ""))
+    if report.token_percentiles:
+        table.add_row("tokens", ", ".join(f"{k} {v}" for k, v in report.token_percentiles.items()))
+        table.add_row(f"longer than {max_length}", str(report.truncated))
+    for reason, count in report.dropped.most_common():
+        table.add_row(f"dropped: {reason}", f"{count} (e.g. {', '.join(report.dropped_examples[reason])})")
+    console.print(table)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="Data file in any supported format."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for train/validation/test.jsonl."),
+    seed: int = typer.Option(42, help="Split seed (train uses the same default)."),
+    val_fraction: float = typer.Option(0.1, help="Share of conversations for validation."),
+    test_fraction: float = typer.Option(0.1, help="Share of conversations for test."),
+) -> None:
+    """Write a deterministic, intent-stratified train/validation/test split (chat JSONL)."""
+    from ecombot.data import leaked_questions, prepare, write_split
+
+    prepared = prepare(file, val_fraction, test_fraction, seed)
+    write_split(prepared.split, output, extra={"seed": seed, "source": str(file)})
+    counts = prepared.split.counts()
+    leaks = len(leaked_questions(prepared.split.train, prepared.split.test))
+    dropped = sum(prepared.report.dropped.values())
+    console.print(f"{output}: train {counts['train']}, validation {counts['validation']}, test {counts['test']} "
+                  f"(seed {seed}); dropped {dropped}; test questions also in train: {leaks}")
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the documented default training config (YAML) to copy and edit."""
+    from ecombot.config import default_yaml_text
+
+    sys.stdout.write(default_yaml_text())
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see `ecombot config`)."),
+    data: Optional[str] = typer.Option(None, help="Data file in any supported format (default: built-in dataset)."),
+    model: Optional[str] = typer.Option(None, help="'gemma-3-270m', a model directory, a .gguf file or a Hub id."),
+    method: Optional[str] = typer.Option(None, help="lora, qlora or dora."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training split."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    output: Optional[str] = typer.Option(None, help="Run directory (default runs/<method>)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
+    seed: Optional[int] = typer.Option(None, help="Seed for split, initialisation and shuffling."),
+    precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Fine-tune a base model into a support bot; writes a run directory with a PEFT adapter."""
+    from ecombot.config import load_config
+    from ecombot.train import train as run_training
+
+    cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
+                      output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
+                      seed=seed, precision=precision)
+    result = run_training(cfg, resume=resume, overwrite=overwrite)
+    r = result.results
+    console.print(f"[green]done[/green]: {result.run_dir}  steps {r['steps']}, best validation loss "
+                  f"{r['best_val_loss'] if r['best_val_loss'] is None else round(r['best_val_loss'], 4)} "
+                  f"(step {r['best_step']}), {r['tokens_per_s']:.0f} tokens/s")
+
+
+@app.command()
+def chat(
+    adapter: Optional[Path] = typer.Option(None, help="Run directory of a trained adapter (default: base model only)."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the one the adapter was trained on)."),
+    once: Optional[str] = typer.Option(None, help="Answer this one question and exit (for scripts)."),
+    context: List[str] = typer.Option([], help="KEY=VALUE filling placeholders, e.g. 'Order Number=A123'."),
+    system_prompt: Optional[str] = typer.Option(None, help="Store system prompt (default: the run's)."),
+    max_new_tokens: int = typer.Option(200, help="Longest answer in tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
+    repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
+) -> None:
+    """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers)."""
+    import json
+
+    from ecombot.chat import Decoding, Engine, answer_streaming, parse_context, repl
+    from ecombot.config import BUILTIN_SYSTEM_PROMPT
+    from ecombot.models import load_for_inference
+
+    try:
+        values = parse_context(context)
+    except ValueError as exc:
+        raise EcombotError(str(exc)) from None
+    loaded = load_for_inference(model=model, adapter=adapter)
+    if system_prompt is None:
+        run_config = adapter / "run_config.json" if adapter else None
+        system_prompt = (json.loads(run_config.read_text()).get("system_prompt") if run_config and run_config.is_file()
+                         else BUILTIN_SYSTEM_PROMPT)
+    engine = Engine(loaded, system_prompt, Decoding(max_new_tokens, temperature, repetition_penalty))
+    if once is not None:
+        answer_streaming(engine, [{"role": "user", "content": once}], values)
+        return
+    repl(engine, values)
+
+
+@app.command()
+def quickstart(
+    output: str = typer.Option("runs/quickstart", help="Run directory for the quickstart adapter."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps (default tuned to ~15 min on 2 CPU cores)."),
+) -> None:
+    """The main job: fine-tune the default model on the built-in data and compare it with the base model."""
+    from ecombot.quickstart import run
+
+    run(output=output, max_steps=max_steps, console=console)
+
+
+def main() -> None:
+    """Entry point: user-fixable problems become one red line and exit code 1, not a traceback."""
+    import torch
+
+    try:
+        app()
+    except EcombotError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    except (MemoryError, torch.OutOfMemoryError):
+        err.print("[red]error:[/red] out of memory. Try a smaller --batch-size, a shorter max_length, or "
+                  "--method qlora; checkpoints written so far are kept (continue with --resume).")
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            err.print(f"[red]error:[/red] the disk is full ({exc.filename or 'while writing'}). Free some space and "
+                      "continue with --resume; completed checkpoints are kept.")
+            sys.exit(1)
+        raise
+    except RuntimeError as exc:
+        if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+            err.print("[red]error:[/red] out of memory. Try a smaller --batch-size or --method qlora.")
+            sys.exit(1)
+        raise

@@ -1,0 +1,113 @@
+"""Transformers' Trainer with three changes that matter for support bots on small machines:
+supervised-positions-only loss (see loss.py), checkpoints that are marked complete only once fully
+written, and a progress bar + JSONL log that show loss, tokens/s and ETA."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from ecombot.train.loss import supervised_loss
+
+COMPLETE = "ecombot-complete"  # marker file: a checkpoint without it was interrupted mid-write
+
+
+class RunLogger(TrainerCallback):
+    """Progress bar (loss, tokens/s, ETA) and a JSONL training log, one line per logging step."""
+
+    def __init__(self, log_path: Path, show_progress: bool = True):
+        self.log_path = log_path
+        self.show_progress = show_progress
+        self.tokens = 0
+        self.bar = None
+        self.started = time.time()
+        self.last_loss: float | None = None
+
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(time.time() - self.started, 1e-9)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+        self.tokens = 0
+        if self.show_progress and state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                            dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            postfix = {"tok/s": f"{self.tokens_per_second():.0f}"}
+            if self.last_loss is not None:
+                postfix["loss"] = f"{self.last_loss:.3f}"
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            self.last_loss = float(logs["loss"])
+        if "eval_loss" in logs and self.bar is not None:
+            self.bar.write(f"step {state.global_step}: validation loss {logs['eval_loss']:.4f}")
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                  "elapsed_s": round(time.time() - self.started, 2),
+                  "tokens_per_s": round(self.tokens_per_second(), 1), **logs}
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate and checkpoint the last step too, so the best-checkpoint choice sees the final weights."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True
+            control.should_save = True
+
+
+class SupervisedTrainer(Trainer):
+    # compute_loss normalises by the number of supervised tokens in the whole accumulated batch.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, run_logger: RunLogger, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_logger = run_logger
+        self.add_callback(run_logger)
+        self.remove_callback(ProgressCallback)
+        self.remove_callback(PrinterCallback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.run_logger.tokens += int(inputs["attention_mask"].sum())
+        loss = supervised_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                               num_items_in_batch if model.training else None)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Validation needs only the loss (per-token mean over this batch's answer tokens)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / COMPLETE).write_text("ok\n")
+
+
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint that was fully written (interrupted ones are ignored)."""
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
