@@ -1,0 +1,54 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from ecombot.config import FIELDS, TrainConfig, default_yaml_text, load_config
+from ecombot.errors import ConfigError
+
+
+def test_documented_yaml_matches_the_dataclass_defaults():
+    documented = yaml.safe_load(default_yaml_text())
+    defaults = TrainConfig().to_dict()
+    assert set(documented) == FIELDS
+    assert documented == defaults
+    lines = default_yaml_text().splitlines()
+    for name in FIELDS:  # every field is preceded by a comment (directly or in its group)
+        index = next(i for i, line in enumerate(lines) if line.startswith(f"{name}:"))
+        assert any(lines[j].startswith("#") for j in range(max(0, index - 3), index)), name
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rank: 4\nlearning_rate: 2e-4\nmethod: dora\n")
+    cfg = load_config(path, rank=None, method="qlora", max_steps=7)
+    assert (cfg.rank, cfg.learning_rate, cfg.method, cfg.max_steps) == (4, 2e-4, "qlora", 7)
+    assert cfg.run_dir.name == "qlora"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rnak: 4\n", "unknown config field"),
+    ("method: prefix\n", "'method': must be one of lora, qlora, dora"),
+    ("rank: 0\n", "'rank': must be a positive integer"),
+    ("learning_rate: fast\n", "'learning_rate': must be a number"),
+    ("val_fraction: 0.6\ntest_fraction: 0.5\n", "sum to less than 1"),
+    ("- 1\n", "expected a mapping"),
+    ("rank: [\n", "not valid YAML"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_system_prompt_defaults():
+    assert "Harbor & Pine" in TrainConfig().resolved_system_prompt()
+    assert "Harbor & Pine" not in TrainConfig(data="mine.csv").resolved_system_prompt()
+    assert TrainConfig(system_prompt="Custom").resolved_system_prompt() == "Custom"
+    assert {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"} == FIELDS

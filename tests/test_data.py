@@ -1,0 +1,215 @@
+import json
+from collections import Counter
+
+import pytest
+
+from ecombot.data import (builtin_path, clean, leaked_questions, load_conversations, normalise_text, prepare,
+                          read_file, split_conversations, write_split)
+from ecombot.data.builtin import policy_text
+from ecombot.errors import DataError
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# --- readers: one test per format, detected from content -------------------------------------------------
+
+def test_faq_json(tmp_path):
+    path = write(tmp_path, "faq.json", json.dumps({"questions": [
+        {"question": "Do you ship to Canada?", "answer": "Yes, in 5-10 days."},
+        {"question": "Can I pay with PayPal?", "answer": "Yes.", "intent": "payment"}]}))
+    raw = read_file(path)
+    assert raw.format == "faq-json"
+    assert [c.messages for c in raw.conversations][0] == [
+        {"role": "user", "content": "Do you ship to Canada?"}, {"role": "assistant", "content": "Yes, in 5-10 days."}]
+    assert raw.conversations[1].intent == "payment"
+    assert raw.conversations[1].source == "faq.json:questions[1]"
+
+
+def test_csv_with_optional_columns(tmp_path):
+    path = write(tmp_path, "bitext.csv", 'flags,instruction,category,intent,response\n'
+                 'B,"where is my order {{Order Number}}",ORDER,track_order,"Check the Orders page."\n'
+                 'BL,"cancel it, please",ORDER,cancel_order,"Done, it is cancelled."\n')
+    raw = read_file(path)
+    assert raw.format == "csv"
+    first, second = raw.conversations
+    assert first.question == "where is my order {{Order Number}}" and first.answer == "Check the Orders page."
+    assert (second.intent, second.category, second.meta["flags"]) == ("cancel_order", "ORDER", "BL")
+    assert second.source == "bitext.csv:row 3"
+
+
+def test_chat_jsonl_multi_turn(tmp_path):
+    path = write(tmp_path, "chat.jsonl", jsonl([{"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Refund?"},
+        {"role": "assistant", "content": "Within 5 days."}], "intent": "refund"}]))
+    raw = read_file(path)
+    assert raw.format == "chat-jsonl"
+    assert [m["role"] for m in raw.conversations[0].messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_sharegpt_json_and_jsonl(tmp_path):
+    record = {"conversations": [{"from": "human", "value": "Where is my parcel?"},
+                                {"from": "gpt", "value": "Use the tracking link."}], "system": "Be kind."}
+    for name, text in (("s.json", json.dumps([record])), ("s.jsonl", jsonl([record]))):
+        convs, report = clean(read_file(write(tmp_path, name, text)))
+        assert report.format == "sharegpt"
+        assert [m["role"] for m in convs[0].messages] == ["system", "user", "assistant"]
+
+
+def test_alpaca_json(tmp_path):
+    path = write(tmp_path, "alpaca.json", json.dumps([
+        {"instruction": "Answer the customer.", "input": "Can I return socks?", "output": "Yes, within 30 days."},
+        {"instruction": "What payment methods?", "input": "", "output": "Cards and PayPal."}]))
+    raw = read_file(path)
+    assert raw.format == "alpaca"
+    assert raw.conversations[0].question == "Answer the customer.\n\nCan I return socks?"
+    assert raw.conversations[1].question == "What payment methods?"
+
+
+def test_prompt_completion_jsonl(tmp_path):
+    path = write(tmp_path, "pc.jsonl", jsonl([{"prompt": "Do you sell gift cards?", "completion": "Yes."},
+                                             {"prompt": [{"role": "user", "content": "Hi"}],
+                                              "completion": [{"role": "assistant", "content": "Hello"}]}]))
+    raw = read_file(path)
+    assert raw.format == "prompt-completion"
+    assert raw.conversations[0].answer == "Yes."
+    assert raw.conversations[1].messages[-1] == {"role": "assistant", "content": "Hello"}
+
+
+# --- malformed input: errors name file, line/row and field ---------------------------------------------
+
+def test_missing_field_names_line_and_field(tmp_path):
+    path = write(tmp_path, "bad.jsonl", jsonl([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"},
+                                               {"prompt": "e"}]))
+    with pytest.raises(DataError) as exc:
+        read_file(path)
+    assert exc.value.where == "line 3" and exc.value.field == "completion"
+    assert "bad.jsonl:line 3" in str(exc.value)
+
+
+def test_invalid_json_line(tmp_path):
+    path = write(tmp_path, "broken.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "c", \n')
+    with pytest.raises(DataError, match=r"broken.jsonl:line 2: invalid JSON"):
+        read_file(path)
+
+
+def test_invalid_json_document_reports_line(tmp_path):
+    path = write(tmp_path, "broken.json", '{"questions": [\n {"question": "a", "answer": "b"},\n {"question": }\n]}')
+    with pytest.raises(DataError, match=r"broken.json:line 3"):
+        read_file(path)
+
+
+def test_csv_errors(tmp_path):
+    with pytest.raises(DataError, match=r"row 1: field 'response': missing required column"):
+        read_file(write(tmp_path, "a.csv", "instruction,category\nhi,X\n"))
+    with pytest.raises(DataError, match=r"row 3: 3 cells but the header has 2 columns"):
+        read_file(write(tmp_path, "b.csv", "instruction,response\nq,a\nq2,a2,extra\n"))
+
+
+def test_wrong_types_and_unknown_records(tmp_path):
+    with pytest.raises(DataError, match=r"item 1: field 'messages': expected a list"):
+        read_file(write(tmp_path, "c.json", json.dumps([{"messages": "hello"}])))
+    with pytest.raises(DataError, match=r"line 1: unrecognised record.*found keys: text"):
+        read_file(write(tmp_path, "d.jsonl", jsonl([{"text": "x"}])))
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_file(tmp_path / "missing.json")
+    with pytest.raises(DataError, match="the file is empty"):
+        read_file(write(tmp_path, "empty.jsonl", "\n"))
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"prompt": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_file(bad)
+
+
+# --- validation and de-duplication -----------------------------------------------------------------------
+
+def test_clean_drops_and_counts_each_reason(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "Orders page."}]},
+        {"messages": [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "Orders page."}]},
+        {"messages": [{"role": "user", "content": "where is my ORDER"}, {"role": "assistant", "content": "orders page"}]},
+        {"messages": [{"role": "user", "content": "Refund?"}, {"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "wizard", "content": "Boo"}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"},
+                      {"role": "user", "content": "Anyone?"}]},
+        {"messages": [{"role": "human", "content": "Cancel please"}, {"role": "gpt", "content": "Done."}]},
+    ]
+    convs, report = clean(read_file(write(tmp_path, "d.jsonl", jsonl(rows))))
+    assert report.rows_read == 7 and report.kept == 2 == len(convs)
+    assert report.dropped == {"exact duplicate": 1, "duplicate after normalising case, punctuation and spaces": 1,
+                              "empty answer": 1, "unknown role 'wizard'": 1, "does not end with an assistant turn": 1}
+    assert report.dropped_examples["empty answer"] == ["d.jsonl:line 4"]
+    assert convs[1].messages == [{"role": "user", "content": "Cancel please"}, {"role": "assistant", "content": "Done."}]
+
+
+def test_normalise_text():
+    assert normalise_text("  Where's my ORDER?!  ") == normalise_text("where s my order") == "where s my order"
+
+
+# --- split -----------------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_stratified_and_leak_free():
+    convs, _ = load_conversations(None)
+    a = split_conversations(convs, 0.1, 0.1, seed=7)
+    b = split_conversations(convs, 0.1, 0.1, seed=7)
+    c = split_conversations(convs, 0.1, 0.1, seed=8)
+    assert [x.question for x in a.test] == [x.question for x in b.test]
+    assert [x.question for x in a.test] != [x.question for x in c.test]
+    assert sum(a.counts().values()) == len(convs)
+    assert abs(len(a.test) - 0.1 * len(convs)) < 0.02 * len(convs)
+    per_intent = Counter(x.intent for x in a.test)
+    total = Counter(x.intent for x in convs)
+    assert set(per_intent) == set(total)  # every intent is tested
+    for intent, n in total.items():
+        assert abs(per_intent[intent] - 0.1 * n) <= 3, intent
+    assert leaked_questions(a.train, a.test) == []
+
+
+def test_split_keeps_same_question_together():
+    from ecombot.data import Conversation
+
+    convs = [Conversation([{"role": "user", "content": "Where is my order?" if i % 2 else f"Question {i}"},
+                           {"role": "assistant", "content": f"Answer {i}"}], intent="x") for i in range(40)]
+    split = split_conversations(convs, 0.2, 0.2, seed=1)
+    homes = {name for name in ("train", "validation", "test")
+             if any(c.question == "Where is my order?" for c in getattr(split, name))}
+    assert len(homes) == 1
+    assert leaked_questions(split.train, split.test) == [] and leaked_questions(split.train, split.validation) == []
+
+
+def test_write_split_round_trips(tmp_path):
+    prepared = prepare(None, seed=3)
+    out = write_split(prepared.split, tmp_path / "split")
+    for name, expected in prepared.split.counts().items():
+        raw = read_file(out / f"{name}.jsonl")
+        assert len(raw.conversations) == expected
+    info = json.loads((out / "split.json").read_text())
+    assert info["leaked_test_questions"] == 0
+    assert read_file(out / "test.jsonl").conversations[0].intent == prepared.split.test[0].intent
+
+
+# --- the built-in dataset ----------------------------------------------------------------------------------
+
+def test_builtin_dataset_meets_its_promises():
+    convs, report = load_conversations(None)
+    assert report.kept >= 2000 and report.dropped == {}
+    assert len(report.intents) >= 25
+    assert report.multi_turn >= 100
+    answers = " ".join(c.answer for c in convs)
+    assert "{{Order Number}}" in answers
+    policy = policy_text()
+    # spot-check that answers use the policy's numbers
+    for fact in ("30 days", "5 business days", "$4.95", "1-800-555-0142", "60 minutes", "14 days"):
+        assert fact in policy and fact in answers, fact
+    assert str(builtin_path()).endswith("harbor_pine_support.jsonl")
