@@ -161,6 +161,11 @@ def quickstart(
     run(output=output, max_steps=max_steps, console=console)
 
 
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    sys.exit(1)
+
+
 def main() -> None:
     """Entry point: user-fixable problems become one red line and exit code 1, not a traceback."""
     import torch
@@ -168,20 +173,16 @@ def main() -> None:
     try:
         app()
     except EcombotError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        sys.exit(1)
+        fail(str(exc))
     except (MemoryError, torch.OutOfMemoryError):
-        err.print("[red]error:[/red] out of memory. Try a smaller --batch-size, a shorter max_length, or "
-                  "--method qlora; checkpoints written so far are kept (continue with --resume).")
-        sys.exit(1)
+        fail("out of memory. Try a smaller --batch-size, a shorter max_length, or --method qlora; "
+             "checkpoints written so far are kept (continue with --resume).")
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            err.print(f"[red]error:[/red] the disk is full ({exc.filename or 'while writing'}). Free some space and "
-                      "continue with --resume; completed checkpoints are kept.")
-            sys.exit(1)
-        raise
+        if exc.errno != errno.ENOSPC:
+            raise
+        fail(f"the disk is full ({exc.filename or 'while writing'}). Free some space and continue with --resume; "
+             "completed checkpoints are kept.")
     except RuntimeError as exc:
-        if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
-            err.print("[red]error:[/red] out of memory. Try a smaller --batch-size or --method qlora.")
-            sys.exit(1)
-        raise
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        fail("out of memory. Try a smaller --batch-size or --method qlora; continue with --resume.")

@@ -11,20 +11,42 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ecombot.models import LoadedModel, encode_prompt, stop_token_ids, with_system
 
 
+class AnswerRepetitionPenalty(LogitsProcessor):
+    """Repetition penalty on the tokens of the answer only.
+
+    Why by hand: Transformers' `repetition_penalty` also penalises every prompt token, which pushes a
+    support answer away from the customer's own words and the store's terms (on the quickstart adapter
+    it turned most answers to the wrong policy); loops inside the answer are what we want to damp.
+    """
+
+    def __init__(self, penalty: float, prompt_length: int):
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        answer = input_ids[:, self.prompt_length:]
+        if answer.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        seen = torch.gather(scores, 1, answer)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, answer, seen)
+
+
 @dataclass
 class Decoding:
-    """Defaults for support answers: greedy (deterministic, on-policy) with a mild repetition penalty."""
+    """Defaults for support answers: greedy (deterministic) with a mild penalty on loops within the answer."""
 
     max_new_tokens: int = 200
     temperature: float = 0.0
     repetition_penalty: float = 1.1
 
-    def generate_kwargs(self) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
+    def generate_kwargs(self, prompt_length: int) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens,
+                  "logits_processor": LogitsProcessorList([AnswerRepetitionPenalty(self.repetition_penalty, prompt_length)])}
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=0.9)
         else:
@@ -61,8 +83,8 @@ class Engine:
         else:
             yield
 
-    def _generate_args(self) -> dict:
-        return {**self.decoding.generate_kwargs(), "eos_token_id": self.stop_ids,
+    def _generate_args(self, prompt_length: int) -> dict:
+        return {**self.decoding.generate_kwargs(prompt_length), "eos_token_id": self.stop_ids,
                 "pad_token_id": self.tokenizer.pad_token_id}
 
     @torch.inference_mode()
@@ -74,7 +96,7 @@ class Engine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.loaded.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         with self.base_model(use_base):
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_args())
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_args(width))
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
     def stream(self, messages: list[dict[str, str]], use_base: bool = False) -> Iterator[str]:
@@ -89,7 +111,7 @@ class Engine:
             try:
                 with torch.inference_mode(), self.base_model(use_base):
                     self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                        **self._generate_args())
+                                        **self._generate_args(ids.shape[1]))
             except BaseException as exc:  # surfaced in the caller's thread below
                 errors.append(exc)
                 streamer.end()

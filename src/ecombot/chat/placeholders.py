@@ -39,14 +39,12 @@ class PlaceholderStream:
 
     def feed(self, chunk: str) -> str:
         self.pending += chunk
-        start = self.pending.rfind("{")
-        if start != -1 and "}}" not in self.pending[start:]:
-            # a '{' that may open a placeholder: emit what precedes it (filled), keep the rest
-            ready, self.pending = self.pending[:start], self.pending[start:]
-            if len(self.pending) > 80:  # not a placeholder after all
-                ready, self.pending = ready + self.pending, ""
-            return fill_placeholders(ready, self.context)
-        ready, self.pending = self.pending, ""
+        start = self.pending.rfind("{{")
+        if start == -1 or "}}" in self.pending[start:]:
+            start = len(self.pending) - 1 if self.pending.endswith("{") else len(self.pending)
+        if len(self.pending) - start > 80:  # too long to be a placeholder: let it through
+            start = len(self.pending)
+        ready, self.pending = self.pending[:start], self.pending[start:]
         return fill_placeholders(ready, self.context)
 
     def flush(self) -> str:

@@ -52,7 +52,7 @@ def read_adapter_base(adapter_dir: Path) -> str:
     """The model spec a run was trained on: its run config's `model`, else the adapter's base path."""
     run_config = adapter_dir / "run_config.json"
     if run_config.is_file():
-        return json.loads(run_config.read_text())["model"]
+        return json.loads(run_config.read_text())["config"]["model"]
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 

@@ -1,0 +1,66 @@
+import io
+
+import pytest
+
+from ecombot.chat import Decoding, Engine, PlaceholderStream, fill_placeholders, parse_context, repl
+from ecombot.models import load_for_inference
+
+
+def test_placeholders_are_filled_or_made_readable():
+    context = parse_context(["Order Number=HP-1", "customer_name = Ana "])
+    assert context == {"ordernumber": "HP-1", "customername": "Ana"}
+    text = "Hi {{Customer Name}}, order {{ Order Number }} ships; see {{Tracking URL}}."
+    assert fill_placeholders(text, context) == "Hi Ana, order HP-1 ships; see [Tracking URL]."
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_context(["order"])
+
+
+def test_streaming_fill_handles_placeholders_split_across_chunks():
+    stream = PlaceholderStream({"ordernumber": "HP-1"})
+    pieces = ["Your order {", "{Order Num", "ber}", "} ships. Use {braces} freely", "."]
+    out = "".join(stream.feed(p) for p in pieces) + stream.flush()
+    assert out == "Your order HP-1 ships. Use {braces} freely."
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    loaded = load_for_inference(model=str(tiny_model_dir), precision="fp32")
+    return Engine(loaded, "Be brief.", Decoding(max_new_tokens=8))
+
+
+def test_batched_generation_is_deterministic(engine):
+    questions = [[{"role": "user", "content": "Where is my order?"}], [{"role": "user", "content": "Refund?"}]]
+    first = engine.generate(questions)
+    assert len(first) == 2 and all(isinstance(a, str) for a in first)
+    assert engine.generate(questions) == first
+    assert engine.generate(questions[:1]) == first[:1]  # left padding does not change the answer
+
+
+def test_stream_gives_the_same_text_as_generate(engine):
+    question = [{"role": "user", "content": "Can I pay with PayPal?"}]
+    assert "".join(engine.stream(question)).strip() == engine.generate([question])[0]
+
+
+def test_history_is_trimmed_to_the_context_window(engine):
+    history = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"question number {i} about my order"},
+                    {"role": "assistant", "content": f"answer number {i} about shipping"}]
+    history.append({"role": "user", "content": "last question"})
+    engine.context_tokens = 120
+    try:
+        ids = engine.prompt_ids(history)
+    finally:
+        engine.context_tokens = 2048
+    text = engine.tokenizer.decode(ids)
+    assert len(ids) + engine.decoding.max_new_tokens <= 120
+    assert "last question" in text and "Be brief." in text and "question number 0 " not in text
+
+
+def test_terminal_chat_commands(engine):
+    inputs = iter(["Where is my order?", "/reset", "   ", "Hello", "/quit", "never read"])
+    out = io.StringIO()
+    repl(engine, {}, read=lambda prompt: next(inputs), out=out)
+    text = out.getvalue()
+    assert text.count("bot> ") == 2 and "(new conversation)" in text
+    assert next(inputs) == "never read"

@@ -1,0 +1,78 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ecombot.cli import app
+from ecombot.data import builtin_path
+
+runner = CliRunner()
+
+
+def ecombot(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "ecombot", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("command", [[], ["data"], ["data", "inspect"], ["data", "split"], ["train"], ["chat"],
+                                     ["quickstart"], ["config"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_data_inspect_summary(tiny_model_dir):
+    result = runner.invoke(app, ["data", "inspect", str(builtin_path()), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "2477" in result.output and "chat-jsonl" in result.output and "p50" in result.output
+
+
+def test_bad_file_is_one_clear_line_and_exit_1(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n')
+    result = ecombot("data", "inspect", bad, "--no-tokens")
+    assert result.returncode == 1
+    assert "bad.jsonl:line 2: field 'completion': missing required field" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_split_writes_the_same_split_as_training(tmp_path):
+    out = tmp_path / "split"
+    result = runner.invoke(app, ["data", "split", str(builtin_path()), "--output", str(out), "--seed", "42"])
+    assert result.exit_code == 0, result.output
+    assert "test questions also in train: 0" in result.output
+    from ecombot.data import prepare
+
+    expected = prepare(None, seed=42).split
+    lines = (out / "test.jsonl").read_text().splitlines()
+    assert [json.loads(line)["messages"] for line in lines] == [c.messages for c in expected.test]
+
+
+def test_config_prints_the_documented_defaults():
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0 and yaml.safe_load(result.output)["method"] == "lora"
+
+
+def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
+    run = tmp_path / "run"
+    trained = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2,
+                      "--batch-size", 4, "--precision", "fp32")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "done" in trained.stdout
+    again = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    chat = ecombot("chat", "--adapter", run, "--once", "Where is my order?", "--max-new-tokens", 5,
+                   "--context", "Order Number=HP-1")
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert chat.stdout.endswith("\n")  # the streamed answer is printed and terminated
+    missing = ecombot("chat", "--adapter", tmp_path / "nope", "--once", "hi")
+    assert missing.returncode == 1 and "not a trained ecombot run" in missing.stderr
+
+
+def test_bad_flags_are_clear(tmp_path):
+    result = ecombot("train", "--method", "prefix-tuning", "--output", tmp_path / "x")
+    assert result.returncode == 1 and "'method': must be one of lora, qlora, dora" in result.stderr
+    result = ecombot("chat", "--context", "nonsense", "--once", "hi")
+    assert result.returncode == 1 and "KEY=VALUE" in result.stderr

@@ -1,0 +1,63 @@
+"""End to end on the real embedded Gemma 3 270M, converted into a fresh $ECOMBOT_HOME (the first-run path)."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from ecombot.config import load_config
+from ecombot.data import read_file
+from ecombot.evaluate import heldout_loss
+from ecombot.models import DEFAULT_MODEL, load_for_inference, resolve_model
+from ecombot.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_model_converts_trains_reloads_and_answers(tmp_path, monkeypatch, small_dataset):
+    monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
+    started = time.time()
+    model_dir = resolve_model(DEFAULT_MODEL)
+    first_load = time.time() - started
+    assert first_load < 180, f"first conversion took {first_load:.0f} s"  # ~55 s measured on the 2-core machine
+    assert not list((tmp_path / "home" / "models").glob(".tmp-*"))
+
+    started = time.time()
+    cached = load_for_inference(DEFAULT_MODEL)
+    assert time.time() - started < 10
+    assert cached.tokenizer.convert_ids_to_tokens([105, 106]) == ["<start_of_turn>", "<end_of_turn>"]
+
+    run = tmp_path / "run"
+    cfg = load_config(None, data=str(small_dataset), output=str(run), max_steps=6, eval_steps=3, batch_size=4,
+                      learning_rate=4e-4, eval_max_examples=8, logging_steps=1)
+    result = train(cfg, show_progress=False)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(model_dir)
+
+    # plain PEFT reload, as a user without ecombot would do it
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
+    tokenizer = AutoTokenizer.from_pretrained(adapter_config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, str(run)).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How long do refunds take?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=[1, 106])
+    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert len(answer) > 0
+
+    # fine-tuning lowered the held-out loss on test conversations
+    loaded = load_for_inference(adapter=run)
+    test = read_file(run / "data" / "test.jsonl").conversations[:8]
+    with loaded.model.disable_adapter():
+        before = heldout_loss(loaded.model, loaded.tokenizer, test, cfg.resolved_system_prompt())["loss"]
+    after = heldout_loss(loaded.model, loaded.tokenizer, test, cfg.resolved_system_prompt())["loss"]
+    assert after < before, (before, after)
+    assert result.results["steps"] == 6

@@ -1,0 +1,130 @@
+import os
+import time
+
+import pytest
+import torch
+
+from ecombot.errors import ModelError
+from ecombot.models import (DEFAULT_MODEL, check_adapter_dir, convert_gguf, cpu_has_native_bf16, load_for_inference,
+                            resolve_model, resolve_precision)
+from ecombot.models.registry import MARKER
+
+
+def test_local_paths_are_checked(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="expected a model directory or a .gguf file"):
+        resolve_model(str(tmp_path / "weights.bin"))
+    with pytest.raises(ModelError, match="no such model directory"):
+        resolve_model(str(tmp_path / "missing" / "model"))
+
+
+def test_local_model_directory_resolves_to_itself(tiny_model_dir):
+    assert resolve_model(str(tiny_model_dir)) == tiny_model_dir.resolve()
+
+
+def test_unreachable_hub_fails_fast_with_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.time()
+    with pytest.raises(ModelError, match="Hugging Face Hub cannot be reached"):
+        resolve_model("some-org/some-model")
+    assert time.time() - started < 10
+
+
+def test_corrupt_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(ModelError, match="cannot read this GGUF file"):
+        resolve_model(str(bad))
+    assert not any((tmp_path / "home" / "models").glob("broken*"))
+
+
+def _fake_gguf_loaders(monkeypatch, tiny_model_dir, calls):
+    import transformers
+
+    real_tok, real_model = transformers.AutoTokenizer.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained
+
+    def tok(path, gguf_file=None, **kw):
+        calls.append("tokenizer")
+        t = real_tok(str(tiny_model_dir))
+        t.chat_template = None
+        return t
+
+    def model(path, gguf_file=None, **kw):
+        calls.append("model")
+        return real_model(str(tiny_model_dir))
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tok)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+
+
+def test_conversion_cache_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
+    calls: list[str] = []
+    _fake_gguf_loaders(monkeypatch, tiny_model_dir, calls)
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    (models / ".tmp-m-999999999").mkdir()  # left behind by a killed conversion (that pid is not running)
+
+    from transformers import PreTrainedModel
+
+    real_save = PreTrainedModel.save_pretrained
+
+    def killed(self, *a, **kw):
+        raise KeyboardInterrupt  # the process is interrupted half way through writing
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert_gguf(tmp_path / "m.gguf", "m", source="test")
+    assert sorted(p.name for p in models.iterdir()) == []  # nothing half-written, stale folder cleaned
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    path = convert_gguf(tmp_path / "m.gguf", "m", source="test")
+    assert (path / MARKER).is_file() and (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert (path / "chat_template.jinja").read_text().startswith("{{ bos_token }}")  # Gemma template added
+    calls.clear()
+    assert convert_gguf(tmp_path / "m.gguf", "m", source="test") == path and calls == []  # cached: no reload
+    from transformers import AutoConfig
+    assert not hasattr(AutoConfig.from_pretrained(path), "quantization_config")
+
+
+def test_precision_choice():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+
+
+def test_unfinished_run_is_not_an_adapter(tmp_path):
+    run = tmp_path / "unfinished"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ModelError, match="--resume"):
+        check_adapter_dir(run)
+
+
+def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_model_dir, small_dataset):
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    run = tmp_path / "run"
+    train(load_config(None, model=str(tiny_model_dir), data=str(small_dataset), output=str(run), max_steps=1,
+                      eval_steps=1, batch_size=4, precision="fp32"), show_progress=False)
+    other = tmp_path / "other-model"
+    config = Gemma3TextConfig(vocab_size=500, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    Gemma3ForCausalLM(config).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+    with pytest.raises(ModelError, match="does not fit base model"):
+        load_for_inference(model=str(other), adapter=run, precision="fp32")
+    loaded = load_for_inference(adapter=run, precision="fp32")  # the run's own base is found from its config
+    assert loaded.model_dir == tiny_model_dir.resolve() and loaded.model.dtype == torch.float32
+
+
+def test_default_model_name():
+    assert DEFAULT_MODEL == "gemma-3-270m"
