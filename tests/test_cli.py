@@ -76,3 +76,51 @@ def test_bad_flags_are_clear(tmp_path):
     assert result.returncode == 1 and "'method': must be one of lora, qlora, dora" in result.stderr
     result = ecombot("chat", "--context", "nonsense", "--once", "hi")
     assert result.returncode == 1 and "KEY=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize("problem, message", [
+    (OSError(28, "No space left on device", "runs/x/checkpoints"), "the disk is full (runs/x/checkpoints)"),
+    (MemoryError(), "out of memory"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes"), "out of memory"),
+])
+def test_disk_full_and_out_of_memory_are_clear_messages(monkeypatch, capsys, problem, message):
+    import ecombot.train
+    from ecombot import cli
+
+    def broken_training(*args, **kwargs):
+        raise problem
+
+    monkeypatch.setattr(ecombot.train, "train", broken_training)
+    monkeypatch.setattr(sys, "argv", ["ecombot", "train", "--max-steps", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert message in err and "--resume" in err and "Traceback" not in err
+
+
+def test_unexpected_errors_are_not_hidden(monkeypatch):
+    import ecombot.train
+    from ecombot import cli
+
+    monkeypatch.setattr(ecombot.train, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    monkeypatch.setattr(sys, "argv", ["ecombot", "train", "--max-steps", "1"])
+    with pytest.raises(RuntimeError, match="a real bug"):
+        cli.main()
+
+
+def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
+    from rich.console import Console
+
+    from ecombot.quickstart import SHOWN_QUESTIONS, run
+
+    console = Console(record=True, width=120)
+    summary = run(output=str(tmp_path / "qs"), max_steps=2, console=console, model=str(tiny_model_dir))
+    text = console.export_text()
+    assert text.count("fine-tuned") >= SHOWN_QUESTIONS and "Held-out loss per answer token" in text
+    assert len(summary["answers"]) == SHOWN_QUESTIONS
+    assert len({a["intent"] for a in summary["answers"]}) == SHOWN_QUESTIONS  # different policies shown
+    assert summary["loss_before"] > 0 and summary["loss_after"] > 0
+    saved = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
+    assert saved["loss_after"] == summary["loss_after"]
+    assert "{{" not in text  # placeholders are filled in what the user sees

@@ -168,7 +168,16 @@ def fail(message: str) -> None:
 
 def main() -> None:
     """Entry point: user-fixable problems become one red line and exit code 1, not a traceback."""
+    import warnings
+
     import torch
+    from transformers.utils import logging as hf_logging
+
+    # Library deprecation notices and per-file loading bars are noise in a terminal tool.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     try:
         app()

@@ -4,23 +4,29 @@ base vs fine-tuned answers and held-out loss before and after, on questions neit
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from ecombot.chat import Engine, fill_placeholders
+from ecombot.chat import Decoding, Engine, fill_placeholders
 from ecombot.config import load_config
 from ecombot.data import Conversation, read_file
 from ecombot.evaluate import heldout_loss
 from ecombot.models import load_for_inference
 from ecombot.train import train
+from ecombot.train.recipe import write_json
 
 # Tuned to finish within ~15 minutes on a 2-core CPU (measured: README "Main job").
-QUICKSTART = {"max_steps": 130, "learning_rate": 4e-4, "eval_steps": 40, "eval_max_examples": 64, "logging_steps": 10}
+QUICKSTART = {"max_steps": 220, "learning_rate": 1e-3, "eval_steps": 55, "eval_max_examples": 64, "logging_steps": 10}
 HELD_OUT_LOSS_EXAMPLES = 120
 SHOWN_QUESTIONS = 5
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
+
+
+def shorten(text: str, limit: int = 320) -> str:
+    """Base-model answers often loop until the token limit; show the start, not a wall of text."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def pick_examples(test: list[Conversation], n: int) -> list[Conversation]:
@@ -35,13 +41,14 @@ def pick_examples(test: list[Conversation], n: int) -> list[Conversation]:
     return picked
 
 
-def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None) -> dict:
+def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None,
+        model: str | None = None) -> dict:
     console = console or Console()
     started = time.time()
     console.rule("[bold]ecombot quickstart")
     console.print("1/3  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data "
                   "(the first run converts the model once, about a minute).")
-    cfg = load_config(None, output=output, **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
+    cfg = load_config(None, output=output, model=model, **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
     result = train(cfg, overwrite=True)
     console.print(f"     {result.results['steps']} steps in {result.results['train_seconds']:.0f} s, "
                   f"best validation loss {result.results['best_val_loss']:.3f} (step {result.results['best_step']})")
@@ -50,7 +57,7 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     loaded = load_for_inference(adapter=result.run_dir)
     test = read_file(result.run_dir / "data" / "test.jsonl").conversations
     system_prompt = cfg.resolved_system_prompt()
-    engine = Engine(loaded, system_prompt)
+    engine = Engine(loaded, system_prompt, Decoding(max_new_tokens=120))
     scored = test[:HELD_OUT_LOSS_EXAMPLES]
     with engine.base_model():
         before = heldout_loss(loaded.model, loaded.tokenizer, scored, system_prompt, cfg.max_length)
@@ -62,12 +69,16 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     base_answers = engine.generate(questions, use_base=True)
     tuned_answers = engine.generate(questions)
 
-    table = Table(title="Held-out test questions (never seen in training)", show_lines=True)
-    for column in ("question", "reference answer", "base model", "fine-tuned"):
-        table.add_column(column, overflow="fold")
-    for conv, base, tuned in zip(examples, base_answers, tuned_answers):
-        table.add_row(conv.question, *(fill_placeholders(t, EXAMPLE_CONTEXT) for t in (conv.answer, base, tuned)))
-    console.print(table)
+    console.rule("Held-out test questions (never seen in training)")
+    for number, (conv, base, tuned) in enumerate(zip(examples, base_answers, tuned_answers), start=1):
+        table = Table(show_header=False, box=None, padding=(0, 1))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")
+        for label, text in (("question", conv.question), ("reference", conv.answer), ("base model", base),
+                            ("fine-tuned", tuned)):
+            table.add_row(label, shorten(fill_placeholders(text, EXAMPLE_CONTEXT)))
+        console.print(f"[bold]{number}.[/bold] intent: {conv.intent}")
+        console.print(table)
     losses = Table(title=f"Held-out loss per answer token ({before['tokens']} tokens, {len(scored)} conversations)")
     for column in ("model", "loss", "perplexity"):
         losses.add_column(column)
@@ -77,7 +88,9 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     elapsed = time.time() - started
     console.print(f"Done in {elapsed / 60:.1f} min. Adapter: {result.run_dir}  —  chat with it: "
                   f"[bold]ecombot chat --adapter {result.run_dir}[/bold]")
-    return {"run_dir": str(Path(result.run_dir)), "loss_before": before["loss"], "loss_after": after["loss"],
-            "elapsed_s": elapsed, "train": result.results,
-            "answers": [{"question": c.question, "reference": c.answer, "base": b, "finetuned": t}
-                        for c, b, t in zip(examples, base_answers, tuned_answers)]}
+    summary = {"run_dir": str(result.run_dir), "loss_before": before["loss"], "loss_after": after["loss"],
+               "scored_conversations": len(scored), "elapsed_s": round(elapsed, 1), "train": result.results,
+               "answers": [{"question": c.question, "intent": c.intent, "reference": c.answer, "base": b,
+                            "finetuned": t} for c, b, t in zip(examples, base_answers, tuned_answers)]}
+    write_json(result.run_dir / "quickstart.json", summary)
+    return summary

@@ -36,7 +36,7 @@ class TrainConfig:
     method: str = "lora"
     rank: int = 16
     alpha: float = 32
-    dropout: float = 0.05
+    dropout: float = 0.0
     rslora: bool = False
     target_modules: str | list[str] = "all-linear"
     epochs: float = 2

@@ -77,7 +77,10 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
     from transformers import set_seed
 
     quantized = cfg.method == "qlora"
-    model = load_base_model(model_dir, dtype=torch.float32, quantize_4bit=quantized, device=device)
+    # The frozen base is stored in bf16 when computing in bf16: autocast would otherwise re-cast every fp32
+    # weight (the 262k x 640 embedding/head included) on every step. The adapter weights stay fp32.
+    dtype = torch.bfloat16 if precision == "bf16" and not quantized else torch.float32
+    model = load_base_model(model_dir, dtype=dtype, quantize_4bit=quantized, device=device)
     model.config.use_cache = False
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
