@@ -59,8 +59,7 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
-@pytest.fixture()
-def small_dataset(tmp_path) -> Path:
+def write_small_dataset(path: Path) -> Path:
     """60 built-in conversations from 6 intents, as chat JSONL: enough to split and train on in seconds."""
     from ecombot.data import builtin_path
 
@@ -69,6 +68,10 @@ def small_dataset(tmp_path) -> Path:
     picked = []
     for intent in intents:
         picked += [r for r in rows if r["intent"] == intent and len(r["messages"]) == 2][:10]
-    path = tmp_path / "small.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in picked))
     return path
+
+
+@pytest.fixture()
+def small_dataset(tmp_path) -> Path:
+    return write_small_dataset(tmp_path / "small.jsonl")

@@ -17,7 +17,8 @@ def ecombot(*args, **kw):
 
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "inspect"], ["data", "split"], ["train"], ["chat"],
-                                     ["quickstart"], ["config"]])
+                                     ["quickstart"], ["config"], ["evaluate"],
+                                     ["adapter"], ["adapter", "inspect"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -124,3 +125,24 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     saved = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert saved["loss_after"] == summary["loss_after"]
     assert "{{" not in text  # placeholders are filled in what the user sees
+
+
+def test_evaluate_and_adapter_inspect_commands(tmp_path, tiny_model_dir, small_dataset, monkeypatch):
+    from ecombot import cli
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    monkeypatch.setattr(cli.console, "width", 250)
+
+    run = tmp_path / "run"
+    train(load_config(None, model=str(tiny_model_dir), data=str(small_dataset), output=str(run), max_steps=1,
+                      eval_steps=1, batch_size=4, precision="fp32"), show_progress=False)
+    result = runner.invoke(app, ["adapter", "inspect", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "trainable parameters" in result.output and "model.layers.0.self_attn.q_proj" in result.output
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--data", str(small_dataset), "--adapter", str(run), "--systems",
+                                 "retrieval,finetuned", "--max-new-tokens", "4", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    systems = json.loads((out / "results.json").read_text())["systems"]
+    assert set(systems) == {"retrieval", "run"} and "report:" in result.output

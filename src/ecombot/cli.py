@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
+import json
 from typing import List, Optional
 
 import typer
@@ -17,6 +18,8 @@ app = typer.Typer(help="Fine-tune a small LLM into an e-commerce support chatbot
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+adapter_app = typer.Typer(help="Look inside trained adapters.", no_args_is_help=True)
+app.add_typer(adapter_app, name="adapter")
 console = Console()
 err = Console(stderr=True)
 
@@ -128,8 +131,6 @@ def chat(
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers)."""
-    import json
-
     from ecombot.chat import Decoding, Engine, answer_streaming, parse_context, repl
     from ecombot.config import BUILTIN_SYSTEM_PROMPT
     from ecombot.models import load_for_inference
@@ -148,6 +149,49 @@ def chat(
         answer_streaming(engine, [{"role": "user", "content": once}], values)
         return
     repl(engine, values)
+
+
+@app.command()
+def evaluate(
+    data: Optional[str] = typer.Option(None, help="Data file; its test split is used (same seed => same split as train)."),
+    test: Optional[str] = typer.Option(None, help="Explicit test file instead of a split of --data."),
+    adapter: List[Path] = typer.Option([], help="Run directory of an adapter (repeatable to compare runs)."),
+    systems: str = typer.Option("base,base-fewshot,retrieval,finetuned,finetuned+retrieval", help="Comma-separated."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test conversations."),
+    output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
+    seed: int = typer.Option(42, help="Split and bootstrap seed."),
+    fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
+    batch_size: int = typer.Option(8, help="Questions generated together."),
+    max_new_tokens: int = typer.Option(160, help="Longest answer in tokens."),
+) -> None:
+    """Compare base, few-shot, retrieval and fine-tuned systems on one held-out test set, with 95% CIs."""
+    from ecombot.evaluate import EvalConfig, print_table, run_evaluation
+
+    cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
+                     output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
+                     max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()))
+    paths = run_evaluation(cfg, console)
+    print_table(json.loads(paths["results"].read_text()), console)
+    console.print(f"report: {paths['report']} (and report.html, results.json, predictions.jsonl)")
+
+
+@adapter_app.command("inspect")
+def adapter_inspect(
+    run: Path = typer.Argument(..., help="Run directory of a trained adapter."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the one the adapter was trained on)."),
+) -> None:
+    """Trainable parameters, per-module ||dW||/||W||, singular values and effective rank of an adapter."""
+    from ecombot.evaluate.anatomy import inspect_adapter
+
+    anatomy = inspect_adapter(run, model)
+    share = f" ({anatomy['trainable_percent']:.2f}% of the base)" if anatomy["trainable_percent"] else ""
+    console.print(f"{run}: {anatomy['trainable_parameters']:,} trainable parameters{share}, rank {anatomy['rank']}")
+    table = Table("module", "||dW||/||W||", "effective rank (90%)", "top singular values")
+    for m in anatomy["modules"]:
+        table.add_row(m["name"], f"{m['relative_norm']:.4f}", str(m["effective_rank"]),
+                      ", ".join(f"{v:.3f}" for v in m["singular_values"][:4]))
+    console.print(table)
 
 
 @app.command()

@@ -54,6 +54,12 @@ class Decoding:
         return kwargs
 
 
+@dataclass
+class Generation:
+    text: str
+    new_tokens: int  # generated tokens, including the stop token when the model stopped by itself
+
+
 class Engine:
     def __init__(self, loaded: LoadedModel, system_prompt: str | None, decoding: Decoding | None = None,
                  context_tokens: int = 2048):
@@ -88,7 +94,7 @@ class Engine:
                 "pad_token_id": self.tokenizer.pad_token_id}
 
     @torch.inference_mode()
-    def generate(self, conversations: list[list[dict[str, str]]], use_base: bool = False) -> list[str]:
+    def generate_detailed(self, conversations: list[list[dict[str, str]]], use_base: bool = False) -> list[Generation]:
         """Answers for many conversations at once: left-padded batch, one generate call, KV cache."""
         prompts = [self.prompt_ids(c) for c in conversations]
         width = max(len(p) for p in prompts)
@@ -97,7 +103,14 @@ class Engine:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         with self.base_model(use_base):
             out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_args(width))
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        results = []
+        for row in out[:, width:].tolist():
+            n = next((i + 1 for i, t in enumerate(row) if t in self.stop_ids), len(row))
+            results.append(Generation(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+        return results
+
+    def generate(self, conversations: list[list[dict[str, str]]], use_base: bool = False) -> list[str]:
+        return [g.text for g in self.generate_detailed(conversations, use_base)]
 
     def stream(self, messages: list[dict[str, str]], use_base: bool = False) -> Iterator[str]:
         """Yield the answer's text piece by piece as tokens are generated."""

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ecombot.data import Conversation
 from ecombot.train.data import PadCollator, encode_conversations
-from ecombot.train.loss import supervised_loss
+from ecombot.train.loss import token_losses
 
 
 @torch.inference_mode()
-def heldout_loss(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 512,
-                 batch_size: int = 16) -> dict[str, float]:
-    """Token-weighted mean loss over all answer tokens, and its perplexity."""
-    examples = encode_conversations(convs, tokenizer, system_prompt, max_length).examples
-    if not examples:
-        raise ValueError("no conversation with answer tokens to score")
+def item_losses(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
+                batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per conversation: summed cross-entropy of its answer tokens (not the prefix's) and their count."""
+    encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes)
+    if encoded.no_answer_left:
+        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token within {max_length} tokens")
     collate = PadCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(supervised_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])) * n
-        tokens += n
-    loss = total / tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": tokens}
+    sums, counts = np.zeros(len(convs)), np.zeros(len(convs))
+    for start in range(0, len(encoded.examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded.examples[start:start + batch_size]).items()}
+        losses, rows = token_losses(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        rows = rows.cpu().numpy() + start
+        np.add.at(sums, rows, losses.double().cpu().numpy())
+        np.add.at(counts, rows, 1)
+    return sums, counts
+
+
+def heldout_loss(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
+                 batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None) -> dict[str, float]:
+    """Token-weighted mean loss over the conversations' answer tokens, and its perplexity."""
+    if not convs:
+        raise ValueError("no conversation to score")
+    sums, counts = item_losses(model, tokenizer, convs, system_prompt, max_length, batch_size, prefixes)
+    loss = float(sums.sum() / counts.sum())
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(counts.sum())}

@@ -73,9 +73,10 @@ class Encoded:
     truncated: bool
 
 
-def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(tokenizer, messages: list[dict[str, str]], supervise_from: int = 0) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans the model must learn: each assistant turn's text and the
-    token(s) that close it (e.g. `<end_of_turn>`), without the whitespace after them.
+    token(s) that close it (e.g. `<end_of_turn>`), without the whitespace after them. Assistant turns
+    before message index `supervise_from` (few-shot examples in an evaluation prompt) are context only.
 
     Works for any template that renders a conversation as an extension of its prefixes; a template
     that rewrites earlier turns (some reasoning templates do) is refused rather than mis-masked.
@@ -83,7 +84,7 @@ def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str
     full = render(tokenizer, messages)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < supervise_from:
             continue
         prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = render(tokenizer, messages[: i + 1])
@@ -95,9 +96,9 @@ def assistant_char_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int) -> Encoded:
+def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int, supervise_from: int = 0) -> Encoded:
     """Token ids and labels: loss only on assistant turns, including their end-of-turn token."""
-    text, spans = assistant_char_spans(tokenizer, messages)
+    text, spans = assistant_char_spans(tokenizer, messages, supervise_from)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for token_id, (start, _end) in zip(enc["input_ids"], enc["offset_mapping"]):

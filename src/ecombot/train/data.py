@@ -18,10 +18,13 @@ class EncodedSet:
     lengths: list[int]  # token length of every conversation before truncation
 
 
-def encode_conversations(convs: list[Conversation], tokenizer, system_prompt: str | None, max_length: int) -> EncodedSet:
+def encode_conversations(convs: list[Conversation], tokenizer, system_prompt: str | None, max_length: int,
+                         prefixes: list[list[dict[str, str]]] | None = None) -> EncodedSet:
+    """`prefixes`: per-conversation example turns placed before it (few-shot prompts), never supervised."""
     examples, lengths, truncated, empty = [], [], 0, 0
-    for conv in convs:
-        enc = encode_conversation(tokenizer, with_system(conv.messages, system_prompt), max_length)
+    for i, conv in enumerate(convs):
+        messages = with_system((prefixes[i] if prefixes else []) + conv.messages, system_prompt)
+        enc = encode_conversation(tokenizer, messages, max_length, supervise_from=len(messages) - len(conv.messages))
         lengths.append(len(enc.input_ids) if not enc.truncated else max_length + 1)
         truncated += enc.truncated
         if all(label == -100 for label in enc.labels[1:]):

@@ -20,13 +20,19 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def supervised_loss(model, input_ids, attention_mask, labels, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
+def token_losses(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every supervised token, and the batch row it belongs to."""
     keep = supervised_positions(labels)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
     targets = labels[:, 1:][keep[:, :-1]]
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
-    denominator = targets.numel() if num_items is None else num_items
+    return F.cross_entropy(logits.float(), targets, reduction="none"), keep.nonzero()[:, 0]
+
+
+def supervised_loss(model, input_ids, attention_mask, labels, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
+    losses, _ = token_losses(model, input_ids, attention_mask, labels)
+    total = losses.sum()
+    denominator = losses.numel() if num_items is None else num_items
     if isinstance(denominator, torch.Tensor):
         return total / denominator.to(total.device).clamp(min=1)
     return total / max(denominator, 1)

@@ -1,0 +1,176 @@
+"""Write an evaluation: results.json, predictions.jsonl, report.md + report.html with PNG plots, a terminal table."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ecombot.train.report import plot_loss_curve
+
+MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
+TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s")
+TRANSCRIPTS = 10
+
+
+def fmt(metric: dict | None, digits: int = 2) -> str:
+    if metric is None:
+        return "–"
+    low, high = metric["ci95"]
+    return f"{metric['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def digits_for(name: str) -> int:
+    return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s") else 1
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    return [[name] + [fmt(s.get(m), digits_for(m)) for m in TABLE_METRICS] for name, s in results["systems"].items()]
+
+
+def plot_metrics(results: dict, png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["systems"])
+    fig, axes = plt.subplots(1, len(MAIN_METRICS), figsize=(4 * len(MAIN_METRICS), 4), dpi=100)
+    for ax, metric in zip(axes, MAIN_METRICS):
+        scale = 100.0 if metric in ("semantic", "intent_accuracy") else 1.0
+        values, errors = [], [[], []]
+        for name in names:
+            m = results["systems"][name].get(metric)
+            v = m["value"] * scale if m else 0.0
+            values.append(v)
+            errors[0].append(v - m["ci95"][0] * scale if m else 0.0)
+            errors[1].append(m["ci95"][1] * scale - v if m else 0.0)
+        ax.bar(range(len(names)), values, yerr=errors, capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric + (" (x100)" if scale == 100 else ""))
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def plot_intents(results: dict, png: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["systems"])
+    intents = sorted({i for s in results["systems"].values() for i in s["per_intent"]})
+    if not intents:
+        return None
+    grid = np.array([[results["systems"][n]["per_intent"].get(i, {}).get("semantic", np.nan) for n in names]
+                     for i in intents])
+    fig, ax = plt.subplots(figsize=(2 + 1.2 * len(names), 1 + 0.28 * len(intents)), dpi=100)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(intents)), intents, fontsize=7)
+    ax.set_title("semantic similarity to the reference, per intent")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = None) -> dict[str, Path]:
+    from ecombot.evaluate.anatomy import plot_anatomy
+
+    output.mkdir(parents=True, exist_ok=True)
+    results, predictions = evaluation["results"], evaluation["predictions"]
+    if anatomies:
+        results["adapter_anatomy"] = anatomies
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (output / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
+                                              encoding="utf-8")
+    images = {"metrics": plot_metrics(results, output / "metrics.png")}
+    heatmap = plot_intents(results, output / "intents.png")
+    if heatmap:
+        images["intents"] = heatmap
+    for i, adapter in enumerate(results["adapters"]):
+        log = Path(adapter) / "train_log.jsonl"
+        if log.is_file():
+            images[f"loss curve {Path(adapter).name}"] = plot_loss_curve(log, output / f"loss_curve_{i}.png")
+    for i, anatomy in enumerate(anatomies or []):
+        images[f"adapter anatomy {Path(anatomy['run']).name}"] = plot_anatomy(anatomy, output / f"anatomy_{i}.png")
+
+    header = ["system", *TABLE_METRICS]
+    md = ["# ecombot evaluation", "",
+          f"Test set: {results['test_size']} conversations ({json.dumps(results['source'])}); "
+          f"training pool for retrieval/few-shot: {results['train_size']}. 95% bootstrap intervals "
+          f"({results['bootstrap_samples']} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
+          "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token.", ""]
+    if results["source"].get("leaked_test_questions"):
+        md += [f"**Warning: {results['source']['leaked_test_questions']} test questions also appear in the training "
+               "data.**", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    md += [""]
+    for anatomy in anatomies or []:
+        md += [f"## Adapter anatomy: {Path(anatomy['run']).name}", "",
+               f"Trainable parameters: {anatomy['trainable_parameters']:,}"
+               + (f" ({anatomy['trainable_percent']:.2f}% of the base)" if anatomy["trainable_percent"] else "")
+               + f"; rank {anatomy['rank']}, alpha {anatomy['alpha']}. Effective rank = singular values holding "
+               f"{int(anatomy['energy_threshold'] * 100)}% of the energy of ΔW.", "",
+               "| module | ‖ΔW‖/‖W‖ | effective rank | top singular value |", "|---|---|---|---|"]
+        md += [f"| {m['name']} | {m['relative_norm']:.4f} | {m['effective_rank']} | {m['singular_values'][0]:.4f} |"
+               for m in anatomy["modules"]]
+        md += [""]
+    md += ["## Plots", ""] + [f"![{label}]({path.name})" for label, path in images.items()] + [""]
+    md += ["## Transcripts", ""]
+    for p in predictions[:TRANSCRIPTS]:
+        md += [f"**Question** ({p['intent'] or 'no intent'}): {p['question']}", "", f"- *reference*: {p['reference']}"]
+        md += [f"- *{name}*: {answer}" for name, answer in p["answers"].items()] + [""]
+    (output / "report.md").write_text("\n".join(md), encoding="utf-8")
+    (output / "report.html").write_text(markdown_to_html("\n".join(md)), encoding="utf-8")
+    return {"results": output / "results.json", "report": output / "report.md", **images}
+
+
+def markdown_to_html(md: str) -> str:
+    """The small subset of Markdown the report uses (headings, tables, images, lists, bold): no extra dependency."""
+    import re
+
+    out, in_table = ["<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>",
+                     "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+                     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+                     "img{max-width:100%}</style>"], False
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+                out.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
+            else:
+                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if match := re.match(r"!\[(.*)\]\((.*)\)", line):
+            out.append(f"<p><img alt='{html.escape(match[1])}' src='{html.escape(match[2])}'></p>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,250 @@
+"""The evaluation recipe: one held-out test set, every system answers it, every metric with a 95% CI.
+
+Systems: `base` (zero-shot with the store prompt), `base-fewshot` (k training pairs as example turns),
+`retrieval` (answer of the nearest training question, no generation), and per adapter `<run name>`
+(fine-tuned) and `<run name>+retrieval` (fine-tuned with the top-k retrieved pairs as example turns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecombot.chat import Decoding, Engine
+from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT
+from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
+from ecombot.errors import EcombotError
+from ecombot.evaluate import metrics
+from ecombot.evaluate.embeddings import embed
+from ecombot.evaluate.loss import item_losses
+
+SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval")
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = None
+    test: str | None = None
+    adapters: list[str] = field(default_factory=list)
+    systems: tuple[str, ...] = SYSTEMS
+    model: str | None = None
+    limit: int | None = None
+    output: str = "runs/eval"
+    seed: int = 42
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    fewshot_k: int = 3
+    retrieval_k: int = 3
+    batch_size: int = 8
+    max_new_tokens: int = 160
+    system_prompt: str | None = None
+
+
+@dataclass
+class SystemAnswers:
+    name: str
+    answers: list[str]
+    latency_s: list[float]  # per answer: wall time of the batch it was generated in (what a caller waited)
+    new_tokens: list[int]
+    seconds: float
+    loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], dict]:
+    """The test set (and the training set that retrieval and few-shot draw on), split as `train` does."""
+    if cfg.test:
+        test, report = clean(read_file(cfg.test))
+        train: list[Conversation] = []
+        source = {"test": cfg.test, "test_sha256": file_hash(Path(cfg.test)), "dropped_from_test": dict(report.dropped)}
+        if cfg.data:
+            train = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed).split.train
+            source.update(data=cfg.data, data_sha256=file_hash(Path(cfg.data)))
+        elif cfg.adapters and (Path(cfg.adapters[0]) / "data" / "train.jsonl").is_file():
+            train_file = Path(cfg.adapters[0]) / "data" / "train.jsonl"
+            train = read_file(train_file).conversations
+            source.update(data=str(train_file), data_sha256=file_hash(train_file))
+    else:
+        prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        test, train = prepared.split.test, prepared.split.train
+        path = Path(prepared.report.path)
+        source = {"data": str(path), "data_sha256": file_hash(path), "split_seed": cfg.seed}
+    if cfg.limit:
+        test = test[: cfg.limit]
+    if not test:
+        raise EcombotError(f"{cfg.test or cfg.data or 'built-in data'}: the test set is empty (nothing to evaluate)")
+    needs_train = {"base-fewshot", "retrieval", "finetuned+retrieval"} & set(cfg.systems)
+    if needs_train and not train:
+        raise EcombotError(f"systems {', '.join(sorted(needs_train))} need training data: pass --data FILE")
+    source["leaked_test_questions"] = len(leaked_questions(train, test))
+    return test, train, source
+
+
+class Retriever:
+    """Nearest training question by sentence embedding."""
+
+    def __init__(self, train: list[Conversation]):
+        self.pairs = [c for c in train if len(c.messages) >= 2]
+        self.vectors = embed([c.question for c in self.pairs])
+
+    def top(self, queries: list[str], k: int) -> list[list[Conversation]]:
+        scores = embed(queries) @ self.vectors.T
+        order = np.argsort(-scores, axis=1)[:, :k]
+        return [[self.pairs[i] for i in row] for row in order]
+
+
+def example_turns(pairs: list[Conversation]) -> list[dict[str, str]]:
+    turns = []
+    for pair in pairs:
+        turns += [{"role": "user", "content": pair.question}, {"role": "assistant", "content": pair.answer}]
+    return turns
+
+
+def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversation]:
+    """k single-turn training pairs from different intents (seeded), the same for every test item."""
+    rng = random.Random(seed)
+    candidates = [c for c in train if len(c.messages) == 2]
+    rng.shuffle(candidates)
+    picked, intents = [], set()
+    for conv in candidates:
+        if conv.intent not in intents or conv.intent is None:
+            picked.append(conv)
+            intents.add(conv.intent)
+        if len(picked) == k:
+            break
+    return picked
+
+
+def generate_all(engine: Engine, prompts: list[list[dict[str, str]]], use_base: bool, batch_size: int) -> SystemAnswers:
+    answers, latency, tokens = [], [], []
+    started = time.time()
+    for start in range(0, len(prompts), batch_size):
+        t = time.time()
+        batch = engine.generate_detailed(prompts[start:start + batch_size], use_base=use_base)
+        elapsed = time.time() - t
+        answers += [g.text for g in batch]
+        tokens += [g.new_tokens for g in batch]
+        latency += [elapsed] * len(batch)
+    return SystemAnswers("", answers, latency, tokens, time.time() - started)
+
+
+def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndarray, pool_intents: list[str],
+          indices: np.ndarray) -> dict:
+    refs = [c.answer for c in test]
+    hyps = system.answers
+    answer_vectors, ref_vectors = embed(hyps), embed(refs)
+    semantic = metrics.cosine_rows(answer_vectors, ref_vectors)
+    result = {
+        "bleu": metrics.corpus_bleu(hyps, refs, indices).to_dict(),
+        "chrf": metrics.corpus_chrf(hyps, refs, indices).to_dict(),
+        "rouge_l": metrics.mean_estimate(metrics.rouge_l(hyps, refs), indices).to_dict(),
+        "semantic": metrics.mean_estimate(semantic, indices).to_dict(),
+        "intent_accuracy": None, "loss": None, "perplexity": None,
+        "latency_s": metrics.mean_estimate(system.latency_s, indices).to_dict(),
+        "answer_tokens": metrics.mean_estimate(system.new_tokens, indices).to_dict(),
+        "tokens_per_s": (sum(system.new_tokens) / system.seconds) if system.seconds > 0 and sum(system.new_tokens) else None,
+        "seconds": system.seconds,
+    }
+    per_item = {"semantic": semantic.tolist()}
+    if all(c.intent for c in test) and pool_intents:
+        predicted = metrics.nearest_intents(answer_vectors, pool_vectors, pool_intents)
+        correct = [float(p == c.intent) for p, c in zip(predicted, test)]
+        result["intent_accuracy"] = metrics.mean_estimate(correct, indices).to_dict()
+        per_item["intent_correct"] = correct
+    if system.loss is not None:
+        sums, counts = system.loss
+        boot = sums[indices].sum(axis=1) / np.maximum(counts[indices].sum(axis=1), 1)
+        loss = float(sums.sum() / counts.sum())
+        low, high = np.percentile(boot, [2.5, 97.5])
+        result["loss"] = {"value": loss, "ci95": [float(low), float(high)]}
+        result["perplexity"] = {"value": float(np.exp(min(loss, 50))),
+                                "ci95": [float(np.exp(min(low, 50))), float(np.exp(min(high, 50)))]}
+    result["per_intent"] = per_intent(test, per_item)
+    return result
+
+
+def per_intent(test: list[Conversation], per_item: dict[str, list[float]]) -> dict:
+    out: dict[str, dict] = {}
+    for intent in sorted({c.intent for c in test if c.intent}):
+        rows = [i for i, c in enumerate(test) if c.intent == intent]
+        out[intent] = {"n": len(rows), **{name: float(np.mean([values[i] for i in rows]))
+                                          for name, values in per_item.items()}}
+    return out
+
+
+def evaluate(cfg: EvalConfig, console=None) -> dict:
+    from ecombot.models import load_for_inference, read_adapter_base
+
+    unknown = set(cfg.systems) - set(SYSTEMS)
+    if unknown:
+        raise EcombotError(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+    if {"finetuned", "finetuned+retrieval"} & set(cfg.systems) and not cfg.adapters:
+        cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned"))
+    say = console.print if console else (lambda *a, **k: None)
+    test, train, source = load_sets(cfg)
+    if source["leaked_test_questions"]:
+        say(f"[yellow]warning:[/yellow] {source['leaked_test_questions']} test question(s) also appear in the "
+            "training data: scores of fine-tuned and retrieval systems are inflated (flagged in results.json)")
+    system_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if cfg.data is None and cfg.test is None
+                                          else GENERIC_SYSTEM_PROMPT)
+    retriever = Retriever(train) if train else None
+    pool = [c for c in train if c.intent]
+    pool_vectors = embed([c.answer for c in pool]) if pool else np.zeros((0, 384))
+    pool_intents = [c.intent for c in pool]
+    prompts = [c.messages[:-1] for c in test]
+    queries = [next(m["content"] for m in reversed(c.messages) if m["role"] == "user") for c in test]
+    systems: list[SystemAnswers] = []
+
+    if "retrieval" in cfg.systems:
+        started = time.time()
+        answers = [hits[0].answer for hits in retriever.top(queries, 1)]
+        seconds = time.time() - started
+        systems.append(SystemAnswers("retrieval", answers, [seconds / len(test)] * len(test), [0] * len(test), seconds))
+
+    model_spec = cfg.model or (read_adapter_base(Path(cfg.adapters[0])) if cfg.adapters else None)
+    if {"base", "base-fewshot", "finetuned", "finetuned+retrieval"} & set(cfg.systems):
+        loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None)
+        engine = Engine(loaded, system_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
+        fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
+        retrieved = ([example_turns(hits) for hits in retriever.top(queries, cfg.retrieval_k)]
+                     if retriever and "finetuned+retrieval" in cfg.systems else None)
+        runs = [("base", [], True, None), ("base-fewshot", fewshot, True, None)]
+        for i, adapter in enumerate(cfg.adapters):
+            name = Path(adapter).resolve().name
+            if i > 0:
+                loaded.model.load_adapter(str(adapter), adapter_name=name)
+            runs += [("finetuned", [], False, (i, name)), ("finetuned+retrieval", retrieved, False, (i, name))]
+        for kind, prefix, use_base, adapter in runs:
+            if kind not in cfg.systems:
+                continue
+            name = kind if adapter is None else (adapter[1] if kind == "finetuned" else f"{adapter[1]}+retrieval")
+            if adapter is not None:
+                loaded.model.set_adapter("default" if adapter[0] == 0 else adapter[1])
+            prefixes = prefix if kind == "finetuned+retrieval" else [prefix] * len(test)
+            say(f"answering {len(test)} test questions with {name} ...")
+            answered = generate_all(engine, [p + q for p, q in zip(prefixes, prompts)], use_base, cfg.batch_size)
+            with engine.base_model(use_base):
+                answered.loss = item_losses(loaded.model, loaded.tokenizer, test, system_prompt, prefixes=prefixes)
+            answered.name = name
+            systems.append(answered)
+
+    indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
+    results = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "model": model_spec, "adapters": [str(Path(a).resolve()) for a in cfg.adapters], "source": source,
+        "test_size": len(test), "train_size": len(train), "system_prompt": system_prompt,
+        "bootstrap_samples": metrics.BOOTSTRAP_SAMPLES,
+        "systems": {s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
+    }
+    predictions = [{"question": q, "intent": c.intent, "reference": c.answer,
+                    "answers": {s.name: s.answers[i] for s in systems}} for i, (q, c) in enumerate(zip(queries, test))]
+    return {"results": results, "predictions": predictions}

@@ -1,0 +1,158 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ecombot.errors import EcombotError
+from ecombot.evaluate import EvalConfig, evaluate, run_evaluation
+from ecombot.evaluate import metrics
+from ecombot.evaluate.anatomy import effective_rank, inspect_adapter, low_rank_singular_values
+from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for
+
+
+# --- metrics against hand-computed values -----------------------------------------------------------------
+
+def test_rouge_l_hand_computed():
+    # LCS("the cat sat", "the cat sat on the mat") = 3: P = 3/3, R = 3/6, F = 2PR/(P+R) = 2/3
+    assert metrics.rouge_l(["the cat sat"], ["the cat sat on the mat"]) == [pytest.approx(200 / 3)]
+    assert metrics.rouge_l(["completely different words"], ["the cat sat"]) == [0.0]
+
+
+def test_corpus_bleu_and_chrf_bounds():
+    refs = ["you can return items within 30 days", "refunds take 5 business days"]
+    idx = metrics.bootstrap_indices(len(refs), samples=50)
+    same = metrics.corpus_bleu(refs, refs, idx)
+    assert same.value == pytest.approx(100.0) and same.low == pytest.approx(100.0)
+    assert metrics.corpus_chrf(refs, refs, idx).value == pytest.approx(100.0)
+    assert metrics.corpus_bleu(["zzz qqq", "xxx yyy"], refs, idx).value == pytest.approx(0.0)
+
+
+def test_corpus_bleu_matches_sacrebleu_and_its_interval_contains_it():
+    import sacrebleu
+
+    hyps = ["returns are free within 30 days", "we ship in 3 to 5 days", "call us any time", "the code is invalid"]
+    refs = ["returns are accepted within 30 days", "standard shipping takes 3 to 5 days", "call us on weekdays",
+            "that promo code has expired"]
+    est = metrics.corpus_bleu(hyps, refs, metrics.bootstrap_indices(4, samples=300))
+    assert est.value == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert est.low <= est.value <= est.high
+
+
+def test_mean_bootstrap():
+    idx = metrics.bootstrap_indices(100, seed=1)
+    est = metrics.mean_estimate([0.0, 1.0] * 50, idx)
+    assert est.value == 0.5 and 0.38 < est.low < 0.5 < est.high < 0.62
+    constant = metrics.mean_estimate([0.7] * 100, idx)
+    assert constant.low == pytest.approx(0.7) and constant.high == pytest.approx(0.7)
+    assert np.array_equal(metrics.bootstrap_indices(10, seed=3), metrics.bootstrap_indices(10, seed=3))
+
+
+def test_cosine_and_nearest_intents():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [1.0, 1.0]])
+    assert metrics.cosine_rows(a, b) == pytest.approx([1.0, np.sqrt(0.5)])
+    pool = np.array([[1.0, 0.1], [0.1, 1.0]])
+    assert metrics.nearest_intents(a, pool, ["refund", "shipping"]) == ["refund", "shipping"]
+
+
+def test_effective_rank_and_low_rank_svd():
+    assert effective_rank(np.array([3.0, 1.0, 0.0])) == 1  # 9 / 10 of the energy in the first value
+    assert effective_rank(np.array([1.0, 1.0, 1.0, 1.0])) == 4
+    assert effective_rank(np.zeros(3)) == 0
+    torch.manual_seed(0)
+    b, a = torch.randn(50, 4), torch.randn(4, 30)
+    expected = torch.linalg.svdvals(2.0 * b.double() @ a.double()).numpy()[:4]
+    assert low_rank_singular_values(b, a, 2.0) == pytest.approx(expected, rel=1e-6)
+
+
+def test_report_number_format():
+    assert fmt({"value": 12.345, "ci95": [10.0, 14.5]}, 1) == "12.3 [10.0, 14.5]"
+    assert fmt(None) == "–"
+
+
+# --- the whole evaluation on a tiny model ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    from conftest import write_small_dataset
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    root = tmp_path_factory.mktemp("eval")
+    data = write_small_dataset(root / "small.jsonl")
+    run = root / "run"
+    train(load_config(None, model=str(tiny_model_dir), data=str(data), output=str(run), max_steps=2, eval_steps=2,
+                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15), show_progress=False)
+    return data, run
+
+
+def test_evaluation_outputs(tmp_path, trained_run):
+    data, run = trained_run
+    out = tmp_path / "eval"
+    cfg = EvalConfig(data=str(data), adapters=[str(run)], output=str(out), max_new_tokens=6, val_fraction=0.15,
+                     test_fraction=0.15)
+    paths = run_evaluation(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["systems"]) == {"base", "base-fewshot", "retrieval", "run", "run+retrieval"}
+    for name, system in results["systems"].items():
+        for metric in ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "latency_s"):
+            low, high = system[metric]["ci95"]
+            assert low <= system[metric]["value"] <= high, (name, metric)
+        assert 0 <= system["bleu"]["value"] <= 100 and 0 <= system["chrf"]["value"] <= 100
+        assert (system["loss"] is None) == (name == "retrieval")
+    # retrieval on a templated dataset finds the right policy: answers of the same intent
+    assert results["systems"]["retrieval"]["intent_accuracy"]["value"] >= 0.8
+    assert results["source"]["leaked_test_questions"] == 0 and len(results["source"]["data_sha256"]) == 16
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == results["test_size"] == len((run / "data" / "test.jsonl").read_text().splitlines())
+    assert set(predictions[0]["answers"]) == set(results["systems"])
+    # every number in the report's table is the one in results.json
+    report = (out / "report.md").read_text()
+    for name, system in results["systems"].items():
+        row = "| " + " | ".join([name] + [fmt(system.get(m), digits_for(m)) for m in TABLE_METRICS]) + " |"
+        assert row in report
+    assert "## Adapter anatomy: run" in report and report.count("**Question**") == min(10, results["test_size"])
+    for key, path in paths.items():
+        if path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+    assert "<table>" in (out / "report.html").read_text()
+
+
+def test_same_seed_gives_the_training_test_set(trained_run):
+    data, run = trained_run
+    evaluation = evaluate(EvalConfig(data=str(data), systems=("retrieval",), val_fraction=0.15, test_fraction=0.15))
+    trained_test = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    assert [p["question"] for p in evaluation["predictions"]] == trained_test
+
+
+def test_leakage_is_flagged(tmp_path, trained_run):
+    data, run = trained_run
+    cfg = EvalConfig(test=str(run / "data" / "train.jsonl"), adapters=[str(run)], systems=("retrieval",),
+                     output=str(tmp_path / "leak"))
+    run_evaluation(cfg)
+    results = json.loads((tmp_path / "leak" / "results.json").read_text())
+    assert results["source"]["leaked_test_questions"] == results["test_size"] > 0
+    assert "Warning" in (tmp_path / "leak" / "report.md").read_text()
+
+
+def test_bad_evaluation_input(tmp_path, trained_run):
+    data, run = trained_run
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")  # no reference answer
+    with pytest.raises(EcombotError, match="test set is empty"):
+        evaluate(EvalConfig(test=str(empty), systems=("base",)))
+    with pytest.raises(EcombotError, match="need training data"):
+        evaluate(EvalConfig(test=str(run / "data" / "test.jsonl"), systems=("retrieval",)))
+    with pytest.raises(EcombotError, match="unknown system"):
+        evaluate(EvalConfig(systems=("oracle",)))
+
+
+def test_adapter_anatomy(trained_run, tiny_model_dir):
+    _, run = trained_run
+    anatomy = inspect_adapter(run)
+    assert anatomy["rank"] == 16 and anatomy["trainable_parameters"] > 0
+    names = [m["name"] for m in anatomy["modules"]]
+    assert names[0].startswith("model.layers.0.") and names[-1].startswith("model.layers.1.")
+    for m in anatomy["modules"]:
+        assert len(m["singular_values"]) == 16 and 0 <= m["effective_rank"] <= 16 and m["relative_norm"] >= 0
