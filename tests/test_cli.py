@@ -113,17 +113,20 @@ def test_unexpected_errors_are_not_hidden(monkeypatch):
 def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     from rich.console import Console
 
-    from ecombot.quickstart import SHOWN_QUESTIONS, run
+    from ecombot.quickstart import EVAL_ITEMS, SHOWN_QUESTIONS, run
 
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=160)
     summary = run(output=str(tmp_path / "qs"), max_steps=2, console=console, model=str(tiny_model_dir))
     text = console.export_text()
-    assert text.count("fine-tuned") >= SHOWN_QUESTIONS and "Held-out loss per answer token" in text
+    assert text.count("fine-tuned ") >= SHOWN_QUESTIONS and "held-out test conversations" in text
     assert len(summary["answers"]) == SHOWN_QUESTIONS
     assert len({a["intent"] for a in summary["answers"]}) == SHOWN_QUESTIONS  # different policies shown
+    assert set(summary["systems"]) == {"base", "retrieval", "qs"}
     assert summary["loss_before"] > 0 and summary["loss_after"] > 0
     saved = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert saved["loss_after"] == summary["loss_after"]
+    results = json.loads((tmp_path / "qs" / "eval" / "results.json").read_text())
+    assert results["test_size"] == EVAL_ITEMS and results["source"]["leaked_test_questions"] == 0
     assert "{{" not in text  # placeholders are filled in what the user sees
 
 

@@ -245,6 +245,6 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
         "bootstrap_samples": metrics.BOOTSTRAP_SAMPLES,
         "systems": {s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
     }
-    predictions = [{"question": q, "intent": c.intent, "reference": c.answer,
+    predictions = [{"question": q, "intent": c.intent, "turns": len(c.messages), "reference": c.answer,
                     "answers": {s.name: s.answers[i] for s in systems}} for i, (q, c) in enumerate(zip(queries, test))]
     return {"results": results, "predictions": predictions}
