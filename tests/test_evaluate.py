@@ -117,6 +117,9 @@ def test_evaluation_outputs(tmp_path, trained_run):
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
     assert "<table>" in (out / "report.html").read_text()
+    per_intent = results["systems"]["retrieval"]["per_intent"]
+    assert sum(v["n"] for v in per_intent.values()) == results["test_size"]
+    assert set(next(iter(per_intent.values()))) == {"n", "semantic", "rouge_l", "intent_correct"}
 
 
 def test_same_seed_gives_the_training_test_set(trained_run):

@@ -16,9 +16,9 @@ from ecombot.train import train
 from ecombot.train.recipe import write_json
 
 # Tuned to finish within ~18 minutes on a 2-core CPU, first model conversion included (README "Main job").
-QUICKSTART = {"max_steps": 220, "learning_rate": 1e-3, "eval_steps": 55, "eval_max_examples": 64, "logging_steps": 10}
+QUICKSTART = {"max_steps": 200, "learning_rate": 1e-3, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}
 EVAL_SYSTEMS = ("base", "retrieval", "finetuned")
-EVAL_ITEMS = 40  # test conversations answered by each system (the base model often talks until the token limit)
+EVAL_ITEMS = 32  # test conversations answered by each system (the base model often talks until the token limit)
 SHOWN_QUESTIONS = 5
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
 

@@ -19,15 +19,23 @@ def run_evaluation(cfg, console=None) -> dict[str, Path]:
 
 
 def print_table(results: dict, console) -> None:
+    """Compact terminal table: value ± half-width of the 95% interval (report.md has the exact bounds)."""
     from rich.table import Table
 
-    from ecombot.evaluate.report import TABLE_METRICS, table_rows
-
-    table = Table(title=f"{results['test_size']} held-out test conversations (95% bootstrap CI)")
-    for column in ("system", *TABLE_METRICS):
-        table.add_column(column, overflow="fold")
-    for row in table_rows(results):
-        table.add_row(*row)
+    columns = {"bleu": ("BLEU", 1), "chrf": ("chrF", 1), "rouge_l": ("ROUGE-L", 1), "semantic": ("semantic", 2),
+               "intent_accuracy": ("intent", 2), "loss": ("loss", 2), "latency_s": ("latency s", 1)}
+    table = Table(title=f"{results['test_size']} held-out test conversations (± = 95% bootstrap interval)",
+                  show_lines=True)
+    table.add_column("system")
+    for header, _ in columns.values():
+        table.add_column(header, justify="right")
+    for name, system in results["systems"].items():
+        cells = []
+        for metric, (_, digits) in columns.items():
+            m = system.get(metric)
+            half = max(m["value"] - m["ci95"][0], m["ci95"][1] - m["value"]) if m else 0.0
+            cells.append(f"{m['value']:.{digits}f}\n±{half:.{digits}f}" if m else "–")
+        table.add_row(name, *cells)
     console.print(table)
 
 

@@ -143,10 +143,11 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
     hyps = system.answers
     answer_vectors, ref_vectors = embed(hyps), embed(refs)
     semantic = metrics.cosine_rows(answer_vectors, ref_vectors)
+    rouge = metrics.rouge_l(hyps, refs)
     result = {
         "bleu": metrics.corpus_bleu(hyps, refs, indices).to_dict(),
         "chrf": metrics.corpus_chrf(hyps, refs, indices).to_dict(),
-        "rouge_l": metrics.mean_estimate(metrics.rouge_l(hyps, refs), indices).to_dict(),
+        "rouge_l": metrics.mean_estimate(rouge, indices).to_dict(),
         "semantic": metrics.mean_estimate(semantic, indices).to_dict(),
         "intent_accuracy": None, "loss": None, "perplexity": None,
         "latency_s": metrics.mean_estimate(system.latency_s, indices).to_dict(),
@@ -154,7 +155,7 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         "tokens_per_s": (sum(system.new_tokens) / system.seconds) if system.seconds > 0 and sum(system.new_tokens) else None,
         "seconds": system.seconds,
     }
-    per_item = {"semantic": semantic.tolist()}
+    per_item = {"semantic": semantic.tolist(), "rouge_l": rouge}
     if all(c.intent for c in test) and pool_intents:
         predicted = metrics.nearest_intents(answer_vectors, pool_vectors, pool_intents)
         correct = [float(p == c.intent) for p, c in zip(predicted, test)]
