@@ -64,3 +64,17 @@ def test_terminal_chat_commands(engine):
     text = out.getvalue()
     assert text.count("bot> ") == 2 and "(new conversation)" in text
     assert next(inputs) == "never read"
+
+
+def test_repetition_penalty_touches_only_answer_tokens():
+    import torch
+
+    from ecombot.chat.engine import AnswerRepetitionPenalty
+
+    scores = torch.tensor([[2.0, -2.0, 2.0, 2.0, 1.0]])
+    prompt_and_answer = torch.tensor([[0, 1, 3]])  # tokens 0 and 1 are the prompt, 3 was generated
+    out = AnswerRepetitionPenalty(2.0, prompt_length=2)(prompt_and_answer, scores.clone())
+    assert out.tolist() == [[2.0, -2.0, 2.0, 1.0, 1.0]]  # only token 3 is damped; prompt tokens 0 and 1 untouched
+    negative = AnswerRepetitionPenalty(2.0, prompt_length=0)(torch.tensor([[1]]), scores.clone())
+    assert negative[0, 1] == -4.0  # negative scores are pushed further down
+    assert torch.equal(AnswerRepetitionPenalty(2.0, prompt_length=3)(prompt_and_answer, scores.clone()), scores)
