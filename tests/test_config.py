@@ -51,4 +51,4 @@ def test_system_prompt_defaults():
     assert "Harbor & Pine" in TrainConfig().resolved_system_prompt()
     assert "Harbor & Pine" not in TrainConfig(data="mine.csv").resolved_system_prompt()
     assert TrainConfig(system_prompt="Custom").resolved_system_prompt() == "Custom"
-    assert {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"} == FIELDS
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == FIELDS

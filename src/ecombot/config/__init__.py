@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ class TrainConfig:
     early_stopping_patience: int = 3
     eval_max_examples: int | None = 200
     save_total_limit: int = 2
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "2e-4" as a string; accept it as the number the user meant.
@@ -97,12 +96,10 @@ class TrainConfig:
         return BUILTIN_SYSTEM_PROMPT if self.data is None else GENERIC_SYSTEM_PROMPT
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extra")
-        return d
+        return dataclasses.asdict(self)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def default_yaml_text() -> str:

@@ -64,15 +64,15 @@ def rouge_l(hypotheses: list[str], references: list[str]) -> list[float]:
     return [100.0 * scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
 
 
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two matrices of embeddings."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
+    return (_unit(a) * _unit(b)).sum(axis=1)
 
 
 def nearest_intents(answer_vectors: np.ndarray, pool_vectors: np.ndarray, pool_intents: list[str]) -> list[str]:
     """The intent of the pool reference closest to each answer (cosine)."""
-    a = answer_vectors / np.maximum(np.linalg.norm(answer_vectors, axis=1, keepdims=True), 1e-12)
-    p = pool_vectors / np.maximum(np.linalg.norm(pool_vectors, axis=1, keepdims=True), 1e-12)
-    return [pool_intents[i] for i in (a @ p.T).argmax(axis=1)]
+    return [pool_intents[i] for i in (_unit(answer_vectors) @ _unit(pool_vectors).T).argmax(axis=1)]
