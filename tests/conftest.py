@@ -75,3 +75,80 @@ def write_small_dataset(path: Path) -> Path:
 @pytest.fixture()
 def small_dataset(tmp_path) -> Path:
     return write_small_dataset(tmp_path / "small.jsonl")
+
+
+@pytest.fixture(scope="session")
+def talkative_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with whitespace tokens made unlikely, so its (random) answers have visible text to stream."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()
+             and i not in tokenizer.all_special_ids]
+    with torch.no_grad():
+        model.get_output_embeddings().weight[blank] = 0
+    path = tmp_path_factory.mktemp("talkative")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(talkative_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Two LoRA adapters with random (non-zero) weights on the talkative model, saved as PEFT adapters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = {}
+    for seed, name in enumerate(["support", "fr"]):
+        import torch
+
+        torch.manual_seed(seed + 10)
+        base = AutoModelForCausalLM.from_pretrained(talkative_model_dir)
+        peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                               init_lora_weights=False))
+        with torch.no_grad():
+            for param_name, param in peft.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0, 0.5)
+        dirs[name] = tmp_path_factory.mktemp(name)
+        peft.save_pretrained(dirs[name])
+    return dirs
+
+
+class RunningServer:
+    """A uvicorn server on a free loopback port, in a background thread (a real socket, real HTTP)."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture
+def running_server():
+    return RunningServer

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from ecombot.chat import Decoding, Engine, PlaceholderStream, fill_placeholders, parse_context, repl
+from ecombot.chat import Decoding, TransformersEngine, PlaceholderStream, fill_placeholders, parse_context, repl
 from ecombot.models import load_for_inference
 
 
@@ -10,7 +10,12 @@ def test_placeholders_are_filled_or_made_readable():
     context = parse_context(["Order Number=HP-1", "customer_name = Ana "])
     assert context == {"ordernumber": "HP-1", "customername": "Ana"}
     text = "Hi {{Customer Name}}, order {{ Order Number }} ships; see {{Tracking URL}}."
-    assert fill_placeholders(text, context) == "Hi Ana, order HP-1 ships; see [Tracking URL]."
+    assert fill_placeholders(text, context) == ("Hi Ana, order HP-1 ships; see your tracking url."
+                                                " Could you please share your tracking url so I can help you further?")
+    unknown = fill_placeholders("Hi {{Customer Name}}, I checked order {{Order Number}} and {{Order Number}}.", {})
+    assert unknown == ("Hi there, I checked order your order number and your order number."
+                       " Could you please share your order number so I can help you further?")
+    assert "{{" not in unknown and fill_placeholders("No placeholders here.", {}) == "No placeholders here."
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_context(["order"])
 
@@ -25,20 +30,20 @@ def test_streaming_fill_handles_placeholders_split_across_chunks():
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     loaded = load_for_inference(model=str(tiny_model_dir), precision="fp32")
-    return Engine(loaded, "Be brief.", Decoding(max_new_tokens=8))
+    return TransformersEngine(loaded, "Be brief.", Decoding(max_new_tokens=8))
 
 
 def test_batched_generation_is_deterministic(engine):
     questions = [[{"role": "user", "content": "Where is my order?"}], [{"role": "user", "content": "Refund?"}]]
-    first = engine.generate(questions)
+    first = [g.text for g in engine.generate(questions)]
     assert len(first) == 2 and all(isinstance(a, str) for a in first)
-    assert engine.generate(questions) == first
-    assert engine.generate(questions[:1]) == first[:1]  # left padding does not change the answer
+    assert [g.text for g in engine.generate(questions)] == first
+    assert engine.generate(questions[:1])[0].text == first[0]  # left padding does not change the answer
 
 
 def test_stream_gives_the_same_text_as_generate(engine):
     question = [{"role": "user", "content": "Can I pay with PayPal?"}]
-    assert "".join(engine.stream(question)).strip() == engine.generate([question])[0]
+    assert "".join(engine.stream(question)) == engine.generate([question])[0].text
 
 
 def test_history_is_trimmed_to_the_context_window(engine):

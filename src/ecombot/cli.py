@@ -20,6 +20,8 @@ data_app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 adapter_app = typer.Typer(help="Look inside trained adapters.", no_args_is_help=True)
 app.add_typer(adapter_app, name="adapter")
+conversations_app = typer.Typer(help="The conversations the server stored, and their feedback.", no_args_is_help=True)
+app.add_typer(conversations_app, name="conversations")
 console = Console()
 err = Console(stderr=True)
 
@@ -131,7 +133,7 @@ def chat(
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers)."""
-    from ecombot.chat import Decoding, Engine, answer_streaming, parse_context, repl
+    from ecombot.chat import Decoding, TransformersEngine, answer_streaming, parse_context, repl
     from ecombot.config import BUILTIN_SYSTEM_PROMPT
     from ecombot.models import load_for_inference
 
@@ -144,7 +146,7 @@ def chat(
         run_config = adapter / "run_config.json" if adapter else None
         system_prompt = (json.loads(run_config.read_text()).get("system_prompt") if run_config and run_config.is_file()
                          else BUILTIN_SYSTEM_PROMPT)
-    engine = Engine(loaded, system_prompt, Decoding(max_new_tokens, temperature, repetition_penalty))
+    engine = TransformersEngine(loaded, system_prompt, Decoding(max_new_tokens, temperature, repetition_penalty))
     if once is not None:
         answer_streaming(engine, [{"role": "user", "content": once}], values)
         return
@@ -192,6 +194,63 @@ def adapter_inspect(
         table.add_row(m["name"], f"{m['relative_norm']:.4f}", str(m["effective_rank"]),
                       ", ".join(f"{v:.3f}" for v in m["singular_values"][:4]))
     console.print(table)
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, help="Base model (default: the first adapter's, else gemma-3-270m)."),
+    adapter: List[str] = typer.Option([], help="NAME=RUN_DIR (repeatable); the request's `model` picks one. "
+                                               "No adapter: the base model is served."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: List[str] = typer.Option([], envvar="ECOMBOT_API_KEYS",
+                                      help="Accepted Bearer key (repeatable; env ECOMBOT_API_KEYS, comma-separated)."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the conversation store "
+                                                "(default: sqlite:///$ECOMBOT_HOME/ecombot.db; postgresql+psycopg://...)."),
+    redact: bool = typer.Option(True, help="Remove e-mails, phone and card numbers before anything is stored."),
+    cors_origin: List[str] = typer.Option([], help="Allowed browser origin for CORS (repeatable; default: CORS off)."),
+    web: bool = typer.Option(True, help="Serve the customer chat page at /."),
+    max_batch: int = typer.Option(8, help="Requests generated together."),
+    max_queue: int = typer.Option(64, help="Waiting requests before new ones get 503."),
+    max_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
+    default_max_tokens: int = typer.Option(200, help="Answer length when a request does not say."),
+    rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
+    max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
+) -> None:
+    """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
+    import uvicorn
+
+    from ecombot.chat import Decoding
+    from ecombot.models import DEFAULT_MODEL
+    from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
+
+    adapters = parse_adapters(adapter)
+    keys = [k.strip() for spec in api_key for k in spec.split(",") if k.strip()]
+    store = Store(db, redact_text=redact)
+    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens))
+    config = ServeConfig(model_name=model or DEFAULT_MODEL, api_keys=keys, cors_origins=cors_origin, web=web,
+                         max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
+                         default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
+                         max_batch=max_batch, max_queue=max_queue)
+    names = ", ".join([*engine.adapters(), "base"])
+    console.print(f"serving {names} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
+                  f"API keys: {len(keys) or 'none'}; store: {store.engine.url.render_as_string(hide_password=True)})")
+    uvicorn.run(create_app(engine, store, config), host=host, port=port, log_level="warning")
+
+
+@conversations_app.command("export")
+def conversations_export(
+    output: Path = typer.Option(..., help="Chat JSONL file to write (ecombot train reads it)."),
+    rated: bool = typer.Option(False, help="Only rated answers, with customers' corrections in place of wrong ones."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
+) -> None:
+    """Export stored conversations as training data: the path from customer feedback back to `ecombot train`."""
+    from ecombot.serve import Store
+
+    report = Store(db).export(output, rated_only=rated)
+    console.print(f"wrote {report.written} conversation(s) to {output}")
+    for reason, count in report.skipped.items():
+        console.print(f"skipped {count}: {reason}")
 
 
 @app.command()

@@ -1,19 +1,34 @@
-"""One small generation engine (load, batch generate, stream, switch to the base model) used by chat and quickstart.
+"""The generation engine behind chat, evaluate and serve: load once, generate batches, stream, switch adapters.
 
-Prompts go through the same chat template as training; generation stops at <end_of_turn>/EOS.
+`GenerationEngine` is the whole interface the three stages use; `TransformersEngine` implements it with
+Transformers + PEFT (a llama.cpp engine for GGUF exports can implement the same four methods). Prompts go
+through the same chat template as training; generation stops at <end_of_turn>/EOS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
+from ecombot.errors import EcombotError, ModelError
 from ecombot.models import LoadedModel, encode_prompt, stop_token_ids, with_system
+
+BASE = "base"  # adapter name meaning "the base model, adapters switched off"
+
+# on_text(row, new_text) -> False cancels that row (e.g. the HTTP client went away)
+TextCallback = Callable[[int, str], "bool | None"]
+
+
+class PromptTooLong(EcombotError):
+    """The newest message alone does not fit the context window next to the answer's token budget."""
 
 
 class AnswerRepetitionPenalty(LogitsProcessor):
@@ -43,12 +58,12 @@ class Decoding:
     max_new_tokens: int = 200
     temperature: float = 0.0
     repetition_penalty: float = 1.1
+    top_p: float = 0.9
 
     def generate_kwargs(self, prompt_length: int) -> dict:
-        kwargs = {"max_new_tokens": self.max_new_tokens,
-                  "logits_processor": LogitsProcessorList([AnswerRepetitionPenalty(self.repetition_penalty, prompt_length)])}
+        kwargs = {"logits_processor": LogitsProcessorList([AnswerRepetitionPenalty(self.repetition_penalty, prompt_length)])}
         if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=0.9)
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
@@ -58,80 +73,181 @@ class Decoding:
 class Generation:
     text: str
     new_tokens: int  # generated tokens, including the stop token when the model stopped by itself
+    prompt_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" (end of turn), "length" (token budget) or "cancelled"
 
 
-class Engine:
+class GenerationEngine(Protocol):
+    """What chat, evaluate and serve need from a model backend."""
+
+    context_tokens: int
+    decoding: Decoding
+
+    def adapters(self) -> list[str]: ...
+
+    def prompt_ids(self, messages: list[dict[str, str]], adapter: str | None = None,
+                   reserve: int | None = None) -> list[int]: ...
+
+    def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
+                 decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
+                 on_text: TextCallback | None = None) -> list[Generation]: ...
+
+    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]: ...
+
+
+class RowTracker(BaseStreamer, StoppingCriteria):
+    """Follows each row of one batched `generate`: streams its new text, stops it at its own budget or on cancel.
+
+    Why by hand: Transformers' text streamers handle a batch of one; a server batching requests needs every
+    row's text as it is produced, and rows with different `max_tokens`.
+    """
+
+    def __init__(self, tokenizer, stop_ids: list[int], prompt_width: int, limits: list[int],
+                 on_text: TextCallback | None):
+        self.tokenizer, self.stop_ids, self.prompt_width = tokenizer, set(stop_ids), prompt_width
+        self.limits, self.on_text = limits, on_text
+        self.tokens: list[list[int]] = [[] for _ in limits]
+        self.sent = [""] * len(limits)
+        self.finish: list[str | None] = [None] * len(limits)
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate() first hands over the prompt
+            self.seen_prompt = True
+            return
+        for row, token in enumerate(value.view(-1).tolist()):
+            if self.finish[row] is not None:
+                continue
+            if token in self.stop_ids:
+                self.finish[row] = "stop"
+            else:
+                self.tokens[row].append(token)
+                if len(self.tokens[row]) >= self.limits[row]:
+                    self.finish[row] = "length"
+            self._send(row)
+
+    def end(self) -> None:
+        for row in range(len(self.limits)):
+            if self.finish[row] is None:
+                self.finish[row] = "length"
+                self._send(row)
+
+    def text(self, row: int) -> str:
+        return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).strip()
+
+    def _send(self, row: int) -> None:
+        if self.on_text is None:
+            return
+        text = self.text(row)
+        if self.finish[row] is None:  # hold back trailing spaces and half-decoded characters until stable
+            text = text.rstrip().rstrip("\ufffd")
+        if not text.startswith(self.sent[row]) or len(text) == len(self.sent[row]):
+            if self.finish[row] is None and self.on_text(row, "") is False:
+                self.finish[row] = "cancelled"
+            return
+        delta, self.sent[row] = text[len(self.sent[row]):], text
+        if self.on_text(row, delta) is False and self.finish[row] is None:
+            self.finish[row] = "cancelled"
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        steps = input_ids.shape[1] - self.prompt_width
+        done = [self.finish[r] == "cancelled" or steps >= limit for r, limit in enumerate(self.limits)]
+        return torch.tensor(done, device=input_ids.device)
+
+
+class TransformersEngine:
+    """Transformers + PEFT engine: one base model in memory, any number of LoRA adapters switched per call."""
+
     def __init__(self, loaded: LoadedModel, system_prompt: str | None, decoding: Decoding | None = None,
                  context_tokens: int = 2048):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.loaded = loaded
-        self.system_prompt = system_prompt
         self.decoding = decoding or Decoding()
         limit = getattr(self.model.config, "max_position_embeddings", context_tokens) or context_tokens
         self.context_tokens = min(context_tokens, limit)
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
+        self.system_prompts: dict[str, str | None] = {BASE: system_prompt, self.default_adapter: system_prompt}
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt for the next answer, dropping the oldest exchanges until it fits the context window."""
-        messages = list(messages)
-        while True:
-            ids = encode_prompt(self.tokenizer, with_system(messages, self.system_prompt))
-            if len(ids) + self.decoding.max_new_tokens <= self.context_tokens or len(messages) <= 1:
-                return ids[-(self.context_tokens - self.decoding.max_new_tokens):]
-            messages = messages[2:]  # oldest user + assistant pair
+    def adapters(self) -> list[str]:
+        return list(getattr(self.model, "peft_config", {}))
+
+    def add_adapter(self, name: str, path: str | Path, system_prompt: str | None = None) -> None:
+        """Load another adapter of the same base model next to the ones already loaded (no base reload)."""
+        if not hasattr(self.model, "load_adapter") or not self.adapters():
+            raise ModelError("extra adapters need the engine to be loaded with a first adapter")
+        try:
+            self.model.load_adapter(str(path), adapter_name=name)
+        except Exception as exc:
+            raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
+        self.model.eval()
+        self.system_prompts[name] = system_prompt or self.system_prompts[BASE]
 
     @contextlib.contextmanager
-    def base_model(self, use_base: bool = True):
-        """Answer with the adapter switched off (the base model), without reloading anything."""
-        if use_base and hasattr(self.model, "disable_adapter"):
-            with self.model.disable_adapter():
+    def using(self, adapter: str | None = None):
+        """Answer with `adapter` (None: the default one, BASE: adapters off), without reloading anything."""
+        adapter = adapter or self.default_adapter
+        if adapter == BASE:
+            with self.model.disable_adapter() if self.adapters() else contextlib.nullcontext():
                 yield
-        else:
-            yield
+            return
+        if adapter not in self.adapters():
+            raise ModelError(f"unknown adapter {adapter!r}; loaded: {', '.join([BASE, *self.adapters()])}")
+        self.model.set_adapter(adapter)
+        yield
 
-    def _generate_args(self, prompt_length: int) -> dict:
-        return {**self.decoding.generate_kwargs(prompt_length), "eos_token_id": self.stop_ids,
-                "pad_token_id": self.tokenizer.pad_token_id}
+    def prompt_ids(self, messages: list[dict[str, str]], adapter: str | None = None,
+                   reserve: int | None = None) -> list[int]:
+        """The prompt for the next answer, dropping the oldest exchanges until it fits the context window."""
+        reserve = self.decoding.max_new_tokens if reserve is None else reserve
+        system_prompt = self.system_prompts.get(adapter or self.default_adapter, self.system_prompts[BASE])
+        messages = list(messages)
+        while True:
+            ids = encode_prompt(self.tokenizer, with_system(messages, system_prompt))
+            if len(ids) + reserve <= self.context_tokens:
+                return ids
+            if len(messages) <= 1:
+                raise PromptTooLong(f"the message is {len(ids)} tokens long with the system prompt; with "
+                                    f"{reserve} tokens for the answer the limit is {self.context_tokens - reserve}")
+            messages = messages[2:]  # oldest user + assistant pair
 
     @torch.inference_mode()
-    def generate_detailed(self, conversations: list[list[dict[str, str]]], use_base: bool = False) -> list[Generation]:
-        """Answers for many conversations at once: left-padded batch, one generate call, KV cache."""
-        prompts = [self.prompt_ids(c) for c in conversations]
+    def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
+                 decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
+                 on_text: TextCallback | None = None) -> list[Generation]:
+        """Answers for many conversations at once: left-padded batch, one generate call, KV cache.
+
+        Each row may have its own token budget; `on_text(row, delta)` receives every row's text as it grows.
+        """
+        decoding = decoding or self.decoding
+        limits = max_new_tokens or [decoding.max_new_tokens] * len(conversations)
+        prompts = [self.prompt_ids(c, adapter, limit) for c, limit in zip(conversations, limits)]
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.loaded.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
-        with self.base_model(use_base):
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **self._generate_args(width))
-        results = []
-        for row in out[:, width:].tolist():
-            n = next((i + 1 for i, t in enumerate(row) if t in self.stop_ids), len(row))
-            results.append(Generation(self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
-        return results
+        tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
+        with self.using(adapter):
+            self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), streamer=tracker,
+                                stopping_criteria=StoppingCriteriaList([tracker]), eos_token_id=self.stop_ids,
+                                pad_token_id=pad, **decoding.generate_kwargs(width))
+        return [Generation(tracker.text(r), len(tracker.tokens[r]) + (tracker.finish[r] == "stop"), len(prompts[r]),
+                           tracker.finish[r] or "length") for r in range(len(prompts))]
 
-    def generate(self, conversations: list[list[dict[str, str]]], use_base: bool = False) -> list[str]:
-        return [g.text for g in self.generate_detailed(conversations, use_base)]
-
-    def stream(self, messages: list[dict[str, str]], use_base: bool = False) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are generated."""
-        from transformers import TextIteratorStreamer
-
-        ids = torch.tensor([self.prompt_ids(messages)], device=self.loaded.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
+    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
+        """Yield one answer's text piece by piece as tokens are generated (a batch of one, in a thread)."""
+        pieces: queue.Queue = queue.Queue()
+        done = object()
 
         def run() -> None:
             try:
-                with torch.inference_mode(), self.base_model(use_base):
-                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                        **self._generate_args(ids.shape[1]))
+                self.generate([messages], adapter, on_text=lambda row, text: pieces.put(text) if text else None)
+                pieces.put(done)
             except BaseException as exc:  # surfaced in the caller's thread below
-                errors.append(exc)
-                streamer.end()
+                pieces.put(exc)
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        yield from streamer
-        thread.join()
-        if errors:
-            raise errors[0]
+        threading.Thread(target=run, daemon=True).start()
+        while (item := pieces.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item

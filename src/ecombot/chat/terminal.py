@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ecombot.chat.engine import Engine
+from ecombot.chat.engine import GenerationEngine
 from ecombot.chat.placeholders import PlaceholderStream
 
 HELP = "Type your question. /reset starts a new conversation, /quit leaves."
 
 
-def answer_streaming(engine: Engine, history: list[dict[str, str]], context: dict[str, str], out=sys.stdout) -> str:
+def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], context: dict[str, str], out=sys.stdout) -> str:
     """Stream one answer to `out` with placeholders filled; returns the raw answer for the history."""
     stream, raw = PlaceholderStream(context), []
     for piece in engine.stream(history):
@@ -22,7 +22,7 @@ def answer_streaming(engine: Engine, history: list[dict[str, str]], context: dic
     return "".join(raw).strip()
 
 
-def repl(engine: Engine, context: dict[str, str], read=input, out=sys.stdout) -> None:
+def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=sys.stdout) -> None:
     history: list[dict[str, str]] = []
     out.write(HELP + "\n")
     while True:

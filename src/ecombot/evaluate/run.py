@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecombot.chat import Decoding, Engine
+from ecombot.chat import BASE, Decoding, GenerationEngine, TransformersEngine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
@@ -124,12 +124,12 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
     return picked
 
 
-def generate_all(engine: Engine, prompts: list[list[dict[str, str]]], use_base: bool, batch_size: int) -> SystemAnswers:
+def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int) -> SystemAnswers:
     answers, latency, tokens = [], [], []
     started = time.time()
     for start in range(0, len(prompts), batch_size):
         t = time.time()
-        batch = engine.generate_detailed(prompts[start:start + batch_size], use_base=use_base)
+        batch = engine.generate(prompts[start:start + batch_size], adapter)
         elapsed = time.time() - t
         answers += [g.text for g in batch]
         tokens += [g.new_tokens for g in batch]
@@ -213,27 +213,25 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
 
     model_spec = cfg.model or (read_adapter_base(Path(cfg.adapters[0])) if cfg.adapters else None)
     if {"base", "base-fewshot", "finetuned", "finetuned+retrieval"} & set(cfg.systems):
-        loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None)
-        engine = Engine(loaded, system_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
+        names = [Path(a).resolve().name for a in cfg.adapters]
+        loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,
+                                    adapter_name=names[0] if names else "default")
+        engine = TransformersEngine(loaded, system_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
         fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
         retrieved = ([example_turns(hits) for hits in retriever.top(queries, cfg.retrieval_k)]
                      if retriever and "finetuned+retrieval" in cfg.systems else None)
-        runs = [("base", [], True, None), ("base-fewshot", fewshot, True, None)]
-        for i, adapter in enumerate(cfg.adapters):
-            name = Path(adapter).resolve().name
-            if i > 0:
-                loaded.model.load_adapter(str(adapter), adapter_name=name)
-            runs += [("finetuned", [], False, (i, name)), ("finetuned+retrieval", retrieved, False, (i, name))]
-        for kind, prefix, use_base, adapter in runs:
+        runs = [("base", "base", [], BASE), ("base-fewshot", "base-fewshot", fewshot, BASE)]
+        for path, name in zip(cfg.adapters[1:], names[1:]):
+            engine.add_adapter(name, path)
+        for name in names:
+            runs += [("finetuned", name, [], name), ("finetuned+retrieval", f"{name}+retrieval", retrieved, name)]
+        for kind, name, prefix, adapter in runs:
             if kind not in cfg.systems:
                 continue
-            name = kind if adapter is None else (adapter[1] if kind == "finetuned" else f"{adapter[1]}+retrieval")
-            if adapter is not None:
-                loaded.model.set_adapter("default" if adapter[0] == 0 else adapter[1])
             prefixes = prefix if kind == "finetuned+retrieval" else [prefix] * len(test)
             say(f"answering {len(test)} test questions with {name} ...")
-            answered = generate_all(engine, [p + q for p, q in zip(prefixes, prompts)], use_base, cfg.batch_size)
-            with engine.base_model(use_base):
+            answered = generate_all(engine, [p + q for p, q in zip(prefixes, prompts)], adapter, cfg.batch_size)
+            with engine.using(adapter):
                 answered.loss = item_losses(loaded.model, loaded.tokenizer, test, system_prompt, prefixes=prefixes)
             answered.name = name
             systems.append(answered)

@@ -74,7 +74,7 @@ class LoadedModel:
 
 
 def load_for_inference(model: str | None = None, adapter: str | Path | None = None,
-                       precision: str = "auto") -> LoadedModel:
+                       precision: str = "auto", adapter_name: str = "default") -> LoadedModel:
     """Base model (+ adapter) in the fastest exact-enough dtype: bf16 weights where the hardware has bf16."""
     from peft import PeftModel
 
@@ -93,7 +93,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     base = load_base_model(model_dir, dtype=dtype, device=device)
     if adapter_dir is not None:
         try:
-            base = PeftModel.from_pretrained(base, str(adapter_dir))
+            base = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name)
         except Exception as exc:
             raise ModelError(f"{adapter_dir}: the adapter does not fit base model {spec} ({type(exc).__name__}: {exc})") from None
     base.eval()

@@ -1,0 +1,49 @@
+"""Load the engine for `ecombot serve` (one base model, named adapters) and run the app under uvicorn."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ecombot.chat.engine import BASE, Decoding, TransformersEngine
+from ecombot.config import BUILTIN_SYSTEM_PROMPT
+from ecombot.errors import ConfigError, ModelError
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_adapters(specs: list[str]) -> list[tuple[str, Path]]:
+    """`["support=runs/a", "runs/b"]` -> [("support", runs/a), ("b", runs/b)]: NAME=DIR, or DIR named after itself."""
+    adapters: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).resolve().name, "", spec)
+        if not ADAPTER_NAME.match(name) or name == BASE:
+            raise ConfigError(f"--adapter {spec!r}: the name must be 1-64 letters, digits, '.', '_' or '-' and not {BASE!r}")
+        if name in {n for n, _ in adapters}:
+            raise ConfigError(f"--adapter {spec!r}: the name {name!r} is used twice")
+        adapters.append((name, Path(path)))
+    return adapters
+
+
+def run_system_prompt(adapter_dir: Path) -> str | None:
+    run_config = adapter_dir / "run_config.json"
+    return json.loads(run_config.read_text()).get("system_prompt") if run_config.is_file() else None
+
+
+def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: Decoding | None = None,
+                 precision: str = "auto") -> TransformersEngine:
+    """One base model in memory with every adapter loaded by name; each answers with its run's system prompt."""
+    from ecombot.models import check_adapter_dir, load_for_inference, read_adapter_base, resolve_model
+
+    first_name, first_dir = adapters[0] if adapters else ("default", None)
+    loaded = load_for_inference(model=model, adapter=first_dir, precision=precision, adapter_name=first_name)
+    prompt = (run_system_prompt(first_dir) if first_dir else None) or BUILTIN_SYSTEM_PROMPT
+    engine = TransformersEngine(loaded, prompt, decoding)
+    for name, path in adapters[1:]:
+        check_adapter_dir(path)
+        if model is None and resolve_model(read_adapter_base(path)) != loaded.model_dir:
+            raise ModelError(f"{path}: adapter {name!r} was trained on {read_adapter_base(path)}, not on the "
+                             f"base model of {first_dir} ({loaded.model_dir}); serve them from separate servers")
+        engine.add_adapter(name, path, run_system_prompt(path))
+    return engine
