@@ -78,6 +78,7 @@ async function ask(question) {
   item.classList.add("answer", "streaming");
   let text = "", completionId = null;
   try {
+    if (!state.token) await session();
     const response = await post("/v1/chat/completions", {
       model: state.model, stream: true, messages: state.history,
       metadata: { conversation_id: state.conversation } });

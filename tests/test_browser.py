@@ -1,0 +1,78 @@
+"""The customer chat page in headless Chromium (Debian's `chromium`, driven by Playwright), on a phone-size screen."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ecombot.chat import Decoding
+from ecombot.serve import Store, build_engine, create_app
+
+CHROMIUM = os.environ.get("ECOMBOT_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("ECOMBOT_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("ECOMBOT_REQUIRE_SYSTEM_TESTS") == "1":
+            pytest.fail(f"{CHROMIUM} not found (apt-get install chromium chromium-driver)")
+        pytest.skip(f"{CHROMIUM} not found: apt-get install chromium chromium-driver (CI always does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def test_customer_chats_streams_rates_and_asks_for_a_human(browser, talkative_model_dir, adapter_dirs, tmp_path,
+                                                          running_server):
+    engine = build_engine(str(talkative_model_dir), [("support", adapter_dirs["support"])],
+                          Decoding(max_new_tokens=24, repetition_penalty=3.0), precision="fp32")
+    store = Store(f"sqlite:///{tmp_path / 'web.db'}")
+    with running_server(create_app(engine, store)) as server:
+        page = browser.new_page(viewport={"width": 390, "height": 780})  # a phone
+        page.on("console", lambda m: print("console:", m.text))
+        page.on("pageerror", lambda e: print("pageerror:", e))
+        page.goto(server.url)
+        # count how often the answer's text changes while it streams
+        page.evaluate("""() => { window.answerUpdates = 0;
+            new MutationObserver(() => { window.answerUpdates++; }).observe(document.getElementById('messages'),
+                {subtree: true, characterData: true, childList: true}); }""")
+        page.fill("#question", "Where is my order?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".answer:not(.streaming) .rate", timeout=30_000)
+        answer = page.inner_text(".answer").split("\n")[0]
+        assert answer.strip() and page.evaluate("window.answerUpdates") >= 4  # text arrived piece by piece
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling on a phone
+
+        page.fill("#question", "And can I return it?")
+        page.click("#send")
+        page.wait_for_function("document.querySelectorAll('.answer .rate').length === 2", timeout=30_000)
+        page.locator(".answer").nth(1).locator("button.down").click()
+        page.fill(".correction", "Yes, within 30 days from the Orders page.")
+        page.click(".submit-correction")
+        page.wait_for_selector(".thanks")
+        page.locator(".answer").nth(0).locator("button.up").click()
+        page.wait_for_function("document.querySelectorAll('.thanks').length === 2")
+        page.click("#human")
+        page.wait_for_selector(".notice")
+        assert "team" in page.inner_text(".notice")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat_page.png"), full_page=True)
+        page.close()
+
+    [conversation] = store.conversations()
+    assert conversation.channel == "web" and conversation.handoff_at is not None
+    roles = [m.role for m in conversation.messages]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    first, second = conversation.messages[1], conversation.messages[3]
+    assert (first.feedback.rating, first.feedback.correction) == (1, None)
+    assert (second.feedback.rating, second.feedback.correction) == (-1, "Yes, within 30 days from the Orders page.")
+    assert (ARTIFACTS / "chat_page.png").stat().st_size > 10_000
