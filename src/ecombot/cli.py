@@ -221,14 +221,15 @@ def serve(
     import uvicorn
 
     from ecombot.chat import Decoding
-    from ecombot.models import DEFAULT_MODEL
+    from ecombot.models import DEFAULT_MODEL, read_adapter_base
     from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
 
     adapters = parse_adapters(adapter)
     keys = [k.strip() for spec in api_key for k in spec.split(",") if k.strip()]
     store = Store(db, redact_text=redact)
     engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens))
-    config = ServeConfig(model_name=model or DEFAULT_MODEL, api_keys=keys, cors_origins=cors_origin, web=web,
+    base_spec = model or (read_adapter_base(adapters[0][1]) if adapters else DEFAULT_MODEL)
+    config = ServeConfig(model_name=Path(base_spec).name, api_keys=keys, cors_origins=cors_origin, web=web,
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue)

@@ -68,6 +68,9 @@ class RateLimiter:
             return 0.0
         with self.lock:
             now = time.monotonic()
+            if len(self.buckets) > 10_000:  # forget clients whose bucket has refilled: memory stays bounded
+                full_after = self.capacity / self.rate
+                self.buckets = {c: (t, at) for c, (t, at) in self.buckets.items() if now - at < full_after}
             tokens, last = self.buckets.get(client, (self.capacity, now))
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
             if tokens >= 1:
