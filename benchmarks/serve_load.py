@@ -125,7 +125,7 @@ def main() -> None:
             server.wait(timeout=30)
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
-              "model": args.model or "(adapter's base)", "served": model, "max_tokens": args.max_tokens,
+              "model": args.model or ("(adapter's base)" if args.adapter else "gemma-3-270m"), "served": model, "max_tokens": args.max_tokens,
               "runs": [baseline, loaded], "batching": batching,
               "throughput_ratio": round(loaded["tokens_per_s"] / baseline["tokens_per_s"], 2)
               if baseline["tokens_per_s"] else None}
