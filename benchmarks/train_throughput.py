@@ -1,0 +1,207 @@
+"""Training throughput, peak memory and held-out loss: ecombot vs the plain PEFT notebook recipe vs TRL.
+
+Every system trains one epoch on the same single-turn conversations of the built-in dataset, each in its own
+process (so peak memory is its own), in round-robin over --repeats; ratios are taken within a repeat.
+
+  notebook  HF Trainer + PEFT LoRA (r=16, alpha=32, dropout 0.05, PEFT's default targets), fp32,
+            "question ->: answer" text, DataCollatorForLanguageModeling(mlm=False), batch 2, grad. accum. 2, lr 2e-4
+  trl       TRL SFTTrainer with its defaults (prompt/completion data, completion-only loss) + the same LoRA
+  ecombot   `ecombot train` defaults (one epoch, no validation split)
+  ecombot-qlora   the same with --method qlora (4-bit NF4 base)
+
+Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
+system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
+the test conversations in the format each system was trained on.
+
+    python benchmarks/train_throughput.py --examples 64 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt, machine, peak_rss_mb, print_table, run_worker, spread  # noqa: E402
+
+SYSTEMS = ["notebook", "trl", "ecombot", "ecombot-qlora"]
+
+
+def conversations(n_train: int, n_test: int):
+    """Single-turn conversations (a question and its answer) from the built-in split, seed 42."""
+    from ecombot.data import builtin_path, prepare
+
+    split = prepare(builtin_path(), 0.1, 0.1, 42).split
+    single = lambda convs: [c for c in convs if [m["role"] for m in c.messages] == ["user", "assistant"]]
+    return single(split.train)[:n_train], single(split.test)[:n_test]
+
+
+def answer_tokens(tokenizer, convs) -> int:
+    return sum(len(tokenizer(c.answer, add_special_tokens=False)["input_ids"]) for c in convs)
+
+
+def lora_like_the_notebook():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM")
+
+
+def use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def notebook_text_loss(model, tokenizer, convs) -> float:
+    """Loss per answer token with the question given, in the notebook's `question ->: answer` format."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for conv in convs:
+            prompt = tokenizer(f"{conv.question} ->: ")["input_ids"]
+            answer = tokenizer(f"{conv.answer}{tokenizer.eos_token}", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + answer], device=model.device)
+            labels = torch.tensor([[-100] * len(prompt) + answer], device=model.device)
+            total += float(model(input_ids=ids, labels=labels).loss) * len(answer)
+            count += len(answer)
+    return total / count
+
+
+def train_notebook(model_dir: Path, train, test, out: Path) -> dict:
+    import torch
+    from peft import get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
+                              TrainingArguments)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), lora_like_the_notebook())
+    texts = [f"{c.question} ->: {c.answer}{tokenizer.eos_token}" for c in train]
+    dataset = [tokenizer(t, truncation=True, max_length=512) for t in texts]
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                             learning_rate=2e-4, num_train_epochs=1, logging_steps=10, save_strategy="no",
+                             report_to="none", use_cpu=use_cpu(), seed=42, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    return {"seconds": seconds, "steps": trainer.state.global_step, "peak_rss_mb": rss,
+            "heldout_loss": notebook_text_loss(model, tokenizer, test)}
+
+
+def train_trl(model_dir: Path, train, test, out: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from ecombot.evaluate.loss import heldout_loss
+    from ecombot.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": c.question}],
+                               "completion": [{"role": "assistant", "content": c.answer}]} for c in train])
+    args = SFTConfig(output_dir=str(out), num_train_epochs=1, save_strategy="no", report_to="none", use_cpu=use_cpu(),
+                     seed=42, disable_tqdm=True)
+    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=lora_like_the_notebook())
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    loss = heldout_loss(trainer.model, tokenizer, test, None)["loss"]
+    return {"seconds": seconds, "steps": trainer.state.global_step, "peak_rss_mb": rss, "heldout_loss": loss}
+
+
+def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
+    from ecombot.config import TrainConfig
+    from ecombot.evaluate.loss import heldout_loss
+    from ecombot.models import load_for_inference
+    from ecombot.train import train as ecombot_train
+
+    data = out / "train.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in train))
+    cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
+                      test_fraction=0.0, method=method)
+    result = ecombot_train(cfg, show_progress=False)
+    rss = peak_rss_mb()
+    loaded = load_for_inference(model=model_spec, adapter=result.run_dir)
+    system_prompt = json.loads((result.run_dir / "run_config.json").read_text())["system_prompt"]
+    loss = heldout_loss(loaded.model, loaded.tokenizer, test, system_prompt)["loss"]
+    return {"seconds": result.results["train_seconds"], "steps": result.results["steps"], "peak_rss_mb": rss,
+            "heldout_loss": loss}
+
+
+def worker(args) -> None:
+    from ecombot.models import load_tokenizer, resolve_model
+
+    model_dir = resolve_model(args.model)
+    train, test = conversations(args.examples, args.eval_examples)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if args.worker == "notebook":
+            result = train_notebook(model_dir, train, test, out)
+        elif args.worker == "trl":
+            result = train_trl(model_dir, train, test, out)
+        else:
+            result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora")
+    result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
+    result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--examples", type=int, default=64, help="training conversations (one epoch)")
+    parser.add_argument("--eval-examples", type=int, default=32, help="test conversations for held-out loss")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    systems = [s for s in args.systems.split(",") if s]
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
+    common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples)]
+    for repeat in range(args.repeats):
+        for system in systems:  # round-robin: drifts of a noisy machine hit every system alike
+            result = run_worker(__file__, [*common, "--worker", system])
+            runs[system].append(result)
+            print(f"repeat {repeat + 1}/{args.repeats} {system}: {result['seconds']:.1f} s, "
+                  f"{result['tokens_per_s']:.1f} answer tok/s, peak {result['peak_rss_mb']:.0f} MB, "
+                  f"held-out loss {result['heldout_loss']:.3f}", flush=True)
+
+    baseline = systems[0]
+    summary = {}
+    for system in systems:
+        ratios = [b["seconds"] / r["seconds"] for r, b in zip(runs[system], runs[baseline])]
+        summary[system] = {"seconds": spread([r["seconds"] for r in runs[system]]),
+                           "tokens_per_s": spread([r["tokens_per_s"] for r in runs[system]]),
+                           f"speedup_vs_{baseline}": spread(ratios),
+                           "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs[system]]),
+                           "heldout_loss": spread([r["heldout_loss"] for r in runs[system]]),
+                           "optimizer_steps": runs[system][0]["steps"]}
+    rows = [[s, str(summary[s]["optimizer_steps"]), fmt(summary[s]["seconds"]), fmt(summary[s]["tokens_per_s"]),
+             fmt(summary[s][f"speedup_vs_{baseline}"], 2) + "x", fmt(summary[s]["peak_rss_mb"], 0),
+             fmt(summary[s]["heldout_loss"], 3)] for s in systems]
+    print(f"\none epoch over {args.examples} conversations, {args.repeats} repeats: median [min-max]")
+    print_table(["system", "steps", "train s", "answer tok/s", f"vs {baseline}", "peak RSS MB", "held-out loss"], rows)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "examples": args.examples,
+                                             "eval_examples": args.eval_examples, "repeats": args.repeats,
+                                             "summary": summary, "runs": runs}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
