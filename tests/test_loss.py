@@ -46,3 +46,56 @@ def test_gradients_match_the_full_logits_loss():
     supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"]).backward()
     for got, want in zip((p.grad for p in model.parameters()), expected):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_chunked_cross_entropy_equals_one_call():
+    from ecombot.train.loss import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(50, 64, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 64, (50,))
+    weights = torch.rand(50, dtype=torch.float64)
+    chunked = chunked_cross_entropy(logits, targets, chunk=7)
+    (chunked * weights).sum().backward()
+    chunked_grad = logits.grad.clone()
+    logits.grad = None
+    whole = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    (whole * weights).sum().backward()
+    assert torch.allclose(chunked, whole.float(), atol=1e-6)
+    assert torch.allclose(chunked_grad, logits.grad, atol=1e-6)
+
+
+def test_gradients_match_the_full_logits_loss_when_chunked(monkeypatch):
+    import ecombot.train.loss as loss
+
+    monkeypatch.setattr(loss, "CE_CHUNK", 2)  # 5 supervised positions -> 3 chunks
+    test_gradients_match_the_full_logits_loss()
+
+
+def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():
+    """The no-copy lever: LoRA sees bf16 activations under autocast; loss and gradients match the copying path."""
+    from peft import LoraConfig, get_peft_model
+
+    from ecombot.train.recipe import keep_activations_in_bf16
+
+    def run(no_copy: bool):
+        torch.manual_seed(0)
+        model = make_tiny_model(vocab_size=64).to(torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+        if no_copy:
+            keep_activations_in_bf16(model)
+        seen = []
+        lora_a = next(m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default"))
+        lora_a.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+        b = batch()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+        value.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
+        return value.item(), grads, seen
+
+    copied, copied_grads, copied_dtypes = run(no_copy=False)
+    kept, kept_grads, kept_dtypes = run(no_copy=True)
+    assert set(copied_dtypes) == {torch.float32} and set(kept_dtypes) == {torch.bfloat16}
+    assert abs(kept - copied) <= 1e-2 * abs(copied)
+    assert torch.nn.functional.cosine_similarity(kept_grads, copied_grads, dim=0) > 0.999

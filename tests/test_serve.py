@@ -219,7 +219,7 @@ def test_placeholders_filled_from_metadata_or_asked_for(store, running_server):
 
 
 def test_stop_sequences_cut_the_answer(store, running_server):
-    engine = ScriptedEngine("Returns are free. STOP Internal note: do not say this.")
+    engine = ScriptedEngine("Returns are free. STOP Internal note: do not say this.", step_s=0.05)
     with running_server(create_app(engine, store)) as server:
         body = chat(server.url, stop=["STOP"]).json()
         streamed = chat(server.url, stop="STOP", stream=True)
