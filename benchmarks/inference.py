@@ -4,7 +4,7 @@ For each question (round-robin over --repeats): time to first token and generate
   plain     AutoModelForCausalLM fp32 + chat template + model.generate (greedy, KV cache), a streamer timing
             the first token
   ecombot   the TransformersEngine behind `ecombot chat` (bf16 weights where the CPU has bf16, answer-only
-            repetition penalty), first text piece timed as the user sees it
+            repetition penalty), its per-token callback timing the first token
 and the cached load time of the model directory. Ratios are taken per question.
 
     python benchmarks/inference.py --repeats 3
@@ -60,7 +60,7 @@ def ecombot_generate(engine, question: str) -> tuple[float, float, int]:
 
     def on_text(row: int, text: str) -> None:
         nonlocal first
-        if text and first is None:
+        if first is None:  # called once per generated token, with its text (empty while a character is partial)
             first = time.perf_counter() - started
 
     tokens = engine.generate([[{"role": "user", "content": question}]], on_text=on_text)[0].new_tokens
