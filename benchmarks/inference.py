@@ -1,11 +1,13 @@
 """Generation speed: `ecombot chat`'s engine vs plain `model.generate` in fp32, on the same model, in one process.
 
 For each question (round-robin over --repeats): time to first token and generated tokens per second of
-  plain     AutoModelForCausalLM fp32 + chat template + model.generate (greedy, KV cache), a streamer timing
-            the first token
-  ecombot   the TransformersEngine behind `ecombot chat` (bf16 weights where the CPU has bf16, answer-only
-            repetition penalty), its per-token callback timing the first token
-and the cached load time of the model directory. Ratios are taken per question.
+  plain         AutoModelForCausalLM fp32 + chat template + model.generate (greedy, KV cache)
+  ecombot-bf16  the TransformersEngine behind `ecombot chat` with bf16 weights (decode bits 16)
+  ecombot-int8  the same with int8 weights for one-token steps (the default of chat and serve)
+  ecombot-int4  the same with int4 weights for one-token steps (--decode-bits 4)
+plus, as the price in quality, each engine's held-out loss through its decoding path (reference answers fed
+one token at a time through the KV cache, so one-token steps use the low-bit weights), and the cached load
+time of the model. Ratios are taken per question.
 
     python benchmarks/inference.py --repeats 3
 """
@@ -23,6 +25,7 @@ from _common import fmt, machine, print_table, spread  # noqa: E402
 
 QUESTIONS = ["Where is my order?", "Can I return a sofa I bought three weeks ago?",
              "Do you ship to Canada, and how long does it take?"]
+ENGINES = {"ecombot-bf16": 16, "ecombot-int8": 8, "ecombot-int4": 4}
 
 
 class FirstToken:
@@ -49,14 +52,12 @@ def plain_generate(model, tokenizer, question: str, max_new_tokens: int) -> tupl
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id)
-    seconds = time.perf_counter() - streamer.started
-    return streamer.first, seconds, out.shape[1] - ids.shape[1]
+    return streamer.first, time.perf_counter() - streamer.started, out.shape[1] - ids.shape[1]
 
 
-def ecombot_generate(engine, question: str) -> tuple[float, float, int]:
+def engine_generate(engine, question: str) -> tuple[float, float, int]:
     started = time.perf_counter()
     first = None
-    tokens = 0
 
     def on_text(row: int, text: str) -> None:
         nonlocal first
@@ -67,12 +68,32 @@ def ecombot_generate(engine, question: str) -> tuple[float, float, int]:
     return first, time.perf_counter() - started, tokens
 
 
+def decoding_path_loss(engine, conversations) -> float:
+    """Mean loss per reference-answer token, fed one token at a time through the KV cache (as when decoding)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for conv in conversations:
+            prompt = engine.prompt_ids(conv.messages[:-1])
+            answer = engine.tokenizer(conv.answer, add_special_tokens=False)["input_ids"] + engine.stop_ids[:1]
+            out = engine.model(input_ids=torch.tensor([prompt], device=engine.loaded.device), use_cache=True)
+            for token in answer:
+                total += float(F.cross_entropy(out.logits[:, -1].float(), torch.tensor([token], device=out.logits.device)))
+                count += 1
+                out = engine.model(input_ids=torch.tensor([[token]], device=out.logits.device),
+                                   past_key_values=out.past_key_values, use_cache=True)
+    return total / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--adapter", help="run directory of an adapter for the ecombot engine (default: base model)")
+    parser.add_argument("--adapter", help="run directory of an adapter for the ecombot engines (default: base model)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quality-examples", type=int, default=16, help="test conversations for the loss (0: skip)")
     parser.add_argument("--output", default="benchmarks/results/inference.json")
     args = parser.parse_args()
 
@@ -80,38 +101,46 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from ecombot.chat import Decoding, TransformersEngine
+    from ecombot.data import builtin_path, prepare
     from ecombot.models import load_for_inference, load_tokenizer, resolve_model
 
     model_dir = resolve_model(args.model)
-    started = time.perf_counter()
-    loaded = load_for_inference(model=args.model, adapter=args.adapter)
-    load_s = time.perf_counter() - started
-    engine = TransformersEngine(loaded, None, Decoding(max_new_tokens=args.max_new_tokens))
+    engines, load_s = {}, []
+    for name, bits in ENGINES.items():
+        started = time.perf_counter()
+        loaded = load_for_inference(model=args.model, adapter=args.adapter)
+        load_s.append(time.perf_counter() - started)
+        engines[name] = TransformersEngine(loaded, None, Decoding(max_new_tokens=args.max_new_tokens))
+        engines[name].speed_up_decoding(bits)
     tokenizer = load_tokenizer(model_dir)
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    plain_generate(plain, tokenizer, "Hello", 4)  # warm-up both, not counted
-    ecombot_generate(engine, "Hello")
+    runners = {"plain": lambda q: plain_generate(plain, tokenizer, q, args.max_new_tokens),
+               **{name: (lambda q, e=engine: engine_generate(e, q)) for name, engine in engines.items()}}
+    for run in runners.values():
+        run("Hello")  # warm-up, not counted
 
-    rows = {"plain": [], "ecombot": []}
+    rows: dict[str, list[dict]] = {name: [] for name in runners}
     for _ in range(args.repeats):
         for question in QUESTIONS:
-            for name, run in [("plain", lambda q: plain_generate(plain, tokenizer, q, args.max_new_tokens)),
-                              ("ecombot", lambda q: ecombot_generate(engine, q))]:
+            for name, run in runners.items():
                 first, seconds, tokens = run(question)
                 rows[name].append({"ttft_s": first, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds})
     summary = {name: {"tokens_per_s": spread([r["tokens_per_s"] for r in runs]),
-                      "ttft_ms": spread([1000 * r["ttft_s"] for r in runs])} for name, runs in rows.items()}
-    summary["ecombot"]["speedup_vs_plain"] = spread([e["tokens_per_s"] / p["tokens_per_s"]
-                                                     for e, p in zip(rows["ecombot"], rows["plain"])])
+                      "ttft_ms": spread([1000 * r["ttft_s"] for r in runs]),
+                      "speedup_vs_plain": spread([r["tokens_per_s"] / p["tokens_per_s"] for r, p in zip(runs, rows["plain"])])}
+               for name, runs in rows.items()}
+    if args.quality_examples:
+        test = prepare(builtin_path(), 0.1, 0.1, 42).split.test[:args.quality_examples]
+        for name, engine in engines.items():
+            summary[name]["decoding_path_loss"] = decoding_path_loss(engine, test)
     print(f"\n{len(QUESTIONS)} questions x {args.repeats} repeats, up to {args.max_new_tokens} new tokens: median [min-max]")
-    print_table(["system", "tokens/s", "first token ms", "vs plain"],
-                [["plain fp32 generate", fmt(summary["plain"]["tokens_per_s"]), fmt(summary["plain"]["ttft_ms"], 0), "1.00x"],
-                 [f"ecombot ({loaded.precision})", fmt(summary["ecombot"]["tokens_per_s"]),
-                  fmt(summary["ecombot"]["ttft_ms"], 0), fmt(summary["ecombot"]["speedup_vs_plain"], 2) + "x"]])
-    print(f"cached model load (load_for_inference): {load_s:.2f} s")
+    print_table(["system", "tokens/s", "first token ms", "vs plain", "held-out loss (decoding path)"],
+                [[name, fmt(s["tokens_per_s"]), fmt(s["ttft_ms"], 0), fmt(s["speedup_vs_plain"], 2) + "x",
+                  f"{s['decoding_path_loss']:.4f}" if "decoding_path_loss" in s else "-"] for name, s in summary.items()])
+    print(f"cached model load (load_for_inference): {fmt(spread(load_s), 2)} s")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "adapter": args.adapter,
-                                             "max_new_tokens": args.max_new_tokens, "load_s": load_s,
+                                             "max_new_tokens": args.max_new_tokens, "load_s": spread(load_s),
                                              "summary": summary, "runs": rows}, indent=2) + "\n")
     print(f"wrote {args.output}")
 

@@ -47,7 +47,10 @@ def test_train_throughput_benchmark_short_form(tiny_model_dir, tmp_path):
 
 
 def test_inference_benchmark_short_form(tiny_model_dir, tmp_path):
-    result = run_benchmark("inference", ["--model", str(tiny_model_dir), "--repeats", "1", "--max-new-tokens", "8"], tmp_path)
-    assert len(result["runs"]["plain"]) == len(result["runs"]["ecombot"]) == 3
-    assert result["summary"]["ecombot"]["speedup_vs_plain"]["median"] > 0 and result["load_s"] > 0
-    assert all(r["ttft_s"] is not None and 0 < r["tokens"] <= 8 for r in result["runs"]["plain"])
+    result = run_benchmark("inference", ["--model", str(tiny_model_dir), "--repeats", "1", "--max-new-tokens", "8",
+                                         "--quality-examples", "2"], tmp_path)
+    assert list(result["runs"]) == ["plain", "ecombot-bf16", "ecombot-int8", "ecombot-int4"]
+    assert all(len(runs) == 3 for runs in result["runs"].values()) and result["load_s"]["median"] > 0
+    assert all(r["ttft_s"] is not None and 0 < r["tokens"] <= 8 for runs in result["runs"].values() for r in runs)
+    losses = [result["summary"][name]["decoding_path_loss"] for name in ["ecombot-bf16", "ecombot-int8", "ecombot-int4"]]
+    assert all(0 < loss < 20 for loss in losses) and len(set(losses)) == 3  # the low-bit paths really ran

@@ -83,3 +83,45 @@ def test_repetition_penalty_touches_only_answer_tokens():
     negative = AnswerRepetitionPenalty(2.0, prompt_length=0)(torch.tensor([[1]]), scores.clone())
     assert negative[0, 1] == -4.0  # negative scores are pushed further down
     assert torch.equal(AnswerRepetitionPenalty(2.0, prompt_length=3)(prompt_and_answer, scores.clone()), scores)
+
+
+@pytest.mark.parametrize("bits, tolerance", [(8, 0.01), (4, 0.08)])
+def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, tolerance):
+    import torch
+
+    from ecombot.models.lowbit_decode import LowBitDecodeLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 64, bias=True).to(torch.bfloat16)
+    layer = LowBitDecodeLinear(linear, bits)
+    assert layer.bits == bits and layer.weight is linear.weight  # shared: tied weights stay tied
+    one = torch.randn(1, 1, 128, dtype=torch.bfloat16)
+    many = torch.randn(3, 5, 128, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        exact, low = linear(one).float(), layer(one).float()
+        assert not torch.equal(exact, low)  # the low-bit kernel really answered the one-row call
+        assert (low - exact).norm() / exact.norm() < tolerance
+        assert torch.equal(layer(many), linear(many))  # batched calls keep the bf16 weights
+    assert torch.equal(layer(one), linear(one))  # with gradients on (training), always the original weights
+
+
+def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dirs):
+    import torch
+
+    from ecombot.models.lowbit_decode import LowBitDecodeLinear
+    from ecombot.serve import build_engine
+
+    engine = build_engine(str(tiny_model_dir), [("support", adapter_dirs["support"])], Decoding(max_new_tokens=6),
+                          precision="bf16", decode_bits=16)
+    question = [[{"role": "user", "content": "Where is my order?"}]]
+    before = engine.generate(question, "support")[0]
+    engine.speed_up_decoding(8)
+    swapped = [m for m in engine.model.modules() if isinstance(m, LowBitDecodeLinear)]
+    assert engine.low_bit_layers == len(swapped) == 2 * 7 + 1  # 2 layers x 7 projections + the output head
+    assert all(type(m.lora_A["support"]) is torch.nn.Linear for m in engine.model.modules() if hasattr(m, "lora_A"))
+    after = engine.generate(question, "support")[0]
+    assert after.new_tokens == before.new_tokens
+    with pytest.raises(Exception, match="before speed_up_decoding"):
+        engine.add_adapter("fr", adapter_dirs["fr"])
+    with pytest.raises(Exception, match="4, 8 or 16"):
+        engine.speed_up_decoding(5)

@@ -24,6 +24,8 @@ conversations_app = typer.Typer(help="The conversations the server stored, and t
 app.add_typer(conversations_app, name="conversations")
 console = Console()
 err = Console(stderr=True)
+DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8, default: 1.5x faster, held-out loss +0.3%), "
+                    "4 (int4: 2.4x, loss +9%) or 16 (bf16 as loaded). Batched steps always use bf16.")
 
 
 @data_app.command("inspect")
@@ -131,6 +133,7 @@ def chat(
     max_new_tokens: int = typer.Option(200, help="Longest answer in tokens."),
     temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
+    decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers)."""
     from ecombot.chat import Decoding, TransformersEngine, answer_streaming, parse_context, repl
@@ -147,6 +150,7 @@ def chat(
         system_prompt = (json.loads(run_config.read_text()).get("system_prompt") if run_config and run_config.is_file()
                          else BUILTIN_SYSTEM_PROMPT)
     engine = TransformersEngine(loaded, system_prompt, Decoding(max_new_tokens, temperature, repetition_penalty))
+    engine.speed_up_decoding(decode_bits)
     if once is not None:
         answer_streaming(engine, [{"role": "user", "content": once}], values)
         return
@@ -216,6 +220,7 @@ def serve(
     default_max_tokens: int = typer.Option(200, help="Answer length when a request does not say."),
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
+    decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
 ) -> None:
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn
@@ -227,7 +232,7 @@ def serve(
     adapters = parse_adapters(adapter)
     keys = [k.strip() for spec in api_key for k in spec.split(",") if k.strip()]
     store = Store(db, redact_text=redact)
-    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens))
+    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
     base_spec = model or (read_adapter_base(adapters[0][1]) if adapters else DEFAULT_MODEL)
     config = ServeConfig(model_name=Path(base_spec).name, api_keys=keys, cors_origins=cors_origin, web=web,
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,

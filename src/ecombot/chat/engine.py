@@ -168,12 +168,27 @@ class TransformersEngine:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
         self.system_prompts: dict[str, str | None] = {BASE: system_prompt, self.default_adapter: system_prompt}
+        self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
     def adapters(self) -> list[str]:
         return list(getattr(self.model, "peft_config", {}))
 
+    def speed_up_decoding(self, bits: int = 8) -> None:
+        """On CPUs with bf16 weights, answer one-token steps with int8/int4 weights (models/lowbit_decode.py).
+
+        Call it once every adapter is loaded; batched calls and training-style losses are unchanged.
+        """
+        from ecombot.models.lowbit_decode import kernels_available, use_low_bit_decoding
+
+        if bits not in (4, 8, 16):
+            raise EcombotError(f"decode bits must be 4, 8 or 16, got {bits}")
+        if bits in (4, 8) and self.loaded.device == "cpu" and self.loaded.precision == "bf16" and kernels_available():
+            self.low_bit_layers = use_low_bit_decoding(self.model, bits)
+
     def add_adapter(self, name: str, path: str | Path, system_prompt: str | None = None) -> None:
         """Load another adapter of the same base model next to the ones already loaded (no base reload)."""
+        if self.low_bit_layers:
+            raise ModelError("load every adapter before speed_up_decoding()")
         if not hasattr(self.model, "load_adapter") or not self.adapters():
             raise ModelError("extra adapters need the engine to be loaded with a first adapter")
         try:

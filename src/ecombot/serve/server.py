@@ -32,7 +32,7 @@ def run_system_prompt(adapter_dir: Path) -> str | None:
 
 
 def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: Decoding | None = None,
-                 precision: str = "auto") -> TransformersEngine:
+                 precision: str = "auto", decode_bits: int = 8) -> TransformersEngine:
     """One base model in memory with every adapter loaded by name; each answers with its run's system prompt."""
     from ecombot.models import check_adapter_dir, load_for_inference, read_adapter_base, resolve_model
 
@@ -46,4 +46,5 @@ def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: 
             raise ModelError(f"{path}: adapter {name!r} was trained on {read_adapter_base(path)}, not on the "
                              f"base model of {first_dir} ({loaded.model_dir}); serve them from separate servers")
         engine.add_adapter(name, path, run_system_prompt(path))
+    engine.speed_up_decoding(decode_bits)
     return engine
