@@ -73,6 +73,10 @@ def decoding_path_loss(engine, conversations) -> float:
     import torch
     import torch.nn.functional as F
 
+    import inspect
+
+    base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     total, count = 0.0, 0
     with torch.inference_mode():
         for conv in conversations:
@@ -82,8 +86,9 @@ def decoding_path_loss(engine, conversations) -> float:
             for token in answer:
                 total += float(F.cross_entropy(out.logits[:, -1].float(), torch.tensor([token], device=out.logits.device)))
                 count += 1
+                cache = getattr(out, "cache", None) or out.past_key_values
                 out = engine.model(input_ids=torch.tensor([[token]], device=out.logits.device),
-                                   past_key_values=out.past_key_values, use_cache=True)
+                                   **{cache_arg: cache}, use_cache=True)
     return total / count
 
 
