@@ -24,8 +24,8 @@ conversations_app = typer.Typer(help="The conversations the server stored, and t
 app.add_typer(conversations_app, name="conversations")
 console = Console()
 err = Console(stderr=True)
-DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8, default: 1.5x faster, held-out loss +0.3%), "
-                    "4 (int4: 2.4x, loss +9%) or 16 (bf16 as loaded). Batched steps always use bf16.")
+DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8: 1.66x plain fp32 generate, held-out loss "
+                    "+0.3%), 4 (int4: 2.6x, loss +9%) or 16 (bf16 as loaded). Batched steps always use bf16.")
 
 
 @data_app.command("inspect")
@@ -220,7 +220,8 @@ def serve(
     default_max_tokens: int = typer.Option(200, help="Answer length when a request does not say."),
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
-    decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
+    decode_bits: int = typer.Option(16, help="As for chat; default 16 here: under concurrent load int8 measured "
+                                             "c8 throughput 51 vs 62 tokens/s with bf16 (benchmarks/serve_load.py)."),
 ) -> None:
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn

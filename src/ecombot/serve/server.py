@@ -32,7 +32,7 @@ def run_system_prompt(adapter_dir: Path) -> str | None:
 
 
 def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: Decoding | None = None,
-                 precision: str = "auto", decode_bits: int = 8) -> TransformersEngine:
+                 precision: str = "auto", decode_bits: int = 16) -> TransformersEngine:
     """One base model in memory with every adapter loaded by name; each answers with its run's system prompt."""
     from ecombot.models import check_adapter_dir, load_for_inference, read_adapter_base, resolve_model
 
