@@ -152,6 +152,12 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
             raise ApiError(429, f"rate limit reached: retry in {wait:.1f} s", "rate_limit_error",
                            code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait)))})
 
+    async def checked(request: Request, model: type[BaseModel]):
+        """What every POST endpoint does first: who is calling, their rate limit, then the parsed body."""
+        who = caller(request)
+        limit_rate(who)
+        return who, await read_body(request, config.max_request_bytes, model)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": config.model_name, "adapters": engine.adapters(),
@@ -165,9 +171,7 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        who = caller(request)
-        limit_rate(who)
-        body = await read_body(request, config.max_request_bytes, ChatCompletionRequest)
+        who, body = await checked(request, ChatCompletionRequest)
         if len(body.messages) > config.max_messages:
             raise ApiError(400, f"too many messages ({len(body.messages)}); the limit is {config.max_messages}",
                            param="messages")
@@ -207,9 +211,7 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        who = caller(request)
-        limit_rate(who)
-        body = await read_body(request, config.max_request_bytes, FeedbackRequest)
+        who, body = await checked(request, FeedbackRequest)
         try:
             await run_in_threadpool(store.record_feedback, body.completion_id, who.client,
                                     1 if body.rating == "up" else -1, (body.correction or "").strip() or None)
@@ -219,9 +221,7 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
 
     @app.post("/v1/handoff")
     async def handoff(request: Request):
-        who = caller(request)
-        limit_rate(who)
-        body = await read_body(request, config.max_request_bytes, HandoffRequest)
+        who, body = await checked(request, HandoffRequest)
         try:
             await run_in_threadpool(store.record_handoff, body.conversation_id, who.client, body.note)
         except NotFound as exc:
