@@ -61,15 +61,23 @@ def test_chunked_cross_entropy_equals_one_call():
     logits.grad = None
     whole = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     (whole * weights).sum().backward()
-    assert torch.allclose(chunked, whole.float(), atol=1e-6)
+    assert chunked.dtype == torch.float64 and torch.allclose(chunked, whole, atol=1e-6)
     assert torch.allclose(chunked_grad, logits.grad, atol=1e-6)
 
 
 def test_gradients_match_the_full_logits_loss_when_chunked(monkeypatch):
     import ecombot.train.loss as loss
 
-    monkeypatch.setattr(loss, "CE_CHUNK", 2)  # 5 supervised positions -> 3 chunks
+    monkeypatch.setattr(loss, "CE_CHUNK_ELEMENTS", {"cpu": 2 * 64, "other": 2 * 64})
+    assert loss.chunk_rows(torch.empty(5, 64)) == 2  # the 5 supervised positions go in 3 chunks
     test_gradients_match_the_full_logits_loss()
+
+
+def test_cpu_chunks_of_the_gemma_vocabulary_fit_in_cache():
+    from ecombot.train.loss import chunk_rows
+
+    assert chunk_rows(torch.empty(0, 262144)) == 16
+    assert chunk_rows(torch.empty(0, 64)) == 65536
 
 
 def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():

@@ -10,28 +10,54 @@ and the call still goes through the (DDP/FSDP-wrapped) model's forward.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-CE_CHUNK = 128  # positions per cross-entropy chunk: 128 x 262k vocabulary x fp32 = 134 MB at a time
+# fp32 elements of one cross-entropy chunk. On a CPU a 16 MB chunk (16 rows of Gemma's 262k vocabulary) stays in
+# cache between the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row chunks
+# (measured on the 2-core Xeon, bf16 logits). A GPU wants fewer, larger kernels.
+CE_CHUNK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 25}
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), targets, reduction="none")
+def chunk_rows(logits: torch.Tensor) -> int:
+    budget = CE_CHUNK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"]
+    return max(1, budget // logits.shape[-1])
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy in fp32 over (N, vocab) logits, `chunk` rows at a time, forward and backward.
+
+    Why by hand: with a 262k vocabulary the logits are the largest tensors of a step. PyTorch's cross_entropy
+    keeps an fp32 log-softmax of all of them for backward (~1.7 GB at batch 8); chunking it with slices and
+    activation checkpointing fixed the memory but computed log-softmax twice and made every slice's backward
+    allocate and sum a full-size gradient. Here forward keeps only the log-sum-exp per row (4 bytes) and backward
+    writes softmax - one_hot chunk by chunk into one gradient tensor: 5.7x faster than that on 376 x 262k
+    logits on the CPU (0.17 s vs 0.98 s forward + backward), same values (tests/test_loss.py).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        accumulate = torch.promote_types(logits.dtype, torch.float32)
+        lse = torch.empty(logits.shape[0], dtype=accumulate, device=logits.device)
+        for i in range(0, logits.shape[0], chunk):
+            lse[i:i + chunk] = torch.logsumexp(logits[i:i + chunk].to(accumulate), dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk = chunk
+        return lse - logits.gather(1, targets[:, None]).squeeze(1).to(accumulate)
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], ctx.chunk):
+            softmax = logits[i:i + ctx.chunk].to(lse.dtype, copy=True).sub_(lse[i:i + ctx.chunk, None]).exp_()
+            rows = torch.arange(softmax.shape[0], device=softmax.device)
+            softmax[rows, targets[i:i + ctx.chunk]] -= 1
+            grad[i:i + ctx.chunk] = softmax.mul_(grad_losses[i:i + ctx.chunk, None])
+        return grad, None, None
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """Per-token cross-entropy in fp32, `chunk` positions at a time, recomputed in the backward pass.
-
-    Why by hand: with a 262k vocabulary the fp32 copy of the logits, its log-softmax (kept for backward) and
-    their gradients are the largest tensors of a step (~1.7 GB at batch 8); in chunks under activation
-    checkpointing only one chunk's fp32 tensors exist at a time. Same values as one call (tested).
-    """
-    chunk = chunk or CE_CHUNK
-    if not torch.is_grad_enabled() or not logits.requires_grad or logits.shape[0] <= chunk:
-        return _cross_entropy(logits, targets)
-    return torch.cat([checkpoint(_cross_entropy, logits[i:i + chunk], targets[i:i + chunk], use_reentrant=False)
-                      for i in range(0, logits.shape[0], chunk)])
+    """Per-token cross-entropy (no ignore index: pass only supervised positions), in fp32 at least."""
+    return ChunkedCrossEntropy.apply(logits, targets, chunk or chunk_rows(logits))
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
