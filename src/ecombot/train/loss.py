@@ -35,24 +35,32 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        accumulate = torch.promote_types(logits.dtype, torch.float32)
-        lse = torch.empty(logits.shape[0], dtype=accumulate, device=logits.device)
-        for i in range(0, logits.shape[0], chunk):
-            lse[i:i + chunk] = torch.logsumexp(logits[i:i + chunk].to(accumulate), dim=-1)
+        lse = torch.empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32),
+                          device=logits.device)
+        for rows, block in _fp32_blocks(logits, chunk, lse.dtype):
+            top = block.amax(dim=-1, keepdim=True)
+            lse[rows] = block.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(1))
         ctx.save_for_backward(logits, targets, lse)
         ctx.chunk = chunk
-        return lse - logits.gather(1, targets[:, None]).squeeze(1).to(accumulate)
+        return lse - logits.gather(1, targets[:, None]).squeeze(1).to(lse.dtype)
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):
         logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        for i in range(0, logits.shape[0], ctx.chunk):
-            softmax = logits[i:i + ctx.chunk].to(lse.dtype, copy=True).sub_(lse[i:i + ctx.chunk, None]).exp_()
-            rows = torch.arange(softmax.shape[0], device=softmax.device)
-            softmax[rows, targets[i:i + ctx.chunk]] -= 1
-            grad[i:i + ctx.chunk] = softmax.mul_(grad_losses[i:i + ctx.chunk, None])
+        for rows, block in _fp32_blocks(logits, ctx.chunk, lse.dtype):
+            softmax = block.sub_(lse[rows, None]).exp_()
+            softmax[torch.arange(softmax.shape[0], device=softmax.device), targets[rows]] -= 1
+            grad[rows] = softmax.mul_(grad_losses[rows, None])
         return grad, None, None
+
+
+def _fp32_blocks(logits: torch.Tensor, chunk: int, dtype: torch.dtype):
+    """(row slice, writable fp32 copy of those rows), reusing one buffer: no allocation per chunk."""
+    buffer = torch.empty((min(chunk, logits.shape[0]), logits.shape[1]), dtype=dtype, device=logits.device)
+    for start in range(0, logits.shape[0], chunk):
+        rows = slice(start, min(start + chunk, logits.shape[0]))
+        yield rows, buffer[: rows.stop - start].copy_(logits[rows])
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
