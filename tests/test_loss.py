@@ -48,36 +48,77 @@ def test_gradients_match_the_full_logits_loss():
         assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_chunked_cross_entropy_equals_one_call():
-    from ecombot.train.loss import chunked_cross_entropy
+def test_blocked_cross_entropy_equals_one_call(monkeypatch):
+    import ecombot.train.loss as loss
 
+    monkeypatch.setattr(loss, "CE_BLOCK_ELEMENTS", {"cpu": 7 * 64, "other": 7 * 64})  # 50 rows in 8 blocks
     torch.manual_seed(0)
     logits = torch.randn(50, 64, dtype=torch.float64, requires_grad=True)
+    original = logits.detach().clone()
     targets = torch.randint(0, 64, (50,))
     weights = torch.rand(50, dtype=torch.float64)
-    chunked = chunked_cross_entropy(logits, targets, chunk=7)
-    (chunked * weights).sum().backward()
-    chunked_grad = logits.grad.clone()
+    ours = loss.cross_entropy(logits, targets)
+    (ours * weights).sum().backward()
+    our_grad = logits.grad.clone()
     logits.grad = None
     whole = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     (whole * weights).sum().backward()
-    assert chunked.dtype == torch.float64 and torch.allclose(chunked, whole, atol=1e-6)
-    assert torch.allclose(chunked_grad, logits.grad, atol=1e-6)
+    assert torch.equal(logits.detach(), original)  # the input is never overwritten
+    assert ours.dtype == torch.float64 and torch.allclose(ours, whole, atol=1e-12)
+    assert torch.allclose(our_grad, logits.grad, atol=1e-12)
 
 
-def test_gradients_match_the_full_logits_loss_when_chunked(monkeypatch):
+def test_bf16_logits_give_an_fp32_loss():
+    from ecombot.train.loss import cross_entropy
+
+    torch.manual_seed(0)
+    logits = (torch.randn(6, 300) * 4).to(torch.bfloat16)
+    targets = torch.randint(0, 300, (6,))
+    ours = cross_entropy(logits, targets)
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), atol=1e-5)
+
+
+def frozen_head_model():
+    model = make_tiny_model(vocab_size=64)
+    model.get_output_embeddings().weight.requires_grad_(False)  # tied with the input embedding, frozen like LoRA's
+    return model
+
+
+def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(monkeypatch):
     import ecombot.train.loss as loss
 
-    monkeypatch.setattr(loss, "CE_CHUNK_ELEMENTS", {"cpu": 2 * 64, "other": 2 * 64})
-    assert loss.chunk_rows(torch.empty(5, 64)) == 2  # the 5 supervised positions go in 3 chunks
-    test_gradients_match_the_full_logits_loss()
+    # several head blocks (2 rows) and cross-entropy blocks (1 row) for the 5 supervised positions
+    monkeypatch.setattr(loss, "HEAD_BLOCK_ELEMENTS", 2 * 64)
+    monkeypatch.setattr(loss, "CE_BLOCK_ELEMENTS", {"cpu": 64, "other": 64})
+    model = frozen_head_model()
+    assert loss.fusable_head(model) is model.lm_head
+    b = batch()
+    full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    full.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    calls = []
+    monkeypatch.setattr(loss.HeadCrossEntropy, "apply", lambda *a, _apply=loss.HeadCrossEntropy.apply:
+                        calls.append(1) or _apply(*a))
+    ours = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+    ours.backward()
+    assert calls == [1]
+    assert torch.allclose(ours, full, atol=1e-5), (ours, full)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+    with torch.inference_mode():  # evaluation: the same losses, no gradient work
+        assert torch.allclose(supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"]), full, atol=1e-5)
 
 
-def test_cpu_chunks_of_the_gemma_vocabulary_fit_in_cache():
-    from ecombot.train.loss import chunk_rows
+def test_heads_the_loss_cannot_apply_itself_keep_the_logits_path():
+    from ecombot.train.loss import fusable_head
 
-    assert chunk_rows(torch.empty(0, 262144)) == 16
-    assert chunk_rows(torch.empty(0, 64)) == 65536
+    assert fusable_head(make_tiny_model(vocab_size=64)) is None  # trainable head: its weight needs a gradient
+    capped = frozen_head_model()
+    capped.config.final_logit_softcapping = 30.0
+    assert fusable_head(capped) is None
 
 
 def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():

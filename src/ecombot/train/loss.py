@@ -1,71 +1,106 @@
-"""Causal-LM loss computed only where it is needed.
+"""Causal-LM loss computed only where it is needed, with the output head fused into the cross-entropy.
 
 Why by hand: Gemma's 262k-token vocabulary makes the output head the largest cost of a step, and
 the prompt tokens (system prompt, customer question) need no logits at all. Passing a boolean
 `logits_to_keep` mask through the model's own forward (Transformers >= 5) projects only the
 supervised positions, so the loss is identical to the full-logits loss at a fraction of the cost,
 and the call still goes through the (DDP/FSDP-wrapped) model's forward.
+
+Even the supervised positions' logits are big (376 answer tokens x 262k x bf16 = 197 MB, and as much
+again for their gradient). The cross-entropy's gradient with respect to the logits is known in the
+forward pass (softmax - one_hot), so both functions below compute it there, block by block, and keep
+only what backward needs: the fused head keeps the gradient of the hidden states (N x 640), never the
+logits. Same values as PyTorch's cross_entropy (tests/test_loss.py).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
-# fp32 elements of one cross-entropy chunk. On a CPU a 16 MB chunk (16 rows of Gemma's 262k vocabulary) stays in
-# cache between the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row chunks
-# (measured on the 2-core Xeon, bf16 logits). A GPU wants fewer, larger kernels.
-CE_CHUNK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 25}
+# fp32 elements of one cross-entropy block. On a CPU a 16 MB block (16 rows of Gemma's 262k vocabulary) stays in
+# cache across the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row blocks
+# and 0.98 s for cross_entropy on 128-row checkpointed slices (2-core Xeon, bf16 logits). A GPU wants fewer, larger
+# kernels. The head matmul runs on larger row blocks (weight reads amortised over more rows).
+CE_BLOCK_ELEMENTS = {"cpu": 1 << 22, "other": 1 << 25}
+HEAD_BLOCK_ELEMENTS = 1 << 25
 
 
-def chunk_rows(logits: torch.Tensor) -> int:
-    budget = CE_CHUNK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"]
-    return max(1, budget // logits.shape[-1])
+def block_rows(budget: int, width: int) -> int:
+    return max(1, budget // width)
 
 
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy in fp32 over (N, vocab) logits, `chunk` rows at a time, forward and backward.
+def ce_block_rows(logits: torch.Tensor) -> int:
+    return block_rows(CE_BLOCK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"], logits.shape[-1])
 
-    Why by hand: with a 262k vocabulary the logits are the largest tensors of a step. PyTorch's cross_entropy
-    keeps an fp32 log-softmax of all of them for backward (~1.7 GB at batch 8); chunking it with slices and
-    activation checkpointing fixed the memory but computed log-softmax twice and made every slice's backward
-    allocate and sum a full-size gradient. Here forward keeps only the log-sum-exp per row (4 bytes) and backward
-    writes softmax - one_hot chunk by chunk into one gradient tensor: 5.7x faster than that on 376 x 262k
-    logits on the CPU (0.17 s vs 0.98 s forward + backward), same values (tests/test_loss.py).
+
+def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
+                       grad_into: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each row of `logits` in fp32 (at least); with `grad_into`, also write d loss / d logits.
+
+    `grad_into` may be `logits` itself (its values are read block by block before being overwritten).
     """
+    accumulate = torch.promote_types(logits.dtype, torch.float32)
+    losses = -logits.gather(1, targets[:, None]).squeeze(1).to(accumulate)
+    buffer = torch.empty((min(rows_per_block, logits.shape[0]), logits.shape[1]), dtype=accumulate,
+                         device=logits.device)
+    for start in range(0, logits.shape[0], rows_per_block):
+        rows = slice(start, min(start + rows_per_block, logits.shape[0]))
+        block = buffer[: rows.stop - start].copy_(logits[rows])
+        top = block.amax(dim=-1, keepdim=True)
+        total = block.sub_(top).exp_().sum(dim=-1, keepdim=True)
+        losses[rows] += total.log().add_(top).squeeze(1)
+        if grad_into is not None:
+            block.div_(total)[torch.arange(block.shape[0], device=block.device), targets[rows]] -= 1
+            grad_into[rows] = block
+    return losses
+
+
+class CrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of (N, vocab) logits; keeps d loss / d logits (the size of the logits), not fp32 copies."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        lse = torch.empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32),
-                          device=logits.device)
-        for rows, block in _fp32_blocks(logits, chunk, lse.dtype):
-            top = block.amax(dim=-1, keepdim=True)
-            lse[rows] = block.sub_(top).exp_().sum(dim=-1).log_().add_(top.squeeze(1))
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.chunk = chunk
-        return lse - logits.gather(1, targets[:, None]).squeeze(1).to(lse.dtype)
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        losses = cross_entropy_rows(logits, targets, ce_block_rows(logits), grad)
+        ctx.save_for_backward(grad)
+        return losses
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):
-        logits, targets, lse = ctx.saved_tensors
-        grad = torch.empty_like(logits)
-        for rows, block in _fp32_blocks(logits, ctx.chunk, lse.dtype):
-            softmax = block.sub_(lse[rows, None]).exp_()
-            softmax[torch.arange(softmax.shape[0], device=softmax.device), targets[rows]] -= 1
-            grad[rows] = softmax.mul_(grad_losses[rows, None])
-        return grad, None, None
+        (grad,) = ctx.saved_tensors
+        return grad * grad_losses[:, None].to(grad.dtype), None
 
 
-def _fp32_blocks(logits: torch.Tensor, chunk: int, dtype: torch.dtype):
-    """(row slice, writable fp32 copy of those rows), reusing one buffer: no allocation per chunk."""
-    buffer = torch.empty((min(chunk, logits.shape[0]), logits.shape[1]), dtype=dtype, device=logits.device)
-    for start in range(0, logits.shape[0], chunk):
-        rows = slice(start, min(start + chunk, logits.shape[0]))
-        yield rows, buffer[: rows.stop - start].copy_(logits[rows])
+class HeadCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of `hidden @ weight.T` for a frozen head; the logits exist one row block at a time."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if want_grad else None
+        losses = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32),
+                             device=hidden.device)
+        step = block_rows(HEAD_BLOCK_ELEMENTS, weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, min(start + step, hidden.shape[0]))
+            logits = hidden[rows] @ weight.t()
+            losses[rows] = cross_entropy_rows(logits, targets[rows], ce_block_rows(logits), logits if want_grad else None)
+            if want_grad:
+                grad_hidden[rows] = logits @ weight
+        ctx.save_for_backward(grad_hidden)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None
 
 
-def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy (no ignore index: pass only supervised positions), in fp32 at least."""
-    return ChunkedCrossEntropy.apply(logits, targets, chunk or chunk_rows(logits))
+    return CrossEntropy.apply(logits, targets)
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -75,12 +110,52 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def fusable_head(model) -> torch.nn.Module | None:
+    """The output head, if the loss may apply its weight itself: frozen, no bias, plain logits (no soft-capping)."""
+    model = getattr(model, "module", model)  # DDP / FSDP wrapper
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    plain = getattr(model.config, "final_logit_softcapping", None) is None
+    if (weight is None or weight.requires_grad or getattr(head, "bias", None) is not None or not plain
+            or not weight.is_floating_point() or weight.dim() != 2):
+        return None
+    return head
+
+
+@contextmanager
+def head_fused_with_loss(head: torch.nn.Module, targets: torch.Tensor):
+    """While active, the head's forward computes the targets' losses from its input and projects no row itself.
+
+    A forward pre-hook, so the work happens inside the model's own forward (where DDP/FSDP expect the weights
+    to be used); the model returns empty logits and `result["losses"]` holds the per-token cross-entropy.
+    """
+    result: dict[str, torch.Tensor] = {}
+
+    def hook(module, args):
+        hidden = args[0].reshape(-1, args[0].shape[-1])
+        result["losses"] = HeadCrossEntropy.apply(hidden, module.weight, targets)
+        return (hidden[:0],)
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield result
+    finally:
+        handle.remove()
+
+
 def token_losses(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of every supervised token, and the batch row it belongs to."""
     keep = supervised_positions(labels)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
     targets = labels[:, 1:][keep[:, :-1]]
-    return chunked_cross_entropy(logits, targets), keep.nonzero()[:, 0]
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
+    head = fusable_head(model)
+    if head is None:
+        losses = cross_entropy(model(**inputs).logits, targets)
+    else:
+        with head_fused_with_loss(head, targets) as result:
+            model(**inputs)
+        losses = result["losses"]
+    return losses, keep.nonzero()[:, 0]
 
 
 def supervised_loss(model, input_ids, attention_mask, labels, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
