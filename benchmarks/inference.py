@@ -3,7 +3,7 @@
 For each question (round-robin over --repeats): time to first token and generated tokens per second of
   plain         AutoModelForCausalLM fp32 + chat template + model.generate (greedy, KV cache)
   ecombot-bf16  the TransformersEngine behind `ecombot chat` with bf16 weights (decode bits 16)
-  ecombot-int8  the same with int8 weights for one-token steps (the default of chat and serve)
+  ecombot-int8  the same with int8 weights for one-token steps and an int4 output head (the default of chat)
   ecombot-int4  the same with int4 weights for one-token steps (--decode-bits 4)
 plus, as the price in quality, each engine's held-out loss through its decoding path (reference answers fed
 one token at a time through the KV cache, so one-token steps use the low-bit weights), and the cached load

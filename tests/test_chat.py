@@ -85,15 +85,15 @@ def test_repetition_penalty_touches_only_answer_tokens():
     assert torch.equal(AnswerRepetitionPenalty(2.0, prompt_length=3)(prompt_and_answer, scores.clone()), scores)
 
 
-@pytest.mark.parametrize("bits, tolerance", [(8, 0.01), (4, 0.08)])
-def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, tolerance):
+@pytest.mark.parametrize("bits, group, tolerance", [(8, 64, 0.01), (4, 64, 0.08), (4, 32, 0.06)])
+def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, group, tolerance):
     import torch
 
     from ecombot.models.lowbit_decode import LowBitDecodeLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 64, bias=True).to(torch.bfloat16)
-    layer = LowBitDecodeLinear(linear, bits)
+    layer = LowBitDecodeLinear(linear, bits, group)
     assert layer.bits == bits and layer.weight is linear.weight  # shared: tied weights stay tied
     one = torch.randn(1, 1, 128, dtype=torch.bfloat16)
     many = torch.randn(3, 5, 128, dtype=torch.bfloat16)
@@ -118,6 +118,8 @@ def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dir
     engine.speed_up_decoding(8)
     swapped = [m for m in engine.model.modules() if isinstance(m, LowBitDecodeLinear)]
     assert engine.low_bit_layers == len(swapped) == 2 * 7 + 1  # 2 layers x 7 projections + the output head
+    head = engine.model.get_output_embeddings()
+    assert head.bits == 4 and head.group == 32 and {m.bits for m in swapped if m is not head} == {8}
     assert all(type(m.lora_A["support"]) is torch.nn.Linear for m in engine.model.modules() if hasattr(m, "lora_A"))
     after = engine.generate(question, "support")[0]
     assert after.new_tokens == before.new_tokens
