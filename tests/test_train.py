@@ -161,3 +161,23 @@ def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model
     best_a = json.loads((whole / "run_config.json").read_text())["results"]["best_val_loss"]
     best_b = json.loads((killed / "run_config.json").read_text())["results"]["best_val_loss"]
     assert best_b == pytest.approx(best_a, abs=1e-4)
+
+
+def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_dataset, tmp_path):
+    """Two CPU processes (DDP over gloo, the launcher `accelerate launch` uses): each sees half of every global
+    batch, only the first process writes the run directory, the run finishes and its adapter is saved."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ecombot",
+         "train", "--model", str(tiny_model_dir), "--data", str(small_dataset), "--output", str(run), "--epochs", "1",
+         "--batch-size", "4", "--precision", "fp32"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done") == 1, result.stdout[-2000:]
+    info = json.loads((run / "run_config.json").read_text())
+    assert info["status"] == "complete"
+    train_count = info["results"]["split"]["train"]
+    assert info["results"]["steps"] == -(-train_count // (4 * 2))  # global batch = 2 processes x 4
+    losses = [r["loss"] for r in log_of(run) if "loss" in r]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)
+    assert (run / "adapter_model.safetensors").is_file()

@@ -113,11 +113,14 @@ def train(
     """Fine-tune a base model into a support bot; writes a run directory with a PEFT adapter."""
     from ecombot.config import load_config
     from ecombot.train import train as run_training
+    from ecombot.train.recipe import is_main_process
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
                       seed=seed, precision=precision)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
+    if not is_main_process():
+        return
     r = result.results
     console.print(f"[green]done[/green]: {result.run_dir}  steps {r['steps']}, best validation loss "
                   f"{r['best_val_loss'] if r['best_val_loss'] is None else round(r['best_val_loss'], 4)} "

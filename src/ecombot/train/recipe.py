@@ -47,6 +47,11 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of `torchrun` / `accelerate launch` (they train but write no run files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, Path | None]:
     """On --resume, the run's saved config wins (same data, same seed) and the newest complete checkpoint is used."""
     run = cfg.run_dir
@@ -56,6 +61,8 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Tr
             raise EcombotError(f"{run}: nothing to resume (no run_config.json); start a run with this --output first")
         config = TrainConfig(**json.loads(saved.read_text())["config"])
         return config, latest_complete_checkpoint(run / "checkpoints")
+    if not is_main_process():
+        return cfg, None
     if run.exists() and any(run.iterdir()):
         if not overwrite:
             raise EcombotError(f"{run}: run directory already exists; use --resume to continue it, --overwrite to "
@@ -155,11 +162,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
 
     cfg, checkpoint = prepare_run_dir(cfg, resume, overwrite)
     run = cfg.run_dir
+    main = is_main_process()
 
     # 1. Data: read, validate, split (the same seed gives the same split in every command).
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     split, summary = prepared.split, prepared.report
-    write_split(split, run / "data", extra={"seed": cfg.seed, "source": summary.path})
+    if main:
+        write_split(split, run / "data", extra={"seed": cfg.seed, "source": summary.path})
 
     # 2. Tokens: chat template applied, loss mask on assistant turns, truncation counted.
     model_dir = resolve_model(cfg.model)
@@ -171,8 +180,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     summary.add_token_lengths(train_set.lengths + val_set.lengths, cfg.max_length)
     if not train_set.examples:
         raise EcombotError(f"{summary.path}: no training conversation has an answer within max_length={cfg.max_length}")
-    write_json(run / "data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
-                                           "split": split.counts()})
+    if main:
+        write_json(run / "data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
+                                               "split": split.counts()})
 
     # 3. Model: base (4-bit for QLoRA) + fresh adapter.
     device = pick_device()
@@ -182,7 +192,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
                 "system_prompt": system_prompt, "ecombot_version": __version__, "status": "running",
                 "trainable_parameters": trainable, "total_parameters": total}
-    write_json(run / "run_config.json", run_info)
+    if main:
+        write_json(run / "run_config.json", run_info)
 
     # 4. Train with Transformers' Trainer (early stopping on validation loss, best checkpoint kept).
     has_validation = bool(val_set.examples)
@@ -199,7 +210,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     train_seconds = time.time() - started
 
     # 5. Outputs: adapter (best by validation loss), curve, card, final status.
-    save_adapter_atomically(trainer.model, run)
+    if main:
+        save_adapter_atomically(trainer.model, run)
     log = read_log(run / "train_log.jsonl")
     train_losses = [r["loss"] for r in log if "loss" in r]
     best_step = int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1]) if trainer.state.best_model_checkpoint else trainer.state.global_step
@@ -211,7 +223,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         "split": split.counts(), "truncated": train_set.truncated + val_set.truncated,
         "model_dir": str(model_dir), "precision": precision, "device": device,
     }
-    plot_loss_curve(run / "train_log.jsonl", run / "loss_curve.png")
-    (run / "README.md").write_text(model_card(cfg.to_dict(), summary.to_dict(), results), encoding="utf-8")
-    write_json(run / "run_config.json", {**run_info, "status": "complete", "results": results})
+    if main:
+        plot_loss_curve(run / "train_log.jsonl", run / "loss_curve.png")
+        (run / "README.md").write_text(model_card(cfg.to_dict(), summary.to_dict(), results), encoding="utf-8")
+        write_json(run / "run_config.json", {**run_info, "status": "complete", "results": results})
     return TrainResult(run, results)
