@@ -15,6 +15,7 @@ time of the model. Ratios are taken per question.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -72,8 +73,6 @@ def decoding_path_loss(engine, conversations) -> float:
     """Mean loss per reference-answer token, fed one token at a time through the KV cache (as when decoding)."""
     import torch
     import torch.nn.functional as F
-
-    import inspect
 
     base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
