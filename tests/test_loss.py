@@ -79,6 +79,24 @@ def test_bf16_logits_give_an_fp32_loss():
     assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), atol=1e-5)
 
 
+def test_one_pass_head_cross_entropy_equals_logits_then_cross_entropy():
+    """The online log-sum-exp over vocabulary chunks: exact in fp64, including rows whose maximum comes late."""
+    from ecombot.train.loss import head_cross_entropy_rows
+
+    torch.manual_seed(0)
+    hidden = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 8, dtype=torch.float64)
+    weight[47] *= 6  # a large logit in the last (short) chunk forces a rescale of everything summed before
+    targets = torch.tensor([0, 6, 7, 13, 14, 48, 49, 47, 21])
+    grad = torch.empty_like(hidden)
+    ours = head_cross_entropy_rows(hidden.detach(), weight, targets, chunk=7, grad_into=grad)
+    whole = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="none")
+    whole.sum().backward()
+    assert ours.dtype == torch.float64 and torch.allclose(ours, whole, atol=1e-12)
+    assert torch.allclose(grad, hidden.grad, atol=1e-12)
+    assert torch.allclose(head_cross_entropy_rows(hidden.detach(), weight, targets, chunk=64), whole, atol=1e-12)
+
+
 def frozen_head_model():
     model = make_tiny_model(vocab_size=64)
     model.get_output_embeddings().weight.requires_grad_(False)  # tied with the input embedding, frozen like LoRA's
@@ -88,9 +106,10 @@ def frozen_head_model():
 def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(monkeypatch):
     import ecombot.train.loss as loss
 
-    # several head blocks (2 rows) and cross-entropy blocks (1 row) for the 5 supervised positions
-    monkeypatch.setattr(loss, "HEAD_BLOCK_ELEMENTS", 2 * 64)
-    monkeypatch.setattr(loss, "CE_BLOCK_ELEMENTS", {"cpu": 64, "other": 64})
+    # several row blocks (2 rows) for the 5 supervised positions, each walking the vocabulary in 5 chunks (the last
+    # one short), so the running log-sum-exp is rescaled and targets fall in different chunks
+    monkeypatch.setattr(loss, "HEAD_ROW_BLOCK", 2)
+    monkeypatch.setattr(loss, "HEAD_VOCAB_CHUNK", {"cpu": 14, "other": 14})
     model = frozen_head_model()
     assert loss.fusable_head(model) is model.lm_head
     b = batch()
