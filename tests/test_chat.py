@@ -127,3 +127,28 @@ def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dir
         engine.add_adapter("fr", adapter_dirs["fr"])
     with pytest.raises(Exception, match="4, 8 or 16"):
         engine.speed_up_decoding(5)
+
+
+def test_each_adapter_is_told_the_system_prompt_it_was_trained_with(tiny_model_dir, adapter_dirs, tmp_path):
+    import json
+    import shutil
+
+    from ecombot.chat.engine import BASE
+    from ecombot.config import BUILTIN_SYSTEM_PROMPT
+    from ecombot.models import encode_prompt, with_system
+    from ecombot.serve import build_engine
+
+    runs = {name: tmp_path / name for name in ("support", "fr", "foreign")}
+    for name, prompt in (("support", None), ("fr", "Réponds en français."), ("foreign", "unused")):
+        shutil.copytree(adapter_dirs["fr" if name == "fr" else "support"], runs[name])
+        if name != "foreign":  # an adapter trained elsewhere has no run config: no prompt is assumed
+            (runs[name] / "run_config.json").write_text(json.dumps({"system_prompt": prompt, "config": {}}))
+    engine = build_engine(str(tiny_model_dir), list(runs.items()), Decoding(max_new_tokens=4), precision="fp32",
+                          decode_bits=16)
+    question = [{"role": "user", "content": "Where is my order?"}]
+    expected = {"support": question, "fr": with_system(question, "Réponds en français."), "foreign": question,
+                BASE: with_system(question, BUILTIN_SYSTEM_PROMPT)}
+    for adapter, messages in expected.items():
+        assert engine.prompt_ids(question, adapter) == encode_prompt(engine.tokenizer, messages), adapter
+    engine.override_system_prompt("Be brief.")  # `ecombot chat --system-prompt`: the user's choice wins everywhere
+    assert {engine.system_prompt(a) for a in expected} == {"Be brief."}

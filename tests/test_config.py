@@ -48,7 +48,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_system_prompt_defaults():
-    assert "Harbor & Pine" in TrainConfig().resolved_system_prompt()
-    assert "Harbor & Pine" not in TrainConfig(data="mine.csv").resolved_system_prompt()
+    assert TrainConfig().resolved_system_prompt() is None
+    assert TrainConfig(system_prompt="").resolved_system_prompt() is None
     assert TrainConfig(system_prompt="Custom").resolved_system_prompt() == "Custom"
     assert {f.name for f in dataclasses.fields(TrainConfig)} == FIELDS

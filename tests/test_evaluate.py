@@ -95,6 +95,10 @@ def test_evaluation_outputs(tmp_path, trained_run):
     paths = run_evaluation(cfg)
     results = json.loads((out / "results.json").read_text())
     assert set(results["systems"]) == {"base", "base-fewshot", "retrieval", "run", "run+retrieval"}
+    # the base model is told the store prompt; the adapter what it was trained with (none by default)
+    from ecombot.config import GENERIC_SYSTEM_PROMPT
+    assert results["system_prompts"] == {"base": GENERIC_SYSTEM_PROMPT, "base-fewshot": GENERIC_SYSTEM_PROMPT,
+                                         "run": None, "run+retrieval": None}
     for name, system in results["systems"].items():
         for metric in ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "latency_s"):
             low, high = system[metric]["ci95"]

@@ -34,11 +34,11 @@ def data_inspect(
     file: Path = typer.Argument(..., help="Data file: FAQ JSON, CSV, chat JSONL, ShareGPT, Alpaca or prompt/completion."),
     model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
     max_length: int = typer.Option(512, help="Token limit used to count truncated conversations."),
-    system_prompt: Optional[str] = typer.Option(None, help="System prompt included in the token counts."),
+    system_prompt: Optional[str] = typer.Option(None, help="System prompt included in the token counts (training "
+                                                "uses none unless the config sets one)."),
     tokens: bool = typer.Option(True, help="Count tokens (loads the model's tokenizer)."),
 ) -> None:
     """Summarise a data file: format, rows, intents, token lengths, dropped rows and why."""
-    from ecombot.config import GENERIC_SYSTEM_PROMPT
     from ecombot.data import load_conversations
 
     convs, report = load_conversations(file)
@@ -47,7 +47,7 @@ def data_inspect(
         from ecombot.train.data import encode_conversations
 
         tokenizer = load_tokenizer(resolve_model(model))
-        encoded = encode_conversations(convs, tokenizer, system_prompt or GENERIC_SYSTEM_PROMPT, max_length)
+        encoded = encode_conversations(convs, tokenizer, system_prompt, max_length)
         report.add_token_lengths(encoded.lengths, max_length)
     table = Table(title=f"{file} ({report.format})", show_header=False)
     table.add_row("rows read", str(report.rows_read))
@@ -133,7 +133,8 @@ def chat(
     model: Optional[str] = typer.Option(None, help="Base model (default: the one the adapter was trained on)."),
     once: Optional[str] = typer.Option(None, help="Answer this one question and exit (for scripts)."),
     context: List[str] = typer.Option([], help="KEY=VALUE filling placeholders, e.g. 'Order Number=A123'."),
-    system_prompt: Optional[str] = typer.Option(None, help="Store system prompt (default: the run's)."),
+    system_prompt: Optional[str] = typer.Option(None, help="System prompt (default: the one the run trained with; "
+                                                "the store prompt for the base model)."),
     max_new_tokens: int = typer.Option(200, help="Longest answer in tokens."),
     temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
@@ -149,11 +150,9 @@ def chat(
     except ValueError as exc:
         raise EcombotError(str(exc)) from None
     loaded = load_for_inference(model=model, adapter=adapter)
-    if system_prompt is None:
-        run_config = adapter / "run_config.json" if adapter else None
-        system_prompt = (json.loads(run_config.read_text()).get("system_prompt") if run_config and run_config.is_file()
-                         else BUILTIN_SYSTEM_PROMPT)
-    engine = TransformersEngine(loaded, system_prompt, Decoding(max_new_tokens, temperature, repetition_penalty))
+    engine = TransformersEngine(loaded, BUILTIN_SYSTEM_PROMPT, Decoding(max_new_tokens, temperature, repetition_penalty))
+    if system_prompt is not None:
+        engine.override_system_prompt(system_prompt)
     engine.speed_up_decoding(decode_bits)
     if once is not None:
         answer_streaming(engine, [{"role": "user", "content": once}], values)

@@ -19,7 +19,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import LoadedModel, encode_prompt, stop_token_ids, with_system
+from ecombot.models import LoadedModel, encode_prompt, read_run_system_prompt, stop_token_ids, with_system
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
 
@@ -160,6 +160,8 @@ class TransformersEngine:
 
     def __init__(self, loaded: LoadedModel, system_prompt: str | None, decoding: Decoding | None = None,
                  context_tokens: int = 2048):
+        """`system_prompt` is what the base model is told; each adapter is told the prompt its run was trained
+        with (a conversation in another format than training is out of distribution for a small model)."""
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.loaded = loaded
         self.decoding = decoding or Decoding()
@@ -167,7 +169,10 @@ class TransformersEngine:
         self.context_tokens = min(context_tokens, limit)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
-        self.system_prompts: dict[str, str | None] = {BASE: system_prompt, self.default_adapter: system_prompt}
+        self.system_prompts: dict[str, str | None] = {BASE: system_prompt}
+        if self.default_adapter != BASE:
+            self.system_prompts[self.default_adapter] = (read_run_system_prompt(loaded.adapter_dir)
+                                                         if loaded.adapter_dir else system_prompt)
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
     def adapters(self) -> list[str]:
@@ -185,7 +190,7 @@ class TransformersEngine:
         if bits in (4, 8) and self.loaded.device == "cpu" and self.loaded.precision == "bf16" and kernels_available():
             self.low_bit_layers = use_low_bit_decoding(self.model, bits)
 
-    def add_adapter(self, name: str, path: str | Path, system_prompt: str | None = None) -> None:
+    def add_adapter(self, name: str, path: str | Path) -> None:
         """Load another adapter of the same base model next to the ones already loaded (no base reload)."""
         if self.low_bit_layers:
             raise ModelError("load every adapter before speed_up_decoding()")
@@ -196,7 +201,14 @@ class TransformersEngine:
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
-        self.system_prompts[name] = system_prompt or self.system_prompts[BASE]
+        self.system_prompts[name] = read_run_system_prompt(Path(path))
+
+    def override_system_prompt(self, system_prompt: str | None) -> None:
+        """Tell the base model and every adapter `system_prompt` (a user's explicit choice over the runs')."""
+        self.system_prompts = dict.fromkeys(self.system_prompts, system_prompt)
+
+    def system_prompt(self, adapter: str | None = None) -> str | None:
+        return self.system_prompts.get(adapter or self.default_adapter, self.system_prompts[BASE])
 
     @contextlib.contextmanager
     def using(self, adapter: str | None = None):
@@ -215,7 +227,7 @@ class TransformersEngine:
                    reserve: int | None = None) -> list[int]:
         """The prompt for the next answer, dropping the oldest exchanges until it fits the context window."""
         reserve = self.decoding.max_new_tokens if reserve is None else reserve
-        system_prompt = self.system_prompts.get(adapter or self.default_adapter, self.system_prompts[BASE])
+        system_prompt = self.system_prompt(adapter)
         messages = list(messages)
         while True:
             ids = encode_prompt(self.tokenizer, with_system(messages, system_prompt))

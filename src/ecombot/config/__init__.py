@@ -14,6 +14,8 @@ from ecombot.errors import ConfigError
 
 METHODS = ("lora", "qlora", "dora")
 PRECISIONS = ("auto", "bf16", "fp32")
+# What the base model (no adapter) is told, in chat, serving and evaluation: it has not learned the store's voice.
+# A fine-tuned adapter is told the prompt its run was trained with (none by default: see `system_prompt`).
 BUILTIN_SYSTEM_PROMPT = (
     "You are the customer support assistant of Harbor & Pine, an online home goods store. "
     "Answer briefly and follow the store's policies."
@@ -90,10 +92,9 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.output or f"runs/{self.method}")
 
-    def resolved_system_prompt(self) -> str:
-        if self.system_prompt is not None:
-            return self.system_prompt
-        return BUILTIN_SYSTEM_PROMPT if self.data is None else GENERIC_SYSTEM_PROMPT
+    def resolved_system_prompt(self) -> str | None:
+        """The prompt every training conversation starts with; None (the default) trains without one."""
+        return self.system_prompt or None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

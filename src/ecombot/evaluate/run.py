@@ -8,7 +8,6 @@ Systems: `base` (zero-shot with the store prompt), `base-fewshot` (k training pa
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ class EvalConfig:
     retrieval_k: int = 3
     batch_size: int = 8
     max_new_tokens: int = 160
-    system_prompt: str | None = None
+    system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's
 
 
 @dataclass
@@ -195,8 +194,9 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
     if source["leaked_test_questions"]:
         say(f"[yellow]warning:[/yellow] {source['leaked_test_questions']} test question(s) also appear in the "
             "training data: scores of fine-tuned and retrieval systems are inflated (flagged in results.json)")
-    system_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if cfg.data is None and cfg.test is None
-                                          else GENERIC_SYSTEM_PROMPT)
+    base_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if cfg.data is None and cfg.test is None
+                                        else GENERIC_SYSTEM_PROMPT)
+    prompts_used: dict[str, str | None] = {}
     retriever = Retriever(train) if train else None
     pool = [c for c in train if c.intent]
     pool_vectors = embed([c.answer for c in pool]) if pool else np.zeros((0, 384))
@@ -216,7 +216,7 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
         names = [Path(a).resolve().name for a in cfg.adapters]
         loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,
                                     adapter_name=names[0] if names else "default")
-        engine = TransformersEngine(loaded, system_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
+        engine = TransformersEngine(loaded, base_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
         fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
         retrieved = ([example_turns(hits) for hits in retriever.top(queries, cfg.retrieval_k)]
                      if retriever and "finetuned+retrieval" in cfg.systems else None)
@@ -232,15 +232,17 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
             say(f"answering {len(test)} test questions with {name} ...")
             answered = generate_all(engine, [p + q for p, q in zip(prefixes, prompts)], adapter, cfg.batch_size)
             with engine.using(adapter):
-                answered.loss = item_losses(loaded.model, loaded.tokenizer, test, system_prompt, prefixes=prefixes)
+                answered.loss = item_losses(loaded.model, loaded.tokenizer, test, engine.system_prompt(adapter),
+                                            prefixes=prefixes)
             answered.name = name
+            prompts_used[name] = engine.system_prompt(adapter)
             systems.append(answered)
 
     indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
     results = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
         "model": model_spec, "adapters": [str(Path(a).resolve()) for a in cfg.adapters], "source": source,
-        "test_size": len(test), "train_size": len(train), "system_prompt": system_prompt,
+        "test_size": len(test), "train_size": len(train), "system_prompts": prompts_used,
         "bootstrap_samples": metrics.BOOTSTRAP_SAMPLES,
         "systems": {s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
     }

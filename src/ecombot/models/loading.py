@@ -56,6 +56,12 @@ def read_adapter_base(adapter_dir: Path) -> str:
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+def read_run_system_prompt(adapter_dir: Path) -> str | None:
+    """The system prompt a run was trained with (None: none, or an adapter trained outside ecombot)."""
+    run_config = adapter_dir / "run_config.json"
+    return (json.loads(run_config.read_text()).get("system_prompt") or None) if run_config.is_file() else None
+
+
 def check_adapter_dir(adapter_dir: Path) -> None:
     missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
     if not adapter_dir.is_dir() or missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -26,25 +25,20 @@ def parse_adapters(specs: list[str]) -> list[tuple[str, Path]]:
     return adapters
 
 
-def run_system_prompt(adapter_dir: Path) -> str | None:
-    run_config = adapter_dir / "run_config.json"
-    return json.loads(run_config.read_text()).get("system_prompt") if run_config.is_file() else None
-
-
 def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: Decoding | None = None,
                  precision: str = "auto", decode_bits: int = 16) -> TransformersEngine:
-    """One base model in memory with every adapter loaded by name; each answers with its run's system prompt."""
+    """One base model in memory with every adapter loaded by name; each answers with its run's system prompt,
+    the base model with the store prompt."""
     from ecombot.models import check_adapter_dir, load_for_inference, read_adapter_base, resolve_model
 
     first_name, first_dir = adapters[0] if adapters else ("default", None)
     loaded = load_for_inference(model=model, adapter=first_dir, precision=precision, adapter_name=first_name)
-    prompt = (run_system_prompt(first_dir) if first_dir else None) or BUILTIN_SYSTEM_PROMPT
-    engine = TransformersEngine(loaded, prompt, decoding)
+    engine = TransformersEngine(loaded, BUILTIN_SYSTEM_PROMPT, decoding)
     for name, path in adapters[1:]:
         check_adapter_dir(path)
         if model is None and resolve_model(read_adapter_base(path)) != loaded.model_dir:
             raise ModelError(f"{path}: adapter {name!r} was trained on {read_adapter_base(path)}, not on the "
                              f"base model of {first_dir} ({loaded.model_dir}); serve them from separate servers")
-        engine.add_adapter(name, path, run_system_prompt(path))
+        engine.add_adapter(name, path)
     engine.speed_up_decoding(decode_bits)
     return engine

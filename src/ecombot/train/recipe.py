@@ -29,6 +29,7 @@ from ecombot.data import prepare, write_split
 from ecombot.errors import EcombotError
 from ecombot.models import load_base_model, load_tokenizer, pick_device, resolve_model, resolve_precision
 from ecombot.train.data import PadCollator, encode_conversations
+from ecombot.train.fused_lora import use_fused_lora
 from ecombot.train.norm import use_lean_norms
 from ecombot.train.report import model_card, plot_loss_curve, read_log
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer, latest_complete_checkpoint
@@ -97,6 +98,7 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
     model = get_peft_model(model, lora_config(cfg))
     if dtype == torch.bfloat16:
         keep_activations_in_bf16(model)
+    use_fused_lora(model)
     use_lean_norms(model)
     return model
 

@@ -1,0 +1,81 @@
+import copy
+
+import torch
+
+from conftest import make_tiny_model
+from ecombot.train.fused_lora import LoRAUpdate, use_fused_lora
+
+
+def lora_model(dropout: float = 0.0, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(make_tiny_model(vocab_size=64), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():  # non-zero B, so the update (and every LoRA gradient) matters
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    return model
+
+
+def loss_and_grads(model, ids):
+    model.zero_grad()
+    logits = model(input_ids=ids).logits
+    loss = (logits * torch.linspace(-1, 1, logits.shape[-1])).sum()
+    loss.backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def count_fused_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr(LoRAUpdate, "apply", lambda *a, _apply=LoRAUpdate.apply: calls.append(1) or _apply(*a))
+    return calls
+
+
+def test_fused_update_gives_pefts_values_and_gradients(monkeypatch):
+    reference = lora_model()
+    fused = copy.deepcopy(reference)
+    assert use_fused_lora(fused) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
+    ids = torch.randint(3, 64, (2, 9))
+    ref_logits, ref_grads = loss_and_grads(reference, ids)
+    calls = count_fused_calls(monkeypatch)
+    logits, grads = loss_and_grads(fused, ids)
+    assert len(calls) == 14
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    assert set(grads) == set(ref_grads) and any("lora_A" in n for n in grads)
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-4, rtol=1e-4), name
+    with fused.disable_adapter(), torch.no_grad():  # adapters off: PEFT's own path, the base model's logits
+        assert torch.allclose(fused(input_ids=ids).logits, fused.get_base_model()(input_ids=ids).logits)
+
+
+def test_fused_update_under_bf16_autocast_stays_close_and_keeps_fp32_gradients():
+    reference = lora_model()
+    reference.get_base_model().to(torch.bfloat16)
+    for name, param in reference.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()
+    fused = copy.deepcopy(reference)
+    use_fused_lora(fused)
+    ids = torch.randint(3, 64, (2, 9))
+    results = []
+    for model in (reference, fused):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_and_grads(model, ids))
+    (ref_logits, ref_grads), (logits, grads) = results
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - ref_logits.float()).norm() / ref_logits.float().norm() < 2e-2
+    for name, grad in ref_grads.items():
+        assert grads[name].dtype == torch.float32
+        assert (grads[name] - grad).norm() / grad.norm() < 5e-2, name
+
+
+def test_layers_that_are_not_plain_lora_keep_pefts_forward(monkeypatch):
+    model = lora_model(dropout=0.1)  # dropout on the adapter input: PEFT's own forward applies it
+    use_fused_lora(model)
+    calls = count_fused_calls(monkeypatch)
+    model.train()
+    model(input_ids=torch.randint(3, 64, (1, 5))).logits.sum().backward()
+    assert calls == []
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
