@@ -167,3 +167,25 @@ def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():
     assert set(copied_dtypes) == {torch.float32} and set(kept_dtypes) == {torch.bfloat16}
     assert abs(kept - copied) <= 1e-2 * abs(copied)
     assert torch.nn.functional.cosine_similarity(kept_grads, copied_grads, dim=0) > 0.999
+
+
+def test_short_cpu_batches_attend_eagerly_with_the_same_loss_and_gradients(monkeypatch):
+    import ecombot.train.attention as attention
+
+    model = frozen_head_model()
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    b = batch()
+    results = []
+    for budget in (0, 1 << 22):  # SDPA (weights over budget), then eager
+        monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", budget)
+        model.zero_grad()
+        loss = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert seen == ["sdpa", "eager"] and model.config._attn_implementation == "sdpa"  # restored after the batch
+    (sdpa_loss, sdpa_grads), (eager_loss, eager_grads) = results
+    assert torch.allclose(eager_loss, sdpa_loss, atol=1e-5)
+    for got, want in zip(eager_grads, sdpa_grads):
+        assert torch.allclose(got, want, atol=1e-5)

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ecombot.train.attention import attention_for
+
 # fp32 elements of one cross-entropy block. On a CPU a 16 MB block (16 rows of Gemma's 262k vocabulary) stays in
 # cache across the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row blocks
 # and 0.98 s for cross_entropy on 128-row checkpointed slices (2-core Xeon, bf16 logits). A GPU wants fewer, larger
@@ -183,12 +185,13 @@ def token_losses(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor
     targets = labels[:, 1:][keep[:, :-1]]
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
     head = fusable_head(model)
-    if head is None:
-        losses = cross_entropy(model(**inputs).logits, targets)
-    else:
-        with head_fused_with_loss(head, targets) as result:
-            model(**inputs)
-        losses = result["losses"]
+    with attention_for(model, input_ids):
+        if head is None:
+            losses = cross_entropy(model(**inputs).logits, targets)
+        else:
+            with head_fused_with_loss(head, targets) as result:
+                model(**inputs)
+            losses = result["losses"]
     return losses, keep.nonzero()[:, 0]
 
 
