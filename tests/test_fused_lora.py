@@ -79,3 +79,24 @@ def test_layers_that_are_not_plain_lora_keep_pefts_forward(monkeypatch):
     model(input_ids=torch.randint(3, 64, (1, 5))).logits.sum().backward()
     assert calls == []
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_fused_update_over_a_4bit_base_gives_pefts_values_and_gradients(tiny_model_dir, monkeypatch):
+    """QLoRA: the bitsandbytes NF4 base layer is called as it is; the update around it is the same as PEFT's."""
+    from peft import LoraConfig, get_peft_model
+
+    from ecombot.models import load_base_model
+
+    torch.manual_seed(0)
+    base = load_base_model(tiny_model_dir, quantize_4bit=True, device="cpu")
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    ids = torch.randint(3, 64, (2, 9))
+    ref_logits, ref_grads = loss_and_grads(model, ids)
+    assert use_fused_lora(model) == 2 * 7
+    calls = count_fused_calls(monkeypatch)
+    logits, grads = loss_and_grads(model, ids)
+    assert len(calls) == 14
+    assert torch.allclose(logits, ref_logits, atol=1e-4)
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-4, rtol=1e-3), name

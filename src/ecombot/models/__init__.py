@@ -9,5 +9,5 @@ from ecombot.models.template import (Encoded, encode_conversation, encode_prompt
 
 __all__ = ["DEFAULT_MODEL", "Encoded", "LoadedModel", "check_adapter_dir", "convert_gguf", "cpu_has_native_bf16",
            "ecombot_home", "encode_conversation", "encode_prompt", "ensure_chat_template", "load_base_model",
-           "load_for_inference", "load_tokenizer", "pick_device", "read_adapter_base", "read_run_system_prompt", "render", "resolve_model",
-           "resolve_precision", "stop_token_ids", "with_system"]
+           "load_for_inference", "load_tokenizer", "pick_device", "read_adapter_base", "read_run_system_prompt",
+           "render", "resolve_model", "resolve_precision", "stop_token_ids", "with_system"]

@@ -10,8 +10,8 @@ Even the supervised positions' logits are big (376 answer tokens x 262k x bf16 =
 again for their gradient). The cross-entropy's gradient with respect to the logits is known in the
 forward pass (softmax - one_hot), so both functions below compute it there and keep only what backward
 needs. The fused head goes further: it walks the vocabulary once in chunks, keeping a running
-log-sum-exp and a running softmax @ weight (the online softmax of flash attention), so only one chunk
-of logits ever exists and it stays in cache; backward gets the gradient of the hidden states (N x 640).
+log-sum-exp and a running softmax @ weight (the online softmax of flash attention), so only one small
+chunk of logits ever exists; backward gets the gradient of the hidden states (N x 640).
 Same values as PyTorch's cross_entropy (tests/test_loss.py).
 """
 
@@ -113,7 +113,7 @@ def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets:
 
 
 class HeadCrossEntropy(torch.autograd.Function):
-    """Per-row cross-entropy of `hidden @ weight.T` for a frozen head; the logits exist one vocabulary chunk at a time."""
+    """Per-row cross-entropy of `hidden @ weight.T` for a frozen head; logits exist one vocabulary chunk at a time."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
