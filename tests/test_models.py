@@ -128,3 +128,29 @@ def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_model_dir, sma
 
 def test_default_model_name():
     assert DEFAULT_MODEL == "gemma-3-270m"
+
+
+def test_cached_models_load_bf16_from_a_bf16_copy_written_once(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from ecombot.models import load_base_model
+    from ecombot.models.registry import BF16_DIR
+
+    cached = tmp_path / "cached"
+    shutil.copytree(tiny_model_dir, cached)
+    (cached / MARKER).write_text("{}")  # a converted model in ecombot's cache
+    fp32 = load_base_model(cached, dtype=torch.float32)
+    assert not (cached / BF16_DIR).exists()  # fp32 loads read the fp32 weights
+    bf16 = load_base_model(cached, dtype=torch.bfloat16)
+    copy = cached / BF16_DIR
+    assert (copy / MARKER).is_file() and not list(cached.glob(".tmp-*"))
+    for (name, a), (_, b) in zip(fp32.state_dict().items(), bf16.state_dict().items()):
+        assert b.dtype == torch.bfloat16 and torch.equal(b, a.to(torch.bfloat16)), name
+    assert bf16.name_or_path == bf16.config._name_or_path == str(cached)  # adapters point at the tokenizer's dir
+    written = (copy / "model.safetensors").stat().st_mtime_ns
+    load_base_model(cached, dtype=torch.bfloat16)
+    assert (copy / "model.safetensors").stat().st_mtime_ns == written  # reused, not rewritten
+    load_base_model(tiny_model_dir, dtype=torch.bfloat16)  # a user's own directory is never written into
+    assert not (tiny_model_dir / BF16_DIR).exists()

@@ -10,7 +10,7 @@ import torch
 
 from ecombot.errors import ModelError
 from ecombot.models.device import pick_device, resolve_precision
-from ecombot.models.registry import resolve_model
+from ecombot.models.registry import bf16_weights, resolve_model
 from ecombot.models.template import ensure_chat_template
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -39,12 +39,21 @@ def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantiz
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=torch.uint8)
         kwargs["device_map"] = {"": device}
+    weights = (bf16_weights(model_dir) if dtype == torch.bfloat16 else None) or model_dir
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(weights), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{model_dir}: cannot load the model ({exc})") from None
+    # Adapters record this as their base model: the directory with the tokenizer, not the bf16 weights' copy.
+    model.name_or_path = model.config._name_or_path = str(model_dir)
     if not quantize_4bit:
         model.to(device)
+    elif weights != model_dir and device == "cpu":
+        # The weights not quantized (embedding, norms) still map the bf16 file, which keeps every page the
+        # quantizer read counted as this process's memory; copying them out lets the mapping close.
+        for param in model.parameters():
+            if type(param) is torch.nn.Parameter:
+                param.data = param.data.clone()
     return model
 
 
