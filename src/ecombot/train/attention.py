@@ -16,12 +16,12 @@ import torch
 EAGER_MAX_WEIGHTS = 1 << 22  # batch x heads x length^2: 4M, 16 MB in fp32 per layer (length 362 at batch 8, 4 heads)
 
 
-def model_config(model):
-    return getattr(getattr(model, "module", model), "config")  # DDP / FSDP wrapper
+def unwrapped(model):
+    """The model inside a DDP / FSDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
-def prefers_eager(model, input_ids: torch.Tensor) -> bool:
-    config = model_config(model)
+def prefers_eager(config, input_ids: torch.Tensor) -> bool:
     if input_ids.device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
     batch, length = input_ids.shape
@@ -31,10 +31,10 @@ def prefers_eager(model, input_ids: torch.Tensor) -> bool:
 @contextmanager
 def attention_for(model, input_ids: torch.Tensor):
     """While active, the model attends with the kernel that is faster for this batch's shape."""
-    if not prefers_eager(model, input_ids):
+    config = unwrapped(model).config
+    if not prefers_eager(config, input_ids):
         yield
         return
-    config = model_config(model)
     config._attn_implementation = "eager"
     try:
         yield

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ecombot.train.attention import attention_for
+from ecombot.train.attention import attention_for, unwrapped
 
 # fp32 elements of one cross-entropy block. On a CPU a 16 MB block (16 rows of Gemma's 262k vocabulary) stays in
 # cache across the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row blocks
@@ -35,12 +35,8 @@ HEAD_VOCAB_CHUNK = {"cpu": 4096, "other": 32768}
 HEAD_ROW_BLOCK = 2048
 
 
-def block_rows(budget: int, width: int) -> int:
-    return max(1, budget // width)
-
-
 def ce_block_rows(logits: torch.Tensor) -> int:
-    return block_rows(CE_BLOCK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"], logits.shape[-1])
+    return max(1, CE_BLOCK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"] // logits.shape[-1])
 
 
 def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
@@ -148,7 +144,7 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def fusable_head(model) -> torch.nn.Module | None:
     """The output head, if the loss may apply its weight itself: frozen, no bias, plain logits (no soft-capping)."""
-    model = getattr(model, "module", model)  # DDP / FSDP wrapper
+    model = unwrapped(model)
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
     plain = getattr(model.config, "final_logit_softcapping", None) is None
