@@ -30,7 +30,15 @@ def machine() -> dict:
     info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
     return info
+
+
+def peak_gpu_mb() -> float | None:
+    """Peak GPU memory PyTorch allocated in this process (None without CUDA)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def _cpu_name() -> str:
@@ -43,13 +51,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+class WorkerFailed(SystemExit):
+    """A worker process failed; a SystemExit so that a script which does not catch it exits with the message."""
+
+
 def run_worker(script: str, args: list[str], timeout: float = 3600) -> dict:
     """Run `script --worker ...` in a fresh process (clean peak-memory figures) and return its JSON result."""
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"worker {args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise WorkerFailed(f"worker {args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 

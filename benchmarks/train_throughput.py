@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine, peak_rss_mb, print_table, run_worker, spread  # noqa: E402
+from _common import WorkerFailed, fmt, machine, peak_gpu_mb, peak_rss_mb, print_table, run_worker, spread  # noqa: E402
 
 SYSTEMS = ["notebook", "trl", "ecombot", "ecombot-qlora"]
 
@@ -54,6 +54,12 @@ def use_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def peak_memory() -> dict:
+    """Taken when training ends (before the held-out loss, which loads a second copy for ecombot)."""
+    gpu = peak_gpu_mb()
+    return {"peak_rss_mb": peak_rss_mb(), **({"peak_gpu_mb": gpu} if gpu is not None else {})}
 
 
 def notebook_text_loss(model, tokenizer, convs) -> float:
@@ -91,8 +97,8 @@ def train_notebook(model_dir: Path, train, test, out: Path) -> dict:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    rss = peak_rss_mb()
-    return {"seconds": seconds, "steps": trainer.state.global_step, "peak_rss_mb": rss,
+    peak = peak_memory()
+    return {"seconds": seconds, "steps": trainer.state.global_step, **peak,
             "heldout_loss": notebook_text_loss(model, tokenizer, test)}
 
 
@@ -113,9 +119,9 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    rss = peak_rss_mb()
+    peak = peak_memory()
     loss = heldout_loss(trainer.model, tokenizer, test, None)["loss"]
-    return {"seconds": seconds, "steps": trainer.state.global_step, "peak_rss_mb": rss, "heldout_loss": loss}
+    return {"seconds": seconds, "steps": trainer.state.global_step, **peak, "heldout_loss": loss}
 
 
 def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
@@ -130,11 +136,11 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
     cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
                       test_fraction=0.0, method=method)
     result = ecombot_train(cfg, show_progress=False)
-    rss = peak_rss_mb()
+    peak = peak_memory()
     loaded = load_for_inference(model=model_spec, adapter=result.run_dir)
     system_prompt = json.loads((result.run_dir / "run_config.json").read_text())["system_prompt"]
     loss = heldout_loss(loaded.model, loaded.tokenizer, test, system_prompt)["loss"]
-    return {"seconds": result.results["train_seconds"], "steps": result.results["steps"], "peak_rss_mb": rss,
+    return {"seconds": result.results["train_seconds"], "steps": result.results["steps"], **peak,
             "heldout_loss": loss}
 
 
@@ -171,36 +177,62 @@ def main() -> None:
 
     systems = [s for s in args.systems.split(",") if s]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
+    failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples)]
     for repeat in range(args.repeats):
         for system in systems:  # round-robin: drifts of a noisy machine hit every system alike
-            result = run_worker(__file__, [*common, "--worker", system])
+            if system in failures:
+                continue
+            try:
+                result = run_worker(__file__, [*common, "--worker", system])
+            except WorkerFailed as exc:  # reported and left out of later repeats; the others still run
+                failures[system] = str(exc.code)
+                print(f"repeat {repeat + 1}/{args.repeats} {system}: FAILED\n{exc.code}", flush=True)
+                continue
             runs[system].append(result)
+            gpu = f", GPU peak {result['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in result else ""
             print(f"repeat {repeat + 1}/{args.repeats} {system}: {result['seconds']:.1f} s, "
-                  f"{result['tokens_per_s']:.1f} answer tok/s, peak {result['peak_rss_mb']:.0f} MB, "
+                  f"{result['tokens_per_s']:.1f} answer tok/s, peak {result['peak_rss_mb']:.0f} MB{gpu}, "
                   f"held-out loss {result['heldout_loss']:.3f}", flush=True)
+            write_results(args, runs, failures)  # a run cut short still leaves every finished measurement
 
     baseline = systems[0]
-    summary = {}
-    for system in systems:
-        ratios = [b["seconds"] / r["seconds"] for r, b in zip(runs[system], runs[baseline])]
-        summary[system] = {"seconds": spread([r["seconds"] for r in runs[system]]),
-                           "tokens_per_s": spread([r["tokens_per_s"] for r in runs[system]]),
-                           f"speedup_vs_{baseline}": spread(ratios),
-                           "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs[system]]),
-                           "heldout_loss": spread([r["heldout_loss"] for r in runs[system]]),
-                           "optimizer_steps": runs[system][0]["steps"]}
+    if baseline in failures:
+        raise SystemExit(f"the baseline {baseline} failed, so there is nothing to compare with (see above)")
+    summary = {s: summarize(runs[s], runs[baseline], baseline) for s in systems if s not in failures}
+    gpu = all("peak_gpu_mb" in s for s in summary.values())
     rows = [[s, str(summary[s]["optimizer_steps"]), fmt(summary[s]["seconds"]), fmt(summary[s]["tokens_per_s"]),
              fmt(summary[s][f"speedup_vs_{baseline}"], 2) + "x", fmt(summary[s]["peak_rss_mb"], 0),
-             fmt(summary[s]["heldout_loss"], 3)] for s in systems]
+             *([fmt(summary[s]["peak_gpu_mb"], 0)] if gpu else []), fmt(summary[s]["heldout_loss"], 3)]
+            for s in summary]
+    rows += [[s, "FAILED", *[""] * (len(rows[0]) - 2)] for s in failures]
     print(f"\none epoch over {args.examples} conversations, {args.repeats} repeats: median [min-max]")
-    print_table(["system", "steps", "train s", "answer tok/s", f"vs {baseline}", "peak RSS MB", "held-out loss"], rows)
+    print_table(["system", "steps", "train s", "answer tok/s", f"vs {baseline}", "peak RSS MB",
+                 *(["peak GPU MB"] if gpu else []), "held-out loss"], rows)
+    write_results(args, runs, failures, summary)
+    print(f"wrote {args.output}")
+    if failures:
+        raise SystemExit(f"failed: {', '.join(failures)}")
+
+
+def summarize(runs: list[dict], baseline_runs: list[dict], baseline: str) -> dict:
+    """Median [min-max] of each figure; speedups are taken within a repeat (same minutes of a noisy machine)."""
+    summary = {"seconds": spread([r["seconds"] for r in runs]),
+               "tokens_per_s": spread([r["tokens_per_s"] for r in runs]),
+               f"speedup_vs_{baseline}": spread([b["seconds"] / r["seconds"] for r, b in zip(runs, baseline_runs)]),
+               "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]),
+               "heldout_loss": spread([r["heldout_loss"] for r in runs]),
+               "optimizer_steps": runs[0]["steps"]}
+    if all("peak_gpu_mb" in r for r in runs):
+        summary["peak_gpu_mb"] = spread([r["peak_gpu_mb"] for r in runs])
+    return summary
+
+
+def write_results(args, runs: dict, failures: dict, summary: dict | None = None) -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "examples": args.examples,
                                              "eval_examples": args.eval_examples, "repeats": args.repeats,
-                                             "summary": summary, "runs": runs}, indent=2) + "\n")
-    print(f"wrote {args.output}")
-
+                                             "summary": summary, "failures": failures, "runs": runs}, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -54,3 +54,63 @@ def test_inference_benchmark_short_form(tiny_model_dir, tmp_path):
     assert all(r["ttft_s"] is not None and 0 < r["tokens"] <= 8 for runs in result["runs"].values() for r in runs)
     losses = [result["summary"][name]["decoding_path_loss"] for name in ["ecombot-bf16", "ecombot-int8", "ecombot-int4"]]
     assert all(0 < loss < 20 for loss in losses) and len(set(losses)) == 3  # the low-bit paths really ran
+
+
+def import_benchmark(name: str):
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_train_throughput_reports_a_failed_system_and_keeps_measuring_the_others(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    bench = import_benchmark("train_throughput")
+    calls = []
+
+    def fake_worker(script, args):
+        system = args[args.index("--worker") + 1]
+        calls.append(system)
+        if system == "trl":
+            raise bench.WorkerFailed("worker trl failed:\nImportError: no trl here")
+        seconds = {"notebook": 30.0, "ecombot": 10.0}[system]
+        return {"seconds": seconds, "steps": 4, "peak_rss_mb": 2000.0, "peak_gpu_mb": 900.0, "heldout_loss": 3.0,
+                "answer_tokens": 600, "tokens_per_s": 600 / seconds}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    output = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--systems", "notebook,trl,ecombot", "--repeats", "2",
+                                      "--output", str(output)])
+    with pytest.raises(SystemExit, match="failed: trl"):
+        bench.main()
+    assert calls == ["notebook", "trl", "ecombot", "notebook", "ecombot"]  # trl is not retried
+    result = json.loads(output.read_text())
+    assert list(result["summary"]) == ["notebook", "ecombot"] and "no trl here" in result["failures"]["trl"]
+    assert result["summary"]["ecombot"]["speedup_vs_notebook"]["all"] == [3.0, 3.0]
+    assert result["summary"]["ecombot"]["peak_gpu_mb"]["median"] == 900.0
+    table = capsys.readouterr().out
+    assert "peak GPU MB" in table and "FAILED" in table
+
+
+def test_random_weights_make_a_cached_default_model_that_needs_no_gguf(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from ecombot.models import load_tokenizer, registry, resolve_model
+
+    bench = import_benchmark("random_weights")
+    home = tmp_path / "home"
+    out = bench.write_random_model(tiny_model_dir, home / "models" / registry.DEFAULT_MODEL, seed=1)
+    monkeypatch.setenv("ECOMBOT_HOME", str(home))
+    monkeypatch.setattr(registry, "_default_gguf", lambda: (_ for _ in ()).throw(AssertionError("GGUF read")))
+    assert resolve_model(registry.DEFAULT_MODEL) == out
+    original, fresh = load_file(tiny_model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in original.items()}
+    embed = next(k for k in fresh if "embed_tokens" in k)
+    assert not torch.equal(fresh[embed], original[embed])
+    question = "Where is my order?"
+    assert load_tokenizer(out)(question)["input_ids"] == load_tokenizer(tiny_model_dir)(question)["input_ids"]

@@ -148,6 +148,11 @@ def _from_hub(repo_id: str) -> Path:
 def resolve_model(spec: str) -> Path:
     """A local directory that AutoModelForCausalLM.from_pretrained loads."""
     if spec == DEFAULT_MODEL:
+        cached = ecombot_home() / "models" / DEFAULT_MODEL
+        # Once converted, the default needs neither its GGUF package nor the gguf reader (a machine the cache was
+        # copied to, or a package removed after the first run).
+        if (cached / MARKER).is_file():
+            return cached
         return convert_gguf(_default_gguf(), DEFAULT_MODEL, source=DEFAULT_MODEL)
     path = Path(spec).expanduser()
     if path.is_dir():
