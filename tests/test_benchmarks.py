@@ -114,3 +114,12 @@ def test_random_weights_make_a_cached_default_model_that_needs_no_gguf(tiny_mode
     assert not torch.equal(fresh[embed], original[embed])
     question = "Where is my order?"
     assert load_tokenizer(out)(question)["input_ids"] == load_tokenizer(tiny_model_dir)(question)["input_ids"]
+
+
+def test_step_profile_short_form(tiny_model_dir, tmp_path):
+    result = run_benchmark("step_profile", ["--model", str(tiny_model_dir), "--steps", "3", "--batch-sizes", "2,4",
+                                            "--trainer-examples", "16"], tmp_path)
+    assert result["device"] == "cpu" and list(result["steps"]) == ["2", "4"]
+    small, large = result["steps"]["2"], result["steps"]["4"]
+    assert large["tokens_per_step"] > small["tokens_per_step"] > 0 and small["median_ms"] > 0
+    assert result["ecombot_train"]["steps"] == 2 and result["ecombot_train"]["train_seconds"] > 0
