@@ -54,4 +54,25 @@ def test_lean_norm_gradients_pass_gradcheck():
 
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: GemmaRMSNorm.apply(x, w, 1e-6), (x, weight))
+    assert torch.autograd.gradcheck(lambda x, w: GemmaRMSNorm.apply(x, w, 1e-6, 1.0 + w.detach()), (x, weight))
+
+
+def test_frozen_norm_gain_is_computed_once_and_follows_weight_changes():
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from ecombot.train.norm import gain_of
+
+    norm = Gemma3RMSNorm(16)
+    norm.weight.requires_grad_(False)
+    use_lean_norms(norm)
+    x = torch.randn(2, 3, 16)
+    first = gain_of(norm, torch.float32)
+    assert gain_of(norm, torch.float32) is first and torch.equal(first, 1.0 + norm.weight)
+    with torch.no_grad():
+        norm.weight.add_(0.5)  # an optimizer-style in-place update bumps the version: a new gain
+    assert torch.equal(gain_of(norm, torch.float32), 1.0 + norm.weight)
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * (1.0 + norm.weight)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+    norm.weight.requires_grad_(True)  # trained norms (modules_to_save): computed per call, gradient flows
+    norm(x).sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
