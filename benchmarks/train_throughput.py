@@ -234,5 +234,6 @@ def write_results(args, runs: dict, failures: dict, summary: dict | None = None)
                                              "eval_examples": args.eval_examples, "repeats": args.repeats,
                                              "summary": summary, "failures": failures, "runs": runs}, indent=2) + "\n")
 
+
 if __name__ == "__main__":
     main()
