@@ -154,3 +154,16 @@ def test_cached_models_load_bf16_from_a_bf16_copy_written_once(tiny_model_dir, t
     assert (copy / "model.safetensors").stat().st_mtime_ns == written  # reused, not rewritten
     load_base_model(tiny_model_dir, dtype=torch.bfloat16)  # a user's own directory is never written into
     assert not (tiny_model_dir / BF16_DIR).exists()
+
+
+def test_importing_ecombot_enlarges_onednns_kernel_cache_unless_the_user_set_it():
+    import os
+    import subprocess
+    import sys
+
+    script = "import os, ecombot; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    ours = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    theirs = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "2048"})
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("16384", "2048")
