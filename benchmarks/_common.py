@@ -9,6 +9,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
@@ -63,6 +64,12 @@ def run_worker(script: str, args: list[str], timeout: float = 3600) -> dict:
     if done.returncode != 0 or not lines:
         raise WorkerFailed(f"worker {args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def write_results(path: str, data: dict) -> None:
+    """The benchmark's JSON results (folders created as needed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:

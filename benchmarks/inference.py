@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine, print_table, spread  # noqa: E402
+from _common import fmt, machine, print_table, spread, write_results  # noqa: E402
 
 QUESTIONS = ["Where is my order?", "Can I return a sofa I bought three weeks ago?",
              "Do you ship to Canada, and how long does it take?"]
@@ -142,10 +141,9 @@ def main() -> None:
                 [[name, fmt(s["tokens_per_s"]), fmt(s["ttft_ms"], 0), fmt(s["speedup_vs_plain"], 2) + "x",
                   f"{s['decoding_path_loss']:.4f}" if "decoding_path_loss" in s else "-"] for name, s in summary.items()])
     print(f"cached model load (load_for_inference): {fmt(spread(load_s), 2)} s")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "adapter": args.adapter,
-                                             "max_new_tokens": args.max_new_tokens, "load_s": spread(load_s),
-                                             "summary": summary, "runs": rows}, indent=2) + "\n")
+    write_results(args.output, {"machine": machine(), "model": args.model, "adapter": args.adapter,
+                                "max_new_tokens": args.max_new_tokens, "load_s": spread(load_s),
+                                "summary": summary, "runs": rows})
     print(f"wrote {args.output}")
 
 

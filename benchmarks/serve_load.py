@@ -24,6 +24,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
 
 def questions(limit: int) -> list[str]:
     from ecombot.data import builtin_path
@@ -137,8 +140,7 @@ def main() -> None:
               f"{run['tokens_per_s']:>7.1f} {run['p50_latency_s']:>7.2f} {run['p95_latency_s']:>7.2f}")
     print(f"throughput at concurrency {args.concurrency} / concurrency 1: {result['throughput_ratio']}x "
           f"(mean batch {batching['mean_batch']}, largest {batching['largest_batch']})")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.output, result)
     print(f"wrote {args.output}")
 
 

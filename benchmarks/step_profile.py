@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 
 def main() -> None:
@@ -97,8 +101,7 @@ def main() -> None:
     report["ecombot_train"] = {"steps": result.results["steps"], "train_seconds": result.results["train_seconds"]}
     print(f"ecombot train: {result.results['steps']} steps in {result.results['train_seconds']} s "
           f"({result.results['train_seconds'] / result.results['steps'] * 1e3:.0f} ms/step)")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.output, report)
     print(f"wrote {args.output}")
 
 

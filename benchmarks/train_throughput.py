@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WorkerFailed, fmt, machine, peak_gpu_mb, peak_rss_mb, print_table, run_worker, spread  # noqa: E402
+from _common import (WorkerFailed, fmt, machine, peak_gpu_mb, peak_rss_mb, print_table, run_worker,  # noqa: E402
+                     spread, write_results)
 
 SYSTEMS = ["notebook", "trl", "ecombot", "ecombot-qlora"]
 
@@ -194,7 +195,7 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats} {system}: {result['seconds']:.1f} s, "
                   f"{result['tokens_per_s']:.1f} answer tok/s, peak {result['peak_rss_mb']:.0f} MB{gpu}, "
                   f"held-out loss {result['heldout_loss']:.3f}", flush=True)
-            write_results(args, runs, failures)  # a run cut short still leaves every finished measurement
+            save(args, runs, failures)  # a run cut short still leaves every finished measurement
 
     baseline = systems[0]
     if baseline in failures:
@@ -209,7 +210,7 @@ def main() -> None:
     print(f"\none epoch over {args.examples} conversations, {args.repeats} repeats: median [min-max]")
     print_table(["system", "steps", "train s", "answer tok/s", f"vs {baseline}", "peak RSS MB",
                  *(["peak GPU MB"] if gpu else []), "held-out loss"], rows)
-    write_results(args, runs, failures, summary)
+    save(args, runs, failures, summary)
     print(f"wrote {args.output}")
     if failures:
         raise SystemExit(f"failed: {', '.join(failures)}")
@@ -228,11 +229,10 @@ def summarize(runs: list[dict], baseline_runs: list[dict], baseline: str) -> dic
     return summary
 
 
-def write_results(args, runs: dict, failures: dict, summary: dict | None = None) -> None:
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "examples": args.examples,
-                                             "eval_examples": args.eval_examples, "repeats": args.repeats,
-                                             "summary": summary, "failures": failures, "runs": runs}, indent=2) + "\n")
+def save(args, runs: dict, failures: dict, summary: dict | None = None) -> None:
+    write_results(args.output, {"machine": machine(), "model": args.model, "examples": args.examples,
+                                "eval_examples": args.eval_examples, "repeats": args.repeats, "summary": summary,
+                                "failures": failures, "runs": runs})
 
 
 if __name__ == "__main__":
