@@ -54,7 +54,7 @@ def main() -> None:
     def step(batch: dict) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device, dtype=torch.bfloat16):
-            loss = supervised_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = supervised_loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -30,10 +30,10 @@ def test_answer_only_logits_give_the_full_logits_loss():
     model = make_tiny_model(vocab_size=64).eval()
     b = batch()
     full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
-    ours = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+    ours = supervised_loss(model, b)
     assert torch.allclose(ours, full, atol=1e-5), (ours, full)
     # normalising by a larger token count (gradient accumulation over several batches) scales the sum
-    assert torch.allclose(supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"], num_items=10),
+    assert torch.allclose(supervised_loss(model, b, num_items=10),
                           full * 5 / 10, atol=1e-5)
 
 
@@ -43,7 +43,7 @@ def test_gradients_match_the_full_logits_loss():
     model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"]).backward()
+    supervised_loss(model, b).backward()
     for got, want in zip((p.grad for p in model.parameters()), expected):
         assert torch.allclose(got, want, atol=1e-5)
 
@@ -120,7 +120,7 @@ def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(mo
     calls = []
     monkeypatch.setattr(loss.HeadCrossEntropy, "apply", lambda *a, _apply=loss.HeadCrossEntropy.apply:
                         calls.append(1) or _apply(*a))
-    ours = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+    ours = supervised_loss(model, b)
     ours.backward()
     assert calls == [1]
     assert torch.allclose(ours, full, atol=1e-5), (ours, full)
@@ -128,7 +128,7 @@ def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(mo
         if p.requires_grad:
             assert torch.allclose(p.grad, expected[name], atol=1e-5), name
     with torch.inference_mode():  # evaluation: the same losses, no gradient work
-        assert torch.allclose(supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"]), full, atol=1e-5)
+        assert torch.allclose(supervised_loss(model, b), full, atol=1e-5)
 
 
 def test_heads_the_loss_cannot_apply_itself_keep_the_logits_path():
@@ -157,7 +157,7 @@ def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():
         lora_a.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
         b = batch()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            value = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+            value = supervised_loss(model, b)
         value.backward()
         grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
         return value.item(), grads, seen
@@ -181,7 +181,7 @@ def test_short_cpu_batches_attend_eagerly_with_the_same_loss_and_gradients(monke
     for budget in (0, 1 << 22):  # SDPA (weights over budget), then eager
         monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", budget)
         model.zero_grad()
-        loss = supervised_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+        loss = supervised_loss(model, b)
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     assert seen == ["sdpa", "eager"] and model.config._attn_implementation == "sdpa"  # restored after the batch

@@ -164,8 +164,8 @@ def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model
 
 
 def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_dataset, tmp_path):
-    """Two CPU processes (DDP over gloo, the launcher `accelerate launch` uses): each sees half of every global
-    batch, only the first process writes the run directory, the run finishes and its adapter is saved."""
+    """Two CPU processes (DDP over gloo, the launcher `accelerate launch` uses): each takes one packed row of every
+    global batch, only the first process writes the run directory, the run finishes and its adapter is saved."""
     run = tmp_path / "ddp"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -176,8 +176,9 @@ def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_datase
     assert result.stdout.count("done") == 1, result.stdout[-2000:]
     info = json.loads((run / "run_config.json").read_text())
     assert info["status"] == "complete"
-    train_count = info["results"]["split"]["train"]
-    assert info["results"]["steps"] == -(-train_count // (4 * 2))  # global batch = 2 processes x 4
+    rows = info["results"]["packing"]["train_rows"]
+    assert rows >= info["results"]["split"]["train"] // 4
+    assert info["results"]["steps"] == -(-rows // 2)  # global batch = 2 processes x 1 packed row
     losses = [r["loss"] for r in log_of(run) if "loss" in r]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
     assert (run / "adapter_model.safetensors").is_file()

@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     group_by_length: bool = True
+    packing: bool = True
     precision: str = "auto"
     logging_steps: int = 5
     eval_steps: int = 50

@@ -24,7 +24,7 @@ def item_losses(model, tokenizer, convs: list[Conversation], system_prompt: str 
     sums, counts = np.zeros(len(convs)), np.zeros(len(convs))
     for start in range(0, len(encoded.examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(encoded.examples[start:start + batch_size]).items()}
-        losses, rows = token_losses(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        losses, rows = token_losses(model, batch)
         rows = rows.cpu().numpy() + start
         np.add.at(sums, rows, losses.double().cpu().numpy())
         np.add.at(counts, rows, 1)

@@ -175,25 +175,44 @@ def head_fused_with_loss(head: torch.nn.Module, targets: torch.Tensor):
         handle.remove()
 
 
-def token_losses(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every supervised token, and the batch row it belongs to."""
+def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every supervised token, and the conversation it belongs to (its batch row, or for a packed
+    row its place in the row).
+
+    `batch`: input_ids and labels, plus attention_mask (padded rows) or position_ids and cu_seq_lens (a packed row,
+    see data.PackedCollator)."""
+    input_ids, labels, cu_seq_lens = batch["input_ids"], batch["labels"], batch.get("cu_seq_lens")
     keep = supervised_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
+    inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
+    if cu_seq_lens is None:
+        inputs["attention_mask"] = batch["attention_mask"]
+    else:
+        inputs["position_ids"] = batch["position_ids"]
     head = fusable_head(model)
-    with attention_for(model, input_ids):
+    with attention_for(model, input_ids, cu_seq_lens):
         if head is None:
             losses = cross_entropy(model(**inputs).logits, targets)
         else:
             with head_fused_with_loss(head, targets) as result:
                 model(**inputs)
             losses = result["losses"]
-    return losses, keep.nonzero()[:, 0]
+    where = keep.nonzero()
+    if cu_seq_lens is None:
+        return losses, where[:, 0]
+    return losses, torch.searchsorted(cu_seq_lens, where[:, 1], right=True) - 1
 
 
-def supervised_loss(model, input_ids, attention_mask, labels, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of the batch's conversations (padding not counted)."""
+    if "cu_seq_lens" in batch:
+        return int(batch["cu_seq_lens"][-1])
+    return int(batch["attention_mask"].sum())
+
+
+def supervised_loss(model, batch: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None) -> torch.Tensor:
     """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
-    losses, _ = token_losses(model, input_ids, attention_mask, labels)
+    losses, _ = token_losses(model, batch)
     total = losses.sum()
     denominator = losses.numel() if num_items is None else num_items
     if isinstance(denominator, torch.Tensor):

@@ -28,7 +28,7 @@ from ecombot.config import TrainConfig
 from ecombot.data import prepare, write_split
 from ecombot.errors import EcombotError
 from ecombot.models import load_base_model, load_tokenizer, pick_device, resolve_model, resolve_precision
-from ecombot.train.data import PadCollator, encode_conversations
+from ecombot.train.data import PackedCollator, PadCollator, encode_conversations, pack_budget, packed_rows
 from ecombot.train.fused_lora import use_fused_lora
 from ecombot.train.norm import use_lean_norms
 from ecombot.train.report import model_card, plot_loss_curve, read_log
@@ -118,15 +118,18 @@ def keep_activations_in_bf16(model) -> None:
 def training_arguments(cfg: TrainConfig, run: Path, device: str, precision: str, has_validation: bool):
     from transformers import TrainingArguments
 
+    per_batch = 1 if cfg.packing else cfg.batch_size  # with packing, a batch is one packed row
     return TrainingArguments(
         output_dir=str(run / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size * 2,
+        per_device_train_batch_size=per_batch,
+        per_device_eval_batch_size=per_batch * 2,
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
+        # One kernel for all 252 adapter tensors of Gemma 3 270M: 2.7 vs 14 ms per step on a CPU (foreach AdamW).
+        optim="adamw_torch_fused",
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a share of the total steps
         lr_scheduler_type="cosine",
         logging_steps=cfg.logging_steps,
@@ -143,7 +146,7 @@ def training_arguments(cfg: TrainConfig, run: Path, device: str, precision: str,
         use_cpu=device == "cpu",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         remove_unused_columns=False,
         prediction_loss_only=True,
         report_to="none",
@@ -186,7 +189,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         write_json(run / "data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
                                                "split": split.counts()})
 
-    # 3. Model: base (4-bit for QLoRA) + fresh adapter.
+    # 3. Batches: packed rows of one fixed size (see data.PackedCollator), or padded batches.
+    if cfg.packing:
+        budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
+        train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
+        collator = PackedCollator(tokenizer.pad_token_id, budget)
+        packing = {"row_tokens": budget, "train_rows": len(train_items),
+                   "padding_share": round(1 - sum(len(e["input_ids"]) for e in train_set.examples)
+                                          / (budget * len(train_items)), 4)}
+    else:
+        train_items, val_items = train_set.examples, val_set.examples
+        collator, packing = PadCollator(tokenizer.pad_token_id), None
+
+    # 4. Model: base (4-bit for QLoRA) + fresh adapter.
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     model = build_model(cfg, model_dir, device, precision)
@@ -197,7 +212,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     if main:
         write_json(run / "run_config.json", run_info)
 
-    # 4. Train with Transformers' Trainer (early stopping on validation loss, best checkpoint kept).
+    # 5. Train with Transformers' Trainer (early stopping on validation loss, best checkpoint kept).
     has_validation = bool(val_set.examples)
     logger = RunLogger(run / "train_log.jsonl", show_progress=show_progress)
     callbacks = [EvaluateAtEnd()]
@@ -205,13 +220,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SupervisedTrainer(
         model=model, args=training_arguments(cfg, run, device, precision, has_validation),
-        train_dataset=train_set.examples, eval_dataset=val_set.examples or None,
-        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=callbacks, run_logger=logger)
+        train_dataset=train_items, eval_dataset=val_items or None,
+        data_collator=collator, callbacks=callbacks, run_logger=logger)
     started = time.time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started
 
-    # 5. Outputs: adapter (best by validation loss), curve, card, final status.
+    # 6. Outputs: adapter (best by validation loss), curve, card, final status.
     if main:
         save_adapter_atomically(trainer.model, run)
     log = read_log(run / "train_log.jsonl")
@@ -223,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         "train_seconds": round(train_seconds, 1), "tokens_per_s": round(logger.tokens_per_second(), 1),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "split": split.counts(), "truncated": train_set.truncated + val_set.truncated,
-        "model_dir": str(model_dir), "precision": precision, "device": device,
+        "model_dir": str(model_dir), "precision": precision, "device": device, "packing": packing,
     }
     if main:
         plot_loss_curve(run / "train_log.jsonl", run / "loss_curve.png")

@@ -39,6 +39,8 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
 def model_card(config: dict, summary: dict, results: dict) -> str:
     """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
     base = config["model"]
+    packing = results.get("packing")
+    packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
     card = f"""---
 library_name: peft
 base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m")}
@@ -57,7 +59,7 @@ customer-support questions.
 - Base model: `{base}` (loaded from `{results["model_dir"]}`){" — Gemma terms of use apply" if "gemma" in base else ""}
 - Method: {config["method"]}, rank {config["rank"]}, alpha {config["alpha"]}, dropout {config["dropout"]},
   rsLoRA {config["rslora"]}, target modules {config["target_modules"]}
-- Training: learning rate {config["learning_rate"]}, batch {config["batch_size"]} x {config["grad_accum"]} accumulation,
+- Training: learning rate {config["learning_rate"]}, batch {config["batch_size"]} x {config["grad_accum"]} accumulation{packed},
   {results["steps"]} optimizer steps, warmup {config["warmup_ratio"]} then cosine, seed {config["seed"]},
   precision {results["precision"]} on {results["device"]}
 - Loss: only on assistant tokens, including the end-of-turn token.

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ecombot.train.loss import supervised_loss
+from ecombot.train.loss import batch_tokens, supervised_loss
 
 COMPLETE = "ecombot-complete"  # marker file: a checkpoint without it was interrupted mid-write
 
@@ -88,9 +88,8 @@ class SupervisedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.run_logger.tokens += int(inputs["attention_mask"].sum())
-        loss = supervised_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                               num_items_in_batch if model.training else None)
+            self.run_logger.tokens += batch_tokens(inputs)
+        loss = supervised_loss(model, inputs, num_items_in_batch if model.training else None)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -1,0 +1,101 @@
+import random
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from ecombot.train.data import PackedCollator, PadCollator, pack, pack_budget, packed_rows
+from ecombot.train.loss import batch_tokens, supervised_loss, token_losses
+
+
+def examples(lengths: list[int], seed: int = 0) -> list[dict[str, list[int]]]:
+    """Conversations of the given lengths: <bos> (id 2) + random tokens, the second half supervised."""
+    rng = random.Random(seed)
+    out = []
+    for n in lengths:
+        ids = [2] + [rng.randrange(3, 64) for _ in range(n - 1)]
+        out.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
+    return out
+
+
+def test_best_fit_decreasing_fills_rows_and_keeps_every_example_once():
+    lengths = [5, 5, 4, 3, 2, 1, 9, 1]
+    rows = pack(lengths, 10)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
+    assert len(rows) == 3  # 30 tokens in three full rows of 10
+    assert pack(lengths, 10) == rows  # deterministic
+    with pytest.raises(ValueError, match="12-token example does not fit a 10-token row"):
+        pack([3, 12], 10)
+
+
+def test_many_random_lengths_pack_with_little_padding():
+    rng = random.Random(1)
+    lengths = [rng.randint(40, 200) for _ in range(2000)]
+    budget = pack_budget(lengths, 8)
+    assert budget % 64 == 0 and budget >= 8 * sum(lengths) / len(lengths)
+    rows = pack(lengths, budget)
+    assert sorted(i for row in rows for i in row) == list(range(2000))
+    assert sum(lengths) / (budget * len(rows)) > 0.98
+    assert pack_budget([10, 500], 1) == 512  # at least the longest conversation
+
+
+def test_collator_lays_conversations_end_to_end_with_restarting_positions():
+    exs = examples([4, 3, 5])
+    rows = packed_rows(exs, 8)  # best fit: [5, 3] and [4]
+    batch = PackedCollator(pad_token_id=0, budget=8)(rows)
+    assert batch["input_ids"].shape == (1, 16)
+    assert batch["cu_seq_lens"].tolist() == [0, 5, 8, 12]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 0, 0, 0]
+    assert batch["input_ids"][0, 12:].tolist() == [0, 0, 0, 0]
+    assert (batch["labels"][0, 12:] == -100).all()
+    assert batch["labels"][0, [0, 5, 8]].tolist() == [-100] * 3  # no token learns to predict the next conversation
+    assert batch_tokens(batch) == 12
+
+
+def frozen_head_model(**config):
+    model = make_tiny_model(vocab_size=64)
+    for name, value in config.items():
+        setattr(model.config, name, value)
+    model.get_output_embeddings().weight.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("eager_budget", [1 << 22, 0], ids=["eager", "sdpa"])
+def test_packed_rows_give_the_padded_batch_loss_gradients_and_conversations(monkeypatch, eager_budget):
+    """Same values as one padded batch: attention stays inside each conversation (sliding window included: 6 tokens
+    here, shorter than the conversations), positions restart, the row's padding changes nothing."""
+    import ecombot.train.attention as attention
+
+    monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", eager_budget)
+    model = frozen_head_model(sliding_window=6)  # the masks of padded batches read the config
+    for layer in model.model.layers:  # the packed kernel reads the layer's
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = 6
+    exs = examples([9, 14, 5, 11, 7])
+    results = []
+    for batch in (PadCollator(0)(exs), PackedCollator(0, 32)(packed_rows(exs, 32))):
+        model.zero_grad()
+        losses, conversation = token_losses(model, batch)
+        (losses.sum() / losses.numel()).backward()
+        results.append((losses, conversation, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (padded, padded_rows, padded_grads), (packed, packed_rows_of, packed_grads) = results
+    assert model.config._attn_implementation == "sdpa"  # restored after the packed batch
+    # rows hold conversations in packing order: map each packed conversation back to its example
+    order = [i for row in pack([len(e["input_ids"]) for e in exs], 32) for i in row]
+    packed_as_examples = torch.tensor(order)[packed_rows_of]
+    for i in range(len(exs)):
+        assert torch.allclose(packed[packed_as_examples == i], padded[padded_rows == i], atol=1e-5), i
+    for got, want in zip(packed_grads, padded_grads):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_packed_attention_differs_without_the_conversation_boundaries():
+    """The test above can fail: attending across the whole row changes the loss."""
+    model = frozen_head_model().eval()
+    exs = examples([9, 14, 5])
+    batch = PackedCollator(0, 32)(packed_rows(exs, 32))
+    packed = supervised_loss(model, batch)
+    one_sequence = dict(batch, cu_seq_lens=torch.tensor([0, int(batch["cu_seq_lens"][-1])]),
+                        position_ids=torch.arange(32)[None])
+    assert not torch.allclose(supervised_loss(model, one_sequence), packed, atol=1e-3)
