@@ -59,9 +59,11 @@ def test_config_prints_the_documented_defaults():
 def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
     run = tmp_path / "run"
     trained = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2,
-                      "--batch-size", 4, "--precision", "fp32")
+                      "--batch-size", 4, "--precision", "fp32", "--no-packing")
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "done" in trained.stdout
+    info = json.loads((run / "run_config.json").read_text())
+    assert info["config"]["packing"] is False and info["results"]["packing"] is None  # padded batches
     again = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2)
     assert again.returncode == 1 and "already exists" in again.stderr
     chat = ecombot("chat", "--adapter", run, "--once", "Where is my order?", "--max-new-tokens", 5,

@@ -105,6 +105,8 @@ def train(
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
+    packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",
+                                           help="Whole conversations end to end in fixed-size rows (default on)."),
     seed: Optional[int] = typer.Option(None, help="Seed for split, initialisation and shuffling."),
     precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
@@ -117,7 +119,7 @@ def train(
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
-                      seed=seed, precision=precision)
+                      packing=packing, seed=seed, precision=precision)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
         return
