@@ -182,3 +182,24 @@ def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_datase
     losses = [r["loss"] for r in log_of(run) if "loss" in r]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
     assert (run / "adapter_model.safetensors").is_file()
+
+
+def test_trainer_counts_flops_like_transformers_and_leaves_older_objects_to_gc_only_after_training(
+        tiny_model_dir, small_dataset, tmp_path, monkeypatch):
+    import gc
+
+    from transformers import Trainer
+
+    from ecombot.train.trainer import SupervisedTrainer
+
+    seen = []
+    original = SupervisedTrainer.training_step
+
+    def spy(self, model, inputs, *args, **kwargs):
+        seen.append((gc.get_freeze_count(), self.floating_point_ops(inputs), Trainer.floating_point_ops(self, inputs)))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SupervisedTrainer, "training_step", spy)
+    train(tiny_config(tiny_model_dir, small_dataset, tmp_path / "run", max_steps=2), show_progress=False)
+    assert len(seen) == 2 and gc.get_freeze_count() == 0
+    assert all(frozen > 1000 and ours == theirs > 0 for frozen, ours, theirs in seen)

@@ -4,6 +4,7 @@ written, and a progress bar + JSONL log that show loss, tokens/s and ETA."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ class SupervisedTrainer(Trainer):
     def __init__(self, *args, run_logger: RunLogger, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_logger = run_logger
+        self.non_embedding_parameters: int | None = None
         self.add_callback(run_logger)
         self.remove_callback(ProgressCallback)
         self.remove_callback(PrinterCallback)
@@ -91,6 +93,23 @@ class SupervisedTrainer(Trainer):
             self.run_logger.tokens += batch_tokens(inputs)
         loss = supervised_loss(model, inputs, num_items_in_batch if model.training else None)
         return (loss, None) if return_outputs else loss
+
+    def floating_point_ops(self, inputs) -> int:
+        """Transformers' estimate for its `total_flos` log (6 x tokens x non-embedding parameters), with the
+        parameters counted once: Transformers recounts them on every step (11 ms per step for Gemma 3 270M)."""
+        if self.non_embedding_parameters is None:
+            self.non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs["input_ids"].numel() * self.non_embedding_parameters
+
+    def train(self, *args, **kwargs):
+        """Trainer.train with the objects that exist before it (model, tokenizer, data: ~600k for Gemma 3 270M)
+        left out of Python's garbage collection until it returns: the full collection Accelerate runs at the start
+        of training took 0.22 s scanning them (2.6% of a 64-conversation epoch), 5 ms without them."""
+        gc.freeze()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            gc.unfreeze()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Validation needs only the loss (per-token mean over this batch's answer tokens)."""
