@@ -3,7 +3,7 @@
 Why by hand: PEFT's layer computes the update as separate ops (A, B, a multiply by `scaling`, an add), each a full
 pass over the layer's output in forward and again in backward, plus autocast copies of A and B, on each of the 126
 adapted projections of Gemma 3 270M. Here the scaling is folded into the rank-r weights and the update is added to
-the base output inside one matmul (addmm); backward computes the rank-r gradient once and reuses it. Same values
+the base output inside one in-place matmul (addmm_); backward computes the rank-r gradient once and reuses it. Same values
 as PEFT's layer up to rounding (tests/test_fused_lora.py). The base layer (bf16, or bitsandbytes 4-bit for QLoRA)
 is called as it is, so its own backward is untouched.
 """
@@ -24,10 +24,13 @@ class LoRAUpdate(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1]).to(dtype)
         a_, scaled_b = a.to(dtype), (b * scaling).to(dtype)
         down = rows @ a_.t()  # (N, r)
-        out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), down, scaled_b.t())
+        # In place: the base layer's backward does not need its output, and an out-of-place addmm first copies it
+        # (a full pass over e.g. 576 x 2048 for each MLP projection).
+        base_out.view(-1, base_out.shape[-1]).addmm_(down, scaled_b.t())
+        ctx.mark_dirty(base_out)
         ctx.save_for_backward(rows, down, a_, scaled_b)
         ctx.scaling, ctx.x_shape, ctx.x_dtype, ctx.weight_dtypes = scaling, x.shape, x.dtype, (a.dtype, b.dtype)
-        return out.view(base_out.shape)
+        return base_out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
