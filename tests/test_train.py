@@ -203,3 +203,11 @@ def test_trainer_counts_flops_like_transformers_and_leaves_older_objects_to_gc_o
     train(tiny_config(tiny_model_dir, small_dataset, tmp_path / "run", max_steps=2), show_progress=False)
     assert len(seen) == 2 and gc.get_freeze_count() == 0
     assert all(frozen > 1000 and ours == theirs > 0 for frozen, ours, theirs in seen)
+
+
+def test_a_run_without_validation_writes_its_adapter_but_no_final_checkpoint(tiny_model_dir, small_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=3, val_fraction=0.0), show_progress=False)
+    assert result.results["steps"] == 3 and result.results["best_val_loss"] is None
+    assert (run / "adapter_model.safetensors").is_file()
+    assert not list((run / "checkpoints").glob("checkpoint-*"))  # nothing to resume or choose from

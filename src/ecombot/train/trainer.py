@@ -68,12 +68,17 @@ class RunLogger(TrainerCallback):
 
 
 class EvaluateAtEnd(TrainerCallback):
-    """Evaluate and checkpoint the last step too, so the best-checkpoint choice sees the final weights."""
+    """Evaluate and checkpoint the last step too, so the best-checkpoint choice sees the final weights.
+
+    Without validation the last step is not checkpointed: the run saves its adapter right after, and Transformers'
+    final checkpoint (optimizer state included, nothing left to resume) took 0.14 s of a 9 s run."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps and args.eval_strategy != "no":
-            control.should_evaluate = True
-            control.should_save = True
+        if state.global_step < state.max_steps:
+            return
+        has_validation = args.eval_strategy != "no"
+        control.should_evaluate = has_validation
+        control.should_save = has_validation
 
 
 class SupervisedTrainer(Trainer):
