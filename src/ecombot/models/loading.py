@@ -39,6 +39,10 @@ def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantiz
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=torch.uint8)
         kwargs["device_map"] = {"": device}
+        # Read the file into memory instead of mapping it: with the mapping, the pages the quantizer read stayed
+        # resident (Gemma 3 270M from its bf16 copy: load peak 1,720 -> 1,448 MB, after loading 1,239 -> 880 MB),
+        # which put QLoRA's peak above LoRA's.
+        kwargs["disable_mmap"] = True
     weights = (bf16_weights(model_dir) if dtype == torch.bfloat16 else None) or model_dir
     try:
         model = AutoModelForCausalLM.from_pretrained(str(weights), **kwargs)
@@ -48,10 +52,9 @@ def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantiz
     model.name_or_path = model.config._name_or_path = str(model_dir)
     if not quantize_4bit:
         model.to(device)
-    if weights != model_dir and device == "cpu":
+    if weights != model_dir and device == "cpu" and not quantize_4bit:
         # bf16 weights loaded from the copy still map its file. Copied out into ordinary memory, they train faster
-        # (8 steps: 10.8-11.8 s mapped vs 9.5-10.0 s), and for QLoRA the mapping closes, releasing every page the
-        # quantizer read (QLoRA below LoRA only then). The load peak stays far below the fp32 load's.
+        # (8 steps: 10.8-11.8 s mapped vs 9.5-10.0 s). The load peak stays far below the fp32 load's.
         for param in model.parameters():
             if type(param) is torch.nn.Parameter:
                 param.data = param.data.clone()
