@@ -43,7 +43,7 @@ def test_data_split_writes_the_same_split_as_training(tmp_path):
     out = tmp_path / "split"
     result = runner.invoke(app, ["data", "split", str(builtin_path()), "--output", str(out), "--seed", "42"])
     assert result.exit_code == 0, result.output
-    assert "test questions also in train: 0" in result.output
+    assert "test questions also in train: 0" in " ".join(result.output.split())  # the console wraps long paths
     from ecombot.data import prepare
 
     expected = prepare(None, seed=42).split
