@@ -18,31 +18,42 @@ import types
 import torch
 
 
+def _down(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, dtype: torch.dtype):
+    """Forward part shared by both functions: input rows, the rank-r activations and the weights in `dtype`."""
+    rows = x.reshape(-1, x.shape[-1]).to(dtype)
+    a_, scaled_b = a.to(dtype), (b * scaling).to(dtype)
+    ctx.scaling, ctx.x_shape, ctx.x_dtype, ctx.weight_dtypes = scaling, x.shape, x.dtype, (a.dtype, b.dtype)
+    return rows, rows @ a_.t(), a_, scaled_b  # down: (N, r)
+
+
+def _rank_r_gradients(ctx, grad_out, rows, down, scaled_b, a_index: int):
+    """Backward part shared by both functions: the rank-r gradient (reused for x's) and the gradients of a and b."""
+    grad = grad_out.reshape(-1, grad_out.shape[-1]).to(rows.dtype)
+    grad_down = grad @ scaled_b  # (N, r)
+    need_a, need_b = ctx.needs_input_grad[a_index], ctx.needs_input_grad[a_index + 1]
+    grad_a = (grad_down.t() @ rows).to(ctx.weight_dtypes[0]) if need_a else None
+    grad_b = (grad.t() @ down).mul_(ctx.scaling).to(ctx.weight_dtypes[1]) if need_b else None
+    return grad, grad_down, grad_a, grad_b
+
+
 class LoRAUpdate(torch.autograd.Function):
     """`base_out + scaling * x @ a.T @ b.T` for a (r, in) and b (out, r), in the dtype of `base_out`."""
 
     @staticmethod
     def forward(ctx, base_out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float):
-        dtype = base_out.dtype
-        rows = x.reshape(-1, x.shape[-1]).to(dtype)
-        a_, scaled_b = a.to(dtype), (b * scaling).to(dtype)
-        down = rows @ a_.t()  # (N, r)
+        rows, down, a_, scaled_b = _down(ctx, x, a, b, scaling, base_out.dtype)
         # In place: the base layer's backward does not need its output, and an out-of-place addmm first copies it
         # (a full pass over e.g. 576 x 2048 for each MLP projection).
         base_out.view(-1, base_out.shape[-1]).addmm_(down, scaled_b.t())
         ctx.mark_dirty(base_out)
         ctx.save_for_backward(rows, down, a_, scaled_b)
-        ctx.scaling, ctx.x_shape, ctx.x_dtype, ctx.weight_dtypes = scaling, x.shape, x.dtype, (a.dtype, b.dtype)
         return base_out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, down, a_, scaled_b = ctx.saved_tensors
-        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(rows.dtype)
-        grad_down = grad @ scaled_b  # (N, r): shared by the gradients of x and of a
+        _, grad_down, grad_a, grad_b = _rank_r_gradients(ctx, grad_out, rows, down, scaled_b, a_index=2)
         grad_x = (grad_down @ a_).view(ctx.x_shape).to(ctx.x_dtype) if ctx.needs_input_grad[1] else None
-        grad_a = (grad_down.t() @ rows).to(ctx.weight_dtypes[0]) if ctx.needs_input_grad[2] else None
-        grad_b = (grad.t() @ down).mul_(ctx.scaling).to(ctx.weight_dtypes[1]) if ctx.needs_input_grad[3] else None
         return grad_out, grad_x, grad_a, grad_b, None
 
 
@@ -51,25 +62,20 @@ class LoRALinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype):
-        rows = x.reshape(-1, x.shape[-1]).to(dtype)
-        w_, a_, scaled_b = weight.to(dtype), a.to(dtype), (b * scaling).to(dtype)
-        down = rows @ a_.t()  # (N, r)
+        rows, down, a_, scaled_b = _down(ctx, x, a, b, scaling, dtype)
+        w_ = weight.to(dtype)
         out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
         out.addmm_(down, scaled_b.t())
         ctx.save_for_backward(rows, down, w_, a_, scaled_b)
-        ctx.scaling, ctx.x_shape, ctx.x_dtype, ctx.weight_dtypes = scaling, x.shape, x.dtype, (a.dtype, b.dtype)
         return out.view(*x.shape[:-1], w_.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         rows, down, w_, a_, scaled_b = ctx.saved_tensors
-        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(rows.dtype)
-        grad_down = grad @ scaled_b  # (N, r): shared by the gradients of x and of a
+        grad, grad_down, grad_a, grad_b = _rank_r_gradients(ctx, grad_out, rows, down, scaled_b, a_index=3)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(grad, w_).addmm_(grad_down, a_).view(ctx.x_shape).to(ctx.x_dtype)
-        grad_a = (grad_down.t() @ rows).to(ctx.weight_dtypes[0]) if ctx.needs_input_grad[3] else None
-        grad_b = (grad.t() @ down).mul_(ctx.scaling).to(ctx.weight_dtypes[1]) if ctx.needs_input_grad[4] else None
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
