@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,6 +45,7 @@ class PackedLayout:
     valid: torch.Tensor  # (conversations, longest) bool
     kept: torch.Tensor  # the valid entries of `index`, in order: positions 0 .. tokens-1 of the row
     tokens: int  # positions covered by conversations; the rest of the row is padding
+    masks: dict = field(default_factory=dict)  # (dtype, sliding window) -> mask: built once per batch, not per layer
 
     @classmethod
     def from_boundaries(cls, cu_seq_lens: torch.Tensor) -> "PackedLayout":
@@ -56,6 +57,12 @@ class PackedLayout:
 
     def additive_mask(self, dtype: torch.dtype, sliding_window: int | None) -> torch.Tensor:
         """(conversations, 1, longest, longest): 0 where query i may see key j (causal, inside the window), else -inf."""
+        key = (dtype, sliding_window)
+        if key not in self.masks:
+            self.masks[key] = self._build_mask(dtype, sliding_window)
+        return self.masks[key]
+
+    def _build_mask(self, dtype: torch.dtype, sliding_window: int | None) -> torch.Tensor:
         positions = torch.arange(self.valid.shape[1], device=self.valid.device)
         allowed = (positions[None, :] <= positions[:, None]) & self.valid[:, None, :]
         if sliding_window is not None:
