@@ -1,6 +1,8 @@
 """Where an ecombot training step's time goes: wall time per step at several batch sizes, and on a GPU the
 kernel time and kernel launches per step (PyTorch profiler), then the same steps through `ecombot train`.
 
+Batches are built as `ecombot train` builds them: packed rows holding about `batch size` conversations each
+(data.PackedCollator), or with --no-packing padded batches of `batch size` conversations (the form used at stop 10).
 On an H100 this showed that Gemma 3 270M's steps are bound by the host (Python and kernel launches), not by the
 GPU: see the README's Performance section.
 
@@ -27,14 +29,16 @@ def main() -> None:
     from ecombot.data import builtin_path, prepare
     from ecombot.models import load_tokenizer, pick_device, resolve_model
     from ecombot.train import train
-    from ecombot.train.data import PadCollator, encode_conversations
-    from ecombot.train.loss import supervised_loss
+    from ecombot.train.data import PackedCollator, PadCollator, encode_conversations, pack_budget, packed_rows
+    from ecombot.train.loss import batch_tokens, supervised_loss
     from ecombot.train.recipe import build_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per batch size (the first two are warm-up)")
     parser.add_argument("--batch-sizes", default="8,32")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                        help="packed rows as `ecombot train` uses by default (--no-packing: padded batches)")
     parser.add_argument("--trainer-examples", type=int, default=640, help="conversations for the `ecombot train` run")
     parser.add_argument("--output", default="benchmarks/results/step_profile.json")
     args = parser.parse_args()
@@ -49,7 +53,14 @@ def main() -> None:
     model = build_model(cfg, model_dir, device, "bf16")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    collate = PadCollator(tokenizer.pad_token_id)
+
+    def batches_of(size: int) -> list[dict]:
+        if not args.packing:
+            collate = PadCollator(tokenizer.pad_token_id)
+            return [collate(examples[i * size:(i + 1) * size]) for i in range(args.steps)]
+        budget = pack_budget([len(e["input_ids"]) for e in examples], size)
+        collate = PackedCollator(tokenizer.pad_token_id, budget)
+        return [collate([row]) for row in packed_rows(examples, budget)[:args.steps]]
 
     def step(batch: dict) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -60,9 +71,9 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     report: dict = {"device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                    "torch": torch.__version__, "steps": {}}
+                    "torch": torch.__version__, "packing": args.packing, "steps": {}}
     for size in [int(s) for s in args.batch_sizes.split(",")]:
-        batches = [collate(examples[i * size:(i + 1) * size]) for i in range(args.steps)]
+        batches = batches_of(size)
         times = []
         for batch in batches:
             sync()
@@ -71,7 +82,7 @@ def main() -> None:
             sync()
             times.append(time.perf_counter() - started)
         steady = sorted(times[2:]) or times
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
+        tokens = sum(batch_tokens(b) for b in batches) / len(batches)
         report["steps"][size] = {"first_ms": times[0] * 1e3, "median_ms": steady[len(steady) // 2] * 1e3,
                                  "tokens_per_step": tokens}
         print(f"batch {size}: {tokens:.0f} tokens/step, first step {times[0] * 1e3:.0f} ms, "
@@ -97,7 +108,7 @@ def main() -> None:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in split.train[: args.trainer_examples]))
         result = train(TrainConfig(model=args.model, data=str(data), output=str(Path(tmp) / "run"), epochs=1,
-                                   val_fraction=0.0, test_fraction=0.0), show_progress=False)
+                                   val_fraction=0.0, test_fraction=0.0, packing=args.packing), show_progress=False)
     report["ecombot_train"] = {"steps": result.results["steps"], "train_seconds": result.results["train_seconds"]}
     print(f"ecombot train: {result.results['steps']} steps in {result.results['train_seconds']} s "
           f"({result.results['train_seconds'] / result.results['steps'] * 1e3:.0f} ms/step)")

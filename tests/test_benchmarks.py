@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,10 +118,14 @@ def test_random_weights_make_a_cached_default_model_that_needs_no_gguf(tiny_mode
     assert load_tokenizer(out)(question)["input_ids"] == load_tokenizer(tiny_model_dir)(question)["input_ids"]
 
 
-def test_step_profile_short_form(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("packing", ["--packing", "--no-packing"])
+def test_step_profile_short_form(tiny_model_dir, tmp_path, packing):
     result = run_benchmark("step_profile", ["--model", str(tiny_model_dir), "--steps", "3", "--batch-sizes", "2,4",
-                                            "--trainer-examples", "16"], tmp_path)
+                                            "--trainer-examples", "16", packing], tmp_path)
     assert result["device"] == "cpu" and list(result["steps"]) == ["2", "4"]
+    assert result["packing"] is (packing == "--packing")
     small, large = result["steps"]["2"], result["steps"]["4"]
     assert large["tokens_per_step"] > small["tokens_per_step"] > 0 and small["median_ms"] > 0
-    assert result["ecombot_train"]["steps"] == 2 and result["ecombot_train"]["train_seconds"] > 0
+    # 16 conversations in batches of 8: two padded batches, or two or three packed rows (best fit, no splitting)
+    assert result["ecombot_train"]["steps"] in ((2, 3) if packing == "--packing" else (2,))
+    assert result["ecombot_train"]["train_seconds"] > 0

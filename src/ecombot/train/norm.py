@@ -7,6 +7,8 @@ conversations keeps for backward on Gemma 3 270M. This function computes the sam
 (a GPU step of this small model is bound by kernel launches): `1 + weight` is computed once for frozen weights, the
 sum of squares is one `vector_norm`, the backward's dot product one `vecdot` and its update one `addcmul_`. Forward +
 backward at 8 x 69 x 640 in bf16: 1.1 -> 0.83 ms; q/k norms (8 x 69 x 4 x 256): 1.6-2.2 -> 1.25 ms (2-core Xeon).
+For frozen norms on bf16 CPU tensors the forward and backward are one fused kernel each (kernels/fused_cpu.c):
+576 x 640 forward + backward 0.87 -> 0.13 ms.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import types
 
 import torch
+
+from ecombot.train import kernels
 
 # Modules computing norm(x.float()) * (1 + weight.float()) cast back to x's dtype (Gemma 1/2/3).
 GEMMA_NORMS = {"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm"}
@@ -24,15 +28,22 @@ class GemmaRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, gain: torch.Tensor) -> torch.Tensor:
+        ctx.weight_dtype = weight.dtype
+        if kernels.usable(x) and not weight.requires_grad:
+            x = x.contiguous()
+            y, scale = kernels.rms_norm_forward(x, gain, eps)
+            ctx.save_for_backward(x, scale, gain)
+            return y
         xf = x.to(gain.dtype, copy=True)
         scale = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
         ctx.save_for_backward(x, scale, gain)
-        ctx.weight_dtype = weight.dtype
         return xf.mul_(scale).mul_(gain).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, scale, gain = ctx.saved_tensors
+        if kernels.usable(x, grad_out) and not ctx.needs_input_grad[1]:
+            return kernels.rms_norm_backward(x, scale, gain, grad_out), None, None, None
         normed = x.to(scale.dtype, copy=True).mul_(scale)
         grad = grad_out.to(scale.dtype, copy=True)
         grad_weight = (grad * normed).reshape(-1, normed.shape[-1]).sum(0).to(ctx.weight_dtype) \

@@ -30,6 +30,7 @@ from ecombot.errors import EcombotError
 from ecombot.models import load_base_model, load_tokenizer, pick_device, resolve_model, resolve_precision
 from ecombot.train.data import PackedCollator, PadCollator, encode_conversations, pack_budget, packed_rows
 from ecombot.train.fused_lora import use_fused_lora
+from ecombot.train.mlp import use_fused_mlp
 from ecombot.train.norm import use_lean_norms
 from ecombot.train.report import model_card, plot_loss_curve, read_log
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer, latest_complete_checkpoint
@@ -100,6 +101,7 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
         keep_activations_in_bf16(model)
     use_fused_lora(model)
     use_lean_norms(model)
+    use_fused_mlp(model)
     return model
 
 

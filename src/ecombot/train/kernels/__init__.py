@@ -1,0 +1,154 @@
+"""Fused CPU kernels for bf16 training (fused_cpu.c): Gemma's RMSNorm and the MLP's GELU(gate) * up.
+
+Why by hand: on a CPU, eager PyTorch runs every elementwise op as its own pass over memory, and a packed step of
+Gemma 3 270M runs ~110 norms and 18 MLP activations forward and backward. Fused here, one norm (576 x 640, forward
++ backward) takes 0.13 ms instead of 0.87 ms and one GELU(gate) * up (576 x 2048) 1.0 ms instead of 3.5 ms (2-core
+Xeon, bf16). torch.compile fuses the same ops but costs 3-6 s per process before the first step even with a warm
+cache (54 s cold for the decoder layers at stop 9), more than a whole training run of a few hundred conversations
+on this CPU; these kernels compile in ~0.3 s once per machine and are cached under $ECOMBOT_HOME/kernels.
+
+The library is built with the system's C compiler ($CC, else cc/gcc). Its OpenMP calls are linked to the OpenMP
+runtime PyTorch already loaded, so both share one thread pool (torch.set_num_threads applies). Without a compiler,
+on a failed build, or with ECOMBOT_CPU_KERNELS=0, everything runs as PyTorch ops (same values up to rounding:
+tests/test_kernels.py); `status()` says which and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fused_cpu.c")
+COMPILE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
+                 "-fPIC"]
+log = logging.getLogger(__name__)
+_unavailable: list[str] = []  # why the library could not be used (empty when it loaded)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _loaded_openmp_runtime() -> Path | None:
+    """The GNU OpenMP runtime this process already has (PyTorch's), so the kernels join its thread pool."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps if "libgomp" in line and line.split()[-1].startswith("/")}
+    return Path(sorted(paths)[0]) if len(paths) == 1 else None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on, so a cache shared between machines never hands one CPU another's build."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags")))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:2])} ... failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def _build(compiler: str) -> Path:
+    from ecombot.models.registry import ecombot_home
+
+    openmp = _loaded_openmp_runtime()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *COMPILE_FLAGS, version, _cpu_signature(),
+                                    str(openmp)]).encode()).hexdigest()[:16]
+    target = ecombot_home() / "kernels" / key / "fused_cpu.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "fused_cpu.o", Path(tmp) / "fused_cpu.so"
+        # Compiled with OpenMP, but linked to the runtime already loaded rather than the compiler's own libgomp:
+        # two OpenMP runtimes in one process would each keep a pool of spinning threads.
+        _run([compiler, *COMPILE_FLAGS, "-fopenmp" if openmp else "-fopenmp-simd", "-c", str(SOURCE), "-o", str(obj)])
+        _run([compiler, "-shared", str(obj), *([str(openmp), f"-Wl,-rpath,{openmp.parent}"] if openmp else []),
+              "-o", str(lib)])
+        os.replace(lib, target)  # atomic: processes building at once (DDP ranks) each see a whole library
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (then callers use PyTorch ops)."""
+    if os.environ.get("ECOMBOT_CPU_KERNELS", "1") == "0":
+        _unavailable.append("switched off (ECOMBOT_CPU_KERNELS=0)")
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _unavailable.append("no C compiler found (set CC, or install gcc)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        _unavailable.append(f"build failed: {exc}")
+        log.warning("fused CPU kernels unavailable, using PyTorch ops: %s", exc)
+        return None
+    pointer, count = ctypes.c_void_p, ctypes.c_int64
+    lib.rms_norm_forward.argtypes = [pointer, pointer, pointer, pointer, count, count, ctypes.c_float]
+    lib.rms_norm_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count, count]
+    lib.gelu_mul_forward.argtypes = [pointer, pointer, pointer, count]
+    lib.gelu_mul_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count]
+    return lib
+
+
+def status() -> str:
+    """'on', or 'off: <why>' (recorded in a training run's results)."""
+    return "on" if library() is not None else f"off: {_unavailable[-1]}"
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the kernels apply: bf16 CPU tensors (other dtypes and devices keep PyTorch's ops)."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+            and library() is not None)
+
+
+def rms_norm_forward(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x * rsqrt(mean(x^2) + eps) * gain over the last dimension, the rsqrt per row as (..., 1) fp32)."""
+    x, gain = x.contiguous(), gain.to(torch.float32).contiguous()
+    y, scale = torch.empty_like(x), torch.empty((*x.shape[:-1], 1), dtype=torch.float32)
+    library().rms_norm_forward(x.data_ptr(), gain.data_ptr(), y.data_ptr(), scale.data_ptr(),
+                               x.numel() // x.shape[-1], x.shape[-1], eps)
+    return y, scale
+
+
+def rms_norm_backward(x: torch.Tensor, scale: torch.Tensor, gain: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
+    x, grad_y, gain = x.contiguous(), grad_y.contiguous(), gain.to(torch.float32).contiguous()
+    grad_x = torch.empty_like(x)
+    library().rms_norm_backward(x.data_ptr(), scale.contiguous().data_ptr(), gain.data_ptr(), grad_y.data_ptr(),
+                                grad_x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
+    return grad_x
+
+
+def gelu_mul_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gelu(gate, approximate="tanh") * up."""
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty_like(gate)
+    library().gelu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+    return out
+
+
+def gelu_mul_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grad, gate, up = grad.contiguous(), gate.contiguous(), up.contiguous()
+    grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
+    library().gelu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
+                                grad_up.data_ptr(), gate.numel())
+    return grad_gate, grad_up
