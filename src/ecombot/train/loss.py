@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ecombot.train import kernels
 from ecombot.train.attention import attention_for, unwrapped
 
 # fp32 elements of one cross-entropy block. On a CPU a 16 MB block (16 rows of Gemma's 262k vocabulary) stays in
@@ -89,20 +90,30 @@ def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets:
     total = torch.zeros((n, 1), **options)
     target_logit = torch.zeros(n, **options)
     weighted = torch.zeros((n, weight.shape[1]), **options) if grad_into is not None else None
-    buffer = torch.empty((n, min(chunk, vocab)), **options)
+    fused = kernels.usable(hidden, weight)
+    if fused:  # one pass for max, exp, sum and the bf16 copy (kernels/fused_cpu.c): 6 passes fewer per chunk
+        probs_buffer = torch.empty(n * min(chunk, vocab), dtype=weight.dtype, device=hidden.device)
+        rescale = torch.empty((n, 1), **options)
+    else:
+        buffer = torch.empty((n, min(chunk, vocab)), **options)
     for start in range(0, vocab, chunk):
         columns = weight[start:start + chunk]
-        logits = buffer[:, :columns.shape[0]].copy_(hidden @ columns.t())
+        logits = hidden @ columns.t()
         inside = (targets >= start) & (targets < start + columns.shape[0])
         picked = logits.gather(1, (targets - start).clamp(0, columns.shape[0] - 1)[:, None]).squeeze(1)
         target_logit += torch.where(inside, picked, 0.0)
-        new_top = torch.maximum(top, logits.amax(dim=1, keepdim=True))
-        rescale = (top - new_top).exp_()
-        probs = logits.sub_(new_top).exp_()
-        total.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
+        if fused:  # updates top, total and rescale in place
+            probs = probs_buffer[:n * columns.shape[0]].view(n, columns.shape[0])  # contiguous, also when partial
+            kernels.softmax_chunk(logits, probs, top, total, rescale)
+        else:
+            logits = buffer[:, :columns.shape[0]].copy_(logits)
+            new_top = torch.maximum(top, logits.amax(dim=1, keepdim=True))
+            rescale = (top - new_top).exp_()
+            probs = logits.sub_(new_top).exp_()
+            total.mul_(rescale).add_(probs.sum(dim=1, keepdim=True))
+            probs, top = probs.to(weight.dtype), new_top
         if weighted is not None:
-            weighted.mul_(rescale).add_(probs.to(weight.dtype) @ columns)
-        top = new_top
+            weighted.mul_(rescale).add_(probs @ columns)
     if grad_into is not None:
         grad_into.copy_(weighted.div_(total).sub_(weight[targets].to(accumulate)))
     return (top + total.log()).squeeze(1) - target_logit

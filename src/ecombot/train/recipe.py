@@ -28,6 +28,7 @@ from ecombot.config import TrainConfig
 from ecombot.data import prepare, write_split
 from ecombot.errors import EcombotError
 from ecombot.models import load_base_model, load_tokenizer, pick_device, resolve_model, resolve_precision
+from ecombot.train import kernels
 from ecombot.train.data import PackedCollator, PadCollator, encode_conversations, pack_budget, packed_rows
 from ecombot.train.fused_lora import use_fused_lora
 from ecombot.train.mlp import use_fused_mlp
@@ -239,6 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "split": split.counts(), "truncated": train_set.truncated + val_set.truncated,
         "model_dir": str(model_dir), "precision": precision, "device": device, "packing": packing,
+        "cpu_kernels": kernels.status() if device == "cpu" and precision == "bf16" else "not used",
     }
     if main:
         plot_loss_curve(run / "train_log.jsonl", run / "loss_curve.png")

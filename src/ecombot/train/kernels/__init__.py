@@ -1,4 +1,5 @@
-"""Fused CPU kernels for bf16 training (fused_cpu.c): Gemma's RMSNorm and the MLP's GELU(gate) * up.
+"""Fused CPU kernels for bf16 training (fused_cpu.c): Gemma's RMSNorm, the MLP's GELU(gate) * up, and the output
+head's online softmax over one vocabulary chunk.
 
 Why by hand: on a CPU, eager PyTorch runs every elementwise op as its own pass over memory, and a packed step of
 Gemma 3 270M runs ~110 norms and 18 MLP activations forward and backward. Fused here, one norm (576 x 640, forward
@@ -107,6 +108,7 @@ def library() -> ctypes.CDLL | None:
     lib.rms_norm_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count, count]
     lib.gelu_mul_forward.argtypes = [pointer, pointer, pointer, count]
     lib.gelu_mul_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count]
+    lib.softmax_chunk.argtypes = [pointer, count, pointer, pointer, pointer, pointer, count, count]
     return lib
 
 
@@ -152,3 +154,13 @@ def gelu_mul_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) 
     library().gelu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
                                 grad_up.data_ptr(), gate.numel())
     return grad_gate, grad_up
+
+
+def softmax_chunk(logits: torch.Tensor, probs: torch.Tensor, top: torch.Tensor, total: torch.Tensor,
+                  rescale: torch.Tensor) -> None:
+    """One vocabulary chunk of the head's online softmax, in place (see fused_cpu.c softmax_chunk): `logits`
+    (rows x cols bf16, rows may be strided), `probs` (contiguous bf16, same shape) gets exp(logits - new top);
+    `top`, `total`, `rescale` are contiguous fp32 per-row vectors."""
+    assert logits.stride(1) == 1 and probs.is_contiguous() and probs.shape == logits.shape
+    library().softmax_chunk(logits.data_ptr(), logits.stride(0), probs.data_ptr(), top.data_ptr(), total.data_ptr(),
+                            rescale.data_ptr(), logits.shape[0], logits.shape[1])

@@ -23,7 +23,7 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* exp(x) for |x| <= 18: 2^n * p(r), a degree-6 Taylor polynomial on |r| <= ln(2)/2 (relative error < 3e-7). */
+/* exp(x) for -87 <= x <= 87: 2^n * p(r), a degree-6 Taylor polynomial on |r| <= ln(2)/2 (relative error < 3e-7). */
 static inline float exp_small(float x) {
     float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
@@ -35,9 +35,11 @@ static inline float exp_small(float x) {
     return p * scale;
 }
 
-static inline float tanh_float(float u) {
-    u = u > 9.0f ? 9.0f : (u < -9.0f ? -9.0f : u); /* tanh is +-1 in fp32 beyond 9 */
-    return 1.0f - 2.0f / (exp_small(2.0f * u) + 1.0f);
+/* (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), without tanh's cancellation where GELU is tiny (u << 0). */
+static inline float half_one_plus_tanh(float u) {
+    float a = -2.0f * u;
+    a = a > 87.0f ? 87.0f : (a < -87.0f ? -87.0f : a);
+    return 1.0f / (1.0f + exp_small(a));
 }
 
 #define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */
@@ -88,8 +90,8 @@ void gelu_mul_forward(const uint16_t *gate, const uint16_t *up, uint16_t *out, i
     #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         float x = bf16_to_float(gate[i]);
-        float t = tanh_float(GELU_K0 * (x + GELU_K1 * x * x * x));
-        out[i] = float_to_bf16(0.5f * x * (1.0f + t) * bf16_to_float(up[i]));
+        float s = half_one_plus_tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
+        out[i] = float_to_bf16(x * s * bf16_to_float(up[i]));
     }
 }
 
@@ -99,10 +101,43 @@ void gelu_mul_backward(const uint16_t *grad, const uint16_t *gate, const uint16_
     #pragma omp parallel for simd schedule(static) if (n >= PARALLEL_FROM)
     for (int64_t i = 0; i < n; i++) {
         float x = bf16_to_float(gate[i]), g = bf16_to_float(grad[i]);
-        float t = tanh_float(GELU_K0 * (x + GELU_K1 * x * x * x));
-        float act = 0.5f * x * (1.0f + t);
-        float slope = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
+        float s = half_one_plus_tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
+        float act = x * s; /* gelu_tanh(x) = x (1 + tanh(u)) / 2, and 1 - tanh(u)^2 = 4 s (1 - s) */
+        float slope = s + 2.0f * x * s * (1.0f - s) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
         grad_up[i] = float_to_bf16(g * act);
         grad_gate[i] = float_to_bf16(g * bf16_to_float(up[i]) * slope);
+    }
+}
+
+/* One vocabulary chunk of the output head's online softmax (ecombot/train/loss.py head_cross_entropy_rows).
+ * logits: rows x cols bf16, row stride ld. Per row: the new running maximum m = max(top, max(logits)); probs =
+ * exp(logits - m) in bf16 (for probs @ weight); total = total * exp(top - m) + sum(exp(logits - m)) in fp32 from the
+ * unrounded values; rescale = exp(top - m) (for the running probs @ weight); top = m. */
+void softmax_chunk(const uint16_t *logits, int64_t ld, uint16_t *probs, float *top, float *total, float *rescale,
+                   int64_t rows, int64_t cols) {
+    #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_FROM)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *lr = logits + r * ld;
+        uint16_t *pr = probs + r * cols;
+        float m = top[r];
+        #pragma omp simd reduction(max : m)
+        for (int64_t j = 0; j < cols; j++) {
+            float v = bf16_to_float(lr[j]);
+            m = v > m ? v : m;
+        }
+        float sum = 0.0f;
+        #pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < cols; j++) {
+            float d = bf16_to_float(lr[j]) - m;
+            float e = exp_small(d < -87.0f ? -87.0f : d);
+            pr[j] = float_to_bf16(e);
+            sum += e;
+        }
+        float old = top[r] - m;
+        float scale = exp_small(old < -87.0f ? -87.0f : old);
+        if (old < -87.0f) scale = 0.0f; /* first chunk: top was -inf */
+        rescale[r] = scale;
+        total[r] = total[r] * scale + sum;
+        top[r] = m;
     }
 }

@@ -1,0 +1,171 @@
+"""Fused CPU kernels (ecombot/train/kernels): the same values as PyTorch's ops up to bf16 rounding, built once and
+cached, sharing PyTorch's OpenMP runtime, and PyTorch's ops whenever the kernels cannot be built."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_tiny_model
+from ecombot.train import kernels
+from ecombot.train.loss import head_cross_entropy_rows
+from ecombot.train.mlp import use_fused_mlp
+from ecombot.train.norm import GemmaRMSNorm, use_lean_norms
+
+BF16_STEP = 2.0 ** -7  # relative spacing of bf16 numbers: results may differ by one rounding step
+
+
+@pytest.fixture
+def fresh_library(tmp_path, monkeypatch):
+    """The kernels built from scratch into an empty ECOMBOT_HOME (and the cached library restored afterwards)."""
+    monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
+    kernels.library.cache_clear()
+    yield tmp_path / "home" / "kernels"
+    kernels.library.cache_clear()
+
+
+@pytest.fixture
+def built():
+    if kernels.library() is None:
+        if os.environ.get("ECOMBOT_REQUIRE_SYSTEM_TESTS") == "1" or kernels._compiler() is not None:
+            pytest.fail(f"fused CPU kernels unavailable: {kernels.status()}")
+        pytest.skip("no C compiler on this machine: the kernels' fallback is tested below")
+
+
+def close_in_bf16(ours: torch.Tensor, reference: torch.Tensor, atol: float = 1e-6) -> bool:
+    """Equal up to one bf16 rounding step of the reference (different summation order or exp/tanh routine)."""
+    ours, reference = ours.double(), reference.double()
+    return bool(((ours - reference).abs() <= reference.abs() * BF16_STEP + atol).all())
+
+
+def eager(monkeypatch):
+    monkeypatch.setattr(kernels, "usable", lambda *tensors: False)
+
+
+def test_kernels_are_built_once_cached_and_share_pytorchs_openmp_runtime(fresh_library, built):
+    assert kernels.status() == "on"
+    (library,) = fresh_library.glob("*/fused_cpu.so")
+    built_at = library.stat().st_mtime_ns
+    kernels.library.cache_clear()
+    assert kernels.status() == "on" and library.stat().st_mtime_ns == built_at  # loaded from the cache
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes  # one OpenMP runtime (PyTorch's), not a second pool of threads
+
+
+@pytest.mark.parametrize("shape,transposed", [((3, 37, 64), False), ((2, 5, 3, 32), True)], ids=["rows", "heads"])
+def test_norm_kernel_matches_pytorch_ops(monkeypatch, built, shape, transposed):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 3).to(torch.bfloat16)
+    if transposed:  # Gemma's q/k norms see (batch, heads, tokens, head_dim) views of (batch, tokens, heads, ...)
+        x = x.transpose(1, 2)
+    gain = 1 + torch.randn(shape[-1]) * 0.3
+    grad = torch.randn(x.shape).to(torch.bfloat16)
+    results = []
+    for use_kernels in (True, False):
+        if not use_kernels:
+            eager(monkeypatch)
+        leaf = x.detach().clone().requires_grad_()
+        out = GemmaRMSNorm.apply(leaf, gain - 1, 1e-6, gain)
+        out.backward(grad)
+        results.append((out.detach(), leaf.grad))
+    (out, grad_x), (ref_out, ref_grad_x) = results
+    assert out.dtype == grad_x.dtype == torch.bfloat16 and out.shape == x.shape
+    assert close_in_bf16(out, ref_out) and close_in_bf16(grad_x, ref_grad_x, atol=1e-3)
+    assert (out == ref_out).float().mean() > 0.99  # mostly bit-identical
+
+
+def test_gelu_mul_kernel_is_as_accurate_as_pytorchs_ops(built):
+    torch.manual_seed(0)
+    gate = (torch.randn(4, 3000) * 3).to(torch.bfloat16)
+    gate[0, :4] = torch.tensor([0.0, -20.0, 20.0, 1e-3])  # GELU's flat, steep and saturated parts
+    up, grad = torch.randn(4, 3000).to(torch.bfloat16), torch.randn(4, 3000).to(torch.bfloat16)
+    exact_gate, exact_up = gate.double().requires_grad_(), up.double().requires_grad_()
+    exact = F.gelu(exact_gate, approximate="tanh") * exact_up
+    exact.backward(grad.double())
+    pytorch = F.gelu(gate.float(), approximate="tanh").to(torch.bfloat16) * up  # what the model computes eagerly
+    out = kernels.gelu_mul_forward(gate, up)
+    grad_gate, grad_up = kernels.gelu_mul_backward(grad, gate, up)
+    assert close_in_bf16(out, exact) and close_in_bf16(grad_up, exact_up.grad)
+    assert close_in_bf16(grad_gate, exact_gate.grad, atol=1e-2)  # the product of three bf16 numbers
+    assert (out.double() - exact).abs().max() <= (pytorch.double() - exact).abs().max()
+
+
+@pytest.mark.parametrize("chunk", [96, 1000], ids=["chunks", "one-chunk"])
+def test_head_softmax_kernel_gives_pytorchs_loss_and_gradient(monkeypatch, built, chunk):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 64).to(torch.bfloat16)
+    weight = (torch.randn(1000, 64) * 0.3).to(torch.bfloat16)  # 1000 columns: the last chunk is partial
+    targets = torch.randint(0, 1000, (37,))
+    grads = [torch.empty_like(hidden), torch.empty_like(hidden)]
+    losses = [head_cross_entropy_rows(hidden, weight, targets, chunk, grads[0])]
+    eager(monkeypatch)
+    losses.append(head_cross_entropy_rows(hidden, weight, targets, chunk, grads[1]))
+    assert torch.allclose(losses[0], losses[1], atol=2e-5, rtol=0)
+    assert ((grads[0].float() - grads[1].float()).norm() / grads[1].float().norm()) < 1e-3
+    exact = F.cross_entropy(hidden.double() @ weight.double().t(), targets, reduction="none")
+    assert (losses[0].double() - exact).abs().max() < 0.02  # bf16 logits, as the model's own head gives them
+
+
+def test_a_bf16_model_with_the_kernels_trains_like_pytorchs_ops(monkeypatch, built):
+    """Norms and the MLP activation through the kernels: the logits and every gradient of a tiny bf16 Gemma."""
+    torch.manual_seed(0)
+    model = make_tiny_model(vocab_size=64).to(torch.bfloat16)
+    for norm in (m for m in model.modules() if type(m).__name__ == "Gemma3RMSNorm"):
+        norm.weight.data.normal_(0, 0.5)
+    for param in model.parameters():
+        param.requires_grad_(param.dim() == 2 and "embed" not in str(param.shape))  # matmul weights train
+    assert use_lean_norms(model) == 13 and use_fused_mlp(model) == 2
+    ids = torch.randint(3, 64, (2, 11))
+    calls = []
+    monkeypatch.setattr(kernels, "gelu_mul_backward", lambda *a, _f=kernels.gelu_mul_backward: calls.append(1) or _f(*a))
+    results = []
+    for use_kernels in (True, False):
+        if not use_kernels:
+            eager(monkeypatch)
+        model.zero_grad()
+        logits = model(input_ids=ids).logits.float()
+        (logits * torch.linspace(-1, 1, 64)).sum().backward()
+        results.append((logits.detach(), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}))
+    assert calls == [1, 1]  # the kernels ran (once per layer), then PyTorch's ops
+    (logits, grads), (ref_logits, ref_grads) = results
+    assert (logits - ref_logits).norm() / ref_logits.norm() < 2e-2
+    assert set(grads) == set(ref_grads) and grads
+    for name, grad in ref_grads.items():
+        assert (grads[name] - grad).norm() / grad.norm() < 5e-2, name
+
+
+def test_only_tanh_gelu_mlps_are_fused():
+    model = make_tiny_model(vocab_size=64)
+    model.config.hidden_activation = "relu"  # the MLPs keep a reference to this config
+    assert use_fused_mlp(model) == 0
+
+
+@pytest.mark.parametrize("setting,reason", [({"CC": "/nonexistent/cc"}, "build failed"),
+                                            ({"ECOMBOT_CPU_KERNELS": "0"}, "switched off")], ids=["no-compiler", "off"])
+def test_without_the_kernels_pytorchs_ops_run(fresh_library, monkeypatch, setting, reason):
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    assert kernels.status().startswith(f"off: {reason}")
+    x = torch.randn(2, 5, 16).to(torch.bfloat16).requires_grad_()
+    assert not kernels.usable(x)
+    gain = 1 + torch.randn(16) * 0.3
+    GemmaRMSNorm.apply(x, gain - 1, 1e-6, gain).sum().backward()  # PyTorch's ops
+    assert x.grad.shape == x.shape and not list(fresh_library.glob("*/fused_cpu.so"))
+
+
+def test_bf16_training_on_a_cpu_uses_the_kernels(tiny_model_dir, small_dataset, tmp_path, built):
+    import json
+
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    cfg = load_config(None, model=str(tiny_model_dir), data=str(small_dataset), output=str(tmp_path / "run"),
+                      max_steps=16, eval_steps=8, logging_steps=1, batch_size=4, learning_rate=1e-2, precision="bf16",
+                      early_stopping_patience=0, warmup_ratio=0.0)
+    result = train(cfg, show_progress=False)
+    assert result.results["cpu_kernels"] == "on" and result.results["precision"] == "bf16"
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+              if "\"loss\"" in line]
+    assert len(losses) == 16 and losses[-1] < losses[0] * 0.8  # it learns
