@@ -41,13 +41,16 @@ def _compiler() -> str | None:
 
 
 def _loaded_openmp_runtime() -> Path | None:
-    """The GNU OpenMP runtime this process already has (PyTorch's), so the kernels join its thread pool."""
+    """PyTorch's GNU OpenMP runtime, as loaded in this process, so the kernels join its thread pool (other
+    libraries may have loaded their own copies, e.g. scikit-learn's)."""
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
-    paths = {line.split()[-1] for line in maps if "libgomp" in line and line.split()[-1].startswith("/")}
-    return Path(sorted(paths)[0]) if len(paths) == 1 else None
+    paths = {Path(line.split()[-1]) for line in maps if "libgomp" in line and line.split()[-1].startswith("/")}
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
+    mine = sorted(path for path in paths if path.parent.resolve() == torch_lib)
+    return mine[0] if mine else None
 
 
 def _cpu_signature() -> str:
