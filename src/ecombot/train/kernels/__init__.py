@@ -30,8 +30,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("fused_cpu.c")
-COMPILE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math",
-                 "-fPIC"]
+# -fno-math-errno / -fno-trapping-math let the compiler vectorise floor and the comparisons; 512-bit vectors where
+# the CPU has them (x86's default tuning stops at 256: GELU x up 1.37 -> 1.0 ms with them).
+COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
+                 *(["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])]
 log = logging.getLogger(__name__)
 _unavailable: list[str] = []  # why the library could not be used (empty when it loaded)
 
