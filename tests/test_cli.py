@@ -56,6 +56,18 @@ def test_config_prints_the_documented_defaults():
     assert result.exit_code == 0 and yaml.safe_load(result.output)["method"] == "lora"
 
 
+def test_train_says_when_the_fused_cpu_kernels_are_off(tmp_path, tiny_model_dir, small_dataset):
+    import os
+
+    trained = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", tmp_path / "run",
+                      "--max-steps", 2, "--batch-size", 4, "--precision", "bf16",
+                      env={**os.environ, "ECOMBOT_CPU_KERNELS": "0", "COLUMNS": "200"})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "fused CPU kernels off: switched off (ECOMBOT_CPU_KERNELS=0); PyTorch's ops ran instead" in trained.stdout
+    info = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert info["results"]["cpu_kernels"] == "off: switched off (ECOMBOT_CPU_KERNELS=0)"
+
+
 def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
     run = tmp_path / "run"
     trained = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2,
