@@ -1,8 +1,9 @@
-/* Fused CPU kernels for bf16 training steps: Gemma's RMSNorm and the MLP's GELU(gate) * up, forward and backward.
+/* Fused CPU kernels for bf16 training steps: Gemma's RMSNorm and the MLP's GELU(gate) * up, forward and backward,
+ * and one vocabulary chunk of the output head's online softmax.
  *
  * Eager PyTorch runs each elementwise op of these as its own pass over memory (a norm is ~9 ops forward, ~8
- * backward; the MLP's activation 2 forward, 3 backward); here each is one or two passes, with fp32 arithmetic on
- * bf16 storage, rounded to nearest even like PyTorch. Compiled on first use by ecombot/train/kernels/__init__.py
+ * backward; the MLP's activation 2 forward, 3 backward; the softmax chunk 6); here each is one or two passes, with
+ * fp32 arithmetic on bf16 storage, rounded to nearest even like PyTorch. Compiled on first use by ecombot/train/kernels/__init__.py
  * (OpenMP through the runtime PyTorch already loaded, so both share one thread pool).
  */
 #include <stdint.h>
