@@ -35,7 +35,7 @@ SOURCE = Path(__file__).with_name("fused_cpu.c")
 COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
                  *(["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])]
 log = logging.getLogger(__name__)
-_unavailable: list[str] = []  # why the library could not be used (empty when it loaded)
+_why_off = ""  # why the library could not be used (set when library() returns None)
 
 
 def _compiler() -> str | None:
@@ -95,17 +95,18 @@ def _build(compiler: str) -> Path:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (then callers use PyTorch ops)."""
+    global _why_off
     if os.environ.get("ECOMBOT_CPU_KERNELS", "1") == "0":
-        _unavailable.append("switched off (ECOMBOT_CPU_KERNELS=0)")
+        _why_off = "switched off (ECOMBOT_CPU_KERNELS=0)"
         return None
     compiler = _compiler()
     if compiler is None:
-        _unavailable.append("no C compiler found (set CC, or install gcc)")
+        _why_off = "no C compiler found (set CC, or install gcc)"
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        _unavailable.append(f"build failed: {exc}")
+        _why_off = f"build failed: {exc}"
         log.warning("fused CPU kernels unavailable, using PyTorch ops: %s", exc)
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
@@ -119,7 +120,7 @@ def library() -> ctypes.CDLL | None:
 
 def status() -> str:
     """'on', or 'off: <why>' (recorded in a training run's results)."""
-    return "on" if library() is not None else f"off: {_unavailable[-1]}"
+    return "on" if library() is not None else f"off: {_why_off}"
 
 
 def usable(*tensors: torch.Tensor) -> bool:
