@@ -29,8 +29,9 @@ def main() -> None:
     from ecombot.data import builtin_path, prepare
     from ecombot.models import load_tokenizer, pick_device, resolve_model
     from ecombot.train import train
-    from ecombot.train.data import PackedCollator, PadCollator, encode_conversations, pack_budget, packed_rows
-    from ecombot.train.loss import batch_tokens, supervised_loss
+    from ecombot.models import PadCollator, batch_tokens, encode_conversations, supervised_loss
+    from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
+    from ecombot import speedups
     from ecombot.train.recipe import build_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +52,7 @@ def main() -> None:
     split = prepare(builtin_path(), 0.1, 0.1, 42).split
     examples = encode_conversations(split.train, tokenizer, None, cfg.max_length).examples
     model = build_model(cfg, model_dir, device, "bf16")
+    speedups.apply(model, mode="train")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
@@ -109,9 +111,9 @@ def main() -> None:
         data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in split.train[: args.trainer_examples]))
         result = train(TrainConfig(model=args.model, data=str(data), output=str(Path(tmp) / "run"), epochs=1,
                                    val_fraction=0.0, test_fraction=0.0, packing=args.packing), show_progress=False)
-    report["ecombot_train"] = {"steps": result.results["steps"], "train_seconds": result.results["train_seconds"]}
-    print(f"ecombot train: {result.results['steps']} steps in {result.results['train_seconds']} s "
-          f"({result.results['train_seconds'] / result.results['steps'] * 1e3:.0f} ms/step)")
+    report["ecombot_train"] = {"steps": result.steps, "train_seconds": result.train_seconds}
+    print(f"ecombot train: {result.steps} steps in {result.train_seconds} s "
+          f"({result.train_seconds / result.steps * 1e3:.0f} ms/step)")
     write_results(args.output, report)
     print(f"wrote {args.output}")
 

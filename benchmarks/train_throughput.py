@@ -107,7 +107,7 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ecombot.evaluate.loss import heldout_loss
+    from ecombot.evaluate import heldout_loss
     from ecombot.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
@@ -127,7 +127,7 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
 
 def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
     from ecombot.config import TrainConfig
-    from ecombot.evaluate.loss import heldout_loss
+    from ecombot.evaluate import heldout_loss
     from ecombot.models import load_for_inference
     from ecombot.train import train as ecombot_train
 
@@ -138,10 +138,10 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
                       test_fraction=0.0, method=method)
     result = ecombot_train(cfg, show_progress=False)
     peak = peak_memory()
-    loaded = load_for_inference(model=model_spec, adapter=result.run_dir)
-    system_prompt = json.loads((result.run_dir / "run_config.json").read_text())["system_prompt"]
+    loaded = load_for_inference(model=model_spec, adapter=result.run.path)
+    system_prompt = result.run.system_prompt()
     loss = heldout_loss(loaded.model, loaded.tokenizer, test, system_prompt)["loss"]
-    return {"seconds": result.results["train_seconds"], "steps": result.results["steps"], **peak,
+    return {"seconds": result.train_seconds, "steps": result.steps, **peak,
             "heldout_loss": loss}
 
 

@@ -89,7 +89,7 @@ def test_repetition_penalty_touches_only_answer_tokens():
 def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, group, tolerance):
     import torch
 
-    from ecombot.models.lowbit_decode import LowBitDecodeLinear
+    from ecombot.speedups.lowbit import LowBitDecodeLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 64, bias=True).to(torch.bfloat16)
@@ -108,7 +108,7 @@ def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, group, tolerance):
 def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dirs):
     import torch
 
-    from ecombot.models.lowbit_decode import LowBitDecodeLinear
+    from ecombot.speedups.lowbit import LowBitDecodeLinear
     from ecombot.serve import build_engine
 
     engine = build_engine(str(tiny_model_dir), [("support", adapter_dirs["support"])], Decoding(max_new_tokens=6),

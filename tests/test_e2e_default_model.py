@@ -60,4 +60,4 @@ def test_default_model_converts_trains_reloads_and_answers(tmp_path, monkeypatch
         before = heldout_loss(loaded.model, loaded.tokenizer, test, cfg.resolved_system_prompt())["loss"]
     after = heldout_loss(loaded.model, loaded.tokenizer, test, cfg.resolved_system_prompt())["loss"]
     assert after < before, (before, after)
-    assert result.results["steps"] == 6
+    assert result.steps == 6

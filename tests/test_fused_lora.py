@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from ecombot.train.fused_lora import LoRALinear, LoRAUpdate, use_fused_lora
+from ecombot.speedups.lora import LoRALinear, LoRAUpdate, use_fused_lora
 
 
 def lora_model(dropout: float = 0.0, seed: int = 0, attention_bias: bool = False):

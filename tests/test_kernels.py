@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_tiny_model
-from ecombot.train import kernels
-from ecombot.train.loss import head_cross_entropy_rows
-from ecombot.train.mlp import use_fused_mlp
-from ecombot.train.norm import GemmaRMSNorm, use_lean_norms
+from ecombot.speedups import kernels
+from ecombot.speedups.head import head_cross_entropy_rows
+from ecombot.speedups.mlp import use_fused_mlp
+from ecombot.speedups.norm import GemmaRMSNorm, use_lean_norms
 
 BF16_STEP = 2.0 ** -7  # relative spacing of bf16 numbers: results may differ by one rounding step
 
@@ -174,7 +174,7 @@ def test_bf16_training_on_a_cpu_uses_the_kernels(tiny_model_dir, small_dataset, 
                       max_steps=16, eval_steps=8, logging_steps=1, batch_size=4, learning_rate=1e-2, precision="bf16",
                       early_stopping_patience=0, warmup_ratio=0.0)
     result = train(cfg, show_progress=False)
-    assert result.results["cpu_kernels"] == "on" and result.results["precision"] == "bf16"
+    assert result.cpu_kernels == "on" and result.precision == "bf16"
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
               if "\"loss\"" in line]
     assert len(losses) == 16 and losses[-1] < losses[0] * 0.8  # it learns

@@ -1,8 +1,11 @@
 import torch
 
-from ecombot.train.data import PadCollator
-from ecombot.train.loss import supervised_loss, supervised_positions
+import pytest
+
 from conftest import make_tiny_model
+from ecombot import speedups
+from ecombot.models import PadCollator
+from ecombot.models.loss import supervised_loss, supervised_positions
 
 
 def batch():
@@ -26,8 +29,11 @@ def test_supervised_positions_shift_by_one():
     assert supervised_positions(b["labels"]).nonzero().tolist() == [[0, 2], [0, 3], [0, 4], [1, 1], [1, 2]]
 
 
-def test_answer_only_logits_give_the_full_logits_loss():
+@pytest.mark.parametrize("with_speedups", [False, True], ids=["plain", "speedups"])
+def test_answer_only_logits_give_the_full_logits_loss(with_speedups):
     model = make_tiny_model(vocab_size=64).eval()
+    if with_speedups:
+        speedups.apply(model, mode="train")
     b = batch()
     full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
     ours = supervised_loss(model, b)
@@ -37,9 +43,12 @@ def test_answer_only_logits_give_the_full_logits_loss():
                           full * 5 / 10, atol=1e-5)
 
 
-def test_gradients_match_the_full_logits_loss():
+@pytest.mark.parametrize("with_speedups", [False, True], ids=["plain", "speedups"])
+def test_gradients_match_the_full_logits_loss(with_speedups):
     model = make_tiny_model(vocab_size=64)
     b = batch()
+    if with_speedups:
+        speedups.apply(model, mode="train")
     model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -49,7 +58,7 @@ def test_gradients_match_the_full_logits_loss():
 
 
 def test_blocked_cross_entropy_equals_one_call(monkeypatch):
-    import ecombot.train.loss as loss
+    import ecombot.speedups.head as loss
 
     monkeypatch.setattr(loss, "CE_BLOCK_ELEMENTS", {"cpu": 7 * 64, "other": 7 * 64})  # 50 rows in 8 blocks
     torch.manual_seed(0)
@@ -57,7 +66,7 @@ def test_blocked_cross_entropy_equals_one_call(monkeypatch):
     original = logits.detach().clone()
     targets = torch.randint(0, 64, (50,))
     weights = torch.rand(50, dtype=torch.float64)
-    ours = loss.cross_entropy(logits, targets)
+    ours = loss.CrossEntropy.apply(logits, targets)
     (ours * weights).sum().backward()
     our_grad = logits.grad.clone()
     logits.grad = None
@@ -69,19 +78,19 @@ def test_blocked_cross_entropy_equals_one_call(monkeypatch):
 
 
 def test_bf16_logits_give_an_fp32_loss():
-    from ecombot.train.loss import cross_entropy
+    from ecombot.speedups.head import CrossEntropy
 
     torch.manual_seed(0)
     logits = (torch.randn(6, 300) * 4).to(torch.bfloat16)
     targets = torch.randint(0, 300, (6,))
-    ours = cross_entropy(logits, targets)
+    ours = CrossEntropy.apply(logits, targets)
     assert ours.dtype == torch.float32
     assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none"), atol=1e-5)
 
 
 def test_one_pass_head_cross_entropy_equals_logits_then_cross_entropy():
     """The online log-sum-exp over vocabulary chunks: exact in fp64, including rows whose maximum comes late."""
-    from ecombot.train.loss import head_cross_entropy_rows
+    from ecombot.speedups.head import head_cross_entropy_rows
 
     torch.manual_seed(0)
     hidden = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
@@ -104,13 +113,14 @@ def frozen_head_model():
 
 
 def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(monkeypatch):
-    import ecombot.train.loss as loss
+    import ecombot.speedups.head as loss
 
     # several row blocks (2 rows) for the 5 supervised positions, each walking the vocabulary in 5 chunks (the last
     # one short), so the running log-sum-exp is rescaled and targets fall in different chunks
     monkeypatch.setattr(loss, "HEAD_ROW_BLOCK", 2)
     monkeypatch.setattr(loss, "HEAD_VOCAB_CHUNK", {"cpu": 14, "other": 14})
     model = frozen_head_model()
+    speedups.apply(model, mode="train")
     assert loss.fusable_head(model) is model.lm_head
     b = batch()
     full = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
@@ -132,7 +142,7 @@ def test_frozen_head_is_fused_with_the_loss_and_gives_the_full_logits_results(mo
 
 
 def test_heads_the_loss_cannot_apply_itself_keep_the_logits_path():
-    from ecombot.train.loss import fusable_head
+    from ecombot.speedups.head import fusable_head
 
     assert fusable_head(make_tiny_model(vocab_size=64)) is None  # trainable head: its weight needs a gradient
     capped = frozen_head_model()
@@ -144,7 +154,7 @@ def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():
     """The no-copy lever: LoRA sees bf16 activations under autocast; loss and gradients match the copying path."""
     from peft import LoraConfig, get_peft_model
 
-    from ecombot.train.recipe import keep_activations_in_bf16
+    from ecombot.speedups.lora import keep_activations_in_bf16
 
     def run(no_copy: bool):
         torch.manual_seed(0)
@@ -170,9 +180,10 @@ def test_lora_inputs_stay_bf16_and_the_loss_does_not_change():
 
 
 def test_short_cpu_batches_attend_eagerly_with_the_same_loss_and_gradients(monkeypatch):
-    import ecombot.train.attention as attention
+    import ecombot.speedups.attention as attention
 
     model = frozen_head_model()
+    speedups.apply(model, mode="decode")
     assert model.config._attn_implementation == "sdpa"
     seen = []
     model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))

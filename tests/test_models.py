@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ecombot.errors import ModelError
-from ecombot.models import (DEFAULT_MODEL, check_adapter_dir, convert_gguf, cpu_has_native_bf16, load_for_inference,
-                            resolve_model, resolve_precision)
+from ecombot.models import (DEFAULT_MODEL, convert_gguf, cpu_has_native_bf16, load_for_inference, resolve_model,
+                            resolve_precision)
 from ecombot.models.registry import MARKER
+from ecombot.run_dir import RunDir
 
 
 def test_local_paths_are_checked(tmp_path):
@@ -103,7 +104,7 @@ def test_unfinished_run_is_not_an_adapter(tmp_path):
     run = tmp_path / "unfinished"
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ModelError, match="--resume"):
-        check_adapter_dir(run)
+        RunDir(run).check_adapter()
 
 
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_model_dir, small_dataset):

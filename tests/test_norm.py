@@ -1,7 +1,7 @@
 import torch
 
 from conftest import make_tiny_model
-from ecombot.train.norm import use_lean_norms
+from ecombot.speedups.norm import use_lean_norms
 
 
 def test_lean_norms_give_gemmas_values_and_gradients():
@@ -50,7 +50,7 @@ def test_lean_norm_saves_less_for_backward():
 
 
 def test_lean_norm_gradients_pass_gradcheck():
-    from ecombot.train.norm import GemmaRMSNorm
+    from ecombot.speedups.norm import GemmaRMSNorm
 
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
@@ -60,7 +60,7 @@ def test_lean_norm_gradients_pass_gradcheck():
 def test_frozen_norm_gain_is_computed_once_and_follows_weight_changes():
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
 
-    from ecombot.train.norm import gain_of
+    from ecombot.speedups.norm import gain_of
 
     norm = Gemma3RMSNorm(16)
     norm.weight.requires_grad_(False)

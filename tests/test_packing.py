@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from ecombot.train.data import PackedCollator, PadCollator, pack, pack_budget, packed_rows
-from ecombot.train.loss import batch_tokens, supervised_loss, token_losses
+from ecombot import speedups
+from ecombot.models import PadCollator
+from ecombot.models.loss import batch_tokens, supervised_loss, token_losses
+from ecombot.train.packing import PackedCollator, pack, pack_budget, packed_rows
 
 
 def examples(lengths: list[int], seed: int = 0) -> list[dict[str, list[int]]]:
@@ -61,14 +63,17 @@ def frozen_head_model(**config):
     return model
 
 
-@pytest.mark.parametrize("eager_budget", [1 << 22, 0], ids=["eager", "sdpa"])
+@pytest.mark.parametrize("eager_budget", [1 << 22, 0, None], ids=["eager", "sdpa", "without-speedups"])
 def test_packed_rows_give_the_padded_batch_loss_gradients_and_conversations(monkeypatch, eager_budget):
     """Same values as one padded batch: attention stays inside each conversation (sliding window included: 6 tokens
-    here, shorter than the conversations), positions restart, the row's padding changes nothing."""
-    import ecombot.train.attention as attention
+    here, shorter than the conversations), positions restart, the row's padding changes nothing. With the speed-ups
+    the packed kernel (eager or SDPA inside) does it; without them, Transformers' own mask from the positions."""
+    import ecombot.speedups.attention as attention
 
-    monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", eager_budget)
     model = frozen_head_model(sliding_window=6)  # the masks of padded batches read the config
+    if eager_budget is not None:
+        monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", eager_budget)
+        speedups.apply(model, mode="decode")
     for layer in model.model.layers:  # the packed kernel reads the layer's
         if layer.self_attn.sliding_window is not None:
             layer.self_attn.sliding_window = 6
@@ -93,6 +98,7 @@ def test_packed_rows_give_the_padded_batch_loss_gradients_and_conversations(monk
 def test_packed_attention_differs_without_the_conversation_boundaries():
     """The test above can fail: attending across the whole row changes the loss."""
     model = frozen_head_model().eval()
+    speedups.apply(model, mode="decode")
     exs = examples([9, 14, 5])
     batch = PackedCollator(0, 32)(packed_rows(exs, 32))
     packed = supervised_loss(model, batch)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ecombot.config import load_config
 from ecombot.errors import EcombotError
 from ecombot.train import train
-from ecombot.train.trainer import COMPLETE, latest_complete_checkpoint
+from ecombot.run_dir import COMPLETE_CHECKPOINT, RunDir
 
 
 def tiny_config(tiny_model_dir, data, output, **overrides):
@@ -50,7 +50,7 @@ def test_lora_run_directory_is_complete_and_loads_with_peft(tiny_model_dir, smal
     assert losses[-1] < losses[0] * 0.8  # it learns
     evals = [r for r in log if "eval_loss" in r]
     assert [r["step"] for r in evals] == [4, 8, 12, 16, 20, 24]
-    assert result.results["best_val_loss"] == pytest.approx(min(r["eval_loss"] for r in evals))
+    assert result.best_val_loss == pytest.approx(min(r["eval_loss"] for r in evals))
     assert all(r["tokens_per_s"] > 0 for r in log)
 
     assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,7 +67,7 @@ def test_other_methods_train(tiny_model_dir, small_dataset, tmp_path, method):
     run = tmp_path / method
     result = train(tiny_config(tiny_model_dir, small_dataset, run, method=method, max_steps=4, eval_steps=2),
                    show_progress=False)
-    assert result.results["steps"] == 4
+    assert result.steps == 4
     adapter_config = json.loads((run / "adapter_config.json").read_text())
     assert adapter_config["use_dora"] is (method == "dora")
     assert len(load_file(run / "adapter_model.safetensors")) > 0
@@ -94,11 +94,10 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_model_dir, small_dataset,
     # warmup to an absurd learning rate: validation loss first falls, then climbs (measured: best at step 12 of 16)
     result = train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=40, eval_steps=2, learning_rate=50.0,
                                warmup_ratio=0.3, early_stopping_patience=2, save_total_limit=1), show_progress=False)
-    r = result.results
-    assert r["stopped_early"] and r["steps"] < 40
-    assert r["best_step"] < r["steps"]
+    assert result.stopped_early and result.steps < 40
+    assert result.best_step < result.steps
     kept = load_file(run / "adapter_model.safetensors")
-    best = load_file(run / "checkpoints" / f"checkpoint-{r['best_step']}" / "adapter_model.safetensors")
+    best = load_file(run / "checkpoints" / f"checkpoint-{result.best_step}" / "adapter_model.safetensors")
     assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
 
 
@@ -118,12 +117,12 @@ def test_existing_run_directory_is_not_overwritten_by_accident(tiny_model_dir, s
 
 def test_interrupted_checkpoint_is_ignored(tmp_path):
     for step, complete in ((3, True), (6, True), (9, False)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
         if complete:
-            (folder / COMPLETE).write_text("ok")
-    assert latest_complete_checkpoint(tmp_path).name == "checkpoint-6"
-    assert latest_complete_checkpoint(tmp_path / "none") is None
+            (folder / COMPLETE_CHECKPOINT).write_text("ok")
+    assert RunDir(tmp_path).latest_checkpoint().name == "checkpoint-6"
+    assert RunDir(tmp_path / "none").latest_checkpoint() is None
 
 
 def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model_dir, small_dataset, tmp_path):
@@ -142,7 +141,7 @@ def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model
     proc = subprocess.Popen([*command, "--output", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "checkpoint-9" / COMPLETE).exists():
+    while not (killed / "checkpoints" / "checkpoint-9" / COMPLETE_CHECKPOINT).exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -208,6 +207,6 @@ def test_trainer_counts_flops_like_transformers_and_leaves_older_objects_to_gc_o
 def test_a_run_without_validation_writes_its_adapter_but_no_final_checkpoint(tiny_model_dir, small_dataset, tmp_path):
     run = tmp_path / "run"
     result = train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=3, val_fraction=0.0), show_progress=False)
-    assert result.results["steps"] == 3 and result.results["best_val_loss"] is None
+    assert result.steps == 3 and result.best_val_loss is None
     assert (run / "adapter_model.safetensors").is_file()
     assert not list((run / "checkpoints").glob("checkpoint-*"))  # nothing to resume or choose from

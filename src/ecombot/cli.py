@@ -43,8 +43,7 @@ def data_inspect(
 
     convs, report = load_conversations(file)
     if tokens and convs:
-        from ecombot.models import load_tokenizer, resolve_model
-        from ecombot.train.data import encode_conversations
+        from ecombot.models import encode_conversations, load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model))
         encoded = encode_conversations(convs, tokenizer, system_prompt, max_length)
@@ -123,12 +122,12 @@ def train(
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
         return
-    r = result.results
-    console.print(f"[green]done[/green]: {result.run_dir}  steps {r['steps']}, best validation loss "
-                  f"{r['best_val_loss'] if r['best_val_loss'] is None else round(r['best_val_loss'], 4)} "
-                  f"(step {r['best_step']}), {r['tokens_per_s']:.0f} tokens/s")
-    if r["cpu_kernels"].startswith("off"):
-        console.print(f"[yellow]note[/yellow]: fused CPU kernels {r['cpu_kernels']}; PyTorch's ops ran instead "
+    best = result.best_val_loss
+    console.print(f"[green]done[/green]: {result.run.path}  steps {result.steps}, best validation loss "
+                  f"{best if best is None else round(best, 4)} (step {result.best_step}), "
+                  f"{result.tokens_per_s:.0f} tokens/s")
+    if result.cpu_kernels.startswith("off"):
+        console.print(f"[yellow]note[/yellow]: fused CPU kernels {result.cpu_kernels}; PyTorch's ops ran instead "
                       "(same results, ~17% slower steps on the CPU this was measured on)")
 
 
@@ -235,14 +234,15 @@ def serve(
     import uvicorn
 
     from ecombot.chat import Decoding
-    from ecombot.models import DEFAULT_MODEL, read_adapter_base
+    from ecombot.models import DEFAULT_MODEL
+    from ecombot.run_dir import RunDir
     from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
 
     adapters = parse_adapters(adapter)
     keys = [k.strip() for spec in api_key for k in spec.split(",") if k.strip()]
     store = Store(db, redact_text=redact)
     engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
-    base_spec = model or (read_adapter_base(adapters[0][1]) if adapters else DEFAULT_MODEL)
+    base_spec = model or (RunDir(adapters[0][1]).base_model() if adapters else DEFAULT_MODEL)
     config = ServeConfig(model_name=Path(base_spec).name, api_keys=keys, cors_origins=cors_origin, web=web,
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,

@@ -13,7 +13,6 @@ from ecombot.chat import fill_placeholders
 from ecombot.config import load_config
 from ecombot.evaluate import EvalConfig, print_table, run_evaluation
 from ecombot.train import train
-from ecombot.train.recipe import write_json
 
 # Tuned to finish within ~18 minutes on a 2-core CPU, first model conversion included (README "Main job").
 QUICKSTART = {"max_steps": 200, "learning_rate": 1e-3, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}
@@ -50,18 +49,18 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                   "(the first run converts the model once, about a minute).")
     cfg = load_config(None, output=output, model=model, **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
     result = train(cfg, overwrite=True)
-    console.print(f"     {result.results['steps']} steps in {result.results['train_seconds']:.0f} s, "
-                  f"best validation loss {result.results['best_val_loss']:.3f} (step {result.results['best_step']})")
+    console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
+                  f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
 
     console.print(f"2/2  Evaluating base model, retrieval baseline and fine-tuned adapter on {EVAL_ITEMS} held-out "
                   "test conversations.")
-    eval_dir = result.run_dir / "eval"
-    paths = run_evaluation(EvalConfig(adapters=[str(result.run_dir)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
+    eval_dir = result.run.path / "eval"
+    paths = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
                                       output=str(eval_dir), seed=cfg.seed, val_fraction=cfg.val_fraction,
                                       test_fraction=cfg.test_fraction, max_new_tokens=100), console)
     results = json.loads(paths["results"].read_text())
     predictions = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
-    tuned = result.run_dir.resolve().name
+    tuned = result.run.name
 
     console.rule("Held-out test questions (never seen in training)")
     examples = pick_examples(predictions, SHOWN_QUESTIONS)
@@ -79,12 +78,12 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     elapsed = time.time() - started
     console.print(f"Held-out loss per answer token: base {before:.3f} -> fine-tuned {after:.3f}. "
                   f"Done in {elapsed / 60:.1f} min.")
-    console.print(f"Report: {paths['report']}  —  chat with the adapter: [bold]ecombot chat --adapter {result.run_dir}[/bold]")
-    summary = {"run_dir": str(result.run_dir), "loss_before": before, "loss_after": after,
-               "elapsed_s": round(elapsed, 1), "train": result.results, "report": str(paths["report"]),
+    console.print(f"Report: {paths['report']}  —  chat with the adapter: [bold]ecombot chat --adapter {result.run.path}[/bold]")
+    summary = {"run_dir": str(result.run.path), "loss_before": before, "loss_after": after,
+               "elapsed_s": round(elapsed, 1), "train": result.to_dict(), "report": str(paths["report"]),
                "systems": {name: {m: s[m]["value"] if s[m] else None for m in ("bleu", "chrf", "rouge_l", "semantic",
                                                                                 "intent_accuracy", "loss")}
                            for name, s in results["systems"].items()},
                "answers": examples}
-    write_json(result.run_dir / "quickstart.json", summary)
+    result.run.write_json("quickstart.json", summary)
     return summary

@@ -18,8 +18,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from ecombot import speedups
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import LoadedModel, encode_prompt, read_run_system_prompt, stop_token_ids, with_system
+from ecombot.models import LoadedModel, encode_prompt, stop_token_ids, with_system
+from ecombot.run_dir import RunDir
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
 
@@ -171,7 +173,7 @@ class TransformersEngine:
         self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
         self.system_prompts: dict[str, str | None] = {BASE: system_prompt}
         if self.default_adapter != BASE:
-            self.system_prompts[self.default_adapter] = (read_run_system_prompt(loaded.adapter_dir)
+            self.system_prompts[self.default_adapter] = (RunDir(loaded.adapter_dir).system_prompt()
                                                          if loaded.adapter_dir else system_prompt)
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
@@ -179,16 +181,14 @@ class TransformersEngine:
         return list(getattr(self.model, "peft_config", {}))
 
     def speed_up_decoding(self, bits: int = 8) -> None:
-        """On CPUs with bf16 weights, answer one-token steps with int8/int4 weights (models/lowbit_decode.py).
+        """On CPUs with bf16 weights, answer one-token steps with int8/int4 weights (speedups/lowbit.py).
 
         Call it once every adapter is loaded; batched calls and training-style losses are unchanged.
         """
-        from ecombot.models.lowbit_decode import kernels_available, use_low_bit_decoding
-
         if bits not in (4, 8, 16):
             raise EcombotError(f"decode bits must be 4, 8 or 16, got {bits}")
-        if bits in (4, 8) and self.loaded.device == "cpu" and self.loaded.precision == "bf16" and kernels_available():
-            self.low_bit_layers = use_low_bit_decoding(self.model, bits)
+        applied = speedups.apply(self.model, mode="decode", low_bit=bits if bits in (4, 8) else None)
+        self.low_bit_layers = applied.changed.get("low_bit", 0)
 
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Load another adapter of the same base model next to the ones already loaded (no base reload)."""
@@ -201,7 +201,7 @@ class TransformersEngine:
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
-        self.system_prompts[name] = read_run_system_prompt(Path(path))
+        self.system_prompts[name] = RunDir(path).system_prompt()
 
     def override_system_prompt(self, system_prompt: str | None) -> None:
         """Tell the base model and every adapter `system_prompt` (a user's explicit choice over the runs')."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecombot.evaluate.loss import heldout_loss, item_losses
+from ecombot.evaluate.heldout import heldout_loss, item_losses
 from ecombot.evaluate.run import SYSTEMS, EvalConfig, evaluate
 
 

@@ -19,7 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ecombot.errors import ModelError
-from ecombot.models import check_adapter_dir, read_adapter_base, resolve_model
+from ecombot.models import resolve_model
+from ecombot.run_dir import RunDir
 
 ENERGY = 0.90
 
@@ -61,13 +62,14 @@ def _base_tensor_reader(model_dir: Path):
 
 
 def inspect_adapter(run_dir: str | Path, model: str | None = None) -> dict:
-    run_dir = Path(run_dir)
-    check_adapter_dir(run_dir)
+    run = RunDir(run_dir)
+    run.check_adapter()
+    run_dir = run.path
     config = json.loads((run_dir / "adapter_config.json").read_text())
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
     weights = load_file(run_dir / "adapter_model.safetensors")
-    read_base = _base_tensor_reader(resolve_model(model or read_adapter_base(run_dir)))
+    read_base = _base_tensor_reader(resolve_model(model or run.base_model()))
     modules, trainable = [], sum(t.numel() for t in weights.values())
     in_model_order = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]  # noqa: E731
     for key in sorted((k for k in weights if k.endswith("lora_A.weight")), key=in_model_order):
@@ -83,9 +85,8 @@ def inspect_adapter(run_dir: str | Path, model: str | None = None) -> dict:
     if not modules:
         raise ModelError(f"{run_dir}: the adapter has no LoRA A/B matrices to inspect")
     base_params = None
-    run_config = run_dir / "run_config.json"
-    if run_config.is_file():
-        info = json.loads(run_config.read_text())
+    info = run.info()
+    if info is not None:
         base_params = info.get("total_parameters", 0) - info.get("trainable_parameters", 0) or None
     return {
         "run": str(run_dir), "rank": r, "alpha": alpha, "scale": scale, "dora": bool(config.get("use_dora")),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecombot.train.report import plot_loss_curve
+from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
 TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s")
@@ -95,9 +95,9 @@ def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = 
     if heatmap:
         images["intents"] = heatmap
     for i, adapter in enumerate(results["adapters"]):
-        log = Path(adapter) / "train_log.jsonl"
-        if log.is_file():
-            images[f"loss curve {Path(adapter).name}"] = plot_loss_curve(log, output / f"loss_curve_{i}.png")
+        run = RunDir(adapter)
+        if run.log_file.is_file():
+            images[f"loss curve {run.path.name}"] = run.plot_loss_curve(output / f"loss_curve_{i}.png")
     for i, anatomy in enumerate(anatomies or []):
         images[f"adapter anatomy {Path(anatomy['run']).name}"] = plot_anatomy(anatomy, output / f"anatomy_{i}.png")
 

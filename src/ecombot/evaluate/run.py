@@ -21,7 +21,8 @@ from ecombot.data import Conversation, clean, leaked_questions, prepare, read_fi
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.embeddings import embed
-from ecombot.evaluate.loss import item_losses
+from ecombot.evaluate.heldout import item_losses
+from ecombot.run_dir import RunDir
 
 SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval")
 
@@ -68,8 +69,7 @@ def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], 
         if cfg.data:
             train = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed).split.train
             source.update(data=cfg.data, data_sha256=file_hash(Path(cfg.data)))
-        elif cfg.adapters and (Path(cfg.adapters[0]) / "data" / "train.jsonl").is_file():
-            train_file = Path(cfg.adapters[0]) / "data" / "train.jsonl"
+        elif cfg.adapters and (train_file := RunDir(cfg.adapters[0]).train_split()):
             train = read_file(train_file).conversations
             source.update(data=str(train_file), data_sha256=file_hash(train_file))
     else:
@@ -182,7 +182,7 @@ def per_intent(test: list[Conversation], per_item: dict[str, list[float]]) -> di
 
 
 def evaluate(cfg: EvalConfig, console=None) -> dict:
-    from ecombot.models import load_for_inference, read_adapter_base
+    from ecombot.models import load_for_inference
 
     unknown = set(cfg.systems) - set(SYSTEMS)
     if unknown:
@@ -211,7 +211,7 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
         seconds = time.time() - started
         systems.append(SystemAnswers("retrieval", answers, [seconds / len(test)] * len(test), [0] * len(test), seconds))
 
-    model_spec = cfg.model or (read_adapter_base(Path(cfg.adapters[0])) if cfg.adapters else None)
+    model_spec = cfg.model or (RunDir(cfg.adapters[0]).base_model() if cfg.adapters else None)
     if {"base", "base-fewshot", "finetuned", "finetuned+retrieval"} & set(cfg.systems):
         names = [Path(a).resolve().name for a in cfg.adapters]
         loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ecombot import speedups
 from ecombot.errors import ModelError
 from ecombot.models.device import pick_device, resolve_precision
 from ecombot.models.registry import bf16_weights, resolve_model
 from ecombot.models.template import ensure_chat_template
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
+from ecombot.run_dir import RunDir
 
 def load_tokenizer(model_dir: Path):
     from transformers import AutoConfig, AutoTokenizer
@@ -61,27 +59,6 @@ def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantiz
     return model
 
 
-def read_adapter_base(adapter_dir: Path) -> str:
-    """The model spec a run was trained on: its run config's `model`, else the adapter's base path."""
-    run_config = adapter_dir / "run_config.json"
-    if run_config.is_file():
-        return json.loads(run_config.read_text())["config"]["model"]
-    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-
-
-def read_run_system_prompt(adapter_dir: Path) -> str | None:
-    """The system prompt a run was trained with (None: none, or an adapter trained outside ecombot)."""
-    run_config = adapter_dir / "run_config.json"
-    return (json.loads(run_config.read_text()).get("system_prompt") or None) if run_config.is_file() else None
-
-
-def check_adapter_dir(adapter_dir: Path) -> None:
-    missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
-    if not adapter_dir.is_dir() or missing:
-        raise ModelError(f"{adapter_dir}: not a trained ecombot run or PEFT adapter (missing {', '.join(missing) or 'dir'}); "
-                         "an unfinished run keeps its checkpoints in checkpoints/ (continue it with --resume)")
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -99,8 +76,8 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
 
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None:
-        check_adapter_dir(adapter_dir)
-    spec = model or (read_adapter_base(adapter_dir) if adapter_dir else None)
+        RunDir(adapter_dir).check_adapter()
+    spec = model or (RunDir(adapter_dir).base_model() if adapter_dir else None)
     if spec is None:
         from ecombot.models.registry import DEFAULT_MODEL
         spec = DEFAULT_MODEL
@@ -116,4 +93,5 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
         except Exception as exc:
             raise ModelError(f"{adapter_dir}: the adapter does not fit base model {spec} ({type(exc).__name__}: {exc})") from None
     base.eval()
+    speedups.apply(base, mode="decode")  # scoring (held-out loss) with the fast attention and head
     return LoadedModel(base, tokenizer, model_dir, device, precision, adapter_dir)

@@ -18,14 +18,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ecombot.errors import ModelError
+from ecombot.home import ecombot_home
 
 DEFAULT_MODEL = "gemma-3-270m"
 MARKER = "ecombot-model.json"  # written last: its presence means the cached model is complete
 BF16_DIR = "bf16"  # inside a cached model: its weights in bf16, for bf16 training and inference
-
-
-def ecombot_home() -> Path:
-    return Path(os.environ.get("ECOMBOT_HOME") or Path.home() / ".cache" / "ecombot").expanduser()
 
 
 def cached_model(name: str) -> Path | None:

@@ -29,15 +29,17 @@ def build_engine(model: str | None, adapters: list[tuple[str, Path]], decoding: 
                  precision: str = "auto", decode_bits: int = 16) -> TransformersEngine:
     """One base model in memory with every adapter loaded by name; each answers with its run's system prompt,
     the base model with the store prompt."""
-    from ecombot.models import check_adapter_dir, load_for_inference, read_adapter_base, resolve_model
+    from ecombot.models import load_for_inference, resolve_model
+    from ecombot.run_dir import RunDir
 
     first_name, first_dir = adapters[0] if adapters else ("default", None)
     loaded = load_for_inference(model=model, adapter=first_dir, precision=precision, adapter_name=first_name)
     engine = TransformersEngine(loaded, BUILTIN_SYSTEM_PROMPT, decoding)
     for name, path in adapters[1:]:
-        check_adapter_dir(path)
-        if model is None and resolve_model(read_adapter_base(path)) != loaded.model_dir:
-            raise ModelError(f"{path}: adapter {name!r} was trained on {read_adapter_base(path)}, not on the "
+        run = RunDir(path)
+        run.check_adapter()
+        if model is None and resolve_model(run.base_model()) != loaded.model_dir:
+            raise ModelError(f"{path}: adapter {name!r} was trained on {run.base_model()}, not on the "
                              f"base model of {first_dir} ({loaded.model_dir}); serve them from separate servers")
         engine.add_adapter(name, path)
     engine.speed_up_decoding(decode_bits)

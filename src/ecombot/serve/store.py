@@ -97,7 +97,7 @@ class ExportReport:
 
 
 def default_url() -> str:
-    from ecombot.models.registry import ecombot_home
+    from ecombot.home import ecombot_home
 
     home = ecombot_home()
     home.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Training stage: LoRA / QLoRA / DoRA fine-tuning on Transformers' Trainer."""
 
-from ecombot.train.recipe import TrainResult, train
+from ecombot.train.recipe import train
+from ecombot.train.result import TrainResult
 
 __all__ = ["TrainResult", "train"]

@@ -1,5 +1,5 @@
 """Transformers' Trainer with three changes that matter for support bots on small machines:
-supervised-positions-only loss (see loss.py), checkpoints that are marked complete only once fully
+supervised-positions-only loss (models/loss.py), checkpoints that are marked complete only once fully
 written, and a progress bar + JSONL log that show loss, tokens/s and ETA."""
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ecombot.train.loss import batch_tokens, supervised_loss
-
-COMPLETE = "ecombot-complete"  # marker file: a checkpoint without it was interrupted mid-write
-
+from ecombot.models.loss import batch_tokens, supervised_loss
+from ecombot.run_dir import COMPLETE_CHECKPOINT
 
 class RunLogger(TrainerCallback):
     """Progress bar (loss, tokens/s, ETA) and a JSONL training log, one line per logging step."""
@@ -127,10 +125,4 @@ class SupervisedTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / COMPLETE).write_text("ok\n")
-
-
-def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint that was fully written (interrupted ones are ignored)."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+            (folder / COMPLETE_CHECKPOINT).write_text("ok\n")

@@ -1,12 +1,6 @@
-"""Causal-LM loss computed only where it is needed, with the output head fused into the cross-entropy.
+"""The cross-entropy of the supervised positions (models/loss.py), with the output head fused into it.
 
-Why by hand: Gemma's 262k-token vocabulary makes the output head the largest cost of a step, and
-the prompt tokens (system prompt, customer question) need no logits at all. Passing a boolean
-`logits_to_keep` mask through the model's own forward (Transformers >= 5) projects only the
-supervised positions, so the loss is identical to the full-logits loss at a fraction of the cost,
-and the call still goes through the (DDP/FSDP-wrapped) model's forward.
-
-Even the supervised positions' logits are big (376 answer tokens x 262k x bf16 = 197 MB, and as much
+Why by hand: even the supervised positions' logits are big (376 answer tokens x 262k x bf16 = 197 MB, and as much
 again for their gradient). The cross-entropy's gradient with respect to the logits is known in the
 forward pass (softmax - one_hot), so both functions below compute it there and keep only what backward
 needs. The fused head goes further: it walks the vocabulary once in chunks, keeping a running
@@ -21,8 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ecombot.train import kernels
-from ecombot.train.attention import attention_for, unwrapped
+from ecombot.speedups import kernels
+from ecombot.speedups.attention import unwrapped
 
 # fp32 elements of one cross-entropy block. On a CPU a 16 MB block (16 rows of Gemma's 262k vocabulary) stays in
 # cache across the passes over it: 0.17 s for 376 x 262k logits forward + backward vs 0.46 s with 128-row blocks
@@ -141,18 +135,6 @@ class HeadCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy (no ignore index: pass only supervised positions), in fp32 at least."""
-    return CrossEntropy.apply(logits, targets)
-
-
-def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Mask of the positions whose next token is supervised (where the model must predict an answer token)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != -100
-    return keep
-
-
 def fusable_head(model) -> torch.nn.Module | None:
     """The output head, if the loss may apply its weight itself: frozen, no bias, plain logits (no soft-capping)."""
     model = unwrapped(model)
@@ -186,46 +168,12 @@ def head_fused_with_loss(head: torch.nn.Module, targets: torch.Tensor):
         handle.remove()
 
 
-def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every supervised token, and the conversation it belongs to (its batch row, or for a packed
-    row its place in the row).
-
-    `batch`: input_ids and labels, plus attention_mask (padded rows) or position_ids and cu_seq_lens (a packed row,
-    see data.PackedCollator)."""
-    input_ids, labels, cu_seq_lens = batch["input_ids"], batch["labels"], batch.get("cu_seq_lens")
-    keep = supervised_positions(labels)
-    targets = labels[:, 1:][keep[:, :-1]]
-    inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
-    if cu_seq_lens is None:
-        inputs["attention_mask"] = batch["attention_mask"]
-    else:
-        inputs["position_ids"] = batch["position_ids"]
+def forward_losses(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of `targets` through the model's own forward: the head fused with the loss where it
+    is frozen and plain, else the kept positions' logits with the lean cross-entropy above."""
     head = fusable_head(model)
-    with attention_for(model, input_ids, cu_seq_lens):
-        if head is None:
-            losses = cross_entropy(model(**inputs).logits, targets)
-        else:
-            with head_fused_with_loss(head, targets) as result:
-                model(**inputs)
-            losses = result["losses"]
-    where = keep.nonzero()
-    if cu_seq_lens is None:
-        return losses, where[:, 0]
-    return losses, torch.searchsorted(cu_seq_lens, where[:, 1], right=True) - 1
-
-
-def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens of the batch's conversations (padding not counted)."""
-    if "cu_seq_lens" in batch:
-        return int(batch["cu_seq_lens"][-1])
-    return int(batch["attention_mask"].sum())
-
-
-def supervised_loss(model, batch: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
-    losses, _ = token_losses(model, batch)
-    total = losses.sum()
-    denominator = losses.numel() if num_items is None else num_items
-    if isinstance(denominator, torch.Tensor):
-        return total / denominator.to(total.device).clamp(min=1)
-    return total / max(denominator, 1)
+    if head is None:
+        return CrossEntropy.apply(model(**inputs).logits, targets)
+    with head_fused_with_loss(head, targets) as result:
+        model(**inputs)
+    return result["losses"]

@@ -8,11 +8,9 @@ bf16 CPU tensors when the kernels are available; otherwise the model's own forwa
 
 from __future__ import annotations
 
-import types
-
 import torch
 
-from ecombot.train import kernels
+from ecombot.speedups import kernels, patch_forward
 
 # MLP modules computing down_proj(act_fn(gate_proj(x)) * up_proj(x)), with the activation they must have.
 GATED_MLPS = {"GemmaMLP", "Gemma2MLP", "Gemma3MLP"}
@@ -41,10 +39,5 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def use_fused_mlp(model: torch.nn.Module) -> int:
     """Give every Gemma MLP with a tanh GELU the fused activation; returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        activation = getattr(getattr(module, "config", None), "hidden_activation", None)
-        if type(module).__name__ in GATED_MLPS and activation in TANH_GELU:
-            module.forward = types.MethodType(_forward, module)
-            changed += 1
-    return changed
+    return patch_forward(model, lambda m: type(m).__name__ in GATED_MLPS
+                         and getattr(getattr(m, "config", None), "hidden_activation", None) in TANH_GELU, _forward)

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from ecombot.data import Conversation
-from ecombot.train.data import PadCollator, encode_conversations
-from ecombot.train.loss import token_losses
+from ecombot.models import PadCollator, encode_conversations, token_losses
 
 
 @torch.inference_mode()

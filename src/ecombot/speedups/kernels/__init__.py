@@ -71,7 +71,7 @@ def _run(command: list[str]) -> None:
 
 
 def _build(compiler: str) -> Path:
-    from ecombot.models.registry import ecombot_home
+    from ecombot.home import ecombot_home
 
     openmp = _loaded_openmp_runtime()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout

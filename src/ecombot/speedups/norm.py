@@ -13,11 +13,9 @@ For frozen norms on bf16 CPU tensors the forward and backward are one fused kern
 
 from __future__ import annotations
 
-import types
-
 import torch
 
-from ecombot.train import kernels
+from ecombot.speedups import kernels, patch_forward
 
 # Modules computing norm(x.float()) * (1 + weight.float()) cast back to x's dtype (Gemma 1/2/3).
 GEMMA_NORMS = {"GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm"}
@@ -75,9 +73,4 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
 
 def use_lean_norms(model: torch.nn.Module) -> int:
     """Give every Gemma RMSNorm of `model` the lean backward; returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        if type(module).__name__ in GEMMA_NORMS:
-            module.forward = types.MethodType(_forward, module)
-            changed += 1
-    return changed
+    return patch_forward(model, lambda m: type(m).__name__ in GEMMA_NORMS, _forward)

@@ -1,0 +1,11 @@
+"""Where ecombot keeps what it builds once per machine: converted models, compiled kernels, the default database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ecombot_home() -> Path:
+    """$ECOMBOT_HOME, else ~/.cache/ecombot."""
+    return Path(os.environ.get("ECOMBOT_HOME") or Path.home() / ".cache" / "ecombot").expanduser()

@@ -1,0 +1,66 @@
+"""What the model is scored on: the cross-entropy of answer tokens only, the same in training and evaluation.
+
+Why by hand: Gemma's 262k-token vocabulary makes the output head the largest cost of a step, and the prompt tokens
+(system prompt, customer question) need no logits at all. Passing a boolean `logits_to_keep` mask through the
+model's own forward (Transformers >= 5) projects only the supervised positions, so the loss equals the full-logits
+loss at a fraction of the cost, and the call still goes through the (DDP/FSDP-wrapped) model's forward.
+
+A packed row (train/packing.py) carries `position_ids` that restart at each conversation and no attention mask:
+Transformers then attends within each conversation by itself. Models given `speedups.apply` compute the same
+losses with faster kernels (per-conversation attention, the head fused into the loss).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecombot import speedups
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Mask of the positions whose next token is supervised (where the model must predict an answer token)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every supervised token, and the conversation it belongs to (its batch row, or for a packed
+    row its place in the row).
+
+    `batch`: input_ids and labels, plus attention_mask (padded rows) or position_ids and cu_seq_lens (a packed row,
+    see train.packing.PackedCollator)."""
+    input_ids, labels, cu_seq_lens = batch["input_ids"], batch["labels"], batch.get("cu_seq_lens")
+    keep = supervised_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
+    if cu_seq_lens is None:
+        inputs["attention_mask"] = batch["attention_mask"]
+    else:
+        inputs["position_ids"] = batch["position_ids"]
+    losses = speedups.forward_losses(model, inputs, targets, cu_seq_lens)
+    if losses is None:  # no speed-ups on this model: its own forward and PyTorch's cross-entropy
+        logits = model(**inputs).logits
+        losses = torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                                   targets, reduction="none")
+    where = keep.nonzero()
+    if cu_seq_lens is None:
+        return losses, where[:, 0]
+    return losses, torch.searchsorted(cu_seq_lens, where[:, 1], right=True) - 1
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of the batch's conversations (padding not counted)."""
+    if "cu_seq_lens" in batch:
+        return int(batch["cu_seq_lens"][-1])
+    return int(batch["attention_mask"].sum())
+
+
+def supervised_loss(model, batch: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
+    losses, _ = token_losses(model, batch)
+    total = losses.sum()
+    denominator = losses.numel() if num_items is None else num_items
+    if isinstance(denominator, torch.Tensor):
+        return total / denominator.to(total.device).clamp(min=1)
+    return total / max(denominator, 1)

@@ -1,0 +1,110 @@
+"""Speed-ups: faster ways to compute exactly what training, evaluation and decoding already compute.
+
+Nothing here changes what a model means (which tokens are scored, which weights are trained): each piece replaces a
+computation by a faster one with the same values up to rounding, and is tested against it. `apply` puts them on a
+model and says what it changed; `ECOMBOT_SPEEDUPS=0` turns every one of them off (then the model runs
+Transformers', PEFT's and PyTorch's own code), `ECOMBOT_CPU_KERNELS=0` only the compiled C kernels.
+
+| piece        | what it replaces                                                        | modes         |
+|--------------|-------------------------------------------------------------------------|---------------|
+| lora.py      | PEFT's LoRA forward/backward (one fused function, bf16 inputs kept)     | train         |
+| norm.py      | Gemma's RMSNorm (lean backward; C kernel on bf16 CPUs)                  | train         |
+| mlp.py       | GELU(gate) * up (C kernel on bf16 CPUs)                                 | train         |
+| attention.py | attention over a packed row / short CPU batches                         | train, decode |
+| head.py      | output head + cross-entropy of the answer tokens (one pass, no logits)  | train, decode |
+| lowbit.py    | one-token decoding steps with int8/int4 weights (bf16 CPUs)             | decode        |
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ecombot.speedups import kernels
+from ecombot.speedups.attention import attention_for, unwrapped
+
+MODES = ("train", "decode")
+MARK = "_ecombot_speedups"  # attribute of the (unwrapped) model: the Applied record
+
+
+@dataclass
+class Applied:
+    """What `apply` changed on a model (recorded in a run's run_config.json)."""
+
+    mode: str
+    changed: dict[str, int] = field(default_factory=dict)  # piece -> modules changed (1 for per-model pieces)
+    cpu_kernels: str = "not used"  # kernels.status() where the C kernels can run, else why not
+    off: str | None = None  # why nothing was applied
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "changed": dict(self.changed), "cpu_kernels": self.cpu_kernels, "off": self.off}
+
+
+def enabled() -> bool:
+    return os.environ.get("ECOMBOT_SPEEDUPS", "1") != "0"
+
+
+def patch_forward(model: torch.nn.Module, wants: Callable[[torch.nn.Module], bool], forward: Callable) -> int:
+    """Give every module of `model` for which `wants(module)` holds the bound method `forward`; returns how many.
+
+    An instance attribute, so the module's class (and every other model using it) is left untouched."""
+    changed = 0
+    for module in model.modules():
+        if wants(module):
+            module.forward = types.MethodType(forward, module)
+            changed += 1
+    return changed
+
+
+def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = None) -> Applied:
+    """Put the speed-ups of `mode` on `model` (a PEFT or plain Transformers model); safe to call again.
+
+    train: every LoRA layer, norm and MLP of the model; per-batch attention and the fused head in the loss.
+    decode: per-batch attention and the fused head when scoring; with `low_bit` 8 or 4, one-token steps of a bf16
+    CPU model with int8 (or int4) weights — call it then only once every adapter is loaded.
+    """
+    from ecombot.speedups import lora, lowbit, mlp, norm
+
+    if mode not in MODES:
+        raise ValueError(f"speed-up mode must be one of {MODES}, got {mode!r}")
+    base = unwrapped(model)
+    applied: Applied = getattr(base, MARK, None) or Applied(mode)
+    if not enabled():
+        applied.off = "switched off (ECOMBOT_SPEEDUPS=0)"
+        return applied
+    changed = applied.changed
+    changed.update(attention=1, fused_head=1)
+    parameter = next(model.parameters(), None)
+    on_cpu_bf16 = parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
+    if mode == "train":
+        changed["lora"] = lora.use_fused_lora(model)
+        computes_in_bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
+        changed["lora_bf16_inputs"] = lora.keep_activations_in_bf16(model) if computes_in_bf16 else 0
+        changed["norms"] = norm.use_lean_norms(model)
+        changed["mlp"] = mlp.use_fused_mlp(model)
+    if low_bit in (4, 8) and on_cpu_bf16 and lowbit.kernels_available() and not changed.get("low_bit"):
+        changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
+    if on_cpu_bf16 and mode == "train":
+        applied.cpu_kernels = kernels.status()
+    setattr(base, MARK, applied)
+    return applied
+
+
+def applied_to(model: torch.nn.Module) -> Applied | None:
+    return getattr(unwrapped(model), MARK, None)
+
+
+def forward_losses(model, inputs: dict, targets: torch.Tensor, cu_seq_lens: torch.Tensor | None) -> torch.Tensor | None:
+    """The answer tokens' cross-entropy through the model's forward with the speed-ups on it, or None for a model
+    without them (models/loss.py then runs the model's own forward)."""
+    from ecombot.speedups.head import forward_losses as head_losses
+
+    applied = applied_to(model)
+    if applied is None or not applied.changed:
+        return None
+    with attention_for(model, inputs["input_ids"], cu_seq_lens):
+        return head_losses(model, inputs, targets)

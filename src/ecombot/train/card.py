@@ -1,0 +1,64 @@
+"""The model card a finished run leaves beside its adapter (README.md in the Hugging Face Hub's format)."""
+
+from __future__ import annotations
+
+import json
+
+from ecombot.config import TrainConfig
+from ecombot.data import DataReport
+from ecombot.train.result import TrainResult
+
+
+def optional(value: float | None) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def model_card(config: TrainConfig, data: DataReport, result: TrainResult) -> str:
+    """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
+    base, method, packing = config.model, config.method, result.packing
+    packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
+    card = f"""---
+library_name: peft
+base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m")}
+pipeline_tag: text-generation
+tags:
+- ecombot
+- customer-support
+- {method}
+---
+
+# ecombot support adapter ({method})
+
+A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecombot/) to answer e-commerce
+customer-support questions.
+
+- Base model: `{base}` (loaded from `{result.model_dir}`){" — Gemma terms of use apply" if "gemma" in base else ""}
+- Method: {method}, rank {config.rank}, alpha {config.alpha}, dropout {config.dropout},
+  rsLoRA {config.rslora}, target modules {config.target_modules}
+- Training: learning rate {config.learning_rate}, batch {config.batch_size} x {config.grad_accum} accumulation{packed},
+  {result.steps} optimizer steps, warmup {config.warmup_ratio} then cosine, seed {config.seed},
+  precision {result.precision} on {result.device}
+- Loss: only on assistant tokens, including the end-of-turn token.
+
+## Data
+- Source: `{data.path}` ({data.format}), {data.rows_read} rows read, {data.kept} kept,
+  dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}
+- Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
+  {len(data.intents)} intents, {data.multi_turn} multi-turn conversations
+- Token length percentiles: {json.dumps(data.token_percentiles)}; truncated at {data.max_length}: {data.truncated}
+
+## Results
+- Best validation loss: {optional(result.best_val_loss)} (step {result.best_step})
+- Final training loss: {optional(result.final_train_loss)}
+- Training time: {result.train_seconds:.0f} s, {result.tokens_per_s:.0f} tokens/s
+
+## Use
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base = AutoModelForCausalLM.from_pretrained("{result.model_dir}")
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+```
+or `ecombot chat --adapter path/to/this/folder`.
+"""
+    return card

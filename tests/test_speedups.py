@@ -1,0 +1,82 @@
+"""speedups.apply: what it changes on a model, that one switch turns all of it off, and that either way a training
+run learns the same thing."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from ecombot import speedups
+from ecombot.models.loss import supervised_loss
+from ecombot.train.packing import PackedCollator, packed_rows
+from test_packing import examples
+from test_train import tiny_config
+
+
+def tiny_lora_model():
+    from peft import LoraConfig, get_peft_model
+
+    model = make_tiny_model(vocab_size=64)
+    return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+
+
+def patched(model) -> int:
+    """Modules whose forward was replaced on the instance (a speed-up), not taken from their class."""
+    return sum("forward" in vars(module) for module in model.modules())
+
+
+def test_train_mode_says_what_it_changed_and_records_it_on_the_model():
+    model = tiny_lora_model()
+    applied = speedups.apply(model, mode="train")
+    # 2 layers: 7 LoRA projections each; norms: 4 per layer + q/k norms + the final one; one gated MLP per layer
+    assert applied.changed == {"attention": 1, "fused_head": 1, "lora": 14, "lora_bf16_inputs": 0, "norms": 13,
+                               "mlp": 2}
+    assert applied.off is None and speedups.applied_to(model) is applied
+    assert patched(model) == 14 + 13 + 2
+    assert applied.to_dict()["cpu_kernels"] == "not used"  # fp32 model: the bf16 C kernels never run
+
+
+def test_decode_mode_changes_no_module_of_an_fp32_model():
+    model = make_tiny_model(vocab_size=64).eval()
+    applied = speedups.apply(model, mode="decode", low_bit=8)  # low-bit weights only for bf16 CPU models
+    assert applied.changed == {"attention": 1, "fused_head": 1} and patched(model) == 0
+    with pytest.raises(ValueError, match="mode"):
+        speedups.apply(model, mode="fast")
+
+
+def test_one_switch_turns_every_speedup_off_and_the_loss_is_the_same(monkeypatch):
+    exs = examples([9, 14, 5, 11, 7])
+    batch = PackedCollator(0, 32)(packed_rows(exs, 32))
+    losses = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("ECOMBOT_SPEEDUPS", switch)
+        torch.manual_seed(0)
+        model = tiny_lora_model()
+        applied = speedups.apply(model, mode="train")
+        if switch == "0":
+            assert applied.off == "switched off (ECOMBOT_SPEEDUPS=0)" and not applied.changed
+            assert patched(model) == 0 and speedups.applied_to(model) is None
+        loss = supervised_loss(model, batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        losses[switch] = (loss.detach(), grads)
+    (fast, fast_grads), (plain, plain_grads) = losses["1"], losses["0"]
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(fast_grads, plain_grads, atol=1e-5)
+
+
+def test_a_run_records_its_speedups_and_trains_the_same_without_them(tiny_model_dir, small_dataset, tmp_path,
+                                                                      monkeypatch):
+    from ecombot.train import train
+
+    runs = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("ECOMBOT_SPEEDUPS", switch)
+        run = tmp_path / f"run{switch}"
+        train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=6, eval_steps=3), show_progress=False)
+        runs[switch] = json.loads((run / "run_config.json").read_text())["results"]
+    assert runs["1"]["speedups"]["changed"]["lora"] == 2 * 7  # the tiny model: 2 layers x 7 projections
+    assert runs["0"]["speedups"] == {"mode": "train", "changed": {}, "cpu_kernels": "not used",
+                                     "off": "switched off (ECOMBOT_SPEEDUPS=0)"}
+    assert runs["1"]["best_val_loss"] == pytest.approx(runs["0"]["best_val_loss"], rel=1e-4)
