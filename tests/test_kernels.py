@@ -1,4 +1,4 @@
-"""Fused CPU kernels (ecombot/train/kernels): the same values as PyTorch's ops up to bf16 rounding, built once and
+"""Fused CPU kernels (ecombot/speedups/kernels): the same values as PyTorch's ops up to bf16 rounding, built once and
 cached, sharing PyTorch's OpenMP runtime, and PyTorch's ops whenever the kernels cannot be built."""
 
 import os

@@ -3,7 +3,7 @@
  *
  * Eager PyTorch runs each elementwise op of these as its own pass over memory (a norm is ~9 ops forward, ~8
  * backward; the MLP's activation 2 forward, 3 backward; the softmax chunk 6); here each is one or two passes, with
- * fp32 arithmetic on bf16 storage, rounded to nearest even like PyTorch. Compiled on first use by ecombot/train/kernels/__init__.py
+ * fp32 arithmetic on bf16 storage, rounded to nearest even like PyTorch. Compiled on first use by ecombot/speedups/kernels/__init__.py
  * (OpenMP through the runtime PyTorch already loaded, so both share one thread pool).
  */
 #include <stdint.h>
@@ -110,7 +110,7 @@ void gelu_mul_backward(const uint16_t *grad, const uint16_t *gate, const uint16_
     }
 }
 
-/* One vocabulary chunk of the output head's online softmax (ecombot/train/loss.py head_cross_entropy_rows).
+/* One vocabulary chunk of the output head's online softmax (ecombot/speedups/head.py head_cross_entropy_rows).
  * logits: rows x cols bf16, row stride ld. Per row: the new running maximum m = max(top, max(logits)); probs =
  * exp(logits - m) in bf16 (for probs @ weight); total = total * exp(top - m) + sum(exp(logits - m)) in fp32 from the
  * unrounded values; rescale = exp(top - m) (for the running probs @ weight); top = m. */
