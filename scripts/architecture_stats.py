@@ -29,21 +29,24 @@ def imported_packages(tree: ast.AST) -> set[str]:
     return names
 
 
+def package_imports(src: Path) -> dict[str, set[str]]:
+    """For each package (or top-level module) of `src`, the other ones it imports (lazy imports included)."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(src.rglob("*.py")):
+        edges[package_of(path, src)] |= imported_packages(ast.parse(path.read_text(encoding="utf-8")))
+    return {package: imported & set(edges) - {package} for package, imported in edges.items()}
+
+
 def main(src: Path) -> None:
     lines: Counter[str] = Counter()
     functions: list[tuple[int, str]] = []
-    edges: dict[str, set[str]] = defaultdict(set)
     for path in sorted(src.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
-        package = package_of(path, src)
-        lines[package] += len(text.splitlines())
-        tree = ast.parse(text)
-        for node in ast.walk(tree):
+        lines[package_of(path, src)] += len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append((node.end_lineno - node.lineno + 1, f"{path.relative_to(src)}:{node.name}"))
-        edges[package] |= imported_packages(tree) - {package}
-    modules = {package_of(path, src) for path in src.rglob("*.py")}
-    edges = {package: imported & modules for package, imported in edges.items()}
+    edges = package_imports(src)
     print("lines per package:")
     for package, count in sorted(lines.items(), key=lambda item: -item[1]):
         print(f"  {package:12} {count:5}")
