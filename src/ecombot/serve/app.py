@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecombot.chat.engine import BASE, Generation, GenerationEngine, PromptTooLong
 from ecombot.chat.placeholders import PlaceholderStream, normalise_context
+from ecombot.config.serve import ServeConfig
 from ecombot.serve.batcher import Batcher, Job, QueueFull
 from ecombot.serve.schemas import ChatCompletionRequest, FeedbackRequest, HandoffRequest
 from ecombot.serve.security import Caller, RateLimiter, SessionTokens, fingerprint
@@ -33,21 +34,6 @@ from ecombot.serve.store import Answer, NotFound, Store
 
 log = logging.getLogger("ecombot.serve")
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-@dataclass
-class ServeConfig:
-    model_name: str = "gemma-3-270m"  # what /v1/models calls the base model (also accepted as `model`)
-    api_keys: list[str] = field(default_factory=list)  # empty: no key needed
-    cors_origins: list[str] = field(default_factory=list)  # empty: CORS off
-    web: bool = True  # serve the chat page at / (and issue its session tokens)
-    max_request_bytes: int = 64 * 1024
-    max_messages: int = 64
-    max_tokens: int = 512  # the largest `max_tokens` a request may ask for
-    default_max_tokens: int | None = None  # None: the engine's decoding default
-    rate_limit_per_minute: int = 60  # per client (API key, web session or IP); 0 = off
-    max_batch: int = 8
-    max_queue: int = 64
 
 
 class ApiError(Exception):
