@@ -11,6 +11,7 @@ import pytest
 
 from ecombot.chat import BASE, Decoding, Generation
 from ecombot.chat.engine import PromptTooLong
+from ecombot.models import encode_prompt
 from ecombot.serve import ServeConfig, Store, build_engine, create_app
 from ecombot.serve.store import ConversationRow
 
@@ -74,6 +75,21 @@ def test_completion_shape_usage_and_store(server, engine, store):
     assert (user.role, user.content) == ("user", "Where is my order?")
     assert answer.completion_id == body["id"] and answer.adapter == "support" and answer.latency_ms > 0
     assert (answer.prompt_tokens, answer.completion_tokens, answer.finish_reason) == (body["usage"]["prompt_tokens"], 5, "length")
+
+
+def test_each_prompt_is_tokenized_once(server, monkeypatch):
+    from ecombot.chat import engine as engine_module
+
+    encoded = []
+
+    def counted(tokenizer, messages):
+        encoded.append(messages)
+        return encode_prompt(tokenizer, messages)
+
+    monkeypatch.setattr(engine_module, "encode_prompt", counted)
+    response = httpx.post(f"{server.url}/v1/chat/completions",
+                          json={"model": "support", "messages": QUESTION, "max_tokens": 3})
+    assert response.status_code == 200 and len(encoded) == 1  # checked once, generated from the same ids
 
 
 def test_streaming_matches_openai_chunk_format(server):
@@ -177,7 +193,7 @@ class ScriptedEngine:
             raise PromptTooLong(f"{words} words")
         return list(range(words))
 
-    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None):
+    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None):
         self.batches.append(len(conversations))
         words = self.answer.split(" ")
         limits = max_new_tokens or [50] * len(conversations)

@@ -182,13 +182,12 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
             raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
         decoding = replace(engine.decoding, temperature=engine.decoding.temperature if body.temperature is None
                            else body.temperature, top_p=body.top_p or engine.decoding.top_p)
-        job = Job(messages, adapter, decoding, max_tokens, asyncio.get_running_loop())
+        job = Job(messages, prompt, adapter, decoding, max_tokens, asyncio.get_running_loop())
         try:
             batcher.submit(job)
         except QueueFull as exc:
             raise ApiError(503, str(exc), "server_overloaded", code="queue_full", headers={"Retry-After": "1"}) from None
-        completion = Completion(job, body, who, conversation_id, normalise_context(metadata), len(prompt), store,
-                                request)
+        completion = Completion(job, body, who, conversation_id, normalise_context(metadata), store, request)
         if body.stream:
             return StreamingResponse(completion.sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -240,10 +239,10 @@ class Completion:
     """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result."""
 
     def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str | None,
-                 context: dict[str, str], prompt_tokens: int, store: Store, request: Request):
+                 context: dict[str, str], store: Store, request: Request):
         self.job, self.body, self.who, self.store, self.request = job, body, who, store, request
         self.conversation_id = conversation_id or uuid.uuid4().hex
-        self.context, self.prompt_tokens = context, prompt_tokens
+        self.context, self.prompt_tokens = context, len(job.prompt)
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.started = time.monotonic()
