@@ -303,6 +303,18 @@ def test_api_keys_sessions_and_ownership(store, running_server):
     assert channels == ["api", "web"]
 
 
+def test_caller_and_rate_limit_are_checked_before_the_body(store, running_server):
+    config = ServeConfig(api_keys=["sk-shop-1"], rate_limit_per_minute=1)
+    with running_server(create_app(ScriptedEngine(), store, config)) as server:
+        def post(body: bytes, token: str | None = None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers)
+
+        assert post(b"{not json").status_code == 401
+        assert post(b"{not json", "sk-shop-1").json()["error"]["code"] == "invalid_json"
+        assert post(b"x" * 70_000, "sk-shop-1").status_code == 429  # the bad body above counted, this one is unread
+
+
 def test_rate_limit_per_client(store, running_server):
     with running_server(create_app(ScriptedEngine(), store, ServeConfig(rate_limit_per_minute=3))) as server:
         codes = [chat(server.url).status_code for _ in range(4)]
