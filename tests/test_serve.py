@@ -11,6 +11,7 @@ import pytest
 
 from ecombot.chat import BASE, Decoding, Generation
 from ecombot.chat.engine import PromptTooLong
+from ecombot.models import encode_prompt
 from ecombot.serve import ServeConfig, Store, build_engine, create_app
 from ecombot.serve.store import ConversationRow
 
@@ -74,6 +75,21 @@ def test_completion_shape_usage_and_store(server, engine, store):
     assert (user.role, user.content) == ("user", "Where is my order?")
     assert answer.completion_id == body["id"] and answer.adapter == "support" and answer.latency_ms > 0
     assert (answer.prompt_tokens, answer.completion_tokens, answer.finish_reason) == (body["usage"]["prompt_tokens"], 5, "length")
+
+
+def test_each_prompt_is_tokenized_once(server, monkeypatch):
+    from ecombot.chat import engine as engine_module
+
+    encoded = []
+
+    def counted(tokenizer, messages):
+        encoded.append(messages)
+        return encode_prompt(tokenizer, messages)
+
+    monkeypatch.setattr(engine_module, "encode_prompt", counted)
+    response = httpx.post(f"{server.url}/v1/chat/completions",
+                          json={"model": "support", "messages": QUESTION, "max_tokens": 3})
+    assert response.status_code == 200 and len(encoded) == 1  # checked once, generated from the same ids
 
 
 def test_streaming_matches_openai_chunk_format(server):
@@ -177,7 +193,7 @@ class ScriptedEngine:
             raise PromptTooLong(f"{words} words")
         return list(range(words))
 
-    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None):
+    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None):
         self.batches.append(len(conversations))
         words = self.answer.split(" ")
         limits = max_new_tokens or [50] * len(conversations)
@@ -285,6 +301,18 @@ def test_api_keys_sessions_and_ownership(store, running_server):
         assert own.status_code == 200
     channels = sorted(c.channel for c in store.conversations())
     assert channels == ["api", "web"]
+
+
+def test_caller_and_rate_limit_are_checked_before_the_body(store, running_server):
+    config = ServeConfig(api_keys=["sk-shop-1"], rate_limit_per_minute=1)
+    with running_server(create_app(ScriptedEngine(), store, config)) as server:
+        def post(body: bytes, token: str | None = None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers)
+
+        assert post(b"{not json").status_code == 401
+        assert post(b"{not json", "sk-shop-1").json()["error"]["code"] == "invalid_json"
+        assert post(b"x" * 70_000, "sk-shop-1").status_code == 429  # the bad body above counted, this one is unread
 
 
 def test_rate_limit_per_client(store, running_server):

@@ -92,7 +92,7 @@ class GenerationEngine(Protocol):
 
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None) -> list[Generation]: ...
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]: ...
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]: ...
 
@@ -241,14 +241,17 @@ class TransformersEngine:
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None) -> list[Generation]:
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]:
         """Answers for many conversations at once: left-padded batch, one generate call, KV cache.
 
         Each row may have its own token budget; `on_text(row, delta)` receives every row's text as it grows.
+        `prompts`: the conversations as `prompt_ids` already returned them (the server tokenizes each request
+        once, to refuse one too long before it queues); None tokenizes them here.
         """
         decoding = decoding or self.decoding
         limits = max_new_tokens or [decoding.max_new_tokens] * len(conversations)
-        prompts = [self.prompt_ids(c, adapter, limit) for c, limit in zip(conversations, limits)]
+        if prompts is None:
+            prompts = [self.prompt_ids(c, adapter, limit) for c, limit in zip(conversations, limits)]
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.loaded.device)

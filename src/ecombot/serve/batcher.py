@@ -26,6 +26,7 @@ class Job:
     """One chat completion request on its way through the batcher; events go back to the request's loop."""
 
     messages: list[dict[str, str]]
+    prompt: list[int]  # the messages as the engine's prompt, tokenized once when the request was checked
     adapter: str
     decoding: Decoding
     max_tokens: int
@@ -124,7 +125,8 @@ class Batcher:
         try:
             results: list[Generation] = self.engine.generate(
                 [job.messages for job in batch], batch[0].adapter, batch[0].decoding,
-                max_new_tokens=[job.max_tokens for job in batch], on_text=on_text)
+                max_new_tokens=[job.max_tokens for job in batch], on_text=on_text,
+                prompts=[job.prompt for job in batch])
         except Exception as exc:  # every request of the batch gets the error; the worker keeps serving
             for job in batch:
                 job.emit("error", exc)

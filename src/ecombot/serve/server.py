@@ -1,4 +1,4 @@
-"""Load the engine for `ecombot serve` (one base model, named adapters) and run the app under uvicorn."""
+"""Load the engine for `ecombot serve`: one base model with its named adapters (the CLI then runs the app)."""
 
 from __future__ import annotations
 

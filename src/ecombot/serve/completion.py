@@ -1,0 +1,170 @@
+"""One chat completion's answer on its way back: streamed (SSE) or whole, placeholders filled, then stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+
+from ecombot.chat.engine import Generation
+from ecombot.chat.placeholders import PlaceholderStream
+from ecombot.serve.batcher import Job, QueueFull
+from ecombot.serve.errors import ApiError
+from ecombot.serve.schemas import ChatCompletionRequest
+from ecombot.serve.security import Caller
+from ecombot.serve.store import Answer, Store
+
+log = logging.getLogger("ecombot.serve")
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was complete."""
+
+
+class Completion:
+    """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result."""
+
+    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str | None,
+                 context: dict[str, str], store: Store, request: Request):
+        self.job, self.body, self.who, self.store, self.request = job, body, who, store, request
+        self.conversation_id = conversation_id or uuid.uuid4().hex
+        self.context, self.prompt_tokens = context, len(job.prompt)
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.started = time.monotonic()
+        self.raw = ""  # the answer as generated (placeholders unfilled), cut at a stop sequence
+        self.finish_reason = "stop"
+        self.completion_tokens = 0
+
+    async def next_event(self) -> tuple[str, object]:
+        """The batcher's next event; notices a client that went away even while no text arrives."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.job.events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await self.request.is_disconnected():
+                    raise ClientGone() from None
+
+    async def events(self):
+        """Customer-ready text pieces; stop sequences applied, placeholders filled."""
+        fill = PlaceholderStream(self.context)
+        held = ""  # text that might be the start of a stop sequence
+        stops = self.body.stop or []
+        while True:
+            kind, value = await self.next_event()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                result: Generation = value
+                self.completion_tokens = result.new_tokens
+                self.finish_reason = "length" if result.finish_reason == "length" else "stop"
+                if held:
+                    self.raw += held
+                    yield fill.feed(held)
+                break
+            held += value
+            hit = min((held.find(s) for s in stops if s in held), default=-1)
+            if hit >= 0:
+                self.job.cancelled = True  # the rest of this answer is not wanted: free its batch row
+                self.raw += held[:hit]
+                yield fill.feed(held[:hit])
+                self.completion_tokens = await self._drain()
+                self.finish_reason = "stop"
+                break
+            keep = max((len(s) - 1 for s in stops), default=0)
+            ready, held = (held[:-keep], held[-keep:]) if keep else (held, "")
+            self.raw += ready
+            yield fill.feed(ready)
+        yield fill.flush()
+
+    async def _drain(self) -> int:
+        while True:
+            kind, value = await self.job.events.get()
+            if kind == "done":
+                return value.new_tokens
+            if kind == "error":
+                return 0
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def save(self, finish_reason: str | None = None) -> None:
+        """Store the request's messages and this answer (one transaction; called from a worker thread)."""
+        answer = Answer(self.id, self.raw.strip(), self.job.adapter, (time.monotonic() - self.started) * 1000,
+                        self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason)
+        self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.job.messages, answer)
+
+    def cancel(self) -> None:
+        """Free the batch row and keep the partial answer (stored in the background)."""
+        self.job.cancelled = True
+        asyncio.get_running_loop().run_in_executor(None, self._save_quietly, "cancelled")
+
+    async def whole(self) -> dict:
+        try:
+            text = "".join([piece async for piece in self.events()])
+        except ClientGone:
+            self.cancel()
+            raise
+        except Exception as exc:
+            raise self._error(exc) from None
+        await run_in_threadpool(self.save)
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.body.model,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text.strip()},
+                             "logprobs": None, "finish_reason": self.finish_reason}],
+                "usage": self.usage()}
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.body.model,
+                 "system_fingerprint": None,
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    async def sse(self):
+        """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+        finished = False
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            async for piece in self.events():
+                if piece:
+                    if await self.request.is_disconnected():
+                        raise ClientGone()
+                    yield self._chunk({"content": piece})
+            yield self._chunk({}, self.finish_reason)
+            if self.body.stream_options and self.body.stream_options.include_usage:
+                usage = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                         "model": self.body.model, "choices": [], "usage": self.usage()}
+                yield f"data: {json.dumps(usage)}\n\n"
+            finished = True
+            await run_in_threadpool(self.save)
+            yield "data: [DONE]\n\n"
+        except ClientGone:
+            self.cancel()
+        except (asyncio.CancelledError, GeneratorExit):  # the server dropped the response: same as a client gone
+            if not finished:
+                self.cancel()
+            raise
+        except Exception as exc:
+            error = self._error(exc)
+            yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.type, 'code': error.code}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+    def _save_quietly(self, finish_reason: str) -> None:
+        try:
+            self.save(finish_reason)
+        except Exception:
+            log.exception("could not store a cancelled answer")
+
+    def _error(self, exc: Exception) -> ApiError:
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, QueueFull):
+            return ApiError(503, str(exc), "server_overloaded", code="queue_full")
+        log.error("generation failed", exc_info=exc)
+        return ApiError(500, "internal server error", "server_error")

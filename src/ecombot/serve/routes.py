@@ -1,0 +1,147 @@
+"""The endpoints: the OpenAI-compatible API (`api`) and the chat page with its session tokens (`web`)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import replace
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from ecombot.chat.engine import BASE, Decoding, GenerationEngine, PromptTooLong
+from ecombot.chat.placeholders import normalise_context
+from ecombot.serve.batcher import Job, QueueFull
+from ecombot.serve.completion import Completion
+from ecombot.serve.dependencies import ServerState, State, caller, json_body, rate_limited_caller, rate_limited_visitor
+from ecombot.serve.errors import ApiError
+from ecombot.serve.schemas import ChatCompletionRequest, FeedbackRequest, HandoffRequest
+from ecombot.serve.security import Caller
+from ecombot.serve.store import NotFound
+
+STATIC = resources.files("ecombot.serve") / "static"
+CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+api = APIRouter()
+web = APIRouter()
+
+# The caller before the body (dependencies are solved in order): who may not ask is refused before being read.
+Who = Annotated[Caller, Depends(rate_limited_caller)]
+
+
+def model_names(engine: GenerationEngine) -> list[str]:
+    return [*engine.adapters(), BASE]
+
+
+def adapter_for(model: str, state: ServerState) -> str:
+    """The adapter a request's `model` names; the base model answers to its own name too."""
+    if model in (BASE, state.config.model_name):
+        return BASE
+    if model in state.engine.adapters():
+        return model
+    raise ApiError(404, f"model {model!r} not found; available: {', '.join(model_names(state.engine))}",
+                   "not_found_error", code="model_not_found", param="model")
+
+
+def answer_budget(body: ChatCompletionRequest, state: ServerState) -> int:
+    """The answer's token budget, once the request is within this server's limits (400 otherwise)."""
+    config = state.config
+    if len(body.messages) > config.max_messages:
+        raise ApiError(400, f"too many messages ({len(body.messages)}); the limit is {config.max_messages}",
+                       param="messages")
+    max_tokens = (body.max_completion_tokens or body.max_tokens or config.default_max_tokens
+                  or state.engine.decoding.max_new_tokens)
+    if max_tokens > config.max_tokens:
+        raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {config.max_tokens}",
+                       param="max_tokens")
+    return max_tokens
+
+
+async def continued_conversation(conversation_id: str | None, who: Caller, state: ServerState) -> str | None:
+    """The conversation a request continues, if it names one: it must be the caller's own (404 otherwise)."""
+    if conversation_id is not None and not CONVERSATION_ID.match(conversation_id):
+        raise ApiError(400, "metadata.conversation_id: 1-64 letters, digits, '-' or '_'",
+                       param="metadata.conversation_id")
+    if conversation_id and not await run_in_threadpool(state.store.may_continue, conversation_id, who.client):
+        raise ApiError(404, f"conversation {conversation_id!r} not found", "not_found_error",
+                       param="metadata.conversation_id")
+    return conversation_id
+
+
+def decoding_for(body: ChatCompletionRequest, default: Decoding) -> Decoding:
+    return replace(default, temperature=default.temperature if body.temperature is None else body.temperature,
+                   top_p=body.top_p or default.top_p)
+
+
+@api.get("/health")
+async def health(state: State):
+    return {"status": "ok", "model": state.config.model_name, "adapters": state.engine.adapters(),
+            "queue": state.batcher.depth(), "batching": state.batcher.stats.to_dict(),
+            "uptime_s": round(time.time() - state.started, 1)}
+
+
+@api.get("/v1/models", dependencies=[Depends(caller)])
+async def models(state: State):
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": int(state.started),
+                                        "owned_by": "ecombot"} for name in model_names(state.engine)]}
+
+
+@api.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: State, who: Who,
+                           body: Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]):
+    max_tokens = answer_budget(body, state)
+    adapter = adapter_for(body.model, state)
+    metadata = dict(body.metadata or {})
+    conversation_id = await continued_conversation(metadata.pop("conversation_id", None), who, state)
+    messages = [m.as_dict() for m in body.messages]
+    try:
+        prompt = await run_in_threadpool(state.engine.prompt_ids, messages, adapter, max_tokens)
+    except PromptTooLong as exc:
+        raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
+    job = Job(messages, prompt, adapter, decoding_for(body, state.engine.decoding), max_tokens,
+              asyncio.get_running_loop())
+    try:
+        state.batcher.submit(job)
+    except QueueFull as exc:
+        raise ApiError(503, str(exc), "server_overloaded", code="queue_full", headers={"Retry-After": "1"}) from None
+    completion = Completion(job, body, who, conversation_id, normalise_context(metadata), state.store, request)
+    if body.stream:
+        return StreamingResponse(completion.sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                          "X-Conversation-Id": completion.conversation_id})
+    return JSONResponse(await completion.whole(), headers={"X-Conversation-Id": completion.conversation_id})
+
+
+@api.post("/v1/feedback")
+async def feedback(state: State, who: Who, body: Annotated[FeedbackRequest, Depends(json_body(FeedbackRequest))]):
+    try:
+        await run_in_threadpool(state.store.record_feedback, body.completion_id, who.client,
+                                1 if body.rating == "up" else -1, (body.correction or "").strip() or None)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "not_found_error", param="completion_id") from None
+    return {"status": "recorded"}
+
+
+@api.post("/v1/handoff")
+async def handoff(state: State, who: Who, body: Annotated[HandoffRequest, Depends(json_body(HandoffRequest))]):
+    try:
+        await run_in_threadpool(state.store.record_handoff, body.conversation_id, who.client, body.note)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "not_found_error", param="conversation_id") from None
+    return {"status": "recorded",
+            "message": "Thanks - a member of our team will pick up this conversation and get back to you."}
+
+
+@web.get("/", response_class=HTMLResponse)
+async def page():
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+@web.post("/v1/sessions", dependencies=[Depends(rate_limited_visitor)])
+async def new_session(state: State):
+    token, expires = state.sessions.issue()
+    return {"token": token, "expires_at": expires, "model": (state.engine.adapters() or [BASE])[0]}
