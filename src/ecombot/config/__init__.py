@@ -2,7 +2,8 @@
 (evaluate.py), serving (serve.py), and the system prompts a model without its own is told (prompts.py)."""
 
 from ecombot.config.prompts import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT
+from ecombot.config.serve import ServeConfig
 from ecombot.config.train import FIELDS, METHODS, PRECISIONS, TrainConfig, default_yaml_text, load_config
 
-__all__ = ["BUILTIN_SYSTEM_PROMPT", "FIELDS", "GENERIC_SYSTEM_PROMPT", "METHODS", "PRECISIONS", "TrainConfig",
+__all__ = ["BUILTIN_SYSTEM_PROMPT", "FIELDS", "GENERIC_SYSTEM_PROMPT", "METHODS", "PRECISIONS", "ServeConfig", "TrainConfig",
            "default_yaml_text", "load_config"]
