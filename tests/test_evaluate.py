@@ -39,6 +39,21 @@ def test_corpus_bleu_matches_sacrebleu_and_its_interval_contains_it():
     assert est.low <= est.value <= est.high
 
 
+@pytest.mark.parametrize("name", ["bleu", "chrf"])
+def test_corpus_interval_is_sacrebleu_on_each_resampled_corpus(name):
+    import sacrebleu
+
+    hyps = ["returns are free within 30 days", "we ship in 3 to 5 days", "call us any time", "the code is invalid", ""]
+    refs = ["returns are accepted within 30 days", "standard shipping takes 3 to 5 days", "call us on weekdays",
+            "that promo code has expired", "sorry about that"]
+    sacrebleu_score = getattr(sacrebleu, f"corpus_{name}")
+    indices = metrics.bootstrap_indices(len(refs), samples=200, seed=5)
+    est = getattr(metrics, f"corpus_{name}")(hyps, refs, indices)
+    resampled = [sacrebleu_score([hyps[i] for i in row], [[refs[i] for i in row]]).score for row in indices]
+    assert est.value == pytest.approx(sacrebleu_score(hyps, [refs]).score, abs=1e-9)
+    assert [est.low, est.high] == pytest.approx(np.percentile(resampled, [2.5, 97.5]).tolist(), abs=1e-9)
+
+
 def test_mean_bootstrap():
     idx = metrics.bootstrap_indices(100, seed=1)
     est = metrics.mean_estimate([0.0, 1.0] * 50, idx)
