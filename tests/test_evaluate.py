@@ -8,7 +8,7 @@ from ecombot.errors import EcombotError
 from ecombot.evaluate import EvalConfig, evaluate, run_evaluation
 from ecombot.evaluate import metrics
 from ecombot.evaluate.anatomy import effective_rank, inspect_adapter, low_rank_singular_values
-from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for
+from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for, markdown_to_html
 
 
 # --- metrics against hand-computed values -----------------------------------------------------------------
@@ -84,6 +84,15 @@ def test_effective_rank_and_low_rank_svd():
 def test_report_number_format():
     assert fmt({"value": 12.345, "ci95": [10.0, 14.5]}, 1) == "12.3 [10.0, 14.5]"
     assert fmt(None) == "–"
+
+
+def test_html_report_renders_the_markdown_and_escapes_answers():
+    page = markdown_to_html("# Title\n\n| system | bleu |\n|---|---|\n| base | <b>1.0</b> |\n\n"
+                            "![metrics](metrics.png)\n\n- *base*: <script>alert(1)</script>\n")
+    assert page.startswith("<!doctype html>") and "<h1>Title</h1>" in page
+    assert "<th>system</th>" in page and "<td>&lt;b&gt;1.0&lt;/b&gt;</td>" in page
+    assert '<img src="metrics.png" alt="metrics"' in page
+    assert "<li><em>base</em>: &lt;script&gt;" in page and "<script>" not in page
 
 
 # --- the whole evaluation on a tiny model ------------------------------------------------------------------

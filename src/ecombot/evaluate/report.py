@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
 import numpy as np
+from markdown_it import MarkdownIt
 
 from ecombot.train.report import plot_loss_curve
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
 TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s")
 TRANSCRIPTS = 10
+HTML_HEAD = ("<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>\n"
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+             "img{max-width:100%}</style>\n")
 
 
 def fmt(metric: dict | None, digits: int = 2) -> str:
@@ -134,43 +138,5 @@ def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = 
 
 
 def markdown_to_html(md: str) -> str:
-    """The small subset of Markdown the report uses (headings, tables, images, lists, bold): no extra dependency."""
-    import re
-
-    out, in_table = ["<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>",
-                     "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-                     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-                     "img{max-width:100%}</style>"], False
-
-    def inline(text: str) -> str:
-        text = html.escape(text)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-        return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if match := re.match(r"!\[(.*)\]\((.*)\)", line):
-            out.append(f"<p><img alt='{html.escape(match[1])}' src='{html.escape(match[2])}'></p>")
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out) + "\n"
+    """report.md as a standalone page; HTML inside answers stays text (html off), tables as in GitHub Markdown."""
+    return HTML_HEAD + MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
