@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ecombot.errors import EcombotError
-from ecombot.evaluate import EvalConfig, evaluate, run_evaluation
+from ecombot.evaluate import EvalConfig, EvalResult, evaluate, print_table, run_evaluation
 from ecombot.evaluate import metrics
 from ecombot.evaluate.anatomy import effective_rank, inspect_adapter, low_rank_singular_values
 from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for, markdown_to_html
@@ -82,7 +82,7 @@ def test_effective_rank_and_low_rank_svd():
 
 
 def test_report_number_format():
-    assert fmt({"value": 12.345, "ci95": [10.0, 14.5]}, 1) == "12.3 [10.0, 14.5]"
+    assert fmt(metrics.Estimate(12.345, 10.0, 14.5), 1) == "12.3 [10.0, 14.5]"
     assert fmt(None) == "–"
 
 
@@ -116,7 +116,7 @@ def test_evaluation_outputs(tmp_path, trained_run):
     out = tmp_path / "eval"
     cfg = EvalConfig(data=str(data), adapters=[str(run)], output=str(out), max_new_tokens=6, val_fraction=0.15,
                      test_fraction=0.15)
-    paths = run_evaluation(cfg)
+    result = run_evaluation(cfg)
     results = json.loads((out / "results.json").read_text())
     assert set(results["systems"]) == {"base", "base-fewshot", "retrieval", "run", "run+retrieval"}
     # the base model is told the store prompt; the adapter what it was trained with (none by default)
@@ -137,11 +137,11 @@ def test_evaluation_outputs(tmp_path, trained_run):
     assert set(predictions[0]["answers"]) == set(results["systems"])
     # every number in the report's table is the one in results.json
     report = (out / "report.md").read_text()
-    for name, system in results["systems"].items():
-        row = "| " + " | ".join([name] + [fmt(system.get(m), digits_for(m)) for m in TABLE_METRICS]) + " |"
+    for name, system in result.systems.items():
+        row = "| " + " | ".join([name] + [fmt(getattr(system, m), digits_for(m)) for m in TABLE_METRICS]) + " |"
         assert row in report
     assert "## Adapter anatomy: run" in report and report.count("**Question**") == min(10, results["test_size"])
-    for key, path in paths.items():
+    for key, path in result.files.items():
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
     assert "<table>" in (out / "report.html").read_text()
@@ -150,11 +150,35 @@ def test_evaluation_outputs(tmp_path, trained_run):
     assert set(next(iter(per_intent.values()))) == {"n", "semantic", "rouge_l", "intent_correct"}
 
 
+def test_returned_result_is_what_the_files_hold(tmp_path, trained_run):
+    from rich.console import Console
+
+    data, run = trained_run
+    out = tmp_path / "eval"
+    result = run_evaluation(EvalConfig(data=str(data), adapters=[str(run)], systems=("retrieval", "finetuned"),
+                                       output=str(out), max_new_tokens=4, val_fraction=0.15, test_fraction=0.15))
+    assert isinstance(result, EvalResult) and result.files["results"] == out / "results.json"
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads(json.dumps(result.to_dict()))
+    assert results["adapter_anatomy"][0]["rank"] == result.adapter_anatomy[0]["rank"] == 16
+    for name, system in result.systems.items():
+        bleu = system.bleu
+        assert results["systems"][name]["bleu"] == {"value": bleu.value, "ci95": [bleu.low, bleu.high]}
+        assert results["systems"][name]["loss"] == (system.loss.to_dict() if system.loss else None)
+        assert results["systems"][name]["per_intent"] == {i: s.to_dict() for i, s in system.per_intent.items()}
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["answers"] for line in lines] == [p.answers for p in result.predictions]
+    (out / "results.json").unlink()  # the terminal table is drawn from the object, not from the file
+    console = Console(record=True, width=200)
+    print_table(result, console)
+    assert f"{result.systems['run'].bleu.value:.1f}" in console.export_text()
+
+
 def test_same_seed_gives_the_training_test_set(trained_run):
     data, run = trained_run
     evaluation = evaluate(EvalConfig(data=str(data), systems=("retrieval",), val_fraction=0.15, test_fraction=0.15))
     trained_test = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
-    assert [p["question"] for p in evaluation["predictions"]] == trained_test
+    assert [p.question for p in evaluation.predictions] == trained_test
 
 
 def test_leakage_is_flagged(tmp_path, trained_run):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from markdown_it import MarkdownIt
 
+from ecombot.evaluate.metrics import Estimate
+from ecombot.evaluate.run import EvalResult
 from ecombot.train.report import plot_loss_curve
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
@@ -19,38 +22,37 @@ HTML_HEAD = ("<!doctype html><meta charset='utf-8'><title>ecombot evaluation</ti
              "img{max-width:100%}</style>\n")
 
 
-def fmt(metric: dict | None, digits: int = 2) -> str:
+def fmt(metric: Estimate | None, digits: int = 2) -> str:
     if metric is None:
         return "–"
-    low, high = metric["ci95"]
-    return f"{metric['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{metric.value:.{digits}f} [{metric.low:.{digits}f}, {metric.high:.{digits}f}]"
 
 
 def digits_for(name: str) -> int:
     return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s") else 1
 
 
-def table_rows(results: dict) -> list[list[str]]:
-    return [[name] + [fmt(s.get(m), digits_for(m)) for m in TABLE_METRICS] for name, s in results["systems"].items()]
+def table_rows(result: EvalResult) -> list[list[str]]:
+    return [[name] + [fmt(getattr(s, m), digits_for(m)) for m in TABLE_METRICS] for name, s in result.systems.items()]
 
 
-def plot_metrics(results: dict, png: Path) -> Path:
+def plot_metrics(result: EvalResult, png: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["systems"])
+    names = list(result.systems)
     fig, axes = plt.subplots(1, len(MAIN_METRICS), figsize=(4 * len(MAIN_METRICS), 4), dpi=100)
     for ax, metric in zip(axes, MAIN_METRICS):
         scale = 100.0 if metric in ("semantic", "intent_accuracy") else 1.0
         values, errors = [], [[], []]
         for name in names:
-            m = results["systems"][name].get(metric)
-            v = m["value"] * scale if m else 0.0
+            m = getattr(result.systems[name], metric)
+            v = m.value * scale if m else 0.0
             values.append(v)
-            errors[0].append(v - m["ci95"][0] * scale if m else 0.0)
-            errors[1].append(m["ci95"][1] * scale - v if m else 0.0)
+            errors[0].append(v - m.low * scale if m else 0.0)
+            errors[1].append(m.high * scale - v if m else 0.0)
         ax.bar(range(len(names)), values, yerr=errors, capsize=4, color="tab:blue")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric + (" (x100)" if scale == 100 else ""))
@@ -60,18 +62,18 @@ def plot_metrics(results: dict, png: Path) -> Path:
     return png
 
 
-def plot_intents(results: dict, png: Path) -> Path | None:
+def plot_intents(result: EvalResult, png: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["systems"])
-    intents = sorted({i for s in results["systems"].values() for i in s["per_intent"]})
+    names = list(result.systems)
+    intents = sorted({i for s in result.systems.values() for i in s.per_intent})
     if not intents:
         return None
-    grid = np.array([[results["systems"][n]["per_intent"].get(i, {}).get("semantic", np.nan) for n in names]
-                     for i in intents])
+    grid = np.array([[result.systems[n].per_intent[i].semantic if i in result.systems[n].per_intent else np.nan
+                      for n in names] for i in intents])
     fig, ax = plt.subplots(figsize=(2 + 1.2 * len(names), 1 + 0.28 * len(intents)), dpi=100)
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
@@ -84,40 +86,39 @@ def plot_intents(results: dict, png: Path) -> Path | None:
     return png
 
 
-def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = None) -> dict[str, Path]:
+def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
+    """results.json, predictions.jsonl, the plots and report.md/.html for `result`; returns the paths by name."""
     from ecombot.evaluate.anatomy import plot_anatomy
 
     output.mkdir(parents=True, exist_ok=True)
-    results, predictions = evaluation["results"], evaluation["predictions"]
-    if anatomies:
-        results["adapter_anatomy"] = anatomies
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (output / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
-                                              encoding="utf-8")
-    images = {"metrics": plot_metrics(results, output / "metrics.png")}
-    heatmap = plot_intents(results, output / "intents.png")
+    anatomies, predictions = result.adapter_anatomy, result.predictions
+    (output / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (output / "predictions.jsonl").write_text(
+        "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+    images = {"metrics": plot_metrics(result, output / "metrics.png")}
+    heatmap = plot_intents(result, output / "intents.png")
     if heatmap:
         images["intents"] = heatmap
-    for i, adapter in enumerate(results["adapters"]):
+    for i, adapter in enumerate(result.adapters):
         log = Path(adapter) / "train_log.jsonl"
         if log.is_file():
             images[f"loss curve {Path(adapter).name}"] = plot_loss_curve(log, output / f"loss_curve_{i}.png")
-    for i, anatomy in enumerate(anatomies or []):
+    for i, anatomy in enumerate(anatomies):
         images[f"adapter anatomy {Path(anatomy['run']).name}"] = plot_anatomy(anatomy, output / f"anatomy_{i}.png")
 
     header = ["system", *TABLE_METRICS]
     md = ["# ecombot evaluation", "",
-          f"Test set: {results['test_size']} conversations ({json.dumps(results['source'])}); "
-          f"training pool for retrieval/few-shot: {results['train_size']}. 95% bootstrap intervals "
-          f"({results['bootstrap_samples']} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
+          f"Test set: {result.test_size} conversations ({json.dumps(result.source)}); "
+          f"training pool for retrieval/few-shot: {result.train_size}. 95% bootstrap intervals "
+          f"({result.bootstrap_samples} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
           "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token.", ""]
-    if results["source"].get("leaked_test_questions"):
-        md += [f"**Warning: {results['source']['leaked_test_questions']} test questions also appear in the training "
+    if result.source.get("leaked_test_questions"):
+        md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    md += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     md += [""]
-    for anatomy in anatomies or []:
+    for anatomy in anatomies:
         md += [f"## Adapter anatomy: {Path(anatomy['run']).name}", "",
                f"Trainable parameters: {anatomy['trainable_parameters']:,}"
                + (f" ({anatomy['trainable_percent']:.2f}% of the base)" if anatomy["trainable_percent"] else "")
@@ -130,8 +131,8 @@ def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = 
     md += ["## Plots", ""] + [f"![{label}]({path.name})" for label, path in images.items()] + [""]
     md += ["## Transcripts", ""]
     for p in predictions[:TRANSCRIPTS]:
-        md += [f"**Question** ({p['intent'] or 'no intent'}): {p['question']}", "", f"- *reference*: {p['reference']}"]
-        md += [f"- *{name}*: {answer}" for name, answer in p["answers"].items()] + [""]
+        md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
+        md += [f"- *{name}*: {answer}" for name, answer in p.answers.items()] + [""]
     (output / "report.md").write_text("\n".join(md), encoding="utf-8")
     (output / "report.html").write_text(markdown_to_html("\n".join(md)), encoding="utf-8")
     return {"results": output / "results.json", "report": output / "report.md", **images}
