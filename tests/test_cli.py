@@ -141,6 +141,10 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert saved["loss_after"] == summary["loss_after"]
     results = json.loads((tmp_path / "qs" / "eval" / "results.json").read_text())
     assert results["test_size"] == EVAL_ITEMS and results["source"]["leaked_test_questions"] == 0
+    for name, system in summary["systems"].items():  # the summary reads the evaluation's numbers
+        assert system == {m: results["systems"][name][m] and results["systems"][name][m]["value"] for m in system}
+    predictions = [json.loads(line) for line in (tmp_path / "qs" / "eval" / "predictions.jsonl").open()]
+    assert all(answer in predictions for answer in summary["answers"])
     assert "{{" not in text  # placeholders are filled in what the user sees
 
 

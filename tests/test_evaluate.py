@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from ecombot.errors import EcombotError
-from ecombot.evaluate import EvalConfig, evaluate, run_evaluation
+from ecombot.evaluate import EvalConfig, EvalResult, evaluate, print_table, run_evaluation
 from ecombot.evaluate import metrics
 from ecombot.evaluate.anatomy import effective_rank, inspect_adapter, low_rank_singular_values
-from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for
+from ecombot.evaluate.report import TABLE_METRICS, fmt, digits_for, markdown_to_html
 
 
 # --- metrics against hand-computed values -----------------------------------------------------------------
@@ -39,6 +39,21 @@ def test_corpus_bleu_matches_sacrebleu_and_its_interval_contains_it():
     assert est.low <= est.value <= est.high
 
 
+@pytest.mark.parametrize("name", ["bleu", "chrf"])
+def test_corpus_interval_is_sacrebleu_on_each_resampled_corpus(name):
+    import sacrebleu
+
+    hyps = ["returns are free within 30 days", "we ship in 3 to 5 days", "call us any time", "the code is invalid", ""]
+    refs = ["returns are accepted within 30 days", "standard shipping takes 3 to 5 days", "call us on weekdays",
+            "that promo code has expired", "sorry about that"]
+    sacrebleu_score = getattr(sacrebleu, f"corpus_{name}")
+    indices = metrics.bootstrap_indices(len(refs), samples=200, seed=5)
+    est = getattr(metrics, f"corpus_{name}")(hyps, refs, indices)
+    resampled = [sacrebleu_score([hyps[i] for i in row], [[refs[i] for i in row]]).score for row in indices]
+    assert est.value == pytest.approx(sacrebleu_score(hyps, [refs]).score, abs=1e-9)
+    assert [est.low, est.high] == pytest.approx(np.percentile(resampled, [2.5, 97.5]).tolist(), abs=1e-9)
+
+
 def test_mean_bootstrap():
     idx = metrics.bootstrap_indices(100, seed=1)
     est = metrics.mean_estimate([0.0, 1.0] * 50, idx)
@@ -67,8 +82,17 @@ def test_effective_rank_and_low_rank_svd():
 
 
 def test_report_number_format():
-    assert fmt({"value": 12.345, "ci95": [10.0, 14.5]}, 1) == "12.3 [10.0, 14.5]"
+    assert fmt(metrics.Estimate(12.345, 10.0, 14.5), 1) == "12.3 [10.0, 14.5]"
     assert fmt(None) == "–"
+
+
+def test_html_report_renders_the_markdown_and_escapes_answers():
+    page = markdown_to_html("# Title\n\n| system | bleu |\n|---|---|\n| base | <b>1.0</b> |\n\n"
+                            "![metrics](metrics.png)\n\n- *base*: <script>alert(1)</script>\n")
+    assert page.startswith("<!doctype html>") and "<h1>Title</h1>" in page
+    assert "<th>system</th>" in page and "<td>&lt;b&gt;1.0&lt;/b&gt;</td>" in page
+    assert '<img src="metrics.png" alt="metrics"' in page
+    assert "<li><em>base</em>: &lt;script&gt;" in page and "<script>" not in page
 
 
 # --- the whole evaluation on a tiny model ------------------------------------------------------------------
@@ -92,7 +116,7 @@ def test_evaluation_outputs(tmp_path, trained_run):
     out = tmp_path / "eval"
     cfg = EvalConfig(data=str(data), adapters=[str(run)], output=str(out), max_new_tokens=6, val_fraction=0.15,
                      test_fraction=0.15)
-    paths = run_evaluation(cfg)
+    result = run_evaluation(cfg)
     results = json.loads((out / "results.json").read_text())
     assert set(results["systems"]) == {"base", "base-fewshot", "retrieval", "run", "run+retrieval"}
     # the base model is told the store prompt; the adapter what it was trained with (none by default)
@@ -113,11 +137,11 @@ def test_evaluation_outputs(tmp_path, trained_run):
     assert set(predictions[0]["answers"]) == set(results["systems"])
     # every number in the report's table is the one in results.json
     report = (out / "report.md").read_text()
-    for name, system in results["systems"].items():
-        row = "| " + " | ".join([name] + [fmt(system.get(m), digits_for(m)) for m in TABLE_METRICS]) + " |"
+    for name, system in result.systems.items():
+        row = "| " + " | ".join([name] + [fmt(getattr(system, m), digits_for(m)) for m in TABLE_METRICS]) + " |"
         assert row in report
     assert "## Adapter anatomy: run" in report and report.count("**Question**") == min(10, results["test_size"])
-    for key, path in paths.items():
+    for key, path in result.files.items():
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
     assert "<table>" in (out / "report.html").read_text()
@@ -126,11 +150,35 @@ def test_evaluation_outputs(tmp_path, trained_run):
     assert set(next(iter(per_intent.values()))) == {"n", "semantic", "rouge_l", "intent_correct"}
 
 
+def test_returned_result_is_what_the_files_hold(tmp_path, trained_run):
+    from rich.console import Console
+
+    data, run = trained_run
+    out = tmp_path / "eval"
+    result = run_evaluation(EvalConfig(data=str(data), adapters=[str(run)], systems=("retrieval", "finetuned"),
+                                       output=str(out), max_new_tokens=4, val_fraction=0.15, test_fraction=0.15))
+    assert isinstance(result, EvalResult) and result.files["results"] == out / "results.json"
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads(json.dumps(result.to_dict()))
+    assert results["adapter_anatomy"][0]["rank"] == result.adapter_anatomy[0]["rank"] == 16
+    for name, system in result.systems.items():
+        bleu = system.bleu
+        assert results["systems"][name]["bleu"] == {"value": bleu.value, "ci95": [bleu.low, bleu.high]}
+        assert results["systems"][name]["loss"] == (system.loss.to_dict() if system.loss else None)
+        assert results["systems"][name]["per_intent"] == {i: s.to_dict() for i, s in system.per_intent.items()}
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["answers"] for line in lines] == [p.answers for p in result.predictions]
+    (out / "results.json").unlink()  # the terminal table is drawn from the object, not from the file
+    console = Console(record=True, width=200)
+    print_table(result, console)
+    assert f"{result.systems['run'].bleu.value:.1f}" in console.export_text()
+
+
 def test_same_seed_gives_the_training_test_set(trained_run):
     data, run = trained_run
     evaluation = evaluate(EvalConfig(data=str(data), systems=("retrieval",), val_fraction=0.15, test_fraction=0.15))
     trained_test = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
-    assert [p["question"] for p in evaluation["predictions"]] == trained_test
+    assert [p.question for p in evaluation.predictions] == trained_test
 
 
 def test_leakage_is_flagged(tmp_path, trained_run):

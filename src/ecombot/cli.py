@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-import json
 from typing import List, Optional
 
 import typer
@@ -184,9 +183,9 @@ def evaluate(
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()))
-    paths = run_evaluation(cfg, console)
-    print_table(json.loads(paths["results"].read_text()), console)
-    console.print(f"report: {paths['report']} (and report.html, results.json, predictions.jsonl)")
+    result = run_evaluation(cfg, console)
+    print_table(result, console)
+    console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")
 
 
 @adapter_app.command("inspect")

@@ -3,15 +3,15 @@ base model and the retrieval baseline on held-out questions (`ecombot evaluate` 
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import asdict
 
 from rich.console import Console
 from rich.table import Table
 
 from ecombot.chat import fill_placeholders
 from ecombot.config import load_config
-from ecombot.evaluate import EvalConfig, print_table, run_evaluation
+from ecombot.evaluate import EvalConfig, Prediction, print_table, run_evaluation
 from ecombot.train import train
 
 # Tuned to finish within ~18 minutes on a 2-core CPU, first model conversion included (README "Main job").
@@ -19,6 +19,7 @@ QUICKSTART = {"max_steps": 200, "learning_rate": 1e-3, "eval_steps": 50, "eval_m
 EVAL_SYSTEMS = ("base", "retrieval", "finetuned")
 EVAL_ITEMS = 32  # test conversations answered by each system (the base model often talks until the token limit)
 SHOWN_QUESTIONS = 5
+SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss")  # in quickstart.json
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
 
 
@@ -28,12 +29,12 @@ def shorten(text: str, limit: int = 320) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
-def pick_examples(predictions: list[dict], n: int) -> list[dict]:
+def pick_examples(predictions: list[Prediction], n: int) -> list[Prediction]:
     """Single-turn test questions from different intents, so the output shows several policies."""
     seen, picked = set(), []
     for p in predictions:
-        if p["turns"] == 2 and p["intent"] not in seen:
-            seen.add(p["intent"])
+        if p.turns == 2 and p.intent not in seen:
+            seen.add(p.intent)
             picked.append(p)
         if len(picked) == n:
             break
@@ -54,36 +55,34 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
 
     console.print(f"2/2  Evaluating base model, retrieval baseline and fine-tuned adapter on {EVAL_ITEMS} held-out "
                   "test conversations.")
-    eval_dir = result.run.path / "eval"
-    paths = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
-                                      output=str(eval_dir), seed=cfg.seed, val_fraction=cfg.val_fraction,
-                                      test_fraction=cfg.test_fraction, max_new_tokens=100), console)
-    results = json.loads(paths["results"].read_text())
-    predictions = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
+    evaluation = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
+                                           output=str(result.run.path / "eval"), seed=cfg.seed,
+                                           val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                                           max_new_tokens=100), console)
     tuned = result.run.name
 
     console.rule("Held-out test questions (never seen in training)")
-    examples = pick_examples(predictions, SHOWN_QUESTIONS)
+    examples = pick_examples(evaluation.predictions, SHOWN_QUESTIONS)
     for number, p in enumerate(examples, start=1):
         table = Table(show_header=False, box=None, padding=(0, 1))
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
-        for label, text in (("question", p["question"]), ("reference", p["reference"]),
-                            ("base model", p["answers"]["base"]), ("fine-tuned", p["answers"][tuned])):
+        for label, text in (("question", p.question), ("reference", p.reference),
+                            ("base model", p.answers["base"]), ("fine-tuned", p.answers[tuned])):
             table.add_row(label, shorten(fill_placeholders(text, EXAMPLE_CONTEXT)))
-        console.print(f"[bold]{number}.[/bold] intent: {p['intent']}")
+        console.print(f"[bold]{number}.[/bold] intent: {p.intent}")
         console.print(table)
-    print_table(results, console)
-    before, after = results["systems"]["base"]["loss"]["value"], results["systems"][tuned]["loss"]["value"]
+    print_table(evaluation, console)
+    before, after = evaluation.systems["base"].loss.value, evaluation.systems[tuned].loss.value
     elapsed = time.time() - started
     console.print(f"Held-out loss per answer token: base {before:.3f} -> fine-tuned {after:.3f}. "
                   f"Done in {elapsed / 60:.1f} min.")
-    console.print(f"Report: {paths['report']}  —  chat with the adapter: [bold]ecombot chat --adapter {result.run.path}[/bold]")
+    console.print(f"Report: {evaluation.files['report']}  —  "
+                  f"chat with the adapter: [bold]ecombot chat --adapter {result.run.path}[/bold]")
     summary = {"run_dir": str(result.run.path), "loss_before": before, "loss_after": after,
-               "elapsed_s": round(elapsed, 1), "train": result.to_dict(), "report": str(paths["report"]),
-               "systems": {name: {m: s[m]["value"] if s[m] else None for m in ("bleu", "chrf", "rouge_l", "semantic",
-                                                                                "intent_accuracy", "loss")}
-                           for name, s in results["systems"].items()},
-               "answers": examples}
+               "elapsed_s": round(elapsed, 1), "train": result.to_dict(), "report": str(evaluation.files["report"]),
+               "systems": {name: {m: getattr(s, m).value if getattr(s, m) else None for m in SUMMARY_METRICS}
+                           for name, s in evaluation.systems.items()},
+               "answers": [asdict(p) for p in examples]}
     result.run.write_json("quickstart.json", summary)
     return summary

@@ -5,38 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecombot.evaluate.heldout import heldout_loss, item_losses
-from ecombot.evaluate.run import SYSTEMS, EvalConfig, evaluate
+from ecombot.evaluate.run import SYSTEMS, EvalConfig, EvalResult, Prediction, evaluate
 
 
-def run_evaluation(cfg, console=None) -> dict[str, Path]:
-    """Evaluate, inspect each adapter, and write the report into cfg.output."""
+def run_evaluation(cfg: EvalConfig, console=None) -> EvalResult:
+    """Evaluate, inspect each adapter, and write the report into cfg.output (the result lists the files)."""
     from ecombot.evaluate.anatomy import inspect_adapter
     from ecombot.evaluate.report import write_report
 
-    evaluation = evaluate(cfg, console)
-    anatomies = [inspect_adapter(a, cfg.model) for a in cfg.adapters]
-    return write_report(evaluation, Path(cfg.output), anatomies)
+    result = evaluate(cfg, console)
+    result.adapter_anatomy = [inspect_adapter(a, cfg.model) for a in cfg.adapters]
+    result.files = write_report(result, Path(cfg.output))
+    return result
 
 
-def print_table(results: dict, console) -> None:
+def print_table(result: EvalResult, console) -> None:
     """Compact terminal table: value ± half-width of the 95% interval (report.md has the exact bounds)."""
     from rich.table import Table
 
     columns = {"bleu": ("BLEU", 1), "chrf": ("chrF", 1), "rouge_l": ("ROUGE-L", 1), "semantic": ("semantic", 2),
                "intent_accuracy": ("intent", 2), "loss": ("loss", 2), "latency_s": ("latency s", 1)}
-    table = Table(title=f"{results['test_size']} held-out test conversations (± = 95% bootstrap interval)",
+    table = Table(title=f"{result.test_size} held-out test conversations (± = 95% bootstrap interval)",
                   show_lines=True)
     table.add_column("system")
     for header, _ in columns.values():
         table.add_column(header, justify="right")
-    for name, system in results["systems"].items():
+    for name, system in result.systems.items():
         cells = []
         for metric, (_, digits) in columns.items():
-            m = system.get(metric)
-            half = max(m["value"] - m["ci95"][0], m["ci95"][1] - m["value"]) if m else 0.0
-            cells.append(f"{m['value']:.{digits}f}\n±{half:.{digits}f}" if m else "–")
+            m = getattr(system, metric)
+            half = max(m.value - m.low, m.high - m.value) if m else 0.0
+            cells.append(f"{m.value:.{digits}f}\n±{half:.{digits}f}" if m else "–")
         table.add_row(name, *cells)
     console.print(table)
 
 
-__all__ = ["EvalConfig", "SYSTEMS", "evaluate", "heldout_loss", "item_losses", "print_table", "run_evaluation"]
+__all__ = ["EvalConfig", "EvalResult", "Prediction", "SYSTEMS", "evaluate", "heldout_loss", "item_losses",
+           "print_table", "run_evaluation"]

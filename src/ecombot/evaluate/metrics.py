@@ -8,6 +8,7 @@ corpus score from sacrebleu's own per-sentence sufficient statistics (what `sacr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -36,10 +37,11 @@ def mean_estimate(values, indices: np.ndarray) -> Estimate:
     return Estimate(float(values.mean()), float(low), float(high))
 
 
-def _corpus_estimate(metric, hypotheses: list[str], references: list[str], indices: np.ndarray) -> Estimate:
-    stats = np.asarray(metric._extract_corpus_statistics(hypotheses, [references]), dtype=float)
-    value = metric._compute_score_from_stats(stats.sum(axis=0).tolist()).score
-    scores = [metric._compute_score_from_stats(stats[row].sum(axis=0).tolist()).score for row in indices]
+def resampled_corpus_estimate(statistics: np.ndarray, corpus_score: Callable[[list[float]], float],
+                              indices: np.ndarray) -> Estimate:
+    """A corpus metric and its interval: each resample scores the summed sufficient statistics of its items."""
+    value = corpus_score(statistics.sum(axis=0).tolist())
+    scores = [corpus_score(statistics[row].sum(axis=0).tolist()) for row in indices]
     low, high = np.percentile(scores, [2.5, 97.5])
     return Estimate(float(value), float(low), float(high))
 
@@ -47,13 +49,27 @@ def _corpus_estimate(metric, hypotheses: list[str], references: list[str], indic
 def corpus_bleu(hypotheses: list[str], references: list[str], indices: np.ndarray) -> Estimate:
     from sacrebleu.metrics import BLEU
 
-    return _corpus_estimate(BLEU(), hypotheses, references, indices)
+    bleu = BLEU()
+    order = bleu.max_ngram_order
+    # The score of a one-sentence corpus carries that sentence's sufficient statistics.
+    sentences = [bleu.corpus_score([hyp], [[ref]]) for hyp, ref in zip(hypotheses, references)]
+    statistics = np.array([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in sentences], dtype=float)
+
+    def corpus_score(summed: list[float]) -> float:
+        return BLEU.compute_bleu(summed[2:2 + order], summed[2 + order:], int(summed[0]), int(summed[1]),
+                                 bleu.smooth_method, bleu.smooth_value, bleu.effective_order, order).score
+
+    return resampled_corpus_estimate(statistics, corpus_score, indices)
 
 
 def corpus_chrf(hypotheses: list[str], references: list[str], indices: np.ndarray) -> Estimate:
     from sacrebleu.metrics import CHRF
 
-    return _corpus_estimate(CHRF(), hypotheses, references, indices)
+    # Private sacrebleu methods (the ones `sacrebleu --confidence` uses): chrF's public scores carry no
+    # per-sentence statistics, and no public function turns summed statistics into a score.
+    chrf = CHRF()
+    statistics = np.asarray(chrf._extract_corpus_statistics(hypotheses, [references]), dtype=float)
+    return resampled_corpus_estimate(statistics, lambda summed: chrf._compute_score_from_stats(summed).score, indices)
 
 
 def rouge_l(hypotheses: list[str], references: list[str]) -> list[float]:

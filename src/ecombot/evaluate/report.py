@@ -2,51 +2,57 @@
 
 from __future__ import annotations
 
-import html
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from markdown_it import MarkdownIt
 
+from ecombot.evaluate.metrics import Estimate
+from ecombot.evaluate.run import EvalResult
 from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
 TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s")
 TRANSCRIPTS = 10
+HTML_HEAD = ("<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>\n"
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+             "img{max-width:100%}</style>\n")
 
 
-def fmt(metric: dict | None, digits: int = 2) -> str:
+def fmt(metric: Estimate | None, digits: int = 2) -> str:
     if metric is None:
         return "–"
-    low, high = metric["ci95"]
-    return f"{metric['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{metric.value:.{digits}f} [{metric.low:.{digits}f}, {metric.high:.{digits}f}]"
 
 
 def digits_for(name: str) -> int:
     return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s") else 1
 
 
-def table_rows(results: dict) -> list[list[str]]:
-    return [[name] + [fmt(s.get(m), digits_for(m)) for m in TABLE_METRICS] for name, s in results["systems"].items()]
+def table_rows(result: EvalResult) -> list[list[str]]:
+    return [[name] + [fmt(getattr(s, m), digits_for(m)) for m in TABLE_METRICS] for name, s in result.systems.items()]
 
 
-def plot_metrics(results: dict, png: Path) -> Path:
+def plot_metrics(result: EvalResult, png: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["systems"])
+    names = list(result.systems)
     fig, axes = plt.subplots(1, len(MAIN_METRICS), figsize=(4 * len(MAIN_METRICS), 4), dpi=100)
     for ax, metric in zip(axes, MAIN_METRICS):
         scale = 100.0 if metric in ("semantic", "intent_accuracy") else 1.0
         values, errors = [], [[], []]
         for name in names:
-            m = results["systems"][name].get(metric)
-            v = m["value"] * scale if m else 0.0
+            m = getattr(result.systems[name], metric)
+            v = m.value * scale if m else 0.0
             values.append(v)
-            errors[0].append(v - m["ci95"][0] * scale if m else 0.0)
-            errors[1].append(m["ci95"][1] * scale - v if m else 0.0)
+            errors[0].append(v - m.low * scale if m else 0.0)
+            errors[1].append(m.high * scale - v if m else 0.0)
         ax.bar(range(len(names)), values, yerr=errors, capsize=4, color="tab:blue")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric + (" (x100)" if scale == 100 else ""))
@@ -56,18 +62,18 @@ def plot_metrics(results: dict, png: Path) -> Path:
     return png
 
 
-def plot_intents(results: dict, png: Path) -> Path | None:
+def plot_intents(result: EvalResult, png: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["systems"])
-    intents = sorted({i for s in results["systems"].values() for i in s["per_intent"]})
+    names = list(result.systems)
+    intents = sorted({i for s in result.systems.values() for i in s.per_intent})
     if not intents:
         return None
-    grid = np.array([[results["systems"][n]["per_intent"].get(i, {}).get("semantic", np.nan) for n in names]
-                     for i in intents])
+    grid = np.array([[result.systems[n].per_intent[i].semantic if i in result.systems[n].per_intent else np.nan
+                      for n in names] for i in intents])
     fig, ax = plt.subplots(figsize=(2 + 1.2 * len(names), 1 + 0.28 * len(intents)), dpi=100)
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
@@ -80,40 +86,39 @@ def plot_intents(results: dict, png: Path) -> Path | None:
     return png
 
 
-def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = None) -> dict[str, Path]:
+def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
+    """results.json, predictions.jsonl, the plots and report.md/.html for `result`; returns the paths by name."""
     from ecombot.evaluate.anatomy import plot_anatomy
 
     output.mkdir(parents=True, exist_ok=True)
-    results, predictions = evaluation["results"], evaluation["predictions"]
-    if anatomies:
-        results["adapter_anatomy"] = anatomies
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (output / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
-                                              encoding="utf-8")
-    images = {"metrics": plot_metrics(results, output / "metrics.png")}
-    heatmap = plot_intents(results, output / "intents.png")
+    anatomies, predictions = result.adapter_anatomy, result.predictions
+    (output / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (output / "predictions.jsonl").write_text(
+        "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+    images = {"metrics": plot_metrics(result, output / "metrics.png")}
+    heatmap = plot_intents(result, output / "intents.png")
     if heatmap:
         images["intents"] = heatmap
-    for i, adapter in enumerate(results["adapters"]):
+    for i, adapter in enumerate(result.adapters):
         run = RunDir(adapter)
         if run.log_file.is_file():
             images[f"loss curve {run.path.name}"] = run.plot_loss_curve(output / f"loss_curve_{i}.png")
-    for i, anatomy in enumerate(anatomies or []):
+    for i, anatomy in enumerate(anatomies):
         images[f"adapter anatomy {Path(anatomy['run']).name}"] = plot_anatomy(anatomy, output / f"anatomy_{i}.png")
 
     header = ["system", *TABLE_METRICS]
     md = ["# ecombot evaluation", "",
-          f"Test set: {results['test_size']} conversations ({json.dumps(results['source'])}); "
-          f"training pool for retrieval/few-shot: {results['train_size']}. 95% bootstrap intervals "
-          f"({results['bootstrap_samples']} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
+          f"Test set: {result.test_size} conversations ({json.dumps(result.source)}); "
+          f"training pool for retrieval/few-shot: {result.train_size}. 95% bootstrap intervals "
+          f"({result.bootstrap_samples} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
           "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token.", ""]
-    if results["source"].get("leaked_test_questions"):
-        md += [f"**Warning: {results['source']['leaked_test_questions']} test questions also appear in the training "
+    if result.source.get("leaked_test_questions"):
+        md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    md += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     md += [""]
-    for anatomy in anatomies or []:
+    for anatomy in anatomies:
         md += [f"## Adapter anatomy: {Path(anatomy['run']).name}", "",
                f"Trainable parameters: {anatomy['trainable_parameters']:,}"
                + (f" ({anatomy['trainable_percent']:.2f}% of the base)" if anatomy["trainable_percent"] else "")
@@ -126,51 +131,13 @@ def write_report(evaluation: dict, output: Path, anatomies: list[dict] | None = 
     md += ["## Plots", ""] + [f"![{label}]({path.name})" for label, path in images.items()] + [""]
     md += ["## Transcripts", ""]
     for p in predictions[:TRANSCRIPTS]:
-        md += [f"**Question** ({p['intent'] or 'no intent'}): {p['question']}", "", f"- *reference*: {p['reference']}"]
-        md += [f"- *{name}*: {answer}" for name, answer in p["answers"].items()] + [""]
+        md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
+        md += [f"- *{name}*: {answer}" for name, answer in p.answers.items()] + [""]
     (output / "report.md").write_text("\n".join(md), encoding="utf-8")
     (output / "report.html").write_text(markdown_to_html("\n".join(md)), encoding="utf-8")
     return {"results": output / "results.json", "report": output / "report.md", **images}
 
 
 def markdown_to_html(md: str) -> str:
-    """The small subset of Markdown the report uses (headings, tables, images, lists, bold): no extra dependency."""
-    import re
-
-    out, in_table = ["<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>",
-                     "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-                     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-                     "img{max-width:100%}</style>"], False
-
-    def inline(text: str) -> str:
-        text = html.escape(text)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-        return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if match := re.match(r"!\[(.*)\]\((.*)\)", line):
-            out.append(f"<p><img alt='{html.escape(match[1])}' src='{html.escape(match[2])}'></p>")
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out) + "\n"
+    """report.md as a standalone page; HTML inside answers stays text (html off), tables as in GitHub Markdown."""
+    return HTML_HEAD + MarkdownIt("commonmark", {"html": False}).enable("table").render(md)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,81 @@ class SystemAnswers:
     new_tokens: list[int]
     seconds: float
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
+
+
+@dataclass
+class IntentScores:
+    """Means over the test items of one intent (a finer view than the bootstrap estimates)."""
+
+    n: int
+    semantic: float
+    rouge_l: float
+    intent_correct: float | None = None  # only where intent accuracy is measured
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+@dataclass
+class SystemScores:
+    """One system's metrics, each with its 95% interval; None where a metric does not apply to the system."""
+
+    bleu: metrics.Estimate
+    chrf: metrics.Estimate
+    rouge_l: metrics.Estimate
+    semantic: metrics.Estimate
+    intent_accuracy: metrics.Estimate | None
+    loss: metrics.Estimate | None
+    perplexity: metrics.Estimate | None
+    latency_s: metrics.Estimate
+    answer_tokens: metrics.Estimate
+    tokens_per_s: float | None
+    seconds: float
+    per_intent: dict[str, IntentScores]
+
+    def to_dict(self) -> dict:
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row = {name: (value.to_dict() if isinstance(value, metrics.Estimate) else value) for name, value in row.items()}
+        row["per_intent"] = {intent: scores.to_dict() for intent, scores in self.per_intent.items()}
+        return row
+
+
+@dataclass
+class Prediction:
+    """One test conversation and every system's answer to it (a line of predictions.jsonl)."""
+
+    question: str
+    intent: str | None
+    turns: int
+    reference: str
+    answers: dict[str, str]
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produced; results.json is `to_dict()`, predictions.jsonl the predictions."""
+
+    config: EvalConfig  # a copy: the settings this evaluation ran with
+    model: str | None
+    adapters: list[str]
+    source: dict  # where the test set came from, as load_sets recorded it (keys differ for --test and --data)
+    test_size: int
+    train_size: int
+    system_prompts: dict[str, str | None]
+    bootstrap_samples: int
+    systems: dict[str, SystemScores]
+    predictions: list[Prediction]
+    adapter_anatomy: list[dict] = field(default_factory=list)  # filled by run_evaluation
+    files: dict[str, Path] = field(default_factory=dict)  # what write_report wrote, by name
+
+    def to_dict(self) -> dict:
+        results = {"config": asdict(self.config), "model": self.model, "adapters": self.adapters, "source": self.source,
+                   "test_size": self.test_size, "train_size": self.train_size, "system_prompts": self.system_prompts,
+                   "bootstrap_samples": self.bootstrap_samples,
+                   "systems": {name: scores.to_dict() for name, scores in self.systems.items()}}
+        if self.adapter_anatomy:
+            results["adapter_anatomy"] = self.adapter_anatomy
+        return results
 
 
 def file_hash(path: Path) -> str:
@@ -137,51 +212,51 @@ def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], 
 
 
 def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndarray, pool_intents: list[str],
-          indices: np.ndarray) -> dict:
+          indices: np.ndarray) -> SystemScores:
     refs = [c.answer for c in test]
     hyps = system.answers
     answer_vectors, ref_vectors = embed(hyps), embed(refs)
     semantic = metrics.cosine_rows(answer_vectors, ref_vectors)
     rouge = metrics.rouge_l(hyps, refs)
-    result = {
-        "bleu": metrics.corpus_bleu(hyps, refs, indices).to_dict(),
-        "chrf": metrics.corpus_chrf(hyps, refs, indices).to_dict(),
-        "rouge_l": metrics.mean_estimate(rouge, indices).to_dict(),
-        "semantic": metrics.mean_estimate(semantic, indices).to_dict(),
-        "intent_accuracy": None, "loss": None, "perplexity": None,
-        "latency_s": metrics.mean_estimate(system.latency_s, indices).to_dict(),
-        "answer_tokens": metrics.mean_estimate(system.new_tokens, indices).to_dict(),
-        "tokens_per_s": (sum(system.new_tokens) / system.seconds) if system.seconds > 0 and sum(system.new_tokens) else None,
-        "seconds": system.seconds,
-    }
-    per_item = {"semantic": semantic.tolist(), "rouge_l": rouge}
+    intent_accuracy = correct = None
     if all(c.intent for c in test) and pool_intents:
         predicted = metrics.nearest_intents(answer_vectors, pool_vectors, pool_intents)
         correct = [float(p == c.intent) for p, c in zip(predicted, test)]
-        result["intent_accuracy"] = metrics.mean_estimate(correct, indices).to_dict()
-        per_item["intent_correct"] = correct
+        intent_accuracy = metrics.mean_estimate(correct, indices)
+    loss = perplexity = None
     if system.loss is not None:
         sums, counts = system.loss
         boot = sums[indices].sum(axis=1) / np.maximum(counts[indices].sum(axis=1), 1)
-        loss = float(sums.sum() / counts.sum())
         low, high = np.percentile(boot, [2.5, 97.5])
-        result["loss"] = {"value": loss, "ci95": [float(low), float(high)]}
-        result["perplexity"] = {"value": float(np.exp(min(loss, 50))),
-                                "ci95": [float(np.exp(min(low, 50))), float(np.exp(min(high, 50)))]}
-    result["per_intent"] = per_intent(test, per_item)
-    return result
+        loss = metrics.Estimate(float(sums.sum() / counts.sum()), float(low), float(high))
+        perplexity = metrics.Estimate(*(float(np.exp(min(x, 50))) for x in (loss.value, loss.low, loss.high)))
+    tokens = sum(system.new_tokens)
+    return SystemScores(
+        bleu=metrics.corpus_bleu(hyps, refs, indices),
+        chrf=metrics.corpus_chrf(hyps, refs, indices),
+        rouge_l=metrics.mean_estimate(rouge, indices),
+        semantic=metrics.mean_estimate(semantic, indices),
+        intent_accuracy=intent_accuracy, loss=loss, perplexity=perplexity,
+        latency_s=metrics.mean_estimate(system.latency_s, indices),
+        answer_tokens=metrics.mean_estimate(system.new_tokens, indices),
+        tokens_per_s=tokens / system.seconds if system.seconds > 0 and tokens else None,
+        seconds=system.seconds,
+        per_intent=per_intent(test, semantic.tolist(), rouge, correct),
+    )
 
 
-def per_intent(test: list[Conversation], per_item: dict[str, list[float]]) -> dict:
-    out: dict[str, dict] = {}
+def per_intent(test: list[Conversation], semantic: list[float], rouge_l: list[float],
+               intent_correct: list[float] | None) -> dict[str, IntentScores]:
+    out: dict[str, IntentScores] = {}
     for intent in sorted({c.intent for c in test if c.intent}):
         rows = [i for i, c in enumerate(test) if c.intent == intent]
-        out[intent] = {"n": len(rows), **{name: float(np.mean([values[i] for i in rows]))
-                                          for name, values in per_item.items()}}
+        means = (None if values is None else float(np.mean([values[i] for i in rows]))
+                 for values in (semantic, rouge_l, intent_correct))
+        out[intent] = IntentScores(len(rows), *means)
     return out
 
 
-def evaluate(cfg: EvalConfig, console=None) -> dict:
+def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     from ecombot.models import load_for_inference
 
     unknown = set(cfg.systems) - set(SYSTEMS)
@@ -239,13 +314,11 @@ def evaluate(cfg: EvalConfig, console=None) -> dict:
             systems.append(answered)
 
     indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
-    results = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-        "model": model_spec, "adapters": [str(Path(a).resolve()) for a in cfg.adapters], "source": source,
-        "test_size": len(test), "train_size": len(train), "system_prompts": prompts_used,
-        "bootstrap_samples": metrics.BOOTSTRAP_SAMPLES,
-        "systems": {s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
-    }
-    predictions = [{"question": q, "intent": c.intent, "turns": len(c.messages), "reference": c.answer,
-                    "answers": {s.name: s.answers[i] for s in systems}} for i, (q, c) in enumerate(zip(queries, test))]
-    return {"results": results, "predictions": predictions}
+    return EvalResult(
+        config=replace(cfg), model=model_spec, adapters=[str(Path(a).resolve()) for a in cfg.adapters], source=source,
+        test_size=len(test), train_size=len(train), system_prompts=prompts_used,
+        bootstrap_samples=metrics.BOOTSTRAP_SAMPLES,
+        systems={s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
+        predictions=[Prediction(q, c.intent, len(c.messages), c.answer, {s.name: s.answers[i] for s in systems})
+                     for i, (q, c) in enumerate(zip(queries, test))],
+    )
