@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecombot.evaluate.heldout import heldout_loss, item_losses
-from ecombot.evaluate.run import SYSTEMS, EvalConfig, EvalResult, Prediction, evaluate
+from ecombot.config import SYSTEMS, EvalConfig
+from ecombot.evaluate.result import EvalResult, Prediction
+from ecombot.evaluate.run import evaluate
 
 
 def run_evaluation(cfg: EvalConfig, console=None) -> EvalResult:

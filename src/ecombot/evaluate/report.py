@@ -10,7 +10,7 @@ import numpy as np
 from markdown_it import MarkdownIt
 
 from ecombot.evaluate.metrics import Estimate
-from ecombot.evaluate.run import EvalResult
+from ecombot.evaluate.result import EvalResult
 from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100

@@ -10,41 +10,20 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ecombot.chat import BASE, Decoding, GenerationEngine, TransformersEngine
-from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT
+from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.embeddings import embed
 from ecombot.evaluate.heldout import item_losses
+from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SystemScores
 from ecombot.run_dir import RunDir
-
-SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval")
-
-
-@dataclass
-class EvalConfig:
-    data: str | None = None
-    test: str | None = None
-    adapters: list[str] = field(default_factory=list)
-    systems: tuple[str, ...] = SYSTEMS
-    model: str | None = None
-    limit: int | None = None
-    output: str = "runs/eval"
-    seed: int = 42
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    fewshot_k: int = 3
-    retrieval_k: int = 3
-    batch_size: int = 8
-    max_new_tokens: int = 160
-    system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's
-
 
 @dataclass
 class SystemAnswers:
@@ -54,81 +33,6 @@ class SystemAnswers:
     new_tokens: list[int]
     seconds: float
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
-
-
-@dataclass
-class IntentScores:
-    """Means over the test items of one intent (a finer view than the bootstrap estimates)."""
-
-    n: int
-    semantic: float
-    rouge_l: float
-    intent_correct: float | None = None  # only where intent accuracy is measured
-
-    def to_dict(self) -> dict:
-        return {name: value for name, value in asdict(self).items() if value is not None}
-
-
-@dataclass
-class SystemScores:
-    """One system's metrics, each with its 95% interval; None where a metric does not apply to the system."""
-
-    bleu: metrics.Estimate
-    chrf: metrics.Estimate
-    rouge_l: metrics.Estimate
-    semantic: metrics.Estimate
-    intent_accuracy: metrics.Estimate | None
-    loss: metrics.Estimate | None
-    perplexity: metrics.Estimate | None
-    latency_s: metrics.Estimate
-    answer_tokens: metrics.Estimate
-    tokens_per_s: float | None
-    seconds: float
-    per_intent: dict[str, IntentScores]
-
-    def to_dict(self) -> dict:
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
-        row = {name: (value.to_dict() if isinstance(value, metrics.Estimate) else value) for name, value in row.items()}
-        row["per_intent"] = {intent: scores.to_dict() for intent, scores in self.per_intent.items()}
-        return row
-
-
-@dataclass
-class Prediction:
-    """One test conversation and every system's answer to it (a line of predictions.jsonl)."""
-
-    question: str
-    intent: str | None
-    turns: int
-    reference: str
-    answers: dict[str, str]
-
-
-@dataclass
-class EvalResult:
-    """What an evaluation produced; results.json is `to_dict()`, predictions.jsonl the predictions."""
-
-    config: EvalConfig  # a copy: the settings this evaluation ran with
-    model: str | None
-    adapters: list[str]
-    source: dict  # where the test set came from, as load_sets recorded it (keys differ for --test and --data)
-    test_size: int
-    train_size: int
-    system_prompts: dict[str, str | None]
-    bootstrap_samples: int
-    systems: dict[str, SystemScores]
-    predictions: list[Prediction]
-    adapter_anatomy: list[dict] = field(default_factory=list)  # filled by run_evaluation
-    files: dict[str, Path] = field(default_factory=dict)  # what write_report wrote, by name
-
-    def to_dict(self) -> dict:
-        results = {"config": asdict(self.config), "model": self.model, "adapters": self.adapters, "source": self.source,
-                   "test_size": self.test_size, "train_size": self.train_size, "system_prompts": self.system_prompts,
-                   "bootstrap_samples": self.bootstrap_samples,
-                   "systems": {name: scores.to_dict() for name, scores in self.systems.items()}}
-        if self.adapter_anatomy:
-            results["adapter_anatomy"] = self.adapter_anatomy
-        return results
 
 
 def file_hash(path: Path) -> str:

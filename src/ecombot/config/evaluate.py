@@ -1,0 +1,26 @@
+"""Evaluation configuration: what `ecombot evaluate` compares, on which test set, and how answers are generated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval")
+
+
+@dataclass
+class EvalConfig:
+    data: str | None = None
+    test: str | None = None
+    adapters: list[str] = field(default_factory=list)
+    systems: tuple[str, ...] = SYSTEMS
+    model: str | None = None
+    limit: int | None = None
+    output: str = "runs/eval"
+    seed: int = 42
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    fewshot_k: int = 3
+    retrieval_k: int = 3
+    batch_size: int = 8
+    max_new_tokens: int = 160
+    system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's
