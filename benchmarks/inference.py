@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality-examples", type=int, default=16, help="test conversations for the loss (0: skip)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="the engines' weights (auto: bf16 where the CPU has native bf16); low-bit one-token "
+                             "steps apply to bf16 CPU models only")
     parser.add_argument("--output", default="benchmarks/results/inference.json")
     args = parser.parse_args()
 
@@ -111,7 +114,7 @@ def main() -> None:
     engines, load_s = {}, []
     for name, bits in ENGINES.items():
         started = time.perf_counter()
-        loaded = load_for_inference(model=args.model, adapter=args.adapter)
+        loaded = load_for_inference(model=args.model, adapter=args.adapter, precision=args.precision)
         load_s.append(time.perf_counter() - started)
         engines[name] = TransformersEngine(loaded, None, Decoding(max_new_tokens=args.max_new_tokens))
         engines[name].speed_up_decoding(bits)
@@ -128,7 +131,9 @@ def main() -> None:
             for name, run in runners.items():
                 first, seconds, tokens = run(question)
                 rows[name].append({"ttft_s": first, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds})
-    summary = {name: {"tokens_per_s": spread([r["tokens_per_s"] for r in runs]),
+    summary = {name: {**({"precision": engines[name].loaded.precision, "low_bit_layers": engines[name].low_bit_layers}
+                         if name in engines else {}),
+                      "tokens_per_s": spread([r["tokens_per_s"] for r in runs]),
                       "ttft_ms": spread([1000 * r["ttft_s"] for r in runs]),
                       "speedup_vs_plain": spread([r["tokens_per_s"] / p["tokens_per_s"] for r, p in zip(runs, rows["plain"])])}
                for name, runs in rows.items()}

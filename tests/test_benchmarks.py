@@ -48,14 +48,25 @@ def test_train_throughput_benchmark_short_form(tiny_model_dir, tmp_path):
     assert summary["notebook"]["speedup_vs_notebook"]["median"] == 1.0
 
 
-def test_inference_benchmark_short_form(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
+    """Both precisions on every CPU class (bf16 runs, slower, where the CPU has no native bf16): the low-bit paths run
+    for bf16 weights and are left off for fp32 ones."""
     result = run_benchmark("inference", ["--model", str(tiny_model_dir), "--repeats", "1", "--max-new-tokens", "8",
-                                         "--quality-examples", "2"], tmp_path)
+                                         "--quality-examples", "2", "--precision", precision], tmp_path)
     assert list(result["runs"]) == ["plain", "ecombot-bf16", "ecombot-int8", "ecombot-int4"]
     assert all(len(runs) == 3 for runs in result["runs"].values()) and result["load_s"]["median"] > 0
     assert all(r["ttft_s"] is not None and 0 < r["tokens"] <= 8 for runs in result["runs"].values() for r in runs)
-    losses = [result["summary"][name]["decoding_path_loss"] for name in ["ecombot-bf16", "ecombot-int8", "ecombot-int4"]]
-    assert all(0 < loss < 20 for loss in losses) and len(set(losses)) == 3  # the low-bit paths really ran
+    engines = ["ecombot-bf16", "ecombot-int8", "ecombot-int4"]
+    assert {result["summary"][name]["precision"] for name in engines} == {precision}
+    losses = [result["summary"][name]["decoding_path_loss"] for name in engines]
+    low_bit_layers = [result["summary"][name]["low_bit_layers"] for name in engines]
+    assert all(0 < loss < 20 for loss in losses)
+    if precision == "bf16":
+        assert low_bit_layers[0] == 0 < low_bit_layers[1] == low_bit_layers[2]
+        assert len(set(losses)) == 3  # the low-bit paths really ran
+    else:
+        assert low_bit_layers == [0, 0, 0] and len(set(losses)) == 1
 
 
 def import_benchmark(name: str):
