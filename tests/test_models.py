@@ -9,7 +9,7 @@ from ecombot.errors import ModelError
 from ecombot.models import (DEFAULT_MODEL, convert_gguf, cpu_has_native_bf16, load_for_inference, resolve_model,
                             resolve_precision)
 from ecombot.models.registry import MARKER
-from ecombot.run_dir import RunDir
+from ecombot.run_dir import ADAPTER_FILES, RunDir
 
 
 def test_local_paths_are_checked(tmp_path):
@@ -106,6 +106,44 @@ def test_unfinished_run_is_not_an_adapter(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ModelError, match="--resume"):
         RunDir(run).check_adapter()
+
+
+def test_an_adapter_is_refused_while_its_run_is_unfinished(adapter_dirs, tmp_path, monkeypatch):
+    """Killed mid-training (or mid-save), a run's adapter files may be an older adapter's or half replaced."""
+    import json
+    import shutil
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(adapter_dirs["support"], run.path)
+    run.check_adapter()  # a plain PEFT adapter (no run_config.json) loads
+    run.write_info({"config": {}, "status": "running"})
+    with pytest.raises(ModelError, match="not finished.*--resume"):
+        run.check_adapter()
+    with pytest.raises(ModelError, match="not finished"):
+        load_for_inference(adapter=run.path, precision="fp32")
+    run.write_info({"config": {}, "status": "complete"})
+    run.check_adapter()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(json.loads(
+        (run.path / "adapter_config.json").read_text())["base_model_name_or_path"]), str(adapter_dirs["fr"]))
+    real_replace, moved = os.replace, []
+
+    def die_after_one_adapter_file(src, dst):
+        if Path(dst).name in ADAPTER_FILES:
+            if moved:
+                raise KeyboardInterrupt  # killed between the adapter's two files
+            moved.append(dst)
+        real_replace(src, dst)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(os, "replace", die_after_one_adapter_file)
+        run.save_adapter(model)
+    assert moved  # one file of the new adapter is in place, the other is still the old one's
+    with pytest.raises(ModelError, match="not finished"):
+        run.check_adapter()
 
 
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_model_dir, small_dataset):
