@@ -152,3 +152,26 @@ class RunningServer:
 @pytest.fixture
 def running_server():
     return RunningServer
+
+
+@pytest.fixture
+def writes_in_place(monkeypatch) -> list[Path]:
+    """Files opened for writing under their own name while the test runs: a process killed mid-write leaves
+    them torn (safe writes go to a hidden temporary name and are renamed into place)."""
+    import builtins
+    import io
+    import os
+
+    seen: list[Path] = []
+    real_open = io.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax"):
+            path = Path(file)
+            if not any(part.startswith(".") for part in path.parts):
+                seen.append(path)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", watching_open)
+    monkeypatch.setattr(builtins, "open", watching_open)
+    return seen

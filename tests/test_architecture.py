@@ -9,15 +9,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MAY_IMPORT = {
     "errors": set(),
     "home": set(),
-    "speedups": {"home"},
-    "data": {"errors"},
+    "atomic": set(),
+    "speedups": {"atomic", "home"},
+    "data": {"atomic", "errors"},
     "config": {"errors"},
-    "run_dir": {"errors"},
-    "models": {"data", "errors", "home", "run_dir", "speedups"},
+    "run_dir": {"atomic", "errors"},
+    "models": {"atomic", "data", "errors", "home", "run_dir", "speedups"},
     "train": {"config", "data", "errors", "models", "run_dir", "speedups"},
     "chat": {"config", "errors", "models", "run_dir", "speedups"},
-    "evaluate": {"chat", "config", "data", "errors", "models", "run_dir"},
-    "serve": {"chat", "config", "errors", "home", "models", "run_dir"},
+    "evaluate": {"atomic", "chat", "config", "data", "errors", "models", "run_dir"},
+    "serve": {"atomic", "chat", "config", "errors", "home", "models", "run_dir"},
 }
 ENTRY_POINTS = {"cli", "quickstart", "__main__", "__init__"}
 

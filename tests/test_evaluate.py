@@ -111,12 +111,13 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     return data, run
 
 
-def test_evaluation_outputs(tmp_path, trained_run):
+def test_evaluation_outputs(tmp_path, trained_run, writes_in_place):
     data, run = trained_run
     out = tmp_path / "eval"
     cfg = EvalConfig(data=str(data), adapters=[str(run)], output=str(out), max_new_tokens=6, val_fraction=0.15,
                      test_fraction=0.15)
     result = run_evaluation(cfg)
+    assert [p for p in writes_in_place if p.is_relative_to(out)] == []  # each file renamed into place, whole
     results = json.loads((out / "results.json").read_text())
     assert set(results["systems"]) == {"base", "base-fewshot", "retrieval", "run", "run+retrieval"}
     # the base model is told the store prompt; the adapter what it was trained with (none by default)

@@ -1,5 +1,6 @@
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from ecombot.errors import ModelError
 from ecombot.models import (DEFAULT_MODEL, convert_gguf, cpu_has_native_bf16, load_for_inference, resolve_model,
                             resolve_precision)
 from ecombot.models.registry import MARKER
-from ecombot.run_dir import RunDir
+from ecombot.run_dir import ADAPTER_FILES, RunDir
 
 
 def test_local_paths_are_checked(tmp_path):
@@ -70,7 +71,7 @@ def test_conversion_cache_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
     _fake_gguf_loaders(monkeypatch, tiny_model_dir, calls)
     models = tmp_path / "home" / "models"
     models.mkdir(parents=True)
-    (models / ".tmp-m-999999999").mkdir()  # left behind by a killed conversion (that pid is not running)
+    (models / ".tmp-m").mkdir()  # left behind by a killed conversion
 
     from transformers import PreTrainedModel
 
@@ -82,7 +83,7 @@ def test_conversion_cache_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", killed)
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(tmp_path / "m.gguf", "m", source="test")
-    assert sorted(p.name for p in models.iterdir()) == []  # nothing half-written, stale folder cleaned
+    assert sorted(p.name for p in models.iterdir()) == [".m.lock"]  # nothing half-written, stale folder cleaned
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
     path = convert_gguf(tmp_path / "m.gguf", "m", source="test")
@@ -105,6 +106,44 @@ def test_unfinished_run_is_not_an_adapter(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     with pytest.raises(ModelError, match="--resume"):
         RunDir(run).check_adapter()
+
+
+def test_an_adapter_is_refused_while_its_run_is_unfinished(adapter_dirs, tmp_path, monkeypatch):
+    """Killed mid-training (or mid-save), a run's adapter files may be an older adapter's or half replaced."""
+    import json
+    import shutil
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(adapter_dirs["support"], run.path)
+    run.check_adapter()  # a plain PEFT adapter (no run_config.json) loads
+    run.write_info({"config": {}, "status": "running"})
+    with pytest.raises(ModelError, match="not finished.*--resume"):
+        run.check_adapter()
+    with pytest.raises(ModelError, match="not finished"):
+        load_for_inference(adapter=run.path, precision="fp32")
+    run.write_info({"config": {}, "status": "complete"})
+    run.check_adapter()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(json.loads(
+        (run.path / "adapter_config.json").read_text())["base_model_name_or_path"]), str(adapter_dirs["fr"]))
+    real_replace, moved = os.replace, []
+
+    def die_after_one_adapter_file(src, dst):
+        if Path(dst).name in ADAPTER_FILES:
+            if moved:
+                raise KeyboardInterrupt  # killed between the adapter's two files
+            moved.append(dst)
+        real_replace(src, dst)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(os, "replace", die_after_one_adapter_file)
+        run.save_adapter(model)
+    assert moved  # one file of the new adapter is in place, the other is still the old one's
+    with pytest.raises(ModelError, match="not finished"):
+        run.check_adapter()
 
 
 def test_adapter_for_another_base_model_is_refused(tmp_path, tiny_model_dir, small_dataset):
@@ -168,3 +207,60 @@ def test_importing_ecombot_enlarges_onednns_kernel_cache_unless_the_user_set_it(
     theirs = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "2048"})
     assert (ours.stdout.strip(), theirs.stdout.strip()) == ("16384", "2048")
+
+
+BUILD_AT_ONCE = r"""
+import sys, time
+from pathlib import Path
+
+import transformers
+from transformers import PreTrainedModel
+
+from ecombot.models.registry import bf16_weights, convert_gguf
+
+what, tiny, signals, me = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+other = signals / f"started-{1 - int(me)}"
+real_save = PreTrainedModel.save_pretrained
+
+
+def save_once_both_started(self, *args, **kwargs):
+    with open(signals / "saves", "a") as log:
+        log.write(me + "\n")
+    deadline = time.time() + 120
+    while not other.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the other process is past its cache check: it converts too, unless something makes it wait
+    return real_save(self, *args, **kwargs)
+
+
+PreTrainedModel.save_pretrained = save_once_both_started
+if what == "gguf":  # no real GGUF file: the reader returns the tiny model, as in _fake_gguf_loaders
+    real_tok, real_model = transformers.AutoTokenizer.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained
+    transformers.AutoTokenizer.from_pretrained = lambda path, gguf_file=None, **kw: real_tok(str(tiny))
+    transformers.AutoModelForCausalLM.from_pretrained = lambda path, gguf_file=None, **kw: real_model(str(tiny))
+(signals / f"started-{me}").write_text("")
+built = convert_gguf(signals / "m.gguf", "m", source="test") if what == "gguf" else bf16_weights(tiny)
+print(built)
+"""
+
+
+@pytest.mark.parametrize("what", ["gguf", "bf16"])
+def test_two_processes_building_the_same_model_at_once_build_it_once(tiny_model_dir, tmp_path, what):
+    """The first run under torchrun: every rank asks for the converted default model (and its bf16 copy) at once.
+    One builds it, the others wait for it; no process deletes or replaces a finished one."""
+    import shutil
+    import subprocess
+    import sys
+
+    cached = tmp_path / "cached"
+    shutil.copytree(tiny_model_dir, cached)
+    (cached / MARKER).write_text("{}")  # a converted model: bf16_weights writes its copy inside
+    env = {**os.environ, "ECOMBOT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    source = tiny_model_dir if what == "gguf" else cached
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD_AT_ONCE, what, str(source), str(tmp_path), str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    built = {Path(out.strip().splitlines()[-1]) for out, _ in outputs}
+    assert len(built) == 1 and (built.pop() / MARKER).is_file()
+    assert len((tmp_path / "saves").read_text().split()) == 1  # built once; the other process waited for it

@@ -1,18 +1,20 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ecombot.config import load_config
-from ecombot.errors import EcombotError
+from ecombot.errors import EcombotError, ModelError
 from ecombot.train import train
-from ecombot.run_dir import COMPLETE_CHECKPOINT, RunDir
+from ecombot.run_dir import COMPLETE_CHECKPOINT, RunDir, checkpoint_step
 
 
 def tiny_config(tiny_model_dir, data, output, **overrides):
@@ -115,6 +117,25 @@ def test_existing_run_directory_is_not_overwritten_by_accident(tiny_model_dir, s
     assert not (run / "keep.txt").exists() and (run / "adapter_model.safetensors").is_file()
 
 
+def test_an_overwrite_cut_short_leaves_no_adapter_that_loads_without_its_run(tiny_model_dir, small_dataset, tmp_path,
+                                                                            monkeypatch):
+    """--overwrite deletes the old run; killed half way, what is left must not load as a plain PEFT adapter
+    (no system prompt, no status) just because run_config.json happened to go first."""
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2)
+    train(cfg, show_progress=False)
+
+    def config_goes_first_then_die(path, *args, **kwargs):
+        (Path(path) / "run_config.json").unlink(missing_ok=True)  # rmtree deletes in the file system's order
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(shutil, "rmtree", config_goes_first_then_die)
+        train(cfg, overwrite=True, show_progress=False)
+    with pytest.raises(ModelError):
+        RunDir(run).check_adapter()
+
+
 def test_interrupted_checkpoint_is_ignored(tmp_path):
     for step, complete in ((3, True), (6, True), (9, False)):
         folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
@@ -123,6 +144,86 @@ def test_interrupted_checkpoint_is_ignored(tmp_path):
             (folder / COMPLETE_CHECKPOINT).write_text("ok")
     assert RunDir(tmp_path).latest_checkpoint().name == "checkpoint-6"
     assert RunDir(tmp_path / "none").latest_checkpoint() is None
+
+
+def test_pruning_keeps_the_newest_and_the_best_complete_checkpoints(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (2, 4, 5, 6, 8):
+        (run.checkpoints_dir / f"checkpoint-{step}").mkdir(parents=True)
+        if step != 5:  # 5 was interrupted mid-write by an earlier kill
+            (run.checkpoints_dir / f"checkpoint-{step}" / COMPLETE_CHECKPOINT).write_text("ok")
+    run.prune_checkpoints(keep=2, best=str(run.checkpoints_dir / "checkpoint-4"))
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    run.prune_checkpoints(keep=1, best=None)
+    assert [p.name for p in run.checkpoints_dir.iterdir()] == ["checkpoint-8"]
+
+
+def test_a_run_killed_right_after_pruning_a_checkpoint_resumes_from_a_complete_one(tiny_model_dir, small_dataset,
+                                                                                   tmp_path, monkeypatch):
+    """With save_total_limit 1, saving a checkpoint prunes the one before: the new one must be marked complete first,
+    or a kill in between leaves nothing to resume from. The resumed log holds every step once."""
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, small_dataset, run, max_steps=8, eval_steps=2, save_total_limit=1)
+    real_rmtree = shutil.rmtree
+
+    def prune_then_die(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if Path(path).parent == run / "checkpoints":
+            raise KeyboardInterrupt  # the process is killed right after an older checkpoint was deleted
+
+    monkeypatch.setattr(shutil, "rmtree", prune_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert RunDir(run).latest_checkpoint() is not None
+    result = train(cfg, resume=True, show_progress=False)
+    assert result.steps == 8
+    log = log_of(run)
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
+    assert [r["step"] for r in log if "eval_loss" in r] == [2, 4, 6, 8]
+
+
+def test_resume_stops_with_a_clear_error_when_there_is_nothing_to_continue(tiny_model_dir, small_dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2)
+    train(cfg, show_progress=False)
+    with pytest.raises(EcombotError, match="already complete"):
+        train(cfg, resume=True, show_progress=False)
+    info = json.loads((run / "run_config.json").read_text())
+    (run / "run_config.json").write_text(json.dumps({**info, "status": "running"}))  # killed after its checkpoint
+    data = small_dataset.read_text()
+    small_dataset.write_text("".join(data.splitlines(keepends=True)[:-6]))  # the data file was edited since
+    with pytest.raises(EcombotError, match="the data changed since this run started"):
+        train(cfg, resume=True, show_progress=False)
+    small_dataset.write_text(data)
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
+    log_before = (run / "train_log.jsonl").read_text()
+    with pytest.raises(EcombotError, match="no complete checkpoint"):
+        train(cfg, resume=True, show_progress=False)
+    assert (run / "train_log.jsonl").read_text() == log_before  # nothing restarted from step 0
+
+
+def test_a_torn_last_log_line_is_skipped_and_resume_cuts_the_log_back_to_the_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7},
+               {"step": 3, "loss": 1.2}]
+    run.log_file.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')
+    assert run.train_log() == records  # the last line was cut short by a kill
+    run.log_file.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(EcombotError, match="train_log.jsonl:2"):
+        run.train_log()  # a damaged line in the middle is not a torn write: say so
+    run.log_file.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')
+    run.drop_log_after(2)
+    assert run.train_log() == records[:3] and run.log_file.read_text().endswith("}\n")
+
+
+def test_no_file_of_a_run_is_written_in_place(tiny_model_dir, small_dataset, tmp_path, writes_in_place):
+    """A kill at any moment leaves every file of the run whole, the old or the new one. Checkpoints count only once
+    marked complete, and the log is appended line by line (a torn last line is skipped when read)."""
+    run = tmp_path / "run"
+    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=4, eval_steps=2), show_progress=False)
+    written = {p.relative_to(run) for p in writes_in_place if p.is_relative_to(run)}
+    assert {p for p in written if p.parts[0] != "checkpoints"} == {Path("train_log.jsonl")}
 
 
 def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model_dir, small_dataset, tmp_path):
@@ -141,38 +242,85 @@ def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model
     proc = subprocess.Popen([*command, "--output", str(killed)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "checkpoint-9" / COMPLETE_CHECKPOINT).exists():
+    while not any(r["step"] >= 11 for r in RunDir(killed).train_log()):  # checkpoint 9 is behind, 12 not yet
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be interrupted"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     status = json.loads((killed / "run_config.json").read_text())["status"]
     assert status == "running" and not (killed / "adapter_model.safetensors").exists()
+    assert RunDir(killed).train_log()[-1]["step"] > checkpoint_step(RunDir(killed).latest_checkpoint())
 
     resumed = subprocess.run([sys.executable, "-m", "ecombot", "train", "--output", str(killed), "--resume"],
                              env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = {r["step"]: r["loss"] for r in log_of(whole) if "loss" in r}
-    b = {r["step"]: r["loss"] for r in log_of(killed) if "loss" in r}  # steps after the resume point are logged again
-    assert max(a) == max(b) == 60
-    for step in range(50, 61):
-        assert b[step] == pytest.approx(a[step], abs=1e-4), step
+    # Resuming restores weights, optimizer, scheduler, RNG and data position bit for bit, and both processes run the
+    # same fp32 kernels on this machine: every logged value and adapter weight came out identical (difference 0.0),
+    # so they are compared exactly; a tolerance would let a partly restored state through. Left out: Transformers'
+    # end-of-training train_loss, which averages only the steps the resumed process trained.
+    def logged(run):
+        return [(r["step"], {k: r[k] for k in ("loss", "grad_norm", "learning_rate", "eval_loss") if k in r})
+                for r in log_of(run)]
+
+    assert logged(killed) == logged(whole)  # every step once (none lost, none repeated), with the same values
+    assert max(step for step, _ in logged(whole)) == 60
+    whole_weights = load_file(whole / "adapter_model.safetensors")
+    resumed_weights = load_file(killed / "adapter_model.safetensors")
+    assert whole_weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
     best_a = json.loads((whole / "run_config.json").read_text())["results"]["best_val_loss"]
     best_b = json.loads((killed / "run_config.json").read_text())["results"]["best_val_loss"]
-    assert best_b == pytest.approx(best_a, abs=1e-4)
+    assert best_b == best_a
+
+
+SLOW_SECOND_RANK = r"""
+import sys
+import time
+from pathlib import Path
+
+from transformers import Trainer
+
+from ecombot.cli import main
+from ecombot.run_dir import COMPLETE_CHECKPOINT
+from ecombot.train.trainer import SupervisedTrainer
+
+real_save_rng_state, real_save_checkpoint = Trainer._save_rng_state, SupervisedTrainer._save_checkpoint
+
+
+def slow_save_rng_state(self, output_dir):
+    if self.args.process_index == 1:
+        time.sleep(1)  # the second process writes its part of the checkpoint late
+    real_save_rng_state(self, output_dir)
+
+
+def save_checkpoint(self, model, trial):
+    real_save_checkpoint(self, model, trial)
+    for folder in Path(self.args.output_dir).glob("checkpoint-*"):
+        if (folder / COMPLETE_CHECKPOINT).is_file() and not (folder / "rng_state_1.pth").is_file():
+            print("marked complete without the second process's RNG state:", folder.name)
+
+
+Trainer._save_rng_state, SupervisedTrainer._save_checkpoint = slow_save_rng_state, save_checkpoint
+sys.argv = ["ecombot", *sys.argv[1:]]
+main()
+"""
 
 
 def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_dataset, tmp_path):
     """Two CPU processes (DDP over gloo, the launcher `accelerate launch` uses): each takes one packed row of every
-    global batch, only the first process writes the run directory, the run finishes and its adapter is saved."""
+    global batch, only the first process writes the run directory, the run finishes and its adapter is saved.
+    A checkpoint is marked complete only once both processes wrote their part (the second one here is slow)."""
     run = tmp_path / "ddp"
+    script = tmp_path / "slow_second_rank.py"
+    script.write_text(SLOW_SECOND_RANK)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ecombot",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
          "train", "--model", str(tiny_model_dir), "--data", str(small_dataset), "--output", str(run), "--epochs", "1",
          "--batch-size", "4", "--precision", "fp32"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done") == 1, result.stdout[-2000:]
+    assert "marked complete without" not in result.stdout and RunDir(run).latest_checkpoint() is not None
     info = json.loads((run / "run_config.json").read_text())
     assert info["status"] == "complete"
     rows = info["results"]["packing"]["train_rows"]

@@ -10,29 +10,32 @@
     checkpoints/        Trainer checkpoints for --resume
 
 Only a directory with both adapter files is an adapter; a run of ecombot's is finished when run_config.json says
-"complete". Training writes it (train/recipe.py); chat, serve, evaluate and `adapter inspect` read it through here.
-A plain PEFT adapter directory (trained elsewhere) reads as a run without config: no system prompt, its base from
-adapter_config.json.
+"complete", and its adapter is loaded only then (while it says "running" the files may be an older adapter's, or
+half replaced). Training writes it (train/recipe.py); chat, serve, evaluate and `adapter inspect` read it through
+here. A plain PEFT adapter directory (trained elsewhere) reads as a run without config: no system prompt, its base
+from adapter_config.json.
+
+Every file is written beside its name and renamed into place (atomic.py), except the log (appended line by line: a
+torn last line is skipped) and checkpoints (each counts only once marked complete).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
 
-from ecombot.errors import ModelError
+from ecombot import atomic
+from ecombot.errors import EcombotError, ModelError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 COMPLETE_CHECKPOINT = "ecombot-complete"  # marker file: a checkpoint without it was interrupted mid-write
+TRAINING_SUMMARY = "train_runtime"  # in the record Transformers logs once training ends (again when a run resumes)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write-then-rename: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
 
 
 class RunDir:
@@ -66,7 +69,12 @@ class RunDir:
     # --- reading ---
     def info(self) -> dict | None:
         """run_config.json, or None for an adapter trained outside ecombot (or a run that never started)."""
-        return json.loads(self.config_file.read_text(encoding="utf-8")) if self.config_file.is_file() else None
+        if not self.config_file.is_file():
+            return None
+        try:
+            return json.loads(self.config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EcombotError(f"{self.config_file}: damaged, not JSON ({exc})") from None
 
     def status(self) -> str | None:
         """"running" or "complete" for ecombot's runs, None without run_config.json."""
@@ -78,6 +86,11 @@ class RunDir:
 
     def check_adapter(self) -> None:
         """Raise a clear error unless this directory holds an adapter to load."""
+        status = self.status()
+        if status not in (None, "complete"):
+            raise ModelError(f"{self.path}: this training run has not finished (run_config.json says {status!r}), so "
+                             "its adapter files may be an older adapter's or half written; continue it with "
+                             f"`ecombot train --output {self.path} --resume`")
         missing = [name for name in ADAPTER_FILES if not (self.path / name).is_file()]
         if not self.path.is_dir() or missing:
             raise ModelError(f"{self.path}: not a trained ecombot run or PEFT adapter (missing "
@@ -96,35 +109,99 @@ class RunDir:
         info = self.info()
         return (info.get("system_prompt") or None) if info else None
 
+    def changed_split_files(self, files: dict[str, str]) -> list[str]:
+        """Which of the split files given (name -> text) differ from the ones the run kept in data/."""
+        return [name for name, text in files.items()
+                if not (self.data_dir / name).is_file() or (self.data_dir / name).read_text(encoding="utf-8") != text]
+
     def train_split(self) -> Path | None:
         """The training conversations the run used (chat JSONL), if it kept them."""
         path = self.data_dir / "train.jsonl"
         return path if path.is_file() else None
 
     def train_log(self) -> list[dict]:
-        """The training log, one record per logging/evaluation step."""
+        """The training log, one record per logging/evaluation step; a last line cut short by a kill is skipped."""
         if not self.log_file.is_file():
             return []
-        return [json.loads(line) for line in self.log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = self.log_file.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
+                raise EcombotError(f"{self.log_file}:{number}: damaged line, not JSON") from None
+        return records
+
+    def complete_checkpoints(self) -> list[Path]:
+        """The checkpoints that were fully written, oldest first (interrupted ones are ignored)."""
+        done = [p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_CHECKPOINT).is_file()]
+        return sorted(done, key=checkpoint_step)
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest checkpoint that was fully written (interrupted ones are ignored)."""
-        done = [p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / COMPLETE_CHECKPOINT).is_file()]
-        return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+        done = self.complete_checkpoints()
+        return done[-1] if done else None
 
     # --- writing ---
     def write_json(self, name: str, data: dict) -> None:
-        write_json(self.path / name, data)
+        atomic.write_json(self.path / name, data)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic.write_text(self.path / name, text)
 
     def write_info(self, info: dict) -> None:
         self.write_json(self.config_file.name, info)
 
     def save_adapter(self, model) -> None:
-        """Save into a temporary folder, then move each file into the run directory."""
+        """Save into a temporary folder, then move each file into the run directory.
+
+        Two files cannot be replaced in one step, so a run that says "complete" is first marked "running": readers
+        (check_adapter) never pair one adapter's config with another's weights. The caller marks it complete after.
+        """
+        info = self.info()
+        if info and info.get("status") == "complete":
+            self.write_info({**info, "status": "running"})
         with tempfile.TemporaryDirectory(dir=self.path, prefix=".adapter-") as tmp:
             model.save_pretrained(tmp)
             for file in Path(tmp).iterdir():
-                os.replace(file, self.path / file.name)
+                atomic.move_into_place(file, self.path / file.name)
+
+    def remove(self) -> None:
+        """Delete the run, its adapter first: a deletion cut short must not leave an adapter that loads without the
+        run's config (as a plain PEFT adapter: no system prompt, no status)."""
+        for name in ADAPTER_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path)
+
+    def mark_checkpoint_complete(self, checkpoint: Path) -> None:
+        """Mark a checkpoint resumable once it, and the log up to it, is on disk."""
+        atomic.fsync_tree(checkpoint)
+        if self.log_file.is_file():
+            atomic.fsync_tree(self.log_file)
+        atomic.write_text(checkpoint / COMPLETE_CHECKPOINT, "ok\n")
+
+    def prune_checkpoints(self, keep: int | None, best: str | None) -> None:
+        """Keep at most `keep` complete checkpoints, the newest and the best always among them (Transformers'
+        save_total_limit); drop interrupted ones. Called only after the newest is marked complete, so a kill at
+        any moment leaves a checkpoint to resume from."""
+        done = self.complete_checkpoints()
+        for checkpoint in self.checkpoints_dir.glob("checkpoint-*"):
+            if checkpoint not in done:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        if not keep or keep <= 0 or not done:
+            return
+        protected = {done[-1].name} | ({Path(best).name} if best else set())
+        excess = len(done) - max(keep, len(protected))
+        for checkpoint in [p for p in done if p.name not in protected][:max(excess, 0)]:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def drop_log_after(self, step: int) -> None:
+        """Cut the log back to what was logged up to `step` (the checkpoint a run resumes from): the resumed run
+        logs the later steps, and its end-of-training summary, again."""
+        kept = [r for r in self.train_log() if r["step"] < step or (r["step"] == step and TRAINING_SUMMARY not in r)]
+        self.write_text(self.log_file.name, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot_loss_curve(self, png_path: Path | None = None) -> Path:
         """Training and validation loss by step, as a PNG (default: loss_curve.png in the run)."""
@@ -147,6 +224,6 @@ class RunDir:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(png_path)
+        atomic.save_figure(fig, png_path)
         plt.close(fig)
         return png_path

@@ -8,7 +8,7 @@ from pathlib import Path
 from ecombot.data.builtin import builtin_path
 from ecombot.data.conversation import Conversation, normalise_text
 from ecombot.data.readers import FORMATS, read_file
-from ecombot.data.split import SPLITS, Split, leaked_questions, split_conversations, write_split
+from ecombot.data.split import SPLITS, Split, leaked_questions, split_conversations, split_files, write_split
 from ecombot.data.validate import DataReport, clean
 from ecombot.errors import DataError
 
@@ -37,4 +37,4 @@ def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: f
 
 __all__ = ["Conversation", "DataReport", "FORMATS", "PreparedData", "SPLITS", "Split", "builtin_path", "clean",
            "leaked_questions", "load_conversations", "normalise_text", "prepare", "read_file", "split_conversations",
-           "write_split"]
+           "split_files", "write_split"]

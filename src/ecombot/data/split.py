@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecombot import atomic
 from ecombot.data.conversation import Conversation, normalise_text
 
 SPLITS = ("train", "validation", "test")
@@ -56,16 +57,19 @@ def leaked_questions(train: list[Conversation], other: list[Conversation]) -> li
     return sorted({normalise_text(c.question) for c in other} & seen)
 
 
+def split_files(split: Split) -> dict[str, str]:
+    """train/validation/test as chat JSONL (readable by every ecombot command), by file name."""
+    return {f"{name}.jsonl": "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in getattr(split, name))
+            for name in SPLITS}
+
+
 def write_split(split: Split, output: str | Path, extra: dict | None = None) -> Path:
-    """Write train/validation/test as chat JSONL (readable by every ecombot command) plus split.json."""
+    """Write the split files plus split.json."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        rows = "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in getattr(split, name))
-        tmp = output / f".{name}.jsonl.tmp"
-        tmp.write_text(rows, encoding="utf-8")
-        tmp.replace(output / f"{name}.jsonl")
+    for name, text in split_files(split).items():
+        atomic.write_text(output / name, text)
     info = {"counts": split.counts(), "leaked_test_questions": len(leaked_questions(split.train, split.test)),
             "leaked_validation_questions": len(leaked_questions(split.train, split.validation)), **(extra or {})}
-    (output / "split.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(output / "split.json", info)
     return output

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ecombot import atomic
 from ecombot.errors import ModelError
 from ecombot.models import resolve_model
 from ecombot.run_dir import RunDir
@@ -117,6 +118,6 @@ def plot_anatomy(anatomy: dict, png_path: Path) -> Path:
     right.set_xlabel("index")
     right.legend()
     fig.tight_layout()
-    fig.savefig(png_path)
+    atomic.save_figure(fig, png_path)
     plt.close(fig)
     return png_path

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from markdown_it import MarkdownIt
 
+from ecombot import atomic
 from ecombot.evaluate.metrics import Estimate
 from ecombot.evaluate.result import EvalResult
 from ecombot.run_dir import RunDir
@@ -57,7 +58,7 @@ def plot_metrics(result: EvalResult, png: Path) -> Path:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric + (" (x100)" if scale == 100 else ""))
     fig.tight_layout()
-    fig.savefig(png)
+    atomic.save_figure(fig, png)
     plt.close(fig)
     return png
 
@@ -81,7 +82,7 @@ def plot_intents(result: EvalResult, png: Path) -> Path | None:
     ax.set_title("semantic similarity to the reference, per intent")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(png)
+    atomic.save_figure(fig, png)
     plt.close(fig)
     return png
 
@@ -92,9 +93,9 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
 
     output.mkdir(parents=True, exist_ok=True)
     anatomies, predictions = result.adapter_anatomy, result.predictions
-    (output / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (output / "predictions.jsonl").write_text(
-        "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
+    atomic.write_json(output / "results.json", result.to_dict())
+    atomic.write_text(output / "predictions.jsonl",
+                      "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in predictions))
     images = {"metrics": plot_metrics(result, output / "metrics.png")}
     heatmap = plot_intents(result, output / "intents.png")
     if heatmap:
@@ -133,8 +134,8 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
     for p in predictions[:TRANSCRIPTS]:
         md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
         md += [f"- *{name}*: {answer}" for name, answer in p.answers.items()] + [""]
-    (output / "report.md").write_text("\n".join(md), encoding="utf-8")
-    (output / "report.html").write_text(markdown_to_html("\n".join(md)), encoding="utf-8")
+    atomic.write_text(output / "report.md", "\n".join(md))
+    atomic.write_text(output / "report.html", markdown_to_html("\n".join(md)))
     return {"results": output / "results.json", "report": output / "report.md", **images}
 
 

