@@ -102,10 +102,11 @@ class RunDir:
         return path if path.is_file() else None
 
     def train_log(self) -> list[dict]:
-        """The training log, one record per logging/evaluation step."""
+        """The training log, one record per logging/evaluation step. JSON Lines end at LF only: str.splitlines
+        would also cut at U+2028/U+0085, which are legal inside a logged string."""
         if not self.log_file.is_file():
             return []
-        return [json.loads(line) for line in self.log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in self.log_file.read_text(encoding="utf-8").split("\n") if line.strip()]
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint that was fully written (interrupted ones are ignored)."""
