@@ -133,6 +133,15 @@ def test_exported_text_with_unicode_line_breaks_trains(tmp_path):
     assert sorted((c.question, c.answer) for c in train) == sorted((f"About: {t}", f"Re: {t}") for t in texts)
 
 
+def test_nul_characters_are_dropped_not_fatal(store):
+    """PostgreSQL's text type cannot hold U+0000: a customer's message with one failed the whole answer (HTTP 500)."""
+    reply = answer("Sure\x00.")
+    store.record_answer(None, "key-a", "api", [{"role": "user", "content": "Hi\x00 there"}], reply)
+    store.record_feedback(reply.completion_id, "key-a", -1, "Better\x00 answer")
+    messages = store.conversations()[0].messages
+    assert [m.content for m in messages] == ["Hi there", "Sure."] and messages[1].feedback.correction == "Better answer"
+
+
 def test_redaction_can_be_switched_off(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'raw.db'}", redact_text=False)
     store.record_answer(None, "c", "api", [{"role": "user", "content": "me@x.org"}], answer("ok"))
