@@ -84,6 +84,49 @@ def test_prompt_completion_jsonl(tmp_path):
     assert raw.conversations[1].messages[-1] == {"role": "assistant", "content": "Hello"}
 
 
+def test_csv_keeps_line_breaks_inside_quoted_cells(tmp_path):
+    """Numbered steps in one cell are how support exports look; CRLF everywhere, commas and quotes in cells."""
+    path = tmp_path / "export.csv"
+    path.write_bytes(b'question,answer,intent\r\n'
+                     b'"How do I reset my password, please?","Steps:\r\n1. Log in\r\n2. Click ""Forgot password""'
+                     b'\r\n\r\n3. Check your mail",account\r\n'
+                     b'Is it free?,"Yes, always.",pricing\r\n')
+    first, second = read_file(path).conversations
+    assert first.question == "How do I reset my password, please?"
+    assert first.answer == 'Steps:\n1. Log in\n2. Click "Forgot password"\n\n3. Check your mail'
+    assert (second.question, second.answer) == ("Is it free?", "Yes, always.")
+    # row as a spreadsheet counts it, and the file's line where it differs
+    assert (first.source, second.source) == ("export.csv:row 2 (lines 2-6)", "export.csv:row 3 (line 7)")
+
+
+def test_csv_errors_name_the_row_and_the_lines_it_spans(tmp_path):
+    with pytest.raises(DataError, match=r"row 3 \(lines 3-4\): 3 cells but the header has 2 columns"):
+        read_file(write(tmp_path, "a.csv", 'question,answer\nq,a\n"two\nlines",a,extra\n'))
+    with pytest.raises(DataError, match=r"row 3 \(lines 3-4\): malformed CSV: unexpected end of data"):
+        read_file(write(tmp_path, "cut.csv", 'question,answer\nq,a\nq2,"an answer cut\noff'))
+    with pytest.raises(DataError, match=r"row 2: malformed CSV: ',' expected after '\"'"):
+        read_file(write(tmp_path, "stray.csv", 'question,answer\n"q" oops,a\n'))
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """U+2028, U+2029 and U+0085 are legal inside JSON strings, and ecombot's writers emit them raw."""
+    content = "Line one\u2028line two\u2029next paragraph\u0085end, \U0001F600"
+    rows = [{"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Noted."}]},
+            {"prompt": "x"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    with pytest.raises(DataError, match=r"chat.jsonl:line 2: field 'messages': missing"):
+        read_file(path)
+    path.write_bytes((json.dumps(rows[0], ensure_ascii=False) + "\r\n").encode())
+    assert read_file(path).conversations[0].question == content
+
+
+def test_text_keeps_inner_whitespace_and_strips_the_ends(tmp_path):
+    rows = [{"prompt": "  Where is it?\r\n\r\n  Order 12\t ", "completion": "\n Shipped:\n  - box 1\r\n  - box 2 \n"}]
+    conv = read_file(write(tmp_path, "pc.jsonl", jsonl(rows))).conversations[0]
+    assert (conv.question, conv.answer) == ("Where is it?\n\n  Order 12", "Shipped:\n  - box 1\n  - box 2")
+
+
 # --- malformed input: errors name file, line/row and field ---------------------------------------------
 
 def test_missing_field_names_line_and_field(tmp_path):
@@ -117,6 +160,15 @@ def test_csv_errors(tmp_path):
 def test_wrong_types_and_unknown_records(tmp_path):
     with pytest.raises(DataError, match=r"item 1: field 'messages': expected a list"):
         read_file(write(tmp_path, "c.json", json.dumps([{"messages": "hello"}])))
+    # values that would not read back as written (1.10 -> "1.1", true -> "True") are errors, not text
+    for value, kind in ((True, "bool"), (1.10, "float"), (30, "int")):
+        with pytest.raises(DataError, match=rf"line 2: field 'answer': expected text, got {kind}"):
+            read_file(write(tmp_path, "e.jsonl", jsonl([{"question": "a", "answer": "b"},
+                                                        {"question": "c", "answer": value}])))
+    with pytest.raises(DataError, match=r"line 1: field 'system': expected text, got list"):
+        read_file(write(tmp_path, "f.jsonl", jsonl([{"conversations": [], "system": ["Be kind."]}])))
+    labelled = write(tmp_path, "g.jsonl", jsonl([{"question": "a", "answer": "b", "intent": 7}]))
+    assert read_file(labelled).conversations[0].intent == "7"  # a class id
     with pytest.raises(DataError, match=r"line 1: unrecognised record.*found keys: text"):
         read_file(write(tmp_path, "d.jsonl", jsonl([{"text": "x"}])))
 

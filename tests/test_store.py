@@ -118,6 +118,30 @@ def test_export_cli_writes_data_that_train_reads(tmp_path):
     assert report.kept == 3 and conversations[0].answer == "Corrected answer 0."
 
 
+def test_exported_text_with_unicode_line_breaks_trains(tmp_path):
+    """Customers paste U+2028/U+2029/U+0085; the export keeps them raw (valid JSON) and `train`'s reader keeps them."""
+    from ecombot.data import prepare
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    texts = ["Line one\u2028line two", "Para\u2029graph", "Next\u0085line", "Steps:\n1. Log in\n2. Pay",
+             'A "quote" \\ \U0001F600']
+    for text in texts:
+        question = [{"role": "user", "content": f"About: {text}"}]
+        store.record_answer(None, "key-a", "web", question, answer(f"Re: {text}"))
+    store.export(tmp_path / "all.jsonl", rated_only=False)
+    train = prepare(tmp_path / "all.jsonl", val_fraction=0, test_fraction=0).split.train
+    assert sorted((c.question, c.answer) for c in train) == sorted((f"About: {t}", f"Re: {t}") for t in texts)
+
+
+def test_nul_characters_are_dropped_not_fatal(store):
+    """PostgreSQL's text type cannot hold U+0000: a customer's message with one failed the whole answer (HTTP 500)."""
+    reply = answer("Sure\x00.")
+    store.record_answer(None, "key-a", "api", [{"role": "user", "content": "Hi\x00 there"}], reply)
+    store.record_feedback(reply.completion_id, "key-a", -1, "Better\x00 answer")
+    messages = store.conversations()[0].messages
+    assert [m.content for m in messages] == ["Hi there", "Sure."] and messages[1].feedback.correction == "Better answer"
+
+
 def test_redaction_can_be_switched_off(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'raw.db'}", redact_text=False)
     store.record_answer(None, "c", "api", [{"role": "user", "content": "me@x.org"}], answer("ok"))

@@ -226,6 +226,11 @@ def test_no_file_of_a_run_is_written_in_place(tiny_model_dir, small_dataset, tmp
     assert {p for p in written if p.parts[0] != "checkpoints"} == {Path("train_log.jsonl")}
 
 
+def test_train_log_lines_end_at_newline_only(tmp_path):
+    (tmp_path / "train_log.jsonl").write_bytes('{"step": 1, "note": "a\u2028b\u0085c"}\r\n{"step": 2}\n'.encode())
+    assert RunDir(tmp_path).train_log() == [{"step": 1, "note": "a\u2028b\u0085c"}, {"step": 2}]
+
+
 def test_resume_after_killing_a_real_run_matches_an_uninterrupted_run(tiny_model_dir, small_dataset, tmp_path):
     args = ["--model", str(tiny_model_dir), "--data", str(small_dataset), "--max-steps", "60", "--batch-size", "4",
             "--learning-rate", "0.01", "--precision", "fp32"]

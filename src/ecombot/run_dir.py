@@ -120,13 +120,18 @@ class RunDir:
         return path if path.is_file() else None
 
     def train_log(self) -> list[dict]:
-        """The training log, one record per logging/evaluation step; a last line cut short by a kill is skipped."""
+        """The training log, one record per logging/evaluation step; a last line cut short by a kill is skipped.
+        JSON Lines end at LF only: str.splitlines would also cut at U+2028/U+0085, legal inside a logged string."""
         if not self.log_file.is_file():
             return []
         text = self.log_file.read_text(encoding="utf-8")
-        lines = text.splitlines()
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
         records = []
         for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:

@@ -2,12 +2,14 @@
 
 Each reader turns one record into a Conversation (roles kept as written; validation happens in
 `clean`). A record missing a required field is a DataError naming file, line/row and field: a
-half-read file would silently train on the wrong data.
+half-read file would silently train on the wrong data. Message text is kept as written except that
+line breaks become LF and surrounding whitespace is stripped (`message_text`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,22 +31,36 @@ class RawFile:
     conversations: list[Conversation]
 
 
+def message_text(text: str) -> str:
+    """Line breaks (CRLF, CR) as LF, one convention for the model to learn; no surrounding whitespace (spreadsheet
+    padding, a trailing newline); everything in between as written."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
 def _text(value: Any, path: Path, where: str, name: str, required: bool = True) -> str:
     if value is None:
         if required:
             raise DataError(path, where, name, "missing required field")
         return ""
-    if not isinstance(value, (str, int, float)):
+    if not isinstance(value, str):
         raise DataError(path, where, name, f"expected text, got {type(value).__name__}")
-    return str(value).strip()
+    return message_text(value)
 
 
 def _labels(record: dict, path: Path, where: str) -> dict[str, str | None]:
+    """intent and category; an integer label (a class id) reads as its digits."""
     out: dict[str, str | None] = {}
     for name in ("intent", "category"):
         value = record.get(name)
-        out[name] = None if value in (None, "") else _text(value, path, where, name)
+        label = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        out[name] = _text(label, path, where, name, required=False) or None
     return out
+
+
+def _with_system(messages: list[dict[str, str]], record: dict, path: Path, where: str) -> list[dict[str, str]]:
+    """The record's optional top-level `system` prompt (ShareGPT, Alpaca) as the first turn."""
+    system = _text(record.get("system"), path, where, "system", required=False)
+    return [{"role": "system", "content": system}, *messages] if system else messages
 
 
 def _get(record: dict, path: Path, where: str, name: str) -> Any:
@@ -79,9 +95,7 @@ def _chat(record: dict, path: Path, where: str) -> Conversation:
 
 def _sharegpt(record: dict, path: Path, where: str) -> Conversation:
     turns = _message_list(_get(record, path, where, "conversations"), path, where, "conversations", "from", "value")
-    if isinstance(record.get("system"), str) and record["system"].strip():
-        turns.insert(0, {"role": "system", "content": record["system"].strip()})
-    return Conversation(turns, **_labels(record, path, where))
+    return Conversation(_with_system(turns, record, path, where), **_labels(record, path, where))
 
 
 def _alpaca(record: dict, path: Path, where: str) -> Conversation:
@@ -90,9 +104,7 @@ def _alpaca(record: dict, path: Path, where: str) -> Conversation:
     output = _text(_get(record, path, where, "output"), path, where, "output")
     user = f"{instruction}\n\n{extra}" if extra else instruction
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    if isinstance(record.get("system"), str) and record["system"].strip():
-        messages.insert(0, {"role": "system", "content": record["system"].strip()})
-    return Conversation(messages, **_labels(record, path, where))
+    return Conversation(_with_system(messages, record, path, where), **_labels(record, path, where))
 
 
 def _prompt_completion(record: dict, path: Path, where: str) -> Conversation:
@@ -144,8 +156,19 @@ def _read_records(records: Iterator[tuple[str, Any]], path: Path) -> RawFile:
     return RawFile(path, fmt, out)
 
 
+def _loads(path: Path, text: str, line: int | None = None) -> Any:
+    """json.loads with its failures as a DataError at the file's line (`line`: where `text` starts)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = line if line is not None else exc.lineno
+        raise DataError(path, f"line {where}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer past Python's digit limit, nesting too deep
+        raise DataError(path, f"line {line}" if line is not None else None, None, f"invalid JSON: {exc}") from None
+
+
 def _read_json(path: Path, text: str) -> RawFile:
-    data = json.loads(text)
+    data = _loads(path, text)
     if isinstance(data, dict) and "questions" in data:
         items = data["questions"]
         if not isinstance(items, list):
@@ -164,36 +187,57 @@ def _read_json(path: Path, text: str) -> RawFile:
     return _read_records(((f"item {i + 1}", r) for i, r in enumerate(data)), path)
 
 
-def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+def _json_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines of JSON Lines with their numbers. Lines end at LF only (a CR before it is JSON
+    whitespace): U+2028, U+2029 and U+0085, where str.splitlines also cuts, are legal inside JSON strings."""
+    return [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.strip(" \t\r")]
+
+
+def _csv_place(row: int, first_line: int, last_line: int) -> str:
+    """'row R' as a spreadsheet numbers it, plus the file's lines where they differ (a quoted cell can hold line
+    breaks)."""
+    if first_line == last_line == row:
+        return f"row {row}"
+    lines = f"line {first_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
+    return f"row {row} ({lines})"
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
+    """The non-blank records of a CSV/TSV file with their places. Strict quoting: a stray quote or a quoted cell
+    left open (a cut-off file) is an error, not text silently merged into the next cells."""
+    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+    reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect, strict=True)
+    row = 0
+    while True:
+        first_line = reader.line_num + 1
         try:
-            yield f"line {number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"line {number}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            where = _csv_place(row + 1, first_line, reader.line_num)
+            raise DataError(path, where, None, f"malformed CSV: {exc}") from None
+        row += 1
+        if cells:
+            yield _csv_place(row, first_line, reader.line_num), cells
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    if not reader.fieldnames:
-        raise DataError(path, "row 1", None, "the CSV file has no header row")
-    columns = {name.strip().lower(): name for name in reader.fieldnames if name}
-    q_col = next((columns[c] for c in CSV_QUESTION if c in columns), None)
-    a_col = next((columns[c] for c in CSV_ANSWER if c in columns), None)
-    if q_col is None or a_col is None:
-        missing = "instruction" if q_col is None else "response"
-        raise DataError(path, "row 1", missing, f"missing required column (header has: {', '.join(reader.fieldnames)})")
+    rows = _csv_rows(path, text)
+    header_place, header = next(rows, ("row 1", []))
+    names = [name.strip().lower() for name in header]
+    question = next((c for c in CSV_QUESTION if c in names), None)
+    answer = next((c for c in CSV_ANSWER if c in names), None)
+    if question is None or answer is None:
+        missing = "instruction" if question is None else "response"
+        raise DataError(path, header_place, missing, f"missing required column (header has: {', '.join(header)})")
     out = []
-    for row in reader:
-        where = f"row {reader.line_num}"
-        if None in row:  # more cells than header columns
-            raise DataError(path, where, None, f"{len(reader.fieldnames) + len(row[None])} cells but the header has "
-                            f"{len(reader.fieldnames)} columns")
-        values = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-        conv = Conversation([{"role": "user", "content": (row[q_col] or "").strip()},
-                             {"role": "assistant", "content": (row[a_col] or "").strip()}],
+    for where, cells in rows:
+        if len(cells) > len(header):
+            raise DataError(path, where, None, f"{len(cells)} cells but the header has {len(header)} columns")
+        values = dict(zip(names, [message_text(cell) for cell in cells] + [""] * (len(names) - len(cells))))
+        conv = Conversation([{"role": "user", "content": values[question]},
+                             {"role": "assistant", "content": values[answer]}],
                             intent=values.get("intent") or None, category=values.get("category") or None,
                             source=f"{path.name}:{where}")
         if values.get("flags"):
@@ -211,8 +255,8 @@ def read_file(path: str | Path) -> RawFile:
         raise DataError(path, None, None, "file not found")
     if path.is_dir():
         raise DataError(path, None, None, "is a directory, expected a data file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
+    try:  # bytes decoded as they are: newline translation would change text inside CSV cells
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(path, f"byte {exc.start}", None, "not UTF-8 text") from None
     if not text.strip():
@@ -221,23 +265,15 @@ def read_file(path: str | Path) -> RawFile:
         return _read_csv(path, text)
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            return _read_json(path, text)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, f"line {exc.lineno}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        return _read_json(path, text)
     if stripped.startswith("{"):
         # One JSON document ({"questions": [...]}) or JSON Lines: the first line decides.
-        first = stripped.splitlines()[0]
+        lines = _json_lines(text)
         try:
-            json.loads(first)
-            is_jsonl = True
-        except json.JSONDecodeError:
-            is_jsonl = False
-        if not is_jsonl or (len(text.strip().splitlines()) == 1 and '"questions"' in first):
-            try:
-                return _read_json(path, text)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"line {exc.lineno}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        raw = _read_records(_jsonl_records(path, text), path)
-        return raw
+            first = json.loads(lines[0][1])
+        except (ValueError, RecursionError):
+            return _read_json(path, text)
+        if len(lines) == 1 and isinstance(first, dict) and "questions" in first:
+            return _read_json(path, text)
+        return _read_records(((f"line {number}", _loads(path, line, number)) for number, line in lines), path)
     raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines or CSV (.csv/.tsv)")

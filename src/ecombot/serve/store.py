@@ -2,7 +2,8 @@
 
 SQLite by default (`$ECOMBOT_HOME/ecombot.db`), any SQLAlchemy URL otherwise (PostgreSQL tested). Each
 answer is written in one transaction, so a killed server loses at most the request in flight. Text is
-redacted (e-mails, phones, cards) before it is written, unless redaction is switched off.
+redacted (e-mails, phones, cards) before it is written, unless redaction is switched off; NUL characters are
+dropped (PostgreSQL cannot store them).
 """
 
 from __future__ import annotations
@@ -122,7 +123,12 @@ class Store:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _clean(self, text: str | None) -> str | None:
-        return redact(text) if text is not None and self.redact_text else text
+        """Text as stored: redacted (unless switched off) and without NUL characters, which PostgreSQL's text type
+        cannot hold (one in a customer's message failed the whole answer); SQLite stores the same."""
+        if text is None:
+            return None
+        text = text.replace("\x00", "")
+        return redact(text) if self.redact_text else text
 
     def _conversation(self, db: Session, conversation_id: str, client: str) -> ConversationRow | None:
         row = db.get(ConversationRow, conversation_id)
