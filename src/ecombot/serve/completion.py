@@ -29,10 +29,10 @@ class ClientGone(Exception):
 class Completion:
     """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result."""
 
-    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str | None,
+    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str,
                  context: dict[str, str], store: Store, request: Request):
         self.job, self.body, self.who, self.store, self.request = job, body, who, store, request
-        self.conversation_id = conversation_id or uuid.uuid4().hex
+        self.conversation_id = conversation_id
         self.context, self.prompt_tokens = context, len(job.prompt)
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
