@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -57,16 +57,12 @@ async def batching(app: FastAPI):
     batcher.stop()
 
 
-def body_model(dependant):
-    """The model a route's `json_body` dependency parses, found among its dependencies, else None."""
-    for dependency in dependant.dependencies:
-        model = getattr(dependency.call, "body_model", None) or body_model(dependency)
-        if model:
-            return model
-    return None
+def body_model(route: APIRoute):
+    """The model a route's `json_body` dependency parses, else None."""
+    return next((d.call.body_model for d in route.dependant.dependencies if hasattr(d.call, "body_model")), None)
 
 
-def describe_json_bodies(app: FastAPI) -> None:
+def describe_json_bodies(app: FastAPI, routers: list[APIRouter]) -> None:
     """Put each route's JSON body in /openapi.json: bodies are read by `json_body` dependencies (so that size,
     key and rate limit come first), which FastAPI's schema cannot see; clients and API fuzzers need them."""
     generate = app.openapi
@@ -76,8 +72,8 @@ def describe_json_bodies(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for route in app.routes:
-            model = body_model(route.dependant) if isinstance(route, APIRoute) else None
+        for route in (route for router in routers for route in router.routes if isinstance(route, APIRoute)):
+            model = body_model(route)
             if model is None:
                 continue
             body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -101,9 +97,10 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Conversation-Id"])
     app.add_middleware(SecurityHeaders)
     register_error_handlers(app)
-    app.include_router(api)
+    routers = [api, web] if config.web else [api]
+    for router in routers:
+        app.include_router(router)
     if config.web:
-        app.include_router(web)
         app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-    describe_json_bodies(app)
+    describe_json_bodies(app, routers)
     return app
