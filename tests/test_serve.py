@@ -232,21 +232,28 @@ def test_dynamic_batching_and_full_queue(store, running_server):
     assert [r.status_code for r in responses if r.status_code != 503] == [200] * (5 - len(refused))
 
 
-def test_client_that_disconnects_frees_its_batch_row(store, running_server):
+def wait_for(condition, seconds: float = 5) -> None:
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def test_client_that_disconnects_frees_its_batch_row(store, running_server, caplog):
     engine = ScriptedEngine(" ".join(["word"] * 40), step_s=0.05)
     with running_server(create_app(engine, store)) as server:
+        with pytest.raises(httpx.ReadTimeout):  # a client waiting for a whole answer gives up
+            httpx.post(f"{server.url}/v1/chat/completions", json={"model": "support", "messages": QUESTION},
+                       timeout=httpx.Timeout(5, read=1))
         with httpx.stream("POST", f"{server.url}/v1/chat/completions",
                           json={"model": "support", "messages": QUESTION, "stream": True}) as response:
             next(line for line in response.iter_lines() if '"content": "word"' in line)  # generation has started
-        deadline = time.time() + 5
-        while not engine.cancelled and time.time() < deadline:
-            time.sleep(0.05)
-    assert engine.cancelled == 1
-    deadline = time.time() + 5
-    while not store.conversations() and time.time() < deadline:
-        time.sleep(0.05)
-    answer = store.conversations()[0].messages[-1]
-    assert answer.finish_reason == "cancelled" and 1 <= answer.content.count("word") < 40  # the partial answer is kept
+        wait_for(lambda: engine.cancelled == 2)
+    assert engine.cancelled == 2
+    wait_for(lambda: all(len(c.messages) == 2 for c in store.conversations()))
+    answers = [c.messages[-1] for c in store.conversations()]
+    assert len(answers) == 2 and all(a.finish_reason == "cancelled" for a in answers)
+    assert all(1 <= a.content.count("word") < 40 for a in answers)  # the partial answers are kept
+    assert "unexpected error" not in caplog.text  # a client that left is not a server error
 
 
 def test_api_keys_sessions_and_ownership(store_on_each_database, running_server):
@@ -517,6 +524,8 @@ def test_the_session_secret_is_made_once_privately(tmp_path):
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         persistent_secret(path)
+    with pytest.raises(ConfigError, match="cannot keep the chat page's session secret"):
+        persistent_secret(path / "under-a-file")
     path.write_text("not hex")
     path.chmod(0o600)
     with pytest.raises(ConfigError, match="delete it"):

@@ -1,12 +1,13 @@
 """API fuzzing with Schemathesis against the live app's OpenAPI schema (loopback, scripted engine).
 
 Whatever a client sends, valid or not, the server answers without a 5xx, and every error has OpenAI's shape.
-Each operation of the schema gets valid and invalid requests from Hypothesis strategies (Schemathesis's pytest
-plugin is not used: it does not run on pytest 9).
+Each operation of the schema gets valid and invalid requests from Hypothesis strategies, sent with a review key
+and with an anonymous page session (Schemathesis's pytest plugin is not used: it does not run on pytest 9).
 """
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import schemathesis
 from conftest import RunningServer
@@ -24,12 +25,17 @@ BODIES = {("/v1/chat/completions", "post"): "ChatCompletionRequest", ("/v1/feedb
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
-    """The schema as the running server publishes it; its cases are sent to that server."""
+def fuzzed_server(tmp_path_factory):
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}")
     config = ServeConfig(api_keys=["sk-shop-1"], review_keys=[REVIEW_KEY], rate_limit_per_minute=0)
     with RunningServer(create_app(ScriptedEngine(), store, config)) as server:
-        yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzzed_server):
+    """The schema as the running server publishes it; its cases are sent to that server."""
+    return schemathesis.openapi.from_url(f"{fuzzed_server.url}/openapi.json")
 
 
 def openai_shaped_error(ctx, response, case) -> None:
@@ -57,8 +63,10 @@ def test_the_schema_describes_every_json_body(api_schema):
     assert "messages" in raw["components"]["schemas"]["ChatCompletionRequest"]["properties"]
 
 
+@pytest.mark.parametrize("who", ["review key", "page session"])
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_fuzzed_requests_never_get_a_5xx_and_errors_are_openai_shaped(api_schema, mode):
+def test_fuzzed_requests_never_get_a_5xx_and_errors_are_openai_shaped(fuzzed_server, api_schema, mode, who):
+    token = REVIEW_KEY if who == "review key" else httpx.post(f"{fuzzed_server.url}/v1/sessions").json()["token"]
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {(op.path, op.method.lower()) for op in operations} >= set(BODIES)
     for operation in operations:
@@ -70,7 +78,7 @@ def test_fuzzed_requests_never_get_a_5xx_and_errors_are_openai_shaped(api_schema
         @settings(max_examples=EXAMPLES_PER_OPERATION_AND_MODE, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def fuzz(case):
-            response = case.call(headers={"Authorization": f"Bearer {REVIEW_KEY}"}, timeout=30)
+            response = case.call(headers={"Authorization": f"Bearer {token}"}, timeout=30)
             case.validate_response(response, checks=[not_a_server_error, openai_shaped_error])
 
         fuzz()

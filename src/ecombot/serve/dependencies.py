@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Awaitable, Callable, TypeVar
 
 from fastapi import Depends, Request
@@ -42,6 +42,7 @@ class ServerState:
         secret = persistent_secret(config.session_secret_file) if config.session_secret_file else None
         roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
                  **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
+        config = replace(config, api_keys=[], review_keys=[])  # from here on the keys exist only as salted hashes
         return cls(config=config, engine=engine, store=store,
                    batcher=Batcher(engine, max_batch=config.max_batch, max_queue=config.max_queue),
                    sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),

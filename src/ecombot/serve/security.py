@@ -96,31 +96,39 @@ def persistent_secret(path: Path) -> bytes:
     Made atomically: written to a private temporary file, then linked into place, so two servers starting at
     the same moment end up with the same secret and nobody ever reads a half-written one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it with mode 0600
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass  # another server made it first: use theirs
-        finally:
-            os.unlink(tmp)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(f"{path} (the chat page's session secret) can be read by other users (mode {mode:o}): "
-                          f"chmod 600 {path}")
     try:
-        secret = bytes.fromhex(path.read_text().strip())
+        if not path.exists():
+            make_secret_file(path)
+        status = path.stat()
+        secret_text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot keep the chat page's session secret in {path}: {exc}") from None
+    if status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise ConfigError(f"{path} (the chat page's session secret) must belong to this user and be readable by "
+                          f"nobody else (mode {status.st_mode & 0o777:o}): chown it, then chmod 600 {path}")
+    try:
+        secret = bytes.fromhex(secret_text.strip())
     except ValueError:
         secret = b""
     if len(secret) < 32:
         raise ConfigError(f"{path} is not a session secret (64 hex digits); delete it and a new one is made")
     return secret
+
+
+def make_secret_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates it with mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another server made it first: use theirs
+    finally:
+        os.unlink(tmp)
 
 
 class RateLimiter:

@@ -315,6 +315,9 @@ class Store:
             for conversation in self.conversations():
                 history: list[dict[str, str]] = []
                 for message in conversation.messages:
+                    if not (message.role == "user" or message.completion_id):  # a client's turn, stored by an
+                        history = []  # older version: what follows it is a conversation of its own
+                        continue
                     review = message.feedback.review if message.feedback else None
                     approved = review.answer if review and review.approved else None
                     history.append({"role": message.role, "content": approved or message.content})
