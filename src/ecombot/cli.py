@@ -206,6 +206,11 @@ def adapter_inspect(
     console.print(table)
 
 
+def split_keys(specs: List[str]) -> List[str]:
+    """Keys given as repeated flags, or comma-separated in one environment variable."""
+    return [k.strip() for spec in specs for k in spec.split(",") if k.strip()]
+
+
 @app.command()
 def serve(
     model: Optional[str] = typer.Option(None, help="Base model (default: the first adapter's, else gemma-3-270m)."),
@@ -244,12 +249,9 @@ def serve(
     from ecombot.run_dir import RunDir
     from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
 
-    def keys(specs: List[str]) -> List[str]:
-        return [k.strip() for spec in specs for k in spec.split(",") if k.strip()]
-
     adapters = parse_adapters(adapter)
     base_spec = model or (RunDir(adapters[0][1]).base_model() if adapters else DEFAULT_MODEL)
-    config = ServeConfig(model_name=Path(base_spec).name, api_keys=keys(api_key), review_keys=keys(review_key),
+    config = ServeConfig(model_name=Path(base_spec).name, api_keys=split_keys(api_key), review_keys=split_keys(review_key),
                          cors_origins=cors_origin, web=web,
                          session_secret_file=session_secret or ecombot_home() / "session_secret",
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
@@ -306,7 +308,7 @@ def conversations_review(
     pending = store.pending_suggestions()
     table = Table("id", "rating", "question", "answer", "suggested answer", title=f"{len(pending)} waiting for review")
     for s in pending:
-        table.add_row(str(s.id), "up" if s.rating > 0 else "down", s.question, s.answer, s.correction or "(this one)")
+        table.add_row(str(s.id), "up" if s.rating > 0 else "down", s.question, s.answer, s.correction or "(the answer as it is)")
     console.print(table)
 
 

@@ -64,14 +64,14 @@ def answer_budget(body: ChatCompletionRequest, state: ServerState) -> int:
 
 
 def check_page_request(body: ChatCompletionRequest, adapter: str, max_tokens: int, state: ServerState) -> None:
-    """A chat page session may ask only what the page asks (403 otherwise): the page's model with the store's
-    system prompt, the server's sampling settings, answers no longer than the default.
+    """A chat page session may ask only what the page asks (403 otherwise): the page's model with its own system
+    prompt, the server's sampling settings, answers no longer than the default.
 
     Anyone can open a page session, so with API keys configured this is all an anonymous visitor gets.
     """
     refused = [("model", adapter != state.page_model, f"the chat page talks to {state.page_model!r} only"),
                ("messages", any(m.role in ("system", "developer") for m in body.messages),
-                "the chat page's system prompt is the store's"),
+                "the page's model keeps its own system prompt"),
                ("max_tokens", max_tokens > state.answer_tokens, f"answers are at most {state.answer_tokens} tokens"),
                ("temperature", body.temperature is not None, "the server's sampling settings apply"),
                ("top_p", body.top_p is not None, "the server's sampling settings apply"),
