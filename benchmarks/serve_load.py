@@ -46,6 +46,7 @@ def start_server(args, port: int, workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "ecombot", "serve", "--port", str(port), "--rate-limit", "0",
                "--db", f"sqlite:///{workdir / 'load.db'}", "--max-batch", str(args.max_batch),
                "--max-queue", str(args.max_queue), "--default-max-tokens", str(args.max_tokens),
+               "--max-tokens", str(args.max_tokens),
                "--decode-bits", str(args.decode_bits)]
     command += ["--model", args.model] if args.model else []
     for spec in args.adapter:

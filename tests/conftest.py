@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
+
+REQUIRE_SYSTEM = os.environ.get("ECOMBOT_REQUIRE_SYSTEM_TESTS") == "1"
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 
@@ -175,3 +179,38 @@ def writes_in_place(monkeypatch) -> list[Path]:
     monkeypatch.setattr(io, "open", watching_open)
     monkeypatch.setattr(builtins, "open", watching_open)
     return seen
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL server (ECOMBOT_TEST_POSTGRES_URL); without one the test is skipped, or fails in CI."""
+    url = os.environ.get("ECOMBOT_TEST_POSTGRES_URL")
+    if not url:
+        if REQUIRE_SYSTEM:
+            pytest.fail("ECOMBOT_TEST_POSTGRES_URL is not set (.ci/postgres-up prints it)")
+        pytest.skip("no PostgreSQL: run .ci/postgres-up and set ECOMBOT_TEST_POSTGRES_URL (CI always does)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_on_each_database(request, tmp_path):
+    """A fresh conversation store on SQLite, then on the real PostgreSQL server (its own schema per test)."""
+    from ecombot.serve import Store
+
+    if request.param == "sqlite":
+        yield Store(f"sqlite:///{tmp_path / 'store.db'}")
+        return
+    from sqlalchemy import create_engine, text
+
+    server_url = request.getfixturevalue("postgres_url")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    store = Store(server_url + ("&" if "?" in server_url else "?") + f"options=-csearch_path%3D{schema}")
+    assert store.engine.dialect.name == "postgresql"
+    yield store
+    store.engine.dispose()
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

@@ -1,4 +1,6 @@
-"""The customer chat page in headless Chromium (Debian's `chromium`, driven by Playwright), on a phone-size screen."""
+"""The customer chat page in headless Chromium (Debian's `chromium`, driven by Playwright), on a phone-size screen.
+
+The page runs under its Content-Security-Policy, so waits use selectors (no string evaluation, which it forbids)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 
 from ecombot.chat import Decoding
 from ecombot.serve import Store, build_engine, create_app
+from ecombot.serve.security import SessionTokens
 
 CHROMIUM = os.environ.get("ECOMBOT_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -54,13 +58,13 @@ def test_customer_chats_streams_rates_and_asks_for_a_human(browser, talkative_mo
 
         page.fill("#question", "And can I return it?")
         page.click("#send")
-        page.wait_for_function("document.querySelectorAll('.answer .rate').length === 2", timeout=30_000)
+        page.locator(".answer .rate").nth(1).wait_for(timeout=30_000)
         page.locator(".answer").nth(1).locator("button.down").click()
         page.fill(".correction", "Yes, within 30 days from the Orders page.")
         page.click(".submit-correction")
         page.wait_for_selector(".thanks")
         page.locator(".answer").nth(0).locator("button.up").click()
-        page.wait_for_function("document.querySelectorAll('.thanks').length === 2")
+        page.locator(".thanks").nth(1).wait_for()
         page.click("#human")
         page.wait_for_selector(".notice")
         assert "team" in page.inner_text(".notice")
@@ -76,3 +80,31 @@ def test_customer_chats_streams_rates_and_asks_for_a_human(browser, talkative_mo
     assert (first.feedback.rating, first.feedback.correction) == (1, None)
     assert (second.feedback.rating, second.feedback.correction) == (-1, "Yes, within 30 days from the Orders page.")
     assert (ARTIFACTS / "chat_page.png").stat().st_size > 10_000
+
+
+def test_the_page_recovers_by_itself_when_its_session_ends(browser, tmp_path, running_server):
+    """A server that restarted without its secret (or a session past its 12 hours): the next question gets a 401,
+    then the old conversation's 404; the page opens a new session and conversation and the customer sees only the
+    answer."""
+    store = Store(f"sqlite:///{tmp_path / 'web.db'}")
+    app = create_app(ScriptedEngine("Parcels arrive in 3 days."), store)
+    with running_server(app) as server:
+        page = browser.new_page(viewport={"width": 390, "height": 780})
+        page.goto(server.url)
+        page.fill("#question", "When will it arrive?")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".answer:not(.streaming) .rate", timeout=30_000)
+        first_session = page.evaluate("state.token")
+        app.state.server.sessions = SessionTokens()  # a new secret: every token the page holds is now invalid
+        page.fill("#question", "And to Peru?")
+        page.keyboard.press("Enter")
+        page.locator(".answer .rate").nth(1).wait_for(timeout=30_000)
+        assert page.locator(".error").count() == 0
+        assert page.inner_text(".answer >> nth=1").startswith("Parcels arrive in 3 days.")
+        assert page.evaluate("state.token") != first_session
+        page.locator(".answer").nth(1).locator("button.up").click()
+        page.wait_for_selector(".thanks")
+        page.close()
+    first, second = store.conversations()
+    assert first.client != second.client and [m.role for m in second.messages] == ["user", "assistant"]
+    assert second.messages[0].content == "And to Peru?" and second.messages[1].feedback.rating == 1

@@ -206,6 +206,11 @@ def adapter_inspect(
     console.print(table)
 
 
+def split_keys(specs: List[str]) -> List[str]:
+    """Keys given as repeated flags, or comma-separated in one environment variable."""
+    return [k.strip() for spec in specs for k in spec.split(",") if k.strip()]
+
+
 @app.command()
 def serve(
     model: Optional[str] = typer.Option(None, help="Base model (default: the first adapter's, else gemma-3-270m)."),
@@ -215,6 +220,12 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     api_key: List[str] = typer.Option([], envvar="ECOMBOT_API_KEYS",
                                       help="Accepted Bearer key (repeatable; env ECOMBOT_API_KEYS, comma-separated)."),
+    review_key: List[str] = typer.Option([], envvar="ECOMBOT_REVIEW_KEYS",
+                                         help="API key that may also approve customers' suggestions for training "
+                                              "(/v1/reviews; repeatable; env ECOMBOT_REVIEW_KEYS, comma-separated)."),
+    session_secret: Optional[Path] = typer.Option(None, help="File with the secret that signs chat page sessions "
+                                                  "(default $ECOMBOT_HOME/session_secret, made on first start, mode "
+                                                  "0600); give every replica the same file."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the conversation store "
                                                 "(default: sqlite:///$ECOMBOT_HOME/ecombot.db; postgresql+psycopg://...)."),
     redact: bool = typer.Option(True, help="Remove e-mails, phone and card numbers before anything is stored."),
@@ -233,38 +244,72 @@ def serve(
     import uvicorn
 
     from ecombot.chat import Decoding
+    from ecombot.home import ecombot_home
     from ecombot.models import DEFAULT_MODEL
     from ecombot.run_dir import RunDir
     from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
 
     adapters = parse_adapters(adapter)
-    keys = [k.strip() for spec in api_key for k in spec.split(",") if k.strip()]
-    store = Store(db, redact_text=redact)
-    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
     base_spec = model or (RunDir(adapters[0][1]).base_model() if adapters else DEFAULT_MODEL)
-    config = ServeConfig(model_name=Path(base_spec).name, api_keys=keys, cors_origins=cors_origin, web=web,
+    config = ServeConfig(model_name=Path(base_spec).name, api_keys=split_keys(api_key), review_keys=split_keys(review_key),
+                         cors_origins=cors_origin, web=web,
+                         session_secret_file=session_secret or ecombot_home() / "session_secret",
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue)
+    store = Store(db, redact_text=redact)
+    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
+    app = create_app(engine, store, config)
     names = ", ".join([*engine.adapters(), "base"])
     console.print(f"serving {names} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
-                  f"API keys: {len(keys) or 'none'}; store: {store.engine.url.render_as_string(hide_password=True)})")
-    uvicorn.run(create_app(engine, store, config), host=host, port=port, log_level="warning")
+                  f"API keys: {len(config.api_keys) or 'none'}, review keys: {len(config.review_keys) or 'none'}; "
+                  f"store: {store.engine.url.render_as_string(hide_password=True)})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @conversations_app.command("export")
 def conversations_export(
     output: Path = typer.Option(..., help="Chat JSONL file to write (ecombot train reads it)."),
-    rated: bool = typer.Option(False, help="Only rated answers, with customers' corrections in place of wrong ones."),
+    rated: bool = typer.Option(False, help="Only answers whose rating a reviewer approved (`conversations review`), "
+                                           "with approved corrections in place of wrong answers."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
 ) -> None:
-    """Export stored conversations as training data: the path from customer feedback back to `ecombot train`."""
+    """Export stored conversations as training data: the path from reviewed feedback back to `ecombot train`.
+
+    Customers' corrections are used only once a reviewer approved them."""
     from ecombot.serve import Store
 
     report = Store(db).export(output, rated_only=rated)
     console.print(f"wrote {report.written} conversation(s) to {output}")
     for reason, count in report.skipped.items():
         console.print(f"skipped {count}: {reason}")
+
+
+@conversations_app.command("review")
+def conversations_review(
+    approve: List[int] = typer.Option([], help="Suggestion id to approve for training (repeatable)."),
+    reject: List[int] = typer.Option([], help="Suggestion id to reject (repeatable)."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
+) -> None:
+    """Review customers' ratings and corrections: list those waiting, approve or reject them by id.
+
+    Only approved suggestions reach `conversations export`: anonymous customers cannot write training data."""
+    import getpass
+
+    from ecombot.serve import Store
+
+    store = Store(db)
+    reviewer = f"cli:{getpass.getuser()}"[:64]
+    for ids, approved in ((approve, True), (reject, False)):
+        for suggestion_id in ids:
+            store.review(suggestion_id, approved, reviewer)
+    if approve or reject:
+        console.print(f"approved {len(approve)}, rejected {len(reject)}")
+    pending = store.pending_suggestions()
+    table = Table("id", "rating", "question", "answer", "suggested answer", title=f"{len(pending)} waiting for review")
+    for s in pending:
+        table.add_row(str(s.id), "up" if s.rating > 0 else "down", s.question, s.answer, s.correction or "(the answer as it is)")
+    console.print(table)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The HTTP server: OpenAI-compatible chat completions (plain and SSE), feedback, handoff and the chat page.
+"""The HTTP server: OpenAI-compatible chat completions (plain and SSE), feedback, handoff, review and the chat page.
 
 The routes live in routes.py, what they are handed (state, caller, body) in dependencies.py, the error
 shape in errors.py; this module puts one app together.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from ecombot.chat.engine import GenerationEngine
@@ -18,6 +19,33 @@ from ecombot.serve.dependencies import ServerState
 from ecombot.serve.errors import register_error_handlers
 from ecombot.serve.routes import STATIC, api, web
 from ecombot.serve.store import Store
+
+# The page runs only its own script and style, talks only to this server, and cannot be framed (clickjacking).
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response (plain ASGI: streamed answers pass through untouched)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 @asynccontextmanager
@@ -29,6 +57,37 @@ async def batching(app: FastAPI):
     batcher.stop()
 
 
+def body_model(route: APIRoute):
+    """The model a route's `json_body` dependency parses, else None."""
+    return next((d.call.body_model for d in route.dependant.dependencies if hasattr(d.call, "body_model")), None)
+
+
+def describe_json_bodies(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Put each route's JSON body in /openapi.json: bodies are read by `json_body` dependencies (so that size,
+    key and rate limit come first), which FastAPI's schema cannot see; clients and API fuzzers need them."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for route in (route for router in routers for route in router.routes if isinstance(route, APIRoute)):
+            model = body_model(route)
+            if model is None:
+                continue
+            body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body_schema.pop("$defs", {}))
+            components[model.__name__] = body_schema
+            for method in route.methods:
+                schema["paths"][route.path_format][method.lower()]["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        return schema
+
+    app.openapi = openapi
+
+
 def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     app = FastAPI(title="ecombot", docs_url=None, redoc_url=None, lifespan=batching)
@@ -36,9 +95,12 @@ def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | Non
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Conversation-Id"])
+    app.add_middleware(SecurityHeaders)
     register_error_handlers(app)
-    app.include_router(api)
+    routers = [api, web] if config.web else [api]
+    for router in routers:
+        app.include_router(router)
     if config.web:
-        app.include_router(web)
         app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    describe_json_bodies(app, routers)
     return app

@@ -20,6 +20,7 @@ from ecombot.serve.security import Caller
 from ecombot.serve.store import Answer, Store
 
 log = logging.getLogger("ecombot.serve")
+CLIENT_CHECK_S = 0.25  # how often a request in progress asks whether its client is still there
 
 
 class ClientGone(Exception):
@@ -29,26 +30,29 @@ class ClientGone(Exception):
 class Completion:
     """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result."""
 
-    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str | None,
+    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str,
                  context: dict[str, str], store: Store, request: Request):
         self.job, self.body, self.who, self.store, self.request = job, body, who, store, request
-        self.conversation_id = conversation_id or uuid.uuid4().hex
+        self.conversation_id = conversation_id
         self.context, self.prompt_tokens = context, len(job.prompt)
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.started = time.monotonic()
+        self.started = self.client_checked_at = time.monotonic()
         self.raw = ""  # the answer as generated (placeholders unfilled), cut at a stop sequence
         self.finish_reason = "stop"
         self.completion_tokens = 0
 
     async def next_event(self) -> tuple[str, object]:
-        """The batcher's next event; notices a client that went away even while no text arrives."""
+        """The batcher's next event; notices a client that went away (every 0.25 s), whether text arrives or not."""
         while True:
-            try:
-                return await asyncio.wait_for(self.job.events.get(), timeout=0.25)
-            except asyncio.TimeoutError:
+            if time.monotonic() >= self.client_checked_at + CLIENT_CHECK_S:
                 if await self.request.is_disconnected():
-                    raise ClientGone() from None
+                    raise ClientGone()
+                self.client_checked_at = time.monotonic()
+            try:
+                return await asyncio.wait_for(self.job.events.get(), timeout=CLIENT_CHECK_S)
+            except asyncio.TimeoutError:
+                continue
 
     async def events(self):
         """Customer-ready text pieces; stop sequences applied, placeholders filled."""
@@ -110,7 +114,7 @@ class Completion:
             text = "".join([piece async for piece in self.events()])
         except ClientGone:
             self.cancel()
-            raise
+            raise ApiError(499, "the client closed the request", code="client_closed_request") from None
         except Exception as exc:
             raise self._error(exc) from None
         await run_in_threadpool(self.save)
@@ -133,8 +137,6 @@ class Completion:
             yield self._chunk({"role": "assistant", "content": ""})
             async for piece in self.events():
                 if piece:
-                    if await self.request.is_disconnected():
-                        raise ClientGone()
                     yield self._chunk({"content": piece})
             yield self._chunk({}, self.finish_reason)
             if self.body.stream_options and self.body.stream_options.include_usage:
@@ -151,8 +153,7 @@ class Completion:
                 self.cancel()
             raise
         except Exception as exc:
-            error = self._error(exc)
-            yield f"data: {json.dumps({'error': {'message': error.message, 'type': error.type, 'code': error.code}})}\n\n"
+            yield f"data: {json.dumps(self._error(exc).body())}\n\n"
             yield "data: [DONE]\n\n"
 
     def _save_quietly(self, finish_reason: str) -> None:

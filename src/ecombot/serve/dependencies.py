@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Awaitable, Callable, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from ecombot.chat.engine import GenerationEngine
+from ecombot.chat.engine import BASE, GenerationEngine
 from ecombot.config.serve import ServeConfig
 from ecombot.serve.batcher import Batcher
 from ecombot.serve.errors import ApiError
-from ecombot.serve.security import Caller, RateLimiter, SessionTokens, fingerprint
+from ecombot.serve.security import (REVIEW, SESSION_TOKEN, Caller, KeyRing, RateLimiter, SessionTokens, fingerprint,
+                                    persistent_secret)
 from ecombot.serve.store import Store
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -31,15 +32,27 @@ class ServerState:
     batcher: Batcher
     sessions: SessionTokens
     limiter: RateLimiter
-    api_keys: set[str]
+    auth_failures: RateLimiter  # per address: wrong keys and bad tokens, so keys cannot be guessed at speed
+    keys: KeyRing
+    answer_tokens: int  # an answer's length when the request does not say (and the most a page session gets)
     started: float = field(default_factory=time.time)  # /health's uptime, /v1/models' `created`
 
     @classmethod
     def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig) -> ServerState:
+        secret = persistent_secret(config.session_secret_file) if config.session_secret_file else None
+        roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
+                 **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
+        config = replace(config, api_keys=[], review_keys=[])  # from here on the keys exist only as salted hashes
         return cls(config=config, engine=engine, store=store,
                    batcher=Batcher(engine, max_batch=config.max_batch, max_queue=config.max_queue),
-                   sessions=SessionTokens(), limiter=RateLimiter(config.rate_limit_per_minute),
-                   api_keys={k for k in config.api_keys if k})
+                   sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
+                   auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
+                   answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens))
+
+    @property
+    def page_model(self) -> str:
+        """The model the chat page talks to: the first adapter, else the base model."""
+        return (self.engine.adapters() or [BASE])[0]
 
 
 async def server_state(request: Request) -> ServerState:
@@ -50,45 +63,80 @@ State = Annotated[ServerState, Depends(server_state)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
 
 
-def by_address(request: Request, channel: str) -> Caller:
-    return Caller(f"ip-{request.client.host if request.client else 'unknown'}", channel)
+def address_of(request: Request) -> str:
+    """The client's address (behind a proxy listed in FORWARDED_ALLOW_IPS, the one it forwards for)."""
+    return f"ip-{request.client.host if request.client else 'unknown'}"
+
+
+def too_many(wait: float) -> ApiError:
+    return ApiError(429, f"rate limit reached: retry in {wait:.1f} s", "rate_limit_error",
+                    code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait)))})
 
 
 async def caller(request: Request, state: State, credentials: Bearer) -> Caller:
-    """An API key's holder, a chat page session, or (when the server has no keys) the client's address; else 401."""
+    """An API key's holder, a chat page session, or (when the server has no keys) the client's address; else 401.
+
+    Failed authentications count against the address: past the rate limit it gets 429 before its credentials
+    are even looked at, so a key cannot be guessed faster than the rate limit, nor told right from wrong.
+    """
+    address = address_of(request)
+    if (wait := state.auth_failures.wait(address)) > 0:
+        raise too_many(wait)
     token = credentials.credentials if credentials else ""
-    if token in state.api_keys:
-        return Caller(fingerprint(token), "api")
+    role = state.keys.role(token) if token else None
+    if role:
+        key = fingerprint(token)
+        return Caller(key, "api", limited_as=key, may_review=role == REVIEW)
     session = state.sessions.verify(token) if token and state.config.web else None
     if session:
-        return Caller(session, "web")
-    if state.api_keys:
+        return Caller(session, "web", limited_as=address)
+    ended_session = bool(SESSION_TOKEN.fullmatch(token))  # said even without keys: the page renews on a 401
+    if ended_session or state.keys:
+        state.auth_failures.check(address)
+        if ended_session:
+            raise ApiError(401, "this chat page session has ended: open a new one (POST /v1/sessions)",
+                           "authentication_error", code="invalid_session")
         raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
                        "authentication_error", code="invalid_api_key")
-    return by_address(request, "api")
+    return Caller(address, "api", limited_as=address)
 
 
-def check_rate(state: ServerState, who: Caller) -> None:
-    wait = state.limiter.check(who.client)
-    if wait > 0:
-        raise ApiError(429, f"rate limit reached: retry in {wait:.1f} s", "rate_limit_error",
-                       code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait)))})
+def check_rate(state: ServerState, limited_as: str) -> None:
+    if (wait := state.limiter.check(limited_as)) > 0:
+        raise too_many(wait)
 
 
 async def rate_limited_caller(who: Annotated[Caller, Depends(caller)], state: State) -> Caller:
-    check_rate(state, who)
+    """The caller, counted against its key's limit, or its address's (page sessions: however many it opens)."""
+    check_rate(state, who.limited_as)
+    return who
+
+
+async def api_client(who: Annotated[Caller, Depends(rate_limited_caller)]) -> Caller:
+    """For what the chat page does not do: a page session's token is refused (403)."""
+    if who.channel == "web":
+        raise ApiError(403, "a chat page session is only good for the chat page's own requests",
+                       "permission_error", code="page_session_not_allowed")
+    return who
+
+
+async def reviewer(who: Annotated[Caller, Depends(api_client)]) -> Caller:
+    """An agent signed in with a review key (`--review-key`): may approve customers' suggestions for training."""
+    if not who.may_review:
+        raise ApiError(403, "reviewing suggestions needs a review key (ecombot serve --review-key)",
+                       "permission_error", code="review_key_required")
     return who
 
 
 async def rate_limited_visitor(request: Request, state: State) -> None:
-    """A chat page visitor asking for a session has no token yet: limited by address."""
-    check_rate(state, by_address(request, "web"))
+    """A chat page visitor asking for a session has no token yet: limited by address, like its sessions."""
+    check_rate(state, address_of(request))
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
                        code="request_too_large")
     body = bytearray()
@@ -103,7 +151,7 @@ def validated(model: type[Body], body: bytes) -> Body:
     """`body` as JSON parsed into `model`; 400 for bad JSON, or naming the first wrong field in `param`."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also too deeply nested, or an integer of over 4300 digits
         raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
     try:
         return model.model_validate(data)
@@ -125,4 +173,5 @@ def json_body(model: type[Body]) -> Callable[..., Awaitable[Body]]:
     async def parsed(request: Request, state: State) -> Body:
         return validated(model, await read_limited(request, state.config.max_request_bytes))
 
+    parsed.body_model = model  # read by the OpenAPI schema (app.py), which cannot see bodies read this way
     return parsed

@@ -1,15 +1,16 @@
-"""The endpoints: the OpenAI-compatible API (`api`) and the chat page with its session tokens (`web`)."""
+"""The endpoints: the OpenAI-compatible API (`api`), the review of customers' suggestions (also `api`, for review
+keys) and the chat page with its session tokens (`web`)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
@@ -17,20 +18,22 @@ from ecombot.chat.engine import BASE, Decoding, GenerationEngine, PromptTooLong
 from ecombot.chat.placeholders import normalise_context
 from ecombot.serve.batcher import Job, QueueFull
 from ecombot.serve.completion import Completion
-from ecombot.serve.dependencies import ServerState, State, caller, json_body, rate_limited_caller, rate_limited_visitor
+from ecombot.serve.dependencies import (ServerState, State, api_client, json_body, rate_limited_caller,
+                                        rate_limited_visitor, reviewer)
 from ecombot.serve.errors import ApiError
-from ecombot.serve.schemas import ChatCompletionRequest, FeedbackRequest, HandoffRequest
+from ecombot.serve.schemas import ChatCompletionRequest, FeedbackRequest, HandoffRequest, ReviewRequest
 from ecombot.serve.security import Caller
 from ecombot.serve.store import NotFound
 
 STATIC = resources.files("ecombot.serve") / "static"
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 api = APIRouter()
 web = APIRouter()
 
 # The caller before the body (dependencies are solved in order): who may not ask is refused before being read.
 Who = Annotated[Caller, Depends(rate_limited_caller)]
+Reviewer = Annotated[Caller, Depends(reviewer)]
 
 
 def model_names(engine: GenerationEngine) -> list[str]:
@@ -53,23 +56,43 @@ def answer_budget(body: ChatCompletionRequest, state: ServerState) -> int:
     if len(body.messages) > config.max_messages:
         raise ApiError(400, f"too many messages ({len(body.messages)}); the limit is {config.max_messages}",
                        param="messages")
-    max_tokens = (body.max_completion_tokens or body.max_tokens or config.default_max_tokens
-                  or state.engine.decoding.max_new_tokens)
+    max_tokens = body.max_completion_tokens or body.max_tokens or state.answer_tokens
     if max_tokens > config.max_tokens:
         raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {config.max_tokens}",
                        param="max_tokens")
     return max_tokens
 
 
-async def continued_conversation(conversation_id: str | None, who: Caller, state: ServerState) -> str | None:
-    """The conversation a request continues, if it names one: it must be the caller's own (404 otherwise)."""
-    if conversation_id is not None and not CONVERSATION_ID.match(conversation_id):
+def check_page_request(body: ChatCompletionRequest, adapter: str, max_tokens: int, state: ServerState) -> None:
+    """A chat page session may ask only what the page asks (403 otherwise): the page's model with its own system
+    prompt, the server's sampling settings, answers no longer than the default.
+
+    Anyone can open a page session, so with API keys configured this is all an anonymous visitor gets.
+    """
+    refused = [("model", adapter != state.page_model, f"the chat page talks to {state.page_model!r} only"),
+               ("messages", any(m.role in ("system", "developer") for m in body.messages),
+                "the page's model keeps its own system prompt"),
+               ("max_tokens", max_tokens > state.answer_tokens, f"answers are at most {state.answer_tokens} tokens"),
+               ("temperature", body.temperature is not None, "the server's sampling settings apply"),
+               ("top_p", body.top_p is not None, "the server's sampling settings apply"),
+               ("stop", bool(body.stop), "the server's stop rules apply")]
+    for param, asked, why in refused:
+        if asked:
+            raise ApiError(403, f"a chat page session cannot set {param}: {why}", "permission_error",
+                           code="page_session_not_allowed", param=param)
+
+
+async def conversation_for(metadata: dict[str, str], who: Caller, state: ServerState) -> str:
+    """The conversation a request goes into: the one it names (the caller's own, 404 otherwise), else a new one."""
+    conversation_id = metadata.pop("conversation_id", None)
+    if conversation_id is not None and not CONVERSATION_ID.fullmatch(conversation_id):
         raise ApiError(400, "metadata.conversation_id: 1-64 letters, digits, '-' or '_'",
                        param="metadata.conversation_id")
-    if conversation_id and not await run_in_threadpool(state.store.may_continue, conversation_id, who.client):
+    try:
+        return await run_in_threadpool(state.store.open_conversation, conversation_id, who.client, who.channel)
+    except NotFound:
         raise ApiError(404, f"conversation {conversation_id!r} not found", "not_found_error",
-                       param="metadata.conversation_id")
-    return conversation_id
+                       param="metadata.conversation_id") from None
 
 
 def decoding_for(body: ChatCompletionRequest, default: Decoding) -> Decoding:
@@ -84,7 +107,7 @@ async def health(state: State):
             "uptime_s": round(time.time() - state.started, 1)}
 
 
-@api.get("/v1/models", dependencies=[Depends(caller)])
+@api.get("/v1/models", dependencies=[Depends(api_client)])
 async def models(state: State):
     return {"object": "list", "data": [{"id": name, "object": "model", "created": int(state.started),
                                         "owned_by": "ecombot"} for name in model_names(state.engine)]}
@@ -95,13 +118,15 @@ async def chat_completions(request: Request, state: State, who: Who,
                            body: Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]):
     max_tokens = answer_budget(body, state)
     adapter = adapter_for(body.model, state)
-    metadata = dict(body.metadata or {})
-    conversation_id = await continued_conversation(metadata.pop("conversation_id", None), who, state)
+    if who.channel == "web":
+        check_page_request(body, adapter, max_tokens, state)
     messages = [m.as_dict() for m in body.messages]
     try:
         prompt = await run_in_threadpool(state.engine.prompt_ids, messages, adapter, max_tokens)
     except PromptTooLong as exc:
         raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
+    metadata = dict(body.metadata or {})
+    conversation_id = await conversation_for(metadata, who, state)
     job = Job(messages, prompt, adapter, decoding_for(body, state.engine.decoding), max_tokens,
               asyncio.get_running_loop())
     try:
@@ -136,6 +161,25 @@ async def handoff(state: State, who: Who, body: Annotated[HandoffRequest, Depend
             "message": "Thanks - a member of our team will pick up this conversation and get back to you."}
 
 
+@api.get("/v1/reviews")
+async def pending_suggestions(state: State, _: Reviewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    """Customers' ratings and corrections waiting for a reviewer's decision, oldest first."""
+    suggestions = await run_in_threadpool(state.store.pending_suggestions, limit)
+    return {"object": "list", "data": [{**asdict(s), "created_at": s.created_at.isoformat()} for s in suggestions]}
+
+
+@api.post("/v1/reviews/{suggestion_id}")
+async def review_suggestion(state: State, who: Reviewer, suggestion_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+                            body: Annotated[ReviewRequest, Depends(json_body(ReviewRequest))]):
+    """Approve a suggestion for training (optionally rewritten in `answer`) or reject it."""
+    approve = body.decision == "approve"
+    try:
+        await run_in_threadpool(state.store.review, suggestion_id, approve, who.client, body.answer)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "not_found_error", param="suggestion_id") from None
+    return {"id": suggestion_id, "status": "approved" if approve else "rejected"}
+
+
 @web.get("/", response_class=HTMLResponse)
 async def page():
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
@@ -144,4 +188,4 @@ async def page():
 @web.post("/v1/sessions", dependencies=[Depends(rate_limited_visitor)])
 async def new_session(state: State):
     token, expires = state.sessions.issue()
-    return {"token": token, "expires_at": expires, "model": (state.engine.adapters() or [BASE])[0]}
+    return {"token": token, "expires_at": expires, "model": state.page_model}

@@ -75,3 +75,8 @@ class FeedbackRequest(BaseModel):
 class HandoffRequest(BaseModel):
     conversation_id: str = Field(max_length=64)
     note: str | None = Field(None, max_length=2000)
+
+
+class ReviewRequest(BaseModel):
+    decision: Literal["approve", "reject"]
+    answer: str | None = Field(None, min_length=1, max_length=4000)  # the reviewer's rewrite of the suggestion

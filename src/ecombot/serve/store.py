@@ -4,22 +4,33 @@ SQLite by default (`$ECOMBOT_HOME/ecombot.db`), any SQLAlchemy URL otherwise (Po
 answer is written in one transaction, so a killed server loses at most the request in flight. Text is
 redacted (e-mails, phones, cards) before it is written, unless redaction is switched off; NUL characters are
 dropped (PostgreSQL cannot store them).
+
+What customers say about answers (ratings, corrections) is kept as their suggestion; only what a reviewer
+approved is exported as training data.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, TypeVar
+from urllib.parse import unquote
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+                        select)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from ecombot import atomic
 from ecombot.errors import EcombotError
 from ecombot.serve.redact import redact
+
+T = TypeVar("T")
+URL_PASSWORD = re.compile(r"://[^/@:]*:([^/@]+)@")
 
 
 def now() -> datetime:
@@ -70,9 +81,29 @@ class FeedbackRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)  # the latest rating counts
     rating: Mapped[int] = mapped_column(Integer)  # +1 thumbs up, -1 thumbs down
-    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)  # the customer's suggested answer
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     message: Mapped[MessageRow] = relationship(back_populates="feedback")
+    review: Mapped["ReviewRow | None"] = relationship(back_populates="feedback")
+
+    @property
+    def suggests_something(self) -> bool:
+        """A thumbs up (train on this answer) or a correction (train on that); a bare thumbs down teaches nothing."""
+        return self.rating > 0 or bool(self.correction)
+
+
+class ReviewRow(Base):
+    """A reviewer's decision on one piece of feedback; the customer changing their feedback removes it."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    feedback_id: Mapped[int] = mapped_column(ForeignKey("feedback.id"), unique=True)
+    approved: Mapped[bool] = mapped_column(Boolean)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)  # what training gets, when approved
+    reviewer: Mapped[str] = mapped_column(String(64))  # a review key's fingerprint, or "cli:<user>"
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    feedback: Mapped[FeedbackRow] = relationship(back_populates="review")
 
 
 class NotFound(EcombotError):
@@ -93,9 +124,32 @@ class Answer:
 
 
 @dataclass
+class Suggestion:
+    """A customer's feedback on one answer, waiting for a reviewer: train on the answer (up) or on `correction`."""
+
+    id: int
+    conversation_id: str
+    question: str  # the customer's turn the answer replied to
+    answer: str  # as generated
+    rating: int
+    correction: str | None
+    created_at: datetime
+
+
+@dataclass
 class ExportReport:
     written: int
-    skipped: dict[str, int]  # reason -> count, e.g. "thumbs down without a correction"
+    skipped: dict[str, int]  # reason -> count, e.g. "awaiting review"
+
+
+def without_password(text: str, url: str) -> str:
+    """`text` (a URL, or an error about the store at `url`) with the URL's password shown as ***."""
+    match = URL_PASSWORD.search(url)
+    if not match:
+        return text
+    for password in {match.group(1), unquote(match.group(1))}:
+        text = text.replace(password, "***")
+    return text
 
 
 def default_url() -> str:
@@ -113,13 +167,14 @@ class Store:
         try:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         except Exception as exc:  # bad URL or missing driver
-            raise EcombotError(f"--db {self.url!r}: {exc}") from None
+            raise EcombotError(without_password(f"--db {self.url!r}: {exc}", self.url)) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             Base.metadata.create_all(self.engine)
         except Exception as exc:
-            raise EcombotError(f"cannot open the conversation store {self.engine.url!r}: {exc}") from None
+            raise EcombotError(without_password(f"cannot open the conversation store {self.engine.url!r}: {exc}",
+                                                self.url)) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _clean(self, text: str | None) -> str | None:
@@ -130,37 +185,57 @@ class Store:
         text = text.replace("\x00", "")
         return redact(text) if self.redact_text else text
 
-    def _conversation(self, db: Session, conversation_id: str, client: str) -> ConversationRow | None:
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """`work` in one transaction, run once more if a concurrent request inserted the same row first.
+
+        Two requests opening one new conversation (or rating one answer) both see no row and both insert;
+        the database refuses the second, whose retry finds the row and checks whose it is.
+        """
+        try:
+            with self.sessions.begin() as db:
+                return work(db)
+        except IntegrityError:
+            with self.sessions.begin() as db:
+                return work(db)
+
+    def _owned(self, db: Session, conversation_id: str, client: str, channel: str) -> ConversationRow:
+        """The conversation, created for `client` if it is new; NotFound if it is another client's."""
         row = db.get(ConversationRow, conversation_id)
-        if row is not None and row.client != client:
+        if row is None:
+            row = ConversationRow(id=conversation_id, client=client, channel=channel)
+            db.add(row)
+            db.flush()
+        elif row.client != client:
             raise NotFound(f"conversation {conversation_id!r} not found")
         return row
 
-    def may_continue(self, conversation_id: str, client: str) -> bool:
-        """False when the conversation exists and belongs to another client."""
-        with self.sessions() as db:
-            row = db.get(ConversationRow, conversation_id)
-            return row is None or row.client == client
+    def open_conversation(self, conversation_id: str | None, client: str, channel: str) -> str:
+        """The id of the conversation a request goes into, created now if new; NotFound if another client's.
+
+        Claimed before the answer is generated: of two clients racing to open one id, the second is refused
+        before any generation, not after its answer is written.
+        """
+        conversation_id = conversation_id or uuid.uuid4().hex
+        return self._write(lambda db: self._owned(db, conversation_id, client, channel).id)
 
     def record_answer(self, conversation_id: str | None, client: str, channel: str,
                       messages: list[dict[str, str]], answer: Answer) -> str:
-        """Store the request's new messages and the answer in one transaction; returns the conversation id.
+        """Store the request's question and the generated answer in one transaction; returns the conversation id.
 
-        The API is stateless (clients resend the history), so only messages beyond those already stored
-        for this conversation are added; a client that restarted its history adds just its last message.
+        The API is stateless (clients resend the history), and that history is the client's word: only the
+        user turns that end the request (the question answered now) are stored, then the answer as generated.
+        Assistant and system turns a client sends never are, so the store's assistant turns are this server's.
         """
-        with self.sessions.begin() as db:
-            row = self._conversation(db, conversation_id, client) if conversation_id else None
-            if row is None:
-                row = ConversationRow(id=conversation_id or uuid.uuid4().hex, client=client, channel=channel)
-                db.add(row)
-                db.flush()
-            stored = db.scalar(select(func.count()).where(MessageRow.conversation_id == row.id)) or 0
-            new = messages[stored:] if len(messages) > stored else messages[-1:]
-            for i, message in enumerate(new):
-                db.add(MessageRow(conversation_id=row.id, position=stored + i, role=message["role"],
+        conversation_id = conversation_id or uuid.uuid4().hex
+
+        def write(db: Session) -> str:
+            row = self._owned(db, conversation_id, client, channel)
+            position = db.scalar(select(func.count()).where(MessageRow.conversation_id == row.id)) or 0
+            for message in closing_user_turns(messages):
+                db.add(MessageRow(conversation_id=row.id, position=position, role="user",
                                   content=self._clean(message["content"])))
-            db.add(MessageRow(conversation_id=row.id, position=stored + len(new), role="assistant",
+                position += 1
+            db.add(MessageRow(conversation_id=row.id, position=position, role="assistant",
                               content=self._clean(answer.content), completion_id=answer.completion_id,
                               adapter=answer.adapter, latency_ms=answer.latency_ms,
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
@@ -168,37 +243,77 @@ class Store:
             row.updated_at = now()
             return row.id
 
+        return self._write(write)
+
     def record_feedback(self, completion_id: str, client: str, rating: int, correction: str | None) -> None:
-        with self.sessions.begin() as db:
+        """The customer's (latest) rating of one of their answers; changing it sends it back for review."""
+
+        def write(db: Session) -> None:
             message = db.scalar(select(MessageRow).where(MessageRow.completion_id == completion_id))
             if message is None or message.conversation.client != client:
                 raise NotFound(f"answer {completion_id!r} not found")
             feedback = message.feedback or FeedbackRow(message_id=message.id, rating=rating)
-            feedback.rating, feedback.correction, feedback.created_at = rating, self._clean(correction), now()
+            feedback.rating, feedback.correction, feedback.created_at = rating, self._clean(correction or None), now()
+            if feedback.review is not None:
+                db.delete(feedback.review)
             db.add(feedback)
+
+        self._write(write)
 
     def record_handoff(self, conversation_id: str, client: str, note: str | None) -> None:
         with self.sessions.begin() as db:
-            row = self._conversation(db, conversation_id, client)
-            if row is None:
+            row = db.get(ConversationRow, conversation_id)
+            if row is None or row.client != client:
                 raise NotFound(f"conversation {conversation_id!r} not found")
             row.handoff_at, row.handoff_note = now(), self._clean(note)
 
-    def conversations(self) -> list[ConversationRow]:
-        """Every conversation with its messages and feedback loaded (for export and inspection)."""
-        from sqlalchemy.orm import selectinload
+    def pending_suggestions(self, limit: int | None = None) -> list[Suggestion]:
+        """Customers' ratings and corrections no reviewer has decided on yet, oldest first."""
+        with self.sessions() as db:
+            query = (select(FeedbackRow).where(~FeedbackRow.review.has()).order_by(FeedbackRow.id)
+                     .options(selectinload(FeedbackRow.message)))
+            rows = [f for f in db.scalars(query) if f.suggests_something][:limit]
+            return [Suggestion(f.id, f.message.conversation_id, self._question_before(db, f.message),
+                               f.message.content, f.rating, f.correction, f.created_at) for f in rows]
 
+    @staticmethod
+    def _question_before(db: Session, answer: MessageRow) -> str:
+        return db.scalar(select(MessageRow.content).where(MessageRow.conversation_id == answer.conversation_id,
+                                                          MessageRow.position < answer.position)
+                         .order_by(MessageRow.position.desc()).limit(1)) or ""
+
+    def review(self, suggestion_id: int, approve: bool, reviewer: str, answer: str | None = None) -> None:
+        """A reviewer's decision: approved, the suggestion becomes training data (`answer` if the reviewer
+        rewrote it, else the customer's correction, or the generated answer they rated up); rejected, it never does.
+        """
+
+        def write(db: Session) -> None:
+            feedback = db.get(FeedbackRow, suggestion_id)
+            if feedback is None or not feedback.suggests_something:
+                raise NotFound(f"suggestion {suggestion_id} not found")
+            review = feedback.review or ReviewRow(feedback_id=feedback.id)
+            review.approved, review.reviewer, review.reviewed_at = approve, reviewer, now()
+            suggested = feedback.correction or feedback.message.content
+            review.answer = (self._clean(answer) or suggested) if approve else None
+            db.add(review)
+
+        self._write(write)
+
+    def conversations(self) -> list[ConversationRow]:
+        """Every conversation with its messages, feedback and reviews loaded (for export and inspection)."""
         with self.sessions() as db:
             query = (select(ConversationRow).order_by(ConversationRow.created_at)
-                     .options(selectinload(ConversationRow.messages).selectinload(MessageRow.feedback)))
+                     .options(selectinload(ConversationRow.messages).selectinload(MessageRow.feedback)
+                              .selectinload(FeedbackRow.review)))
             return list(db.scalars(query))
 
     def export(self, path: Path, rated_only: bool) -> ExportReport:
-        """Write chat JSONL that `ecombot train` reads.
+        """Write chat JSONL that `ecombot train` reads, with only what reviewers approved in place of answers.
 
-        With `rated_only`, one record per rated answer: the conversation up to that answer, with the
-        customer's correction in place of a thumbs-down answer (earlier answers with corrections get theirs
-        too). A thumbs-down without a correction teaches nothing and is skipped (counted).
+        An answer whose suggestion a reviewer approved is exported as approved (the customer's correction, as
+        the reviewer accepted or rewrote it); a correction nobody approved never reaches the file. With
+        `rated_only`, one record per approved answer: the conversation up to it; rated answers not approved
+        are counted by reason. Otherwise every answered conversation, approved corrections in place.
         """
         written, skipped = 0, {}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,20 +321,38 @@ class Store:
             for conversation in self.conversations():
                 history: list[dict[str, str]] = []
                 for message in conversation.messages:
-                    feedback = message.feedback
-                    content = feedback.correction if feedback and feedback.correction else message.content
-                    history.append({"role": message.role, "content": content})
-                    if message.role != "assistant" or not rated_only or feedback is None:
+                    if not (message.role == "user" or message.completion_id):  # a client's turn, stored by an
+                        history = []  # older version: what follows it is a conversation of its own
                         continue
-                    if feedback.rating < 0 and not feedback.correction:
-                        skipped["thumbs down without a correction"] = skipped.get("thumbs down without a correction", 0) + 1
+                    review = message.feedback.review if message.feedback else None
+                    approved = review.answer if review and review.approved else None
+                    history.append({"role": message.role, "content": approved or message.content})
+                    if not rated_only or message.feedback is None:
                         continue
-                    out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
-                    written += 1
+                    if approved:
+                        out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
+                        written += 1
+                    else:
+                        reason = not_exported_because(message.feedback)
+                        skipped[reason] = skipped.get(reason, 0) + 1
                 if not rated_only and history and history[-1]["role"] == "assistant":
                     out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
                     written += 1
         return ExportReport(written, skipped)
+
+
+def not_exported_because(feedback: FeedbackRow) -> str:
+    if not feedback.suggests_something:
+        return "thumbs down without a correction"
+    return "awaiting review" if feedback.review is None else "rejected by a reviewer"
+
+
+def closing_user_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The user turns at the end of a request: the question it asks now, without the history before it."""
+    start = len(messages)
+    while start and messages[start - 1]["role"] == "user":
+        start -= 1
+    return messages[start:]
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -1,10 +1,12 @@
 // The customer chat page: streams answers from /v1/chat/completions (SSE), keeps the conversation's history,
 // and sends thumbs up/down, corrections and "talk to a human" requests back to the server.
+// It recovers by itself when its session ends (12-hour expiry, a server that lost its secret): a 401 gets a new
+// session, and the old session's conversation (now 404) goes on as a new one, with the history the page keeps.
 "use strict";
 
-const state = { token: null, model: null, history: [], busy: false,
-                conversation: Array.from(crypto.getRandomValues(new Uint8Array(16)),
-                                         (b) => b.toString(16).padStart(2, "0")).join("") };
+const newConversationId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                                           (b) => b.toString(16).padStart(2, "0")).join("");
+const state = { token: null, model: null, history: [], busy: false, conversation: newConversationId() };
 const $ = (id) => document.getElementById(id);
 
 async function session() {
@@ -69,6 +71,24 @@ function feedbackControls(item, completionId) {
   };
 }
 
+async function askServer() {
+  const request = async () => {
+    if (!state.token) await session();
+    return post("/v1/chat/completions", { model: state.model, stream: true, messages: state.history,
+                                          metadata: { conversation_id: state.conversation } });
+  };
+  const response = await request();
+  if (response.status === 404 && await isOurConversationGone(response.clone())) {
+    state.conversation = newConversationId();  // it belonged to a session that ended: go on in a new one
+    return request();
+  }
+  return response;
+}
+
+async function isOurConversationGone(response) {
+  try { return (await response.json()).error.param === "metadata.conversation_id"; } catch { return false; }
+}
+
 async function ask(question) {
   state.busy = true;
   $("send").disabled = true;
@@ -78,10 +98,7 @@ async function ask(question) {
   item.classList.add("answer", "streaming");
   let text = "", completionId = null;
   try {
-    if (!state.token) await session();
-    const response = await post("/v1/chat/completions", {
-      model: state.model, stream: true, messages: state.history,
-      metadata: { conversation_id: state.conversation } });
+    const response = await askServer();
     if (!response.ok) throw new Error(await errorText(response));
     const reader = response.body.getReader(), decoder = new TextDecoder();
     let buffer = "";
