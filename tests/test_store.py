@@ -196,8 +196,9 @@ def test_exported_text_with_unicode_line_breaks_trains(tmp_path):
     assert sorted((c.question, c.answer) for c in train) == sorted((f"About: {t}", f"Re: {t}") for t in texts)
 
 
-def test_nul_characters_are_dropped_not_fatal(store):
+def test_nul_characters_are_dropped_not_fatal(store_on_each_database):
     """PostgreSQL's text type cannot hold U+0000: a customer's message with one failed the whole answer (HTTP 500)."""
+    store = store_on_each_database
     reply = answer("Sure\x00.")
     store.record_answer(None, "key-a", "api", [{"role": "user", "content": "Hi\x00 there"}], reply)
     store.record_feedback(reply.completion_id, "key-a", -1, "Better\x00 answer")
