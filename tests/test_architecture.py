@@ -14,11 +14,12 @@ MAY_IMPORT = {
     "data": {"atomic", "errors"},
     "config": {"errors"},
     "run_dir": {"atomic", "errors"},
+    "knowledge": {"data", "errors", "home"},
     "models": {"atomic", "data", "errors", "home", "run_dir", "speedups"},
-    "train": {"config", "data", "errors", "models", "run_dir", "speedups"},
-    "chat": {"config", "errors", "models", "run_dir", "speedups"},
-    "evaluate": {"atomic", "chat", "config", "data", "errors", "models", "run_dir"},
-    "serve": {"atomic", "chat", "config", "errors", "home", "models", "run_dir"},
+    "train": {"config", "data", "errors", "knowledge", "models", "run_dir", "speedups"},
+    "chat": {"config", "errors", "knowledge", "models", "run_dir", "speedups"},
+    "evaluate": {"atomic", "chat", "config", "data", "errors", "knowledge", "models", "run_dir"},
+    "serve": {"atomic", "chat", "config", "errors", "home", "knowledge", "models", "run_dir"},
 }
 ENTRY_POINTS = {"cli", "quickstart", "__main__", "__init__"}
 

@@ -9,3 +9,10 @@ from pathlib import Path
 def ecombot_home() -> Path:
     """$ECOMBOT_HOME, else ~/.cache/ecombot."""
     return Path(os.environ.get("ECOMBOT_HOME") or Path.home() / ".cache" / "ecombot").expanduser()
+
+
+def default_db_url() -> str:
+    """The database conversations and the knowledge base share unless --db names another: SQLite in the home."""
+    home = ecombot_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'ecombot.db'}"

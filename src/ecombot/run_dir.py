@@ -109,6 +109,12 @@ class RunDir:
         info = self.info()
         return (info.get("system_prompt") or None) if info else None
 
+    def knowledge(self) -> dict | None:
+        """How the run was grounded: {"name", "db", "k", "handoff", "content_hash", "passages", "handoff_share"};
+        None when it trained without a knowledge base (then chat, serve and evaluate answer from the weights)."""
+        info = self.info()
+        return (info.get("knowledge") or None) if info else None
+
     def changed_split_files(self, files: dict[str, str]) -> list[str]:
         """Which of the split files given (name -> text) differ from the ones the run kept in data/."""
         return [name for name, text in files.items()

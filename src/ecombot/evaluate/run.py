@@ -20,7 +20,7 @@ from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
-from ecombot.evaluate.embeddings import embed
+from ecombot.knowledge import embed
 from ecombot.evaluate.heldout import item_losses
 from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SystemScores
 from ecombot.run_dir import RunDir

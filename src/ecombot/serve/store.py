@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from ecombot import atomic
 from ecombot.errors import EcombotError
+from ecombot.home import default_db_url
 from ecombot.serve.redact import redact
 
 T = TypeVar("T")
@@ -152,17 +153,9 @@ def without_password(text: str, url: str) -> str:
     return text
 
 
-def default_url() -> str:
-    from ecombot.home import ecombot_home
-
-    home = ecombot_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'ecombot.db'}"
-
-
 class Store:
     def __init__(self, url: str | None = None, redact_text: bool = True):
-        self.url = url or default_url()
+        self.url = url or default_db_url()
         self.redact_text = redact_text
         try:
             self.engine = create_engine(self.url, pool_pre_ping=True)

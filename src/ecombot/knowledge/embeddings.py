@@ -1,4 +1,5 @@
-"""Sentence embeddings from the offline all-MiniLM-L6-v2 package (semantic similarity, retrieval, intents)."""
+"""Sentence embeddings from the offline all-MiniLM-L6-v2 package: knowledge retrieval, and evaluation's semantic
+similarity and intents."""
 
 from __future__ import annotations
 

@@ -1,0 +1,86 @@
+"""One prompt layout for grounded answers, the same in training, chat, serving and evaluation: the passages found
+for the customer's latest question are placed in that user turn, above the question. A question the knowledge base
+does not cover gets the store's handoff answer instead of a generated one."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ecombot.knowledge.passage import Hit, Passage
+
+DEFAULT_HANDOFF = ("I'm not sure about that one, so I have passed your question to our support team. "
+                   "An agent will get back to you shortly.")
+KNOWLEDGE_HEADER = "Store knowledge:"
+QUESTION_HEADER = "Customer question:"
+PASSAGE_CHARS = 600  # a long section is cut in the prompt (the search still saw all of it)
+
+
+def passages_block(hits: list[Hit]) -> str:
+    lines = [KNOWLEDGE_HEADER]
+    for number, hit in enumerate(hits, start=1):
+        text = hit.passage.prompt_text
+        if len(text) > PASSAGE_CHARS:
+            text = text[:PASSAGE_CHARS].rsplit(" ", 1)[0] + " …"
+        lines.append(f"[{number}] {hit.passage.label}: {text}")
+    return "\n".join(lines)
+
+
+def ground_messages(messages: list[dict[str, str]], hits: list[Hit]) -> list[dict[str, str]]:
+    """The conversation with the passages placed in its last user turn (earlier turns stay as they were said)."""
+    out = [dict(m) for m in messages]
+    last_user = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
+    if last_user is None or not hits:
+        return out
+    out[last_user]["content"] = f"{passages_block(hits)}\n\n{QUESTION_HEADER} {out[last_user]['content']}"
+    return out
+
+
+def latest_question(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def is_handoff(answer: str, handoff: str) -> bool:
+    """True when a generated answer is the handoff (exactly, or starting with its first sentence)."""
+    answer, handoff = _normalized(answer), _normalized(handoff)
+    first_sentence = _normalized(re.split(r"(?<=[.!?])\s", handoff.strip(), maxsplit=1)[0]) if handoff else ""
+    return bool(handoff) and (answer == handoff or (bool(first_sentence) and answer.startswith(first_sentence)))
+
+
+@dataclass
+class Grounding:
+    """A conversation ready for the model: `messages` carry the passages; `covered` False means answer `handoff`."""
+
+    messages: list[dict[str, str]]
+    hits: list[Hit] = field(default_factory=list)
+    covered: bool = True
+
+    @property
+    def sources(self) -> list[dict]:
+        return [hit.to_source() for hit in self.hits]
+
+
+class Grounder:
+    """Retrieves k passages for each conversation's latest question and decides whether they cover it.
+
+    `retriever` is a `knowledge.Retriever` (search(queries, k, exclude) -> hits, covers(hits) -> bool)."""
+
+    def __init__(self, retriever, k: int = 3, handoff: str = DEFAULT_HANDOFF):
+        self.retriever, self.k, self.handoff = retriever, k, handoff
+
+    def ground_many(self, conversations: list[list[dict[str, str]]],
+                    exclude: list[Callable[[Passage], bool] | None] | None = None) -> list[Grounding]:
+        """`exclude[i]` drops passages for conversation i (evaluation: the test item's own pair)."""
+        if not conversations:
+            return []
+        results = self.retriever.search([latest_question(m) for m in conversations], self.k, exclude)
+        return [Grounding(ground_messages(messages, hits), hits, self.retriever.covers(hits))
+                for messages, hits in zip(conversations, results)]
+
+    def ground(self, messages: list[dict[str, str]]) -> Grounding:
+        return self.ground_many([messages])[0]

@@ -1,0 +1,47 @@
+"""What the knowledge base holds and what a search returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrievable piece of a store document, or one Q&A pair of a data file.
+
+    `source` is the name the store added it under (a file name, or "data: faq.json" for training pairs), `heading`
+    the heading path inside the document ("Returns and exchanges > Final sale", "" when none), `line` the 1-based
+    line it starts on. For a Q&A pair `question` holds the question and `text` the answer."""
+
+    source: str
+    heading: str
+    line: int
+    text: str
+    question: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How an answer cites it: "Returns and exchanges (policy.md)", or the source alone."""
+        last = self.heading.rsplit(" > ", 1)[-1]
+        return f"{last} ({self.source})" if last else self.source
+
+    @property
+    def prompt_text(self) -> str:
+        return f"Q: {self.question}\nA: {self.text}" if self.question else self.text
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A passage found for a question. `score` decides coverage (compared with the retriever's threshold); `dense`
+    and `lexical` are the two signals it fuses."""
+
+    passage: Passage
+    score: float
+    dense: float = 0.0
+    lexical: float = 0.0
+
+    def to_source(self) -> dict:
+        """What an API response and the web page show: where the answer's knowledge came from."""
+        p = self.passage
+        return {"source": p.source, "heading": p.heading, "line": p.line, "label": p.label,
+                "score": round(self.score, 4)}
