@@ -14,6 +14,12 @@ REQUIRE_SYSTEM = os.environ.get("ECOMBOT_REQUIRE_SYSTEM_TESTS") == "1"
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 
 
+@pytest.fixture(autouse=True)
+def own_database(tmp_path, monkeypatch):
+    """Every test gets its own default database (knowledge bases, conversations): never the user's, never shared."""
+    monkeypatch.setenv("ECOMBOT_DB", f"sqlite:///{tmp_path / 'ecombot-test.db'}")
+
+
 def make_tokenizer(corpus: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,3 +1,5 @@
+import math
+import re
 import dataclasses
 
 import pytest
@@ -52,3 +54,39 @@ def test_system_prompt_defaults():
     assert TrainConfig(system_prompt="").resolved_system_prompt() is None
     assert TrainConfig(system_prompt="Custom").resolved_system_prompt() == "Custom"
     assert {f.name for f in dataclasses.fields(TrainConfig)} == FIELDS
+
+
+@pytest.mark.parametrize("n_train, steps, batch, lr", [
+    (63, 160, 4, 1e-3),      # a store FAQ: 16 rows a pass, 10 passes
+    (200, 150, 4, 1e-3),
+    (1800, 225, 8, 1e-3),    # the built-in data: one pass is enough steps
+    (50_000, 1000, 8, 5e-4),  # a big log: capped, not days
+])
+def test_auto_settings_follow_the_data_size(n_train, steps, batch, lr):
+    from ecombot.config import fit_to_data
+
+    cfg, recipe = fit_to_data(load_config(None), n_train)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(n_train / cfg.batch_size) * cfg.epochs
+    assert (total, cfg.batch_size, cfg.learning_rate) == (steps, batch, lr)
+    assert cfg.eval_steps == max(10, steps // 10)
+    assert recipe.reason.startswith(f"{n_train} training conversations: {steps} steps of {batch} conversations")
+
+
+def test_numbers_given_replace_the_size_rule():
+    from ecombot.config import fit_to_data
+
+    cfg, recipe = fit_to_data(load_config(None, epochs=2, learning_rate=2e-4, batch_size=8, eval_steps=50), 63)
+    assert (cfg.epochs, cfg.learning_rate, cfg.batch_size, cfg.eval_steps, cfg.max_steps) == (2, 2e-4, 8, 50, -1)
+    assert "passes" not in recipe.reason
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("batch_size: many\n", "'batch_size': must be a positive integer or auto"),
+    ("handoff_share: 1.5\n", "'handoff_share': must be in [0, 1)"),
+    ("knowledge_k: 0\n", "'knowledge_k': must be a positive integer"),
+])
+def test_bad_knowledge_and_auto_values_are_named(tmp_path, text, problem):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(path)

@@ -20,7 +20,7 @@ from ecombot.run_dir import COMPLETE_CHECKPOINT, RunDir, checkpoint_step
 def tiny_config(tiny_model_dir, data, output, **overrides):
     values = dict(model=str(tiny_model_dir), data=str(data), output=str(output), max_steps=12, eval_steps=4,
                   logging_steps=1, batch_size=4, learning_rate=1e-2, precision="fp32", val_fraction=0.15,
-                  test_fraction=0.15, early_stopping_patience=0, warmup_ratio=0.0)
+                  test_fraction=0.15, early_stopping_patience=0, warmup_ratio=0.0, knowledge="none")
     values.update(overrides)
     return load_config(None, **values)
 

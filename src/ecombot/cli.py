@@ -107,6 +107,10 @@ def train(
                                            help="Whole conversations end to end in fixed-size rows (default on)."),
     seed: Optional[int] = typer.Option(None, help="Seed for split, initialisation and shuffling."),
     precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
+    knowledge: Optional[str] = typer.Option(None, help="Knowledge base whose passages go in every training prompt "
+                                            "(default 'default'; 'none' trains without)."),
+    db: Optional[str] = typer.Option(None, help="Database of the knowledge base (default: $ECOMBOT_DB, else "
+                                     "$ECOMBOT_HOME/ecombot.db)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
@@ -117,7 +121,7 @@ def train(
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
-                      packing=packing, seed=seed, precision=precision)
+                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
         return

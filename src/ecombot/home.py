@@ -12,7 +12,10 @@ def ecombot_home() -> Path:
 
 
 def default_db_url() -> str:
-    """The database conversations and the knowledge base share unless --db names another: SQLite in the home."""
+    """The database conversations and the knowledge base share unless --db names another: $ECOMBOT_DB (any
+    SQLAlchemy URL), else SQLite in the home."""
+    if os.environ.get("ECOMBOT_DB"):
+        return os.environ["ECOMBOT_DB"]
     home = ecombot_home()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'ecombot.db'}"

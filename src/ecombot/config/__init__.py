@@ -4,7 +4,8 @@
 from ecombot.config.evaluate import SYSTEMS, EvalConfig
 from ecombot.config.prompts import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT
 from ecombot.config.serve import ServeConfig
-from ecombot.config.train import FIELDS, METHODS, PRECISIONS, TrainConfig, default_yaml_text, load_config
+from ecombot.config.train import (FIELDS, METHODS, PRECISIONS, SizedRecipe, TrainConfig, default_yaml_text, fit_to_data,
+                                  load_config)
 
 __all__ = ["BUILTIN_SYSTEM_PROMPT", "EvalConfig", "FIELDS", "GENERIC_SYSTEM_PROMPT", "METHODS", "PRECISIONS", "SYSTEMS",
-           "ServeConfig", "TrainConfig", "default_yaml_text", "load_config"]
+           "ServeConfig", "SizedRecipe", "TrainConfig", "default_yaml_text", "fit_to_data", "load_config"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,11 @@ from ecombot.errors import ConfigError
 
 METHODS = ("lora", "qlora", "dora")
 PRECISIONS = ("auto", "bf16", "fp32")
+AUTO = "auto"
+# Fields whose default is decided from the training split's size (fit_to_data); a number in the config or a flag wins.
+SIZED_FIELDS = ("epochs", "learning_rate", "batch_size", "eval_steps")
+
+
 @dataclass
 class TrainConfig:
     model: str = "gemma-3-270m"
@@ -23,35 +29,40 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     system_prompt: str | None = None
-    max_length: int = 512
+    max_length: int = 1024
     method: str = "lora"
     rank: int = 16
     alpha: float = 32
     dropout: float = 0.0
     rslora: bool = False
     target_modules: str | list[str] = "all-linear"
-    epochs: float = 2
+    epochs: float | str = AUTO
     max_steps: int = -1
-    batch_size: int = 8
+    batch_size: int | str = AUTO
     grad_accum: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float | str = AUTO
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     group_by_length: bool = True
     packing: bool = True
     precision: str = "auto"
     logging_steps: int = 5
-    eval_steps: int = 50
+    eval_steps: int | str = AUTO
     early_stopping_patience: int = 3
     eval_max_examples: int | None = 200
     save_total_limit: int = 2
+    knowledge: str = "default"
+    db: str | None = None
+    knowledge_k: int = 3
+    handoff_share: float = 0.1
+    handoff_answer: str | None = None
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "2e-4" as a string; accept it as the number the user meant.
         for name in ("val_fraction", "test_fraction", "alpha", "dropout", "epochs", "learning_rate",
-                     "weight_decay", "warmup_ratio"):
+                     "weight_decay", "warmup_ratio", "handoff_share"):
             value = getattr(self, name)
-            if isinstance(value, str):
+            if isinstance(value, str) and not (value == AUTO and name in SIZED_FIELDS):
                 try:
                     setattr(self, name, float(value))
                 except ValueError:
@@ -66,21 +77,30 @@ class TrainConfig:
             raise bad("method", f"must be one of {', '.join(METHODS)}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
-        for name in ("rank", "batch_size", "grad_accum", "max_length", "logging_steps", "eval_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise bad(name, "must be a positive integer")
+        for name in ("rank", "batch_size", "grad_accum", "max_length", "logging_steps", "eval_steps", "knowledge_k"):
+            value = getattr(self, name)
+            if (value != AUTO or name not in SIZED_FIELDS) and (not isinstance(value, int) or value < 1):
+                raise bad(name, "must be a positive integer" + (" or auto" if name in SIZED_FIELDS else ""))
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             raise bad("val_fraction", "val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", "must be in [0, 1)")
-        if self.learning_rate <= 0:
-            raise bad("learning_rate", "must be positive")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise bad("epochs", "set epochs > 0 or max_steps > 0")
+        if self.learning_rate != AUTO and self.learning_rate <= 0:
+            raise bad("learning_rate", "must be positive or auto")
+        if self.epochs != AUTO and self.epochs <= 0 and self.max_steps <= 0:
+            raise bad("epochs", "set epochs > 0, auto, or max_steps > 0")
+        if not 0 <= self.handoff_share < 1:
+            raise bad("handoff_share", "must be in [0, 1)")
+        if not self.knowledge or not isinstance(self.knowledge, str):
+            raise bad("knowledge", "name a knowledge base, or none")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output or f"runs/{self.method}")
+
+    @property
+    def grounded(self) -> bool:
+        return self.knowledge.lower() != "none"
 
     def resolved_system_prompt(self) -> str | None:
         """The prompt every training conversation starts with; None (the default) trains without one."""
@@ -91,6 +111,54 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+# The size rule (benchmarks/recipe_sizes.py measures it; README "Training recipe"). An adapter learns a store's
+# answers in a number of optimizer steps more than in a number of passes: a 63-pair FAQ trained for the old fixed 2
+# epochs got 16 steps and stayed near the base model, while ~100-150 steps at lr 1e-3 got most of the way. So small
+# data gets passes until MIN_STEPS, large data is capped at MAX_STEPS (a 50,000-conversation log does not run for
+# days), and validation every ~tenth of the run with early stopping keeps the best checkpoint whichever size it is.
+MIN_STEPS = 150
+MAX_STEPS = 1000
+MAX_EPOCHS = 12
+SMALL_DATA = 500  # below this many training conversations a batch holds 4 (twice the steps per pass)
+
+
+@dataclass(frozen=True)
+class SizedRecipe:
+    epochs: float
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    eval_steps: int
+    reason: str
+
+
+def fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, SizedRecipe]:
+    """The config with every `auto` field decided from the number of training conversations, and why."""
+    batch = cfg.batch_size if cfg.batch_size != AUTO else (4 if n_train < SMALL_DATA else 8)
+    steps_per_epoch = max(1, math.ceil(n_train / (batch * cfg.grad_accum)))
+    epochs = cfg.epochs if cfg.epochs != AUTO else min(MAX_EPOCHS, max(1, math.ceil(MIN_STEPS / steps_per_epoch)))
+    max_steps = cfg.max_steps
+    if cfg.epochs == AUTO and max_steps <= 0 and steps_per_epoch * epochs > MAX_STEPS:
+        max_steps = MAX_STEPS
+    total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
+    lr = cfg.learning_rate if cfg.learning_rate != AUTO else (1e-3 if n_train < 10_000 else 5e-4)
+    eval_steps = cfg.eval_steps if cfg.eval_steps != AUTO else max(10, total // 10)
+    why = []
+    if cfg.epochs == AUTO:
+        why.append(f"{epochs:g} passes over the data: at least {MIN_STEPS} steps, at most {MAX_EPOCHS} passes"
+                   if max_steps <= 0 or max_steps != MAX_STEPS
+                   else f"capped at {MAX_STEPS} steps ({total * batch * cfg.grad_accum / n_train:.2f} passes)")
+    if cfg.eval_steps == AUTO:
+        why.append(f"validation every {eval_steps} steps, best checkpoint kept"
+                   + (f", early stop after {cfg.early_stopping_patience} without improvement"
+                      if cfg.early_stopping_patience else ""))
+    recipe = SizedRecipe(epochs, max_steps, batch, lr, eval_steps,
+                         f"{n_train} training conversations: {total} steps of {batch} conversations, lr {lr:g}"
+                         + (f" ({'; '.join(why)})" if why else ""))
+    resolved = dataclasses.replace(cfg, epochs=epochs, max_steps=max_steps, batch_size=batch, learning_rate=lr,
+                                   eval_steps=eval_steps)
+    return resolved, recipe
 
 
 def default_yaml_text() -> str:

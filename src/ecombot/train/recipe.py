@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ecombot import __version__
-from ecombot.config import TrainConfig
+from ecombot.config import TrainConfig, fit_to_data
 from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import EcombotError
 from ecombot import speedups
@@ -18,6 +18,7 @@ from ecombot.models import (PadCollator, encode_conversations, load_base_model, 
                             resolve_model, resolve_precision)
 from ecombot.run_dir import RunDir, checkpoint_step
 from ecombot.train.card import model_card
+from ecombot.train.grounding import ground_training_data
 from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
 from ecombot.train.result import TrainResult
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer
@@ -134,13 +135,27 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
                            "a new run with --overwrite")
     if main:
         write_split(split, run.data_dir, extra={"seed": cfg.seed, "source": summary.path})
+    # The "auto" settings follow the data's size (config/train.py fit_to_data); the run records the numbers used.
+    cfg, sized = fit_to_data(cfg, len(split.train))
+    say = print if main and show_progress else (lambda *_: None)
+    say(sized.reason)
 
-    # 2. Tokens: chat template applied, loss mask on assistant turns, truncation counted.
+    # 2. Knowledge: the training pairs join the store's documents in the knowledge base; every prompt gets the
+    #    passages found for its question (train/grounding.py), as chat, serve and evaluate will give them.
+    train_convs = split.train
+    val_convs = split.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else split.validation
+    knowledge = None
+    if cfg.grounded:
+        grounded = ground_training_data(train_convs, val_convs, summary.path, cfg.knowledge, cfg.db, cfg.knowledge_k,
+                                        cfg.handoff_share, cfg.handoff_answer, cfg.seed, index=main)
+        train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
+        say(grounded.summary)
+
+    # 3. Tokens: chat template applied, loss mask on assistant turns, truncation counted.
     model_dir = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_dir)
     system_prompt = cfg.resolved_system_prompt()
-    train_set = encode_conversations(split.train, tokenizer, system_prompt, cfg.max_length)
-    val_convs = split.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else split.validation
+    train_set = encode_conversations(train_convs, tokenizer, system_prompt, cfg.max_length)
     val_set = encode_conversations(val_convs, tokenizer, system_prompt, cfg.max_length)
     summary.add_token_lengths(train_set.lengths + val_set.lengths, cfg.max_length)
     if not train_set.examples:
@@ -149,7 +164,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
                                                "split": split.counts()})
 
-    # 3. Batches: packed rows of one fixed size (see data.PackedCollator), or padded batches.
+    # 4. Batches: packed rows of one fixed size (see data.PackedCollator), or padded batches.
     if cfg.packing:
         budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
         train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
@@ -161,19 +176,20 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         train_items, val_items = train_set.examples, val_set.examples
         collator, packing = PadCollator(tokenizer.pad_token_id), None
 
-    # 4. Model: base (4-bit for QLoRA) + fresh adapter.
+    # 5. Model: base (4-bit for QLoRA) + fresh adapter.
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     model = build_model(cfg, model_dir, device, precision)
     applied = speedups.apply(model, mode="train")
     trainable, total = model.get_nb_trainable_parameters()
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
-                "system_prompt": system_prompt, "ecombot_version": __version__, "status": "running",
+                "system_prompt": system_prompt, "knowledge": knowledge, "recipe": sized.reason,
+                "ecombot_version": __version__, "status": "running",
                 "trainable_parameters": trainable, "total_parameters": total}
     if main:
         run.write_info(run_info)
 
-    # 5. Train with Transformers' Trainer (early stopping on validation loss, best checkpoint kept).
+    # 6. Train with Transformers' Trainer (early stopping on validation loss, best checkpoint kept).
     has_validation = bool(val_set.examples)
     logger = RunLogger(run.log_file, show_progress=show_progress)
     callbacks = [EvaluateAtEnd()]
@@ -187,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started
 
-    # 6. Outputs: adapter (best by validation loss), curve, card, final status.
+    # 7. Outputs: adapter (best by validation loss), curve, card, final status.
     if main:
         run.save_adapter(trainer.model)
     train_losses = [r["loss"] for r in run.train_log() if "loss" in r]

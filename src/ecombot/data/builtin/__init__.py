@@ -11,5 +11,10 @@ def builtin_path() -> Path:
     return Path(str(resources.files(__name__).joinpath("harbor_pine_support.jsonl")))
 
 
+def policy_path() -> Path:
+    """The store policy every built-in answer follows: quickstart's knowledge base."""
+    return Path(str(resources.files(__name__).joinpath("policy.md")))
+
+
 def policy_text() -> str:
-    return resources.files(__name__).joinpath("policy.md").read_text(encoding="utf-8")
+    return policy_path().read_text(encoding="utf-8")
