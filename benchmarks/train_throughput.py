@@ -6,8 +6,10 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
   notebook  HF Trainer + PEFT LoRA (r=16, alpha=32, dropout 0.05, PEFT's default targets), fp32,
             "question ->: answer" text, DataCollatorForLanguageModeling(mlm=False), batch 2, grad. accum. 2, lr 2e-4
   trl       TRL SFTTrainer with its defaults (prompt/completion data, completion-only loss) + the same LoRA
-  ecombot   `ecombot train` defaults (one epoch, no validation split)
+  ecombot   `ecombot train` defaults (one epoch, no validation split), batch 8, without a knowledge base
   ecombot-qlora   the same with --method qlora (4-bit NF4 base)
+  ecombot-grounded  the same as ecombot, grounded: every prompt carries 3 passages from the built-in policy and the
+            training pairs (retrieval-augmented fine-tuning, `ecombot train`'s default); only the answers are scored
 
 Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
 system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (WorkerFailed, fmt, machine, peak_gpu_mb, peak_rss_mb, print_table, run_worker,  # noqa: E402
                      spread, write_results)
 
-SYSTEMS = ["notebook", "trl", "ecombot", "ecombot-qlora"]
+SYSTEMS = ["notebook", "trl", "ecombot", "ecombot-qlora", "ecombot-grounded"]
 
 
 def conversations(n_train: int, n_test: int):
@@ -125,17 +127,23 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
     return {"seconds": seconds, "steps": trainer.state.global_step, **peak, "heldout_loss": loss}
 
 
-def train_ecombot(model_spec: str, train, test, out: Path, method: str) -> dict:
+def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded: bool = False) -> dict:
     from ecombot.config import TrainConfig
+    from ecombot.data.builtin import policy_path
     from ecombot.evaluate import heldout_loss
+    from ecombot.knowledge import KnowledgeBase
     from ecombot.models import load_for_inference
     from ecombot.train import train as ecombot_train
 
     data = out / "train.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in train))
+    db = f"sqlite:///{out / 'knowledge.db'}"
+    if grounded:
+        KnowledgeBase(db, "bench").add_files([policy_path()])
     cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
-                      test_fraction=0.0, method=method)
+                      test_fraction=0.0, method=method, batch_size=8, learning_rate=2e-4,
+                      knowledge="bench" if grounded else "none", db=db)
     result = ecombot_train(cfg, show_progress=False)
     peak = peak_memory()
     loaded = load_for_inference(model=model_spec, adapter=result.run.path)
@@ -157,7 +165,8 @@ def worker(args) -> None:
         elif args.worker == "trl":
             result = train_trl(model_dir, train, test, out)
         else:
-            result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora")
+            result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora",
+                                   grounded=args.worker == "ecombot-grounded")
     result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
     result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
     print(json.dumps(result))

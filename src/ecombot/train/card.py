@@ -13,7 +13,17 @@ def optional(value: float | None) -> str:
     return "n/a" if value is None else str(value)
 
 
-def model_card(config: TrainConfig, data: DataReport, result: TrainResult) -> str:
+def grounding_line(knowledge: dict | None) -> str:
+    if not knowledge:
+        return "- Grounding: none (trained without a knowledge base; answers come from the weights)"
+    return (f"- Grounding: knowledge base `{knowledge['name']}` ({knowledge['passages']} passages from "
+            f"{', '.join(knowledge['sources'])}; content hash {knowledge['content_hash']}), {knowledge['k']} passages "
+            f"per prompt, {knowledge['handoff_share']:.0%} of conversations taught the handoff answer:\n"
+            f"  \"{knowledge['handoff']}\"")
+
+
+def model_card(config: TrainConfig, data: DataReport, result: TrainResult, knowledge: dict | None = None,
+               recipe: str = "") -> str:
     """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
     base, method, packing = config.model, config.method, result.packing
     packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
@@ -39,6 +49,7 @@ customer-support questions.
   {result.steps} optimizer steps, warmup {config.warmup_ratio} then cosine, seed {config.seed},
   precision {result.precision} on {result.device}
 - Loss: only on assistant tokens, including the end-of-turn token.
+{f"- Settings chosen for the data's size: {recipe}" + chr(10) if recipe else ""}{grounding_line(knowledge)}
 
 ## Data
 - Source: `{data.path}` ({data.format}), {data.rows_read} rows read, {data.kept} kept,

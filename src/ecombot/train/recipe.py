@@ -218,6 +218,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         packing=packing, cpu_kernels=applied.cpu_kernels, speedups=applied.to_dict())
     if main:
         run.plot_loss_curve()
-        run.write_text("README.md", model_card(cfg, summary, result))
+        run.write_text("README.md", model_card(cfg, summary, result, knowledge, sized.reason))
         run.write_info({**run_info, "status": "complete", "results": result.to_dict()})
     return result

@@ -1,0 +1,79 @@
+"""Grounded (retrieval-augmented) training: what the prompts carry, what the knowledge base gains, what the run
+records."""
+
+import json
+
+from ecombot.data import Conversation, builtin_path, normalise_text, read_file
+from ecombot.data.builtin import policy_path
+from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Retriever, qa_passages
+from ecombot.knowledge.grounding import KNOWLEDGE_HEADER, QUESTION_HEADER
+from ecombot.knowledge.chunking import read_passages
+from ecombot.train.grounding import ground_split, own_answer_filter
+
+
+def builtin_sample(n_per_intent: int = 4) -> list[Conversation]:
+    convs, seen = [], {}
+    for conv in read_file(builtin_path()).conversations:
+        if len(conv.messages) == 2 and seen.get(conv.intent, 0) < n_per_intent:
+            seen[conv.intent] = seen.get(conv.intent, 0) + 1
+            convs.append(conv)
+    return convs
+
+
+def test_training_prompts_never_carry_their_own_answer_and_a_share_learns_the_handoff():
+    convs = builtin_sample()
+    passages = read_passages(policy_path()) + qa_passages(convs, "data: sample")
+    grounder = Grounder(Retriever(passages), k=3)
+    grounded = ground_split(convs, grounder, handoff_share=0.25, seed=1)
+
+    assert len(grounded) == len(convs)
+    handoffs = [g for g in grounded if g.answer == DEFAULT_HANDOFF]
+    assert 0.15 * len(convs) < len(handoffs) < 0.35 * len(convs)
+    for original, conv in zip(convs, grounded):
+        prompt = conv.messages[-2]["content"]
+        assert prompt.startswith(KNOWLEDGE_HEADER) and prompt.endswith(f"{QUESTION_HEADER} {original.question}")
+        assert conv.messages[:-2] == original.messages[:-2]
+        # the example's own answer is never among its passages (neither on a handoff example)
+        assert normalise_text(original.answer) not in normalise_text(prompt)
+        if conv.answer != DEFAULT_HANDOFF:
+            assert conv.answer == original.answer
+    # the documents are what the model reads: most answered prompts show a policy section
+    answered = [c for c in grounded if c.answer != DEFAULT_HANDOFF]
+    assert sum("(policy.md)" in c.messages[-2]["content"] for c in answered) > 0.5 * len(answered)
+
+
+def test_own_answer_filter_rejects_paraphrases_with_the_same_answer_and_the_same_question():
+    conv = Conversation([{"role": "user", "content": "Where is my order?"},
+                         {"role": "assistant", "content": "Track it on the Orders page."}])
+    rejects = own_answer_filter(conv)
+    from ecombot.knowledge import Passage
+
+    assert rejects(Passage("d", "", 1, "Track it on the orders page", question="Where's my parcel"))
+    assert rejects(Passage("d", "", 1, "Other words.", question="where is my order"))
+    assert not rejects(Passage("policy.md", "Order tracking", 3, "A tracking link is e-mailed as soon as it ships."))
+
+
+def test_grounded_run_indexes_only_its_training_pairs_and_records_the_knowledge(tiny_model_dir, small_dataset,
+                                                                                  tmp_path):
+    from test_train import tiny_config
+    from ecombot.train import train
+
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    KnowledgeBase(db, "shop").add_files([policy_path()])
+    run = tmp_path / "run"
+    result = train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2, knowledge="shop", db=db,
+                               knowledge_k=2), show_progress=False)
+
+    base = KnowledgeBase(db, "shop")
+    sources = {s.name: s.passages for s in base.sources()}
+    assert sources["data: small.jsonl"] == result.split["train"]
+    indexed = {normalise_text(p.question) for p in base.passages() if p.question}
+    held_out = [json.loads(line) for name in ("validation", "test")
+                for line in (run / "data" / f"{name}.jsonl").read_text().splitlines()]
+    assert held_out and not any(normalise_text(row["messages"][0]["content"]) in indexed for row in held_out)
+
+    record = json.loads((run / "run_config.json").read_text())["knowledge"]
+    assert (record["name"], record["k"], record["handoff"]) == ("shop", 2, DEFAULT_HANDOFF)
+    assert record["content_hash"] == base.content_hash() and record["passages"] == sum(sources.values())
+    assert "knowledge base `shop`" in (run / "README.md").read_text()
+    assert KnowledgeBase(db, "default").is_empty  # other bases untouched
