@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ecombot.data import read_file
+from ecombot.data import Conversation, read_file
 from ecombot.data.conversation import ROLE_ALIASES
 from ecombot.errors import DataError
 from ecombot.knowledge.passage import Passage
@@ -190,12 +190,19 @@ def _line(where: str) -> int:
 
 
 def _qa_passages(path: Path, source: str) -> list[Passage]:
+    passages = qa_passages(read_file(path).conversations, source)
+    if not passages:
+        raise DataError(path, None, None, "no question/answer pairs to index")
+    return passages
+
+
+def qa_passages(conversations: list[Conversation], source: str) -> list[Passage]:
     """Each customer turn and the answer after it, as one Q&A passage (`question` = the turn, `text` = the
-    answer). A turn without an answer, or an empty one, is an error at its place: it would be a passage that
-    cannot ground anything."""
+    answer, `heading` = the intent). A turn without an answer, or an empty one, is an error at its place: it would
+    be a passage that cannot ground anything."""
     passages = []
-    for conversation in read_file(path).conversations:
-        where = conversation.source.split(":", 1)[-1]
+    for conversation in conversations:
+        file, _, where = conversation.source.rpartition(":")
         turns = [{"role": ROLE_ALIASES.get(m["role"], m["role"]), "content": m["content"]}
                  for m in conversation.messages]
         turns = [m for m in turns if m["role"] != "system"]
@@ -204,10 +211,8 @@ def _qa_passages(path: Path, source: str) -> list[Passage]:
                 continue
             answer = turns[position + 1] if position + 1 < len(turns) else None
             if answer is None or answer["role"] != "assistant" or not answer["content"] or not message["content"]:
-                raise DataError(path, where, "messages", "every customer turn needs a non-empty answer after it "
-                                "to be a knowledge passage")
+                raise DataError(file or source, where, "messages", "every customer turn needs a non-empty answer "
+                                "after it to be a knowledge passage")
             passages.append(Passage(source, conversation.intent or "", _line(where), answer["content"],
                                     question=message["content"]))
-    if not passages:
-        raise DataError(path, None, None, "no question/answer pairs to index")
     return passages
