@@ -27,9 +27,11 @@ CANDIDATES = 50  # per signal; fusion and exclusion work on the union of both si
 
 
 def dense_text(passage: Passage) -> str:
-    """What a passage's vector encodes: its heading and, for a Q&A pair, the question (questions match questions
-    better than answers do), else its text."""
-    return "\n".join(part for part in (passage.heading, passage.question or passage.text) if part)
+    """What a passage's vector encodes: its own heading (not the whole path: a document title repeated in every
+    passage pulls all their vectors together) and, for a Q&A pair, the question (questions match questions better
+    than answers do), else its text."""
+    heading = passage.heading.rsplit(" > ", 1)[-1]
+    return "\n".join(part for part in (heading, passage.question or passage.text) if part)
 
 
 def lexical_text(passage: Passage) -> str:
