@@ -177,6 +177,11 @@ class KnowledgeBase:
         return _passages_sha256(self.passages())
 
     @property
+    def display_url(self) -> str:
+        """The database URL with its password masked: what a run records and messages show."""
+        return _without_password(self.url, self.url)
+
+    @property
     def is_empty(self) -> bool:
         with self.sessions() as db:
             return not db.scalar(select(func.count()).select_from(SourceRow).where(SourceRow.base == self.name))

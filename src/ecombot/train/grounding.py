@@ -1,11 +1,12 @@
 """Retrieval-augmented fine-tuning (RAFT-style): every training conversation is shown the passages the knowledge base
 returns for its question, in the prompt layout chat, serve and evaluate use (knowledge/grounding.py).
 
-Two rules make the model read passages instead of reciting: a passage that carries the example's own answer (its
-own Q&A pair, or a paraphrase with the same answer) is never shown, so the answer must be put together from the
-other passages, the store's documents above all; and a share of the examples get only another question's passages
-with the store's handoff answer as their target, so the model learns to hand over rather than invent when the
-passages do not answer the question.
+Three rules make the model read passages instead of reciting: a passage that carries the example's own answer (its
+own Q&A pair, or a paraphrase with the same answer) is never shown; where the base holds documents (policy or help
+pages), half of the examples are shown documents only, so the model practises putting an answer together from the
+store's own text (what it needs for a topic its training data never covered, or a policy changed after training);
+and a share of the examples get only another question's passages with the store's handoff answer as their target,
+so the model learns to hand over rather than invent when the passages do not answer the question.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
 from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, ground_messages, qa_passages
+
+
+DOCUMENTS_ONLY_SHARE = 0.5
 
 
 @dataclass
@@ -42,11 +46,20 @@ def own_answer_filter(conv: Conversation):
     return rejects
 
 
+def is_qa_pair(passage: Passage) -> bool:
+    """What a documents-only example rejects: it is answered from the store's documents alone."""
+    return passage.question is not None
+
+
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int) -> list[Conversation]:
     """Each conversation with passages in its last question; a seeded `handoff_share` of them get another
     conversation's passages (a different answer, and a different intent where both have one) and the handoff."""
-    groundings = grounder.ground_many([c.messages[:-1] for c in convs], [own_answer_filter(c) for c in convs])
     rng = random.Random(seed)
+    has_documents = any(p.question is None for p in grounder.retriever.passages)
+    documents_only = [has_documents and rng.random() < DOCUMENTS_ONLY_SHARE for _ in convs]
+    groundings = grounder.ground_many([c.messages[:-1] for c in convs],
+                                      [is_qa_pair if only else own_answer_filter(c)
+                                       for c, only in zip(convs, documents_only)])
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
         messages = grounding.messages + [conv.messages[-1]]
