@@ -36,11 +36,12 @@ def run_benchmark(script: str, args: list[str], tmp_path) -> dict:
 
 
 def test_train_throughput_benchmark_short_form(tiny_model_dir, tmp_path):
-    """All four systems train in their own process on the same data; the summary holds every figure."""
+    """All five systems train in their own process on the same data; the summary holds every figure."""
     result = run_benchmark("train_throughput", ["--model", str(tiny_model_dir), "--examples", "8", "--eval-examples", "4",
                                                 "--repeats", "1"], tmp_path)
     summary = result["summary"]
-    assert list(summary) == ["notebook", "trl", "ecombot", "ecombot-qlora"]
+    assert list(summary) == ["notebook", "trl", "ecombot", "ecombot-qlora", "ecombot-grounded"]
+    assert summary["ecombot-grounded"]["optimizer_steps"] == 1  # the same conversations, with passages
     assert summary["notebook"]["optimizer_steps"] == 2 and summary["ecombot"]["optimizer_steps"] == 1
     for system in summary.values():
         assert system["seconds"]["median"] > 0 and system["peak_rss_mb"]["median"] > 100

@@ -377,7 +377,8 @@ def knowledge_search(question: str = typer.Argument(..., help="A customer's ques
         console.print(f"{hit.score:.3f}  {p.source}:{p.line}  {p.heading or '-'}", highlight=False)
         console.print(f"       {(p.question + ' -> ' if p.question else '') + p.text}", highlight=False, soft_wrap=True)
     verdict = "covered" if retriever.covers(hits) else "not covered: the bot hands off"
-    console.print(f"{verdict} (threshold {retriever.threshold:.2f})")
+    console.print(f"{verdict} (thresholds: Q&A pairs {retriever.threshold:.2f}, documents "
+                  f"{retriever.document_threshold:.2f})")
 
 
 @app.command()

@@ -1,5 +1,7 @@
-"""`ecombot quickstart`, the main job: fine-tune the default model on the built-in data, then compare it with the
-base model and the retrieval baseline on held-out questions (`ecombot evaluate` on the built-in test split)."""
+"""`ecombot quickstart`, the main job: put the built-in store's policy in a knowledge base, fine-tune the default model
+on the built-in data grounded in it, then compare the base model, the retrieval baseline, the fine-tuned model alone
+and the grounded bot on held-out questions and on the slices a bot without knowledge cannot answer (`ecombot
+evaluate` on the built-in test split)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,21 @@ from rich.table import Table
 
 from ecombot.chat import fill_placeholders
 from ecombot.config import load_config
+from ecombot.data.builtin import policy_path
 from ecombot.evaluate import EvalConfig, Prediction, print_table, run_evaluation
+from ecombot.knowledge import KnowledgeBase
 from ecombot.train import train
 
-# Tuned to finish within ~18 minutes on a 2-core CPU, first model conversion included (README "Main job").
-QUICKSTART = {"max_steps": 200, "learning_rate": 1e-3, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}
-EVAL_SYSTEMS = ("base", "retrieval", "finetuned")
-EVAL_ITEMS = 32  # test conversations answered by each system (the base model often talks until the token limit)
+# The demo store's own knowledge base, so its policy never mixes into the 'default' base a shop trains with.
+KNOWLEDGE = "harbor-pine"
+# A step budget that keeps the main job short on a 2-core CPU (README "Main job"); everything else is the defaults.
+QUICKSTART = {"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}
+EVAL_SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
+EVAL_ITEMS = 32  # questions answered by each system, per set (the base model often talks until the token limit)
 SHOWN_QUESTIONS = 5
-SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss")  # in quickstart.json
+SLICE_EXAMPLES = ("unseen_topics", "policy_edits", "not_covered")
+SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "fact_accuracy",
+                   "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs")  # in quickstart.json
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
 
 
@@ -30,15 +38,20 @@ def shorten(text: str, limit: int = 320) -> str:
 
 
 def pick_examples(predictions: list[Prediction], n: int) -> list[Prediction]:
-    """Single-turn test questions from different intents, so the output shows several policies."""
+    """Single-turn questions from different intents, so the output shows several policies; the first of each slice
+    (a topic never trained on, a changed policy, a question the store's documents do not answer) among them."""
     seen, picked = set(), []
+    firsts = [next((p for p in predictions if p.slice == name), None) for name in SLICE_EXAMPLES]
     for p in predictions:
-        if p.turns == 2 and p.intent not in seen:
+        if p.slice == "heldout" and p.turns == 2 and p.intent not in seen and len(picked) < n - len(SLICE_EXAMPLES):
             seen.add(p.intent)
             picked.append(p)
-        if len(picked) == n:
-            break
-    return picked
+    return picked + [p for p in firsts if p is not None]
+
+
+def summary_of(systems: dict) -> dict:
+    return {name: {m: getattr(s, m).value if getattr(s, m) else None for m in SUMMARY_METRICS}
+            for name, s in systems.items()}
 
 
 def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None,
@@ -46,43 +59,51 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     console = console or Console()
     started = time.time()
     console.rule("[bold]ecombot quickstart")
-    console.print("1/2  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data "
-                  "(the first run converts the model once, about a minute).")
-    cfg = load_config(None, output=output, model=model, **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
+    added = KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])[0]
+    console.print(f"1/3  Knowledge base '{KNOWLEDGE}': the store's policy ({added.passages} passages from "
+                  f"{added.name}, {added.status}); training adds its training questions and answers.")
+    console.print("2/3  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data, "
+                  "every prompt grounded in the knowledge base (the first run converts the model once, about a minute).")
+    cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
+                      **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
 
-    console.print(f"2/2  Evaluating base model, retrieval baseline and fine-tuned adapter on {EVAL_ITEMS} held-out "
-                  "test conversations.")
+    console.print(f"3/3  Evaluating the base model, the retrieval baseline, the fine-tuned adapter alone and the "
+                  f"grounded bot on {EVAL_ITEMS} held-out test conversations and on each slice.")
     evaluation = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
                                            output=str(result.run.path / "eval"), seed=cfg.seed,
                                            val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                            max_new_tokens=100), console)
     tuned = result.run.name
+    grounded = f"{tuned}+knowledge"
 
-    console.rule("Held-out test questions (never seen in training)")
+    console.rule("Questions never seen in training")
     examples = pick_examples(evaluation.predictions, SHOWN_QUESTIONS)
     for number, p in enumerate(examples, start=1):
         table = Table(show_header=False, box=None, padding=(0, 1))
         table.add_column(style="bold", no_wrap=True)
         table.add_column(overflow="fold")
         for label, text in (("question", p.question), ("reference", p.reference),
-                            ("base model", p.answers["base"]), ("fine-tuned", p.answers[tuned])):
+                            ("base model", p.answers["base"]), ("fine-tuned", p.answers[tuned]),
+                            ("grounded", p.answers[grounded])):
             table.add_row(label, shorten(fill_placeholders(text, EXAMPLE_CONTEXT)))
-        console.print(f"[bold]{number}.[/bold] intent: {p.intent}")
+        if p.sources.get(grounded):
+            table.add_row("", f"[dim]from: {', '.join(s['label'] for s in p.sources[grounded])}[/dim]")
+        console.print(f"[bold]{number}.[/bold] {'held-out' if p.slice == 'heldout' else p.slice}, intent: {p.intent}")
         console.print(table)
     print_table(evaluation, console)
-    before, after = evaluation.systems["base"].loss.value, evaluation.systems[tuned].loss.value
+    before, after = evaluation.systems["base"].loss.value, evaluation.systems[grounded].loss.value
     elapsed = time.time() - started
-    console.print(f"Held-out loss per answer token: base {before:.3f} -> fine-tuned {after:.3f}. "
+    console.print(f"Held-out loss per answer token: base {before:.3f} -> grounded fine-tuned {after:.3f}. "
                   f"Done in {elapsed / 60:.1f} min.")
     console.print(f"Report: {evaluation.files['report']}  —  "
-                  f"chat with the adapter: [bold]ecombot chat --adapter {result.run.path}[/bold]")
+                  f"chat with the grounded bot: [bold]ecombot chat --adapter {result.run.path}[/bold]")
     summary = {"run_dir": str(result.run.path), "loss_before": before, "loss_after": after,
                "elapsed_s": round(elapsed, 1), "train": result.to_dict(), "report": str(evaluation.files["report"]),
-               "systems": {name: {m: getattr(s, m).value if getattr(s, m) else None for m in SUMMARY_METRICS}
-                           for name, s in evaluation.systems.items()},
+               "systems": summary_of(evaluation.systems),
+               "slices": {name: summary_of(scores.systems) for name, scores in evaluation.slices.items()},
                "answers": [asdict(p) for p in examples]}
     result.run.write_json("quickstart.json", summary)
     return summary

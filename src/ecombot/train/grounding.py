@@ -51,12 +51,13 @@ def is_qa_pair(passage: Passage) -> bool:
     return passage.question is not None
 
 
-def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int) -> list[Conversation]:
+def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
+                 documents_only_share: float = DOCUMENTS_ONLY_SHARE) -> list[Conversation]:
     """Each conversation with passages in its last question; a seeded `handoff_share` of them get another
     conversation's passages (a different answer, and a different intent where both have one) and the handoff."""
     rng = random.Random(seed)
     has_documents = any(p.question is None for p in grounder.retriever.passages)
-    documents_only = [has_documents and rng.random() < DOCUMENTS_ONLY_SHARE for _ in convs]
+    documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
     groundings = grounder.ground_many([c.messages[:-1] for c in convs],
                                       [is_qa_pair if only else own_answer_filter(c)
                                        for c, only in zip(convs, documents_only)])
