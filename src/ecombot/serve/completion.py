@@ -52,6 +52,7 @@ class Completion:
     def __init__(self, job: Job, asked: list[dict[str, str]], grounding: Grounding, body: ChatCompletionRequest,
                  who: Caller, conversation_id: str, context: dict[str, str], state: ServerState, request: Request):
         self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
+        self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
         self.store: Store = state.store
         self.handoff_text, self.request = state.handoff, request
         self.conversation_id = conversation_id
@@ -127,13 +128,13 @@ class Completion:
 
     def extras(self) -> dict:
         """The fields ecombot adds to OpenAI's response (see the module's docstring)."""
-        return {"sources": self.grounding.sources, "handoff": self.handoff_note() is not None}
+        return {"sources": self.sources, "handoff": self.handoff_note() is not None}
 
     def save(self, finish_reason: str | None = None) -> None:
         """Store the request's messages and this answer (one transaction; called from a worker thread)."""
         answer = Answer(self.id, self.raw.strip(), self.job.adapter, (time.monotonic() - self.started) * 1000,
                         self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason,
-                        self.grounding.sources, self.handoff_note())
+                        self.sources, self.handoff_note())
         self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.asked, answer)
 
     def cancel(self) -> None:
