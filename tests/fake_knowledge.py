@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
+
+import ecombot.knowledge
+from ecombot.errors import EcombotError
 from ecombot.knowledge import Grounder, Hit, Passage
 
 RETURNS = Passage("policy.md", "Policies > Returns and exchanges", 3, "Unworn shoes can be returned within 30 days.")
@@ -35,3 +40,28 @@ class FakeRetriever:
 
 def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3) -> Grounder:
     return Grounder(FakeRetriever(passages), k, HANDOFF)
+
+
+@pytest.fixture
+def knowledge_bases(monkeypatch):
+    """`open_grounder` over named bases: "shop" holds passages, "default" and "empty" none; records each call."""
+    calls = []
+
+    def open_grounder(name, db, k, handoff):
+        calls.append((name, db, k, handoff))
+        if name in ("default", "empty"):
+            raise EcombotError(f"the knowledge base {name!r} is empty")
+        return fake_grounder(k=k)
+
+    monkeypatch.setattr(ecombot.knowledge, "open_grounder", open_grounder, raising=False)
+    return calls
+
+
+def grounded_run(tmp_path):
+    """A run directory trained on the "shop" base (k 4, HANDOFF): run_config.json is all chat and serve read of it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    knowledge = {"name": "shop", "db": "sqlite:///shop.db", "k": 4, "handoff": HANDOFF, "content_hash": "ab",
+                 "passages": 2, "handoff_share": 0.1}
+    (run / "run_config.json").write_text(json.dumps({"knowledge": knowledge}))
+    return run

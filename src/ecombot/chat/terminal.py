@@ -17,12 +17,13 @@ def dim(text: str, out) -> str:
     return f"\x1b[2m{text}\x1b[0m" if out.isatty() else text
 
 
-def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], context: dict[str, str], out=sys.stdout,
+def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], context: dict[str, str], out=None,
                      grounder: Grounder | None = None) -> str:
     """Stream one answer to `out` with placeholders filled, then its sources; returns the raw answer for the history.
 
     With a `grounder` the model reads the passages found for the question; a question they do not cover gets the
-    handoff answer without generation."""
+    handoff answer without generation. `out` defaults to sys.stdout as it is at the call (tests replace it)."""
+    out = out or sys.stdout
     grounding = grounder.ground(history) if grounder else Grounding(history)
     pieces = engine.stream(grounding.messages) if grounding.covered else [grounder.handoff]
     stream, raw = PlaceholderStream(context), []
