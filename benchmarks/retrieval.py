@@ -1,0 +1,158 @@
+"""The knowledge base's retrieval: (a) the calibration of the coverage threshold, (b) search latency at 1k, 10k and
+100k passages.
+
+(a) Covered questions: the built-in dataset's test split (seed 42), searched in a knowledge base of policy.md plus
+the training split's Q&A pairs. Not covered: data/builtin/slices/not_covered.jsonl, questions neither policy.md nor
+the dataset answers. For each threshold on a 0.01 grid: the false handoff rate (covered questions whose best
+passage scores below it) and the recall of not-covered questions; the chosen threshold is the highest with at most
+5% false handoffs. The same threshold is then measured on two other kinds of base: the Q&A pairs alone (a generic
+store FAQ, no policy document) and policy.md alone (a document-only base).
+
+(b) Per question: embedding the query with the real model, BM25, the faiss search and the fusion (Retriever.search,
+k=3), the index already built; its build time is reported apart. Passages are the built-in ones repeated with
+random extra words from their own vocabulary; at 1k they are embedded with the real model, at 10k and 100k their
+vectors are random unit vectors (embedding 100k passages takes long on a small CPU; a flat index costs the same
+whatever the vectors hold).
+
+    python benchmarks/retrieval.py                      # both parts, results in benchmarks/results/retrieval.json
+    python benchmarks/retrieval.py --sizes 1000 --questions 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, print_table, write_results  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+MAX_FALSE_HANDOFFS = 0.05
+NOT_COVERED = Path(__file__).resolve().parents[1] / "src" / "ecombot" / "data" / "builtin" / "slices" / "not_covered.jsonl"
+
+
+def cpu_class() -> str:
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return next((name for name in ("amx_bf16", "avx512f", "avx2") if name in flags), "no avx2")
+
+
+def best_scores(retriever, questions: list[str]) -> np.ndarray:
+    return np.array([hits[0].score for hits in retriever.search(questions, 3)])
+
+
+def calibrate() -> dict:
+    from ecombot.data import builtin_path, prepare
+    from ecombot.knowledge import Retriever, qa_passages, read_passages
+
+    split = prepare(None, 0.1, 0.1, 42).split
+    policy = read_passages(builtin_path().parent / "policy.md")
+    pairs = qa_passages(split.train, "data: train")
+    covered = [c.question for c in split.test]
+    not_covered = [json.loads(line)["messages"][0]["content"] for line in NOT_COVERED.read_text().splitlines()]
+    sizes, scores = {}, {}
+    for name, passages in (("policy + pairs", policy + pairs), ("pairs only (FAQ)", pairs), ("policy only", policy)):
+        retriever = Retriever(passages)
+        sizes[name] = len(passages)
+        scores[name] = best_scores(retriever, covered), best_scores(retriever, not_covered)
+    grid = np.round(np.arange(0.20, 0.80, 0.01), 2)
+    cov, off = scores["policy + pairs"]
+    curve = [{"threshold": float(t), "false_handoff": float(np.mean(cov < t)), "recall": float(np.mean(off < t))}
+             for t in grid]
+    chosen = max((row for row in curve if row["false_handoff"] <= MAX_FALSE_HANDOFFS), key=lambda r: r["threshold"])
+    threshold = chosen["threshold"]
+    bases = {name: {"passages": sizes[name], "false_handoff": float(np.mean(c < threshold)),
+                    "recall": float(np.mean(o < threshold)),
+                    "covered_median_score": float(np.median(c)), "not_covered_median_score": float(np.median(o))}
+             for name, (c, o) in scores.items()}
+    return {"threshold": threshold, "covered_questions": len(covered), "not_covered_questions": len(not_covered),
+            "bases": bases, "curve": curve}
+
+
+def synthetic(n: int, seed: int = 0):
+    """n passages: the built-in ones (policy + Q&A pairs) cycled, each with 8 random words of their vocabulary."""
+    from ecombot.data import builtin_path
+    from ecombot.knowledge import Passage, read_passages
+
+    base = read_passages(builtin_path().parent / "policy.md") + read_passages(builtin_path())
+    vocabulary = sorted({w for p in base for w in (p.question or p.text).split()})
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = base[i % len(base)]
+        extra = " ".join(rng.choice(vocabulary, 8))
+        out.append(Passage(f"synthetic-{i // len(base)}", p.heading, p.line, f"{p.text} {extra}", p.question))
+    return out
+
+
+def latency(sizes: list[int], questions: int) -> list[dict]:
+    from ecombot.knowledge import Retriever, embed
+    from ecombot.knowledge.search import dense_text
+
+    queries = [json.loads(line)["messages"][0]["content"] for line in NOT_COVERED.read_text().splitlines()]
+    queries = (queries + ["Where is my order?", "How do I return a mug?", "Do you ship to Canada?"])[:questions]
+    rows = []
+    for n in sizes:
+        passages = synthetic(n)
+        if n <= 1000:
+            vectors, kind = embed([dense_text(p) for p in passages]), "real"
+        else:
+            vectors = np.random.default_rng(1).standard_normal((n, 384)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            kind = "random unit"
+        started = time.perf_counter()
+        retriever = Retriever(passages, vectors)
+        build = time.perf_counter() - started
+        retriever.search(queries[:2], 3)  # warm-up: model and BM25 code paths
+        times = []
+        for query in queries:
+            started = time.perf_counter()
+            retriever.search([query], 3)
+            times.append((time.perf_counter() - started) * 1000)
+        times.sort()
+        rows.append({"passages": n, "vectors": kind, "build_s": build, "median_ms": statistics.median(times),
+                     "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))], "questions": len(times)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="Comma-separated passage counts.")
+    parser.add_argument("--questions", type=int, default=20, help="Timed questions per size.")
+    parser.add_argument("--no-calibration", action="store_true", help="Only the latency part.")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "retrieval.json"))
+    args = parser.parse_args()
+    info = {**machine(), "cpu_class": cpu_class()}
+    print(f"CPU: {info['cpu']} ({info['cores']} cores, best vector extension: {info['cpu_class']})")
+    result = {"machine": info}
+    if not args.no_calibration:
+        cal = calibrate()
+        result["calibration"] = cal
+        print(f"\ncoverage threshold (highest with <= {MAX_FALSE_HANDOFFS:.0%} false handoffs on "
+              f"{cal['covered_questions']} covered questions, {cal['not_covered_questions']} not covered): "
+              f"{cal['threshold']:.2f}")
+        print_table(["knowledge", "passages", "false handoffs", "not-covered recall", "median score covered / not"],
+                    [[name, str(b["passages"]), f"{b['false_handoff']:.1%}", f"{b['recall']:.1%}",
+                      f"{b['covered_median_score']:.3f} / {b['not_covered_median_score']:.3f}"]
+                     for name, b in cal["bases"].items()])
+    rows = latency([int(s) for s in args.sizes.split(",")], args.questions)
+    result["latency"] = rows
+    print("\nsearch latency per question (query embedding + BM25 + faiss + fusion, k=3)")
+    print_table(["passages", "passage vectors", "build s", "median ms", "p95 ms"],
+                [[str(r["passages"]), r["vectors"], f"{r['build_s']:.1f}", f"{r['median_ms']:.1f}",
+                  f"{r['p95_ms']:.1f}"] for r in rows])
+    write_results(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
