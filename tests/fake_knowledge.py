@@ -53,7 +53,7 @@ def knowledge_bases(monkeypatch):
             raise EcombotError(f"the knowledge base {name!r} is empty")
         return fake_grounder(k=k)
 
-    monkeypatch.setattr(ecombot.knowledge, "open_grounder", open_grounder, raising=False)
+    monkeypatch.setattr(ecombot.knowledge, "open_grounder", open_grounder)
     return calls
 
 

@@ -119,6 +119,14 @@ def test_an_empty_default_base_means_no_grounding_but_a_named_one_is_an_error(kn
         open_knowledge(run, None, None, None)
 
 
+def test_an_empty_database_means_no_grounding_on_the_real_knowledge_base(tmp_path):
+    grounder, note = open_knowledge(None, None, f"sqlite:///{tmp_path / 'fresh.db'}", None)
+    assert grounder is None and note.startswith("knowledge: none, answers come from the model alone (the knowledge "
+                                                "base 'default' is empty")
+    with pytest.raises(EcombotError, match="'shop' is empty"):
+        open_knowledge(None, "shop", f"sqlite:///{tmp_path / 'fresh.db'}", None)
+
+
 def test_repetition_penalty_touches_only_answer_tokens():
     import torch
 

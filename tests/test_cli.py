@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -81,8 +82,9 @@ def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
     again = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2)
     assert again.returncode == 1 and "already exists" in again.stderr
     chat = ecombot("chat", "--adapter", run, "--once", "Where is my order?", "--max-new-tokens", 5,
-                   "--context", "Order Number=HP-1")
+                   "--context", "Order Number=HP-1", env={**os.environ, "ECOMBOT_HOME": str(tmp_path / "home")})
     assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "knowledge: none" in chat.stderr and "'default' is empty" in chat.stderr  # a fresh home has no base
     assert chat.stdout.endswith("\n")  # the streamed answer is printed and terminated
     missing = ecombot("chat", "--adapter", tmp_path / "nope", "--once", "hi")
     assert missing.returncode == 1 and "not a trained ecombot run" in missing.stderr

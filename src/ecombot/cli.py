@@ -163,7 +163,7 @@ def chat(
     if system_prompt is not None:
         engine.override_system_prompt(system_prompt)
     engine.speed_up_decoding(decode_bits)
-    err.print(grounded, highlight=False)
+    err.print(grounded, highlight=False, soft_wrap=True)
     if once is not None:
         answer_streaming(engine, [{"role": "user", "content": once}], values, grounder=grounder)
         return
