@@ -34,15 +34,17 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
     out.write(stream.flush() + "\n")
     answer = "".join(raw).strip()
     if grounding.covered and grounding.hits:
-        out.write(dim("from: " + "; ".join(hit.passage.label for hit in grounding.hits), out) + "\n")
+        labels = dict.fromkeys(hit.passage.label for hit in grounding.hits)  # two passages of one section: one label
+        out.write(dim("from: " + "; ".join(labels), out) + "\n")
     if grounder and (not grounding.covered or is_handoff(answer, grounder.handoff)):
         out.write(dim(HANDOFF_NOTE, out) + "\n")
     out.flush()
     return answer
 
 
-def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=sys.stdout,
+def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=None,
          grounder: Grounder | None = None) -> None:
+    out = out or sys.stdout
     history: list[dict[str, str]] = []
     out.write(HELP + "\n")
     while True:

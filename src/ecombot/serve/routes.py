@@ -16,8 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from ecombot.chat.engine import BASE, Decoding, GenerationEngine, PromptTooLong
 from ecombot.chat.placeholders import normalise_context
-from ecombot.serve.batcher import Job, QueueFull
 from ecombot.knowledge import Grounding
+from ecombot.serve.batcher import Job, QueueFull
 from ecombot.serve.completion import Completion, answer_without_model
 from ecombot.serve.dependencies import (ServerState, State, api_client, json_body, rate_limited_caller,
                                         rate_limited_visitor, reviewer)
