@@ -9,7 +9,8 @@ from ecombot.chat.engine import PromptTooLong
 
 
 class ScriptedEngine:
-    """Answers with a fixed text, one word per step (optionally slowly), recording batches and cancellations."""
+    """Answers with a fixed text, one word per step (optionally slowly), recording batches, cancellations and the
+    conversations it was asked to answer (`seen`, as the model would read them)."""
 
     context_tokens = 256
 
@@ -18,6 +19,7 @@ class ScriptedEngine:
         self.decoding = Decoding(max_new_tokens=50)
         self.batches: list[int] = []
         self.cancelled = 0
+        self.seen: list[list[dict[str, str]]] = []
 
     def adapters(self) -> list[str]:
         return ["support"]
@@ -30,6 +32,7 @@ class ScriptedEngine:
 
     def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None):
         self.batches.append(len(conversations))
+        self.seen.extend(conversations)
         words = self.answer.split(" ")
         limits = max_new_tokens or [50] * len(conversations)
         texts, finish = [""] * len(conversations), ["stop"] * len(conversations)
@@ -47,4 +50,5 @@ class ScriptedEngine:
         return [Generation(t, len(t.split()), 3, f) for t, f in zip(texts, finish)]
 
     def stream(self, messages, adapter=None):
+        self.seen.append(messages)
         yield self.answer

@@ -9,9 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, RETURNS, fake_grounder
 from scripted_engine import ScriptedEngine
 
 from ecombot.chat import Decoding
+from ecombot.knowledge import Passage
 from ecombot.serve import Store, build_engine, create_app
 from ecombot.serve.security import SessionTokens
 
@@ -108,3 +110,28 @@ def test_the_page_recovers_by_itself_when_its_session_ends(browser, tmp_path, ru
     first, second = store.conversations()
     assert first.client != second.client and [m.role for m in second.messages] == ["user", "assistant"]
     assert second.messages[0].content == "And to Peru?" and second.messages[1].feedback.rating == 1
+
+
+def test_answers_name_their_sources_and_a_handoff_says_so(browser, tmp_path, running_server):
+    """Labels come from the store's documents; they are written as text, so markup in one stays inert."""
+    marked_up = Passage('<img src=x id="injected">.md', "Returns policy", 1, "Shoes can be returned within 30 days.")
+    store = Store(f"sqlite:///{tmp_path / 'web.db'}")
+    app = create_app(ScriptedEngine("Yes, within 30 days."), store, grounder=fake_grounder((RETURNS, marked_up)))
+    with running_server(app) as server:
+        page = browser.new_page(viewport={"width": 390, "height": 780})
+        page.goto(server.url)
+        page.fill("#question", COVERED)
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".answer:not(.streaming) .rate", timeout=30_000)
+        assert page.inner_text(".answer .sources") == (
+            'from: Returns and exchanges (policy.md); Returns policy (<img src=x id="injected">.md)')
+        assert page.locator("#injected").count() == 0 and page.locator(".handoff-note").count() == 0
+        page.fill("#question", NOT_COVERED)
+        page.keyboard.press("Enter")
+        page.locator(".answer .rate").nth(1).wait_for(timeout=30_000)
+        second = page.locator(".answer").nth(1)
+        assert second.inner_text().startswith(HANDOFF) and second.locator(".sources").count() == 0
+        assert second.locator(".handoff-note").inner_text() == "This conversation has been passed to our support team."
+        page.close()
+    [conversation] = store.conversations()
+    assert conversation.handoff_at is not None

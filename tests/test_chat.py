@@ -1,8 +1,14 @@
 import io
+import json
 
 import pytest
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, fake_grounder, grounded_run, knowledge_bases  # noqa: F401
+from scripted_engine import ScriptedEngine
 
-from ecombot.chat import Decoding, TransformersEngine, PlaceholderStream, fill_placeholders, parse_context, repl
+from ecombot.chat import (Decoding, TransformersEngine, PlaceholderStream, fill_placeholders, open_knowledge,
+                          parse_context, repl)
+from ecombot.chat.terminal import HANDOFF_NOTE
+from ecombot.errors import EcombotError
 from ecombot.models import load_for_inference
 
 
@@ -69,6 +75,56 @@ def test_terminal_chat_commands(engine):
     text = out.getvalue()
     assert text.count("bot> ") == 2 and "(new conversation)" in text
     assert next(inputs) == "never read"
+
+
+def test_terminal_chat_shows_sources_and_hands_over_uncovered_questions():
+    engine = ScriptedEngine("Yes, within 30 days.")
+    inputs = iter([COVERED, NOT_COVERED, "/quit"])
+    out = io.StringIO()
+    repl(engine, {}, read=lambda prompt: next(inputs), out=out, grounder=fake_grounder())
+    assert out.getvalue().splitlines()[1:] == [
+        "bot> Yes, within 30 days.", "from: Returns and exchanges (policy.md)",
+        f"bot> {HANDOFF}", HANDOFF_NOTE]
+    [asked] = engine.seen  # the uncovered question never reached the model
+    assert asked[0]["content"].startswith("Store knowledge:\n[1] Returns and exchanges (policy.md): Unworn shoes")
+    assert asked[0]["content"].endswith(f"Customer question: {COVERED}")
+
+
+def test_terminal_chat_flags_a_generated_handoff():
+    out = io.StringIO()
+    inputs = iter([COVERED, "/quit"])
+    repl(ScriptedEngine(HANDOFF), {}, read=lambda prompt: next(inputs), out=out, grounder=fake_grounder())
+    assert out.getvalue().splitlines()[-2:] == ["from: Returns and exchanges (policy.md)", HANDOFF_NOTE]
+
+
+def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_bases, tmp_path):
+    run = grounded_run(tmp_path)
+    grounder, note = open_knowledge(run, None, None, None)
+    assert (grounder.k, grounder.handoff, note) == (4, HANDOFF, "knowledge: 'shop', 4 passages per question")
+    open_knowledge(run, "other", "sqlite:///other.db", 2)
+    assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF), ("other", "sqlite:///other.db", 2, HANDOFF)]
+    assert open_knowledge(run, "none", None, None) == (None, "knowledge: none, answers come from the model alone")
+    assert len(knowledge_bases) == 2  # "none" opens nothing
+
+
+def test_an_empty_default_base_means_no_grounding_but_a_named_one_is_an_error(knowledge_bases, tmp_path):
+    grounder, note = open_knowledge(None, None, None, None)
+    assert grounder is None and "the knowledge base 'default' is empty" in note
+    assert knowledge_bases == [("default", None, 3, None)]
+    with pytest.raises(EcombotError, match="'empty' is empty"):
+        open_knowledge(None, "empty", None, None)
+    run = grounded_run(tmp_path)
+    (run / "run_config.json").write_text(json.dumps({"knowledge": {"name": "default", "k": 2}}))
+    with pytest.raises(EcombotError, match="'default' is empty"):  # the run was trained on it: serving without is wrong
+        open_knowledge(run, None, None, None)
+
+
+def test_an_empty_database_means_no_grounding_on_the_real_knowledge_base(tmp_path):
+    grounder, note = open_knowledge(None, None, f"sqlite:///{tmp_path / 'fresh.db'}", None)
+    assert grounder is None and note.startswith("knowledge: none, answers come from the model alone (the knowledge "
+                                                "base 'default' is empty")
+    with pytest.raises(EcombotError, match="'shop' is empty"):
+        open_knowledge(None, "shop", f"sqlite:///{tmp_path / 'fresh.db'}", None)
 
 
 def test_repetition_penalty_touches_only_answer_tokens():

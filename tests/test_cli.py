@@ -1,9 +1,12 @@
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, grounded_run, knowledge_bases  # noqa: F401
+from scripted_engine import ScriptedEngine
 from typer.testing import CliRunner
 
 from ecombot.cli import app
@@ -79,11 +82,45 @@ def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
     again = ecombot("train", "--model", tiny_model_dir, "--data", small_dataset, "--output", run, "--max-steps", 2)
     assert again.returncode == 1 and "already exists" in again.stderr
     chat = ecombot("chat", "--adapter", run, "--once", "Where is my order?", "--max-new-tokens", 5,
-                   "--context", "Order Number=HP-1")
+                   "--context", "Order Number=HP-1", env={**os.environ, "ECOMBOT_HOME": str(tmp_path / "home")})
     assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "knowledge: none" in chat.stderr and "'default' is empty" in chat.stderr  # a fresh home has no base
     assert chat.stdout.endswith("\n")  # the streamed answer is printed and terminated
     missing = ecombot("chat", "--adapter", tmp_path / "nope", "--once", "hi")
     assert missing.returncode == 1 and "not a trained ecombot run" in missing.stderr
+
+
+def test_chat_answers_from_the_knowledge_base(knowledge_bases, tiny_model_dir):
+    uncovered = runner.invoke(app, ["chat", "--model", str(tiny_model_dir), "--knowledge", "shop", "--k", "2",
+                                    "--db", "sqlite:///kb.db", "--once", NOT_COVERED])
+    assert uncovered.exit_code == 0, uncovered.output
+    assert uncovered.stdout.splitlines()[-2:] == [HANDOFF, "(handed over to a support agent)"]
+    covered = runner.invoke(app, ["chat", "--model", str(tiny_model_dir), "--knowledge", "shop", "--once", COVERED,
+                                  "--max-new-tokens", "3"])
+    assert covered.exit_code == 0, covered.output
+    assert covered.stdout.splitlines()[-1] == "from: Returns and exchanges (policy.md)"
+    assert knowledge_bases == [("shop", "sqlite:///kb.db", 2, None), ("shop", None, 3, None)]
+
+
+def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch):
+    import uvicorn
+
+    import ecombot.serve
+
+    apps = []
+    monkeypatch.setattr(ecombot.serve, "build_engine", lambda *args, **kwargs: ScriptedEngine())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    db = f"sqlite:///{tmp_path / 'shop.db'}"
+    common = ["serve", "--model", "tiny", "--adapter", f"support={grounded_run(tmp_path)}", "--db", db,
+              "--session-secret", str(tmp_path / "secret")]
+    grounded = runner.invoke(app, [*common, "--k", "2"])
+    assert grounded.exit_code == 0, grounded.output
+    assert "knowledge: 'shop', 2 passages per question" in grounded.stdout
+    assert knowledge_bases == [("shop", db, 2, HANDOFF)] and apps[0].state.server.grounder.k == 2
+    plain = runner.invoke(app, [*common, "--knowledge", "none"])
+    assert plain.exit_code == 0, plain.output
+    assert apps[1].state.server.grounder is None and len(knowledge_bases) == 1
+    assert "knowledge: none, answers come from the model alone" in plain.stdout
 
 
 def test_bad_flags_are_clear(tmp_path):

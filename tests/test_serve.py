@@ -10,14 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, fake_grounder
 from scripted_engine import ScriptedEngine
+from sqlalchemy import inspect, text
 
 from ecombot.chat import BASE, Decoding
 from ecombot.errors import ConfigError
 from ecombot.models import encode_prompt
 from ecombot.serve import ServeConfig, Store, build_engine, create_app
 from ecombot.serve.security import KeyRing, persistent_secret
-from ecombot.serve.store import ConversationRow
+from ecombot.serve.completion import HANDED_OVER, NOT_COVERED as NOT_COVERED_NOTE
+from ecombot.serve.store import Answer, ConversationRow
 
 QUESTION = [{"role": "user", "content": "Where is my order?"}]
 
@@ -538,3 +541,99 @@ def test_default_answer_length_is_within_the_limit(store, running_server):
     with running_server(create_app(ScriptedEngine(), store, ServeConfig(max_tokens=5))) as server:  # engine says 50
         reply = chat(server.url)
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 5
+
+
+# ---- answers grounded in the store's knowledge base ----
+
+RETURNS_SOURCE = {"source": "policy.md", "heading": "Policies > Returns and exchanges", "line": 3,
+                  "label": "Returns and exchanges (policy.md)", "score": 0.5}
+
+
+def ask(url: str, question: str, **extra) -> httpx.Response:
+    return chat(url, messages=[{"role": "user", "content": question}], **extra)
+
+
+def test_grounded_answer_carries_its_sources_and_the_model_reads_the_passages(store, running_server):
+    engine = ScriptedEngine("Yes, within 30 days.")
+    with running_server(create_app(engine, store, grounder=fake_grounder())) as server:
+        reply = ask(server.url, COVERED, metadata={"conversation_id": "c-grounded"}).json()
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        typed = client.chat.completions.create(model="support", messages=[{"role": "user", "content": COVERED}])
+    assert reply["choices"][0]["message"]["content"] == "Yes, within 30 days."
+    assert reply["sources"] == [RETURNS_SOURCE] and reply["handoff"] is False
+    assert typed.choices[0].message.content == "Yes, within 30 days." and typed.model_extra["sources"] == [RETURNS_SOURCE]
+    assert engine.seen[0] == [{"role": "user", "content": "Store knowledge:\n[1] Returns and exchanges (policy.md): "
+                                                          "Unworn shoes can be returned within 30 days.\n\n"
+                                                          f"Customer question: {COVERED}"}]
+    with store.sessions() as db:
+        conversation = db.get(ConversationRow, "c-grounded")
+        question, answer = conversation.messages
+        assert question.content == COVERED  # the customer's words, not the grounded prompt
+        assert json.loads(answer.sources) == [RETURNS_SOURCE] and conversation.handoff_at is None
+
+
+def test_uncovered_question_gets_the_handoff_without_the_model_and_flags_the_conversation(store, running_server):
+    engine = ScriptedEngine()
+    with running_server(create_app(engine, store, grounder=fake_grounder())) as server:
+        reply = ask(server.url, NOT_COVERED, metadata={"conversation_id": "c-gift"})
+        streamed = ask(server.url, NOT_COVERED, stream=True, metadata={"conversation_id": "c-gift-2"})
+    assert reply.status_code == 200 and engine.batches == [] and engine.seen == []
+    body = reply.json()
+    assert body["choices"][0]["message"]["content"] == HANDOFF and body["choices"][0]["finish_reason"] == "stop"
+    assert (body["sources"], body["handoff"], body["usage"]["completion_tokens"]) == ([], True, 0)
+    chunks = [json.loads(e) for e in sse_events(streamed)[:-1]]
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"role": "assistant", "content": ""}, {"content": HANDOFF}, {}]
+    assert (chunks[-1]["sources"], chunks[-1]["handoff"], chunks[-1]["choices"][0]["finish_reason"]) == ([], True, "stop")
+    assert "handoff" not in chunks[0] and "handoff" not in chunks[1]  # only the last chunk carries them
+    with store.sessions() as db:
+        for conversation_id in ("c-gift", "c-gift-2"):
+            conversation = db.get(ConversationRow, conversation_id)
+            assert conversation.handoff_at is not None and conversation.handoff_note == NOT_COVERED_NOTE
+            assert [m.content for m in conversation.messages] == [NOT_COVERED, HANDOFF]
+            assert conversation.messages[1].sources is None
+
+
+def test_generated_handoff_is_flagged_and_streams_its_sources(store, running_server):
+    engine = ScriptedEngine(HANDOFF)
+    with running_server(create_app(engine, store, grounder=fake_grounder())) as server:
+        streamed = ask(server.url, COVERED, stream=True, metadata={"conversation_id": "c-said-so"})
+        plain = ScriptedEngine("Yes, within 30 days.")
+    chunks = [json.loads(e) for e in sse_events(streamed)[:-1]]
+    assert engine.batches == [1] and len(chunks) > 3  # generated, word by word
+    assert (chunks[-1]["sources"], chunks[-1]["handoff"]) == ([RETURNS_SOURCE], True)
+    with store.sessions() as db:
+        conversation = db.get(ConversationRow, "c-said-so")
+        assert conversation.handoff_at is not None and conversation.handoff_note == HANDED_OVER
+    with running_server(create_app(plain, store, grounder=fake_grounder())) as server:
+        final = json.loads(sse_events(ask(server.url, COVERED, stream=True))[-2])
+    assert (final["sources"], final["handoff"]) == ([RETURNS_SOURCE], False)
+
+
+def test_without_knowledge_the_model_reads_the_question_as_asked(store, running_server):
+    engine = ScriptedEngine("Gift cards? Yes.")
+    with running_server(create_app(engine, store)) as server:  # what `--knowledge none` builds
+        body = ask(server.url, NOT_COVERED).json()
+    assert engine.seen == [[{"role": "user", "content": NOT_COVERED}]]
+    assert (body["choices"][0]["message"]["content"], body["sources"], body["handoff"]) == ("Gift cards? Yes.", [], False)
+    assert all(c.handoff_at is None for c in store.conversations())
+
+
+def test_a_database_made_before_sources_were_stored_still_opens(store_on_each_database):
+    """create_all adds tables, not columns: the store adds `messages.sources` to an older database itself."""
+    old = store_on_each_database
+    old.record_answer("c-old", "key-a", "api", QUESTION, Answer("chatcmpl-old", "It ships today.", "support", 5, 3, 4,
+                                                                "stop"))
+    with old.engine.begin() as db:
+        db.execute(text("ALTER TABLE messages DROP COLUMN sources"))
+    assert "sources" not in {c["name"] for c in inspect(old.engine).get_columns("messages")}
+    old.engine.dispose()
+    store = Store(old.url)
+    store.record_answer("c-old", "key-a", "api", [{"role": "user", "content": "Returns?"}],
+                        Answer("chatcmpl-new", "Within 30 days.", "support", 5, 3, 4, "stop", [RETURNS_SOURCE]))
+    [conversation] = store.conversations()
+    assert [(m.content, m.sources) for m in conversation.messages] == [
+        ("Where is my order?", None), ("It ships today.", None),
+        ("Returns?", None), ("Within 30 days.", json.dumps([RETURNS_SOURCE]))]
+    assert Store(old.url).conversations()[0].id == "c-old"  # the next start finds the column there

@@ -146,9 +146,14 @@ def chat(
     temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
     decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
+    knowledge: Optional[str] = typer.Option(None, help="Knowledge base the answers come from, or 'none' (default: "
+                                            "the one the adapter trained with, else 'default')."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the database holding the knowledge base "
+                                                "(default: the run's, else $ECOMBOT_HOME/ecombot.db)."),
+    k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
 ) -> None:
-    """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers)."""
-    from ecombot.chat import Decoding, TransformersEngine, answer_streaming, parse_context, repl
+    """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
+    from ecombot.chat import Decoding, TransformersEngine, answer_streaming, open_knowledge, parse_context, repl
     from ecombot.config import BUILTIN_SYSTEM_PROMPT
     from ecombot.models import load_for_inference
 
@@ -156,15 +161,17 @@ def chat(
         values = parse_context(context)
     except ValueError as exc:
         raise EcombotError(str(exc)) from None
+    grounder, grounded = open_knowledge(adapter, knowledge, db, k)
     loaded = load_for_inference(model=model, adapter=adapter)
     engine = TransformersEngine(loaded, BUILTIN_SYSTEM_PROMPT, Decoding(max_new_tokens, temperature, repetition_penalty))
     if system_prompt is not None:
         engine.override_system_prompt(system_prompt)
     engine.speed_up_decoding(decode_bits)
+    err.print(grounded, highlight=False, soft_wrap=True)
     if once is not None:
-        answer_streaming(engine, [{"role": "user", "content": once}], values)
+        answer_streaming(engine, [{"role": "user", "content": once}], values, grounder=grounder)
         return
-    repl(engine, values)
+    repl(engine, values, grounder=grounder)
 
 
 @app.command()
@@ -230,8 +237,11 @@ def serve(
     session_secret: Optional[Path] = typer.Option(None, help="File with the secret that signs chat page sessions "
                                                   "(default $ECOMBOT_HOME/session_secret, made on first start, mode "
                                                   "0600); give every replica the same file."),
-    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the conversation store "
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the conversation store and the knowledge base "
                                                 "(default: sqlite:///$ECOMBOT_HOME/ecombot.db; postgresql+psycopg://...)."),
+    knowledge: Optional[str] = typer.Option(None, help="Knowledge base the answers come from, or 'none' (default: "
+                                            "the one the first adapter trained with, else 'default')."),
+    k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
     redact: bool = typer.Option(True, help="Remove e-mails, phone and card numbers before anything is stored."),
     cors_origin: List[str] = typer.Option([], help="Allowed browser origin for CORS (repeatable; default: CORS off)."),
     web: bool = typer.Option(True, help="Serve the customer chat page at /."),
@@ -247,7 +257,7 @@ def serve(
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn
 
-    from ecombot.chat import Decoding
+    from ecombot.chat import Decoding, open_knowledge
     from ecombot.home import ecombot_home
     from ecombot.models import DEFAULT_MODEL
     from ecombot.run_dir import RunDir
@@ -262,12 +272,13 @@ def serve(
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue)
     store = Store(db, redact_text=redact)
+    grounder, grounded = open_knowledge(adapters[0][1] if adapters else None, knowledge, db, k)
     engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
-    app = create_app(engine, store, config)
+    app = create_app(engine, store, config, grounder)
     names = ", ".join([*engine.adapters(), "base"])
     console.print(f"serving {names} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
                   f"API keys: {len(config.api_keys) or 'none'}, review keys: {len(config.review_keys) or 'none'}; "
-                  f"store: {store.engine.url.render_as_string(hide_password=True)})")
+                  f"store: {store.engine.url.render_as_string(hide_password=True)}; {grounded})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -1,4 +1,5 @@
-"""`ecombot chat`: a terminal conversation with streaming answers, /reset and /quit."""
+"""`ecombot chat`: a terminal conversation with streaming answers, /reset and /quit; grounded answers list their
+sources, and a handover to an agent says so."""
 
 from __future__ import annotations
 
@@ -6,23 +7,44 @@ import sys
 
 from ecombot.chat.engine import GenerationEngine
 from ecombot.chat.placeholders import PlaceholderStream
+from ecombot.knowledge import Grounder, Grounding, is_handoff
 
 HELP = "Type your question. /reset starts a new conversation, /quit leaves."
+HANDOFF_NOTE = "(handed over to a support agent)"
 
 
-def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], context: dict[str, str], out=sys.stdout) -> str:
-    """Stream one answer to `out` with placeholders filled; returns the raw answer for the history."""
+def dim(text: str, out) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if out.isatty() else text
+
+
+def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], context: dict[str, str], out=None,
+                     grounder: Grounder | None = None) -> str:
+    """Stream one answer to `out` with placeholders filled, then its sources; returns the raw answer for the history.
+
+    With a `grounder` the model reads the passages found for the question; a question they do not cover gets the
+    handoff answer without generation. `out` defaults to sys.stdout as it is at the call (tests replace it)."""
+    out = out or sys.stdout
+    grounding = grounder.ground(history) if grounder else Grounding(history)
+    pieces = engine.stream(grounding.messages) if grounding.covered else [grounder.handoff]
     stream, raw = PlaceholderStream(context), []
-    for piece in engine.stream(history):
+    for piece in pieces:
         raw.append(piece)
         out.write(stream.feed(piece))
         out.flush()
     out.write(stream.flush() + "\n")
+    answer = "".join(raw).strip()
+    if grounding.covered and grounding.hits:
+        labels = dict.fromkeys(hit.passage.label for hit in grounding.hits)  # two passages of one section: one label
+        out.write(dim("from: " + "; ".join(labels), out) + "\n")
+    if grounder and (not grounding.covered or is_handoff(answer, grounder.handoff)):
+        out.write(dim(HANDOFF_NOTE, out) + "\n")
     out.flush()
-    return "".join(raw).strip()
+    return answer
 
 
-def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=sys.stdout) -> None:
+def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=None,
+         grounder: Grounder | None = None) -> None:
+    out = out or sys.stdout
     history: list[dict[str, str]] = []
     out.write(HELP + "\n")
     while True:
@@ -41,4 +63,4 @@ def repl(engine: GenerationEngine, context: dict[str, str], read=input, out=sys.
             continue
         history.append({"role": "user", "content": text})
         out.write("bot> ")
-        history.append({"role": "assistant", "content": answer_streaming(engine, history, context, out)})
+        history.append({"role": "assistant", "content": answer_streaming(engine, history, context, out, grounder)})

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ecombot.chat.engine import GenerationEngine
 from ecombot.config.serve import ServeConfig
+from ecombot.knowledge import Grounder
 from ecombot.serve.dependencies import ServerState
 from ecombot.serve.errors import register_error_handlers
 from ecombot.serve.routes import STATIC, api, web
@@ -88,10 +89,12 @@ def describe_json_bodies(app: FastAPI, routers: list[APIRouter]) -> None:
     app.openapi = openapi
 
 
-def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | None = None) -> FastAPI:
+def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | None = None,
+               grounder: Grounder | None = None) -> FastAPI:
+    """The app; with a `grounder`, every answer comes from the knowledge base (or is handed to an agent)."""
     config = config or ServeConfig()
     app = FastAPI(title="ecombot", docs_url=None, redoc_url=None, lifespan=batching)
-    app.state.server = ServerState.build(engine, store, config)
+    app.state.server = ServerState.build(engine, store, config, grounder)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Conversation-Id"])

@@ -1,4 +1,9 @@
-"""One chat completion's answer on its way back: streamed (SSE) or whole, placeholders filled, then stored."""
+"""One chat completion's answer on its way back: streamed (SSE) or whole, placeholders filled, then stored.
+
+Besides OpenAI's fields, a response carries `sources` (the knowledge passages the answer was grounded in, as
+`Hit.to_source()` dicts) and `handoff` (true when the answer handed the conversation to an agent); OpenAI's
+clients keep unknown fields as extras. A stream carries them on its last chunk, the one with `finish_reason`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from ecombot.chat.engine import Generation
 from ecombot.chat.placeholders import PlaceholderStream
+from ecombot.knowledge import Grounding, is_handoff
 from ecombot.serve.batcher import Job, QueueFull
+from ecombot.serve.dependencies import ServerState
 from ecombot.serve.errors import ApiError
 from ecombot.serve.schemas import ChatCompletionRequest
 from ecombot.serve.security import Caller
@@ -21,18 +28,33 @@ from ecombot.serve.store import Answer, Store
 
 log = logging.getLogger("ecombot.serve")
 CLIENT_CHECK_S = 0.25  # how often a request in progress asks whether its client is still there
+NOT_COVERED = "not covered by the knowledge base"  # the store's handoff note when the model was not asked
+HANDED_OVER = "the bot answered that it hands over to an agent"  # ... when the model itself said so
 
 
 class ClientGone(Exception):
     """The HTTP client disconnected before its answer was complete."""
 
 
-class Completion:
-    """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result."""
+def answer_without_model(job: Job, text: str) -> None:
+    """Give `job` the answer `text` (the handoff) as the batcher would give a generated one, in one piece: the
+    response, the stream and the store treat it like any answer, and the model never sees the request."""
+    job.events.put_nowait(("text", text))
+    job.events.put_nowait(("done", Generation(text, 0, 0)))
 
-    def __init__(self, job: Job, body: ChatCompletionRequest, who: Caller, conversation_id: str,
-                 context: dict[str, str], store: Store, request: Request):
-        self.job, self.body, self.who, self.store, self.request = job, body, who, store, request
+
+class Completion:
+    """One request's answer: collects (or streams) the batcher's events, fills placeholders, stores the result.
+
+    `asked` is the request's conversation as the customer sent it (what the store keeps); the job carries it
+    grounded, as the model reads it."""
+
+    def __init__(self, job: Job, asked: list[dict[str, str]], grounding: Grounding, body: ChatCompletionRequest,
+                 who: Caller, conversation_id: str, context: dict[str, str], state: ServerState, request: Request):
+        self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
+        self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
+        self.store: Store = state.store
+        self.handoff_text, self.request = state.handoff, request
         self.conversation_id = conversation_id
         self.context, self.prompt_tokens = context, len(job.prompt)
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -98,11 +120,22 @@ class Completion:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
+    def handoff_note(self) -> str | None:
+        """Why an agent should take over (the store's note), or None when the bot answered by itself."""
+        if not self.grounding.covered:
+            return NOT_COVERED
+        return HANDED_OVER if is_handoff(self.raw, self.handoff_text) else None
+
+    def extras(self) -> dict:
+        """The fields ecombot adds to OpenAI's response (see the module's docstring)."""
+        return {"sources": self.sources, "handoff": self.handoff_note() is not None}
+
     def save(self, finish_reason: str | None = None) -> None:
         """Store the request's messages and this answer (one transaction; called from a worker thread)."""
         answer = Answer(self.id, self.raw.strip(), self.job.adapter, (time.monotonic() - self.started) * 1000,
-                        self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason)
-        self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.job.messages, answer)
+                        self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason,
+                        self.sources, self.handoff_note())
+        self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.asked, answer)
 
     def cancel(self) -> None:
         """Free the batch row and keep the partial answer (stored in the background)."""
@@ -122,12 +155,13 @@ class Completion:
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text.strip()},
                              "logprobs": None, "finish_reason": self.finish_reason}],
-                "usage": self.usage()}
+                "usage": self.usage(), **self.extras()}
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+    def _chunk(self, delta: dict, finish_reason: str | None = None, extras: dict | None = None) -> str:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.body.model,
                  "system_fingerprint": None,
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                 **(extras or {})}
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
     async def sse(self):
@@ -138,7 +172,7 @@ class Completion:
             async for piece in self.events():
                 if piece:
                     yield self._chunk({"content": piece})
-            yield self._chunk({}, self.finish_reason)
+            yield self._chunk({}, self.finish_reason, self.extras())
             if self.body.stream_options and self.body.stream_options.include_usage:
                 usage = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                          "model": self.body.model, "choices": [], "usage": self.usage()}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ecombot.chat.engine import BASE, GenerationEngine
 from ecombot.config.serve import ServeConfig
+from ecombot.knowledge import DEFAULT_HANDOFF, Grounder
 from ecombot.serve.batcher import Batcher
 from ecombot.serve.errors import ApiError
 from ecombot.serve.security import (REVIEW, SESSION_TOKEN, Caller, KeyRing, RateLimiter, SessionTokens, fingerprint,
@@ -35,10 +36,12 @@ class ServerState:
     auth_failures: RateLimiter  # per address: wrong keys and bad tokens, so keys cannot be guessed at speed
     keys: KeyRing
     answer_tokens: int  # an answer's length when the request does not say (and the most a page session gets)
+    grounder: Grounder | None = None  # the knowledge base every question is answered from; None: the weights alone
     started: float = field(default_factory=time.time)  # /health's uptime, /v1/models' `created`
 
     @classmethod
-    def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig) -> ServerState:
+    def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig,
+              grounder: Grounder | None = None) -> ServerState:
         secret = persistent_secret(config.session_secret_file) if config.session_secret_file else None
         roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
                  **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
@@ -47,7 +50,13 @@ class ServerState:
                    batcher=Batcher(engine, max_batch=config.max_batch, max_queue=config.max_queue),
                    sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
                    auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
-                   answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens))
+                   answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens),
+                   grounder=grounder)
+
+    @property
+    def handoff(self) -> str:
+        """The answer that hands a conversation to an agent (also recognised when the model generates it)."""
+        return self.grounder.handoff if self.grounder else DEFAULT_HANDOFF
 
     @property
     def page_model(self) -> str:

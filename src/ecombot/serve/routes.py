@@ -16,8 +16,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from ecombot.chat.engine import BASE, Decoding, GenerationEngine, PromptTooLong
 from ecombot.chat.placeholders import normalise_context
+from ecombot.knowledge import Grounding
 from ecombot.serve.batcher import Job, QueueFull
-from ecombot.serve.completion import Completion
+from ecombot.serve.completion import Completion, answer_without_model
 from ecombot.serve.dependencies import (ServerState, State, api_client, json_body, rate_limited_caller,
                                         rate_limited_visitor, reviewer)
 from ecombot.serve.errors import ApiError
@@ -121,19 +122,28 @@ async def chat_completions(request: Request, state: State, who: Who,
     if who.channel == "web":
         check_page_request(body, adapter, max_tokens, state)
     messages = [m.as_dict() for m in body.messages]
-    try:
-        prompt = await run_in_threadpool(state.engine.prompt_ids, messages, adapter, max_tokens)
-    except PromptTooLong as exc:
-        raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
+    # retrieval embeds the question on the CPU: off the event loop, like tokenizing
+    grounding = await run_in_threadpool(state.grounder.ground, messages) if state.grounder else Grounding(messages)
+    prompt: list[int] = []  # a question the knowledge base does not cover never reaches the model
+    if grounding.covered:
+        try:
+            prompt = await run_in_threadpool(state.engine.prompt_ids, grounding.messages, adapter, max_tokens)
+        except PromptTooLong as exc:
+            raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
     metadata = dict(body.metadata or {})
     conversation_id = await conversation_for(metadata, who, state)
-    job = Job(messages, prompt, adapter, decoding_for(body, state.engine.decoding), max_tokens,
+    job = Job(grounding.messages, prompt, adapter, decoding_for(body, state.engine.decoding), max_tokens,
               asyncio.get_running_loop())
-    try:
-        state.batcher.submit(job)
-    except QueueFull as exc:
-        raise ApiError(503, str(exc), "server_overloaded", code="queue_full", headers={"Retry-After": "1"}) from None
-    completion = Completion(job, body, who, conversation_id, normalise_context(metadata), state.store, request)
+    if not grounding.covered:
+        answer_without_model(job, state.handoff)
+    else:
+        try:
+            state.batcher.submit(job)
+        except QueueFull as exc:
+            raise ApiError(503, str(exc), "server_overloaded", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+    completion = Completion(job, messages, grounding, body, who, conversation_id, normalise_context(metadata), state,
+                            request)
     if body.stream:
         return StreamingResponse(completion.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",

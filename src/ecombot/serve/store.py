@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import unquote
 
 from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
-                        select)
+                        inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
@@ -71,6 +71,8 @@ class MessageRow(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # the knowledge passages an answer was grounded in: a JSON list of Hit.to_source() dicts (None: ungrounded)
+    sources: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     conversation: Mapped[ConversationRow] = relationship(back_populates="messages")
     feedback: Mapped["FeedbackRow | None"] = relationship(back_populates="message")
@@ -122,6 +124,8 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    sources: list[dict] = field(default_factory=list)  # the knowledge passages it was grounded in
+    handoff: str | None = None  # why an agent should take over the conversation (the bot handed over), else None
 
 
 @dataclass
@@ -165,10 +169,25 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
         except Exception as exc:
             raise EcombotError(without_password(f"cannot open the conversation store {self.engine.url!r}: {exc}",
                                                 self.url)) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was made (create_all adds tables, never columns): ALTER TABLE adds them,
+        nullable, so older rows read as None. A server starting at the same moment may add one first: fine."""
+        for table in Base.metadata.sorted_tables:
+            have = {column["name"] for column in inspect(self.engine).get_columns(table.name)}
+            for column in (c for c in table.columns if c.name not in have):
+                kind = column.type.compile(self.engine.dialect)
+                try:
+                    with self.engine.begin() as db:
+                        db.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+                except Exception:
+                    if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                        raise
 
     def _clean(self, text: str | None) -> str | None:
         """Text as stored: redacted (unless switched off) and without NUL characters, which PostgreSQL's text type
@@ -213,7 +232,8 @@ class Store:
 
     def record_answer(self, conversation_id: str | None, client: str, channel: str,
                       messages: list[dict[str, str]], answer: Answer) -> str:
-        """Store the request's question and the generated answer in one transaction; returns the conversation id.
+        """Store the request's question and the answer in one transaction; returns the conversation id. An answer
+        that hands over to an agent flags the conversation for one (`answer.handoff` is the note).
 
         The API is stateless (clients resend the history), and that history is the client's word: only the
         user turns that end the request (the question answered now) are stored, then the answer as generated.
@@ -232,7 +252,10 @@ class Store:
                               content=self._clean(answer.content), completion_id=answer.completion_id,
                               adapter=answer.adapter, latency_ms=answer.latency_ms,
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-                              finish_reason=answer.finish_reason))
+                              finish_reason=answer.finish_reason,
+                              sources=json.dumps(answer.sources, ensure_ascii=False) if answer.sources else None))
+            if answer.handoff and row.handoff_at is None:  # a request already waiting for an agent keeps its note
+                row.handoff_at, row.handoff_note = now(), self._clean(answer.handoff)
             row.updated_at = now()
             return row.id
 

@@ -1,5 +1,6 @@
 // The customer chat page: streams answers from /v1/chat/completions (SSE), keeps the conversation's history,
-// and sends thumbs up/down, corrections and "talk to a human" requests back to the server.
+// and sends thumbs up/down, corrections and "talk to a human" requests back to the server. Under an answer it names
+// the store documents the answer came from, and says when the bot handed the conversation to an agent.
 // It recovers by itself when its session ends (12-hour expiry, a server that lost its secret): a 401 gets a new
 // session, and the old session's conversation (now 404) goes on as a new one, with the history the page keeps.
 "use strict";
@@ -42,6 +43,19 @@ function bubble(role, text) {
   $("messages").appendChild(item);
   item.scrollIntoView({ block: "end" });
   return item;
+}
+
+// The last chunk of a stream carries `sources` (the knowledge passages behind the answer) and `handoff`.
+function answerFooter(item, final) {
+  const labels = [...new Set((final.sources || []).map((source) => source.label))];
+  if (labels.length) {
+    item.appendChild(Object.assign(document.createElement("div"), { className: "sources",
+                                                                    textContent: `from: ${labels.join("; ")}` }));
+  }
+  if (final.handoff) {
+    item.appendChild(Object.assign(document.createElement("div"), { className: "handoff-note",
+      textContent: "This conversation has been passed to our support team." }));
+  }
 }
 
 function feedbackControls(item, completionId) {
@@ -96,7 +110,7 @@ async function ask(question) {
   state.history.push({ role: "user", content: question });
   const item = bubble("bot", "");
   item.classList.add("answer", "streaming");
-  let text = "", completionId = null;
+  let text = "", completionId = null, final = {};
   try {
     const response = await askServer();
     if (!response.ok) throw new Error(await errorText(response));
@@ -114,12 +128,14 @@ async function ask(question) {
         const chunk = JSON.parse(event);
         if (chunk.error) throw new Error(chunk.error.message);
         completionId = chunk.id;
+        if ("handoff" in chunk) final = chunk;
         const piece = chunk.choices.length ? chunk.choices[0].delta.content : "";
         if (piece) { text += piece; item.textContent = text; item.scrollIntoView({ block: "end" }); }
       }
     }
     state.history.push({ role: "assistant", content: text });
     item.classList.remove("streaming");
+    answerFooter(item, final);
     if (completionId) feedbackControls(item, completionId);
   } catch (error) {
     state.history.pop();

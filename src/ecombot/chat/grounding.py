@@ -1,0 +1,36 @@
+"""Which knowledge base `ecombot chat` and `ecombot serve` answer from. A run trained grounded learned to read its
+knowledge base's passages (k of them) and to answer with its handoff text, so by default those come from the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ecombot.errors import EcombotError
+from ecombot.knowledge import Grounder
+from ecombot.run_dir import RunDir
+
+DEFAULT_KNOWLEDGE = "default"
+DEFAULT_K = 3
+
+
+def open_knowledge(run_dir: Path | None, name: str | None, db: str | None,
+                   k: int | None) -> tuple[Grounder | None, str]:
+    """The grounder (None: answers come from the weights alone) and one line for the terminal saying which.
+
+    `name`, `db` and `k` are the flags, None when not given: then the run's recorded knowledge, else the
+    "default" base with k=3. A base that the flag or the run names must hold passages (EcombotError otherwise);
+    the default one may be empty (a fresh install has none yet), and then nothing is grounded."""
+    from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
+
+    recorded = (RunDir(run_dir).knowledge() if run_dir else None) or {}
+    chosen = name or recorded.get("name") or DEFAULT_KNOWLEDGE
+    if chosen == "none":
+        return None, "knowledge: none, answers come from the model alone"
+    k = k or recorded.get("k") or DEFAULT_K
+    try:
+        grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"))
+    except EcombotError as exc:
+        if name or recorded:
+            raise
+        return None, f"knowledge: none, answers come from the model alone ({exc})"
+    return grounder, f"knowledge: {chosen!r}, {k} passages per question"
