@@ -321,6 +321,70 @@ def conversations_review(
     console.print(table)
 
 
+# --- ecombot knowledge: the store's documents and Q&A pairs that answers are grounded in -------------------------
+knowledge_app = typer.Typer(help="The store's knowledge base: documents and Q&A pairs answers are grounded in.",
+                            no_args_is_help=True)
+app.add_typer(knowledge_app, name="knowledge")
+KNOWLEDGE_NAME = typer.Option("default", "--name", help="Knowledge base name (several can share one database).")
+KNOWLEDGE_DB = typer.Option(None, "--db", help="SQLAlchemy URL of the database (default: $ECOMBOT_HOME/ecombot.db).")
+
+
+@knowledge_app.command("add")
+def knowledge_add(
+    files: List[Path] = typer.Argument(..., help="Markdown, text or HTML documents, or data files in any supported "
+                                                 "format (each question/answer pair becomes a passage)."),
+    name: str = KNOWLEDGE_NAME,
+    db: Optional[str] = KNOWLEDGE_DB,
+) -> None:
+    """Add files to the knowledge base; a file added again replaces its earlier version."""
+    from ecombot.knowledge import KnowledgeBase
+
+    for summary in KnowledgeBase(db, name).add_files(files):
+        console.print(f"{summary.name}: {summary.status}, {summary.passages} passage(s)")
+
+
+@knowledge_app.command("list")
+def knowledge_list(name: str = KNOWLEDGE_NAME, db: Optional[str] = KNOWLEDGE_DB) -> None:
+    """The sources in the knowledge base."""
+    from ecombot.knowledge import KnowledgeBase
+
+    sources = KnowledgeBase(db, name).sources()
+    table = Table("source", "kind", "passages", "sha256", "added", title=f"knowledge base '{name}': "
+                  f"{len(sources)} source(s)")
+    for s in sources:
+        table.add_row(s.name, s.kind, str(s.passages), s.sha256[:12], f"{s.added_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@knowledge_app.command("remove")
+def knowledge_remove(source: str = typer.Argument(..., help="Source name as `knowledge list` shows it."),
+                     name: str = KNOWLEDGE_NAME, db: Optional[str] = KNOWLEDGE_DB) -> None:
+    """Remove a source and its passages."""
+    from ecombot.knowledge import KnowledgeBase
+
+    console.print(f"removed {source}: {KnowledgeBase(db, name).remove(source)} passage(s)")
+
+
+@knowledge_app.command("search")
+def knowledge_search(question: str = typer.Argument(..., help="A customer's question."),
+                     k: int = typer.Option(3, "-k", help="Passages to show."),
+                     name: str = KNOWLEDGE_NAME, db: Optional[str] = KNOWLEDGE_DB) -> None:
+    """The passages a question retrieves, and whether they cover it (else the bot hands off)."""
+    from ecombot.knowledge import KnowledgeBase
+
+    base = KnowledgeBase(db, name)
+    if base.is_empty:
+        raise EcombotError(f"the knowledge base '{name}' is empty: add files with `ecombot knowledge add FILE`")
+    retriever = base.retriever()
+    hits = retriever.search([question], k)[0]
+    for hit in hits:
+        p = hit.passage
+        console.print(f"{hit.score:.3f}  {p.source}:{p.line}  {p.heading or '-'}", highlight=False)
+        console.print(f"       {(p.question + ' -> ' if p.question else '') + p.text}", highlight=False, soft_wrap=True)
+    verdict = "covered" if retriever.covers(hits) else "not covered: the bot hands off"
+    console.print(f"{verdict} (threshold {retriever.threshold:.2f})")
+
+
 @app.command()
 def quickstart(
     output: str = typer.Option("runs/quickstart", help="Run directory for the quickstart adapter."),

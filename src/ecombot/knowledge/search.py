@@ -1,0 +1,114 @@
+"""Hybrid search: BM25 (bm25s) for the exact words a customer uses (an order page, "Klarna", "PDF"), dense MiniLM
+embeddings in a faiss index for paraphrases ("money back" ~ "refund").
+
+Order: reciprocal-rank fusion (1/(60 + rank) summed over the two rankings). BM25 scores and cosines live on
+unrelated scales (BM25 grows with the query's length and the corpus' term statistics), so only their ranks are
+comparable; RRF needs no weights tuned per corpus.
+
+Coverage: `Hit.score` is the dense cosine between the question and the passage. Unlike a BM25 or RRF score it is
+absolute (it does not depend on how many passages the base holds or on which other passages match), so one
+threshold calibrated on one store carries over to another store's FAQ; benchmarks/retrieval.py measures it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ecombot.errors import EcombotError
+from ecombot.knowledge.embeddings import embed
+from ecombot.knowledge.passage import Hit, Passage
+
+# Calibrated by benchmarks/retrieval.py: the highest cosine that hands off at most 5% of the built-in test questions
+# (knowledge: policy.md + the training pairs) while catching most questions the store's knowledge does not answer.
+COVERAGE_THRESHOLD = 0.5
+RRF_K = 60  # the constant of Cormack et al. (2009): damps the difference between the very first ranks
+CANDIDATES = 50  # per signal; fusion and exclusion work on the union of both signals' candidates
+
+
+def dense_text(passage: Passage) -> str:
+    """What a passage's vector encodes: its own heading (not the whole path: a document title repeated in every
+    passage pulls all their vectors together) and, for a Q&A pair, the question (questions match questions better
+    than answers do), else its text."""
+    heading = passage.heading.rsplit(" > ", 1)[-1]
+    return "\n".join(part for part in (heading, passage.question or passage.text) if part)
+
+
+def lexical_text(passage: Passage) -> str:
+    return "\n".join(part for part in (passage.question, passage.heading, passage.text) if part)
+
+
+def _reciprocal_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """1/(RRF_K + rank) for each value in descending order; entries where `counts` is False get nothing."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
+    return np.where(counts, 1.0 / (RRF_K + ranks), 0.0)
+
+
+class Retriever:
+    """Search over a fixed list of passages. `vectors` are the passages' embeddings of `dense_text` (a knowledge
+    base stores them, so opening it does not embed again); computed here when not given."""
+
+    def __init__(self, passages: list[Passage], vectors: np.ndarray | None = None,
+                 threshold: float = COVERAGE_THRESHOLD):
+        import bm25s
+        import faiss
+        import Stemmer
+
+        self.passages, self.threshold = list(passages), threshold
+        if vectors is None:
+            vectors = embed([dense_text(p) for p in self.passages])
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(self.passages), -1)
+        if len(self.passages) and self.vectors.shape[1] != embed(["dimension"]).shape[1]:
+            raise EcombotError(f"passage vectors have {self.vectors.shape[1]} dimensions; the embedding model gives "
+                               f"{embed(['dimension']).shape[1]} (re-add the files to embed them again)")
+        self.index = faiss.IndexFlatIP(self.vectors.shape[1] or 384)  # exact inner product = cosine on unit vectors
+        self.index.add(self.vectors)
+        self.tokenizer = bm25s.tokenization.Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
+        self.bm25 = bm25s.BM25()
+        if self.passages:
+            corpus = self.tokenizer.tokenize([lexical_text(p) for p in self.passages], update_vocab=True,
+                                             return_as="tuple", show_progress=False)
+            self.bm25.index(corpus, show_progress=False)
+
+    def search(self, queries: list[str], k: int,
+               exclude: list[Callable[[Passage], bool] | None] | None = None) -> list[list[Hit]]:
+        """The k best passages per query, best first; `exclude[i]` returning True drops a passage for query i."""
+        if not queries:
+            return []
+        if not self.passages:
+            return [[] for _ in queries]
+        vectors = embed(list(queries)).astype(np.float32)
+        empty = self.tokenizer.word_to_id.get("")  # what a query of stopwords only becomes
+        tokens = self.tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        rejects = exclude or [None] * len(queries)
+        return [self._search_one(vector, [t for t in ids if t != empty], k, reject)
+                for vector, ids, reject in zip(vectors, tokens, rejects)]
+
+    def _search_one(self, vector: np.ndarray, token_ids: list[int], k: int,
+                    reject: Callable[[Passage], bool] | None) -> list[Hit]:
+        n = len(self.passages)
+        lexical = self.bm25.get_scores_from_ids(token_ids) if token_ids else np.zeros(n, dtype=np.float32)
+        fetch = min(n, max(CANDIDATES, 4 * k))
+        while True:  # widen the candidate pool until exclusion leaves k (or every passage was seen)
+            _, dense_ids = self.index.search(vector[None], fetch)
+            lexical_ids = np.argpartition(-lexical, fetch - 1)[:fetch] if fetch < n else np.arange(n)
+            candidates = np.union1d(dense_ids[0][dense_ids[0] >= 0], lexical_ids)
+            if reject is not None:
+                candidates = np.array([c for c in candidates if not reject(self.passages[c])], dtype=np.int64)
+            if len(candidates) >= k or fetch == n:
+                break
+            fetch = min(n, fetch * 4)
+        dense = self.vectors[candidates] @ vector
+        lexical_here = lexical[candidates]
+        fused = (_reciprocal_ranks(dense, np.ones(len(candidates), dtype=bool))
+                 + _reciprocal_ranks(lexical_here, lexical_here > 0))
+        best_lexical = float(lexical.max()) if n else 0.0
+        order = np.lexsort((-dense, -fused))[:k]
+        return [Hit(self.passages[candidates[i]], float(dense[i]), dense=float(dense[i]),
+                    lexical=float(lexical_here[i]) / best_lexical if best_lexical > 0 else 0.0)
+                for i in order]
+
+    def covers(self, hits: list[Hit]) -> bool:
+        """Whether the best passage is close enough to the question to answer it (else: hand off)."""
+        return bool(hits) and hits[0].score >= self.threshold

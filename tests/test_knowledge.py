@@ -1,0 +1,212 @@
+"""The knowledge base: files to passages, storage on SQLite and PostgreSQL, hybrid search, coverage, the CLI."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ecombot.cli import app
+from ecombot.data import builtin_path
+from ecombot.errors import DataError, EcombotError
+from ecombot.knowledge import KnowledgeBase, Passage, Retriever, open_grounder, read_passages
+
+POLICY = builtin_path().parent / "policy.md"
+runner = CliRunner()
+
+MARKDOWN = """# Help
+
+Intro line.
+
+## Shipping
+- Standard: 3-5 days.
+- Express: 1-2 days.
+
+### Canada
+We ship to Canada in 5-10 days.
+
+## Returns
+
+First long paragraph about returns. {long1}
+
+Second long paragraph about returns. {long2}
+"""
+
+
+def test_markdown_keeps_heading_paths_lines_merges_short_items_and_splits_long_sections(tmp_path):
+    path = tmp_path / "help.md"
+    path.write_text(MARKDOWN.format(long1="x " * 150, long2="y " * 150))
+    passages = read_passages(path)
+    assert [(p.heading, p.line) for p in passages] == [
+        ("Help", 3), ("Help > Shipping", 6), ("Help > Shipping > Canada", 10), ("Help > Returns", 14),
+        ("Help > Returns", 16)]
+    assert passages[1].text == "- Standard: 3-5 days.\n- Express: 1-2 days."
+    assert passages[3].text.startswith("First long paragraph") and "Second" not in passages[3].text
+    assert {p.source for p in passages} == {"help.md"}
+
+
+def test_policy_sections_become_one_passage_each():
+    passages = read_passages(POLICY)
+    assert len(passages) == 17
+    shipping = next(p for p in passages if p.heading.endswith("> Shipping"))
+    assert shipping.line == 8 and "Canada: 5–10 business days, $14.95" in shipping.text
+
+
+def test_plain_text_paragraphs_and_title_lines(tmp_path):
+    path = tmp_path / "faq.txt"
+    path.write_text("Opening hours\n\nWe are open 9 to 5.\nEvery weekday.\n\nReturns\n=======\n\nThirty days.\n")
+    passages = read_passages(path, source="store")
+    assert [(p.source, p.heading, p.line, p.text) for p in passages] == [
+        ("store", "Opening hours", 3, "We are open 9 to 5. Every weekday."), ("store", "Returns", 9, "Thirty days.")]
+
+
+def test_html_headings_paragraphs_and_skipped_parts(tmp_path):
+    path = tmp_path / "help.html"
+    path.write_text("<html><head><title>T</title><style>p {}</style></head><body>\n<nav><p>Menu</p></nav>\n"
+                    "<h1>Help</h1>\n<h2>Payments</h2>\n<ul><li><p>Visa and <b>PayPal</b></p></li>\n<li>Klarna</li></ul>\n"
+                    "<script>var p = 1;</script>\n<footer><p>Copyright</p></footer></body></html>\n")
+    passages = read_passages(path)
+    assert [(p.heading, p.line, p.text) for p in passages] == [("Help > Payments", 5, "- Visa and PayPal\n- Klarna")]
+
+
+def test_data_files_become_question_answer_passages(tmp_path):
+    csv = tmp_path / "faq.csv"
+    csv.write_text("question,answer,intent\nDo you gift wrap?,Yes for $3.,gift_wrap\nOpen Sundays?,No.,\n")
+    faq = tmp_path / "faq.json"
+    faq.write_text(json.dumps({"questions": [{"question": "Q1?", "answer": "A1."}, {"question": "Q2?", "answer": "A2."}]}))
+    assert [(p.question, p.text, p.heading, p.line) for p in read_passages(csv)] == [
+        ("Do you gift wrap?", "Yes for $3.", "gift_wrap", 2), ("Open Sundays?", "No.", "", 3)]
+    assert [(p.source, p.question, p.line) for p in read_passages(faq)] == [("faq.json", "Q1?", 1), ("faq.json", "Q2?", 2)]
+    assert read_passages(Path(builtin_path()))[0].line == 1
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("missing.md", None, "missing.md: file not found"),
+    ("empty.md", b"# Title only\n", "empty.md: no text to index"),
+    ("latin1.txt", "Caf\u00e9 hours\n\nOpen".encode("latin-1"), "latin1.txt:line 1: not UTF-8 text"),
+    ("bad.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n', "bad.jsonl:line 1: field 'messages'"),
+])
+def test_bad_files_are_errors_naming_the_file(tmp_path, name, content, expected):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        read_passages(path)
+    assert expected in str(error.value)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh database on SQLite, then on the test PostgreSQL server (its own schema per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kb.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    server_url = request.getfixturevalue("postgres_url")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    yield server_url + ("&" if "?" in server_url else "?") + f"options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def test_add_replace_unchanged_remove_and_named_bases(db_url, tmp_path):
+    doc = tmp_path / "help.md"
+    doc.write_text("# Help\n\nWe ship\x00 fast.\n")
+    faq = tmp_path / "faq.csv"
+    faq.write_text("question,answer\nOpen Sundays?,No.\nGift wrap?,Yes.\n")
+    base = KnowledgeBase(db_url)
+    assert base.is_empty
+    assert [(s.name, s.kind, s.passages, s.status) for s in base.add_files([doc, faq])] == [
+        ("help.md", "document", 1, "added"), ("faq.csv", "data", 2, "added")]
+    first_hash = base.content_hash()
+    assert base.add_files([doc])[0].status == "unchanged" and base.content_hash() == first_hash
+    doc.write_text("# Help\n\nWe ship fast.\n\n## Returns\n\nThirty days.\n")
+    assert [(s.passages, s.status) for s in base.add_files([doc])] == [(2, "replaced")]
+    assert base.content_hash() != first_hash
+    assert [(p.source, p.heading, p.text) for p in base.passages()] == [
+        ("faq.csv", "", "No."), ("faq.csv", "", "Yes."), ("help.md", "Help", "We ship fast."),
+        ("help.md", "Help > Returns", "Thirty days.")]
+    assert [(s.name, s.passages) for s in base.sources()] == [("faq.csv", 2), ("help.md", 2)]
+
+    other = KnowledgeBase(db_url, name="outlet")
+    assert other.is_empty
+    other.add_passages("data: train.jsonl", [Passage("x", "refund", 3, "Five days.", "When is my refund?")])
+    assert [p.source for p in other.passages()] == ["data: train.jsonl"]
+    assert len(KnowledgeBase(db_url).passages()) == 4
+
+    assert base.remove("faq.csv") == 2
+    with pytest.raises(EcombotError, match=r"no source 'faq.csv' \(sources: help.md\)"):
+        base.remove("faq.csv")
+    hits = base.retriever().search(["How long do returns take?"], 1)[0]
+    assert hits[0].passage.heading == "Help > Returns"
+
+
+@pytest.fixture(scope="module")
+def policy_retriever() -> Retriever:
+    return Retriever(read_passages(POLICY))
+
+
+@pytest.mark.parametrize("question, section", [
+    ("How long until the refund shows on my bank card?", "Refunds"),
+    ("The box arrived smashed and the vase is broken", "Damaged, defective or wrong items"),
+    ("How quickly can express delivery get here?", "Shipping"),
+    ("Can I pay in instalments?", "Payments"),
+    ("I forgot my login password", "Accounts"),
+    ("What time does your live chat open on Saturday?", "Complaints and contact"),
+])
+def test_paraphrased_questions_find_the_right_policy_section(policy_retriever, question, section):
+    hits = policy_retriever.search([question], 3)[0]
+    assert hits[0].passage.heading == f"Harbor & Pine — customer support policy > {section}"
+    assert len(hits) == 3 and hits[0].dense > 0 and 0 <= hits[0].lexical <= 1
+
+
+def test_exclusion_drops_passages_and_still_returns_k(policy_retriever):
+    not_refunds = lambda p: p.heading.endswith("Refunds")  # noqa: E731
+    plain, excluded = policy_retriever.search(["When will my refund arrive?"] * 2, 3, [None, not_refunds])
+    assert plain[0].passage.heading.endswith("Refunds")
+    assert len(excluded) == 3 and not any(h.passage.heading.endswith("Refunds") for h in excluded)
+
+
+def test_covers_separates_a_covered_question_from_an_off_topic_one():
+    knowledge = read_passages(builtin_path())[:400]
+    retriever = Retriever(knowledge)
+    covered, off_topic = retriever.search(["how do I reset my password", "What is the capital of Mongolia?"], 3)
+    assert retriever.covers(covered) and not retriever.covers(off_topic)
+    assert not retriever.covers([])
+
+
+def test_open_grounder(tmp_path):
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    assert open_grounder("none", db, 3, None) is None
+    with pytest.raises(EcombotError, match="ecombot knowledge add FILE"):
+        open_grounder(None, db, 3, None)
+    KnowledgeBase(db).add_files([POLICY])
+    grounding = open_grounder(None, db, 2, "Ask a person.").ground([{"role": "user", "content": "Do you take PayPal?"}])
+    assert grounding.covered is False or grounding.hits[0].passage.heading.endswith("Payments")
+    assert len(grounding.hits) == 2 and "Customer question: Do you take PayPal?" in grounding.messages[0]["content"]
+
+
+def test_cli_add_list_search_remove(tmp_path):
+    db = ["--db", f"sqlite:///{tmp_path / 'kb.db'}"]
+    added = runner.invoke(app, ["knowledge", "add", str(POLICY), *db])
+    assert added.exit_code == 0, added.output
+    assert "policy.md: added, 17 passage(s)" in added.output
+    listed = runner.invoke(app, ["knowledge", "list", *db])
+    assert "policy.md" in listed.output and "document" in listed.output and "17" in listed.output
+    found = runner.invoke(app, ["knowledge", "search", "Which cards do you accept?", "-k", "2", *db])
+    assert found.exit_code == 0, found.output
+    first = found.output.splitlines()[0]
+    assert "policy.md:41" in first and "> Payments" in first
+    assert "threshold" in found.output.splitlines()[-1]
+    removed = runner.invoke(app, ["knowledge", "remove", "policy.md", *db])
+    assert "removed policy.md: 17 passage(s)" in removed.output
+    missing = runner.invoke(app, ["knowledge", "remove", "policy.md", *db])
+    assert isinstance(missing.exception, EcombotError) and "sources: none" in str(missing.exception)
