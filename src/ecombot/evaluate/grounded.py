@@ -7,12 +7,15 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Callable
 
+from sqlalchemy.engine import make_url
+
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, normalise_text
 from ecombot.data.builtin import policy_text
 from ecombot.evaluate.metrics import extract_facts
 from ecombot.evaluate.slices import Edits, apply_edits
-from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, Passage, latest_question
+from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, Retriever, embed, latest_question
+from ecombot.knowledge.search import dense_text
 from ecombot.run_dir import RunDir
 
 
@@ -31,7 +34,8 @@ class StoreKnowledge:
         return set().union(*(extract_facts(f"{p.question or ''}\n{p.text}") for p in self.passages))
 
     def edited(self, edits: Edits) -> StoreKnowledge:
-        """The same knowledge after the store changed its documents (policy and training pairs alike)."""
+        """The same knowledge after the store changed its documents (policy and training pairs alike); a passage
+        whose searched text did not change keeps its vector."""
         if not edits:
             return self
         passages = [replace(p, text=apply_edits(p.text, edits),
@@ -39,10 +43,11 @@ class StoreKnowledge:
                     for p in self.passages]
         grounder = None
         if self.grounder:
-            from ecombot.knowledge import Retriever
-
             old = self.grounder.retriever
-            grounder = Grounder(Retriever(passages, threshold=old.threshold), self.grounder.k, self.handoff)
+            vectors = old.vectors.copy()
+            changed = [i for i, (a, b) in enumerate(zip(old.passages, passages)) if dense_text(a) != dense_text(b)]
+            vectors[changed] = embed([dense_text(passages[i]) for i in changed])
+            grounder = Grounder(Retriever(passages, vectors, old.threshold), self.grounder.k, self.handoff)
         return StoreKnowledge(passages, self.handoff, grounder, self.info)
 
 
@@ -53,17 +58,16 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
     name = cfg.knowledge or record.get("name") or "default"
     handoff = record.get("handoff") or DEFAULT_HANDOFF
     if grounded and name != "none":
-        from ecombot.knowledge import KnowledgeBase
-
         db = cfg.db or record.get("db")
         kb = KnowledgeBase(db, name)
-        passages = kb.passages()
-        if passages:
-            content_hash = kb.content_hash()
-            info = {"name": name, "db": db, "passages": len(passages), "content_hash": content_hash,
-                    "changed_since_training": bool(record) and record.get("content_hash") != content_hash}
-            return StoreKnowledge(passages, handoff, Grounder(kb.retriever(), record.get("k") or cfg.retrieval_k,
-                                                              handoff), info)
+        if not kb.is_empty:
+            retriever = kb.retriever()
+            db_shown = make_url(kb.url).render_as_string(hide_password=True)
+            info = {"name": name, "db": db_shown, "passages": len(retriever.passages), "content_hash": kb.content_hash()}
+            if record:
+                info["changed_since_training"] = record.get("content_hash") != info["content_hash"]
+            return StoreKnowledge(retriever.passages, handoff,
+                                  Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff), info)
     passages = [Passage("data: training split", "", 0, c.answer, c.question) for c in train]
     if builtin:
         passages.append(Passage("policy.md", "", 1, policy_text()))

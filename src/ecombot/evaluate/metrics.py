@@ -122,7 +122,8 @@ def _number(text: str) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def _unit(text: str) -> str:
+def _unit_name(text: str) -> str:
+    """'Business  Days' -> 'business day'."""
     words = text.lower().split()
     return " ".join(words[:-1] + [words[-1].rstrip("s")])
 
@@ -147,9 +148,10 @@ def _normalised_fact(kind: str, text: str) -> str:
         return f"{hour}{':' + minute if minute != '00' else ''} {half}"
     if kind == "range":
         low, high = re.findall(r"\d+", text)[:2]
-        return f"{low}-{high} {_unit(re.search(UNITS, text, re.IGNORECASE).group())}"
+        return f"{low}-{high} {_unit_name(re.search(UNITS, text, re.IGNORECASE).group())}"
     if kind == "quantity":
-        return f"{_number(re.match(NUMBER, text).group())} {_unit(re.search(UNITS + r'$', text, re.IGNORECASE).group())}"
+        unit = re.search(UNITS + "$", text, re.IGNORECASE).group()
+        return f"{_number(re.match(NUMBER, text).group())} {_unit_name(unit)}"
     return _number(text)
 
 
