@@ -163,19 +163,30 @@ def small_run(tmp_path_factory, tiny_model_dir):
     return run
 
 
-def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypatch, small_run, tiny_model_dir):
+@pytest.fixture()
+def small_builtin(monkeypatch):
+    """A small stand-in for the built-in data's split (every intent of the policy edits), so tests embed little."""
     from ecombot.data import builtin_path
+    from ecombot.evaluate import run as run_module
+
+    split = prepare(None).split
+    test = [c for c in split.test if c.intent in ("shipping_cost", "return_item")][:8]
+    test += [c for c in split.test if c.intent == "track_order"][:2]
+    train = [c for c in split.train if c.intent in ("shipping_cost", "return_item", "track_order", "reset_password")]
+    monkeypatch.setattr(run_module, "load_sets", lambda cfg: (test, train[:40], {"data": str(builtin_path())}))
+    return test, train[:40]
+
+
+def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypatch, small_run, tiny_model_dir,
+                                                             small_builtin):
     from ecombot.data.builtin import policy_text
     from ecombot.evaluate import EvalConfig, print_table, run_evaluation
     from ecombot.evaluate import run as run_module
     from ecombot.knowledge import KnowledgeBase, qa_passages
 
-    # a small stand-in for the built-in split, so the test embeds little: every intent of the policy edits
-    split = prepare(None).split
-    test = [c for c in split.test if c.intent in ("shipping_cost", "return_item", "track_order")][:8]
-    train = [c for c in split.train if c.intent in ("shipping_cost", "return_item", "track_order", "reset_password")]
-    train = train[:40]
-    monkeypatch.setattr(run_module, "load_sets", lambda cfg: (test, train, {"data": str(builtin_path())}))
+    test, train = small_builtin
+    edited = len(changed_by(test, policy_edits()))
+    assert edited >= 4
     monkeypatch.setattr(run_module, "TransformersEngine", EchoEngine)
     EchoEngine.generated = []
     (tmp_path / "policy.md").write_text(policy_text())
@@ -183,14 +194,16 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
     kb = KnowledgeBase(db, "store")
     kb.add_files([tmp_path / "policy.md"])
     kb.add_passages("data: train.jsonl", qa_passages(train, "data: train.jsonl"))
-    kb.add_passages("data: leaked", qa_passages(test, "data: leaked"))
+    leaked = next(c for c in test if len(c.messages) == 2)
+    kb.add_passages("data: leaked", qa_passages([leaked], "data: leaked"))
     out = tmp_path / "eval"
     cfg = EvalConfig(adapters=[str(small_run)], model=str(tiny_model_dir), knowledge="store", db=db, limit=6,
                      systems=("retrieval", "finetuned", "grounded", "base+knowledge"), output=str(out))
     result = run_evaluation(cfg)
 
     assert set(result.systems) == {"retrieval", "run", "run+knowledge", "base+knowledge"}
-    assert {name: s.test_size for name, s in result.slices.items()} == {"unseen_topics": 6, "policy_edits": 6,
+    assert {name: s.test_size for name, s in result.slices.items()} == {"unseen_topics": 6,
+                                                                         "policy_edits": min(6, edited),
                                                                          "not_covered": 6}
     assert result.knowledge["name"] == "store" and result.knowledge["passages"] == len(kb.passages())
     by_slice = {}
@@ -203,8 +216,9 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
             assert answer.startswith("Store knowledge:\n[1] ") and answer.endswith(f"Customer question: {p.question}")
             assert len(p.sources["run+knowledge"]) == 3 and "run" not in p.sources
         assert p.answers["run"] == p.question  # the fine-tuned system saw the question alone
-    # the test item's own pair (leaked into the knowledge base here) is never among its passages
-    assert all(s["source"] != "data: leaked" for p in by_slice["heldout"] for s in p.sources["run+knowledge"])
+    # a test item's own pair (leaked into the knowledge base here) is not among its passages
+    [own] = [p for p in by_slice["heldout"] if p.question == leaked.question]
+    assert own.sources["run+knowledge"] and all(s["source"] != "data: leaked" for s in own.sources["run+knowledge"])
     # policy edits: the knowledge the grounded systems saw and the references carry the new values
     for p in by_slice["policy_edits"]:
         assert any(new in p.reference for _, new in policy_edits())
@@ -242,10 +256,10 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
 
     console = Console(record=True, width=250)
     print_table(result, console)
-    assert "slice policy_edits: 6 questions" in console.export_text()
+    assert f"slice policy_edits: {min(6, edited)} questions" in console.export_text()
 
 
-def test_no_slices_and_no_knowledge(tmp_path, monkeypatch):
+def test_no_slices_and_no_knowledge(tmp_path, monkeypatch, small_builtin):
     from ecombot.evaluate import EvalConfig, evaluate
 
     monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path))
