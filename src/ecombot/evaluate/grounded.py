@@ -64,7 +64,7 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
             retriever = kb.retriever()
             db_shown = make_url(kb.url).render_as_string(hide_password=True)
             info = {"name": name, "db": db_shown, "passages": len(retriever.passages), "content_hash": kb.content_hash()}
-            if record:
+            if record.get("name") == name:
                 info["changed_since_training"] = record.get("content_hash") != info["content_hash"]
             return StoreKnowledge(retriever.passages, handoff,
                                   Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff), info)
