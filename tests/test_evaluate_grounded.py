@@ -264,7 +264,8 @@ def test_no_slices_and_no_knowledge(tmp_path, monkeypatch, small_builtin):
 
     monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path))
     result = evaluate(EvalConfig(systems=("retrieval", "base+knowledge"), limit=3, slices=False))
-    assert set(result.systems) == {"retrieval"} and result.slices == {} and result.knowledge == {}
+    assert set(result.systems) == {"retrieval"} and result.slices == {}
+    assert result.knowledge == {"name": "default", "db": f"sqlite:///{tmp_path / 'ecombot.db'}", "passages": 0}
     result = evaluate(EvalConfig(systems=("retrieval",), limit=3, knowledge="none"))
     assert set(result.slices) == {"unseen_topics", "policy_edits", "not_covered"}
     assert all(s.test_size == 3 for s in result.slices.values())

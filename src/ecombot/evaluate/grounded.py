@@ -57,13 +57,13 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
     record = (RunDir(cfg.adapters[0]).knowledge() if cfg.adapters else None) or {}
     name = cfg.knowledge or record.get("name") or "default"
     handoff = record.get("handoff") or DEFAULT_HANDOFF
+    info = {"name": name}
     if grounded and name != "none":
-        db = cfg.db or record.get("db")
-        kb = KnowledgeBase(db, name)
+        kb = KnowledgeBase(cfg.db or record.get("db"), name)
+        info.update(db=make_url(kb.url).render_as_string(hide_password=True), passages=0)
         if not kb.is_empty:
             retriever = kb.retriever()
-            db_shown = make_url(kb.url).render_as_string(hide_password=True)
-            info = {"name": name, "db": db_shown, "passages": len(retriever.passages), "content_hash": kb.content_hash()}
+            info.update(passages=len(retriever.passages), content_hash=kb.content_hash())
             if record.get("name") == name:
                 info["changed_since_training"] = record.get("content_hash") != info["content_hash"]
             return StoreKnowledge(retriever.passages, handoff,
@@ -71,7 +71,7 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
     passages = [Passage("data: training split", "", 0, c.answer, c.question) for c in train]
     if builtin:
         passages.append(Passage("policy.md", "", 1, policy_text()))
-    return StoreKnowledge(passages, handoff)
+    return StoreKnowledge(passages, handoff, info=info)
 
 
 def own_pair(conv: Conversation) -> Callable[[Passage], bool]:

@@ -156,7 +156,7 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
         md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]
     if result.knowledge:
-        md += [f"Knowledge base of the grounded systems: {json.dumps(result.knowledge)}.", ""]
+        md += [f"Knowledge base (grounded systems): {json.dumps(result.knowledge)}.", ""]
     md += markdown_table(["system", *TABLE_METRICS], table_rows(result.systems)) + [""]
     if result.slices:
         md += slice_sections(result)

@@ -31,7 +31,8 @@ from ecombot.evaluate.slices import EvalSet, builtin_slices
 from ecombot.knowledge import Grounding, embed, is_handoff, latest_question
 from ecombot.run_dir import RunDir
 
-GROUNDED = {"grounded", "base+knowledge"}
+GROUNDED = {"grounded", "base+knowledge"}  # the systems answering through the knowledge base
+
 
 @dataclass
 class SystemAnswers:
@@ -113,8 +114,6 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
     return picked
 
 
-
-
 def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
                  given: list[str | None] | None = None) -> SystemAnswers:
     """Answers for the prompts; an item with a `given` answer (the handoff) is not generated: no time, no tokens."""
@@ -143,7 +142,7 @@ class Contestants:
         self.fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
         self.model_spec = cfg.model or (RunDir(cfg.adapters[0]).base_model() if cfg.adapters else None)
         names = [Path(a).resolve().name for a in cfg.adapters]
-        runs = [("base", "base", BASE), ("base-fewshot", "base-fewshot", BASE), ("base+knowledge", "base+knowledge", BASE)]
+        runs = [(kind, kind, BASE) for kind in ("base", "base-fewshot", "base+knowledge")]
         for name in names:
             runs += [("finetuned", name, name), ("finetuned+retrieval", f"{name}+retrieval", name),
                      ("grounded", f"{name}+knowledge", name)]
@@ -200,7 +199,8 @@ class Contestants:
         return systems
 
 
-def handoff_estimates(predicted: list[bool], truth: list[bool], indices: np.ndarray) -> dict[str, metrics.Estimate | None]:
+def handoff_estimates(predicted: list[bool], truth: list[bool],
+                      indices: np.ndarray) -> dict[str, metrics.Estimate | None]:
     return {name: metrics.subset_mean_estimate(values, indices)
             for name, values in metrics.handoff_outcomes(predicted, truth).items()}
 
@@ -280,7 +280,8 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
             "training data: scores of fine-tuned and retrieval systems are inflated (flagged in results.json)")
     knowledge = open_knowledge(cfg, train, builtin, grounded=bool(GROUNDED & set(cfg.systems)))
     if GROUNDED & set(cfg.systems) and not knowledge.grounder:
-        say(f"grounded systems skipped: no knowledge base with passages ({cfg.knowledge or 'default'})")
+        say(f"grounded systems skipped: knowledge base {knowledge.info['name']!r} is "
+            + ("empty (ecombot knowledge add FILE)" if knowledge.info["name"] != "none" else "turned off"))
         cfg.systems = tuple(s for s in cfg.systems if s not in GROUNDED)
     if knowledge.info.get("changed_since_training"):
         say(f"[yellow]warning:[/yellow] knowledge base {knowledge.info['name']} changed since the adapter trained")
