@@ -265,3 +265,19 @@ def test_builtin_dataset_meets_its_promises():
     for fact in ("30 days", "5 business days", "$4.95", "1-800-555-0142", "60 minutes", "14 days"):
         assert fact in policy and fact in answers, fact
     assert str(builtin_path()).endswith("harbor_pine_support.jsonl")
+
+
+def test_builtin_unseen_intents_are_in_no_split_and_the_report_says_so():
+    from ecombot.data import UNSEEN_INTENTS
+
+    prepared = prepare(None)
+    everything = prepared.split.train + prepared.split.validation + prepared.split.test
+    assert len(UNSEEN_INTENTS) == 3 and not {c.intent for c in everything} & set(UNSEEN_INTENTS)
+    raw, _ = clean(read_file(builtin_path()))
+    held = [c for c in raw if c.intent in UNSEEN_INTENTS]
+    report = prepared.report
+    assert report.held_out["conversations"] == len(held) == len(raw) - len(everything) > 0
+    assert report.held_out["intents"] == sorted(UNSEEN_INTENTS) and "unseen topics" in report.held_out["reason"]
+    assert report.kept == len(everything) and not set(report.intents) & set(UNSEEN_INTENTS)
+    assert report.to_dict()["held_out"] == report.held_out
+    assert "held_out" not in load_conversations(builtin_path())[1].to_dict()  # a file given by path is used whole

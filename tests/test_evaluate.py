@@ -97,6 +97,12 @@ def test_html_report_renders_the_markdown_and_escapes_answers():
 
 # --- the whole evaluation on a tiny model ------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """The default knowledge base lives in $ECOMBOT_HOME: here an empty one, so grounded systems are skipped."""
+    monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_model_dir):
     from conftest import write_small_dataset

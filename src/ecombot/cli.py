@@ -179,7 +179,8 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="Data file; its test split is used (same seed => same split as train)."),
     test: Optional[str] = typer.Option(None, help="Explicit test file instead of a split of --data."),
     adapter: List[Path] = typer.Option([], help="Run directory of an adapter (repeatable to compare runs)."),
-    systems: str = typer.Option("base,base-fewshot,retrieval,finetuned,finetuned+retrieval", help="Comma-separated."),
+    systems: str = typer.Option("base,base-fewshot,retrieval,finetuned,finetuned+retrieval,grounded,base+knowledge",
+                                help="Comma-separated."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test conversations."),
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
@@ -187,13 +188,21 @@ def evaluate(
     fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
     batch_size: int = typer.Option(8, help="Questions generated together."),
     max_new_tokens: int = typer.Option(160, help="Longest answer in tokens."),
+    knowledge: Optional[str] = typer.Option(None, help="Knowledge base of the grounded systems (default: the "
+                                                       "adapter's, else 'default'; 'none': no grounded systems)."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the knowledge base (default: the adapter's, else "
+                                                "$ECOMBOT_HOME/ecombot.db)."),
+    slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
+                                           "questions the knowledge does not cover."),
 ) -> None:
-    """Compare base, few-shot, retrieval and fine-tuned systems on one held-out test set, with 95% CIs."""
+    """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
+    data's slices), with 95% CIs."""
     from ecombot.evaluate import EvalConfig, print_table, run_evaluation
 
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()))
+                     max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
+                     knowledge=knowledge, db=db, slices=slices)
     result = run_evaluation(cfg, console)
     print_table(result, console)
     console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval")
+SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval", "grounded", "base+knowledge")
 
 
 @dataclass
@@ -23,4 +23,8 @@ class EvalConfig:
     retrieval_k: int = 3
     batch_size: int = 8
     max_new_tokens: int = 160
+    knowledge: str | None = None  # knowledge base of grounded systems: None = the adapter's run record, else
+    #                               "default"; "none" = no grounded systems
+    db: str | None = None  # its database (default: the run record's, else $ECOMBOT_HOME's)
+    slices: bool = True  # also score the built-in data's slices (evaluate/slices.py) when evaluating on it
     system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's

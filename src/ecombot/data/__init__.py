@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecombot.data.builtin import builtin_path
+from ecombot.data.builtin import UNSEEN_INTENTS, builtin_path
 from ecombot.data.conversation import Conversation, normalise_text
 from ecombot.data.readers import FORMATS, read_file
 from ecombot.data.split import SPLITS, Split, leaked_questions, split_conversations, split_files, write_split
@@ -20,8 +20,14 @@ class PreparedData:
 
 
 def load_conversations(path: str | Path | None) -> tuple[list[Conversation], DataReport]:
-    """Read and clean one file (None: the built-in dataset)."""
-    return clean(read_file(path if path is not None else builtin_path()))
+    """Read and clean one file. None: the built-in dataset without its UNSEEN_INTENTS (evaluation asks them as
+    unseen topics, so no split may hold them); a user's file is used whole."""
+    convs, report = clean(read_file(path if path is not None else builtin_path()))
+    if path is None:
+        held = [c for c in convs if c.intent in UNSEEN_INTENTS]
+        report.hold_out(held, "unseen topics: evaluation asks them to test answers from the knowledge base alone")
+        convs = [c for c in convs if c.intent not in UNSEEN_INTENTS]
+    return convs, report
 
 
 def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> PreparedData:
@@ -35,6 +41,6 @@ def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: f
     return PreparedData(split, report)
 
 
-__all__ = ["Conversation", "DataReport", "FORMATS", "PreparedData", "SPLITS", "Split", "builtin_path", "clean",
-           "leaked_questions", "load_conversations", "normalise_text", "prepare", "read_file", "split_conversations",
-           "split_files", "write_split"]
+__all__ = ["Conversation", "DataReport", "FORMATS", "PreparedData", "SPLITS", "Split", "UNSEEN_INTENTS", "builtin_path",
+           "clean", "leaked_questions", "load_conversations", "normalise_text", "prepare", "read_file",
+           "split_conversations", "split_files", "write_split"]

@@ -29,6 +29,16 @@ class DataReport:
     token_percentiles: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
     max_length: int | None = None
+    held_out: dict = field(default_factory=dict)  # {"intents", "conversations", "reason"}: kept out of every split
+
+    def hold_out(self, held: list[Conversation], reason: str) -> None:
+        """Take kept conversations out of the counts (they are read, valid, and deliberately not used)."""
+        self.kept -= len(held)
+        self.multi_turn -= sum(len(c.messages) > 2 for c in held)
+        self.intents.subtract(c.intent for c in held)
+        self.intents = +self.intents
+        intents = sorted({c.intent or "" for c in held})
+        self.held_out = {"intents": intents, "conversations": len(held), "reason": reason}
 
     def drop(self, conv: Conversation, reason: str) -> None:
         self.dropped[reason] += 1
@@ -49,6 +59,7 @@ class DataReport:
             "dropped": dict(self.dropped), "dropped_examples": self.dropped_examples,
             "intents": dict(self.intents.most_common()), "multi_turn": self.multi_turn,
             "token_percentiles": self.token_percentiles, "truncated": self.truncated, "max_length": self.max_length,
+            **({"held_out": self.held_out} if self.held_out else {}),
         }
 
 

@@ -1,4 +1,5 @@
-"""Evaluation stage: held-out loss, the base / few-shot / retrieval / fine-tuned comparison, adapter anatomy."""
+"""Evaluation stage: held-out loss, the base / few-shot / retrieval / fine-tuned / grounded comparison on the held-out
+set and the built-in data's slices, adapter anatomy."""
 
 from __future__ import annotations
 
@@ -22,24 +23,30 @@ def run_evaluation(cfg: EvalConfig, console=None) -> EvalResult:
 
 
 def print_table(result: EvalResult, console) -> None:
-    """Compact terminal table: value ± half-width of the 95% interval (report.md has the exact bounds)."""
+    """Compact terminal tables, the held-out set's then each slice's: value ± half-width of the 95% interval
+    (report.md has the exact bounds)."""
     from rich.table import Table
 
     columns = {"bleu": ("BLEU", 1), "chrf": ("chrF", 1), "rouge_l": ("ROUGE-L", 1), "semantic": ("semantic", 2),
-               "intent_accuracy": ("intent", 2), "loss": ("loss", 2), "latency_s": ("latency s", 1)}
-    table = Table(title=f"{result.test_size} held-out test conversations (± = 95% bootstrap interval)",
-                  show_lines=True)
-    table.add_column("system")
-    for header, _ in columns.values():
-        table.add_column(header, justify="right")
-    for name, system in result.systems.items():
-        cells = []
-        for metric, (_, digits) in columns.items():
-            m = getattr(system, metric)
-            half = max(m.value - m.low, m.high - m.value) if m else 0.0
-            cells.append(f"{m.value:.{digits}f}\n±{half:.{digits}f}" if m else "–")
-        table.add_row(name, *cells)
-    console.print(table)
+               "intent_accuracy": ("intent", 2), "loss": ("loss", 2), "latency_s": ("latency s", 1),
+               "fact_accuracy": ("facts", 2), "invented_fact_rate": ("invented", 2),
+               "handoff_precision": ("handoff P", 2), "handoff_recall": ("handoff R", 2),
+               "false_handoffs": ("false handoff", 2)}
+    sets = [(f"{result.test_size} held-out test conversations", result.systems)]
+    sets += [(f"slice {name}: {s.test_size} questions", s.systems) for name, s in result.slices.items()]
+    for title, systems in sets:
+        table = Table(title=f"{title} (± = 95% bootstrap interval)", show_lines=True)
+        table.add_column("system")
+        for header, _ in columns.values():
+            table.add_column(header, justify="right")
+        for name, system in systems.items():
+            cells = []
+            for metric, (_, digits) in columns.items():
+                m = getattr(system, metric)
+                half = max(m.value - m.low, m.high - m.value) if m else 0.0
+                cells.append(f"{m.value:.{digits}f}\n±{half:.{digits}f}" if m else "–")
+            table.add_row(name, *cells)
+        console.print(table)
 
 
 __all__ = ["EvalConfig", "EvalResult", "Prediction", "SYSTEMS", "evaluate", "heldout_loss", "item_losses",

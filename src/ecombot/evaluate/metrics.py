@@ -7,6 +7,7 @@ corpus score from sacrebleu's own per-sentence sufficient statistics (what `sacr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,3 +93,116 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def nearest_intents(answer_vectors: np.ndarray, pool_vectors: np.ndarray, pool_intents: list[str]) -> list[str]:
     """The intent of the pool reference closest to each answer (cosine)."""
     return [pool_intents[i] for i in (_unit(answer_vectors) @ _unit(pool_vectors).T).argmax(axis=1)]
+
+
+# --- facts: what a grounded answer must get exactly right ----------------------------------------------------
+
+UNITS = r"(business\s+days?|days?|hours?|minutes?|weeks?|months?|years?|payments?|installments?)\b"
+NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # 1,000.50 | 4.95 | 30
+DASH = r"\s*(?:[-–—]|to)\s*"
+# In priority order: each match is blanked out before the next pattern looks, so "1-800-555-0142" is one phone
+# number (not plain numbers), "$4.95" one amount, "8 am–8 pm" two times (not a range).
+FACT_PATTERNS = (
+    ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    ("url", r"(?:https?://|www\.)[^\s<>()\"']+"),
+    ("phone", r"(?<![\d-])(?:\d{1,3}[-. ])?\d{3}[-. ]\d{3}[-. ]\d{4}(?![\d-])"),
+    ("money", rf"[$€£]\s?(?:{NUMBER})|\b(?:{NUMBER})\s*(?:dollars|usd)\b"),
+    ("percent", rf"\b(?:{NUMBER})\s*(?:%|percent\b)"),
+    ("time", r"\b\d{1,2}(?::\d{2})?\s*[ap]\.?m\b\.?|\b\d{1,2}:\d{2}\b"),
+    ("range", rf"\b\d+{DASH}\d+(?:\s+|-){UNITS}"),
+    ("quantity", rf"\b(?:{NUMBER})(?:\s+|-)(?:[a-z]+-[a-z]+\s+)?{UNITS}"),
+    ("number", r"\b(?:\d{1,3}(?:,\d{3})+|\d+\.\d+|\d{2,})\b"),
+)
+FACT_RE = [(kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in FACT_PATTERNS]
+
+
+def _number(text: str) -> str:
+    """'1,000' -> '1000', '4.50' -> '4.5', '50.00' -> '50'."""
+    value = float(text.replace(",", ""))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _unit_name(text: str) -> str:
+    """'Business  Days' -> 'business day'."""
+    words = text.lower().split()
+    return " ".join(words[:-1] + [words[-1].rstrip("s")])
+
+
+def _normalised_fact(kind: str, text: str) -> str:
+    text = text.strip().lower()
+    if kind == "email":
+        return text.rstrip(".")
+    if kind == "url":
+        return re.sub(r"^(https?://)?(www\.)?", "", text).rstrip(".,;:!?/")
+    if kind == "phone":
+        return re.sub(r"\D", "", text)[-10:]  # with or without the country code
+    if kind == "money":
+        return "$" + _number(re.search(NUMBER, text).group())
+    if kind == "percent":
+        return _number(re.search(NUMBER, text).group()) + "%"
+    if kind == "time":
+        hour, minute = (re.findall(r"\d+", text) + ["00"])[:2]
+        hour, half = int(hour), ("pm" if "p" in text else "am" if "a" in text else None)
+        if half is None:  # 24-hour clock: 14:00 is 2 pm
+            hour, half = (hour - 12 if hour > 12 else hour or 12), ("pm" if hour >= 12 else "am")
+        return f"{hour}{':' + minute if minute != '00' else ''} {half}"
+    if kind == "range":
+        low, high = re.findall(r"\d+", text)[:2]
+        return f"{low}-{high} {_unit_name(re.search(UNITS, text, re.IGNORECASE).group())}"
+    if kind == "quantity":
+        unit = re.search(UNITS + "$", text, re.IGNORECASE).group()
+        return f"{_number(re.match(NUMBER, text).group())} {_unit_name(unit)}"
+    return _number(text)
+
+
+def extract_facts(text: str) -> set[str]:
+    """The checkable facts of a text, normalised so that different spellings of one fact compare equal:
+    amounts ("$4.95", "4.95 dollars"), quantities and ranges with units ("30 days", "1-year", "3–5 business days",
+    "3 to 5 business days"), percentages, clock times ("2 pm", "14:00"), e-mail addresses, URLs, phone numbers
+    and other numbers of two or more digits. Single digits without a unit ("step 2") are not facts."""
+    facts = set()
+    for kind, pattern in FACT_RE:
+        for match in pattern.finditer(text):
+            facts.add(_normalised_fact(kind, match.group()))
+        text = pattern.sub(lambda m: " " * len(m.group()), text)
+    return facts
+
+
+def fact_accuracy(answers: list[str], references: list[str]) -> list[float | None]:
+    """Per item: the share of the reference's facts the answer states; None when the reference states none."""
+    out = []
+    for answer, reference in zip(answers, references):
+        wanted = extract_facts(reference)
+        out.append(len(wanted & extract_facts(answer)) / len(wanted) if wanted else None)
+    return out
+
+
+def invented_fact_rate(answers: list[str], references: list[str], knowledge: set[str]) -> list[float | None]:
+    """Per item: the share of the answer's facts found neither in the reference nor in `knowledge` (the facts of
+    everything the store told the system); None when the answer states none."""
+    out = []
+    for answer, reference in zip(answers, references):
+        stated = extract_facts(answer)
+        out.append(len(stated - extract_facts(reference) - knowledge) / len(stated) if stated else None)
+    return out
+
+
+def handoff_outcomes(predicted: list[bool], truth: list[bool]) -> dict[str, list[float | None]]:
+    """Per item values whose subset means are handoff precision (over predicted handoffs), recall (over questions
+    whose reference is the handoff) and the false-handoff rate (over questions the knowledge covers)."""
+    return {"handoff_precision": [float(t) if p else None for p, t in zip(predicted, truth)],
+            "handoff_recall": [float(p) if t else None for p, t in zip(predicted, truth)],
+            "false_handoffs": [None if t else float(p) for p, t in zip(predicted, truth)]}
+
+
+def subset_mean_estimate(values: list[float | None], indices: np.ndarray) -> Estimate | None:
+    """Mean over the items that have a value (None: the metric does not apply to the item); each resample averages
+    the applicable items it drew, so the interval uses the same resamples as every other metric."""
+    present = np.array([v is not None for v in values], dtype=float)
+    if not present.any():
+        return None
+    numbers = np.array([v or 0.0 for v in values], dtype=float)
+    counts = present[indices].sum(axis=1)
+    means = numbers[indices].sum(axis=1)[counts > 0] / counts[counts > 0]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Estimate(float(numbers.sum() / present.sum()), float(low), float(high))

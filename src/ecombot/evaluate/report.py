@@ -11,12 +11,20 @@ from markdown_it import MarkdownIt
 
 from ecombot import atomic
 from ecombot.evaluate.metrics import Estimate
-from ecombot.evaluate.result import EvalResult
+from ecombot.evaluate.result import EvalResult, Prediction, SystemScores
 from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
-TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s")
-TRANSCRIPTS = 10
+GROUNDING_METRICS = ("fact_accuracy", "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs")
+TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s", *GROUNDING_METRICS)
+HANDOFF_METRICS = ("handoff_precision", "handoff_recall", "false_handoffs")
+TRANSCRIPTS = 10  # of the held-out set; 3 of each slice
+SLICE_TEXT = {
+    "unseen_topics": "intents held out of training entirely; the answer is only in the store's knowledge",
+    "policy_edits": "the store changed its policy after training; the knowledge base and the references carry the "
+                    "new values, the weights the old ones",
+    "not_covered": "questions the store's knowledge does not answer; the reference is the handoff",
+}
 HTML_HEAD = ("<!doctype html><meta charset='utf-8'><title>ecombot evaluation</title>\n"
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
@@ -30,11 +38,43 @@ def fmt(metric: Estimate | None, digits: int = 2) -> str:
 
 
 def digits_for(name: str) -> int:
-    return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s") else 1
+    return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s", *GROUNDING_METRICS) else 1
 
 
-def table_rows(result: EvalResult) -> list[list[str]]:
-    return [[name] + [fmt(getattr(s, m), digits_for(m)) for m in TABLE_METRICS] for name, s in result.systems.items()]
+def table_rows(systems: dict[str, SystemScores]) -> list[list[str]]:
+    return [[name] + [fmt(getattr(s, m), digits_for(m)) for m in TABLE_METRICS] for name, s in systems.items()]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def transcripts(predictions: list[Prediction]) -> list[str]:
+    md = []
+    for p in predictions:
+        md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
+        for name, answer in p.answers.items():
+            used = ", ".join(source["label"] for source in p.sources.get(name, []))
+            md.append(f"- *{name}*: {answer}" + (f" (sources: {used})" if used else ""))
+        md.append("")
+    return md
+
+
+def slice_sections(result: EvalResult) -> list[str]:
+    md = ["## Slices of the built-in data", "",
+          "Fact accuracy = share of the reference's facts (amounts, durations, times, numbers, addresses) the answer "
+          "states; invented facts = share of the answer's facts found neither in the reference nor in the knowledge "
+          "the system could see; a handoff is predicted when the system chose not to answer or its answer is the "
+          "handoff; false handoffs = share of covered questions handed over.", ""]
+    for name, scores in result.slices.items():
+        md += [f"### {name} ({scores.test_size} questions)", "", SLICE_TEXT.get(name, ""), ""]
+        md += markdown_table(["system", *TABLE_METRICS], table_rows(scores.systems)) + [""]
+        md += transcripts([p for p in result.predictions if p.slice == name][:3])
+    if result.handoff:
+        md += ["### Handoffs over the held-out set and every slice", ""]
+        md += markdown_table(["system", *HANDOFF_METRICS], [[name] + [fmt(values[m], 3) for m in HANDOFF_METRICS]
+                                                            for name, values in result.handoff.items()]) + [""]
+    return md
 
 
 def plot_metrics(result: EvalResult, png: Path) -> Path:
@@ -107,7 +147,6 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
     for i, anatomy in enumerate(anatomies):
         images[f"adapter anatomy {Path(anatomy['run']).name}"] = plot_anatomy(anatomy, output / f"anatomy_{i}.png")
 
-    header = ["system", *TABLE_METRICS]
     md = ["# ecombot evaluation", "",
           f"Test set: {result.test_size} conversations ({json.dumps(result.source)}); "
           f"training pool for retrieval/few-shot: {result.train_size}. 95% bootstrap intervals "
@@ -116,9 +155,11 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
     if result.source.get("leaked_test_questions"):
         md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]
-    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
-    md += [""]
+    if result.knowledge:
+        md += [f"Knowledge base (grounded systems): {json.dumps(result.knowledge)}.", ""]
+    md += markdown_table(["system", *TABLE_METRICS], table_rows(result.systems)) + [""]
+    if result.slices:
+        md += slice_sections(result)
     for anatomy in anatomies:
         md += [f"## Adapter anatomy: {Path(anatomy['run']).name}", "",
                f"Trainable parameters: {anatomy['trainable_parameters']:,}"
@@ -130,10 +171,7 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
                for m in anatomy["modules"]]
         md += [""]
     md += ["## Plots", ""] + [f"![{label}]({path.name})" for label, path in images.items()] + [""]
-    md += ["## Transcripts", ""]
-    for p in predictions[:TRANSCRIPTS]:
-        md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
-        md += [f"- *{name}*: {answer}" for name, answer in p.answers.items()] + [""]
+    md += ["## Transcripts", ""] + transcripts([p for p in predictions if p.slice == "heldout"][:TRANSCRIPTS])
     atomic.write_text(output / "report.md", "\n".join(md))
     atomic.write_text(output / "report.html", markdown_to_html("\n".join(md)))
     return {"results": output / "results.json", "report": output / "report.md", **images}

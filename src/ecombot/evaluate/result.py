@@ -38,6 +38,13 @@ class SystemScores:
     tokens_per_s: float | None
     seconds: float
     per_intent: dict[str, IntentScores]
+    # grounded answers (see metrics.py): items without a reference fact, without an answer fact, without a
+    # predicted handoff, ... do not count in the metric that needs one; None when no item does
+    fact_accuracy: metrics.Estimate | None = None
+    invented_fact_rate: metrics.Estimate | None = None
+    handoff_precision: metrics.Estimate | None = None
+    handoff_recall: metrics.Estimate | None = None
+    false_handoffs: metrics.Estimate | None = None
 
     def to_dict(self) -> dict:
         row = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -55,6 +62,19 @@ class Prediction:
     turns: int
     reference: str
     answers: dict[str, str]
+    slice: str = "heldout"
+    sources: dict[str, list[dict]] = field(default_factory=dict)  # per grounded system: the passages it was shown
+
+
+@dataclass
+class SliceScores:
+    """The systems' scores on one slice of the built-in data (evaluate/slices.py)."""
+
+    test_size: int
+    systems: dict[str, SystemScores]
+
+    def to_dict(self) -> dict:
+        return {"test_size": self.test_size, "systems": {name: s.to_dict() for name, s in self.systems.items()}}
 
 
 @dataclass
@@ -71,6 +91,9 @@ class EvalResult:
     bootstrap_samples: int
     systems: dict[str, SystemScores]
     predictions: list[Prediction]
+    slices: dict[str, SliceScores] = field(default_factory=dict)
+    handoff: dict[str, dict[str, metrics.Estimate | None]] = field(default_factory=dict)  # per system, all sets pooled
+    knowledge: dict = field(default_factory=dict)  # the knowledge base the grounded systems searched
     adapter_anatomy: list[dict] = field(default_factory=list)  # filled by run_evaluation
     files: dict[str, Path] = field(default_factory=dict)  # what write_report wrote, by name
 
@@ -79,6 +102,13 @@ class EvalResult:
                    "test_size": self.test_size, "train_size": self.train_size, "system_prompts": self.system_prompts,
                    "bootstrap_samples": self.bootstrap_samples,
                    "systems": {name: scores.to_dict() for name, scores in self.systems.items()}}
+        if self.slices:
+            results["slices"] = {name: scores.to_dict() for name, scores in self.slices.items()}
+        if self.handoff:
+            results["handoff"] = {name: {k: e.to_dict() if e else None for k, e in values.items()}
+                                  for name, values in self.handoff.items()}
+        if self.knowledge:
+            results["knowledge"] = self.knowledge
         if self.adapter_anatomy:
             results["adapter_anatomy"] = self.adapter_anatomy
         return results

@@ -1,8 +1,11 @@
-"""The evaluation recipe: one held-out test set, every system answers it, every metric with a 95% CI.
+"""The evaluation recipe: one held-out test set (on the built-in data also its slices), every system answers it,
+every metric with a 95% CI.
 
 Systems: `base` (zero-shot with the store prompt), `base-fewshot` (k training pairs as example turns),
-`retrieval` (answer of the nearest training question, no generation), and per adapter `<run name>`
-(fine-tuned) and `<run name>+retrieval` (fine-tuned with the top-k retrieved pairs as example turns).
+`retrieval` (answer of the nearest training question, no generation), `base+knowledge` (the base model grounded in
+the store's knowledge base), and per adapter `<run name>` (fine-tuned), `<run name>+retrieval` (fine-tuned with the
+top-k retrieved pairs as example turns) and `<run name>+knowledge` (system `grounded`: fine-tuned and grounded).
+A grounded system answers a question its knowledge does not cover with the handoff, without generating.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,10 +24,15 @@ from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
-from ecombot.knowledge import embed
+from ecombot.evaluate.grounded import StoreKnowledge, open_knowledge, own_pair
 from ecombot.evaluate.heldout import item_losses
-from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SystemScores
+from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SliceScores, SystemScores
+from ecombot.evaluate.slices import EvalSet, builtin_slices
+from ecombot.knowledge import Grounding, embed, is_handoff, latest_question
 from ecombot.run_dir import RunDir
+
+GROUNDED = {"grounded", "base+knowledge"}  # the systems answering through the knowledge base
+
 
 @dataclass
 class SystemAnswers:
@@ -33,6 +42,12 @@ class SystemAnswers:
     new_tokens: list[int]
     seconds: float
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
+    groundings: list[Grounding] | None = None  # grounded systems: the passages shown and the coverage decisions
+
+    def handoffs(self, handoff: str) -> list[bool]:
+        """Which questions the system handed over: it decided the knowledge does not cover them, or said so."""
+        decided = [not g.covered for g in self.groundings] if self.groundings else [False] * len(self.answers)
+        return [d or is_handoff(a, handoff) for d, a in zip(decided, self.answers)]
 
 
 def file_hash(path: Path) -> str:
@@ -40,7 +55,7 @@ def file_hash(path: Path) -> str:
 
 
 def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], dict]:
-    """The test set (and the training set that retrieval and few-shot draw on), split as `train` does."""
+    """The whole test set (and the training set that retrieval and few-shot draw on), split as `train` does."""
     if cfg.test:
         test, report = clean(read_file(cfg.test))
         train: list[Conversation] = []
@@ -56,14 +71,11 @@ def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], 
         test, train = prepared.split.test, prepared.split.train
         path = Path(prepared.report.path)
         source = {"data": str(path), "data_sha256": file_hash(path), "split_seed": cfg.seed}
-    if cfg.limit:
-        test = test[: cfg.limit]
     if not test:
         raise EcombotError(f"{cfg.test or cfg.data or 'built-in data'}: the test set is empty (nothing to evaluate)")
     needs_train = {"base-fewshot", "retrieval", "finetuned+retrieval"} & set(cfg.systems)
     if needs_train and not train:
         raise EcombotError(f"systems {', '.join(sorted(needs_train))} need training data: pass --data FILE")
-    source["leaked_test_questions"] = len(leaked_questions(train, test))
     return test, train, source
 
 
@@ -102,28 +114,106 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
     return picked
 
 
-def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int) -> SystemAnswers:
-    answers, latency, tokens = [], [], []
+def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
+                 given: list[str | None] | None = None) -> SystemAnswers:
+    """Answers for the prompts; an item with a `given` answer (the handoff) is not generated: no time, no tokens."""
+    given = given or [None] * len(prompts)
+    todo = [i for i, answer in enumerate(given) if answer is None]
+    answers, latency, tokens = list(given), [0.0] * len(prompts), [0] * len(prompts)
     started = time.time()
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start:start + batch_size]
         t = time.time()
-        batch = engine.generate(prompts[start:start + batch_size], adapter)
+        batch = engine.generate([prompts[i] for i in rows], adapter)
         elapsed = time.time() - t
-        answers += [g.text for g in batch]
-        tokens += [g.new_tokens for g in batch]
-        latency += [elapsed] * len(batch)
+        for i, g in zip(rows, batch):
+            answers[i], tokens[i], latency[i] = g.text, g.new_tokens, elapsed
     return SystemAnswers("", answers, latency, tokens, time.time() - started)
 
 
+class Contestants:
+    """Every system of one evaluation, loaded once, ready to answer any set of questions."""
+
+    def __init__(self, cfg: EvalConfig, train: list[Conversation], base_prompt: str):
+        from ecombot.models import load_for_inference
+
+        self.cfg = cfg
+        self.retriever = Retriever(train) if train else None
+        self.fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
+        self.model_spec = cfg.model or (RunDir(cfg.adapters[0]).base_model() if cfg.adapters else None)
+        names = [Path(a).resolve().name for a in cfg.adapters]
+        runs = [(kind, kind, BASE) for kind in ("base", "base-fewshot", "base+knowledge")]
+        for name in names:
+            runs += [("finetuned", name, name), ("finetuned+retrieval", f"{name}+retrieval", name),
+                     ("grounded", f"{name}+knowledge", name)]
+        self.runs = [run for run in runs if run[0] in cfg.systems]  # (kind, system name, adapter)
+        self.prompts_used: dict[str, str | None] = {}
+        self.loaded = self.engine = None
+        if self.runs:
+            self.loaded = load_for_inference(model=self.model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,
+                                             adapter_name=names[0] if names else "default")
+            self.engine = TransformersEngine(self.loaded, base_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
+            for path, name in zip(cfg.adapters[1:], names[1:]):
+                self.engine.add_adapter(name, path)
+
+    def answer(self, questions: EvalSet, knowledge: StoreKnowledge, say) -> list[SystemAnswers]:
+        test, cfg = questions.test, self.cfg
+        queries = [latest_question(c.messages) for c in test]
+        systems: list[SystemAnswers] = []
+        if "retrieval" in cfg.systems:
+            started = time.time()
+            answers = [hits[0].answer for hits in self.retriever.top(queries, 1)]
+            seconds = time.time() - started
+            systems.append(SystemAnswers("retrieval", answers, [seconds / len(test)] * len(test), [0] * len(test),
+                                         seconds))
+        kinds = {kind for kind, _, _ in self.runs}
+        retrieved = ([example_turns(hits) for hits in self.retriever.top(queries, cfg.retrieval_k)]
+                     if "finetuned+retrieval" in kinds else None)
+        groundings, ground_s = None, 0.0
+        if kinds & GROUNDED:
+            started = time.time()
+            groundings = knowledge.grounder.ground_many([c.messages[:-1] for c in test], [own_pair(c) for c in test])
+            ground_s = time.time() - started
+        for kind, name, adapter in self.runs:
+            say(f"answering {len(test)} {questions.name} questions with {name} ...")
+            if kind in GROUNDED:  # the passages sit in the last user turn; the reference stays the answer
+                convs = [replace(c, messages=g.messages + c.messages[-1:]) for c, g in zip(test, groundings)]
+                prefixes = [[]] * len(test)
+                given = [None if g.covered else knowledge.handoff for g in groundings]
+            else:
+                convs, given = test, None
+                prefixes = {"base-fewshot": [self.fewshot] * len(test), "finetuned+retrieval": retrieved}.get(
+                    kind, [[]] * len(test))
+            answered = generate_all(self.engine, [p + c.messages[:-1] for p, c in zip(prefixes, convs)], adapter,
+                                    cfg.batch_size, given)
+            if groundings and kind in GROUNDED:
+                answered.groundings = groundings
+                answered.latency_s = [t + ground_s / len(test) for t in answered.latency_s]
+                answered.seconds += ground_s
+            with self.engine.using(adapter):
+                answered.loss = item_losses(self.loaded.model, self.loaded.tokenizer, convs,
+                                            self.engine.system_prompt(adapter), prefixes=prefixes)
+            answered.name = name
+            self.prompts_used[name] = self.engine.system_prompt(adapter)
+            systems.append(answered)
+        return systems
+
+
+def handoff_estimates(predicted: list[bool], truth: list[bool],
+                      indices: np.ndarray) -> dict[str, metrics.Estimate | None]:
+    return {name: metrics.subset_mean_estimate(values, indices)
+            for name, values in metrics.handoff_outcomes(predicted, truth).items()}
+
+
 def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndarray, pool_intents: list[str],
-          indices: np.ndarray) -> SystemScores:
+          indices: np.ndarray, knowledge: StoreKnowledge) -> SystemScores:
     refs = [c.answer for c in test]
     hyps = system.answers
     answer_vectors, ref_vectors = embed(hyps), embed(refs)
     semantic = metrics.cosine_rows(answer_vectors, ref_vectors)
     rouge = metrics.rouge_l(hyps, refs)
     intent_accuracy = correct = None
-    if all(c.intent for c in test) and pool_intents:
+    if all(c.intent for c in test) and {c.intent for c in test} & set(pool_intents):  # not on unseen intents
         predicted = metrics.nearest_intents(answer_vectors, pool_vectors, pool_intents)
         correct = [float(p == c.intent) for p, c in zip(predicted, test)]
         intent_accuracy = metrics.mean_estimate(correct, indices)
@@ -135,6 +225,7 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         loss = metrics.Estimate(float(sums.sum() / counts.sum()), float(low), float(high))
         perplexity = metrics.Estimate(*(float(np.exp(min(x, 50))) for x in (loss.value, loss.low, loss.high)))
     tokens = sum(system.new_tokens)
+    truth = [is_handoff(ref, knowledge.handoff) for ref in refs]
     return SystemScores(
         bleu=metrics.corpus_bleu(hyps, refs, indices),
         chrf=metrics.corpus_chrf(hyps, refs, indices),
@@ -146,6 +237,10 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         tokens_per_s=tokens / system.seconds if system.seconds > 0 and tokens else None,
         seconds=system.seconds,
         per_intent=per_intent(test, semantic.tolist(), rouge, correct),
+        fact_accuracy=metrics.subset_mean_estimate(metrics.fact_accuracy(hyps, refs), indices),
+        invented_fact_rate=metrics.subset_mean_estimate(metrics.invented_fact_rate(hyps, refs, knowledge.facts),
+                                                        indices),
+        **handoff_estimates(system.handoffs(knowledge.handoff), truth, indices),
     )
 
 
@@ -160,69 +255,63 @@ def per_intent(test: list[Conversation], semantic: list[float], rouge_l: list[fl
     return out
 
 
-def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
-    from ecombot.models import load_for_inference
+def predictions(questions: EvalSet, systems: list[SystemAnswers]) -> list[Prediction]:
+    return [Prediction(latest_question(c.messages), c.intent, len(c.messages), c.answer,
+                       {s.name: s.answers[i] for s in systems}, questions.name,
+                       {s.name: s.groundings[i].sources for s in systems if s.groundings})
+            for i, c in enumerate(questions.test)]
 
+
+def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     unknown = set(cfg.systems) - set(SYSTEMS)
     if unknown:
         raise EcombotError(f"unknown system(s) {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
-    if {"finetuned", "finetuned+retrieval"} & set(cfg.systems) and not cfg.adapters:
-        cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned"))
+    if not cfg.adapters:
+        cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned") and s != "grounded")
     say = console.print if console else (lambda *a, **k: None)
     test, train, source = load_sets(cfg)
+    builtin = cfg.data is None and cfg.test is None
+    sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]
+    if builtin and cfg.slices:
+        sets += builtin_slices(test, cfg.seed, cfg.limit)
+    source["leaked_test_questions"] = len(leaked_questions(train, sets[0].test))
     if source["leaked_test_questions"]:
         say(f"[yellow]warning:[/yellow] {source['leaked_test_questions']} test question(s) also appear in the "
             "training data: scores of fine-tuned and retrieval systems are inflated (flagged in results.json)")
-    base_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if cfg.data is None and cfg.test is None
-                                        else GENERIC_SYSTEM_PROMPT)
-    prompts_used: dict[str, str | None] = {}
-    retriever = Retriever(train) if train else None
+    knowledge = open_knowledge(cfg, train, builtin, grounded=bool(GROUNDED & set(cfg.systems)))
+    if GROUNDED & set(cfg.systems) and not knowledge.grounder:
+        say(f"grounded systems skipped: knowledge base {knowledge.info['name']!r} is "
+            + ("empty (ecombot knowledge add FILE)" if knowledge.info["name"] != "none" else "turned off"))
+        cfg.systems = tuple(s for s in cfg.systems if s not in GROUNDED)
+    if knowledge.info.get("changed_since_training"):
+        say(f"[yellow]warning:[/yellow] knowledge base {knowledge.info['name']} changed since the adapter trained")
+    base_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if builtin else GENERIC_SYSTEM_PROMPT)
+    contestants = Contestants(cfg, train, base_prompt)
     pool = [c for c in train if c.intent]
     pool_vectors = embed([c.answer for c in pool]) if pool else np.zeros((0, 384))
     pool_intents = [c.intent for c in pool]
-    prompts = [c.messages[:-1] for c in test]
-    queries = [next(m["content"] for m in reversed(c.messages) if m["role"] == "user") for c in test]
-    systems: list[SystemAnswers] = []
 
-    if "retrieval" in cfg.systems:
-        started = time.time()
-        answers = [hits[0].answer for hits in retriever.top(queries, 1)]
-        seconds = time.time() - started
-        systems.append(SystemAnswers("retrieval", answers, [seconds / len(test)] * len(test), [0] * len(test), seconds))
-
-    model_spec = cfg.model or (RunDir(cfg.adapters[0]).base_model() if cfg.adapters else None)
-    if {"base", "base-fewshot", "finetuned", "finetuned+retrieval"} & set(cfg.systems):
-        names = [Path(a).resolve().name for a in cfg.adapters]
-        loaded = load_for_inference(model=model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,
-                                    adapter_name=names[0] if names else "default")
-        engine = TransformersEngine(loaded, base_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
-        fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
-        retrieved = ([example_turns(hits) for hits in retriever.top(queries, cfg.retrieval_k)]
-                     if retriever and "finetuned+retrieval" in cfg.systems else None)
-        runs = [("base", "base", [], BASE), ("base-fewshot", "base-fewshot", fewshot, BASE)]
-        for path, name in zip(cfg.adapters[1:], names[1:]):
-            engine.add_adapter(name, path)
-        for name in names:
-            runs += [("finetuned", name, [], name), ("finetuned+retrieval", f"{name}+retrieval", retrieved, name)]
-        for kind, name, prefix, adapter in runs:
-            if kind not in cfg.systems:
-                continue
-            prefixes = prefix if kind == "finetuned+retrieval" else [prefix] * len(test)
-            say(f"answering {len(test)} test questions with {name} ...")
-            answered = generate_all(engine, [p + q for p, q in zip(prefixes, prompts)], adapter, cfg.batch_size)
-            with engine.using(adapter):
-                answered.loss = item_losses(loaded.model, loaded.tokenizer, test, engine.system_prompt(adapter),
-                                            prefixes=prefixes)
-            answered.name = name
-            prompts_used[name] = engine.system_prompt(adapter)
-            systems.append(answered)
-
-    indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
+    scores: dict[str, dict[str, SystemScores]] = {}
+    predicted: list[Prediction] = []
+    pooled: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))  # system -> handoffs, truth
+    for questions in sets:
+        seen = knowledge.edited(questions.edits)
+        systems = contestants.answer(questions, seen, say)
+        indices = metrics.bootstrap_indices(len(questions.test), seed=cfg.seed)
+        scores[questions.name] = {s.name: score(s, questions.test, pool_vectors, pool_intents, indices, seen)
+                                  for s in systems}
+        predicted += predictions(questions, systems)
+        for s in systems:
+            pooled[s.name][0].extend(s.handoffs(seen.handoff))
+            pooled[s.name][1].extend(is_handoff(c.answer, seen.handoff) for c in questions.test)
+    handoff = {}
+    if len(sets) > 1:
+        indices = metrics.bootstrap_indices(sum(len(s.test) for s in sets), seed=cfg.seed)
+        handoff = {name: handoff_estimates(*outcomes, indices) for name, outcomes in pooled.items()}
     return EvalResult(
-        config=replace(cfg), model=model_spec, adapters=[str(Path(a).resolve()) for a in cfg.adapters], source=source,
-        test_size=len(test), train_size=len(train), system_prompts=prompts_used,
-        bootstrap_samples=metrics.BOOTSTRAP_SAMPLES,
-        systems={s.name: score(s, test, pool_vectors, pool_intents, indices) for s in systems},
-        predictions=[Prediction(q, c.intent, len(c.messages), c.answer, {s.name: s.answers[i] for s in systems})
-                     for i, (q, c) in enumerate(zip(queries, test))],
+        config=replace(cfg), model=contestants.model_spec, adapters=[str(Path(a).resolve()) for a in cfg.adapters],
+        source=source, test_size=len(sets[0].test), train_size=len(train), system_prompts=contestants.prompts_used,
+        bootstrap_samples=metrics.BOOTSTRAP_SAMPLES, systems=scores["heldout"], predictions=predicted,
+        slices={s.name: SliceScores(len(s.test), scores[s.name]) for s in sets[1:]}, handoff=handoff,
+        knowledge=knowledge.info,
     )

@@ -22,6 +22,12 @@ def grounding_line(knowledge: dict | None) -> str:
             f"  \"{knowledge['handoff']}\"")
 
 
+def held_out_line(data: DataReport) -> str:
+    held = data.held_out
+    return (f"\n- Held out of every split: {held['conversations']} conversations of {', '.join(held['intents'])} "
+            f"({held['reason']})" if held else "")
+
+
 def model_card(config: TrainConfig, data: DataReport, result: TrainResult, knowledge: dict | None = None,
                recipe: str = "") -> str:
     """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
@@ -53,7 +59,7 @@ customer-support questions.
 
 ## Data
 - Source: `{data.path}` ({data.format}), {data.rows_read} rows read, {data.kept} kept,
-  dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}
+  dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}{held_out_line(data)}
 - Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
   {len(data.intents)} intents, {data.multi_turn} multi-turn conversations
 - Token length percentiles: {json.dumps(data.token_percentiles)}; truncated at {data.max_length}: {data.truncated}
