@@ -47,7 +47,8 @@ class StoreKnowledge:
             vectors = old.vectors.copy()
             changed = [i for i, (a, b) in enumerate(zip(old.passages, passages)) if dense_text(a) != dense_text(b)]
             vectors[changed] = embed([dense_text(passages[i]) for i in changed])
-            grounder = Grounder(Retriever(passages, vectors, old.threshold), self.grounder.k, self.handoff)
+            grounder = Grounder(Retriever(passages, vectors, old.threshold, old.document_threshold), self.grounder.k,
+                               self.handoff)
         return StoreKnowledge(passages, self.handoff, grounder, self.info)
 
 
