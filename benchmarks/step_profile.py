@@ -109,8 +109,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in split.train[: args.trainer_examples]))
+        # the plain step: fixed batch 8 and no knowledge base (benchmarks/train_throughput.py measures grounding)
         result = train(TrainConfig(model=args.model, data=str(data), output=str(Path(tmp) / "run"), epochs=1,
-                                   val_fraction=0.0, test_fraction=0.0, packing=args.packing), show_progress=False)
+                                   val_fraction=0.0, test_fraction=0.0, packing=args.packing, batch_size=8,
+                                   learning_rate=2e-4, knowledge="none"), show_progress=False)
     report["ecombot_train"] = {"steps": result.steps, "train_seconds": result.train_seconds}
     print(f"ecombot train: {result.steps} steps in {result.train_seconds} s "
           f"({result.train_seconds / result.steps * 1e3:.0f} ms/step)")

@@ -39,7 +39,7 @@ def make_tiny_model(vocab_size: int, seed: int = 0):
 
     torch.manual_seed(seed)
     config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
                               sliding_window=64, initializer_range=0.3, pad_token_id=0, eos_token_id=1, bos_token_id=2,
                               layer_types=["sliding_attention", "full_attention"])
     return Gemma3ForCausalLM(config)

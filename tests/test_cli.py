@@ -49,7 +49,7 @@ def test_data_split_writes_the_same_split_as_training(tmp_path):
     assert "test questions also in train: 0" in " ".join(result.output.split())  # the console wraps long paths
     from ecombot.data import prepare
 
-    expected = prepare(None, seed=42).split
+    expected = prepare(builtin_path(), seed=42).split  # the file given: the whole of it
     lines = (out / "test.jsonl").read_text().splitlines()
     assert [json.loads(line)["messages"] for line in lines] == [c.messages for c in expected.test]
 
@@ -84,7 +84,8 @@ def test_train_then_chat_once(tmp_path, tiny_model_dir, small_dataset):
     chat = ecombot("chat", "--adapter", run, "--once", "Where is my order?", "--max-new-tokens", 5,
                    "--context", "Order Number=HP-1", env={**os.environ, "ECOMBOT_HOME": str(tmp_path / "home")})
     assert chat.returncode == 0, chat.stderr[-2000:]
-    assert "knowledge: none" in chat.stderr and "'default' is empty" in chat.stderr  # a fresh home has no base
+    # the run trained grounded in the default base (its training pairs went there): chat answers from it
+    assert "knowledge: 'default', 3 passages per question" in chat.stderr
     assert chat.stdout.endswith("\n")  # the streamed answer is printed and terminated
     missing = ecombot("chat", "--adapter", tmp_path / "nope", "--once", "hi")
     assert missing.returncode == 1 and "not a trained ecombot run" in missing.stderr
@@ -171,8 +172,12 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     text = console.export_text()
     assert text.count("fine-tuned ") >= SHOWN_QUESTIONS and "held-out test conversations" in text
     assert len(summary["answers"]) == SHOWN_QUESTIONS
-    assert len({a["intent"] for a in summary["answers"]}) == SHOWN_QUESTIONS  # different policies shown
-    assert set(summary["systems"]) == {"base", "retrieval", "qs"}
+    shown = summary["answers"]
+    assert [a["slice"] for a in shown] == ["heldout", "heldout", "unseen_topics", "policy_edits", "not_covered"]
+    assert len({a["intent"] for a in shown[:2]}) == 2  # different policies shown
+    assert set(summary["systems"]) == {"base", "retrieval", "qs", "qs+knowledge"}
+    assert set(summary["slices"]) == {"unseen_topics", "policy_edits", "not_covered"}
+    assert "from: " in text and "Knowledge base 'harbor-pine'" in text
     assert summary["loss_before"] > 0 and summary["loss_after"] > 0
     saved = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert saved["loss_after"] == summary["loss_after"]

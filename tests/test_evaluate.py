@@ -113,7 +113,8 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     data = write_small_dataset(root / "small.jsonl")
     run = root / "run"
     train(load_config(None, model=str(tiny_model_dir), data=str(data), output=str(run), max_steps=2, eval_steps=2,
-                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15), show_progress=False)
+                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
+          show_progress=False)  # module-scoped: trained before a test's own database exists, so no knowledge base
     return data, run
 
 

@@ -263,6 +263,7 @@ def test_no_slices_and_no_knowledge(tmp_path, monkeypatch, small_builtin):
     from ecombot.evaluate import EvalConfig, evaluate
 
     monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path))
+    monkeypatch.delenv("ECOMBOT_DB")
     result = evaluate(EvalConfig(systems=("retrieval", "base+knowledge"), limit=3, slices=False))
     assert set(result.systems) == {"retrieval"} and result.slices == {}
     assert result.knowledge == {"name": "default", "db": f"sqlite:///{tmp_path / 'ecombot.db'}", "passages": 0}
