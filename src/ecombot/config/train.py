@@ -145,8 +145,11 @@ def fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, SizedRecip
     lr = cfg.learning_rate if cfg.learning_rate != AUTO else (1e-3 if n_train < 10_000 else 5e-4)
     eval_steps = cfg.eval_steps if cfg.eval_steps != AUTO else max(10, total // 10)
     why = []
-    if cfg.epochs == AUTO:
-        why.append(f"{epochs:g} passes over the data: at least {MIN_STEPS} steps, at most {MAX_EPOCHS} passes"
+    if cfg.max_steps > 0:
+        why.append(f"max_steps {cfg.max_steps} set, {total * batch * cfg.grad_accum / n_train:.2f} passes")
+    elif cfg.epochs == AUTO:
+        why.append(f"{epochs:g} pass{'es' if epochs != 1 else ''} over the data: at least {MIN_STEPS} steps, at most "
+                   f"{MAX_EPOCHS} passes"
                    if max_steps <= 0 or max_steps != MAX_STEPS
                    else f"capped at {MAX_STEPS} steps ({total * batch * cfg.grad_accum / n_train:.2f} passes)")
     if cfg.eval_steps == AUTO:
