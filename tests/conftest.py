@@ -199,12 +199,10 @@ def postgres_url() -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_on_each_database(request, tmp_path):
-    """A fresh conversation store on SQLite, then on the real PostgreSQL server (its own schema per test)."""
-    from ecombot.serve import Store
-
+def each_database_url(request, tmp_path):
+    """A fresh database on SQLite, then on the real PostgreSQL server (its own schema per test)."""
     if request.param == "sqlite":
-        yield Store(f"sqlite:///{tmp_path / 'store.db'}")
+        yield f"sqlite:///{tmp_path / 'test.db'}"
         return
     from sqlalchemy import create_engine, text
 
@@ -213,10 +211,34 @@ def store_on_each_database(request, tmp_path):
     admin = create_engine(server_url)
     with admin.begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
-    store = Store(server_url + ("&" if "?" in server_url else "?") + f"options=-csearch_path%3D{schema}")
-    assert store.engine.dialect.name == "postgresql"
-    yield store
-    store.engine.dispose()
+    yield server_url + ("&" if "?" in server_url else "?") + f"options=-csearch_path%3D{schema}"
     with admin.begin() as connection:
         connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture()
+def store_on_each_database(each_database_url):
+    """A fresh conversation store on SQLite, then on the real PostgreSQL server."""
+    from ecombot.serve import Store
+
+    store = Store(each_database_url)
+    assert store.engine.dialect.name == ("postgresql" if "postgresql" in each_database_url else "sqlite")
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """A finished LoRA run of the tiny model on the small dataset (trained without a knowledge base: a module-scoped
+    fixture runs before a test's own database exists), and its data file."""
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = write_small_dataset(root / "small.jsonl")
+    run = root / "run"
+    train(load_config(None, model=str(tiny_model_dir), data=str(data), output=str(run), max_steps=2, eval_steps=2,
+                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
+          show_progress=False)
+    return data, run

@@ -103,23 +103,8 @@ def own_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir):
-    from conftest import write_small_dataset
-    from ecombot.config import load_config
-    from ecombot.train import train
-
-    root = tmp_path_factory.mktemp("eval")
-    data = write_small_dataset(root / "small.jsonl")
-    run = root / "run"
-    train(load_config(None, model=str(tiny_model_dir), data=str(data), output=str(run), max_steps=2, eval_steps=2,
-                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
-          show_progress=False)  # module-scoped: trained before a test's own database exists, so no knowledge base
-    return data, run
-
-
-def test_evaluation_outputs(tmp_path, trained_run, writes_in_place):
-    data, run = trained_run
+def test_evaluation_outputs(tmp_path, tiny_run, writes_in_place):
+    data, run = tiny_run
     out = tmp_path / "eval"
     cfg = EvalConfig(data=str(data), adapters=[str(run)], output=str(out), max_new_tokens=6, val_fraction=0.15,
                      test_fraction=0.15)
@@ -158,10 +143,10 @@ def test_evaluation_outputs(tmp_path, trained_run, writes_in_place):
     assert set(next(iter(per_intent.values()))) == {"n", "semantic", "rouge_l", "intent_correct"}
 
 
-def test_returned_result_is_what_the_files_hold(tmp_path, trained_run):
+def test_returned_result_is_what_the_files_hold(tmp_path, tiny_run):
     from rich.console import Console
 
-    data, run = trained_run
+    data, run = tiny_run
     out = tmp_path / "eval"
     result = run_evaluation(EvalConfig(data=str(data), adapters=[str(run)], systems=("retrieval", "finetuned"),
                                        output=str(out), max_new_tokens=4, val_fraction=0.15, test_fraction=0.15))
@@ -182,15 +167,15 @@ def test_returned_result_is_what_the_files_hold(tmp_path, trained_run):
     assert f"{result.systems['run'].bleu.value:.1f}" in console.export_text()
 
 
-def test_same_seed_gives_the_training_test_set(trained_run):
-    data, run = trained_run
+def test_same_seed_gives_the_training_test_set(tiny_run):
+    data, run = tiny_run
     evaluation = evaluate(EvalConfig(data=str(data), systems=("retrieval",), val_fraction=0.15, test_fraction=0.15))
     trained_test = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
     assert [p.question for p in evaluation.predictions] == trained_test
 
 
-def test_leakage_is_flagged(tmp_path, trained_run):
-    data, run = trained_run
+def test_leakage_is_flagged(tmp_path, tiny_run):
+    data, run = tiny_run
     cfg = EvalConfig(test=str(run / "data" / "train.jsonl"), adapters=[str(run)], systems=("retrieval",),
                      output=str(tmp_path / "leak"))
     run_evaluation(cfg)
@@ -199,8 +184,8 @@ def test_leakage_is_flagged(tmp_path, trained_run):
     assert "Warning" in (tmp_path / "leak" / "report.md").read_text()
 
 
-def test_bad_evaluation_input(tmp_path, trained_run):
-    data, run = trained_run
+def test_bad_evaluation_input(tmp_path, tiny_run):
+    data, run = tiny_run
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")  # no reference answer
     with pytest.raises(EcombotError, match="test set is empty"):
@@ -211,8 +196,8 @@ def test_bad_evaluation_input(tmp_path, trained_run):
         evaluate(EvalConfig(systems=("oracle",)))
 
 
-def test_adapter_anatomy(trained_run, tiny_model_dir):
-    _, run = trained_run
+def test_adapter_anatomy(tiny_run, tiny_model_dir):
+    _, run = tiny_run
     anatomy = inspect_adapter(run)
     assert anatomy["rank"] == 16 and anatomy["trainable_parameters"] > 0
     names = [m["name"] for m in anatomy["modules"]]

@@ -150,17 +150,8 @@ class EchoEngine:
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, tiny_model_dir):
-    from conftest import write_small_dataset
-    from ecombot.config import load_config
-    from ecombot.train import train
-
-    root = tmp_path_factory.mktemp("grounded")
-    data = write_small_dataset(root / "small.jsonl")
-    run = root / "run"
-    train(load_config(None, model=str(tiny_model_dir), data=str(data), output=str(run), max_steps=1, eval_steps=1,
-                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15), show_progress=False)
-    return run
+def small_run(tiny_run):
+    return tiny_run[1]
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -98,22 +97,9 @@ def test_bad_files_are_errors_naming_the_file(tmp_path, name, content, expected)
     assert expected in str(error.value)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A fresh database on SQLite, then on the test PostgreSQL server (its own schema per test)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'kb.db'}"
-        return
-    from sqlalchemy import create_engine, text
-
-    server_url = request.getfixturevalue("postgres_url")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    yield server_url + ("&" if "?" in server_url else "?") + f"options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+@pytest.fixture()
+def db_url(each_database_url):
+    return each_database_url
     admin.dispose()
 
 
