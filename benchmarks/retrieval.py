@@ -36,6 +36,9 @@ from _common import machine, print_table, write_results  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MAX_FALSE_HANDOFFS = 0.05
 MAX_FALSE_HANDOFFS_DOCUMENTS = 0.10  # questions between the thresholds still reach the model, which can hand off
+# The policy.md section that answers each intent held out of training (data.UNSEEN_INTENTS).
+UNSEEN_SECTIONS = {"installments": "Payments", "newsletter_unsubscribe": "Newsletter",
+                   "price_adjustment": "Price adjustment"}
 NOT_COVERED = Path(__file__).resolve().parents[1] / "src" / "ecombot" / "data" / "builtin" / "slices" / "not_covered.jsonl"
 
 
@@ -62,7 +65,8 @@ def calibrate() -> dict:
     policy = read_passages(builtin_path().parent / "policy.md")
     pairs = qa_passages(split.train, "data: train")
     covered = [c.question for c in split.test]
-    unseen = [c.question for c in read_file(builtin_path()).conversations if c.intent in UNSEEN_INTENTS]
+    unseen_convs = [c for c in read_file(builtin_path()).conversations if c.intent in UNSEEN_INTENTS]
+    unseen = [c.question for c in unseen_convs]
     not_covered = [json.loads(line)["messages"][0]["content"] for line in NOT_COVERED.read_text().splitlines()]
     pair_scores = [best_scores(Retriever(pairs), qs) for qs in (covered, not_covered)]
     document_scores = [best_scores(Retriever(policy), qs) for qs in (unseen, not_covered)]
@@ -84,6 +88,11 @@ def calibrate() -> dict:
         caught = [not retriever.covers(hits) for hits in retriever.search(not_covered, 3)]
         bases[name] = {"passages": len(passages), "covered_questions": len(questions),
                        "false_handoff": float(np.mean(handed)), "recall": float(np.mean(caught))}
+        if passages is not pairs:  # does the policy section that answers an unseen topic reach the top 3?
+            found = retriever.search(unseen, 3)
+            bases[name]["unseen_answering_section_in_top3"] = float(np.mean([
+                any(hit.passage.question is None and UNSEEN_SECTIONS[c.intent] in hit.passage.heading for hit in hits)
+                for c, hits in zip(unseen_convs, found)]))
     return {"threshold": pair_threshold, "document_threshold": document_threshold, "covered_questions": len(covered),
             "unseen_topic_questions": len(unseen), "not_covered_questions": len(not_covered), "bases": bases,
             "curve": pair_curve, "document_curve": document_curve}
@@ -156,9 +165,11 @@ def main() -> None:
               f"false handoffs on {cal['covered_questions']} held-out questions), documents "
               f"{cal['document_threshold']:.2f} (<= {MAX_FALSE_HANDOFFS_DOCUMENTS:.0%} on "
               f"{cal['unseen_topic_questions']} unseen-topic questions); {cal['not_covered_questions']} not covered")
-        print_table(["knowledge", "passages", "covered questions", "false handoffs", "not-covered caught"],
+        print_table(["knowledge", "passages", "covered questions", "false handoffs", "not-covered caught",
+                     "unseen topics: answering section in top 3"],
                     [[name, str(b["passages"]), str(b["covered_questions"]), f"{b['false_handoff']:.1%}",
-                      f"{b['recall']:.1%}"] for name, b in cal["bases"].items()])
+                      f"{b['recall']:.1%}", f"{b['unseen_answering_section_in_top3']:.1%}"
+                      if "unseen_answering_section_in_top3" in b else "–"] for name, b in cal["bases"].items()])
     rows = latency([int(s) for s in args.sizes.split(",")], args.questions)
     result["latency"] = rows
     print("\nsearch latency per question (query embedding + BM25 + faiss + fusion, k=3)")
