@@ -161,6 +161,38 @@ def test_exclusion_drops_passages_and_still_returns_k(policy_retriever):
     assert len(excluded) == 3 and not any(h.passage.heading.endswith("Refunds") for h in excluded)
 
 
+@pytest.fixture(scope="module")
+def store_pairs() -> list[Passage]:
+    """The built-in training split's Q&A pairs: the intents held out as unseen topics are not among them."""
+    from ecombot.data import prepare
+    from ecombot.knowledge import qa_passages
+
+    return qa_passages(prepare(None, 0.1, 0.1, 42).split.train, "data: train")
+
+
+def test_a_document_keeps_one_place_among_pairs_on_neighbouring_topics(store_pairs):
+    question = "hi there i paid more than the current price Please help."  # price adjustment: only the policy has it
+    pairs_only = Retriever(store_pairs).search([question], 3)[0]
+    assert all(hit.passage.question is not None for hit in pairs_only)  # the pairs alone crowd out the policy
+    mixed = Retriever(read_passages(POLICY) + store_pairs)
+    hits = mixed.search([question], 3)[0]
+    assert [h.passage.question is None for h in hits] == [False, False, True]
+    assert hits[2].passage.heading.endswith("Price adjustment and gift cards") and mixed.covers(hits)
+    # the slot is for a document close enough to count, and exclusion applies to it too
+    strict = Retriever(read_passages(POLICY) + store_pairs, document_threshold=0.9)
+    assert all(hit.passage.question is not None for hit in strict.search([question], 3)[0])
+    no_price = lambda p: p.heading.endswith("Price adjustment and gift cards")  # noqa: E731
+    assert not any(no_price(h.passage) for h in mixed.search([question], 3, [no_price])[0])
+
+
+def test_bm25s_does_not_log_index_builds(caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        Retriever(read_passages(POLICY))
+    assert not [r for r in caplog.records if r.name.startswith("bm25s")]
+
+
 def test_covers_separates_a_covered_question_from_an_off_topic_one():
     knowledge = read_passages(builtin_path())[:400]
     retriever = Retriever(knowledge)

@@ -33,10 +33,6 @@ DOCUMENT_THRESHOLD = 0.2
 RRF_K = 60  # the constant of Cormack et al. (2009): damps the difference between the very first ranks
 CANDIDATES = 50  # per signal; fusion and exclusion work on the union of both signals' candidates
 
-# bm25s sets its own logger to DEBUG, so once anything configures the root handler ("Building index from IDs
-# objects") it prints on every index build.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
-
 
 def dense_text(passage: Passage) -> str:
     """What a passage's vector encodes: its own heading (not the whole path: a document title repeated in every
@@ -67,6 +63,9 @@ class Retriever:
         import faiss
         import Stemmer
 
+        # bm25s sets its logger to DEBUG when imported, so once anything configures the root handler it prints
+        # "Building index from IDs objects" on every index build.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         self.passages, self.threshold, self.document_threshold = list(passages), threshold, document_threshold
         if vectors is None:
             vectors = embed([dense_text(p) for p in self.passages])
