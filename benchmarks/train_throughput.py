@@ -150,7 +150,8 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
         from ecombot.knowledge import Grounder
         from ecombot.train.grounding import ground_split
 
-        test = ground_split(test, Grounder(KnowledgeBase(db, "bench").retriever()), 0.0, 0, documents_only_share=0.0)
+        test = ground_split(test, Grounder(KnowledgeBase(db, "bench").retriever()), 0.0, 0, documents_only_share=0.0,
+                            fact_edit_share=0.0)
     loaded = load_for_inference(model=model_spec, adapter=result.run.path)
     system_prompt = result.run.system_prompt()
     loss = heldout_loss(loaded.model, loaded.tokenizer, test, system_prompt)["loss"]

@@ -3,12 +3,14 @@ records."""
 
 import json
 
+import pytest
+
 from ecombot.data import Conversation, builtin_path, normalise_text, read_file
 from ecombot.data.builtin import policy_path
-from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Retriever, qa_passages
+from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, Retriever, qa_passages
 from ecombot.knowledge.grounding import KNOWLEDGE_HEADER, QUESTION_HEADER
 from ecombot.knowledge.chunking import read_passages
-from ecombot.train.grounding import ground_split, own_answer_filter
+from ecombot.train.grounding import NUMBER, ground_split, own_answer_filter
 
 
 def builtin_sample(n_per_intent: int = 4) -> list[Conversation]:
@@ -35,13 +37,41 @@ def test_training_prompts_never_carry_their_own_answer_and_a_share_learns_the_ha
         assert conv.messages[:-2] == original.messages[:-2]
         # the example's own answer is never among its passages (neither on a handoff example)
         assert normalise_text(original.answer) not in normalise_text(prompt)
-        if conv.answer != DEFAULT_HANDOFF:
-            assert conv.answer == original.answer
+        if conv.answer != DEFAULT_HANDOFF:  # the answer, or the same answer with its numbers edited
+            assert NUMBER.sub("#", conv.answer) == NUMBER.sub("#", original.answer)
+            assert (conv.answer != original.answer) == bool(conv.meta.get("facts_edited"))
     # half of the answered prompts show documents only (the model learns to answer from the store's own text)
     answered = [c for c in grounded if c.answer != DEFAULT_HANDOFF]
     documents_only = [c for c in answered if "(data: sample)" not in c.messages[-2]["content"]]
     assert 0.35 * len(answered) < len(documents_only) < 0.65 * len(answered)
     assert all("(policy.md)" in c.messages[-2]["content"] for c in documents_only)
+    assert 0 < sum(bool(c.meta.get("facts_edited")) for c in answered) < 0.45 * len(answered)
+
+
+@pytest.mark.parametrize("text, numbers", [
+    ("Standard is $4.95, free over $50, in 3–5 business days or 1-2 with Express.", ["4.95", "50", "3", "5", "1", "2"]),
+    ("Order HP-20931, support@hp2.com, 24/7, 1,000 points, 10% off at 14:00.", ["10", "14", "00"]),
+])
+def test_numbers_a_fact_edit_may_change(text, numbers):
+    assert NUMBER.findall(text) == numbers
+
+
+def test_fact_edits_change_the_answer_and_its_passages_together():
+    policy = Passage("policy.md", "Returns", 1, "Returns are accepted within 30 days of delivery; a label costs $4.95.")
+    other = Passage("policy.md", "Refunds", 5, "Refunds reach your card in 5 to 10 business days.")
+    conv = Conversation([{"role": "user", "content": "Can I return it after 2 weeks? It cost 30 dollars."},
+                         {"role": "assistant", "content": "Yes, you have 30 days; the label is $4.95 and takes 2 days."}])
+    [edited] = ground_split([conv], Grounder(Retriever([policy, other]), k=2), 0.0, seed=3, fact_edit_share=1.0)
+    prompt, answer = edited.messages[-2]["content"], edited.answer
+    factor = 2 if "60 days" in answer else 3
+    assert answer == f"Yes, you have {30 * factor} days; the label is ${4.95 * factor:.2f} and takes 2 days."
+    assert f"within {30 * factor} days" in prompt and f"${4.95 * factor:.2f}" in prompt and "$4.95" not in prompt
+    assert "5 to 10 business days" in prompt  # numbers the answer does not state stay
+    assert prompt.endswith("Customer question: Can I return it after 2 weeks? It cost 30 dollars.")
+    assert edited.meta["facts_edited"]
+    no_shared = Conversation([conv.messages[0], {"role": "assistant", "content": "An agent will call you at 9."}])
+    [plain] = ground_split([no_shared], Grounder(Retriever([policy, other]), k=2), 0.0, seed=3, fact_edit_share=1.0)
+    assert plain.answer == no_shared.answer and "facts_edited" not in plain.meta
 
 
 def test_own_answer_filter_rejects_paraphrases_with_the_same_answer_and_the_same_question():

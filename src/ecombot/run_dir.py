@@ -110,7 +110,8 @@ class RunDir:
         return (info.get("system_prompt") or None) if info else None
 
     def knowledge(self) -> dict | None:
-        """How the run was grounded: {"name", "db", "k", "handoff", "content_hash", "passages", "handoff_share"};
+        """How the run was grounded: {"name", "db", "k", "handoff", "content_hash", "passages", "handoff_share",
+        "fact_edit_share", ...};
         None when it trained without a knowledge base (then chat, serve and evaluate answer from the weights)."""
         info = self.info()
         return (info.get("knowledge") or None) if info else None

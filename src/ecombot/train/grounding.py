@@ -1,27 +1,36 @@
 """Retrieval-augmented fine-tuning (RAFT-style): every training conversation is shown the passages the knowledge base
 returns for its question, in the prompt layout chat, serve and evaluate use (knowledge/grounding.py).
 
-Three rules make the model read passages instead of reciting: a passage that carries the example's own answer (its
+Four rules make the model read passages instead of reciting: a passage that carries the example's own answer (its
 own Q&A pair, or a paraphrase with the same answer) is never shown; where the base holds documents (policy or help
 pages), half of the examples are shown documents only, so the model practises putting an answer together from the
 store's own text (what it needs for a topic its training data never covered, or a policy changed after training);
-and a share of the examples get only another question's passages with the store's handoff answer as their target,
-so the model learns to hand over rather than invent when the passages do not answer the question.
+in a share of the examples the numbers the answer shares with its passages are changed in both (a 30-day window
+becomes 60 days, $4.95 becomes $9.90), so the values can only come from the passages, never from memory; and a
+share of the examples get only another question's passages with the store's handoff answer as their target, so the
+model learns to hand over rather than invent when the passages do not answer the question.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
-from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, ground_messages, qa_passages
+from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, Hit, KnowledgeBase, Passage, ground_messages, qa_passages
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
+# Why: when a store's answers are predictable from the question (a fixed reply per topic, as in the built-in data),
+# a model trained on grounded prompts learns to recite and ignore its passages; with an edited policy it then states
+# the old value. Examples whose facts exist only in their passages make reading the cheaper way to a low loss.
+FACT_EDIT_SHARE = 0.3
+# A number as a store states it ("30" days, "$4.95", "2" pm, "1"-year, "10"%), not a piece of a code, word or address.
+NUMBER = re.compile(r"(?<![\w.,/@])\d{1,4}(?:\.\d{1,2})?(?![\w@/]|[.,]\d)")
 
 
 @dataclass
@@ -51,11 +60,35 @@ def is_qa_pair(passage: Passage) -> bool:
     return passage.question is not None
 
 
+def scaled_number(value: str, factor: int) -> str:
+    """`value` times `factor`, written the same way (decimal places, leading zeros: "4.95" -> "9.90", "00" -> "00")."""
+    if "." in value:
+        return f"{float(value) * factor:.{len(value.split('.')[1])}f}"
+    return f"{int(value) * factor:0{len(value)}d}" if value.startswith("0") else str(int(value) * factor)
+
+
+def edit_facts(answer: str, hits: list[Hit], factor: int) -> tuple[str, list[Hit]] | None:
+    """The answer and its passages with every number they share multiplied by `factor`; None if they share none
+    (the answer's other numbers, and the question, stay as they are)."""
+    shown = {m.group() for hit in hits for m in NUMBER.finditer(hit.passage.prompt_text)}
+    shared = {m.group() for m in NUMBER.finditer(answer)} & shown
+    if not shared:
+        return None
+
+    def edit(text: str | None) -> str | None:
+        return NUMBER.sub(lambda m: scaled_number(m.group(), factor) if m.group() in shared else m.group(),
+                          text) if text else text
+    return edit(answer), [replace(hit, passage=replace(hit.passage, text=edit(hit.passage.text),
+                                                       question=edit(hit.passage.question))) for hit in hits]
+
+
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
-                 documents_only_share: float = DOCUMENTS_ONLY_SHARE) -> list[Conversation]:
-    """Each conversation with passages in its last question; a seeded `handoff_share` of them get another
-    conversation's passages (a different answer, and a different intent where both have one) and the handoff."""
-    rng = random.Random(seed)
+                 documents_only_share: float = DOCUMENTS_ONLY_SHARE,
+                 fact_edit_share: float = FACT_EDIT_SHARE) -> list[Conversation]:
+    """Each conversation with passages in its last question; a seeded `fact_edit_share` of them with the numbers
+    their answer shares with the passages changed in both, and a seeded `handoff_share` with another conversation's
+    passages (a different answer, and a different intent where both have one) and the handoff."""
+    rng, facts_rng = random.Random(seed), random.Random(f"{seed}-facts")
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
     groundings = grounder.ground_many([c.messages[:-1] for c in convs],
@@ -63,14 +96,21 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                                        for c, only in zip(convs, documents_only)])
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
-        messages = grounding.messages + [conv.messages[-1]]
+        messages, meta = grounding.messages + [conv.messages[-1]], {**conv.meta, "grounded": True}
+        if facts_rng.random() < fact_edit_share:
+            edited = edit_facts(conv.answer, grounding.hits, facts_rng.choice((2, 3)))
+            if edited is not None:
+                messages = ground_messages(conv.messages[:-1], edited[1]) + [
+                    {"role": "assistant", "content": edited[0]}]
+                meta["facts_edited"] = True
         if len(convs) > 1 and rng.random() < handoff_share:
             other = distractor_source(convs, i, rng)
             if other is not None:
                 hits = [h for h in groundings[other].hits if not own_answer_filter(conv)(h.passage)]
                 messages = ground_messages(conv.messages[:-1], hits) + [
                     {"role": "assistant", "content": grounder.handoff}]
-        out.append(replace(conv, messages=messages, meta={**conv.meta, "grounded": True}))
+                meta.pop("facts_edited", None)
+        out.append(replace(conv, messages=messages, meta=meta))
     return out
 
 
@@ -112,10 +152,13 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     passages = sum(s.passages for s in sources)
     record = {"name": name, "db": base.display_url, "k": k, "handoff": grounder.handoff,
               "content_hash": base.content_hash(), "passages": passages, "handoff_share": handoff_share,
+              "fact_edit_share": FACT_EDIT_SHARE,
               "threshold": grounder.retriever.threshold, "sources": [s.name for s in sources]}
     handoffs = sum(c.answer == grounder.handoff for c in grounded_train)
+    edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
     documents = [s.name for s in sources if s.name != training_source(data_path)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
                f"pairs; documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
-               f", {k} per prompt; {handoffs} training conversations teach the handoff")
+               f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
+               f"numbers from their passages")
     return GroundedData(grounded_train, grounded_val, record, summary)
