@@ -165,6 +165,11 @@ def test_returned_result_is_what_the_files_hold(tmp_path, tiny_run):
     console = Console(record=True, width=200)
     print_table(result, console)
     assert f"{result.systems['run'].bleu.value:.1f}" in console.export_text()
+    narrow = Console(record=True, width=80)  # a default terminal: the deciding columns, every value whole
+    print_table(result, narrow)
+    text = narrow.export_text()
+    assert "BLEU" not in text and "ROUGE-L" in text and "handoff R" not in text  # no handoffs on this set
+    assert f"{result.systems['run'].rouge_l.value:.1f}" in text and "…" not in text
 
 
 def test_same_seed_gives_the_training_test_set(tiny_run):

@@ -22,9 +22,13 @@ def run_evaluation(cfg: EvalConfig, console=None) -> EvalResult:
     return result
 
 
+WIDE_ONLY = ("bleu", "chrf", "latency_s", "handoff_precision")  # left to report.md in a terminal under 150 columns
+
+
 def print_table(result: EvalResult, console) -> None:
     """Compact terminal tables, the held-out set's then each slice's: value ± half-width of the 95% interval
-    (report.md has the exact bounds)."""
+    (report.md has the exact bounds). A metric no system has on a set is left out of its table, and a narrow
+    terminal gets the columns that decide (the rest squeezed into 80 columns could not be read)."""
     from rich.table import Table
 
     columns = {"bleu": ("BLEU", 1), "chrf": ("chrF", 1), "rouge_l": ("ROUGE-L", 1), "semantic": ("semantic", 2),
@@ -34,14 +38,18 @@ def print_table(result: EvalResult, console) -> None:
                "false_handoffs": ("false handoff", 2)}
     sets = [(f"{result.test_size} held-out test conversations", result.systems)]
     sets += [(f"slice {name}: {s.test_size} questions", s.systems) for name, s in result.slices.items()]
+    if console.width < 150:
+        columns = {metric: column for metric, column in columns.items() if metric not in WIDE_ONLY}
     for title, systems in sets:
+        shown = {metric: column for metric, column in columns.items()
+                 if any(getattr(system, metric) for system in systems.values())}
         table = Table(title=f"{title} (± = 95% bootstrap interval)", show_lines=True)
-        table.add_column("system")
-        for header, _ in columns.values():
+        table.add_column("system", overflow="fold")  # a long run name wraps, never cut to "…"
+        for header, _ in shown.values():
             table.add_column(header, justify="right")
         for name, system in systems.items():
             cells = []
-            for metric, (_, digits) in columns.items():
+            for metric, (_, digits) in shown.items():
                 m = getattr(system, metric)
                 half = max(m.value - m.low, m.high - m.value) if m else 0.0
                 cells.append(f"{m.value:.{digits}f}\n±{half:.{digits}f}" if m else "–")
