@@ -27,11 +27,6 @@ SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
 METRICS = ("semantic", "intent_accuracy", "rouge_l", "fact_accuracy", "invented_fact_rate")
 
 
-def cpu_class() -> str:
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    return next((name for name in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if name in flags), "no avx2")
-
-
 def stratified(convs, n: int, seed: int):
     """n conversations, as even over intents as n allows (a store's FAQ covers each topic a few times at most)."""
     rng = random.Random(seed)
@@ -89,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     from ecombot.data import prepare
 
-    info = {**machine(), "cpu_class": cpu_class()}
+    info = machine()
     print(f"CPU: {info['cpu']} ({info['cores']} cores, {info['cpu_class']})")
     split = prepare(None, 0.1, 0.1, args.seed).split
     rows = []

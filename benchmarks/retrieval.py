@@ -44,15 +44,6 @@ UNSEEN_SECTIONS = {"installments": "Payments", "newsletter_unsubscribe": "Newsle
 NOT_COVERED = Path(__file__).resolve().parents[1] / "src" / "ecombot" / "data" / "builtin" / "slices" / "not_covered.jsonl"
 
 
-def cpu_class() -> str:
-    flags = set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    return next((name for name in ("amx_bf16", "avx512f", "avx2") if name in flags), "no avx2")
-
-
 def best_scores(retriever, questions: list[str]) -> np.ndarray:
     return np.array([hits[0].score for hits in retriever.search(questions, 3)])
 
@@ -163,7 +154,7 @@ def main() -> None:
     parser.add_argument("--no-calibration", action="store_true", help="Only the latency part.")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "retrieval.json"))
     args = parser.parse_args()
-    info = {**machine(), "cpu_class": cpu_class()}
+    info = machine()
     print(f"CPU: {info['cpu']} ({info['cores']} cores, best vector extension: {info['cpu_class']})")
     result = {"machine": info}
     if not args.no_calibration:

@@ -127,7 +127,8 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
     return {"seconds": seconds, "steps": trainer.state.global_step, **peak, "heldout_loss": loss}
 
 
-def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded: bool = False) -> dict:
+def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded: bool = False,
+                  precision: str = "auto") -> dict:
     from ecombot.config import TrainConfig
     from ecombot.data.builtin import policy_path
     from ecombot.evaluate import heldout_loss
@@ -143,7 +144,7 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
         KnowledgeBase(db, "bench").add_files([policy_path()])
     cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
                       test_fraction=0.0, method=method, batch_size=8, learning_rate=2e-4,
-                      knowledge="bench" if grounded else "none", db=db)
+                      knowledge="bench" if grounded else "none", db=db, precision=precision)
     result = ecombot_train(cfg, show_progress=False)
     peak = peak_memory()
     if grounded:  # the held-out questions asked as a grounded bot is asked them: with their passages
@@ -172,7 +173,7 @@ def worker(args) -> None:
             result = train_trl(model_dir, train, test, out)
         else:
             result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora",
-                                   grounded=args.worker == "ecombot-grounded")
+                                   grounded=args.worker == "ecombot-grounded", precision=args.precision)
     result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
     result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
     print(json.dumps(result))
@@ -186,6 +187,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -194,7 +197,8 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
-    common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples)]
+    common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
+              "--precision", args.precision]
     for repeat in range(args.repeats):
         for system in systems:  # round-robin: drifts of a noisy machine hit every system alike
             if system in failures:
