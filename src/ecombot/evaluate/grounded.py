@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Callable
 
-from sqlalchemy.engine import make_url
 
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, normalise_text
@@ -61,7 +60,7 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
     info = {"name": name}
     if grounded and name != "none":
         kb = KnowledgeBase(cfg.db or record.get("db"), name)
-        info.update(db=make_url(kb.url).render_as_string(hide_password=True), passages=0)
+        info.update(db=kb.display_url, passages=0)
         if not kb.is_empty:
             retriever = kb.retriever()
             info.update(passages=len(retriever.passages), content_hash=kb.content_hash())

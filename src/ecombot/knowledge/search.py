@@ -52,6 +52,13 @@ def _reciprocal_ranks(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.where(counts, 1.0 / (RRF_K + ranks), 0.0)
 
 
+def _fused_order(dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    """Indices best first by reciprocal-rank fusion of the two signals (BM25 counts only where it matched); ties
+    go to the higher cosine."""
+    fused = _reciprocal_ranks(dense, np.ones(len(dense), dtype=bool)) + _reciprocal_ranks(lexical, lexical > 0)
+    return np.lexsort((-dense, -fused))
+
+
 class Retriever:
     """Search over a fixed list of passages. `vectors` are the passages' embeddings of `dense_text` (a knowledge
     base stores them, so opening it does not embed again); computed here when not given."""
@@ -77,6 +84,7 @@ class Retriever:
         documents = np.array([p.question is None for p in self.passages], dtype=bool)
         # The document slot is for a base that mixes both kinds; in one of a single kind every hit is of it already.
         self.document_ids = np.flatnonzero(documents) if 0 < documents.sum() < len(self.passages) else None
+        self.document_vectors = self.vectors[self.document_ids] if self.document_ids is not None else None
         self.tokenizer = bm25s.tokenization.Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english"))
         self.bm25 = bm25s.BM25()
         if self.passages:
@@ -114,10 +122,8 @@ class Retriever:
             fetch = min(n, fetch * 4)
         dense = self.vectors[candidates] @ vector
         lexical_here = lexical[candidates]
-        fused = (_reciprocal_ranks(dense, np.ones(len(candidates), dtype=bool))
-                 + _reciprocal_ranks(lexical_here, lexical_here > 0))
         best_lexical = float(lexical.max()) if n else 0.0
-        order = list(np.lexsort((-dense, -fused))[:k])
+        order = list(_fused_order(dense, lexical_here)[:k])
         ids, dense_of = [int(candidates[i]) for i in order], [float(dense[i]) for i in order]
         document = self._document_for_slot(vector, lexical, k, ids, reject)
         if document is not None:
@@ -138,15 +144,13 @@ class Retriever:
         (benchmarks/retrieval.py). Documents are ranked among themselves by the same fusion."""
         if self.document_ids is None or k < 2 or any(self.passages[i].question is None for i in ids):
             return None
-        docs = self.document_ids
+        docs, dense = self.document_ids, self.document_vectors @ vector
         if reject is not None:
-            docs = np.array([i for i in docs if not reject(self.passages[i])], dtype=np.int64)
+            kept = np.array([not reject(self.passages[i]) for i in docs], dtype=bool)
+            docs, dense = docs[kept], dense[kept]
         if not len(docs):
             return None
-        dense = self.vectors[docs] @ vector
-        fused = (_reciprocal_ranks(dense, np.ones(len(docs), dtype=bool))
-                 + _reciprocal_ranks(lexical[docs], lexical[docs] > 0))
-        best = int(np.lexsort((-dense, -fused))[0])
+        best = int(_fused_order(dense, lexical[docs])[0])
         return (int(docs[best]), float(dense[best])) if dense[best] >= self.document_threshold else None
 
     def _nearest(self, vector: np.ndarray, fetch: int) -> np.ndarray:
