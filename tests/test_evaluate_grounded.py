@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from ecombot.data import UNSEEN_INTENTS, Conversation, prepare
+from ecombot.data import UNSEEN_INTENTS, prepare
 from ecombot.evaluate import metrics
 from ecombot.evaluate.slices import apply_edits, builtin_slices, changed_by, policy_edits, unseen_topics
 from ecombot.knowledge import DEFAULT_HANDOFF

@@ -100,7 +100,6 @@ def test_bad_files_are_errors_naming_the_file(tmp_path, name, content, expected)
 @pytest.fixture()
 def db_url(each_database_url):
     return each_database_url
-    admin.dispose()
 
 
 def test_add_replace_unchanged_remove_and_named_bases(db_url, tmp_path):

@@ -266,3 +266,38 @@ def test_export_leaves_out_client_turns_an_older_version_stored(tmp_path):
     [record] = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert record["messages"] == [{"role": "user", "content": "When?"},
                                   {"role": "assistant", "content": "Within 5 days."}]
+
+
+def _open_both(url: str, barrier, errors) -> None:
+    from ecombot.knowledge import KnowledgeBase
+
+    barrier.wait()
+    try:
+        KnowledgeBase(url, "shop").engine.dispose()
+        Store(url).engine.dispose()
+    except Exception as exc:  # reported to the test, not lost in the child
+        errors.put(str(exc))
+
+
+def test_processes_opening_a_new_database_at_the_same_moment(each_database_url):
+    """The ranks of a distributed run open the knowledge base and the store together; a CREATE TABLE racing another
+    process's must not fail either of them (it did: 'table knowledge_passages already exists')."""
+    import multiprocessing
+
+    from sqlalchemy import MetaData, create_engine
+
+    context = multiprocessing.get_context("fork")
+    for _ in range(5):
+        barrier, errors = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_both, args=(each_database_url, barrier, errors)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert [w.exitcode for w in workers] == [0] * 4
+        assert errors.empty(), errors.get()
+        engine = create_engine(each_database_url)
+        tables = MetaData()
+        tables.reflect(engine)
+        tables.drop_all(engine)  # the next round starts from an empty database again
+        engine.dispose()

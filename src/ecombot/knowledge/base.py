@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import (DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, create_engine,
-                        delete, func, select)
-from sqlalchemy.engine import make_url
+from sqlalchemy import (DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, delete, func,
+                        select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from ecombot.database import open_engine, without_password
 from ecombot.errors import DataError, EcombotError
 from ecombot.home import default_db_url
 from ecombot.knowledge.chunking import DOCUMENT_SUFFIXES, read_passages
@@ -86,23 +86,10 @@ def _no_nul(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "")
 
 
-def _without_password(text: str, url: str) -> str:
-    try:
-        password = make_url(url).password
-    except Exception:  # not a URL at all: nothing to hide
-        return text
-    return text.replace(str(password), "***") if password else text
-
-
 class KnowledgeBase:
     def __init__(self, url: str | None = None, name: str = "default"):
         self.url, self.name = url or default_db_url(), name
-        try:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
-            Base.metadata.create_all(self.engine)
-        except Exception as exc:  # bad URL, missing driver, unreachable server
-            raise EcombotError(_without_password(f"cannot open the knowledge base in {self.url}: {exc}",
-                                                 self.url)) from None
+        self.engine = open_engine(self.url, Base.metadata, "the knowledge base")
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def add_files(self, paths: list[Path]) -> list[SourceSummary]:
@@ -179,7 +166,7 @@ class KnowledgeBase:
     @property
     def display_url(self) -> str:
         """The database URL with its password masked: what a run records and messages show."""
-        return _without_password(self.url, self.url)
+        return without_password(self.url, self.url)
 
     @property
     def is_empty(self) -> bool:

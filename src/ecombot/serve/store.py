@@ -12,26 +12,24 @@ approved is exported as training data.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import unquote
 
-from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, func,
                         inspect, select, text)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from ecombot import atomic
+from ecombot.database import open_engine, without_password
 from ecombot.errors import EcombotError
 from ecombot.home import default_db_url
 from ecombot.serve.redact import redact
 
 T = TypeVar("T")
-URL_PASSWORD = re.compile(r"://[^/@:]*:([^/@]+)@")
 
 
 def now() -> datetime:
@@ -147,31 +145,15 @@ class ExportReport:
     skipped: dict[str, int]  # reason -> count, e.g. "awaiting review"
 
 
-def without_password(text: str, url: str) -> str:
-    """`text` (a URL, or an error about the store at `url`) with the URL's password shown as ***."""
-    match = URL_PASSWORD.search(url)
-    if not match:
-        return text
-    for password in {match.group(1), unquote(match.group(1))}:
-        text = text.replace(password, "***")
-    return text
-
-
 class Store:
     def __init__(self, url: str | None = None, redact_text: bool = True):
         self.url = url or default_db_url()
         self.redact_text = redact_text
+        self.engine = open_engine(self.url, Base.metadata, "the conversation store")
         try:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
-        except Exception as exc:  # bad URL or missing driver
-            raise EcombotError(without_password(f"--db {self.url!r}: {exc}", self.url)) from None
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            Base.metadata.create_all(self.engine)
             self._add_missing_columns()
         except Exception as exc:
-            raise EcombotError(without_password(f"cannot open the conversation store {self.engine.url!r}: {exc}",
+            raise EcombotError(without_password(f"cannot open the conversation store in {self.url}: {exc}",
                                                 self.url)) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -369,12 +351,3 @@ def closing_user_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     while start and messages[start - 1]["role"] == "user":
         start -= 1
     return messages[start:]
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    """WAL: readers don't block the writer, and a killed process never leaves a half-written answer."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
