@@ -10,16 +10,17 @@ MAY_IMPORT = {
     "errors": set(),
     "home": set(),
     "atomic": set(),
+    "database": {"errors"},
     "speedups": {"atomic", "home"},
     "data": {"atomic", "errors"},
     "config": {"errors"},
     "run_dir": {"atomic", "errors"},
-    "knowledge": {"data", "errors", "home"},
+    "knowledge": {"data", "database", "errors", "home"},
     "models": {"atomic", "data", "errors", "home", "run_dir", "speedups"},
     "train": {"config", "data", "errors", "knowledge", "models", "run_dir", "speedups"},
     "chat": {"config", "errors", "knowledge", "models", "run_dir", "speedups"},
     "evaluate": {"atomic", "chat", "config", "data", "errors", "knowledge", "models", "run_dir"},
-    "serve": {"atomic", "chat", "config", "errors", "home", "knowledge", "models", "run_dir"},
+    "serve": {"atomic", "chat", "config", "database", "errors", "home", "knowledge", "models", "run_dir"},
 }
 ENTRY_POINTS = {"cli", "quickstart", "__main__", "__init__"}
 
