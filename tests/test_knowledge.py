@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from ecombot.cli import app
 from ecombot.data import builtin_path
 from ecombot.errors import DataError, EcombotError
-from ecombot.knowledge import KnowledgeBase, Passage, Retriever, open_grounder, read_passages
+from ecombot.knowledge import (DEFAULT_HANDOFF, KnowledgeBase, Passage, Retriever, is_handoff, open_grounder,
+                               read_passages)
 
 POLICY = builtin_path().parent / "policy.md"
 runner = CliRunner()
@@ -227,3 +228,17 @@ def test_cli_add_list_search_remove(tmp_path):
     assert "removed policy.md: 17 passage(s)" in removed.output
     missing = runner.invoke(app, ["knowledge", "remove", "policy.md", *db])
     assert isinstance(missing.exception, EcombotError) and "sources: none" in str(missing.exception)
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (DEFAULT_HANDOFF, True),
+    ("I'm not sure about that one, so I have passed your question to our support team. Thanks!", True),
+    ("We are not sure about that one, so I have passed your question to our support team. "
+     "An agent will get back to you shortly.", True),  # reworded opening, the promise kept
+    ("Returns are free within 30 days.", False),
+    ("An agent will call you.", False),
+    ("", False),
+])
+def test_a_generated_handoff_is_recognised_when_its_opening_is_reworded(answer, expected):
+    assert is_handoff(answer, DEFAULT_HANDOFF) is expected
+    assert is_handoff(answer, "") is False

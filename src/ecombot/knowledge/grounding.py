@@ -46,10 +46,15 @@ def _normalized(text: str) -> str:
 
 
 def is_handoff(answer: str, handoff: str) -> bool:
-    """True when a generated answer is the handoff (exactly, or starting with its first sentence)."""
-    answer, handoff = _normalized(answer), _normalized(handoff)
-    first_sentence = _normalized(re.split(r"(?<=[.!?])\s", handoff.strip(), maxsplit=1)[0]) if handoff else ""
-    return bool(handoff) and (answer == handoff or (bool(first_sentence) and answer.startswith(first_sentence)))
+    """True when a generated answer is the handoff: exactly, starting with its first sentence, or (for a handoff of
+    several sentences) ending with its last one; a model rewords the opening ("We are not sure…") more often than
+    the promise that an agent will reply."""
+    answer, sentences = _normalized(answer), [_normalized(s) for s in re.split(r"(?<=[.!?])\s", handoff.strip())]
+    sentences = [s for s in sentences if s]
+    if not sentences or not answer:
+        return False
+    return (answer == " ".join(sentences) or answer.startswith(sentences[0])
+            or (len(sentences) > 1 and answer.endswith(sentences[-1])))
 
 
 @dataclass
