@@ -34,10 +34,10 @@ def open_engine(url: str, metadata: MetaData, what: str) -> Engine:
         raise EcombotError(without_password(f"--db {url!r}: {exc}", url)) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    for tries_left in range(len(metadata.tables), -1, -1):
+    for tries_left in reversed(range(len(metadata.tables) + 1)):
         try:
             metadata.create_all(engine)
-            return engine
+            break
         except Exception as exc:
             # Each race lost means one more table exists, so the tries are bounded by the table count. Any other
             # error (unreachable server, not a database, no permission) fails at once.

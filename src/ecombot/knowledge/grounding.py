@@ -53,8 +53,7 @@ def is_handoff(answer: str, handoff: str) -> bool:
     sentences = [s for s in sentences if s]
     if not sentences or not answer:
         return False
-    return (answer == " ".join(sentences) or answer.startswith(sentences[0])
-            or (len(sentences) > 1 and answer.endswith(sentences[-1])))
+    return answer.startswith(sentences[0]) or (len(sentences) > 1 and answer.endswith(sentences[-1]))
 
 
 @dataclass
