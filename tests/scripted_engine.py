@@ -49,6 +49,12 @@ class ScriptedEngine:
                     self.cancelled += 1
         return [Generation(t, len(t.split()), 3, f) for t, f in zip(texts, finish)]
 
+    def version(self, adapter=None):
+        return None
+
+    def reload_promoted(self):
+        return {}
+
     def stream(self, messages, adapter=None):
         self.seen.append(messages)
         yield self.answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +18,7 @@ app = typer.Typer(help="Fine-tune a small LLM into an e-commerce support chatbot
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-adapter_app = typer.Typer(help="Look inside trained adapters.", no_args_is_help=True)
+adapter_app = typer.Typer(help="Look inside trained adapters; their versions (ecombot learn).", no_args_is_help=True)
 app.add_typer(adapter_app, name="adapter")
 conversations_app = typer.Typer(help="The conversations the server stored, and their feedback.", no_args_is_help=True)
 app.add_typer(conversations_app, name="conversations")
@@ -226,6 +227,59 @@ def adapter_inspect(
     console.print(table)
 
 
+@adapter_app.command("versions")
+def adapter_versions(run: Path = typer.Argument(..., help="Run directory of a trained adapter.")) -> None:
+    """Every version `ecombot learn` made of an adapter: parent, status, measurements and why it was (not) promoted."""
+    from ecombot.learn import versions
+
+    lineage = versions(run)
+    table = Table("version", "parent", "status", "created", "feedback trained / held out", "steps",
+                  "guard loss", "feedback-slice loss", "why", title=f"{run}: {lineage['live']} is live")
+    for v in lineage["versions"]:
+        losses = v.get("losses") or {}
+
+        def pair(name: str) -> str:
+            got = losses.get(name) or {}
+            return f"{got['parent']} -> {got['candidate']}" if got.get("parent") is not None else "–"
+        table.add_row(v["name"], v.get("parent") or "–", v["status"], v.get("created_at", "(ecombot train)"),
+                      f"{len(v.get('feedback_ids', []))} / {len(v.get('held_out_ids', []))}", str(v.get("steps", "–")),
+                      pair("guard"), pair("feedback"), v.get("reason", ""))
+    console.print(table)
+
+
+@adapter_app.command("rollback")
+def adapter_rollback(run: Path = typer.Argument(..., help="Run directory of a trained adapter."),
+                     version: str = typer.Argument(..., help="The version to make live again (e.g. v1).")) -> None:
+    """Make an earlier version live again; a running `ecombot serve` switches to it within seconds."""
+    from ecombot.learn import rollback
+
+    lineage = rollback(run, version)
+    console.print(f"{run}: {lineage['live']} is live")
+
+
+@app.command()
+def learn(
+    adapter: Path = typer.Option(..., help="Run directory of the adapter to improve (the one `serve` answers with)."),
+    served_as: Optional[str] = typer.Option(None, help="The adapter's name in `serve` (--adapter NAME=DIR), whose "
+                                            "answers' feedback is used (default: the directory's name)."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the conversation store (default: "
+                                                "$ECOMBOT_HOME/ecombot.db)."),
+    since: Optional[datetime] = typer.Option(None, help="Only feedback reviewed at or after this date (UTC)."),
+    dry_run: bool = typer.Option(False, help="Say what would be trained on, train nothing."),
+) -> None:
+    """Train the next version of an adapter on reviewed feedback, from the live version, with a replay of its training
+    data; it goes live only if the feedback improves and the guard set does not regress (`adapter versions`)."""
+    from datetime import timezone
+
+    from ecombot.learn import learn as learn_from_feedback
+
+    moment = since.replace(tzinfo=timezone.utc) if since is not None and since.tzinfo is None else since
+    result = learn_from_feedback(adapter, db=db, served_as=served_as, since=moment, dry_run=dry_run,
+                                 say=console.print)
+    if result.version is None:
+        console.print(result.reason)
+
+
 def split_keys(specs: List[str]) -> List[str]:
     """Keys given as repeated flags, or comma-separated in one environment variable."""
     return [k.strip() for spec in specs for k in spec.split(",") if k.strip()]
@@ -262,6 +316,9 @@ def serve(
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
     decode_bits: int = typer.Option(16, help="As for chat; default 16 here: under concurrent load int8 measured "
                                              "c8 throughput 51 vs 62 tokens/s with bf16 (benchmarks/serve_load.py)."),
+    reload_every: float = typer.Option(5.0, help="Seconds between checks for an adapter version `ecombot learn` "
+                                                 "promoted (or `adapter rollback` restored), swapped in without a "
+                                                 "restart; 0: never."),
 ) -> None:
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn
@@ -279,7 +336,7 @@ def serve(
                          session_secret_file=session_secret or ecombot_home() / "session_secret",
                          max_request_bytes=max_request_kb * 1024, max_tokens=max_tokens,
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
-                         max_batch=max_batch, max_queue=max_queue)
+                         max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
     grounder, grounded = open_knowledge(adapters[0][1] if adapters else None, knowledge, db, k)
     engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)

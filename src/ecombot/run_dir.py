@@ -8,6 +8,9 @@
     loss_curve.png      training and validation loss
     README.md           model card (Hugging Face Hub format)
     checkpoints/        Trainer checkpoints for --resume
+    versions.json       after `ecombot learn`: every version (v1 is this run itself), its parent, its measurements,
+                        the promotion decision, the feedback it used or held out, and which version is live
+    versions/v2, v3 …   the later versions, each a complete run directory of its own, trained from its parent
 
 Only a directory with both adapter files is an adapter; a run of ecombot's is finished when run_config.json says
 "complete", and its adapter is loaded only then (while it says "running" the files may be an older adapter's, or
@@ -29,6 +32,7 @@ from pathlib import Path
 from ecombot import atomic
 from ecombot.errors import EcombotError, ModelError
 
+FIRST_VERSION = "v1"  # the run itself, as `ecombot train` wrote it
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 COMPLETE_CHECKPOINT = "ecombot-complete"  # marker file: a checkpoint without it was interrupted mid-write
 TRAINING_SUMMARY = "train_runtime"  # in the record Transformers logs once training ends (again when a run resumes)
@@ -65,6 +69,35 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.resolve().name
+
+    @property
+    def versions_file(self) -> Path:
+        return self.path / "versions.json"
+
+    def version_dir(self, version: str) -> Path:
+        return self.path if version == FIRST_VERSION else self.path / "versions" / version
+
+    # --- versions (ecombot learn) ---
+    def lineage(self) -> dict:
+        """versions.json: {"live": "v2", "versions": [{"name", "parent", "status", ...}, ...]}; a run never
+        learnt from is its own only version, live."""
+        if not self.versions_file.is_file():
+            return {"live": FIRST_VERSION, "versions": [{"name": FIRST_VERSION, "parent": None, "status": "live"}]}
+        try:
+            return json.loads(self.versions_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EcombotError(f"{self.versions_file}: damaged, not JSON ({exc})") from None
+
+    def live_version(self) -> str:
+        return self.lineage()["live"]
+
+    def live(self) -> "RunDir":
+        """The run directory of the version that answers: this one until `ecombot learn` promotes another."""
+        return RunDir(self.version_dir(self.live_version()))
+
+    def write_lineage(self, lineage: dict) -> None:
+        """One atomic rename: a reader (a serving process) sees the old live version or the new one, never half."""
+        self.write_json(self.versions_file.name, lineage)
 
     # --- reading ---
     def info(self) -> dict | None:

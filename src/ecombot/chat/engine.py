@@ -77,6 +77,7 @@ class Generation:
     new_tokens: int  # generated tokens, including the stop token when the model stopped by itself
     prompt_tokens: int = 0
     finish_reason: str = "stop"  # "stop" (end of turn), "length" (token budget) or "cancelled"
+    version: str | None = None  # the adapter version that generated it (None: the base model)
 
 
 class GenerationEngine(Protocol):
@@ -95,6 +96,10 @@ class GenerationEngine(Protocol):
                  on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]: ...
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]: ...
+
+    def version(self, adapter: str | None = None) -> str | None: ...
+
+    def reload_promoted(self) -> dict[str, str]: ...
 
 
 class RowTracker(BaseStreamer, StoppingCriteria):
@@ -172,9 +177,17 @@ class TransformersEngine:
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
         self.system_prompts: dict[str, str | None] = {BASE: system_prompt}
+        # where each adapter came from and which of its versions answers (ecombot learn promotes new ones)
+        self.sources: dict[str, Path] = {}
+        self.versions: dict[str, str] = {}
         if self.default_adapter != BASE:
             self.system_prompts[self.default_adapter] = (RunDir(loaded.adapter_dir).system_prompt()
                                                          if loaded.adapter_dir else system_prompt)
+            if loaded.adapter_dir is not None:
+                self.sources[self.default_adapter] = loaded.adapter_dir
+                self.versions[self.default_adapter] = loaded.adapter_version
+        # one generate at a time, and never during a reload: a batch in flight finishes on the weights it began with
+        self.lock = threading.RLock()
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
     def adapters(self) -> list[str]:
@@ -196,12 +209,42 @@ class TransformersEngine:
             raise ModelError("load every adapter before speed_up_decoding()")
         if not hasattr(self.model, "load_adapter") or not self.adapters():
             raise ModelError("extra adapters need the engine to be loaded with a first adapter")
+        version = RunDir(path).live_version()
         try:
-            self.model.load_adapter(str(path), adapter_name=name)
+            self.model.load_adapter(str(RunDir(path).version_dir(version)), adapter_name=name)
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
         self.system_prompts[name] = RunDir(path).system_prompt()
+        self.sources[name], self.versions[name] = Path(path), version
+
+    def version(self, adapter: str | None = None) -> str | None:
+        """The version of `adapter` answering now (None: the base model, or an adapter loaded without a run)."""
+        return self.versions.get(adapter or self.default_adapter)
+
+    def reload_promoted(self) -> dict[str, str]:
+        """Swap in the weights of every adapter whose run promoted (or rolled back to) another version since it was
+        loaded; returns {adapter: new version}. The new weights are copied into the loaded adapter's tensors under
+        the engine lock, so a batch being generated finishes on the old version and the next one uses the new;
+        no base reload, and the low-bit decoding layers (which wrap the base weights only) stay."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        changed = {}
+        for name, root in self.sources.items():
+            version = RunDir(root).live_version()
+            if version == self.versions[name]:
+                continue
+            live = RunDir(RunDir(root).version_dir(version))
+            live.check_adapter()
+            weights = load_file(str(live.path / "adapter_model.safetensors"))
+            with self.lock:
+                result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
+                if getattr(result, "unexpected_keys", None):
+                    raise ModelError(f"{live.path}: the adapter does not match the loaded one "
+                                     f"({len(result.unexpected_keys)} unexpected tensors)")
+                self.versions[name] = changed[name] = version
+        return changed
 
     def override_system_prompt(self, system_prompt: str | None) -> None:
         """Tell the base model and every adapter `system_prompt` (a user's explicit choice over the runs')."""
@@ -257,12 +300,13 @@ class TransformersEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.loaded.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
-        with self.using(adapter):
+        with self.lock, self.using(adapter):
+            version = self.version(adapter)
             self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), streamer=tracker,
                                 stopping_criteria=StoppingCriteriaList([tracker]), eos_token_id=self.stop_ids,
                                 pad_token_id=pad, **decoding.generate_kwargs(width))
         return [Generation(tracker.text(r), len(tracker.tokens[r]) + (tracker.finish[r] == "stop"), len(prompts[r]),
-                           tracker.finish[r] or "length") for r in range(len(prompts))]
+                           tracker.finish[r] or "length", version) for r in range(len(prompts))]
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
         """Yield one answer's text piece by piece as tokens are generated (a batch of one, in a thread)."""

@@ -23,6 +23,7 @@ class ServeConfig:
     rate_limit_per_minute: int = 60  # per API key, else per client address (page sessions and open access); 0 = off
     max_batch: int = 8
     max_queue: int = 64
+    reload_every_s: float = 5.0  # how often serve checks for a version `ecombot learn` promoted; 0 = never
 
     def __post_init__(self):
         if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens:

@@ -36,6 +36,7 @@ class TrainConfig:
     dropout: float = 0.0
     rslora: bool = False
     target_modules: str | list[str] = "all-linear"
+    init_adapter: str | None = None
     epochs: float | str = AUTO
     max_steps: int = -1
     batch_size: int | str = AUTO

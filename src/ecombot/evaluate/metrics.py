@@ -155,17 +155,23 @@ def _normalised_fact(kind: str, text: str) -> str:
     return _number(text)
 
 
-def extract_facts(text: str) -> set[str]:
-    """The checkable facts of a text, normalised so that different spellings of one fact compare equal:
-    amounts ("$4.95", "4.95 dollars"), quantities and ranges with units ("30 days", "1-year", "3–5 business days",
-    "3 to 5 business days"), percentages, clock times ("2 pm", "14:00"), e-mail addresses, URLs, phone numbers
-    and other numbers of two or more digits. Single digits without a unit ("step 2") are not facts."""
-    facts = set()
+def facts_by_kind(text: str) -> dict[str, set[str]]:
+    """The checkable facts of a text by kind (FACT_PATTERNS), normalised so that different spellings of one fact
+    compare equal: amounts ("$4.95", "4.95 dollars"), quantities and ranges with units ("30 days", "1-year",
+    "3–5 business days", "3 to 5 business days"), percentages, clock times ("2 pm", "14:00"), e-mail addresses,
+    URLs, phone numbers and other numbers of two or more digits. Single digits without a unit ("step 2") are not
+    facts."""
+    facts: dict[str, set[str]] = {}
     for kind, pattern in FACT_RE:
         for match in pattern.finditer(text):
-            facts.add(_normalised_fact(kind, match.group()))
+            facts.setdefault(kind, set()).add(_normalised_fact(kind, match.group()))
         text = pattern.sub(lambda m: " " * len(m.group()), text)
     return facts
+
+
+def extract_facts(text: str) -> set[str]:
+    """Every checkable fact of a text (facts_by_kind), of whatever kind."""
+    return set().union(*facts_by_kind(text).values())
 
 
 def fact_accuracy(answers: list[str], references: list[str]) -> list[float | None]:

@@ -66,17 +66,21 @@ class LoadedModel:
     model_dir: Path
     device: str
     precision: str
-    adapter_dir: Path | None = None
+    adapter_dir: Path | None = None  # as given: a run, or the root of a run's versions
+    adapter_version: str | None = None  # the version loaded from it (its live one)
 
 
 def load_for_inference(model: str | None = None, adapter: str | Path | None = None,
-                       precision: str = "auto", adapter_name: str = "default") -> LoadedModel:
-    """Base model (+ adapter) in the fastest exact-enough dtype: bf16 weights where the hardware has bf16."""
+                       precision: str = "auto", adapter_name: str = "default", live: bool = True) -> LoadedModel:
+    """Base model (+ adapter) in the fastest exact-enough dtype: bf16 weights where the hardware has bf16.
+    A run's live version is loaded (`ecombot learn`); `live=False` loads the adapter files in `adapter` itself."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter) if adapter else None
-    if adapter_dir is not None:
-        RunDir(adapter_dir).check_adapter()
+    version = RunDir(adapter_dir).live_version() if adapter_dir is not None and live else None
+    source = RunDir(RunDir(adapter_dir).version_dir(version) if version else adapter_dir) if adapter_dir else None
+    if source is not None:
+        source.check_adapter()
     spec = model or (RunDir(adapter_dir).base_model() if adapter_dir else None)
     if spec is None:
         from ecombot.models.registry import DEFAULT_MODEL
@@ -89,9 +93,9 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     base = load_base_model(model_dir, dtype=dtype, device=device)
     if adapter_dir is not None:
         try:
-            base = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name)
+            base = PeftModel.from_pretrained(base, str(source.path), adapter_name=adapter_name)
         except Exception as exc:
             raise ModelError(f"{adapter_dir}: the adapter does not fit base model {spec} ({type(exc).__name__}: {exc})") from None
     base.eval()
     speedups.apply(base, mode="decode")  # scoring (held-out loss) with the fast attention and head
-    return LoadedModel(base, tokenizer, model_dir, device, precision, adapter_dir)
+    return LoadedModel(base, tokenizer, model_dir, device, precision, adapter_dir, version)

@@ -6,6 +6,8 @@ shape in errors.py; this module puts one app together.
 
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -51,11 +53,29 @@ class SecurityHeaders:
 
 @asynccontextmanager
 async def batching(app: FastAPI):
-    """The batcher's worker thread runs as long as the server does."""
-    batcher = app.state.server.batcher
-    batcher.start()
+    """The batcher's worker thread runs as long as the server does, and so does the watch for promoted versions."""
+    state = app.state.server
+    stop = threading.Event()
+    watch = threading.Thread(target=watch_versions, args=(state.engine, state.config.reload_every_s, stop),
+                             name="ecombot-versions", daemon=True)
+    state.batcher.start()
+    if state.config.reload_every_s > 0:
+        watch.start()
     yield
-    batcher.stop()
+    stop.set()
+    state.batcher.stop()
+
+
+def watch_versions(engine: GenerationEngine, every_s: float, stop: threading.Event) -> None:
+    """Swap in each adapter version `ecombot learn` promotes (or `adapter rollback` restores) without a restart;
+    a failed reload (a half-copied directory) is logged and tried again at the next check."""
+    log = logging.getLogger("ecombot.serve")
+    while not stop.wait(every_s):
+        try:
+            for adapter, version in engine.reload_promoted().items():
+                log.warning("adapter %s: now answering with version %s", adapter, version)
+        except Exception as exc:  # the server keeps answering with the version it has
+            log.error("adapter reload failed, still answering with the loaded versions: %s", exc)
 
 
 def body_model(route: APIRoute):

@@ -63,6 +63,7 @@ class Completion:
         self.raw = ""  # the answer as generated (placeholders unfilled), cut at a stop sequence
         self.finish_reason = "stop"
         self.completion_tokens = 0
+        self.version: str | None = None  # the adapter version that answered, from the batch's result
 
     async def next_event(self) -> tuple[str, object]:
         """The batcher's next event; notices a client that went away (every 0.25 s), whether text arrives or not."""
@@ -87,7 +88,7 @@ class Completion:
                 raise value
             if kind == "done":
                 result: Generation = value
-                self.completion_tokens = result.new_tokens
+                self.completion_tokens, self.version = result.new_tokens, result.version
                 self.finish_reason = "length" if result.finish_reason == "length" else "stop"
                 if held:
                     self.raw += held
@@ -112,6 +113,7 @@ class Completion:
         while True:
             kind, value = await self.job.events.get()
             if kind == "done":
+                self.version = value.version
                 return value.new_tokens
             if kind == "error":
                 return 0
@@ -134,7 +136,7 @@ class Completion:
         """Store the request's messages and this answer (one transaction; called from a worker thread)."""
         answer = Answer(self.id, self.raw.strip(), self.job.adapter, (time.monotonic() - self.started) * 1000,
                         self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason,
-                        self.sources, self.handoff_note())
+                        self.sources, self.handoff_note(), self.version)
         self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.asked, answer)
 
     def cancel(self) -> None:

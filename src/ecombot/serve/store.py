@@ -65,6 +65,7 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(Text)
     completion_id: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     adapter: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the adapter's version (ecombot learn)
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -124,6 +125,7 @@ class Answer:
     finish_reason: str
     sources: list[dict] = field(default_factory=list)  # the knowledge passages it was grounded in
     handoff: str | None = None  # why an agent should take over the conversation (the bot handed over), else None
+    version: str | None = None  # the adapter version that answered
 
 
 @dataclass
@@ -137,6 +139,22 @@ class Suggestion:
     rating: int
     correction: str | None
     created_at: datetime
+
+
+@dataclass
+class ReviewedAnswer:
+    """An answer a reviewer approved, as training data: the conversation up to it, the approved answer last."""
+
+    feedback_id: int
+    messages: list[dict[str, str]]
+    adapter: str | None  # the adapter and version that gave the original answer
+    version: str | None
+    generated: str  # the answer as the bot gave it (the approved one is the last message)
+    reviewed_at: datetime
+
+    @property
+    def corrected(self) -> bool:
+        return self.messages[-1]["content"] != self.generated
 
 
 @dataclass
@@ -232,7 +250,7 @@ class Store:
                 position += 1
             db.add(MessageRow(conversation_id=row.id, position=position, role="assistant",
                               content=self._clean(answer.content), completion_id=answer.completion_id,
-                              adapter=answer.adapter, latency_ms=answer.latency_ms,
+                              adapter=answer.adapter, version=answer.version, latency_ms=answer.latency_ms,
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                               finish_reason=answer.finish_reason,
                               sources=json.dumps(answer.sources, ensure_ascii=False) if answer.sources else None))
@@ -305,6 +323,20 @@ class Store:
                               .selectinload(FeedbackRow.review)))
             return list(db.scalars(query))
 
+    def reviewed_answers(self, adapter: str | None = None, since: datetime | None = None) -> list[ReviewedAnswer]:
+        """Every approved answer (of `adapter`, reviewed at or after `since`), oldest first: what `ecombot learn`
+        trains on."""
+        found = []
+        for conversation in self.conversations():
+            for history, message, approved in answered_turns(conversation):
+                review = message.feedback.review if message.feedback else None
+                if (approved is None or (adapter is not None and message.adapter != adapter)
+                        or (since is not None and as_utc(review.reviewed_at) < since)):
+                    continue
+                found.append(ReviewedAnswer(message.feedback.id, history, message.adapter, message.version,
+                                            message.content, as_utc(review.reviewed_at)))
+        return sorted(found, key=lambda r: (r.reviewed_at, r.feedback_id))
+
     def export(self, path: Path, rated_only: bool) -> ExportReport:
         """Write chat JSONL that `ecombot train` reads, with only what reviewers approved in place of answers.
 
@@ -318,13 +350,7 @@ class Store:
         with atomic.replacing(path) as out:
             for conversation in self.conversations():
                 history: list[dict[str, str]] = []
-                for message in conversation.messages:
-                    if not (message.role == "user" or message.completion_id):  # a client's turn, stored by an
-                        history = []  # older version: what follows it is a conversation of its own
-                        continue
-                    review = message.feedback.review if message.feedback else None
-                    approved = review.answer if review and review.approved else None
-                    history.append({"role": message.role, "content": approved or message.content})
+                for history, message, approved in answered_turns(conversation):
                     if not rated_only or message.feedback is None:
                         continue
                     if approved:
@@ -337,6 +363,26 @@ class Store:
                     out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
                     written += 1
         return ExportReport(written, skipped)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC), PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def answered_turns(conversation: ConversationRow):
+    """(history up to and including the answer, the answer's row, the approved answer or None) per answer of this
+    server's, approved answers in place of the generated ones in the history."""
+    history: list[dict[str, str]] = []
+    for message in conversation.messages:
+        if not (message.role == "user" or message.completion_id):  # a client's turn, stored by an older version:
+            history = []  # what follows it is a conversation of its own
+            continue
+        review = message.feedback.review if message.feedback else None
+        approved = review.answer if review and review.approved else None
+        history = [*history, {"role": message.role, "content": approved or message.content}]
+        if message.role == "assistant":
+            yield history, message, approved
 
 
 def not_exported_because(feedback: FeedbackRow) -> str:

@@ -55,6 +55,10 @@ def own_answer_filter(conv: Conversation):
     return rejects
 
 
+def pair_key(passage: Passage) -> tuple[str, str]:
+    return normalise_text(passage.question or ""), normalise_text(passage.text)
+
+
 def is_qa_pair(passage: Passage) -> bool:
     """What a documents-only example rejects: it is answered from the store's documents alone."""
     return passage.question is not None
@@ -140,7 +144,11 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     the validation or test pairs), then ground both splits. `index=False` (the extra processes of a distributed
     run) waits until the main process has written them, so every process grounds from the same passages."""
     base = KnowledgeBase(db, name)
-    source, pairs = training_source(data_path), qa_passages(train, training_source(data_path))
+    source = training_source(data_path)
+    # A pair the base already holds under another source (`ecombot learn` replays earlier training data) is not
+    # added twice: a duplicate would take a second of the k places in every prompt that finds it.
+    held = {pair_key(p) for p in base.passages() if p.question is not None and p.source != source}
+    pairs = [p for p in qa_passages(train, source) if pair_key(p) not in held]
     if index:
         base.add_passages(source, pairs)
     else:

@@ -68,7 +68,7 @@ def lora_config(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import set_seed
 
     quantized = cfg.method == "qlora"
@@ -81,6 +81,8 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
     model = load_base_model(model_dir, dtype=dtype, quantize_4bit=quantized, device=device)
     model.config.use_cache = False
     set_seed(cfg.seed)  # identical adapter initialisation for identical seeds
+    if cfg.init_adapter:
+        return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     return get_peft_model(model, lora_config(cfg))
 
 
@@ -176,7 +178,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         train_items, val_items = train_set.examples, val_set.examples
         collator, packing = PadCollator(tokenizer.pad_token_id), None
 
-    # 5. Model: base (4-bit for QLoRA) + fresh adapter.
+    # 5. Model: base (4-bit for QLoRA) + fresh adapter (or the one it continues: `init_adapter`).
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     model = build_model(cfg, model_dir, device, precision)

@@ -1,0 +1,227 @@
+"""Five weekly feedback rounds on the built-in store: does `ecombot learn` teach each round's corrections and keep what
+the bot knew, against naive sequential training on the feedback alone and a retrain from scratch on everything?
+
+The base adapter is trained on the built-in data without five intents. Each round, customers ask one of those
+topics (new to the bot) and some questions whose answer a policy change altered (slices/policy_edits.json, one edit
+per round); agents correct the answers and a reviewer approves them, in the conversation store, as in production.
+Then three ways to the next version:
+  learn    `ecombot learn` (from the live version, replay, guard set, promotion rule)
+  naive    the previous naive version trained on the round's feedback alone (same steps and learning rate)
+  retrain  a fresh adapter on the base data plus every round's feedback so far (the base run's settings)
+After each round, each version answers (greedy, as `ecombot evaluate`): the round's slice (its held-out feedback and
+other questions of the same kind, never trained on) before and after, and the guard set (the base run's test
+split): intent accuracy (nearest reference intent), fact accuracy, and loss per answer token. Ungrounded
+(`--knowledge none`) so the corrections must reach the weights; the grounded loop is the same code.
+
+    python benchmarks/learn_rounds.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, print_table, write_results  # noqa: E402
+
+EXTRA_TOPICS = 2  # new topics beyond data.UNSEEN_INTENTS, so that five rounds each bring one
+
+
+def two_turn(convs):
+    return [c for c in convs if len(c.messages) == 2]
+
+
+def build_rounds(convs, rounds: int, per_topic: int, per_edit: int, slice_extra: int, seed: int):
+    """(base conversations, [round: {"feedback": [...], "extra": [...] never trained on, "topic", "edit"}])."""
+    from ecombot.data import UNSEEN_INTENTS
+    from ecombot.evaluate.slices import edit_conversation, policy_edits
+
+    rng = random.Random(seed)
+    others = sorted({c.intent for c in convs} - set(UNSEEN_INTENTS))
+    topics = list(UNSEEN_INTENTS) + rng.sample(others, EXTRA_TOPICS)
+    base = [c for c in convs if c.intent not in topics]
+    edits = policy_edits()
+    plan = []
+    for r in range(rounds):
+        topic, edit = topics[r % len(topics)], edits[r % len(edits)]
+        asked = two_turn([c for c in convs if c.intent == topic])
+        rng.shuffle(asked)
+        changed = [edit_conversation(c, [edit]) for c in two_turn(base) if edit[0] in c.answer]
+        rng.shuffle(changed)
+        plan.append({"topic": topic, "edit": edit,
+                     "feedback": asked[:per_topic] + changed[:per_edit],
+                     "extra": asked[per_topic:per_topic + slice_extra] + changed[per_edit:per_edit + slice_extra // 2]})
+    return base, plan, topics
+
+
+def write_jsonl(path: Path, convs) -> Path:
+    path.write_text("".join(json.dumps(c.to_json()) + "\n" for c in convs))
+    return path
+
+
+def record_feedback(store, adapter: str, version: str, convs) -> dict[int, object]:
+    """Each conversation answered by `adapter`, corrected by an agent, approved by a reviewer: feedback id -> it."""
+    from ecombot.serve.store import Answer
+
+    ids = {}
+    for conv in convs:
+        completion = f"chatcmpl-{uuid.uuid4().hex}"
+        store.record_answer(None, "bench", "api", conv.messages[:-1],
+                            Answer(completion, "(the bot's earlier answer)", adapter, 1.0, 1, 1, "stop",
+                                   version=version))
+        store.record_feedback(completion, "bench", -1, conv.answer)
+        suggestion = store.pending_suggestions()[-1]
+        store.review(suggestion.id, True, "bench")
+        ids[suggestion.id] = conv
+    return ids
+
+
+class Scorer:
+    """Answers a set with one adapter and scores it; the pool of reference answers (with their intents) is
+    embedded once."""
+
+    def __init__(self, convs, max_new_tokens: int):
+        from ecombot.knowledge import embed
+
+        self.pool_intents = [c.intent for c in convs]
+        self.pool_vectors = embed([c.answer for c in convs])
+        self.max_new_tokens = max_new_tokens
+
+    def __call__(self, adapter: Path, items) -> dict:
+        import numpy as np
+
+        from ecombot.chat import Decoding, TransformersEngine
+        from ecombot.evaluate import item_losses
+        from ecombot.evaluate.metrics import fact_accuracy, nearest_intents
+        from ecombot.knowledge import embed
+        from ecombot.models import load_for_inference
+
+        loaded = load_for_inference(adapter=adapter, live=False)  # these files, not a later version
+        engine = TransformersEngine(loaded, None, Decoding(max_new_tokens=self.max_new_tokens))
+        answers = []
+        for start in range(0, len(items), 16):
+            batch = items[start:start + 16]
+            answers += [g.text for g in engine.generate([c.messages[:-1] for c in batch])]
+        intents = nearest_intents(embed(answers), self.pool_vectors, self.pool_intents)
+        facts = [f for f in fact_accuracy(answers, [c.answer for c in items]) if f is not None]
+        sums, counts = item_losses(loaded.model, loaded.tokenizer, items, engine.system_prompt())
+        return {"intent": round(float(np.mean([i == c.intent for i, c in zip(intents, items)])), 3),
+                "fact": round(float(np.mean(facts)), 3) if facts else None, "fact_items": len(facts),
+                "loss": round(float(sums.sum() / counts.sum()), 4), "items": len(items)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--base-steps", type=int, default=150, help="The base run's (and each retrain's) steps.")
+    parser.add_argument("--per-topic", type=int, default=16, help="Feedback items on the round's new topic.")
+    parser.add_argument("--per-edit", type=int, default=8, help="Feedback items on the round's policy change.")
+    parser.add_argument("--slice-extra", type=int, default=16, help="Further new-topic questions in the round's slice "
+                                                                    "(and half as many policy ones), never trained on.")
+    parser.add_argument("--guard", type=int, default=48, help="Guard-set questions answered per version.")
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", default="benchmarks/results/learn_rounds.json")
+    args = parser.parse_args()
+
+    from ecombot.config import load_config
+    from ecombot.data import builtin_path, clean, read_file
+    from ecombot.learn import learn
+    from ecombot.run_dir import RunDir
+    from ecombot.serve.store import Store
+    from ecombot.train import train
+
+    convs, _ = clean(read_file(builtin_path()))
+    base_convs, plan, topics = build_rounds(convs, args.rounds, args.per_topic, args.per_edit, args.slice_extra,
+                                            args.seed)
+    work = Path(tempfile.mkdtemp(prefix="ecombot-learn-rounds-"))
+    db = f"sqlite:///{work / 'store.db'}"
+    common = dict(model=args.model, knowledge="none", max_steps=args.base_steps, seed=args.seed)
+
+    started = time.time()
+    base = train(load_config(None, data=str(write_jsonl(work / "base.jsonl", base_convs)),
+                             output=str(work / "bot"), **common), show_progress=False)
+    base_seconds = round(time.time() - started, 1)
+    run = RunDir(work / "bot")
+    from ecombot.data import read_file as read
+    guard = read(run.data_dir / "test.jsonl").conversations[:args.guard]
+    scorer = Scorer(convs + [c for r in plan for c in r["feedback"] + r["extra"]], args.max_new_tokens)
+    print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
+
+    base_guard = scorer(run.path, guard)
+    results = {"machine": machine(), "args": vars(args), "base": {"seconds": base_seconds, "guard": base_guard},
+               "rounds": []}
+    store = Store(db)
+    latest = {"learn": run.path, "naive": run.path, "retrain": run.path}
+    trained_so_far = []
+    for number, round_ in enumerate(plan, start=1):
+        ids = record_feedback(store, "bot", run.live_version(), round_["feedback"])
+        t0 = time.time()
+        learned = learn(run.path, db=db, served_as="bot", say=lambda line: print("  " + line, flush=True))
+        learn_seconds = round(time.time() - t0, 1)
+        held = [ids[i] for i in learned.feedback.held_out_ids]
+        taught = [ids[i] for i in learned.feedback.used_ids]
+        trained_so_far += taught
+        slice_items = held + round_["extra"]
+
+        # naive: the previous naive version on this round's feedback alone, the same steps and learning rate
+        record = learned.record
+        naive_cfg = dataclasses.replace(load_config(None, data=str(write_jsonl(work / f"naive-{number}.jsonl", taught)),
+                                                    output=str(work / f"naive-v{number + 1}"), **common),
+                                        init_adapter=str(latest["naive"]), val_fraction=0.0, test_fraction=0.0,
+                                        max_steps=record["steps"], learning_rate=record["learning_rate"],
+                                        batch_size=8, eval_steps=record["steps"], warmup_ratio=0.0)
+        t0 = time.time()
+        train(naive_cfg, show_progress=False)
+        naive_seconds = round(time.time() - t0, 1)
+        # retrain: a fresh adapter on everything so far, the base run's settings
+        t0 = time.time()
+        train(load_config(None, data=str(write_jsonl(work / f"all-{number}.jsonl", base_convs + trained_so_far)),
+                          output=str(work / f"retrain-{number}"), **common), show_progress=False)
+        retrain_seconds = round(time.time() - t0, 1)
+
+        now = {"learn": run.live().path, "naive": work / f"naive-v{number + 1}", "retrain": work / f"retrain-{number}"}
+        row = {"round": number, "topic": round_["topic"], "edit": round_["edit"], "feedback": len(ids),
+               "trained": len(taught), "held_out": len(held), "slice_items": len(slice_items),
+               "learn": {"version": learned.version, "promoted": learned.promoted, "reason": learned.reason,
+                         "seconds": learn_seconds, "train_seconds": record["train_seconds"], "steps": record["steps"]},
+               "naive_seconds": naive_seconds, "retrain_seconds": retrain_seconds, "systems": {}}
+        for system in ("learn", "naive", "retrain"):
+            row["systems"][system] = {"slice_before": scorer(latest[system], slice_items),
+                                      "slice_after": scorer(now[system], slice_items),
+                                      "guard": scorer(now[system], guard)}
+            latest[system] = now[system]
+        results["rounds"].append(row)
+        write_results(args.output, results)
+        print(json.dumps({k: row[k] for k in ("round", "topic", "learn")}), flush=True)
+        for system, got in row["systems"].items():
+            print(f"  {system}: slice intent {got['slice_before']['intent']} -> {got['slice_after']['intent']}, "
+                  f"fact {got['slice_before']['fact']} -> {got['slice_after']['fact']}; guard intent "
+                  f"{got['guard']['intent']} fact {got['guard']['fact']} loss {got['guard']['loss']}", flush=True)
+
+    rows = []
+    for row in results["rounds"]:
+        for system, got in row["systems"].items():
+            seconds = row["learn"]["seconds"] if system == "learn" else row[f"{system}_seconds"]
+            rows.append([str(row["round"]), system,
+                         f"{got['slice_before']['intent']:.2f} -> {got['slice_after']['intent']:.2f}",
+                         f"{got['slice_before']['fact']} -> {got['slice_after']['fact']}",
+                         f"{got['guard']['intent']:.2f} / {got['guard']['fact']} / {got['guard']['loss']:.3f}",
+                         f"{seconds:.0f} s"])
+    print(f"\nbase guard intent / fact / loss: {base_guard['intent']:.2f} / {base_guard['fact']} / "
+          f"{base_guard['loss']:.3f}; base training {base_seconds:.0f} s")
+    print_table(["round", "system", "slice intent", "slice fact", "guard intent / fact / loss", "time"], rows)
+    results["seconds"] = round(time.time() - started, 1)
+    write_results(args.output, results)
+
+
+if __name__ == "__main__":
+    main()

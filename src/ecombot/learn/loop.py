@@ -1,0 +1,295 @@
+"""`ecombot learn`, read top to bottom: the reviewed feedback since the last version -> a replay sample of what the
+live version was trained on -> the next version trained from the live one -> both versions measured on the guard
+set and the new feedback's held-out part -> promoted only if it helped and kept what the bot knew.
+
+Why each number (benchmarks/learn_rounds.py measures the loop over five rounds against naive sequential training on
+the feedback alone and a retrain from scratch):
+- replay: training on a handful of corrections alone pulls the whole adapter toward them and the answers to every
+  other question drift (catastrophic forgetting); mixed with REPLAY_PER_ITEM earlier training conversations per
+  feedback item (at least MIN_REPLAY), the gradient keeps pointing at the old answers too.
+- from the live adapter at LR_FACTOR of its learning rate, for a few passes over the mix (FEEDBACK_PASSES, between
+  MIN_STEPS and MAX_STEPS optimizer steps): a round costs a small share of a full retrain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from ecombot import atomic
+from ecombot.config import TrainConfig
+from ecombot.database import without_password
+from ecombot.data import Conversation, read_file
+from ecombot.errors import EcombotError
+from ecombot.learn.feedback import FeedbackRound, feedback_round
+from ecombot.run_dir import FIRST_VERSION, RunDir
+from ecombot.serve.store import Store
+
+REPLAY_PER_ITEM = 3
+MIN_REPLAY = 32
+LR_FACTOR = 0.5
+FEEDBACK_PASSES = 4
+MIN_STEPS, MAX_STEPS = 10, 40
+# The promotion rule: the feedback slice's loss must fall, and the guard set's may rise by at most this share.
+GUARD_TOLERANCE = 0.02
+GUARD_MAX = 100  # guard conversations scored per version (the first ones: the same every round): ~20 s each on CPU
+
+
+@dataclass
+class LearnResult:
+    version: str | None  # None: nothing new to learn from (or a dry run)
+    promoted: bool = False
+    reason: str = ""
+    record: dict = field(default_factory=dict)
+    feedback: FeedbackRound | None = None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def ancestors(lineage: dict, version: str) -> list[dict]:
+    """The version's record and its parents', newest first."""
+    by_name = {v["name"]: v for v in lineage["versions"]}
+    chain = []
+    while version is not None:
+        chain.append(by_name[version])
+        version = by_name[version]["parent"]
+    return chain
+
+
+def drop_unfinished(root: RunDir, lineage: dict) -> None:
+    """A learn killed mid-run leaves a version directory its lineage never recorded: remove it (a rerun trains it
+    again); the live version was never touched."""
+    known = {v["name"] for v in lineage["versions"]}
+    versions = root.path / "versions"
+    for path in versions.glob("*") if versions.is_dir() else []:
+        if path.is_dir() and path.name not in known:
+            shutil.rmtree(path)
+
+
+def next_version(lineage: dict) -> str:
+    return f"v{max(int(v['name'][1:]) for v in lineage['versions']) + 1}"
+
+
+def replay_pool(root: RunDir, lineage: dict) -> list[Conversation]:
+    """What the live version knows: the first training split plus the feedback each ancestor trained on."""
+    first = root.train_split()
+    if first is None:
+        raise EcombotError(f"{root.path}: the run kept no data/train.jsonl to replay from; `ecombot learn` needs a run "
+                           "trained by ecombot")
+    pool = read_file(first).conversations
+    for record in ancestors(lineage, lineage["live"])[:-1]:
+        pool += read_file(root.path / "versions" / f"{record['name']}-feedback.jsonl").conversations
+    return pool
+
+
+def learn_steps(examples: int, batch: int) -> int:
+    return min(MAX_STEPS, max(MIN_STEPS, -(-FEEDBACK_PASSES * examples // batch)))
+
+
+def write_jsonl(path: Path, convs: list[Conversation]) -> None:
+    atomic.write_text(path, "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in convs))
+
+
+@contextlib.contextmanager
+def only_learn_running(root: RunDir):
+    """One `learn` per adapter at a time (two would train the same next version); the lock goes with the process."""
+    import fcntl
+
+    (root.path / "versions").mkdir(exist_ok=True)
+    with open(root.path / "versions" / ".learn.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EcombotError(f"{root.path}: another `ecombot learn` is running on this adapter") from None
+        yield
+
+
+def learn(adapter: str | Path, db: str | None = None, served_as: str | None = None, since: datetime | None = None,
+          dry_run: bool = False, say: Callable[[str], None] = print) -> LearnResult:
+    root = RunDir(adapter)
+    root.check_adapter()
+    if root.info() is None:
+        raise EcombotError(f"{root.path}: not a run trained by ecombot (no run_config.json); `ecombot learn` needs "
+                           "the run's data split and settings")
+    with only_learn_running(root):
+        return learn_locked(root, db, served_as, since, dry_run, say)
+
+
+def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: datetime | None, dry_run: bool,
+                 say: Callable[[str], None]) -> LearnResult:
+    lineage = root.lineage()
+    drop_unfinished(root, lineage)
+    parent = RunDir(root.version_dir(lineage["live"]))
+    parent_cfg = TrainConfig(**parent.info()["config"])
+    served_as = served_as or root.name
+
+    # 1. Feedback: approved answers to this adapter's questions not yet trained on or held out.
+    store = Store(db)
+    reviewed = store.reviewed_answers(served_as, since)
+    trained_before = {i for v in ancestors(lineage, lineage["live"]) for i in v.get("feedback_ids", [])}
+    held_before = {i for v in lineage["versions"] for i in v.get("held_out_ids", [])}
+    grounder = open_grounder_of(parent_cfg, parent)
+    retried = {i for v in lineage["versions"] if v["status"] == "rejected" for i in v.get("feedback_ids", [])}
+    feedback = feedback_round(reviewed, trained_before, held_before, parent_cfg.seed + len(lineage["versions"]),
+                              grounder, retried)
+    say(f"{len(reviewed)} approved answers of '{served_as}' in {without_password(store.url, store.url)}"
+        + (f" since {since.isoformat()}" if since else "") + f": {feedback.already_used} learnt or held out before, "
+        f"{len(feedback.train)} to train on, {len(feedback.held_out)} held out for ever as the feedback slice, "
+        f"{len(feedback.contradictions)} contradicting the knowledge base (not trained on)")
+    for found in feedback.contradictions:
+        say("  " + found.describe())
+    if not feedback.train:
+        return LearnResult(None, reason="no new reviewed feedback to learn from", feedback=feedback)
+
+    # 2. Data: the new feedback mixed with a replay sample of what the live version was trained on.
+    version = next_version(lineage)
+    pool = replay_pool(root, lineage)
+    rng = random.Random(parent_cfg.seed + int(version[1:]))
+    replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, REPLAY_PER_ITEM * len(feedback.train))))
+    batch = parent_cfg.batch_size if isinstance(parent_cfg.batch_size, int) else 8
+    steps = learn_steps(len(feedback.train) + len(replay), batch)
+    lr = float(parent_cfg.learning_rate) * LR_FACTOR
+    say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback + {len(replay)} replayed conversations, "
+        f"{steps} steps of {batch} at lr {lr:g} (half the parent's)")
+    if dry_run:
+        return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
+    data = root.path / "versions" / f"{version}-learn.jsonl"
+    write_jsonl(data, feedback.train + replay)
+
+    # 3. Train the candidate from the live adapter (train/recipe.py: the same recipe, grounded the same way).
+    from ecombot.train import train
+
+    cfg = dataclasses.replace(parent_cfg, data=str(data), output=str(root.version_dir(version)),
+                              init_adapter=str(parent.path), val_fraction=0.0, test_fraction=0.0, epochs=1,
+                              max_steps=steps, batch_size=batch, learning_rate=lr, eval_steps=steps,
+                              warmup_ratio=0.0)
+    started = time.time()
+    result = train(cfg, overwrite=True, show_progress=False)
+    candidate = RunDir(root.version_dir(version))
+
+    # 4. Measure both versions on the guard set and the feedback slice; promote or keep as rejected.
+    guard = guard_set(root, store, served_as, held_before)
+    slice_items, slice_name = (feedback.held_out, "held-out feedback") if feedback.held_out else (
+        feedback.train, "feedback trained on (too few items to hold any out)")
+    losses = compare_versions(parent, candidate, {"guard": guard, "feedback": slice_items},
+                              open_grounder_of(parent_cfg, parent))
+    promoted, reason = promotion(losses)
+    record = {"name": version, "parent": lineage["live"], "created_at": now_iso(),
+              "status": "live" if promoted else "rejected", "reason": reason,
+              "feedback_ids": feedback.used_ids, "held_out_ids": feedback.held_out_ids,
+              "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
+              "replayed": len(replay), "steps": result.steps, "learning_rate": lr,
+              "train_seconds": result.train_seconds, "seconds": round(time.time() - started, 1),
+              "feedback_slice": slice_name, "guard_items": len(guard), "losses": losses}
+    write_jsonl(root.path / "versions" / f"{version}-feedback.jsonl", feedback.train)
+    if promoted:
+        for v in lineage["versions"]:
+            if v["name"] == lineage["live"]:
+                v["status"] = "retired"
+        lineage["live"] = version
+    elif parent_cfg.grounded:  # the live version must not answer from a rejected round's passages
+        from ecombot.knowledge import KnowledgeBase
+
+        KnowledgeBase(parent_cfg.db, parent_cfg.knowledge).remove(f"data: {data.name}")
+    lineage["versions"].append(record)
+    lineage.setdefault("history", []).append({"at": now_iso(), "live": lineage["live"],
+                                              "event": f"learn {version}: {'promoted' if promoted else 'rejected'}"})
+    root.write_lineage(lineage)
+    say(f"{version}: {'PROMOTED, now live' if promoted else 'rejected, ' + lineage['live'] + ' stays live'} — {reason}")
+    return LearnResult(version, promoted, reason, record, feedback)
+
+
+def open_grounder_of(cfg: TrainConfig, run: RunDir):
+    """The grounder the version answers with (None for a run trained without knowledge)."""
+    if not cfg.grounded:
+        return None
+    from ecombot.knowledge import open_grounder
+
+    recorded = run.knowledge() or {}
+    return open_grounder(cfg.knowledge, cfg.db, cfg.knowledge_k, recorded.get("handoff") or cfg.handoff_answer)
+
+
+def guard_set(root: RunDir, store: Store, served_as: str, held_before: set[int]) -> list[Conversation]:
+    """Never trained on: the first training's test split and every feedback item held out in an earlier round."""
+    from ecombot.learn.feedback import as_conversation
+
+    test = root.data_dir / "test.jsonl"
+    guard = read_file(test).conversations[:GUARD_MAX] if test.is_file() and test.stat().st_size else []
+    return guard + [as_conversation(r) for r in store.reviewed_answers(served_as) if r.feedback_id in held_before]
+
+
+def compare_versions(parent: RunDir, candidate: RunDir, sets: dict[str, list[Conversation]],
+                     grounder) -> dict[str, dict[str, float | None]]:
+    """Loss per answer token of each set for both versions, one base model in memory, prompts grounded the way the
+    versions answer (a guard item's own Q&A pair is never among its passages)."""
+    from ecombot.evaluate import item_losses
+    from ecombot.evaluate.grounded import own_pair
+    from ecombot.models import load_for_inference
+
+    loaded = load_for_inference(adapter=parent.path, adapter_name="parent", live=False)
+    loaded.model.load_adapter(str(candidate.path), adapter_name="candidate")
+    loaded.model.eval()
+    system_prompt = parent.system_prompt()
+    losses: dict[str, dict[str, float | None]] = {}
+    for name, convs in sets.items():
+        if grounder is not None and convs:
+            groundings = grounder.ground_many([c.messages[:-1] for c in convs], [own_pair(c) for c in convs])
+            convs = [dataclasses.replace(c, messages=g.messages + c.messages[-1:]) for c, g in zip(convs, groundings)]
+        losses[name] = {}
+        for adapter in ("parent", "candidate"):
+            if not convs:
+                losses[name][adapter] = None
+                continue
+            loaded.model.set_adapter(adapter)
+            sums, counts = item_losses(loaded.model, loaded.tokenizer, convs, system_prompt)
+            losses[name][adapter] = round(float(sums.sum() / counts.sum()), 4)
+    return losses
+
+
+def promotion(losses: dict[str, dict[str, float | None]]) -> tuple[bool, str]:
+    """The rule, with its numbers: the feedback slice's loss falls and the guard set's rises by at most
+    GUARD_TOLERANCE (an empty guard set cannot veto)."""
+    fb, guard = losses["feedback"], losses["guard"]
+    improved = fb["candidate"] < fb["parent"]
+    limit = guard["parent"] * (1 + GUARD_TOLERANCE) if guard["parent"] is not None else None
+    kept = limit is None or guard["candidate"] <= limit
+    why = (f"feedback slice loss {fb['parent']:.4f} -> {fb['candidate']:.4f} ({'better' if improved else 'not better'})"
+           + (f"; guard loss {guard['parent']:.4f} -> {guard['candidate']:.4f} (limit {limit:.4f}: "
+              f"{'kept' if kept else 'regressed'})" if limit is not None else "; no guard set"))
+    return improved and kept, why
+
+
+def rollback(adapter: str | Path, version: str) -> dict:
+    """Make `version` (a trained version, e.g. the one before the last promotion) live again."""
+    root = RunDir(adapter)
+    lineage = root.lineage()
+    names = {v["name"]: v for v in lineage["versions"]}
+    if version not in names:
+        raise EcombotError(f"{root.path}: no version {version!r}; versions: {', '.join(names)}")
+    RunDir(root.version_dir(version)).check_adapter()
+    if version != lineage["live"]:
+        names[lineage["live"]]["status"] = "retired"
+        names[version]["status"] = "live"
+        lineage["live"] = version
+        lineage.setdefault("history", []).append({"at": now_iso(), "live": version, "event": f"rollback to {version}"})
+        root.write_lineage(lineage)
+    return lineage
+
+
+def versions(adapter: str | Path) -> dict:
+    root = RunDir(adapter)
+    root.check_adapter()
+    return root.lineage()
+
+
+__all__ = ["FIRST_VERSION", "LearnResult", "learn", "rollback", "versions"]
