@@ -47,7 +47,8 @@ def build_rounds(convs, rounds: int, per_topic: int, per_edit: int, slice_extra:
     others = sorted({c.intent for c in convs} - set(UNSEEN_INTENTS))
     topics = list(UNSEEN_INTENTS) + rng.sample(others, EXTRA_TOPICS)
     base = [c for c in convs if c.intent not in topics]
-    edits = policy_edits()
+    needed = per_edit + slice_extra // 2  # edits that change too few conversations to make a round are skipped
+    edits = [e for e in policy_edits() if sum(e[0] in c.answer for c in two_turn(base)) >= needed]
     plan = []
     for r in range(rounds):
         topic, edit = topics[r % len(topics)], edits[r % len(edits)]
