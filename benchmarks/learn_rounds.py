@@ -67,16 +67,17 @@ def write_jsonl(path: Path, convs) -> Path:
     return path
 
 
-def record_feedback(store, adapter: str, version: str, convs) -> dict[int, object]:
-    """Each conversation answered by `adapter`, corrected by an agent, approved by a reviewer: feedback id -> it."""
+def record_feedback(store, adapter: str, version: str, convs, edit) -> dict[int, object]:
+    """Each conversation answered by `adapter`, corrected by an agent, approved by a reviewer: feedback id -> it.
+    Where the policy changed, the bot said the old value (the answer before the edit)."""
     from ecombot.serve.store import Answer
 
     ids = {}
     for conv in convs:
         completion = f"chatcmpl-{uuid.uuid4().hex}"
+        said = conv.answer.replace(edit[1], edit[0]) if edit[1] in conv.answer else "(the bot's earlier answer)"
         store.record_answer(None, "bench", "api", conv.messages[:-1],
-                            Answer(completion, "(the bot's earlier answer)", adapter, 1.0, 1, 1, "stop",
-                                   version=version))
+                            Answer(completion, said, adapter, 1.0, 1, 1, "stop", version=version))
         store.record_feedback(completion, "bench", -1, conv.answer)
         suggestion = store.pending_suggestions()[-1]
         store.review(suggestion.id, True, "bench")
@@ -153,7 +154,9 @@ def main() -> None:
     base_seconds = round(time.time() - started, 1)
     run = RunDir(work / "bot")
     from ecombot.data import read_file as read
-    guard = read(run.data_dir / "test.jsonl").conversations[:args.guard]
+    # the guard: held-out questions whose answers no round changes (a fixed set, so rounds compare)
+    guard = [c for c in read(run.data_dir / "test.jsonl").conversations
+             if not any(r["edit"][0] in c.answer for r in plan)][:args.guard]
     scorer = Scorer(convs + [c for r in plan for c in r["feedback"] + r["extra"]], args.max_new_tokens)
     print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
 
@@ -164,7 +167,7 @@ def main() -> None:
     latest = {"learn": run.path, "naive": run.path, "retrain": run.path}
     trained_so_far = []
     for number, round_ in enumerate(plan, start=1):
-        ids = record_feedback(store, "bot", run.live_version(), round_["feedback"])
+        ids = record_feedback(store, "bot", run.live_version(), round_["feedback"], round_["edit"])
         t0 = time.time()
         learned = learn(run.path, db=db, served_as="bot", say=lambda line: print("  " + line, flush=True))
         learn_seconds = round(time.time() - t0, 1)
@@ -193,7 +196,8 @@ def main() -> None:
         row = {"round": number, "topic": round_["topic"], "edit": round_["edit"], "feedback": len(ids),
                "trained": len(taught), "held_out": len(held), "slice_items": len(slice_items),
                "learn": {"version": learned.version, "promoted": learned.promoted, "reason": learned.reason,
-                         "seconds": learn_seconds, "train_seconds": record["train_seconds"], "steps": record["steps"]},
+                         "seconds": learn_seconds, "train_seconds": record["train_seconds"], "steps": record["steps"],
+                         "guard_items": record["guard_items"], "guard_out_of_date": record["guard_out_of_date"]},
                "naive_seconds": naive_seconds, "retrain_seconds": retrain_seconds, "systems": {}}
         for system in ("learn", "naive", "retrain"):
             row["systems"][system] = {"slice_before": scorer(latest[system], slice_items),

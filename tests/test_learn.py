@@ -313,3 +313,31 @@ def test_a_second_learn_on_the_same_adapter_is_refused_while_one_runs(base_run):
         with pytest.raises(EcombotError, match="another `ecombot learn` is running"):
             learn(base_run, say=lambda _: None)
     assert learn(base_run, say=lambda _: None, dry_run=True).reason.startswith("dry run")
+
+
+def test_a_changed_policy_leaves_replay_and_guard_without_the_old_value(base_run):
+    """Agents correct '1 hour' to '2 hours' (the cancellation window changed): no replayed conversation teaches the
+    old window again, and guard items stating it are set aside (counted), not held against the new version."""
+    from ecombot.data import read_file
+    from ecombot.learn.feedback import states_superseded, superseded
+
+    store = Store()
+    for i, question in enumerate(questions(8)):
+        completion = f"chatcmpl-{uuid.uuid4().hex}"
+        store.record_answer(None, "c", "api", [{"role": "user", "content": f"How long can I cancel order {i}?"}],
+                            Answer(completion, "You can cancel within 1 hour of ordering.", "support", 1.0, 1, 1,
+                                   "stop", version="v1"))
+        store.record_feedback(completion, "c", -1, "You can cancel within 2 hours of ordering.")
+        store.review(store.pending_suggestions()[-1].id, True, "cli:test")
+    result = learn(base_run, say=lambda _: None)
+    old = superseded(result.feedback.train)
+    assert old == {"quantity:hour": {"1 hour"}}
+    replayed = read_file(base_run / "versions" / "v2-learn.jsonl").conversations
+    assert not any(states_superseded(c, old) for c in replayed)
+    test = read_file(base_run / "data" / "test.jsonl").conversations
+    stale = sum("1 hour" in c.answer for c in test)
+    assert stale > 0 and result.record["guard_out_of_date"] == stale
+    assert result.record["guard_items"] == len(test) - stale
+    assert result.record["superseded_values"] == {"quantity:hour": ["1 hour"]}
+    unchanged = Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Open 24 hours."}])
+    assert not states_superseded(unchanged, old)

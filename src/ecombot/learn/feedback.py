@@ -73,12 +73,31 @@ def keyed_facts(text: str) -> dict[str, set[str]]:
     return keyed
 
 
+def fact_changes(conv: Conversation) -> dict[str, tuple[set[str], set[str]]]:
+    """What a correction changed: {key: (values the bot said, values the reviewer approved instead)}, for each thing
+    both state differently ('30 day' -> '60 day'); empty for a thumbs-up or a correction of wording only."""
+    approved, generated = keyed_facts(conv.answer), keyed_facts(conv.meta.get("generated", ""))
+    return {key: (generated[key] - new, new - generated[key]) for key, new in approved.items()
+            if key in generated and generated[key] - new and new - generated[key]}
+
+
+def superseded(corrections: list[Conversation]) -> dict[str, set[str]]:
+    """The values approved corrections replaced, by key: an answer still stating one is out of date."""
+    old: dict[str, set[str]] = {}
+    for conv in corrections:
+        for key, (said, _) in fact_changes(conv).items():
+            old.setdefault(key, set()).update(said)
+    return old
+
+
+def states_superseded(conv: Conversation, old: dict[str, set[str]]) -> bool:
+    return any(facts & old.get(key, set()) for key, facts in keyed_facts(conv.answer).items())
+
+
 def contradiction(conv: Conversation, grounding) -> Contradiction | None:
     """A correction that changed a fact (the bot said X, the reviewer approved Y for the same thing) where a passage
     found for the question still says X and not Y: the bot read X there, so the passage is what needs editing."""
-    approved, generated = keyed_facts(conv.answer), keyed_facts(conv.meta.get("generated", ""))
-    changed = {key: (generated[key] - new, new - generated[key]) for key, new in approved.items()
-               if key in generated and generated[key] - new and new - generated[key]}
+    changed = fact_changes(conv)
     if not changed or not grounding.covered:
         return None
     for hit in grounding.hits:

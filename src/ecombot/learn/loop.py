@@ -27,9 +27,9 @@ from typing import Callable
 from ecombot import atomic
 from ecombot.config import TrainConfig
 from ecombot.database import without_password
-from ecombot.data import Conversation, read_file
+from ecombot.data import Conversation, normalise_text, read_file
 from ecombot.errors import EcombotError
-from ecombot.learn.feedback import FeedbackRound, feedback_round
+from ecombot.learn.feedback import FeedbackRound, as_conversation, feedback_round, states_superseded, superseded
 from ecombot.run_dir import FIRST_VERSION, RunDir
 from ecombot.serve.store import Store
 
@@ -151,9 +151,14 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     if not feedback.train:
         return LearnResult(None, reason="no new reviewed feedback to learn from", feedback=feedback)
 
-    # 2. Data: the new feedback mixed with a replay sample of what the live version was trained on.
+    # 2. Data: the new feedback mixed with a replay sample of what the live version was trained on, without the
+    #    conversations it supersedes (the same question answered anew, or a value a correction changed).
     version = next_version(lineage)
-    pool = replay_pool(root, lineage)
+    every_correction = [as_conversation(r) for r in store.reviewed_answers(served_as)]
+    old_values = superseded(every_correction)
+    asked = {normalise_text(c.question) for c in feedback.train + feedback.held_out}
+    pool = [c for c in replay_pool(root, lineage)
+            if normalise_text(c.question) not in asked and not states_superseded(c, old_values)]
     rng = random.Random(parent_cfg.seed + int(version[1:]))
     replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, REPLAY_PER_ITEM * len(feedback.train))))
     batch = parent_cfg.batch_size if isinstance(parent_cfg.batch_size, int) else 8
@@ -178,7 +183,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     candidate = RunDir(root.version_dir(version))
 
     # 4. Measure both versions on the guard set and the feedback slice; promote or keep as rejected.
-    guard = guard_set(root, store, served_as, held_before)
+    guard, out_of_date = guard_set(root, every_correction, held_before, old_values)
     slice_items, slice_name = (feedback.held_out, "held-out feedback") if feedback.held_out else (
         feedback.train, "feedback trained on (too few items to hold any out)")
     losses = compare_versions(parent, candidate, {"guard": guard, "feedback": slice_items},
@@ -190,7 +195,8 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
               "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
               "replayed": len(replay), "steps": result.steps, "learning_rate": lr,
               "train_seconds": result.train_seconds, "seconds": round(time.time() - started, 1),
-              "feedback_slice": slice_name, "guard_items": len(guard), "losses": losses}
+              "feedback_slice": slice_name, "guard_items": len(guard), "guard_out_of_date": out_of_date,
+              "superseded_values": {k: sorted(v) for k, v in old_values.items()}, "losses": losses}
     write_jsonl(root.path / "versions" / f"{version}-feedback.jsonl", feedback.train)
     if promoted:
         for v in lineage["versions"]:
@@ -219,13 +225,16 @@ def open_grounder_of(cfg: TrainConfig, run: RunDir):
     return open_grounder(cfg.knowledge, cfg.db, cfg.knowledge_k, recorded.get("handoff") or cfg.handoff_answer)
 
 
-def guard_set(root: RunDir, store: Store, served_as: str, held_before: set[int]) -> list[Conversation]:
-    """Never trained on: the first training's test split and every feedback item held out in an earlier round."""
-    from ecombot.learn.feedback import as_conversation
-
+def guard_set(root: RunDir, corrections: list[Conversation], held_before: set[int],
+              old_values: dict[str, set[str]]) -> tuple[list[Conversation], int]:
+    """Never trained on: the first training's test split and every feedback item held out in an earlier round;
+    without the items whose answer states a value an approved correction replaced (counted): they would punish the
+    new version for learning the new policy."""
     test = root.data_dir / "test.jsonl"
-    guard = read_file(test).conversations[:GUARD_MAX] if test.is_file() and test.stat().st_size else []
-    return guard + [as_conversation(r) for r in store.reviewed_answers(served_as) if r.feedback_id in held_before]
+    first = read_file(test).conversations[:GUARD_MAX] if test.is_file() and test.stat().st_size else []
+    guard = first + [c for c in corrections if c.meta["feedback_id"] in held_before]
+    current = [c for c in guard if not states_superseded(c, old_values)]
+    return current, len(guard) - len(current)
 
 
 def compare_versions(parent: RunDir, candidate: RunDir, sets: dict[str, list[Conversation]],
