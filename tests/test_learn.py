@@ -74,6 +74,7 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     promoted = losses["guard"]["candidate"] <= losses["guard"]["parent"] * (1 + loop.GUARD_TOLERANCE)
     assert result.promoted == promoted and record["status"] == ("live" if promoted else "rejected")
     assert "feedback slice loss" in record["reason"] and any("v2" in line for line in said)
+    assert (base_run / "versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     candidate = RunDir(base_run / "versions" / "v2")
     assert candidate.status() == "complete" and candidate.info()["config"]["init_adapter"] == str(base_run)
     trained = (base_run / "versions" / "v2-learn.jsonl").read_text()

@@ -11,6 +11,7 @@
     versions.json       after `ecombot learn`: every version (v1 is this run itself), its parent, its measurements,
                         the promotion decision, the feedback it used or held out, and which version is live
     versions/v2, v3 …   the later versions, each a complete run directory of its own, trained from its parent
+    versions.png        each version's guard-set and feedback-slice loss beside its parent's
 
 Only a directory with both adapter files is an adapter; a run of ecombot's is finished when run_config.json says
 "complete", and its adapter is loaded only then (while it says "running" the files may be an older adapter's, or

@@ -211,6 +211,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     lineage.setdefault("history", []).append({"at": now_iso(), "live": lineage["live"],
                                               "event": f"learn {version}: {'promoted' if promoted else 'rejected'}"})
     root.write_lineage(lineage)
+    plot_versions(lineage, root.path / "versions.png")
     say(f"{version}: {'PROMOTED, now live' if promoted else 'rejected, ' + lineage['live'] + ' stays live'} — {reason}")
     return LearnResult(version, promoted, reason, record, feedback)
 
@@ -276,6 +277,35 @@ def promotion(losses: dict[str, dict[str, float | None]]) -> tuple[bool, str]:
            + (f"; guard loss {guard['parent']:.4f} -> {guard['candidate']:.4f} (limit {limit:.4f}: "
               f"{'kept' if kept else 'regressed'})" if limit is not None else "; no guard set"))
     return improved and kept, why
+
+
+def plot_versions(lineage: dict, png_path: Path) -> Path:
+    """Each version's guard-set and feedback-slice loss beside its parent's: the report of the weekly loop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learnt = [v for v in lineage["versions"] if v.get("losses")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110, sharex=True)
+    for ax, name, title in ((axes[0], "guard", "guard set (never trained on)"),
+                            (axes[1], "feedback", "feedback slice (held out)")):
+        names = [v["name"] for v in learnt]
+        for who, style in (("parent", "s--"), ("candidate", "o-")):
+            ax.plot(names, [v["losses"][name][who] for v in learnt], style, label=who)
+        for i, v in enumerate(learnt):
+            if v["status"] == "rejected":
+                ax.annotate("rejected", (i, v["losses"][name]["candidate"]), fontsize=7, color="crimson")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("version")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss per answer token")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"ecombot learn: {lineage['live']} is live", fontsize=10)
+    fig.tight_layout()
+    atomic.save_figure(fig, png_path)
+    plt.close(fig)
+    return png_path
 
 
 def rollback(adapter: str | Path, version: str) -> dict:
