@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import ecombot.learn.loop as loop
 from ecombot.data import Conversation
-from ecombot.knowledge import Grounder, Passage
+from ecombot.knowledge import Grounder
 from ecombot.learn import learn, rollback, versions
 from ecombot.learn.feedback import feedback_round
 from ecombot.run_dir import RunDir
