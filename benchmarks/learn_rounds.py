@@ -120,6 +120,33 @@ class Scorer:
                 "loss": round(float(sums.sum() / counts.sum()), 4), "items": len(items)}
 
 
+def plot(results: dict, png: Path) -> None:
+    """Each metric across rounds for each system (round 0: the base adapter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("slice_after", "intent", "round's slice: intent accuracy"), ("slice_after", "fact", "round's slice: "
+              "fact accuracy"), ("guard", "intent", "guard: intent accuracy"), ("guard", "loss", "guard: loss")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.4), dpi=110)
+    for ax, (part, metric, title) in zip(axes, panels):
+        for system, style in (("learn", "o-"), ("naive", "s--"), ("retrain", "^:")):
+            points = [(row["round"], row["systems"][system][part][metric]) for row in results["rounds"]
+                      if system in row["systems"] and row["systems"][system][part][metric] is not None]
+            if part == "guard":
+                points = [(0, results["base"]["guard"][metric])] + points
+            if points:
+                ax.plot(*zip(*points), style, label=system)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -233,6 +260,7 @@ def main() -> None:
     print_table(["round", "system", "slice intent", "slice fact", "guard intent / fact / loss", "time"], rows)
     results["seconds"] = round(time.time() - started, 1)
     write_results(args.output, results)
+    plot(results, Path(args.output).with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -141,3 +141,21 @@ def test_step_profile_short_form(tiny_model_dir, tmp_path, packing):
     # 16 conversations in batches of 8: two padded batches, or two or three packed rows (best fit, no splitting)
     assert result["ecombot_train"]["steps"] in ((2, 3) if packing == "--packing" else (2,))
     assert result["ecombot_train"]["train_seconds"] > 0
+
+
+def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
+    """Two feedback rounds on the tiny model: each round's feedback goes through the store and `ecombot learn`, the
+    three systems are scored before and after, and the retrain runs after the last round."""
+    result = run_benchmark("learn_rounds", ["--model", str(tiny_model_dir), "--rounds", "2", "--base-steps", "4",
+                                            "--per-topic", "6", "--per-edit", "2", "--slice-extra", "4", "--guard", "6",
+                                            "--max-new-tokens", "4"], tmp_path)
+    first, second = result["rounds"]
+    assert (first["feedback"], first["trained"] + first["held_out"]) == (8, 8) and first["held_out"] == 2
+    assert first["learn"]["version"] == "v2" and second["learn"]["version"] == "v3"
+    assert set(first["systems"]) == {"learn", "naive"} and set(second["systems"]) == {"learn", "naive", "retrain"}
+    for row in result["rounds"]:
+        for scores in row["systems"].values():
+            assert scores["guard"]["items"] == 6 and scores["slice_after"]["items"] == row["slice_items"] > 0
+            assert 0 <= scores["slice_after"]["intent"] <= 1 and scores["guard"]["loss"] > 0
+    assert second["retrain_seconds"] > 0 and first["retrain_seconds"] is None
+    assert (tmp_path / "learn_rounds.png").read_bytes()[:4] == b"\x89PNG"
