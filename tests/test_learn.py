@@ -68,10 +68,11 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     record = versions(base_run)["versions"][-1]
     assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + loop.MIN_REPLAY, 4)
     assert record["replayed"] == loop.MIN_REPLAY and record["guard_items"] > 0
-    losses = record["losses"]
+    scores = record["scores"]
     # Trained on eight corrections of one kind, the two it never saw are answered far better: the slice improves.
-    assert losses["feedback"]["candidate"] < losses["feedback"]["parent"] * 0.7
-    promoted = losses["guard"]["candidate"] <= losses["guard"]["parent"] * (1 + loop.GUARD_TOLERANCE)
+    assert scores["feedback"]["candidate"]["loss"] < scores["feedback"]["parent"]["loss"] * 0.7
+    assert all(0 <= scores[s][v]["sure"] <= 1 for s in scores for v in ("parent", "candidate"))
+    promoted = scores["guard"]["candidate"]["sure"] >= scores["guard"]["parent"]["sure"] - loop.GUARD_SURE_DROP
     assert result.promoted == promoted and record["status"] == ("live" if promoted else "rejected")
     assert "feedback slice loss" in record["reason"] and any("v2" in line for line in said)
     assert (base_run / "versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -88,7 +89,7 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
 def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_the_first(base_run, monkeypatch):
     from ecombot.models import load_for_inference
 
-    monkeypatch.setattr(loop, "GUARD_TOLERANCE", 10.0)  # promote whenever the feedback slice improves
+    monkeypatch.setattr(loop, "GUARD_SURE_DROP", 1.0)  # promote whenever the feedback slice improves
     store = Store()
     give_feedback(store, "support", questions(10))
     assert learn(base_run, say=lambda _: None).promoted
@@ -117,16 +118,16 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
 
 
 def test_a_rejected_candidate_stays_out_and_its_feedback_is_tried_again(base_run, monkeypatch):
-    monkeypatch.setattr(loop, "GUARD_TOLERANCE", -1.0)  # no guard loss can be below zero: always rejected
+    monkeypatch.setattr(loop, "GUARD_SURE_DROP", -1.0)  # the floor is above 100%: always rejected
     store = Store()
     give_feedback(store, "support", questions(10))
     result = learn(base_run, say=lambda _: None)
     lineage = versions(base_run)
     assert not result.promoted and lineage["live"] == "v1" and lineage["versions"][-1]["status"] == "rejected"
-    assert "guard loss" in result.reason and "regressed" in result.reason
+    assert "guard tokens sure of" in result.reason and "regressed" in result.reason
     assert RunDir(base_run).live().path == base_run
     # The rejected round's training items come back next time; its held-out ones stay held out.
-    monkeypatch.setattr(loop, "GUARD_TOLERANCE", 10.0)
+    monkeypatch.setattr(loop, "GUARD_SURE_DROP", 1.0)
     retry = learn(base_run, say=lambda _: None)
     assert retry.version == "v3" and retry.record["parent"] == "v1"
     assert sorted(retry.feedback.used_ids) == sorted(result.feedback.used_ids)
@@ -293,7 +294,7 @@ def test_the_cli_lists_versions_and_rolls_back(base_run, monkeypatch):
     from ecombot.cli import app
 
     monkeypatch.setattr(cli.console, "width", 250)
-    monkeypatch.setattr(loop, "GUARD_TOLERANCE", 10.0)
+    monkeypatch.setattr(loop, "GUARD_SURE_DROP", 1.0)
     give_feedback(Store(), "support", questions(6))
     runner = CliRunner()
     dry = runner.invoke(app, ["learn", "--adapter", str(base_run), "--dry-run"])
@@ -342,3 +343,26 @@ def test_a_changed_policy_leaves_replay_and_guard_without_the_old_value(base_run
     assert result.record["superseded_values"] == {"quantity:hour": ["1 hour"]}
     unchanged = Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Open 24 hours."}])
     assert not states_superseded(unchanged, old)
+
+
+def test_sure_tokens_are_the_answer_tokens_the_model_gives_more_than_half_its_probability(tiny_model_dir,
+                                                                                          small_dataset):
+    from transformers import AutoModelForCausalLM
+
+    from ecombot.data import read_file
+    from ecombot.evaluate import answer_token_stats
+    from ecombot.models import PadCollator, encode_conversations, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    convs = read_file(small_dataset).conversations[:5]
+    with torch.no_grad():  # the answer tokens' greedy-relevant probabilities straight from the model's logits
+        model.get_output_embeddings().weight[5] *= 40  # one token made likely everywhere: some answer tokens are sure
+        batch = PadCollator(tokenizer.pad_token_id)(encode_conversations(convs, tokenizer, None, 1024).examples)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        probs = logits.float().softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        expected = ((probs > 0.5) & (labels != -100)).sum(1).numpy()
+    sums, counts, sure = answer_token_stats(model, tokenizer, convs, None)
+    assert list(sure) == list(expected) and (sure <= counts).all() and (counts > 0).all()
+    assert 0 < sure.sum() < counts.sum()

@@ -234,16 +234,18 @@ def adapter_versions(run: Path = typer.Argument(..., help="Run directory of a tr
 
     lineage = versions(run)
     table = Table("version", "parent", "status", "created", "feedback trained / held out", "steps",
-                  "guard loss", "feedback-slice loss", "why", title=f"{run}: {lineage['live']} is live")
+                  "guard: tokens sure of", "feedback-slice loss", "why", title=f"{run}: {lineage['live']} is live")
     for v in lineage["versions"]:
-        losses = v.get("losses") or {}
+        scores = v.get("scores") or {}
 
-        def pair(name: str) -> str:
-            got = losses.get(name) or {}
-            return f"{got['parent']} -> {got['candidate']}" if got.get("parent") is not None else "–"
+        def pair(name: str, metric: str) -> str:
+            got = scores.get(name) or {}
+            if not got.get("parent"):
+                return "–"
+            return f"{got['parent'][metric]} -> {got['candidate'][metric]}"
         table.add_row(v["name"], v.get("parent") or "–", v["status"], v.get("created_at", "(ecombot train)"),
                       f"{len(v.get('feedback_ids', []))} / {len(v.get('held_out_ids', []))}", str(v.get("steps", "–")),
-                      pair("guard"), pair("feedback"), v.get("reason", ""))
+                      pair("guard", "sure"), pair("feedback", "loss"), v.get("reason", ""))
     console.print(table)
 
 

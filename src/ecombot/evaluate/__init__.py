@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecombot.evaluate.heldout import heldout_loss, item_losses
+from ecombot.evaluate.heldout import answer_token_stats, heldout_loss, item_losses
 from ecombot.config import SYSTEMS, EvalConfig
 from ecombot.evaluate.result import EvalResult, Prediction
 from ecombot.evaluate.run import evaluate
@@ -57,5 +57,5 @@ def print_table(result: EvalResult, console) -> None:
         console.print(table)
 
 
-__all__ = ["EvalConfig", "EvalResult", "Prediction", "SYSTEMS", "evaluate", "heldout_loss", "item_losses",
+__all__ = ["EvalConfig", "EvalResult", "Prediction", "SYSTEMS", "answer_token_stats", "evaluate", "heldout_loss", "item_losses",
            "print_table", "run_evaluation"]

@@ -11,22 +11,37 @@ from ecombot.data import Conversation
 from ecombot.models import PadCollator, encode_conversations, token_losses
 
 
+# A token the model gives more than half the probability is its greedy choice, whatever the other tokens get.
+SURE = math.log(2)
+
+
 @torch.inference_mode()
-def item_losses(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
-                batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per conversation: summed cross-entropy of its answer tokens (not the prefix's) and their count."""
+def answer_token_stats(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
+                       batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per conversation: summed cross-entropy of its answer tokens (not the prefix's), their count, and how many
+    of them the model predicts with probability > 0.5 (so greedy decoding says them, given the reference so far)."""
     encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes)
     if encoded.no_answer_left:
         raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token within {max_length} tokens")
     collate = PadCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    sums, counts = np.zeros(len(convs)), np.zeros(len(convs))
+    sums, counts, sure = np.zeros(len(convs)), np.zeros(len(convs)), np.zeros(len(convs))
     for start in range(0, len(encoded.examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(encoded.examples[start:start + batch_size]).items()}
         losses, rows = token_losses(model, batch)
         rows = rows.cpu().numpy() + start
-        np.add.at(sums, rows, losses.double().cpu().numpy())
+        losses = losses.double().cpu().numpy()
+        np.add.at(sums, rows, losses)
         np.add.at(counts, rows, 1)
+        np.add.at(sure, rows, losses < SURE)
+    return sums, counts, sure
+
+
+def item_losses(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
+                batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per conversation: summed cross-entropy of its answer tokens (not the prefix's) and their count."""
+    sums, counts, _ = answer_token_stats(model, tokenizer, convs, system_prompt, max_length, batch_size, prefixes)
     return sums, counts
 
 
