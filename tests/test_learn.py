@@ -106,6 +106,8 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
     give_feedback(store, "support", questions(10, 20), version="v2")
     second = learn(base_run, say=lambda _: None)
     assert second.record["parent"] == "v2" and second.version == "v3"
+    first_lr = json.loads((base_run / "run_config.json").read_text())["config"]["learning_rate"]
+    assert second.record["learning_rate"] == versions(base_run)["versions"][1]["learning_rate"] == first_lr / 2
     assert second.record["guard_items"] == versions(base_run)["versions"][1]["guard_items"] + 2
     assert RunDir(base_run / "versions" / "v3").info()["config"]["init_adapter"] == str(base_run / "versions" / "v2")
 

@@ -166,9 +166,9 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, REPLAY_PER_ITEM * len(feedback.train))))
     batch = parent_cfg.batch_size if isinstance(parent_cfg.batch_size, int) else 8
     steps = learn_steps(len(feedback.train) + len(replay), batch)
-    lr = float(parent_cfg.learning_rate) * LR_FACTOR
+    lr = float(root.info()["config"]["learning_rate"]) * LR_FACTOR  # of the first run: it must not halve every round
     say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback + {len(replay)} replayed conversations, "
-        f"{steps} steps of {batch} at lr {lr:g} (half the parent's)")
+        f"{steps} steps of {batch} at lr {lr:g} (half the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
     data = root.path / "versions" / f"{version}-learn.jsonl"
