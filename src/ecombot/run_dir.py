@@ -92,9 +92,12 @@ class RunDir:
     def live_version(self) -> str:
         return self.lineage()["live"]
 
+    def version(self, name: str) -> "RunDir":
+        return RunDir(self.version_dir(name))
+
     def live(self) -> "RunDir":
         """The run directory of the version that answers: this one until `ecombot learn` promotes another."""
-        return RunDir(self.version_dir(self.live_version()))
+        return self.version(self.live_version())
 
     def write_lineage(self, lineage: dict) -> None:
         """One atomic rename: a reader (a serving process) sees the old live version or the new one, never half."""

@@ -211,7 +211,7 @@ class TransformersEngine:
             raise ModelError("extra adapters need the engine to be loaded with a first adapter")
         version = RunDir(path).live_version()
         try:
-            self.model.load_adapter(str(RunDir(path).version_dir(version)), adapter_name=name)
+            self.model.load_adapter(str(RunDir(path).version(version).path), adapter_name=name)
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
@@ -235,7 +235,7 @@ class TransformersEngine:
             version = RunDir(root).live_version()
             if version == self.versions[name]:
                 continue
-            live = RunDir(RunDir(root).version_dir(version))
+            live = RunDir(root).version(version)
             live.check_adapter()
             weights = load_file(str(live.path / "adapter_model.safetensors"))
             with self.lock:

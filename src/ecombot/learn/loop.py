@@ -132,13 +132,14 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
                  say: Callable[[str], None]) -> LearnResult:
     lineage = root.lineage()
     drop_unfinished(root, lineage)
-    parent = RunDir(root.version_dir(lineage["live"]))
+    parent = root.version(lineage["live"])
     parent_cfg = TrainConfig(**parent.info()["config"])
     served_as = served_as or root.name
 
     # 1. Feedback: approved answers to this adapter's questions not yet trained on or held out.
     store = Store(db)
-    reviewed = store.reviewed_answers(served_as, since)
+    everything = store.reviewed_answers(served_as)  # one read: this round's items and every correction ever
+    reviewed = [r for r in everything if since is None or r.reviewed_at >= since]
     trained_before = {i for v in ancestors(lineage, lineage["live"]) for i in v.get("feedback_ids", [])}
     held_before = {i for v in lineage["versions"] for i in v.get("held_out_ids", [])}
     grounder = open_grounder_of(parent_cfg, parent)
@@ -157,7 +158,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     # 2. Data: the new feedback mixed with a replay sample of what the live version was trained on, without the
     #    conversations it supersedes (the same question answered anew, or a value a correction changed).
     version = next_version(lineage)
-    every_correction = [as_conversation(r) for r in store.reviewed_answers(served_as)]
+    every_correction = [as_conversation(r) for r in everything]
     old_values = superseded(every_correction)
     asked = {normalise_text(c.question) for c in feedback.train + feedback.held_out}
     pool = [c for c in replay_pool(root, lineage)
@@ -183,12 +184,13 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
                               warmup_ratio=0.0)
     started = time.time()
     result = train(cfg, overwrite=True, show_progress=False)
-    candidate = RunDir(root.version_dir(version))
+    candidate = root.version(version)
 
     # 4. Measure both versions on the guard set and the feedback slice; promote or keep as rejected.
     guard, out_of_date = guard_set(root, every_correction, held_before, old_values)
     slice_items, slice_name = (feedback.held_out, "held-out feedback") if feedback.held_out else (
         feedback.train, "feedback trained on (too few items to hold any out)")
+    # the grounder opened again: training added the feedback pairs to the knowledge base both versions answer from
     scores = compare_versions(parent, candidate, {"guard": guard, "feedback": slice_items},
                               open_grounder_of(parent_cfg, parent))
     promoted, reason = promotion(scores)
@@ -325,7 +327,7 @@ def rollback(adapter: str | Path, version: str) -> dict:
     names = {v["name"]: v for v in lineage["versions"]}
     if version not in names:
         raise EcombotError(f"{root.path}: no version {version!r}; versions: {', '.join(names)}")
-    RunDir(root.version_dir(version)).check_adapter()
+    root.version(version).check_adapter()
     if version != lineage["live"]:
         names[lineage["live"]]["status"] = "retired"
         names[version]["status"] = "live"

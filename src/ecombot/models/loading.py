@@ -77,9 +77,10 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     from peft import PeftModel
 
     adapter_dir = Path(adapter) if adapter else None
-    version = RunDir(adapter_dir).live_version() if adapter_dir is not None and live else None
-    source = RunDir(RunDir(adapter_dir).version_dir(version) if version else adapter_dir) if adapter_dir else None
-    if source is not None:
+    source, version = None, None
+    if adapter_dir is not None:
+        version = RunDir(adapter_dir).live_version() if live else None
+        source = RunDir(adapter_dir).version(version) if version else RunDir(adapter_dir)
         source.check_adapter()
     spec = model or (RunDir(adapter_dir).base_model() if adapter_dir else None)
     if spec is None:
