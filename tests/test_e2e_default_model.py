@@ -61,3 +61,27 @@ def test_default_model_converts_trains_reloads_and_answers(tmp_path, monkeypatch
     after = heldout_loss(loaded.model, loaded.tokenizer, test, cfg.resolved_system_prompt())["loss"]
     assert after < before, (before, after)
     assert result.steps == 6
+
+    # the merged export is the same model outside ecombot: plain Transformers, its own template and stop tokens
+    from ecombot.export import export_merged
+
+    export_merged(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    exported_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    full = load_for_inference(adapter=run, precision="fp32")
+    prompts = read_file(run / "data" / "test.jsonl").conversations  # 6 of the 60
+    ours = heldout_loss(full.model, full.tokenizer, prompts, None)["loss"]
+    theirs = heldout_loss(merged, full.tokenizer, prompts, None)["loss"]
+    assert theirs == pytest.approx(ours, rel=0.01)
+    same = 0
+    for conv in prompts:
+        text = exported_tokenizer.apply_chat_template(conv.messages[:-1], tokenize=False, add_generation_prompt=True)
+        ids = exported_tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            plain = merged.generate(ids, max_new_tokens=32, do_sample=False)[0, ids.shape[1]:].tolist()
+            reference = model.generate(ids, max_new_tokens=32, do_sample=False,  # the plain PEFT model above
+                                       eos_token_id=[1, 106])[0, ids.shape[1]:].tolist()
+        same += plain == reference
+        if len(plain) < 32:
+            assert plain[-1] == 106  # stopped at <end_of_turn> from generation_config.json alone
+    assert same >= 0.9 * len(prompts), f"{same}/{len(prompts)} greedy answers token-identical"

@@ -282,6 +282,30 @@ def learn(
         console.print(result.reason)
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory of a trained adapter."),
+    output: Path = typer.Option(..., help="Directory to write (created; complete or not at all)."),
+    format: str = typer.Option("merged", help="merged: Transformers safetensors with the adapter merged in, the "
+                               "training chat template and its stop tokens (loads in AutoModelForCausalLM, vLLM)."),
+    version: Optional[str] = typer.Option(None, help="Version of the adapter (default: the live one; see "
+                                          "`ecombot adapter versions`)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+) -> None:
+    """Take a trained bot out of ecombot, in a format other tools load."""
+    from ecombot.export import export_merged
+
+    if format != "merged":
+        fail(f"--format {format}: this version exports `merged` only")
+    record = export_merged(run, output, version=version, overwrite=overwrite)
+    console.print(f"{record['output']}: {record['base_model']} with {record['run']} ({record['version']}, "
+                  f"{record['method']}) merged in; chat template of training, stops at "
+                  f"{', '.join(record['stop_tokens'])}")
+    if record["grounded"]:
+        console.print(f"The bot was trained grounded in knowledge base '{record['knowledge']['name']}': see "
+                      f"{record['output']}/README.md for the prompt layout it expects.")
+
+
 def split_keys(specs: List[str]) -> List[str]:
     """Keys given as repeated flags, or comma-separated in one environment variable."""
     return [k.strip() for spec in specs for k in spec.split(",") if k.strip()]

@@ -1,0 +1,114 @@
+"""Does an export answer like the bot did in ecombot? For held-out prompts of a run: greedy answers and held-out loss
+of ecombot's engine at full precision (fp32, the adapter unmerged) against the merged export reloaded by plain
+Transformers (its own chat template and generation_config stops), and the plain PEFT model as a control.
+
+    python benchmarks/export_parity.py --run runs/quickstart [--prompts 100] [--max-new-tokens 48]
+
+Writes benchmarks/results/export_parity.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine  # noqa: E402
+
+from ecombot.chat import Decoding, TransformersEngine  # noqa: E402
+from ecombot.data import read_file  # noqa: E402
+from ecombot.evaluate import heldout_loss  # noqa: E402
+from ecombot.export import export_merged  # noqa: E402
+from ecombot.knowledge import Grounder, KnowledgeBase  # noqa: E402
+from ecombot.models import load_for_inference  # noqa: E402
+from ecombot.run_dir import RunDir  # noqa: E402
+
+
+def greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos: list[int] | None) -> list[list[int]]:
+    """One prompt at a time (no padding), as a plain Transformers user would call it."""
+    out = []
+    for messages in prompts:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        kwargs = {"eos_token_id": eos} if eos else {}
+        with torch.inference_mode():
+            out.append(model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+                       [0, ids.shape[1]:].tolist())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "export_parity.json"))
+    args = parser.parse_args()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = RunDir(args.run)
+    test = read_file(run.data_dir / "test.jsonl").conversations[:args.prompts]
+    record = run.knowledge()
+    if record:  # a grounded run answers from its passages: the same prompts for every path
+        grounder = Grounder(KnowledgeBase(record["db"], record["name"]).retriever(), record["k"], record["handoff"])
+        prompts = [g.messages for g in grounder.ground_many([c.messages[:-1] for c in test])]
+    else:
+        prompts = [c.messages[:-1] for c in test]
+    scored = [replace(c, messages=p + [c.messages[-1]]) for c, p in zip(test, prompts)]
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_merged(args.run, Path(tmp) / "merged")
+        export_s = time.time() - started
+        merged = AutoModelForCausalLM.from_pretrained(Path(tmp) / "merged").eval()
+        exported_tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "merged")
+    full = load_for_inference(adapter=args.run, precision="fp32")
+    # plain greedy: the engine's default penalty on repeated answer tokens is not part of a model's weights
+    engine = TransformersEngine(full, None, Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0))
+    stops = engine.stop_ids
+    ecombot_ids = [engine.tokenizer(g.text, add_special_tokens=False).input_ids for g in engine.generate(prompts)]
+    merged_ids = greedy(merged, exported_tokenizer, prompts, args.max_new_tokens, None)
+    plain_base = AutoModelForCausalLM.from_pretrained(str(full.model_dir)).eval()
+    plain = PeftModel.from_pretrained(plain_base, str(run.live().path)).eval()
+    plain_ids = greedy(plain, exported_tokenizer, prompts, args.max_new_tokens, stops)
+
+    def text(ids: list[int]) -> str:
+        return exported_tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def identical(a: list[list[int]], b: list[list[int]], as_text: bool = False) -> float:
+        return sum((text(x) == text(y)) if as_text else (x == y) for x, y in zip(a, b)) / len(a)
+
+    losses = {"ecombot_fp32": heldout_loss(full.model, full.tokenizer, scored, None)["loss"],
+              "merged": heldout_loss(merged, full.tokenizer, scored, None)["loss"]}
+    if (run.info() or {}).get("config", {}).get("method") == "qlora":
+        # what the adapter trained against (4-bit base) and the merge the export avoids (into the original weights)
+        from ecombot.models import load_base_model
+
+        four_bit = load_base_model(full.model_dir, quantize_4bit=True, device="cpu")
+        losses["peft_on_4bit_base"] = heldout_loss(PeftModel.from_pretrained(four_bit, str(run.live().path)).eval(),
+                                                   full.tokenizer, scored, None)["loss"]
+        losses["peft_on_original_weights"] = heldout_loss(plain, full.tokenizer, scored, None)["loss"]
+    result = {
+        "run": args.run, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "machine": machine(),
+        "export_seconds": round(export_s, 1),
+        "identical_tokens": {"merged_vs_plain_peft": identical(merged_ids, plain_ids)},
+        "identical_text": {"merged_vs_ecombot_engine": identical(merged_ids, ecombot_ids, as_text=True),
+                           "plain_peft_vs_ecombot_engine": identical(plain_ids, ecombot_ids, as_text=True)},
+        "stopped_at_end_of_turn": sum(ids[-1] in stops for ids in merged_ids if len(ids) < args.max_new_tokens)
+        / max(1, sum(len(ids) < args.max_new_tokens for ids in merged_ids)),
+        "heldout_loss": losses,
+        "loss_relative_difference": abs(losses["merged"] - losses["ecombot_fp32"]) / losses["ecombot_fp32"],
+    }
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
