@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ecombot.cli import app
 from ecombot.config import load_config
 from ecombot.export import export_merged, training_template
-from ecombot.models import load_base_model, load_tokenizer, render
+from ecombot.models import load_base_model, load_for_inference, load_tokenizer, render
 from ecombot.models.template import with_system
 from ecombot.train import train
 
@@ -116,6 +116,10 @@ def test_qlora_merges_into_the_dequantized_4bit_weights(tiny_model_dir, small_da
     # bitsandbytes' CPU kernel itself differs from x @ dequantized W by ~0.4% (measured on one layer), so the
     # export is held to a twentieth of the drift of a merge into the original weights (measured: 0.04 vs 1.25)
     assert exported_error < original_error / 20, (exported_error, original_error)
+
+    # ecombot's own chat, serve and evaluate answer with those weights too, not with the original ones
+    loaded = load_for_inference(adapter=run, precision="fp32")
+    assert torch.allclose(logits_of(loaded.model, sample_ids), logits_of(merged, sample_ids), atol=1e-4)
 
 
 def test_cli_export_refuses_to_overwrite_and_names_unknown_versions(tiny_model_dir, small_dataset, tmp_path):

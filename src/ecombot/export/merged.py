@@ -23,7 +23,7 @@ import torch
 from ecombot import __version__
 from ecombot.atomic import move_into_place
 from ecombot.errors import EcombotError
-from ecombot.models import load_base_model, load_tokenizer, resolve_model
+from ecombot.models import load_adapter_base, load_tokenizer, resolve_model
 from ecombot.models.template import stop_token_ids
 from ecombot.run_dir import RunDir
 
@@ -65,9 +65,7 @@ def merged_model(run: str | Path, version: str | None = None):
     method = (info.get("config") or {}).get("method", "lora")
     spec = root.base_model()
     model_dir = resolve_model(spec)
-    base = load_base_model(model_dir, dtype=torch.float32, quantize_4bit=method == "qlora", device="cpu")
-    if method == "qlora":
-        base = base.dequantize(dtype=torch.float32)  # the NF4 weights as the adapter saw them, now plain Linear
+    base = load_adapter_base(model_dir, method, dtype=torch.float32, device="cpu")
     model = PeftModel.from_pretrained(base, str(source.path)).merge_and_unload()
     model.eval()
     tokenizer = load_tokenizer(model_dir)
