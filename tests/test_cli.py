@@ -21,7 +21,7 @@ def ecombot(*args, **kw):
 
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "inspect"], ["data", "split"], ["train"], ["chat"],
                                      ["quickstart"], ["config"], ["evaluate"],
-                                     ["adapter"], ["adapter", "inspect"]])
+                                     ["adapter"], ["adapter", "inspect"], ["export"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
