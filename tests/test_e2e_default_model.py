@@ -1,7 +1,6 @@
 """End to end on the real embedded Gemma 3 270M, converted into a fresh $ECOMBOT_HOME (the first-run path)."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -17,15 +16,14 @@ pytestmark = pytest.mark.slow
 
 def test_default_model_converts_trains_reloads_and_answers(tmp_path, monkeypatch, small_dataset):
     monkeypatch.setenv("ECOMBOT_HOME", str(tmp_path / "home"))
-    started = time.time()
-    model_dir = resolve_model(DEFAULT_MODEL)
-    first_load = time.time() - started
-    assert first_load < 180, f"first conversion took {first_load:.0f} s"  # ~55 s measured on the 2-core machine
+    model_dir = resolve_model(DEFAULT_MODEL)  # converts the GGUF once (~55 s on the 2-core machine, not asserted)
     assert not list((tmp_path / "home" / "models").glob(".tmp-*"))
 
-    started = time.time()
-    cached = load_for_inference(DEFAULT_MODEL)
-    assert time.time() - started < 10
+    def converts_again(*args, **kwargs):
+        raise AssertionError("the converted model was not reused from the cache")
+    with monkeypatch.context() as patch:
+        patch.setattr("ecombot.models.registry.convert_gguf", converts_again)
+        cached = load_for_inference(DEFAULT_MODEL)
     assert cached.tokenizer.convert_ids_to_tokens([105, 106]) == ["<start_of_turn>", "<end_of_turn>"]
 
     run = tmp_path / "run"
