@@ -95,6 +95,13 @@ class RunDir:
     def version(self, name: str) -> "RunDir":
         return RunDir(self.version_dir(name))
 
+    def existing_version(self, name: str) -> "RunDir":
+        """`version(name)`, refused with the list of versions when the lineage has none of that name."""
+        names = [v["name"] for v in self.lineage()["versions"]]
+        if name not in names:
+            raise EcombotError(f"{self.path}: no version {name!r} (versions: {', '.join(names)})")
+        return self.version(name)
+
     def live(self) -> "RunDir":
         """The run directory of the version that answers: this one until `ecombot learn` promotes another."""
         return self.version(self.live_version())
@@ -140,6 +147,11 @@ class RunDir:
         if info is not None:
             return info["config"]["model"]
         return json.loads((self.path / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+    def method(self) -> str:
+        """The fine-tuning method of the run's config (lora, qlora, dora); "lora" for an adapter trained elsewhere."""
+        info = self.info()
+        return (info.get("config") or {}).get("method", "lora") if info else "lora"
 
     def system_prompt(self) -> str | None:
         """The system prompt the run was trained with (None: none, or an adapter trained outside ecombot)."""

@@ -42,40 +42,30 @@ def training_template(template: str, system_prompt: str | None) -> str:
             "{% endif %}" + template)
 
 
-def chosen_version(root: RunDir, version: str | None) -> str:
-    lineage = root.lineage()
-    names = [v["name"] for v in lineage["versions"]]
-    if version is None:
-        return lineage["live"]
-    if version not in names:
-        raise EcombotError(f"{root.path}: no version {version!r} (versions: {', '.join(names)})")
-    return version
-
-
 def merged_model(run: str | Path, version: str | None = None):
     """(model, tokenizer, record): the run's adapter (its live version unless `version` names one) merged into the
     weights it was trained against, in fp32 on the CPU."""
     from peft import PeftModel
 
     root = RunDir(run)
-    name = chosen_version(root, version)
-    source = root.version(name)
+    name = version or root.live_version()
+    source = root.existing_version(name)
     source.check_adapter()
-    info = root.info() or {}
-    method = (info.get("config") or {}).get("method", "lora")
+    method = root.method()
     spec = root.base_model()
     model_dir = resolve_model(spec)
     base = load_adapter_base(model_dir, method, dtype=torch.float32, device="cpu")
     model = PeftModel.from_pretrained(base, str(source.path)).merge_and_unload()
     model.eval()
     tokenizer = load_tokenizer(model_dir)
-    tokenizer.chat_template = training_template(tokenizer.chat_template, root.system_prompt())
+    system_prompt = root.system_prompt()
+    tokenizer.chat_template = training_template(tokenizer.chat_template, system_prompt)
     stops = stop_token_ids(tokenizer)
     model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     knowledge = root.knowledge()
     record = {"format": "merged", "run": str(root.path.resolve()), "version": name, "method": method,
-              "base_model": spec, "system_prompt": root.system_prompt(),
+              "base_model": spec, "system_prompt": system_prompt,
               "stop_tokens": tokenizer.convert_ids_to_tokens(stops), "dtype": "float32",
               "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
               "grounded": knowledge is not None, "ecombot_version": __version__}

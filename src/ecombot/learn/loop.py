@@ -324,10 +324,8 @@ def rollback(adapter: str | Path, version: str) -> dict:
     """Make `version` (a trained version, e.g. the one before the last promotion) live again."""
     root = RunDir(adapter)
     lineage = root.lineage()
+    root.existing_version(version).check_adapter()
     names = {v["name"]: v for v in lineage["versions"]}
-    if version not in names:
-        raise EcombotError(f"{root.path}: no version {version!r}; versions: {', '.join(names)}")
-    root.version(version).check_adapter()
     if version != lineage["live"]:
         names[lineage["live"]]["status"] = "retired"
         names[version]["status"] = "live"

@@ -100,7 +100,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     precision = resolve_precision(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     tokenizer = load_tokenizer(model_dir)
-    method = ((RunDir(adapter_dir).info() or {}).get("config") or {}).get("method", "lora") if adapter_dir else "lora"
+    method = RunDir(adapter_dir).method() if adapter_dir else "lora"
     base = load_adapter_base(model_dir, method, dtype=dtype, device=device)
     if adapter_dir is not None:
         try:
