@@ -1,8 +1,11 @@
 """Does an export answer like the bot did in ecombot? For held-out prompts of a run: greedy answers and held-out loss
 of ecombot's engine at full precision (fp32, the adapter unmerged) against the merged export reloaded by plain
-Transformers (its own chat template and generation_config stops), and the plain PEFT model as a control.
+Transformers (its own chat template and generation_config stops), the plain PEFT model as a control, and each GGUF
+export run by llama.cpp (llama-cpp-python): the merged model at f16, q8_0 and q4_k_m, and the base's own GGUF with
+the adapter as a LoRA GGUF. llama.cpp is given ecombot's prompt token ids (and the share of prompts its own tokenizer
+turns into the same ids is reported), so the answers compare the weights, not two tokenizers.
 
-    python benchmarks/export_parity.py --run runs/quickstart [--prompts 100] [--max-new-tokens 48]
+    python benchmarks/export_parity.py --run runs/quickstart [--prompts 100] [--max-new-tokens 48] [--gguf all|none]
 
 Writes benchmarks/results/export_parity.json."""
 
@@ -16,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,9 +28,10 @@ from _common import machine  # noqa: E402
 from ecombot.chat import Decoding, TransformersEngine  # noqa: E402
 from ecombot.data import read_file  # noqa: E402
 from ecombot.evaluate import heldout_loss  # noqa: E402
-from ecombot.export import export_merged  # noqa: E402
+from ecombot.export import export_gguf, export_lora_gguf, export_merged  # noqa: E402
+from ecombot.export.llama_cpp import open_gguf  # noqa: E402
 from ecombot.knowledge import Grounder, KnowledgeBase  # noqa: E402
-from ecombot.models import load_for_inference  # noqa: E402
+from ecombot.models import encode_conversation, encode_prompt, load_for_inference, with_system  # noqa: E402
 from ecombot.run_dir import RunDir  # noqa: E402
 
 
@@ -43,11 +48,58 @@ def greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos
     return out
 
 
+def llama_cpp_greedy(llm, prompt_ids: list[list[int]], max_new_tokens: int, stops: set[int]) -> list[list[int]]:
+    out = []
+    for ids in prompt_ids:
+        answer = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            if token in stops:
+                answer.append(token)
+                break
+            answer.append(token)
+            if len(answer) >= max_new_tokens:
+                break
+        out.append(answer)
+    return out
+
+
+def llama_cpp_loss(llm, encoded: list) -> float:
+    """Token-weighted mean cross-entropy of the answer tokens, from llama.cpp's logits (same tokens as ecombot's)."""
+    total, count = 0.0, 0
+    for example in encoded:
+        llm.reset()
+        llm.eval(example.input_ids)
+        logits = np.asarray(llm.scores[:len(example.input_ids)], dtype=np.float64)
+        labels = np.asarray(example.labels)
+        positions = np.nonzero(labels[1:] != -100)[0]  # logits at t predict token t + 1
+        rows = logits[positions]
+        peak = rows.max(axis=1)
+        log_z = peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))
+        total += float((log_z - rows[np.arange(len(positions)), labels[positions + 1]]).sum())
+        count += len(positions)
+    return total / count
+
+
+def gguf_paths(run: str, folder: Path) -> dict[str, tuple[Path, Path | None, float]]:
+    """name -> (model GGUF, LoRA GGUF or None, export seconds)."""
+    paths = {}
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        started = time.time()
+        record = export_gguf(run, folder / f"gguf-{quant}", quant=quant)
+        paths[f"gguf_{quant}"] = (Path(record["output"]) / record["file"], None, time.time() - started)
+    started = time.time()
+    record = export_lora_gguf(run, folder / "lora-gguf")
+    paths["q4_k_m_base_plus_lora_gguf"] = (Path(record["output"]) / record["base_file"],
+                                           Path(record["output"]) / record["adapter_file"], time.time() - started)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--gguf", choices=("all", "none"), default="all", help="also the GGUF exports in llama.cpp")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "export_parity.json"))
     args = parser.parse_args()
     from peft import PeftModel
@@ -71,7 +123,7 @@ def main() -> None:
         exported_tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "merged")
     full = load_for_inference(adapter=args.run, precision="fp32")
     # plain greedy: the engine's default penalty on repeated answer tokens is not part of a model's weights
-    engine = TransformersEngine(full, None, Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0))
+    engine = TransformersEngine(full, run.system_prompt(), Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0))
     stops = engine.stop_ids
     ecombot_ids = [engine.tokenizer(g.text, add_special_tokens=False).input_ids for g in engine.generate(prompts)]
     merged_ids = greedy(merged, exported_tokenizer, prompts, args.max_new_tokens, None)
@@ -85,16 +137,46 @@ def main() -> None:
     def identical(a: list[list[int]], b: list[list[int]], as_text: bool = False) -> float:
         return sum((text(x) == text(y)) if as_text else (x == y) for x, y in zip(a, b)) / len(a)
 
-    losses = {"ecombot_fp32": heldout_loss(full.model, full.tokenizer, scored, None)["loss"],
-              "merged": heldout_loss(merged, full.tokenizer, scored, None)["loss"]}
+    system_prompt = run.system_prompt()
+    losses = {"ecombot_fp32": heldout_loss(full.model, full.tokenizer, scored, system_prompt)["loss"],
+              "merged": heldout_loss(merged, full.tokenizer, scored, system_prompt)["loss"]}
     if (run.info() or {}).get("config", {}).get("method") == "qlora":
         # what the adapter trained against (4-bit base) and the merge the export avoids (into the original weights)
         from ecombot.models import load_base_model
 
         four_bit = load_base_model(full.model_dir, quantize_4bit=True, device="cpu")
         losses["peft_on_4bit_base"] = heldout_loss(PeftModel.from_pretrained(four_bit, str(run.live().path)).eval(),
-                                                   full.tokenizer, scored, None)["loss"]
-        losses["peft_on_original_weights"] = heldout_loss(plain, full.tokenizer, scored, None)["loss"]
+                                                   full.tokenizer, scored, system_prompt)["loss"]
+        losses["peft_on_original_weights"] = heldout_loss(plain, full.tokenizer, scored, system_prompt)["loss"]
+    gguf = {}
+    if args.gguf == "all":
+        prompt_ids = [encode_prompt(full.tokenizer, with_system(p, system_prompt)) for p in prompts]
+        texts = [full.tokenizer.apply_chat_template(with_system(p, system_prompt), tokenize=False,
+                                                    add_generation_prompt=True) for p in prompts]
+        encoded = [encode_conversation(full.tokenizer, with_system(c.messages, system_prompt), 1024) for c in scored]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, (model_file, lora, seconds) in gguf_paths(args.run, Path(tmp)).items():
+                llm = open_gguf(model_file, lora, n_ctx=1024)
+                same_ids = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == ids
+                               for t, ids in zip(texts, prompt_ids)) / len(texts)
+                started = time.time()
+                answers = llama_cpp_greedy(llm, prompt_ids, args.max_new_tokens, set(stops))
+                answer_s = time.time() - started
+                del llm
+                scorer = open_gguf(model_file, lora, n_ctx=1024, logits_all=True)
+                loss = llama_cpp_loss(scorer, encoded)
+                del scorer
+                finished = [ids for ids in answers if len(ids) < args.max_new_tokens]
+                gguf[name] = {
+                    "export_seconds": round(seconds, 1),
+                    "size_mb": round(sum(f.stat().st_size for f in (model_file, lora) if f) / 2**20, 1),
+                    "identical_text_vs_ecombot_engine": identical(answers, ecombot_ids, as_text=True),
+                    "stopped_at_end_of_turn": sum(ids[-1] in stops for ids in finished) / max(1, len(finished)),
+                    "llama_cpp_tokenizer_same_prompt_ids": same_ids,
+                    "heldout_loss": loss,
+                    "loss_relative_difference": abs(loss - losses["ecombot_fp32"]) / losses["ecombot_fp32"],
+                    "greedy_seconds": round(answer_s, 1)}
+                print(name, json.dumps(gguf[name]), flush=True)
     result = {
         "run": args.run, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "machine": machine(),
         "export_seconds": round(export_s, 1),
@@ -105,6 +187,7 @@ def main() -> None:
         / max(1, sum(len(ids) < args.max_new_tokens for ids in merged_ids)),
         "heldout_loss": losses,
         "loss_relative_difference": abs(losses["merged"] - losses["ecombot_fp32"]) / losses["ecombot_fp32"],
+        "llama_cpp": gguf,
     }
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "chat": {"config", "errors", "knowledge", "models", "run_dir", "speedups"},
     "evaluate": {"atomic", "chat", "config", "data", "errors", "knowledge", "models", "run_dir"},
     "serve": {"atomic", "chat", "config", "database", "errors", "home", "knowledge", "models", "run_dir"},
-    "export": {"atomic", "errors", "models", "run_dir"},
+    "export": {"atomic", "errors", "home", "models", "run_dir"},
     "learn": {"atomic", "config", "data", "database", "errors", "evaluate", "knowledge", "models", "run_dir", "serve",
               "train"},
 }

@@ -17,7 +17,7 @@ from ecombot.models import load_base_model, load_for_inference, load_tokenizer, 
 from ecombot.models.template import with_system
 from ecombot.train import train
 
-SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} here.'
+SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} here. Ünïcode 🙂'
 CONVERSATIONS = [
     [{"role": "user", "content": "Where is my order?"}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},

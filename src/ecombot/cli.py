@@ -286,24 +286,37 @@ def learn(
 def export(
     run: Path = typer.Argument(..., help="Run directory of a trained adapter."),
     output: Path = typer.Option(..., help="Directory to write (created; complete or not at all)."),
-    format: str = typer.Option("merged", help="merged: Transformers safetensors with the adapter merged in, the "
-                               "training chat template and its stop tokens (loads in AutoModelForCausalLM, vLLM)."),
+    format: str = typer.Option("merged", help="merged: Transformers safetensors with the adapter merged in (loads in "
+                               "AutoModelForCausalLM, vLLM). gguf: the merged model as one llama.cpp GGUF (--quant). "
+                               "lora-gguf: the base GGUF it was trained against + the adapter as a LoRA GGUF (llama.cpp "
+                               "--lora; for a LoRA run on a GGUF base, no merge and no requantisation). ollama: the "
+                               "GGUF files and a Modelfile for `ollama create`. Each carries the training chat "
+                               "template and its end-of-turn stop."),
+    quant: Optional[str] = typer.Option(None, help="gguf/ollama: f16 (default for gguf), q8_0 (llama.cpp's converter) "
+                                        "or q4_k_m (llama.cpp's quantizer: needs `pip install 'ecombot[llama-cpp]'`). "
+                                        "With ollama, a --quant exports a merged GGUF instead of the LoRA."),
     version: Optional[str] = typer.Option(None, help="Version of the adapter (default: the live one; see "
                                           "`ecombot adapter versions`)."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
 ) -> None:
     """Take a trained bot out of ecombot, in a format other tools load."""
-    from ecombot.export import export_merged
+    from ecombot.export import FORMATS
 
-    if format != "merged":
-        fail(f"--format {format}: this version exports `merged` only")
-    record = export_merged(run, output, version=version, overwrite=overwrite)
+    if format not in FORMATS:
+        fail(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    if quant is not None and format not in ("gguf", "ollama"):
+        fail(f"--quant applies to --format gguf and ollama, not {format}")
+    options = {"quant": quant or "f16"} if format == "gguf" else {"quant": quant} if format == "ollama" else {}
+    record = FORMATS[format](run, output, version=version, overwrite=overwrite, **options)
+    what = {"merged": "merged in (safetensors)", "gguf": f"merged in ({record.get('quant')} GGUF)",
+            "lora-gguf": "as a LoRA GGUF beside its base GGUF",
+            "ollama": "with a Modelfile for `ollama create`"}[format]
     console.print(f"{record['output']}: {record['base_model']} with {record['run']} ({record['version']}, "
-                  f"{record['method']}) merged in; chat template of training, stops at "
-                  f"{', '.join(record['stop_tokens'])}")
+                  f"{record['method']}) {what}; chat template of training, stops at "
+                  f"{', '.join(record['stop_tokens'])}. How to run it: {record['output']}/README.md")
     if record["grounded"]:
-        console.print(f"The bot was trained grounded in knowledge base '{record['knowledge']['name']}': see "
-                      f"{record['output']}/README.md for the prompt layout it expects.")
+        console.print(f"The bot was trained grounded in knowledge base '{record['knowledge']['name']}': see the "
+                      "README for the prompt layout it expects.")
 
 
 def split_keys(specs: List[str]) -> List[str]:

@@ -14,21 +14,16 @@ Written by hand around PEFT's `merge_and_unload` because that is where exports b
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ecombot import __version__
-from ecombot.atomic import move_into_place
-from ecombot.errors import EcombotError
+from ecombot.export.target import GEMMA_TERMS, build_export
 from ecombot.models import load_adapter_base, load_tokenizer, resolve_model
 from ecombot.models.template import stop_token_ids
 from ecombot.run_dir import RunDir
-
-RECORD = "ecombot_export.json"
-
 
 def training_template(template: str, system_prompt: str | None) -> str:
     """The chat template with the run's system prompt as the default first message: `apply_chat_template` on the
@@ -36,17 +31,40 @@ def training_template(template: str, system_prompt: str | None) -> str:
     brings its own system message keeps it, as in ecombot)."""
     if not system_prompt:
         return template
-    literal = json.dumps(system_prompt)  # a JSON string is a valid Jinja string literal (quotes, newlines escaped)
+    # A JSON string is a valid Jinja string literal (quotes, backslashes, newlines escaped). Not ASCII-only: JSON
+    # writes a character beyond the BMP (an emoji) as a surrogate pair, which Jinja decodes as two broken halves.
+    literal = json.dumps(system_prompt, ensure_ascii=False)
     return ("{% if not messages or messages[0]['role'] != 'system' %}"
             f"{{% set messages = [{{'role': 'system', 'content': {literal}}}] + messages %}}"
             "{% endif %}" + template)
 
 
-def merged_model(run: str | Path, version: str | None = None):
-    """(model, tokenizer, record): the run's adapter (its live version unless `version` names one) merged into the
-    weights it was trained against, in fp32 on the CPU."""
-    from peft import PeftModel
+@dataclass
+class ExportSource:
+    """One adapter version of a run, with everything an export of it needs to know."""
+    run: RunDir
+    version: str
+    adapter_dir: Path
+    method: str
+    base_model: str  # the spec the run was trained from
+    model_dir: Path  # that base as a local Transformers directory
+    tokenizer: object  # the base's tokenizer with the training template (system prompt baked in)
+    base_template: str  # the template before the system prompt was baked in (GEMMA_TEMPLATE, FALLBACK_TEMPLATE, own)
+    record: dict  # the part of ecombot_export.json every format shares
 
+    @property
+    def stops(self) -> list[int]:
+        return stop_token_ids(self.tokenizer)
+
+    @property
+    def end_of_turn(self) -> int | None:
+        """The token that closes an answer when it is not EOS (Gemma's <end_of_turn>); None with the fallback template."""
+        others = [token for token in self.stops if token != self.tokenizer.eos_token_id]
+        return others[0] if others else None
+
+
+def export_source(run: str | Path, version: str | None = None) -> ExportSource:
+    """The run's adapter (its live version unless `version` names one), checked to exist and be finished."""
     root = RunDir(run)
     name = version or root.live_version()
     source = root.existing_version(name)
@@ -54,37 +72,52 @@ def merged_model(run: str | Path, version: str | None = None):
     method = root.method()
     spec = root.base_model()
     model_dir = resolve_model(spec)
-    base = load_adapter_base(model_dir, method, dtype=torch.float32, device="cpu")
-    model = PeftModel.from_pretrained(base, str(source.path)).merge_and_unload()
-    model.eval()
     tokenizer = load_tokenizer(model_dir)
     system_prompt = root.system_prompt()
-    tokenizer.chat_template = training_template(tokenizer.chat_template, system_prompt)
-    stops = stop_token_ids(tokenizer)
-    model.generation_config.eos_token_id = stops
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    base_template = tokenizer.chat_template
+    tokenizer.chat_template = training_template(base_template, system_prompt)
     knowledge = root.knowledge()
-    record = {"format": "merged", "run": str(root.path.resolve()), "version": name, "method": method,
-              "base_model": spec, "system_prompt": system_prompt,
-              "stop_tokens": tokenizer.convert_ids_to_tokens(stops), "dtype": "float32",
-              "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
+    record = {"run": str(root.path.resolve()), "version": name, "method": method, "base_model": spec,
+              "system_prompt": system_prompt, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
               "grounded": knowledge is not None, "ecombot_version": __version__}
     if knowledge is not None:
         record["knowledge"] = {key: knowledge.get(key) for key in ("name", "k", "handoff", "content_hash")}
-    return model, tokenizer, record
+    return ExportSource(root, name, source.path, method, spec, model_dir, tokenizer, base_template, record)
+
+
+def merged_model(source: ExportSource):
+    """The adapter merged into the weights it was trained against, in fp32 on the CPU, stopping where it stops."""
+    from peft import PeftModel
+
+    base = load_adapter_base(source.model_dir, source.method, dtype=torch.float32, device="cpu")
+    model = PeftModel.from_pretrained(base, str(source.adapter_dir)).merge_and_unload()
+    model.eval()
+    model.generation_config.eos_token_id = source.stops
+    model.generation_config.pad_token_id = source.tokenizer.pad_token_id
+    source.record.update(dtype="float32", tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)))
+    return model
+
+
+def save_merged(source: ExportSource, folder: Path) -> None:
+    """The merged model and the tokenizer with the training template, as a Transformers directory."""
+    merged_model(source).save_pretrained(folder)
+    source.tokenizer.save_pretrained(folder)
+
+
+def grounded_note(record: dict) -> str:
+    if not record["grounded"]:
+        return ""
+    return ("\nThis bot was trained grounded in the store's knowledge base "
+            f"'{record['knowledge']['name']}': it answers best when the customer's last message carries the "
+            f"{record['knowledge']['k']} passages found for it, in ecombot's layout (`Store knowledge:` then "
+            "numbered passages, a blank line, `Customer question:` and the question). `ecombot chat` and "
+            "`ecombot serve` do this for you; a plain client sends the question alone.\n")
 
 
 def usage_text(record: dict) -> str:
-    grounded = ""
-    if record["grounded"]:
-        grounded = ("\nThis bot was trained grounded in the store's knowledge base "
-                    f"'{record['knowledge']['name']}': it answers best when the customer's last message carries the "
-                    f"{record['knowledge']['k']} passages found for it, in ecombot's layout (`Store knowledge:` then "
-                    "numbered passages, a blank line, `Customer question:` and the question). `ecombot chat` and "
-                    "`ecombot serve` do this for you; a plain client sends the question alone.\n")
     return (f"# Merged export of {Path(record['run']).name} ({record['version']})\n\n"
             f"Base model {record['base_model']} with the {record['method']} adapter merged in (fp32 safetensors). "
-            "Weights derived from Gemma are under the Gemma terms of use: https://ai.google.dev/gemma/terms\n\n"
+            f"{GEMMA_TERMS}\n\n"
             "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
             "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"Where is my order?\"}],\n"
@@ -92,25 +125,14 @@ def usage_text(record: dict) -> str:
             "print(tokenizer.decode(model.generate(ids, max_new_tokens=100)[0, ids.shape[1]:], "
             "skip_special_tokens=True))\n```\n\n"
             f"The chat template is the one the adapter was trained with; generation stops at "
-            f"{', '.join(record['stop_tokens'])}.\n{grounded}")
+            f"{', '.join(record['stop_tokens'])}.\n{grounded_note(record)}")
 
 
 def export_merged(run: str | Path, output: str | Path, version: str | None = None, overwrite: bool = False) -> dict:
-    """Write the merged model into `output` (complete or not at all: built beside it, then renamed into place)."""
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise EcombotError(f"{output} exists and is not empty; choose another --output or pass --overwrite")
-    model, tokenizer, record = merged_model(run, version)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    building = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        model.save_pretrained(building)
-        tokenizer.save_pretrained(building)
-        (building / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (building / "README.md").write_text(usage_text(record), encoding="utf-8")
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        move_into_place(building, output)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return {**record, "output": str(output)}
+    """Write the merged model into `output` (complete or not at all)."""
+    def fill(folder: Path) -> dict:
+        source = export_source(run, version)
+        save_merged(source, folder)
+        return {"format": "merged", **source.record}
+
+    return build_export(output, overwrite, fill, usage_text)
