@@ -19,7 +19,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,7 +28,7 @@ from ecombot.chat import Decoding, TransformersEngine  # noqa: E402
 from ecombot.data import read_file  # noqa: E402
 from ecombot.evaluate import heldout_loss  # noqa: E402
 from ecombot.export import export_gguf, export_lora_gguf, export_merged  # noqa: E402
-from ecombot.export.llama_cpp import open_gguf  # noqa: E402
+from ecombot.export.llama_cpp import answer_loss, greedy as llama_cpp_greedy, open_gguf  # noqa: E402
 from ecombot.knowledge import Grounder, KnowledgeBase  # noqa: E402
 from ecombot.models import encode_conversation, encode_prompt, load_for_inference, with_system  # noqa: E402
 from ecombot.run_dir import RunDir  # noqa: E402
@@ -46,38 +45,6 @@ def greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos
             out.append(model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
                        [0, ids.shape[1]:].tolist())
     return out
-
-
-def llama_cpp_greedy(llm, prompt_ids: list[list[int]], max_new_tokens: int, stops: set[int]) -> list[list[int]]:
-    out = []
-    for ids in prompt_ids:
-        answer = []
-        for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            if token in stops:
-                answer.append(token)
-                break
-            answer.append(token)
-            if len(answer) >= max_new_tokens:
-                break
-        out.append(answer)
-    return out
-
-
-def llama_cpp_loss(llm, encoded: list) -> float:
-    """Token-weighted mean cross-entropy of the answer tokens, from llama.cpp's logits (same tokens as ecombot's)."""
-    total, count = 0.0, 0
-    for example in encoded:
-        llm.reset()
-        llm.eval(example.input_ids)
-        logits = np.asarray(llm.scores[:len(example.input_ids)], dtype=np.float64)
-        labels = np.asarray(example.labels)
-        positions = np.nonzero(labels[1:] != -100)[0]  # logits at t predict token t + 1
-        rows = logits[positions]
-        peak = rows.max(axis=1)
-        log_z = peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))
-        total += float((log_z - rows[np.arange(len(positions)), labels[positions + 1]]).sum())
-        count += len(positions)
-    return total / count
 
 
 def gguf_paths(run: str, folder: Path) -> dict[str, tuple[Path, Path | None, float]]:
@@ -160,11 +127,12 @@ def main() -> None:
                 same_ids = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == ids
                                for t, ids in zip(texts, prompt_ids)) / len(texts)
                 started = time.time()
-                answers = llama_cpp_greedy(llm, prompt_ids, args.max_new_tokens, set(stops))
+                answers = [llama_cpp_greedy(llm, ids, args.max_new_tokens, set(stops)) for ids in prompt_ids]
                 answer_s = time.time() - started
                 del llm
                 scorer = open_gguf(model_file, lora, n_ctx=1024, logits_all=True)
-                loss = llama_cpp_loss(scorer, encoded)
+                total, count = answer_loss(scorer, encoded)
+                loss = total / count
                 del scorer
                 finished = [ids for ids in answers if len(ids) < args.max_new_tokens]
                 gguf[name] = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -242,3 +244,22 @@ def tiny_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
                       batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
           show_progress=False)
     return data, run
+
+
+@pytest.fixture(scope="session")
+def go_renderer(tmp_path_factory):
+    """tests/go/ollama_render.go compiled: renders TEMPLATEs with Go's text/template and Ollama's chat data."""
+    if shutil.which("go") is None:
+        if REQUIRE_SYSTEM:
+            pytest.fail("the Go toolchain is missing (Debian package golang-go): the Ollama template test needs it")
+        pytest.skip("Go toolchain absent")
+    binary = tmp_path_factory.mktemp("go") / "ollama_render"
+    source = os.path.join(os.path.dirname(__file__), "go", "ollama_render.go")
+    env = {**os.environ, "GOCACHE": str(binary.parent / "cache"), "GOPATH": str(binary.parent / "path")}
+    subprocess.run(["go", "build", "-o", str(binary), source], check=True, env=env)
+
+    def render(template: str, conversations: list[list[dict]]) -> list[str]:
+        cases = [{"template": template, "messages": messages} for messages in conversations]
+        done = subprocess.run([str(binary)], input=json.dumps(cases), capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+    return render

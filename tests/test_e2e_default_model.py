@@ -83,3 +83,55 @@ def test_default_model_converts_trains_reloads_and_answers(tmp_path, monkeypatch
         if len(plain) < 32:
             assert plain[-1] == 106  # stopped at <end_of_turn> from generation_config.json alone
     assert same >= 0.9 * len(prompts), f"{same}/{len(prompts)} greedy answers token-identical"
+    check_gguf_exports(run, tmp_path, full, prompts)
+
+
+def check_gguf_exports(run, tmp_path, full, convs):
+    """The GGUF exports run in llama.cpp as the bot ran in ecombot: the merged f16 GGUF, and the Ollama export (the
+    embedded Q4_K_M GGUF + the adapter as a LoRA GGUF, a Modelfile whose template renders the training prompt)."""
+    import re
+
+    from ecombot.chat import Decoding, TransformersEngine
+    from ecombot.export import export_gguf, export_ollama, go_template, training_template
+    from ecombot.export.llama_cpp import answer_loss, gguf_metadata, greedy, open_gguf
+    from ecombot.models import encode_conversation, encode_prompt, stop_token_ids, with_system
+    from ecombot.run_dir import RunDir
+
+    system = RunDir(run).system_prompt()
+    tokenizer = full.tokenizer
+    stops = set(stop_token_ids(tokenizer))
+    questions = [c.messages[:-1] for c in convs]
+    engine = TransformersEngine(full, system, Decoding(max_new_tokens=32, repetition_penalty=1.0))
+    reference = [answer.text for answer in engine.generate(questions)]
+    prompt_ids = [encode_prompt(tokenizer, with_system(q, system)) for q in questions]
+    encoded = [encode_conversation(tokenizer, with_system(c.messages, system), 1024) for c in convs]
+    ours = heldout_loss(full.model, tokenizer, convs, system)["loss"]
+
+    gguf = export_gguf(run, tmp_path / "gguf")
+    ollama = export_ollama(run, tmp_path / "ollama")
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert f"FROM ./{ollama['base_file']}\nADAPTER ./adapter.gguf\n" in modelfile
+    assert re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1) == go_template(
+        tokenizer.chat_template, system, tokenizer.eos_token)  # rendered by Go in tests/test_export_gguf.py
+    # llama.cpp multiplies Q4_K weights with 8-bit activations, ecombot their dequantized values in fp32: on this
+    # 6-step adapter's near-tied tokens that changes greedy answers (3/6 identical once), so that path is held to its
+    # loss here and its answers are measured on a trained adapter by benchmarks/export_parity.py
+    for name, model, lora, tolerance, identical in [
+            ("merged f16", tmp_path / "gguf" / gguf["file"], None, 0.01, 0.9),
+            ("Q4_K_M base + LoRA", tmp_path / "ollama" / ollama["base_file"], tmp_path / "ollama" / "adapter.gguf",
+             0.1, 0.0)]:
+        metadata = gguf_metadata(model)
+        assert metadata["tokenizer.ggml.eot_token_id"] == 106, name
+        assert metadata["tokenizer.chat_template"] == training_template(tokenizer.chat_template, system), name
+        llm = open_gguf(model, lora, n_ctx=1024)
+        text = tokenizer.apply_chat_template(with_system(questions[0], system), tokenize=False, add_generation_prompt=True)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt_ids[0], name  # same prompt tokens
+        answers = [greedy(llm, ids, 32, stops) for ids in prompt_ids]
+        del llm
+        assert all(a[-1] in stops for a in answers if len(a) < 32), name  # stopped at the end of the turn
+        same = sum(tokenizer.decode(a, skip_special_tokens=True).strip() == r for a, r in zip(answers, reference))
+        assert same >= identical * len(convs), f"{name}: {same}/{len(convs)} greedy answers identical to ecombot's"
+        total, count = answer_loss(open_gguf(model, lora, n_ctx=1024, logits_all=True), encoded)
+        assert total / count == pytest.approx(ours, rel=tolerance), name
+    without_adapter, count = answer_loss(open_gguf(model, None, n_ctx=1024, logits_all=True), encoded)
+    assert without_adapter / count > 1.5 * ours  # the LoRA GGUF is what made the difference

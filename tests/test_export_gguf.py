@@ -5,10 +5,6 @@ converter is found where the user put it and extracted alone; runs llama.cpp can
 before any work; bad flags fail with one line."""
 
 import io
-import json
-import os
-import shutil
-import subprocess
 import sys
 import tarfile
 
@@ -16,7 +12,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REQUIRE_SYSTEM
 from ecombot.cli import app
 from ecombot.errors import EcombotError
 from ecombot.export import export_lora_gguf, go_template, training_template
@@ -32,25 +27,6 @@ CONVERSATIONS = [
     [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Refund?"}],
 ]
-
-
-@pytest.fixture(scope="session")
-def go_renderer(tmp_path_factory):
-    """tests/go/ollama_render.go compiled: renders TEMPLATEs with Go's text/template and Ollama's chat data."""
-    if shutil.which("go") is None:
-        if REQUIRE_SYSTEM:
-            pytest.fail("the Go toolchain is missing (Debian package golang-go): the Ollama template test needs it")
-        pytest.skip("Go toolchain absent")
-    binary = tmp_path_factory.mktemp("go") / "ollama_render"
-    source = os.path.join(os.path.dirname(__file__), "go", "ollama_render.go")
-    env = {**os.environ, "GOCACHE": str(binary.parent / "cache"), "GOPATH": str(binary.parent / "path")}
-    subprocess.run(["go", "build", "-o", str(binary), source], check=True, env=env)
-
-    def render(template: str, conversations: list[list[dict]]) -> list[str]:
-        cases = [{"template": template, "messages": messages} for messages in conversations]
-        done = subprocess.run([str(binary)], input=json.dumps(cases), capture_output=True, text=True, check=True)
-        return json.loads(done.stdout)
-    return render
 
 
 @pytest.mark.parametrize("base", ["gemma", "fallback"])

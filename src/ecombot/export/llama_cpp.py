@@ -197,3 +197,32 @@ def open_gguf(model: Path, lora: Path | None = None, n_ctx: int = 4096, logits_a
                                n_threads=os.cpu_count() or 1, logits_all=logits_all, verbose=False)
     finally:
         bindings.llama_model_default_params = defaults
+
+
+def greedy(llm, prompt_ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
+    """llama.cpp's greedy answer to prompt token ids, ending with the stop token when it stopped by itself."""
+    answer = []
+    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        answer.append(token)
+        if token in stops or len(answer) >= max_new_tokens:
+            break
+    return answer
+
+
+def answer_loss(llm, examples) -> tuple[float, int]:
+    """Summed cross-entropy of the supervised (answer) tokens of encoded conversations (`models.Encoded`), and their
+    count, from llama.cpp's logits (a model opened with logits_all=True): what ecombot's held-out loss computes."""
+    import numpy as np
+
+    total, count = 0.0, 0
+    for example in examples:
+        llm.reset()
+        llm.eval(example.input_ids)
+        labels = np.asarray(example.labels)
+        positions = np.nonzero(labels[1:] != -100)[0]  # the logits at t predict the token at t + 1
+        rows = np.asarray(llm.scores[positions], dtype=np.float64)
+        peak = rows.max(axis=1)
+        log_z = peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))
+        total += float((log_z - rows[np.arange(len(positions)), labels[positions + 1]]).sum())
+        count += len(positions)
+    return total, count
