@@ -133,5 +133,6 @@ def check_gguf_exports(run, tmp_path, full, convs):
         assert same >= identical * len(convs), f"{name}: {same}/{len(convs)} greedy answers identical to ecombot's"
         total, count = answer_loss(open_gguf(model, lora, n_ctx=1024, logits_all=True), encoded)
         assert total / count == pytest.approx(ours, rel=tolerance), name
+    # the LoRA GGUF is what brings llama.cpp to ecombot's loss (measured: 3.007 with it, 3.818 without, ecombot 2.998)
     without_adapter, count = answer_loss(open_gguf(model, None, n_ctx=1024, logits_all=True), encoded)
-    assert without_adapter / count > 1.5 * ours  # the LoRA GGUF is what made the difference
+    assert abs(total / count - ours) < 0.1 * (without_adapter / count - ours)
