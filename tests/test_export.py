@@ -17,12 +17,14 @@ from ecombot.models import load_base_model, load_for_inference, load_tokenizer, 
 from ecombot.models.template import with_system
 from ecombot.train import train
 
-SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} here. Ünïcode 🙂'
+SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} }} {{ here. Ünïcode 🙂'
 CONVERSATIONS = [
     [{"role": "user", "content": "Where is my order?"}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
      {"role": "user", "content": "Can I return a lamp?"}],
     [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Where is my order?"}],
+    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Refund?"}],
 ]
 
 

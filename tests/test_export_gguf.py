@@ -17,16 +17,7 @@ from ecombot.errors import EcombotError
 from ecombot.export import export_lora_gguf, go_template, training_template
 from ecombot.export import llama_cpp
 from ecombot.models.template import FALLBACK_TEMPLATE, GEMMA_TEMPLATE
-
-SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} }} {{ here. Ünïcode 🙂'
-CONVERSATIONS = [
-    [{"role": "user", "content": "Where is my order?"}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "Can I return a lamp?"}],
-    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Where is my order?"}],
-    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Refund?"}],
-]
+from test_export import CONVERSATIONS, SYSTEM
 
 
 @pytest.mark.parametrize("base", ["gemma", "fallback"])
