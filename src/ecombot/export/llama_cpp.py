@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ecombot.errors import EcombotError
 from ecombot.home import ecombot_home
+from ecombot.models.device import cpu_flags
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the converters used when llama-cpp-python is not installed (tested with this one)
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
@@ -164,13 +165,6 @@ def quantize(source: Path, output: Path, quant: str) -> None:
         raise EcombotError(f"llama.cpp could not quantize {source.name} to {quant} (status {status})")
 
 
-def has_amx() -> bool:
-    try:
-        return "amx_tile" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def open_gguf(model: Path, lora: Path | None = None, n_ctx: int = 4096, logits_all: bool = False):
     """A llama-cpp-python model of a GGUF file (and a LoRA GGUF over it), quiet, on every core.
 
@@ -190,7 +184,7 @@ def open_gguf(model: Path, lora: Path | None = None, n_ctx: int = 4096, logits_a
         params.use_extra_bufts = False
         return params
 
-    if has_amx():
+    if "amx_tile" in cpu_flags():
         bindings.llama_model_default_params = without_extra_buffers
     try:
         return llama_cpp.Llama(model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=n_ctx,
