@@ -28,7 +28,7 @@ from ecombot.chat import Decoding, TransformersEngine  # noqa: E402
 from ecombot.data import read_file  # noqa: E402
 from ecombot.evaluate import heldout_loss  # noqa: E402
 from ecombot.export import export_gguf, export_lora_gguf, export_merged  # noqa: E402
-from ecombot.export.llama_cpp import answer_loss, greedy as llama_cpp_greedy, open_gguf  # noqa: E402
+from ecombot.models.llama_cpp import answer_loss, greedy as llama_cpp_greedy, open_gguf  # noqa: E402
 from ecombot.knowledge import Grounder, KnowledgeBase  # noqa: E402
 from ecombot.models import encode_conversation, encode_prompt, load_for_inference, with_system  # noqa: E402
 from ecombot.run_dir import RunDir  # noqa: E402

@@ -93,7 +93,7 @@ def check_gguf_exports(run, tmp_path, full, convs):
 
     from ecombot.chat import Decoding, TransformersEngine
     from ecombot.export import export_gguf, export_ollama, go_template, training_template
-    from ecombot.export.llama_cpp import answer_loss, gguf_metadata, greedy, open_gguf
+    from ecombot.models.llama_cpp import answer_loss, gguf_metadata, greedy, open_gguf
     from ecombot.models import encode_conversation, encode_prompt, stop_token_ids, with_system
     from ecombot.run_dir import RunDir
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from ecombot.cli import app
 from ecombot.errors import EcombotError
 from ecombot.export import export_lora_gguf, go_template, training_template
-from ecombot.export import llama_cpp
+from ecombot.models import llama_cpp
 from ecombot.models.template import FALLBACK_TEMPLATE, GEMMA_TEMPLATE
 from test_export import CONVERSATIONS, SYSTEM
 

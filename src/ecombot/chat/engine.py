@@ -1,8 +1,9 @@
 """The generation engine behind chat, evaluate and serve: load once, generate batches, stream, switch adapters.
 
 `GenerationEngine` is the whole interface the three stages use; `TransformersEngine` implements it with
-Transformers + PEFT (a llama.cpp engine for GGUF exports can implement the same four methods). Prompts go
-through the same chat template as training; generation stops at <end_of_turn>/EOS.
+Transformers + PEFT, `chat.llama_cpp_engine.LlamaCppEngine` with llama.cpp over GGUF files, and `chat.factory` builds
+either. Both share `PromptingEngine`: prompts through the same chat template as training (tokenized by the model's own
+tokenizer), each adapter's system prompt and version; generation stops at <end_of_turn>/EOS.
 """
 
 from __future__ import annotations
@@ -118,11 +119,12 @@ class RowTracker(BaseStreamer, StoppingCriteria):
         self.finish: list[str | None] = [None] * len(limits)
         self.seen_prompt = False
 
-    def put(self, value: torch.Tensor) -> None:
+    def put(self, value: torch.Tensor | list[int]) -> None:
+        """One new token per row (rows already finished are skipped)."""
         if not self.seen_prompt:  # generate() first hands over the prompt
             self.seen_prompt = True
             return
-        for row, token in enumerate(value.view(-1).tolist()):
+        for row, token in enumerate(value.view(-1).tolist() if isinstance(value, torch.Tensor) else value):
             if self.finish[row] is not None:
                 continue
             if token in self.stop_ids:
@@ -162,32 +164,113 @@ class RowTracker(BaseStreamer, StoppingCriteria):
         return torch.tensor(done, device=input_ids.device)
 
 
-class TransformersEngine:
-    """Transformers + PEFT engine: one base model in memory, any number of LoRA adapters switched per call."""
+class PromptingEngine:
+    """What every engine shares: the prompt (training template, the adapter's system prompt, oldest turns dropped to
+    fit), the adapters' sources and live versions, streaming, and one lock around generation and reloads."""
 
-    def __init__(self, loaded: LoadedModel, system_prompt: str | None, decoding: Decoding | None = None,
-                 context_tokens: int = 2048):
+    def __init__(self, tokenizer, system_prompt: str | None, decoding: Decoding | None, context_tokens: int):
         """`system_prompt` is what the base model is told; each adapter is told the prompt its run was trained
         with (a conversation in another format than training is out of distribution for a small model)."""
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.loaded = loaded
+        self.tokenizer = tokenizer
         self.decoding = decoding or Decoding()
-        limit = getattr(self.model.config, "max_position_embeddings", context_tokens) or context_tokens
-        self.context_tokens = min(context_tokens, limit)
-        self.stop_ids = stop_token_ids(self.tokenizer)
-        self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
+        self.context_tokens = context_tokens
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.default_adapter = BASE
         self.system_prompts: dict[str, str | None] = {BASE: system_prompt}
         # where each adapter came from and which of its versions answers (ecombot learn promotes new ones)
         self.sources: dict[str, Path] = {}
         self.versions: dict[str, str] = {}
-        if self.default_adapter != BASE:
-            self.system_prompts[self.default_adapter] = (RunDir(loaded.adapter_dir).system_prompt()
-                                                         if loaded.adapter_dir else system_prompt)
-            if loaded.adapter_dir is not None:
-                self.sources[self.default_adapter] = loaded.adapter_dir
-                self.versions[self.default_adapter] = loaded.adapter_version
         # one generate at a time, and never during a reload: a batch in flight finishes on the weights it began with
         self.lock = threading.RLock()
+
+    def adapters(self) -> list[str]:
+        raise NotImplementedError
+
+    def _register(self, name: str, run: Path | None, version: str | None) -> None:
+        """Note an adapter loaded from `run` at `version` (run None: adapter files outside a run)."""
+        self.system_prompts[name] = RunDir(run).system_prompt() if run else self.system_prompts[BASE]
+        if run is not None:
+            self.sources[name], self.versions[name] = Path(run), version
+
+    def version(self, adapter: str | None = None) -> str | None:
+        """The version of `adapter` answering now (None: the base model, or an adapter loaded without a run)."""
+        return self.versions.get(adapter or self.default_adapter)
+
+    def promoted(self) -> dict[str, tuple[str, RunDir]]:
+        """{adapter: (version, its folder)} for each adapter whose run promoted (or rolled back to) another version
+        since it was loaded."""
+        changed = {}
+        for name, root in self.sources.items():
+            version = RunDir(root).live_version()
+            if version != self.versions[name]:
+                changed[name] = version, RunDir(root).version(version)
+                changed[name][1].check_adapter()
+        return changed
+
+    def override_system_prompt(self, system_prompt: str | None) -> None:
+        """Tell the base model and every adapter `system_prompt` (a user's explicit choice over the runs')."""
+        self.system_prompts = dict.fromkeys(self.system_prompts, system_prompt)
+
+    def system_prompt(self, adapter: str | None = None) -> str | None:
+        return self.system_prompts.get(adapter or self.default_adapter, self.system_prompts[BASE])
+
+    def adapter_name(self, adapter: str | None) -> str:
+        """`adapter`, or the default one; an unknown name is refused."""
+        adapter = adapter or self.default_adapter
+        if adapter != BASE and adapter not in self.adapters():
+            raise ModelError(f"unknown adapter {adapter!r}; loaded: {', '.join([BASE, *self.adapters()])}")
+        return adapter
+
+    def prompt_ids(self, messages: list[dict[str, str]], adapter: str | None = None,
+                   reserve: int | None = None) -> list[int]:
+        """The prompt for the next answer, dropping the oldest exchanges until it fits the context window."""
+        reserve = self.decoding.max_new_tokens if reserve is None else reserve
+        system_prompt = self.system_prompt(adapter)
+        messages = list(messages)
+        while True:
+            ids = encode_prompt(self.tokenizer, with_system(messages, system_prompt))
+            if len(ids) + reserve <= self.context_tokens:
+                return ids
+            if len(messages) <= 1:
+                raise PromptTooLong(f"the message is {len(ids)} tokens long with the system prompt; with "
+                                    f"{reserve} tokens for the answer the limit is {self.context_tokens - reserve}")
+            messages = messages[2:]  # oldest user + assistant pair
+
+    def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
+                 decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]:
+        raise NotImplementedError
+
+    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
+        """Yield one answer's text piece by piece as tokens are generated (a batch of one, in a thread)."""
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+
+        def run() -> None:
+            try:
+                self.generate([messages], adapter, on_text=lambda row, text: pieces.put(text) if text else None)
+                pieces.put(done)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                pieces.put(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        while (item := pieces.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class TransformersEngine(PromptingEngine):
+    """Transformers + PEFT engine: one base model in memory, any number of LoRA adapters switched per call."""
+
+    def __init__(self, loaded: LoadedModel, system_prompt: str | None, decoding: Decoding | None = None,
+                 context_tokens: int = 2048):
+        limit = getattr(loaded.model.config, "max_position_embeddings", context_tokens) or context_tokens
+        super().__init__(loaded.tokenizer, system_prompt, decoding, min(context_tokens, limit))
+        self.model, self.loaded = loaded.model, loaded
+        self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
+        if self.default_adapter != BASE:
+            self._register(self.default_adapter, loaded.adapter_dir, loaded.adapter_version)
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
     def adapters(self) -> list[str]:
@@ -215,12 +298,7 @@ class TransformersEngine:
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
-        self.system_prompts[name] = RunDir(path).system_prompt()
-        self.sources[name], self.versions[name] = Path(path), version
-
-    def version(self, adapter: str | None = None) -> str | None:
-        """The version of `adapter` answering now (None: the base model, or an adapter loaded without a run)."""
-        return self.versions.get(adapter or self.default_adapter)
+        self._register(name, Path(path), version)
 
     def reload_promoted(self) -> dict[str, str]:
         """Swap in the weights of every adapter whose run promoted (or rolled back to) another version since it was
@@ -231,12 +309,7 @@ class TransformersEngine:
         from safetensors.torch import load_file
 
         changed = {}
-        for name, root in self.sources.items():
-            version = RunDir(root).live_version()
-            if version == self.versions[name]:
-                continue
-            live = RunDir(root).version(version)
-            live.check_adapter()
+        for name, (version, live) in self.promoted().items():
             weights = load_file(str(live.path / "adapter_model.safetensors"))
             with self.lock:
                 result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
@@ -246,40 +319,16 @@ class TransformersEngine:
                 self.versions[name] = changed[name] = version
         return changed
 
-    def override_system_prompt(self, system_prompt: str | None) -> None:
-        """Tell the base model and every adapter `system_prompt` (a user's explicit choice over the runs')."""
-        self.system_prompts = dict.fromkeys(self.system_prompts, system_prompt)
-
-    def system_prompt(self, adapter: str | None = None) -> str | None:
-        return self.system_prompts.get(adapter or self.default_adapter, self.system_prompts[BASE])
-
     @contextlib.contextmanager
     def using(self, adapter: str | None = None):
         """Answer with `adapter` (None: the default one, BASE: adapters off), without reloading anything."""
-        adapter = adapter or self.default_adapter
+        adapter = self.adapter_name(adapter)
         if adapter == BASE:
             with self.model.disable_adapter() if self.adapters() else contextlib.nullcontext():
                 yield
             return
-        if adapter not in self.adapters():
-            raise ModelError(f"unknown adapter {adapter!r}; loaded: {', '.join([BASE, *self.adapters()])}")
         self.model.set_adapter(adapter)
         yield
-
-    def prompt_ids(self, messages: list[dict[str, str]], adapter: str | None = None,
-                   reserve: int | None = None) -> list[int]:
-        """The prompt for the next answer, dropping the oldest exchanges until it fits the context window."""
-        reserve = self.decoding.max_new_tokens if reserve is None else reserve
-        system_prompt = self.system_prompt(adapter)
-        messages = list(messages)
-        while True:
-            ids = encode_prompt(self.tokenizer, with_system(messages, system_prompt))
-            if len(ids) + reserve <= self.context_tokens:
-                return ids
-            if len(messages) <= 1:
-                raise PromptTooLong(f"the message is {len(ids)} tokens long with the system prompt; with "
-                                    f"{reserve} tokens for the answer the limit is {self.context_tokens - reserve}")
-            messages = messages[2:]  # oldest user + assistant pair
 
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
@@ -307,21 +356,3 @@ class TransformersEngine:
                                 pad_token_id=pad, **decoding.generate_kwargs(width))
         return [Generation(tracker.text(r), len(tracker.tokens[r]) + (tracker.finish[r] == "stop"), len(prompts[r]),
                            tracker.finish[r] or "length", version) for r in range(len(prompts))]
-
-    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
-        """Yield one answer's text piece by piece as tokens are generated (a batch of one, in a thread)."""
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-
-        def run() -> None:
-            try:
-                self.generate([messages], adapter, on_text=lambda row, text: pieces.put(text) if text else None)
-                pieces.put(done)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                pieces.put(exc)
-
-        threading.Thread(target=run, daemon=True).start()
-        while (item := pieces.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item

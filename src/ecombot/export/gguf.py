@@ -13,15 +13,13 @@ quantized again to q4_k_m rounds the adapter's small delta together with the bas
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from ecombot.errors import EcombotError
-from ecombot.export import llama_cpp
+from ecombot.models import llama_cpp
 from ecombot.export.merged import ExportSource, export_source, grounded_note, save_merged
 from ecombot.export.target import GEMMA_TERMS, build_export
-from ecombot.models.registry import MARKER
 
 QUANTS = llama_cpp.CONVERTER_TYPES + tuple(llama_cpp.QUANTIZER_FTYPES)
 ADAPTER_FILE = "adapter.gguf"
@@ -65,15 +63,6 @@ def checked_metadata(path: Path, source: ExportSource) -> dict:
             "eot_token_id": eot, "chat_template": "training", "size_mb": round(path.stat().st_size / 2**20, 1)}
 
 
-def base_gguf(source: ExportSource) -> Path | None:
-    """The GGUF file the run's base model was converted from (the embedded default, or a .gguf given as --model)."""
-    marker = source.model_dir / MARKER
-    if not marker.is_file():
-        return None
-    gguf = json.loads(marker.read_text(encoding="utf-8")).get("gguf")
-    return Path(gguf) if gguf and Path(gguf).is_file() else None
-
-
 def write_lora_gguf(source: ExportSource, folder: Path) -> dict:
     """adapter.gguf (the LoRA, f32: no rounding of the delta) and the base GGUF it applies to, the latter copied with
     the training template and end-of-turn token added to its metadata (its tensors untouched)."""
@@ -82,15 +71,13 @@ def write_lora_gguf(source: ExportSource, folder: Path) -> dict:
                            "LoRA only" + (" and a QLoRA adapter learnt against NF4 weights that no GGUF holds"
                                           if source.method == "qlora" else " (DoRA's magnitude vectors have no GGUF form)")
                            + ". Use --format gguf (merged into the weights it was trained against).")
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".base-") as tmp:
-        base = base_gguf(source)
-        kind, base_name = "the GGUF it was trained from", base.name if base else "base-f16.gguf"
-        if base is None:  # a Transformers base: llama.cpp's converter makes it a GGUF, at full precision
-            base = Path(tmp) / "base.gguf"
-            llama_cpp.run_converter("convert_hf_to_gguf.py", [str(source.model_dir), "--outfile", str(base),
-                                                              "--outtype", "f16"])
-            kind = "converted by llama.cpp's converter (f16)"
-        llama_cpp.rewrite_metadata(base, folder / base_name, source.end_of_turn, source.tokenizer.chat_template)
+    trained_from = llama_cpp.base_gguf(source.model_dir)
+    if trained_from is not None:
+        kind, base_name = "the GGUF it was trained from", trained_from.name
+    else:  # a Transformers base: llama.cpp's converter makes it a GGUF, at full precision
+        kind, base_name = "converted by llama.cpp's converter (f16)", "base-f16.gguf"
+    llama_cpp.rewrite_metadata(llama_cpp.runnable_base(source.model_dir), folder / base_name, source.end_of_turn,
+                               source.tokenizer.chat_template)
     llama_cpp.run_converter("convert_lora_to_gguf.py", [str(source.adapter_dir), "--base", str(source.model_dir),
                                                         "--outfile", str(folder / ADAPTER_FILE), "--outtype", "f32"])
     return {"base_file": base_name, "base_source": kind, "adapter_file": ADAPTER_FILE,

@@ -1,4 +1,5 @@
-"""llama.cpp's own tools, used as they are: the HF→GGUF and LoRA→GGUF converters and the quantizer.
+"""llama.cpp's own tools, used as they are: the HF→GGUF and LoRA→GGUF converters, the quantizer, and the GGUF files
+the llama.cpp engine and the exports run (the base GGUF a model came from, a run's adapter as a LoRA GGUF).
 
 Why not a GGUF writer of our own: the converters are where llama.cpp decides tensor names, the tokenizer's
 pre-tokenizer and the architecture's quirks (Gemma's norm offset, tied embeddings), and they move with each
@@ -11,6 +12,8 @@ Quantizing below q8_0 (q4_k_m) needs llama.cpp compiled, i.e. llama-cpp-python i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -149,14 +152,11 @@ def gguf_metadata(path: Path) -> dict:
 def quantize(source: Path, output: Path, quant: str) -> None:
     """llama.cpp's quantizer (`llama_model_quantize`), through the installed llama-cpp-python."""
     try:
-        import llama_cpp
-    except ImportError:
+        llama_cpp = bindings()
+    except EcombotError:
         raise EcombotError(f"--quant {quant} needs llama.cpp's quantizer, compiled by llama-cpp-python: "
                            "pip install 'ecombot[llama-cpp]' (several minutes of compiling), or export "
                            f"--quant {' / '.join(CONVERTER_TYPES)}") from None
-    import logging
-
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # not a line per tensor on the user's console
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZER_FTYPES[quant]
     params.nthread = os.cpu_count() or 1
@@ -165,32 +165,99 @@ def quantize(source: Path, output: Path, quant: str) -> None:
         raise EcombotError(f"llama.cpp could not quantize {source.name} to {quant} (status {status})")
 
 
-def open_gguf(model: Path, lora: Path | None = None, n_ctx: int = 4096, logits_all: bool = False):
-    """A llama-cpp-python model of a GGUF file (and a LoRA GGUF over it), quiet, on every core.
-
-    On CPUs with AMX, llama.cpp's extra weight buffers (weights repacked for AMX) are turned off: with the llama.cpp
-    of llama-cpp-python 0.3.36, a Q4_K_M model in the AMX buffer crashes the process with a segmentation fault at its
-    first decode (seen on a 2-core Xeon with AMX; the f16 GGUF and the same Q4_K_M file without the extra buffers
-    answer). llama-cpp-python has no argument for it, so its default model parameters are wrapped while it loads."""
+def bindings():
+    """llama-cpp-python's ctypes bindings, with its log lines (one per tensor, per layer...) kept off the console."""
     try:
         import llama_cpp
-        import llama_cpp.llama_cpp as bindings
     except ImportError:
-        raise EcombotError("running a GGUF needs llama-cpp-python: pip install 'ecombot[llama-cpp]'") from None
-    defaults = bindings.llama_model_default_params
+        raise EcombotError("running a GGUF needs llama.cpp, compiled by llama-cpp-python: "
+                           "pip install 'ecombot[llama-cpp]' (several minutes of compiling)") from None
+    import logging
 
-    def without_extra_buffers():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    return llama_cpp
 
+
+def model_params():
+    """llama.cpp's default model parameters, less the extra weight buffers on CPUs with AMX: with the llama.cpp of
+    llama-cpp-python 0.3.36, a Q4_K_M model in the AMX buffer crashes the process with a segmentation fault at its
+    first decode (seen on a 2-core Xeon with AMX; the f16 GGUF and the same Q4_K_M file without the extra buffers
+    answer)."""
+    params = bindings().llama_model_default_params()
     if "amx_tile" in cpu_flags():
-        bindings.llama_model_default_params = without_extra_buffers
+        params.use_extra_bufts = False
+    return params
+
+
+def open_gguf(model: Path, lora: Path | None = None, n_ctx: int = 4096, logits_all: bool = False):
+    """A llama-cpp-python `Llama` of a GGUF file (and a LoRA GGUF over it), quiet, on every core: llama.cpp as its
+    users run it (the export checks and the benchmarks' "raw llama.cpp"). llama-cpp-python has no argument for the
+    model parameters, so its defaults are swapped for `model_params()` while it loads."""
+    llama_cpp = bindings()
+    import llama_cpp.llama_cpp as ctypes_api
+
+    defaults = ctypes_api.llama_model_default_params
+    ctypes_api.llama_model_default_params = model_params
     try:
         return llama_cpp.Llama(model_path=str(model), lora_path=str(lora) if lora else None, n_ctx=n_ctx,
                                n_threads=os.cpu_count() or 1, logits_all=logits_all, verbose=False)
     finally:
-        bindings.llama_model_default_params = defaults
+        ctypes_api.llama_model_default_params = defaults
+
+
+def base_gguf(model_dir: Path) -> Path | None:
+    """The GGUF file a cached model was converted from (the embedded default, or a .gguf given as --model)."""
+    from ecombot.models.registry import MARKER
+
+    marker = model_dir / MARKER
+    if not marker.is_file():
+        return None
+    gguf = json.loads(marker.read_text(encoding="utf-8")).get("gguf")
+    return Path(gguf) if gguf and Path(gguf).is_file() else None
+
+
+def runnable_base(model_dir: Path) -> Path:
+    """The GGUF llama.cpp runs for a base model: the file it came from (the embedded Q4_K_M: what adapters are
+    trained against), else the Transformers weights converted once to f16 by llama.cpp's converter."""
+    from ecombot.models.registry import build_once
+
+    found = base_gguf(model_dir)
+    if found is not None:
+        return found
+
+    def convert(folder: Path) -> dict:
+        folder.mkdir(parents=True)
+        run_converter("convert_hf_to_gguf.py", [str(model_dir), "--outfile", str(folder / "model.gguf"),
+                                                "--outtype", "f16"])
+        return {"source": str(model_dir)}
+
+    return build_once(_cache("models", model_dir), convert) / "model.gguf"
+
+
+def adapter_gguf(adapter_dir: Path, model_dir: Path) -> Path:
+    """A LoRA adapter (PEFT files) as a llama.cpp LoRA GGUF (f32: no rounding of the delta), converted once and
+    kept by the adapter weights' content (a new version of a run is a new file)."""
+    from ecombot.models.registry import build_once
+
+    def convert(folder: Path) -> dict:
+        folder.mkdir(parents=True)
+        run_converter("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(model_dir),
+                                                  "--outfile", str(folder / "adapter.gguf"), "--outtype", "f32"])
+        return {"source": str(adapter_dir)}
+
+    return build_once(_cache("adapters", adapter_dir / "adapter_model.safetensors", model_dir), convert) / "adapter.gguf"
+
+
+def _cache(kind: str, *sources: Path) -> Path:
+    """$ECOMBOT_HOME/gguf/KIND/<digest>: one folder per content (files) or location (directories)."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(str(source.resolve()).encode())
+        if source.is_file():
+            with source.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return ecombot_home() / "gguf" / kind / digest.hexdigest()[:20]
 
 
 def greedy(llm, prompt_ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
