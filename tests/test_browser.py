@@ -12,9 +12,9 @@ import pytest
 from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, RETURNS, fake_grounder
 from scripted_engine import ScriptedEngine
 
-from ecombot.chat import Decoding
+from ecombot.chat import Decoding, open_engine
 from ecombot.knowledge import Passage
-from ecombot.serve import Store, build_engine, create_app
+from ecombot.serve import Store, create_app
 from ecombot.serve.security import SessionTokens
 
 CHROMIUM = os.environ.get("ECOMBOT_CHROMIUM", "/usr/bin/chromium")
@@ -39,7 +39,7 @@ def browser():
 
 def test_customer_chats_streams_rates_and_asks_for_a_human(browser, talkative_model_dir, adapter_dirs, tmp_path,
                                                           running_server):
-    engine = build_engine(str(talkative_model_dir), [("support", adapter_dirs["support"])],
+    engine = open_engine(str(talkative_model_dir), [("support", adapter_dirs["support"])],
                           Decoding(max_new_tokens=24, repetition_penalty=3.0), precision="fp32")
     store = Store(f"sqlite:///{tmp_path / 'web.db'}")
     with running_server(create_app(engine, store)) as server:

@@ -165,9 +165,9 @@ def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dir
     import torch
 
     from ecombot.speedups.lowbit import LowBitDecodeLinear
-    from ecombot.serve import build_engine
+    from ecombot.chat import open_engine
 
-    engine = build_engine(str(tiny_model_dir), [("support", adapter_dirs["support"])], Decoding(max_new_tokens=6),
+    engine = open_engine(str(tiny_model_dir), [("support", adapter_dirs["support"])], Decoding(max_new_tokens=6),
                           precision="bf16", decode_bits=16)
     question = [[{"role": "user", "content": "Where is my order?"}]]
     before = engine.generate(question, "support")[0]
@@ -192,14 +192,14 @@ def test_each_adapter_is_told_the_system_prompt_it_was_trained_with(tiny_model_d
     from ecombot.chat.engine import BASE
     from ecombot.config import BUILTIN_SYSTEM_PROMPT
     from ecombot.models import encode_prompt, with_system
-    from ecombot.serve import build_engine
+    from ecombot.chat import open_engine
 
     runs = {name: tmp_path / name for name in ("support", "fr", "foreign")}
     for name, prompt in (("support", None), ("fr", "Réponds en français."), ("foreign", "unused")):
         shutil.copytree(adapter_dirs["fr" if name == "fr" else "support"], runs[name])
         if name != "foreign":  # an adapter trained elsewhere has no run config: no prompt is assumed
             (runs[name] / "run_config.json").write_text(json.dumps({"system_prompt": prompt, "config": {}}))
-    engine = build_engine(str(tiny_model_dir), list(runs.items()), Decoding(max_new_tokens=4), precision="fp32",
+    engine = open_engine(str(tiny_model_dir), list(runs.items()), Decoding(max_new_tokens=4), precision="fp32",
                           decode_bits=16)
     question = [{"role": "user", "content": "Where is my order?"}]
     expected = {"support": question, "fr": with_system(question, "Réponds en français."), "foreign": question,

@@ -106,10 +106,10 @@ def test_chat_answers_from_the_knowledge_base(knowledge_bases, tiny_model_dir):
 def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch):
     import uvicorn
 
-    import ecombot.serve
+    import ecombot.chat
 
     apps = []
-    monkeypatch.setattr(ecombot.serve, "build_engine", lambda *args, **kwargs: ScriptedEngine())
+    monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: ScriptedEngine())
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     db = f"sqlite:///{tmp_path / 'shop.db'}"
     common = ["serve", "--model", "tiny", "--adapter", f"support={grounded_run(tmp_path)}", "--db", db,

@@ -2,11 +2,11 @@
 and the grounded systems wired end to end on the tiny model (an echoing engine shows what each prompt held)."""
 
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
+from ecombot.chat import TransformersEngine
 from ecombot.data import UNSEEN_INTENTS, prepare
 from ecombot.evaluate import metrics
 from ecombot.evaluate.slices import apply_edits, builtin_slices, changed_by, policy_edits, unseen_topics
@@ -123,30 +123,16 @@ def test_edited_knowledge_is_searched_with_the_new_values():
 
 # --- grounded systems end to end on the tiny model ---------------------------------------------------------------
 
-class EchoEngine:
-    """Answers every conversation with its last user turn (so a test sees the passages placed there), counting
-    what it was asked to generate."""
+def echo_generate(engine, conversations, adapter=None):
+    """TransformersEngine.generate for these tests: answers every conversation with its last user turn (so a test
+    sees the passages placed there), noting what it was asked to generate in `echoed`."""
+    from ecombot.chat import Generation
 
-    generated: list[list[dict]] = []
+    echoed.extend(conversations)
+    return [Generation(c[-1]["content"], 5, 3, "stop") for c in conversations]
 
-    def __init__(self, loaded, system_prompt, decoding):
-        self.prompt = system_prompt
 
-    def generate(self, conversations, adapter=None):
-        from ecombot.chat import Generation
-
-        EchoEngine.generated += conversations
-        return [Generation(c[-1]["content"], 5, 3, "stop") for c in conversations]
-
-    def add_adapter(self, name, path):
-        pass
-
-    def system_prompt(self, adapter=None):
-        return self.prompt
-
-    @contextmanager
-    def using(self, adapter):
-        yield
+echoed: list[list[dict]] = []
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +158,13 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
                                                              small_builtin):
     from ecombot.data.builtin import policy_text
     from ecombot.evaluate import EvalConfig, print_table, run_evaluation
-    from ecombot.evaluate import run as run_module
     from ecombot.knowledge import KnowledgeBase, qa_passages
 
     test, train = small_builtin
     edited = len(changed_by(test, policy_edits()))
     assert edited >= 4
-    monkeypatch.setattr(run_module, "TransformersEngine", EchoEngine)
-    EchoEngine.generated = []
+    monkeypatch.setattr(TransformersEngine, "generate", echo_generate)
+    echoed.clear()
     (tmp_path / "policy.md").write_text(policy_text())
     db = f"sqlite:///{tmp_path / 'kb.db'}"
     kb = KnowledgeBase(db, "store")
@@ -218,7 +203,7 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
     # not covered: the handoff, without generating; the others were generated once per grounded system
     handed = [p for p in result.predictions if p.answers["run+knowledge"] == DEFAULT_HANDOFF]
     assert handed and any(p.slice == "not_covered" for p in handed)
-    grounded_prompts = [c[-1]["content"] for c in EchoEngine.generated if c[-1]["content"].startswith("Store")]
+    grounded_prompts = [c[-1]["content"] for c in echoed if c[-1]["content"].startswith("Store")]
     assert len(grounded_prompts) == 2 * (len(result.predictions) - len(handed))
     assert not any(prompt.endswith(f"Customer question: {p.question}") for prompt in grounded_prompts for p in handed)
     nc = result.slices["not_covered"].systems

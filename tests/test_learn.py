@@ -270,9 +270,9 @@ def test_serve_answers_with_a_promoted_version_without_a_restart_and_stores_it(b
     from ecombot.chat import Decoding
     from ecombot.config.serve import ServeConfig
     from ecombot.serve import create_app
-    from ecombot.serve.server import build_engine
+    from ecombot.chat import open_engine
 
-    engine = build_engine(None, [("support", base_run)], Decoding(max_new_tokens=8), precision="fp32")
+    engine = open_engine(None, [("support", base_run)], Decoding(max_new_tokens=8), precision="fp32")
     store = Store()
     app = create_app(engine, store, ServeConfig(reload_every_s=0.1, rate_limit_per_minute=0))
     body = {"model": "support", "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 8}

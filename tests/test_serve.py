@@ -14,10 +14,10 @@ from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, fake_grounder
 from scripted_engine import ScriptedEngine
 from sqlalchemy import inspect, text
 
-from ecombot.chat import BASE, Decoding
+from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.errors import ConfigError
 from ecombot.models import encode_prompt
-from ecombot.serve import ServeConfig, Store, build_engine, create_app
+from ecombot.serve import ServeConfig, Store, create_app
 from ecombot.serve.security import KeyRing, persistent_secret
 from ecombot.serve.completion import HANDED_OVER, NOT_COVERED as NOT_COVERED_NOTE
 from ecombot.serve.store import Answer, ConversationRow
@@ -27,7 +27,7 @@ QUESTION = [{"role": "user", "content": "Where is my order?"}]
 
 @pytest.fixture(scope="module")
 def engine(talkative_model_dir, adapter_dirs):
-    return build_engine(str(talkative_model_dir), [("support", adapter_dirs["support"]), ("fr", adapter_dirs["fr"])],
+    return open_engine(str(talkative_model_dir), [("support", adapter_dirs["support"]), ("fr", adapter_dirs["fr"])],
                         Decoding(max_new_tokens=12, repetition_penalty=3.0), precision="fp32")
 
 

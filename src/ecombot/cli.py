@@ -26,7 +26,9 @@ console = Console()
 err = Console(stderr=True)
 DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.0x plain fp32 "
                     "generate, held-out loss +0.7%), 4 (int4: 2.7x, loss +7.7%) or 16 (bf16 as loaded). "
-                    "Batched steps always use bf16.")
+                    "Batched steps always use bf16. PyTorch engine only.")
+ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the base model's GGUF + each adapter as a "
+               "LoRA GGUF, converted once; needs pip install 'ecombot[llama-cpp]'). LoRA adapters only.")
 
 
 @data_app.command("inspect")
@@ -147,6 +149,7 @@ def chat(
     temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
     decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
+    engine: str = typer.Option("transformers", help=ENGINE_HELP),
     knowledge: Optional[str] = typer.Option(None, help="Knowledge base the answers come from, or 'none' (default: "
                                             "the one the adapter trained with, else 'default')."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the database holding the knowledge base "
@@ -154,25 +157,23 @@ def chat(
     k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
-    from ecombot.chat import Decoding, TransformersEngine, answer_streaming, open_knowledge, parse_context, repl
-    from ecombot.config import BUILTIN_SYSTEM_PROMPT
-    from ecombot.models import load_for_inference
+    from ecombot.chat import Decoding, answer_streaming, open_engine, open_knowledge, parse_context, repl
 
     try:
         values = parse_context(context)
     except ValueError as exc:
         raise EcombotError(str(exc)) from None
     grounder, grounded = open_knowledge(adapter, knowledge, db, k)
-    loaded = load_for_inference(model=model, adapter=adapter)
-    engine = TransformersEngine(loaded, BUILTIN_SYSTEM_PROMPT, Decoding(max_new_tokens, temperature, repetition_penalty))
+    bot = open_engine(model, [(adapter.resolve().name, adapter)] if adapter else [],
+                      Decoding(max_new_tokens, temperature, repetition_penalty), engine=engine, decode_bits=decode_bits,
+                      max_batch=1)
     if system_prompt is not None:
-        engine.override_system_prompt(system_prompt)
-    engine.speed_up_decoding(decode_bits)
+        bot.override_system_prompt(system_prompt)
     err.print(grounded, highlight=False, soft_wrap=True)
     if once is not None:
-        answer_streaming(engine, [{"role": "user", "content": once}], values, grounder=grounder)
+        answer_streaming(bot, [{"role": "user", "content": once}], values, grounder=grounder)
         return
-    repl(engine, values, grounder=grounder)
+    repl(bot, values, grounder=grounder)
 
 
 @app.command()
@@ -195,6 +196,7 @@ def evaluate(
                                                 "$ECOMBOT_HOME/ecombot.db)."),
     slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
                                            "questions the knowledge does not cover."),
+    engine: str = typer.Option("transformers", help=ENGINE_HELP + " Answers and held-out loss both come from it."),
 ) -> None:
     """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
     data's slices), with 95% CIs."""
@@ -203,7 +205,7 @@ def evaluate(
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
-                     knowledge=knowledge, db=db, slices=slices)
+                     knowledge=knowledge, db=db, slices=slices, engine=engine)
     result = run_evaluation(cfg, console)
     print_table(result, console)
     console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")
@@ -358,18 +360,18 @@ def serve(
     reload_every: float = typer.Option(5.0, help="Seconds between checks for an adapter version `ecombot learn` "
                                                  "promoted (or `adapter rollback` restored), swapped in without a "
                                                  "restart; 0: never."),
+    engine: str = typer.Option("transformers", help=ENGINE_HELP),
 ) -> None:
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn
 
-    from ecombot.chat import Decoding, open_knowledge
+    from ecombot.chat import Decoding, open_engine, open_knowledge
     from ecombot.home import ecombot_home
-    from ecombot.models import DEFAULT_MODEL
-    from ecombot.run_dir import RunDir
-    from ecombot.serve import ServeConfig, Store, build_engine, create_app, parse_adapters
+    from ecombot.models import base_model_spec
+    from ecombot.serve import ServeConfig, Store, create_app, parse_adapters
 
     adapters = parse_adapters(adapter)
-    base_spec = model or (RunDir(adapters[0][1]).base_model() if adapters else DEFAULT_MODEL)
+    base_spec = base_model_spec(model, adapters[0][1] if adapters else None)
     config = ServeConfig(model_name=Path(base_spec).name, api_keys=split_keys(api_key), review_keys=split_keys(review_key),
                          cors_origins=cors_origin, web=web,
                          session_secret_file=session_secret or ecombot_home() / "session_secret",
@@ -378,10 +380,11 @@ def serve(
                          max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
     grounder, grounded = open_knowledge(adapters[0][1] if adapters else None, knowledge, db, k)
-    engine = build_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), decode_bits=decode_bits)
-    app = create_app(engine, store, config, grounder)
-    names = ", ".join([*engine.adapters(), "base"])
-    console.print(f"serving {names} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
+    bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
+                      decode_bits=decode_bits, max_batch=max_batch)
+    app = create_app(bot, store, config, grounder)
+    names = ", ".join([*bot.adapters(), "base"])
+    console.print(f"serving {names} with {engine} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
                   f"API keys: {len(config.api_keys) or 'none'}, review keys: {len(config.review_keys) or 'none'}; "
                   f"store: {store.engine.url.render_as_string(hide_password=True)}; {grounded})")
     uvicorn.run(app, host=host, port=port, log_level="warning")

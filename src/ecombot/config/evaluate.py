@@ -27,4 +27,5 @@ class EvalConfig:
     #                               "default"; "none" = no grounded systems
     db: str | None = None  # its database (default: the run record's, else $ECOMBOT_HOME's)
     slices: bool = True  # also score the built-in data's slices (evaluate/slices.py) when evaluating on it
+    engine: str = "transformers"  # runtime answering and scored: "transformers" or "llama.cpp" (chat.factory)
     system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's

@@ -53,3 +53,19 @@ def heldout_loss(model, tokenizer, convs: list[Conversation], system_prompt: str
     sums, counts = item_losses(model, tokenizer, convs, system_prompt, max_length, batch_size, prefixes)
     loss = float(sums.sum() / counts.sum())
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(counts.sum())}
+
+
+def engine_item_losses(engine, convs: list[Conversation], adapter: str, max_length: int = 1024,
+                       prefixes: list[list[dict[str, str]]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`item_losses` through the engine that answers: the PyTorch model itself, or llama.cpp's logits over the
+    GGUF files it runs (so `evaluate --engine llama.cpp` scores the deployed model, quantized base included)."""
+    from ecombot.chat import TransformersEngine
+
+    if isinstance(engine, TransformersEngine):
+        with engine.using(adapter):
+            return item_losses(engine.model, engine.tokenizer, convs, engine.system_prompt(adapter), max_length,
+                               prefixes=prefixes)
+    encoded = encode_conversations(convs, engine.tokenizer, engine.system_prompt(adapter), max_length, prefixes)
+    if encoded.no_answer_left:
+        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token within {max_length} tokens")
+    return engine.answer_losses(encoded.examples, adapter)

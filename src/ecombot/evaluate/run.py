@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ecombot.chat import BASE, Decoding, GenerationEngine, TransformersEngine
+from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.grounded import StoreKnowledge, open_knowledge, own_pair
-from ecombot.evaluate.heldout import item_losses
+from ecombot.evaluate.heldout import engine_item_losses
 from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SliceScores, SystemScores
 from ecombot.evaluate.slices import EvalSet, builtin_slices
 from ecombot.knowledge import Grounding, embed, is_handoff, latest_question
@@ -135,12 +135,12 @@ class Contestants:
     """Every system of one evaluation, loaded once, ready to answer any set of questions."""
 
     def __init__(self, cfg: EvalConfig, train: list[Conversation], base_prompt: str):
-        from ecombot.models import load_for_inference
+        from ecombot.models import base_model_spec
 
         self.cfg = cfg
         self.retriever = Retriever(train) if train else None
         self.fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed)) if train else []
-        self.model_spec = cfg.model or (RunDir(cfg.adapters[0]).base_model() if cfg.adapters else None)
+        self.model_spec = base_model_spec(cfg.model, cfg.adapters[0] if cfg.adapters else None)
         names = [Path(a).resolve().name for a in cfg.adapters]
         runs = [(kind, kind, BASE) for kind in ("base", "base-fewshot", "base+knowledge")]
         for name in names:
@@ -148,13 +148,11 @@ class Contestants:
                      ("grounded", f"{name}+knowledge", name)]
         self.runs = [run for run in runs if run[0] in cfg.systems]  # (kind, system name, adapter)
         self.prompts_used: dict[str, str | None] = {}
-        self.loaded = self.engine = None
+        self.engine = None
         if self.runs:
-            self.loaded = load_for_inference(model=self.model_spec, adapter=cfg.adapters[0] if cfg.adapters else None,
-                                             adapter_name=names[0] if names else "default")
-            self.engine = TransformersEngine(self.loaded, base_prompt, Decoding(max_new_tokens=cfg.max_new_tokens))
-            for path, name in zip(cfg.adapters[1:], names[1:]):
-                self.engine.add_adapter(name, path)
+            self.engine = open_engine(cfg.model, [(name, Path(path)) for name, path in zip(names, cfg.adapters)],
+                                      Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=base_prompt,
+                                      engine=cfg.engine, max_batch=cfg.batch_size)
 
     def answer(self, questions: EvalSet, knowledge: StoreKnowledge, say) -> list[SystemAnswers]:
         test, cfg = questions.test, self.cfg
@@ -190,9 +188,7 @@ class Contestants:
                 answered.groundings = groundings
                 answered.latency_s = [t + ground_s / len(test) for t in answered.latency_s]
                 answered.seconds += ground_s
-            with self.engine.using(adapter):
-                answered.loss = item_losses(self.loaded.model, self.loaded.tokenizer, convs,
-                                            self.engine.system_prompt(adapter), prefixes=prefixes)
+            answered.loss = engine_item_losses(self.engine, convs, adapter, prefixes=prefixes)
             answered.name = name
             self.prompts_used[name] = self.engine.system_prompt(adapter)
             systems.append(answered)

@@ -68,6 +68,17 @@ def load_adapter_base(model_dir: Path, method: str, dtype: torch.dtype = torch.f
     return load_base_model(model_dir, dtype=dtype, quantize_4bit=True, device=device).dequantize(dtype=dtype)
 
 
+def base_model_spec(model: str | None, adapter: str | Path | None) -> str:
+    """The base model that answers: `--model` when given, else the one the adapter's run trained on, else the
+    embedded default (the one rule of chat, serve, evaluate and both engines)."""
+    from ecombot.models.registry import DEFAULT_MODEL
+
+    if model or not adapter:
+        return model or DEFAULT_MODEL
+    RunDir(adapter).check_adapter()
+    return RunDir(adapter).base_model()
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -91,10 +102,7 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
         version = RunDir(adapter_dir).live_version() if live else None
         source = RunDir(adapter_dir).version(version) if version else RunDir(adapter_dir)
         source.check_adapter()
-    spec = model or (RunDir(adapter_dir).base_model() if adapter_dir else None)
-    if spec is None:
-        from ecombot.models.registry import DEFAULT_MODEL
-        spec = DEFAULT_MODEL
+    spec = base_model_spec(model, adapter_dir)
     model_dir = resolve_model(spec)
     device = pick_device()
     precision = resolve_precision(precision, device)
