@@ -38,7 +38,8 @@ class LlamaCppEngine(PromptingEngine):
         super().__init__(tokenizer, system_prompt, decoding, context_tokens)
         self.model_dir, self.gguf, self.max_batch = model_dir, gguf, max_batch
         self.lib.llama_backend_init()
-        self.model = self.lib.llama_model_load_from_file(str(gguf).encode(), llama_cpp.model_params())
+        with llama_cpp.quiet_stderr():
+            self.model = self.lib.llama_model_load_from_file(str(gguf).encode(), llama_cpp.model_params())
         if not self.model:
             raise ModelError(f"{gguf}: llama.cpp cannot load this GGUF file")
         self.context_tokens = min(context_tokens, self.lib.llama_model_n_ctx_train(self.model))
@@ -49,7 +50,8 @@ class LlamaCppEngine(PromptingEngine):
         params.n_batch = params.n_ubatch = 512
         params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
         params.no_perf = True
-        self.ctx = self.lib.llama_init_from_model(self.model, params)
+        with llama_cpp.quiet_stderr():
+            self.ctx = self.lib.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise ModelError(f"{gguf}: llama.cpp could not make a context of {params.n_ctx} tokens")
         self.memory = self.lib.llama_get_memory(self.ctx)
@@ -86,7 +88,8 @@ class LlamaCppEngine(PromptingEngine):
             raise ModelError(f"{run.path}: a {run.method()} adapter; llama.cpp applies plain LoRA only. Export the "
                              "run merged (`ecombot export RUN --format gguf`) and run that file as --model.")
         gguf = llama_cpp.adapter_gguf(folder.path, self.model_dir)
-        lora = self.lib.llama_adapter_lora_init(self.model, str(gguf).encode())
+        with llama_cpp.quiet_stderr():
+            lora = self.lib.llama_adapter_lora_init(self.model, str(gguf).encode())
         if not lora:
             raise ModelError(f"{run.path}: llama.cpp cannot apply its adapter ({gguf}) to {self.gguf.name}")
         return lora

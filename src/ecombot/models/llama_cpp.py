@@ -12,6 +12,7 @@ Quantizing below q8_0 (q4_k_m) needs llama.cpp compiled, i.e. llama-cpp-python i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -160,13 +161,14 @@ def quantize(source: Path, output: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANTIZER_FTYPES[quant]
     params.nthread = os.cpu_count() or 1
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), params)
+    with quiet_stderr():  # else a "falling back to q5_0" line for each of 90 tensors whose rows do not fit Q4_K
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), params)
     if status != 0 or not output.is_file():
         raise EcombotError(f"llama.cpp could not quantize {source.name} to {quant} (status {status})")
 
 
 def bindings():
-    """llama-cpp-python's ctypes bindings, with its log lines (one per tensor, per layer...) kept off the console."""
+    """llama-cpp-python's ctypes bindings."""
     try:
         import llama_cpp
     except ImportError:
@@ -176,6 +178,23 @@ def bindings():
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     return llama_cpp
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp's C code writes to the process's stderr while it loads (a line per tensor, warnings about Gemma's
+    vocabulary and the SWA cache a chat user cannot act on), past llama-cpp-python's log callback: the file
+    descriptor is pointed at /dev/null meanwhile, as llama-cpp-python's own `verbose=False` does. Failures are
+    reported by the caller from the return value."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def model_params():
