@@ -47,7 +47,7 @@ def start_server(args, port: int, workdir: Path) -> subprocess.Popen:
                "--db", f"sqlite:///{workdir / 'load.db'}", "--max-batch", str(args.max_batch),
                "--max-queue", str(args.max_queue), "--default-max-tokens", str(args.max_tokens),
                "--max-tokens", str(args.max_tokens),
-               "--decode-bits", str(args.decode_bits)]
+               "--decode-bits", str(args.decode_bits), "--engine", args.engine]
     command += ["--model", args.model] if args.model else []
     for spec in args.adapter:
         command += ["--adapter", spec]
@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--decode-bits", type=int, default=16, help="as for ecombot serve (16, its default: bf16)")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "llama.cpp"],
+                        help="as for ecombot serve (--decode-bits applies to transformers only)")
     parser.add_argument("--start-timeout", type=float, default=300)
     parser.add_argument("--output", default="benchmarks/results/serve_load.json")
     args = parser.parse_args()
@@ -131,7 +133,7 @@ def main() -> None:
             server.wait(timeout=30)
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
-              "model": args.model or ("(adapter's base)" if args.adapter else "gemma-3-270m"), "served": model, "max_tokens": args.max_tokens, "decode_bits": args.decode_bits,
+              "model": args.model or ("(adapter's base)" if args.adapter else "gemma-3-270m"), "served": model, "max_tokens": args.max_tokens, "decode_bits": args.decode_bits, "engine": args.engine,
               "runs": [baseline, loaded], "batching": batching,
               "throughput_ratio": round(loaded["tokens_per_s"] / baseline["tokens_per_s"], 2)
               if baseline["tokens_per_s"] else None}

@@ -54,7 +54,8 @@ def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
     """Both precisions on every CPU class (bf16 runs, slower, where the CPU has no native bf16): the low-bit paths run
     for bf16 weights and are left off for fp32 ones."""
     result = run_benchmark("inference", ["--model", str(tiny_model_dir), "--repeats", "1", "--max-new-tokens", "8",
-                                         "--quality-examples", "2", "--precision", precision], tmp_path)
+                                         "--quality-examples", "2", "--precision", precision,
+                                         "--no-llama-cpp"], tmp_path)
     assert list(result["runs"]) == ["plain", "ecombot-bf16", "ecombot-int8", "ecombot-int4"]
     assert all(len(runs) == 3 for runs in result["runs"].values()) and result["load_s"]["median"] > 0
     assert all(r["ttft_s"] is not None and 0 < r["tokens"] <= 8 for runs in result["runs"].values() for r in runs)
