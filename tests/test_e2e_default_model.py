@@ -116,6 +116,7 @@ def check_gguf_exports(run, tmp_path, full, convs):
     # llama.cpp multiplies Q4_K weights with 8-bit activations, ecombot their dequantized values in fp32: on this
     # 6-step adapter's near-tied tokens that changes greedy answers (3/6 identical once), so that path is held to its
     # loss here and its answers are measured on a trained adapter by benchmarks/export_parity.py
+    llama_cpp_runs = {}
     for name, model, lora, tolerance, identical in [
             ("merged f16", tmp_path / "gguf" / gguf["file"], None, 0.01, 0.9),
             ("Q4_K_M base + LoRA", tmp_path / "ollama" / ollama["base_file"], tmp_path / "ollama" / "adapter.gguf",
@@ -133,6 +134,21 @@ def check_gguf_exports(run, tmp_path, full, convs):
         assert same >= identical * len(convs), f"{name}: {same}/{len(convs)} greedy answers identical to ecombot's"
         total, count = answer_loss(open_gguf(model, lora, n_ctx=1024, logits_all=True), encoded)
         assert total / count == pytest.approx(ours, rel=tolerance), name
+        llama_cpp_runs[name] = answers, total / count
+
+    # `--engine llama.cpp` runs the same two files as the Ollama export (the adapter converted by the engine itself):
+    # the answers of llama-cpp-python's own loop above, and the same loss through `evaluate`'s scoring
+    from ecombot.chat import open_engine
+    from ecombot.evaluate.heldout import engine_item_losses
+
+    answers, loss = llama_cpp_runs["Q4_K_M base + LoRA"]
+    llama = open_engine(None, [("e2e", run)], Decoding(max_new_tokens=32, repetition_penalty=1.0),
+                        engine="llama.cpp", max_batch=1)
+    assert llama.system_prompt("e2e") == system
+    assert [g.text for g in llama.generate(questions)] == [tokenizer.decode(a, skip_special_tokens=True).strip()
+                                                           for a in answers]
+    sums, counts = engine_item_losses(llama, convs, "e2e")
+    assert sums.sum() / counts.sum() == pytest.approx(loss, rel=1e-3)
     # the LoRA GGUF is what brings llama.cpp to ecombot's loss (measured: 3.007 with it, 3.818 without, ecombot 2.998)
     without_adapter, count = answer_loss(open_gguf(model, None, n_ctx=1024, logits_all=True), encoded)
     assert abs(total / count - ours) < 0.1 * (without_adapter / count - ours)
