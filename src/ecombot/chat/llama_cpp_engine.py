@@ -50,6 +50,9 @@ class LlamaCppEngine(PromptingEngine):
         params.n_batch = params.n_ubatch = 512
         params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
         params.no_perf = True
+        # as llama-cpp-python's `Llama` (the export parity was measured with it): llama.cpp's "auto" turns flash
+        # attention on, whose other rounding flipped near-tied greedy tokens of a barely trained adapter (1 of 6 answers)
+        params.flash_attn_type = self.lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         with llama_cpp.quiet_stderr():
             self.ctx = self.lib.llama_init_from_model(self.model, params)
         if not self.ctx:
