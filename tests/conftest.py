@@ -107,18 +107,16 @@ def talkative_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def adapter_dirs(talkative_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """Two LoRA adapters with random (non-zero) weights on the talkative model, saved as PEFT adapters."""
+def random_adapters(model_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """Two LoRA adapters ("support", "fr") with random (non-zero) weights on `model_dir`, saved as PEFT adapters."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dirs = {}
     for seed, name in enumerate(["support", "fr"]):
-        import torch
-
         torch.manual_seed(seed + 10)
-        base = AutoModelForCausalLM.from_pretrained(talkative_model_dir)
+        base = AutoModelForCausalLM.from_pretrained(model_dir)
         peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
                                                init_lora_weights=False))
         with torch.no_grad():
@@ -128,6 +126,11 @@ def adapter_dirs(talkative_model_dir, tmp_path_factory) -> dict[str, Path]:
         dirs[name] = tmp_path_factory.mktemp(name)
         peft.save_pretrained(dirs[name])
     return dirs
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(talkative_model_dir, tmp_path_factory) -> dict[str, Path]:
+    return random_adapters(talkative_model_dir, tmp_path_factory)
 
 
 class RunningServer:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_adapters
 
 from ecombot.chat import BASE, Decoding, TransformersEngine, open_engine
 from ecombot.chat.llama_cpp_engine import LlamaCppEngine
@@ -58,22 +59,8 @@ def gguf(model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(model_dir, tmp_path_factory) -> dict[str, Path]:
     """Two LoRA adapters with random non-zero weights, as finished runs with their system prompts."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    dirs = {}
-    for seed, name in enumerate(["support", "fr"]):
-        torch.manual_seed(seed + 10)
-        peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                              LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                         init_lora_weights=False))
-        with torch.no_grad():
-            for param_name, param in peft.named_parameters():
-                if "lora_B" in param_name:
-                    param.normal_(0, 0.5)
-        dirs[name] = tmp_path_factory.mktemp(name)
-        peft.save_pretrained(dirs[name])
+    dirs = random_adapters(model_dir, tmp_path_factory)
+    for name in dirs:
         prompt = PROMPT if name == "support" else "Réponds en français."
         (dirs[name] / "run_config.json").write_text(json.dumps(
             {"status": "complete", "system_prompt": prompt, "config": {"model": str(model_dir), "method": "lora"}}))
