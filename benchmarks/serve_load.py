@@ -47,7 +47,8 @@ def start_server(args, port: int, workdir: Path) -> subprocess.Popen:
                "--db", f"sqlite:///{workdir / 'load.db'}", "--max-batch", str(args.max_batch),
                "--max-queue", str(args.max_queue), "--default-max-tokens", str(args.max_tokens),
                "--max-tokens", str(args.max_tokens),
-               "--decode-bits", str(args.decode_bits), "--engine", args.engine]
+               "--decode-bits", str(args.decode_bits), "--engine", args.engine,
+               "--knowledge", "none"]  # the store's database is the load test's own: answers from the weights
     command += ["--model", args.model] if args.model else []
     for spec in args.adapter:
         command += ["--adapter", spec]
