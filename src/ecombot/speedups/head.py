@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
 from ecombot.speedups import kernels
 from ecombot.speedups.attention import unwrapped
@@ -133,6 +134,21 @@ class HeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_losses: torch.Tensor):
         (grad_hidden,) = ctx.saved_tensors
         return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` as one 2-D matmul over the rows of `x`.
+
+    Why: PyTorch (2.13, CPU) runs a bf16 linear whose input is 3-D with a batch stride that is not packed (the last
+    position of each prompt, which `generate` hands the output head) and whose weight needs no gradient (every
+    PEFT base) as a bmm over an expanded copy of the weight: 2.4 s per prompt for Gemma's 262k x 640 head instead
+    of 0.04 s, measured on the 2-core Xeon (AMX); a batch of 4 prompts took 9.2 s.
+    """
+    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+
+def flat_head_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return linear_rows(x, self.weight, self.bias)
 
 
 def fusable_head(model) -> torch.nn.Module | None:
