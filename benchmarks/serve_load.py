@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=64)
-    parser.add_argument("--decode-bits", type=int, default=16, help="as for ecombot serve (16, its default: bf16)")
+    parser.add_argument("--decode-bits", type=int, default=8, help="as for ecombot serve (8, its default)")
     parser.add_argument("--engine", default="transformers", choices=["transformers", "llama.cpp"],
                         help="as for ecombot serve (--decode-bits applies to transformers only)")
     parser.add_argument("--start-timeout", type=float, default=300)
