@@ -95,24 +95,32 @@ def teacher_forced_loss(engine, conversations) -> float:
 
 
 def decoding_path_loss(engine, conversations) -> float:
-    """Mean loss per reference-answer token, fed one token at a time through the KV cache (as when decoding)."""
+    """Mean loss per answer token over the tokens `ecombot evaluate` scores (the training template's encoding: each
+    answer and its end-of-turn token), but fed one token at a time through the KV cache from the first answer token
+    on, as when decoding (so one-token steps use the low-bit weights)."""
     import torch
     import torch.nn.functional as F
 
+    from ecombot.models.encoding import encode_conversations
+
     base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    encoded = encode_conversations(conversations, engine.tokenizer, engine.system_prompt(engine.default_adapter), 1024)
+    device = engine.loaded.device
     total, count = 0.0, 0
     with torch.inference_mode():
-        for conv in conversations:
-            prompt = engine.prompt_ids(conv.messages[:-1])
-            answer = engine.tokenizer(conv.answer, add_special_tokens=False)["input_ids"] + engine.stop_ids[:1]
-            out = engine.model(input_ids=torch.tensor([prompt], device=engine.loaded.device), use_cache=True)
-            for token in answer:
-                total += float(F.cross_entropy(out.logits[:, -1].float(), torch.tensor([token], device=out.logits.device)))
-                count += 1
-                cache = getattr(out, "cache", None) or out.past_key_values
-                out = engine.model(input_ids=torch.tensor([[token]], device=out.logits.device),
-                                   **{cache_arg: cache}, use_cache=True)
+        for example in encoded.examples:
+            ids, labels = example["input_ids"], example["labels"]
+            first = next(i for i, label in enumerate(labels) if label != -100)
+            out = engine.model(input_ids=torch.tensor([ids[:first]], device=device), use_cache=True)
+            for position in range(first, len(ids)):
+                if labels[position] != -100:
+                    total += float(F.cross_entropy(out.logits[:, -1].float(), torch.tensor([labels[position]], device=device)))
+                    count += 1
+                if position + 1 < len(ids):
+                    cache = getattr(out, "cache", None) or out.past_key_values
+                    out = engine.model(input_ids=torch.tensor([[ids[position]]], device=device),
+                                       **{cache_arg: cache}, use_cache=True)
     return total / count
 
 
