@@ -24,8 +24,8 @@ conversations_app = typer.Typer(help="The conversations the server stored, and t
 app.add_typer(conversations_app, name="conversations")
 console = Console()
 err = Console(stderr=True)
-DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.0x plain fp32 "
-                    "generate, held-out loss +0.7%), 4 (int4: 2.7x, loss +7.7%) or 16 (bf16 as loaded). "
+DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.05x plain fp32 "
+                    "generate, held-out loss +0.3%), 4 (int4: 2.4x, loss +6.7%) or 16 (bf16 as loaded). "
                     "Batched steps always use bf16. PyTorch engine only.")
 ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the base model's GGUF + each adapter as a "
                "LoRA GGUF, converted once; needs pip install 'ecombot[llama-cpp]'). LoRA adapters only.")
