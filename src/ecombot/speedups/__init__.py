@@ -65,7 +65,8 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     """Put the speed-ups of `mode` on `model` (a PEFT or plain Transformers model); safe to call again.
 
     train: every LoRA layer, norm and MLP of the model; per-batch attention and the fused head in the loss.
-    decode: per-batch attention and the fused head when scoring; with `low_bit` 8 or 4, one-token steps of a bf16
+    decode: per-batch attention and the fused head when scoring, the output head as one 2-D matmul over the
+    positions `generate` keeps; with `low_bit` 8 or 4, one-token steps of a bf16
     CPU model with int8 (or int4) weights — call it then only once every adapter is loaded.
     """
     from ecombot.speedups import head, lora, lowbit, mlp, norm
