@@ -11,8 +11,8 @@ Transformers', PEFT's and PyTorch's own code), `ECOMBOT_CPU_KERNELS=0` only the 
 | norm.py      | Gemma's RMSNorm (lean backward; C kernel on bf16 CPUs)                  | train         |
 | mlp.py       | GELU(gate) * up (C kernel on bf16 CPUs)                                 | train         |
 | attention.py | attention over a packed row / short CPU batches                         | train, decode |
-| head.py      | output head + cross-entropy of the answer tokens (one pass, no logits)  | train, decode |
-| head.py      | the output head's linear on generate's last positions (2-D matmul)      | decode        |
+| head.py      | output head + cross-entropy of the answer tokens (one pass, no logits); | train, decode |
+|              | in decoding, the head over generate's last positions as a 2-D matmul    |               |
 | lowbit.py    | one-token decoding steps with int8/int4 weights (bf16 CPUs)             | decode        |
 """
 
@@ -88,8 +88,8 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
         changed["lora_bf16_inputs"] = lora.keep_activations_in_bf16(model) if computes_in_bf16 else 0
         changed["norms"] = norm.use_lean_norms(model)
         changed["mlp"] = mlp.use_fused_mlp(model)
-    if mode == "decode" and isinstance(model.get_output_embeddings(), torch.nn.Linear):
-        output = model.get_output_embeddings()
+    output = model.get_output_embeddings()
+    if mode == "decode" and isinstance(output, torch.nn.Linear):
         changed["flat_head"] = patch_forward(model, lambda module: module is output, head.flat_head_forward)
     if low_bit in (4, 8) and on_cpu_bf16 and lowbit.kernels_available() and not changed.get("low_bit"):
         changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
