@@ -16,6 +16,7 @@ MAY_IMPORT = {
     "config": {"errors"},
     "run_dir": {"atomic", "errors"},
     "knowledge": {"data", "database", "errors", "home"},
+    "catalog": {"data", "errors", "knowledge"},
     "models": {"atomic", "data", "errors", "home", "run_dir", "speedups"},
     "train": {"config", "data", "errors", "knowledge", "models", "run_dir", "speedups"},
     "chat": {"config", "errors", "knowledge", "models", "run_dir", "speedups"},

@@ -223,19 +223,14 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    rows = _csv_rows(path, text)
-    header_place, header = next(rows, ("row 1", []))
-    names = [name.strip().lower() for name in header]
+    header_place, names, rows = csv_table(path, text)
     question = next((c for c in CSV_QUESTION if c in names), None)
     answer = next((c for c in CSV_ANSWER if c in names), None)
     if question is None or answer is None:
         missing = "instruction" if question is None else "response"
-        raise DataError(path, header_place, missing, f"missing required column (header has: {', '.join(header)})")
+        raise DataError(path, header_place, missing, f"missing required column (header has: {', '.join(names)})")
     out = []
-    for where, cells in rows:
-        if len(cells) > len(header):
-            raise DataError(path, where, None, f"{len(cells)} cells but the header has {len(header)} columns")
-        values = dict(zip(names, [message_text(cell) for cell in cells] + [""] * (len(names) - len(cells))))
+    for where, values in rows:
         conv = Conversation([{"role": "user", "content": values[question]},
                              {"role": "assistant", "content": values[answer]}],
                             intent=values.get("intent") or None, category=values.get("category") or None,
@@ -248,8 +243,8 @@ def _read_csv(path: Path, text: str) -> RawFile:
     return RawFile(path, "csv", out)
 
 
-def read_file(path: str | Path) -> RawFile:
-    """Read any supported file into conversations; the format is detected from the content."""
+def read_text(path: str | Path) -> tuple[Path, str]:
+    """A data file's text, or a DataError saying why not (missing, a directory, not UTF-8, empty)."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
@@ -261,6 +256,46 @@ def read_file(path: str | Path) -> RawFile:
         raise DataError(path, f"byte {exc.start}", None, "not UTF-8 text") from None
     if not text.strip():
         raise DataError(path, None, None, "the file is empty")
+    return path, text
+
+
+def json_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """JSON Lines ("line N": the text starts with an object, has several lines and its first parses alone), else
+    one document: a list's items ("item N"), or the document itself ("document", also a one-line file)."""
+    lines = _json_lines(text)
+    if text.lstrip().startswith("{") and len(lines) > 1:
+        try:
+            json.loads(lines[0][1])
+        except (ValueError, RecursionError):
+            pass
+        else:
+            yield from ((f"line {number}", _loads(path, line, number)) for number, line in lines)
+            return
+    data = _loads(path, text)
+    if isinstance(data, list):
+        yield from ((f"item {i + 1}", record) for i, record in enumerate(data))
+    else:
+        yield "document", data
+
+
+def csv_table(path: Path, text: str) -> tuple[str, list[str], Iterator[tuple[str, dict[str, str]]]]:
+    """A CSV/TSV file's header place, its lower-case column names and its rows as {column: cell text} with their
+    places; a row with more cells than the header is an error at its place."""
+    rows = _csv_rows(path, text)
+    header_place, header = next(rows, ("row 1", []))
+    names = [name.strip().lower() for name in header]
+
+    def values() -> Iterator[tuple[str, dict[str, str]]]:
+        for where, cells in rows:
+            if len(cells) > len(names):
+                raise DataError(path, where, None, f"{len(cells)} cells but the header has {len(names)} columns")
+            yield where, dict(zip(names, [message_text(cell) for cell in cells] + [""] * (len(names) - len(cells))))
+    return header_place, names, values()
+
+
+def read_file(path: str | Path) -> RawFile:
+    """Read any supported file into conversations; the format is detected from the content."""
+    path, text = read_text(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         return _read_csv(path, text)
     stripped = text.lstrip()

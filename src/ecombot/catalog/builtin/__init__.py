@@ -1,0 +1,1 @@
+"""The built-in catalog of the fictional store Harbor & Pine, written by scripts/build_builtin_catalog.py."""

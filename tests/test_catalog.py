@@ -1,0 +1,151 @@
+"""The catalog: products read from CSV / JSON / JSON Lines with errors at their row and field, the built-in catalog,
+recommendation requests with known answers, and the plain search baseline (budget filter, real SKUs)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ecombot.catalog import (CatalogSearch, Product, builtin_catalog_path, price_limit, read_catalog,
+                             recommendation_requests)
+from ecombot.catalog.requests import meets
+from ecombot.errors import DataError
+
+CSV = """SKU,Title,Category,Price,Material,Colour,Description,Related
+T-1,Oak side table,Side table,$129.99,oak,natural oak,"A small oak table.
+Two lines.",T-2
+T-2,Walnut side table,side table,189,walnut,,Walnut.,T-1;T-3
+T-3,Wool rug,rug,249.50,wool,grey,,
+"""
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return read_catalog(builtin_catalog_path())
+
+
+def test_a_csv_catalog_reads_required_fields_prices_attributes_and_related_skus(tmp_path):
+    path = tmp_path / "catalog.csv"
+    path.write_text(CSV)
+    products = read_catalog(path)
+    assert [p.sku for p in products] == ["T-1", "T-2", "T-3"]
+    first = products[0]
+    assert (first.title, first.category, first.price) == ("Oak side table", "side table", 129.99)
+    assert first.attributes == {"material": "oak", "colour": "natural oak"}
+    assert first.description == "A small oak table.\nTwo lines."
+    assert products[1].related == ("T-1", "T-3") and products[1].price == 189.0
+    assert "colour" not in products[1].attributes  # an empty cell is no attribute
+    assert products[2].source == "catalog.csv:row 4 (line 5)"  # the quoted description spans two lines
+
+
+def test_json_list_products_document_and_json_lines_read_the_same(tmp_path):
+    rows = [{"sku": "A", "name": "Mug", "category": "Mug set", "price": "12.00",
+             "attributes": {"material": "stoneware", "colours": ["white", "blue"]}, "related": ["B"]},
+            {"sku": "B", "title": "Plate", "category": "plates", "price": 9, "finish": "matte"}]
+    forms = {"list.json": json.dumps(rows), "doc.json": json.dumps({"products": rows}),
+             "lines.jsonl": "\n".join(json.dumps(r) for r in rows)}
+    read = {}
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text)
+        read[name] = [p.to_json() for p in read_catalog(tmp_path / name)]
+    assert read["list.json"] == read["doc.json"] == read["lines.jsonl"]
+    mug, plate = read["list.json"]
+    assert mug["attributes"] == {"material": "stoneware", "colours": "white, blue"} and mug["related"] == ["B"]
+    assert plate["title"] == "Plate" and plate["attributes"] == {"finish": "matte"}
+
+
+@pytest.mark.parametrize("text, where", [
+    ("sku,title,category\nA,Mug,mugs\n", r"catalog.csv:row 1: field 'price': missing required column"),
+    ("sku,title,category,price\nA,Mug,mugs,12\nB,Cup,mugs,cheap\n",
+     r"catalog.csv:row 3: field 'price': expected a price such as 129.99 or \$129.99, got 'cheap'"),
+    ("sku,title,category,price\nA,Mug,mugs,-3\n", r"row 2: field 'price': expected a price"),
+    ("sku,title,category,price\nA,Mug,mugs,0\n", r"row 2: field 'price': must be a positive amount"),
+    ("sku,title,category,price\nA,Mug,mugs,12\nA,Cup,mugs,9\n",
+     r"row 3: field 'sku': duplicate SKU 'A' \(first at row 2\)"),
+    ("sku,title,category,price\nA,,mugs,12\n", r"row 2: field 'title': missing required field"),
+    ("sku,title,category,price,related\nA,Mug,mugs,12,Z\n", r"row 2: field 'related': SKU 'Z' is not in the catalog"),
+    ("sku,title,category,price\nA,Mug,mugs,12,extra\n", r"row 2: 5 cells but the header has 4 columns"),
+])
+def test_a_bad_catalog_row_is_an_error_naming_the_row_and_field(tmp_path, text, where):
+    path = tmp_path / "catalog.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=where):
+        read_catalog(path)
+
+
+@pytest.mark.parametrize("text, where", [
+    ('{"sku": "A", "title": "Mug", "category": "mugs", "price": 5}\n{"sku": "B", "title": "Cup", "price": 4}\n',
+     r"line 2: field 'category': missing required field"),
+    ('[{"sku": "A", "title": "Mug", "category": "mugs", "price": true}]', r"item 1: field 'price'"),
+    ('[{"sku": "A", "title": "Mug", "category": "mugs", "price": 5, "attributes": ["x"]}]',
+     r"item 1: field 'attributes': expected an object"),
+    ('[{"sku": "A", "title": "Mug", "category": "mugs", "price": 5, "size": {"w": 1}}]',
+     r"item 1: field 'size': expected text, got dict"),
+    ('{"items": []}', r"expected a list of products"),
+    ("[]", r"the catalog holds no products"),
+])
+def test_a_bad_json_product_is_an_error_naming_its_place_and_field(tmp_path, text, where):
+    path = tmp_path / "catalog.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=where):
+        read_catalog(path)
+
+
+def test_the_builtin_catalog_is_consistent_and_its_descriptions_state_the_attributes(builtin):
+    assert len(builtin) == 320 and len({p.sku for p in builtin}) == 320
+    assert len({p.category for p in builtin}) == 16
+    skus = {p.sku for p in builtin}
+    assert all(p.related and set(p.related) <= skus and p.sku not in p.related for p in builtin)
+    for p in builtin:  # the reference copy states what the product is, and the right price
+        text = p.description.lower()
+        assert p.attribute("material").lower() in text and p.attribute("colour") in text, p.sku
+        assert p.attribute("dimensions").lower() in text and f"${p.price:.2f}" in p.description, p.sku
+
+
+def test_requests_know_every_product_that_meets_their_constraints(builtin):
+    requests = recommendation_requests(builtin, 60, seed=3)
+    assert len(requests) == 60 and len({r.text for r in requests}) > 55
+    assert requests == recommendation_requests(builtin, 60, seed=3)  # seeded
+    for request in requests:
+        expected = {p.sku for p in builtin if all(meets(p, request.constraints).values())}
+        assert request.answers == expected and expected
+        assert request.constraints["category"] in request.text
+        assert len(request.constraints) >= 2  # the category and at least one more
+        if "max_price" in request.constraints:
+            assert price_limit(request.text) == request.constraints["max_price"]
+        else:
+            assert price_limit(request.text) is None
+        for name in ("material", "colour"):
+            if name in request.constraints:
+                assert request.constraints[name] in request.text
+
+
+@pytest.mark.parametrize("text, limit", [("a lamp under $80", 80.0), ("no more than $45.50 please", 45.5),
+                                         ("something below £30", 30.0), ("a 5 x 8 ft rug", None),
+                                         ("costs $20 and up", None)])
+def test_price_limit_reads_a_stated_budget(text, limit):
+    assert price_limit(text) == limit
+
+
+def test_search_recommends_real_products_within_the_budget_and_finds_the_asked_ones(builtin):
+    requests = recommendation_requests(builtin, 40, seed=5)
+    found = CatalogSearch(builtin).recommend([r.text for r in requests], k=3)
+    by_sku = {p.sku: p for p in builtin}
+    hits = 0
+    for request, recs in zip(requests, found):
+        assert len(recs) == 3 and all(rec.sku in by_sku for rec in recs)
+        limit = request.constraints.get("max_price")
+        assert limit is None or all(by_sku[rec.sku].price <= limit for rec in recs)
+        assert all(re.search(r"\$\d+\.\d\d$", rec.reason) for rec in recs)
+        hits += recs[0].sku in request.answers
+    assert hits / len(requests) >= 0.8  # benchmarks/recommend.py: 93.7% on 300 requests
+
+
+def test_search_returns_fewer_products_when_the_budget_leaves_fewer():
+    products = [Product("A", "Oak table", "side table", 100.0, {"material": "oak"}),
+                Product("B", "Pine table", "side table", 60.0, {"material": "pine"}),
+                Product("C", "Wool rug", "rug", 300.0, {"material": "wool"})]
+    recs = CatalogSearch(products).recommend(["a table under $70"], k=3)[0]
+    assert [r.sku for r in recs] == ["B"]
