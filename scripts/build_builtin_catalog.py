@@ -63,7 +63,7 @@ CATEGORIES: dict[str, dict] = {
         "materials": {"cotton percale": (1.0, ["white", "grey", "blue"]), "linen": (1.6, ["white", "oat", "sage green",
                                                                                              "terracotta"]),
                       "cotton sateen": (1.2, ["white", "ivory", "charcoal"])},
-        "sizes": {"twin": (0.8, "twin"), "queen": (1.0, "queen"), "king": (1.2, "king")},
+        "sizes": {"twin": (0.8, "170 x 220 cm"), "queen": (1.0, "230 x 220 cm"), "king": (1.2, "260 x 220 cm")},
         "base": 89, "care": "Machine wash warm, tumble dry low.",
     },
     "throw blanket": {
@@ -78,7 +78,7 @@ CATEGORIES: dict[str, dict] = {
         "materials": {"Turkish cotton": (1.3, ["white", "grey", "blue"]), "organic cotton": (1.1, ["white", "sand",
                                                                                                     "sage green"]),
                       "waffle cotton": (1.0, ["white", "grey"])},
-        "sizes": {"set of 2": (0.6, "set of 2"), "set of 4": (1.0, "set of 4")},
+        "sizes": {"set of 2": (0.6, "70 x 140 cm each"), "set of 4": (1.0, "70 x 140 cm each")},
         "base": 69, "care": "Machine wash warm; no fabric softener.",
     },
     "curtains": {
@@ -99,19 +99,19 @@ CATEGORIES: dict[str, dict] = {
         "nouns": ["kettle", "electric kettle"],
         "materials": {"stainless steel": (1.0, ["silver", "black"]), "enamel": (1.2, ["red", "blue", "white"]),
                       "glass": (1.1, ["clear"])},
-        "sizes": {"1 litre": (0.9, "1 litre"), "1.7 litre": (1.0, "1.7 litres")},
+        "sizes": {"1 litre": (0.9, "holds 1 litre"), "1.7 litre": (1.0, "holds 1.7 litres")},
         "base": 59, "care": "Descale once a month; wipe the outside with a damp cloth.",
     },
     "mug set": {
         "nouns": ["mug set", "set of mugs"],
         "materials": {"stoneware": (1.0, ["white", "blue", "speckled grey"]), "porcelain": (1.2, ["white", "black"])},
-        "sizes": {"set of 4": (1.0, "set of 4, 350 ml each"), "set of 6": (1.4, "set of 6, 350 ml each")},
+        "sizes": {"set of 4": (1.0, "350 ml each"), "set of 6": (1.4, "350 ml each")},
         "base": 39, "care": "Dishwasher and microwave safe.",
     },
     "dinner plates": {
         "nouns": ["dinner plates", "plate set"],
         "materials": {"stoneware": (1.0, ["white", "blue", "speckled grey"]), "porcelain": (1.2, ["white"])},
-        "sizes": {"set of 4": (1.0, "set of 4, 27 cm"), "set of 6": (1.4, "set of 6, 27 cm")},
+        "sizes": {"set of 4": (1.0, "27 cm across"), "set of 6": (1.4, "27 cm across")},
         "base": 49, "care": "Dishwasher and microwave safe.",
     },
     "cutting board": {
@@ -130,7 +130,7 @@ CATEGORIES: dict[str, dict] = {
     "candle set": {
         "nouns": ["candle set", "scented candles"],
         "materials": {"soy wax": (1.0, ["white", "sage green", "amber"]), "beeswax": (1.4, ["honey"])},
-        "sizes": {"set of 2": (0.7, "set of 2, 40 hours each"), "set of 3": (1.0, "set of 3, 40 hours each")},
+        "sizes": {"set of 2": (0.7, "40 hours of burning each"), "set of 3": (1.0, "40 hours of burning each")},
         "base": 32, "care": "Trim the wick to 5 mm before each use; never leave a burning candle.",
     },
 }
@@ -149,7 +149,7 @@ USES = {
     "throw blanket": ["Made for the end of the sofa and cold evenings.", "Light enough to carry around the house."],
     "bath towel set": ["Thirsty, quick to dry and soft after every wash.", "A hotel feel for the everyday bathroom."],
     "curtains": ["Rod pocket and back tabs, so they hang either way.", "Filters daylight while keeping the room private."],
-    "frying pan": ["Heats evenly on gas, electric and induction hobs.", "Goes from the hob to the oven (up to 230 °C)."],
+    "frying pan": ["Heats evenly on gas, electric and induction hobs.", "Goes from the hob straight into the oven."],
     "kettle": ["Boils fast and switches off by itself when done.", "A cool-touch handle and a water window you can read."],
     "mug set": ["Sized for a proper cup of coffee.", "Stacks neatly in a small cupboard."],
     "dinner plates": ["Everyday plates that look good enough for guests.", "Chip-resistant rims for daily use."],
@@ -166,7 +166,7 @@ MATERIAL_LINES = [
     "It is made of {material}, in {colour}.", "Made from {material}, it comes in {colour}.",
     "We make it in {material}, finished in {colour}.", "Choose it in {colour}; it is made of {material}.",
 ]
-SIZE_LINES = ["Size: {dimensions}.", "It measures {dimensions}.", "Dimensions: {dimensions}."]
+SIZE_LINES = ["Size: {dimensions}.", "Dimensions: {dimensions}.", "Measurements: {dimensions}."]
 CLOSINGS = [
     "Care: {care}", "To keep it looking its best: {care}", "{care}",
 ]
@@ -206,6 +206,8 @@ def build() -> list[dict]:
             product = {"sku": f"HP-{code:02d}{made:03d}", "title": title, "category": category, "price": price,
                        "attributes": {"material": material, "colour": colour, "size": size,
                                       "dimensions": dimensions, "care": spec["care"], "collection": collection}}
+            if len(spec["sizes"]) == 1:  # one size for the whole category: not something to choose or state
+                del product["attributes"]["size"]
             product["description"] = describe(rng, product)
             products.append(product)
     by_collection: dict[str, list[str]] = {}

@@ -149,3 +149,85 @@ def test_search_returns_fewer_products_when_the_budget_leaves_fewer():
                 Product("C", "Wool rug", "rug", 300.0, {"material": "wool"})]
     recs = CatalogSearch(products).recommend(["a table under $70"], k=3)[0]
     assert [r.sku for r in recs] == ["B"]
+
+
+# --- the product-copy task ----------------------------------------------------------------------------------------
+
+def test_copy_prompt_lists_every_field_but_the_sku_and_conversations_skip_products_without_copy(builtin):
+    from ecombot.catalog.copy import copy_conversations, copy_prompt
+
+    product = builtin[0]
+    prompt = copy_prompt(product)
+    assert product.sku not in prompt and f"Price: ${product.price:.2f}" in prompt
+    assert all(f"{name.capitalize()}: {value}" in prompt for name, value in product.attributes.items())
+    bare = Product("X-1", "Bare mug", "mug set", 10.0, {"material": "stoneware"})
+    convs, skipped = copy_conversations(builtin[:5] + [bare])
+    assert skipped == 1 and len(convs) == 5
+    assert convs[0].question == prompt and convs[0].answer == product.description
+    assert convs[0].intent == product.category  # the split keeps every category in every part
+
+
+def test_copy_checks_count_coverage_contradictions_and_invented_facts(builtin):
+    from ecombot.catalog.copy import categorical_values, copy_prompt
+    from ecombot.evaluate.metrics import copy_checks
+
+    alternatives = categorical_values(builtin)
+    assert "small" in alternatives["side table"] and "small" not in alternatives["mug set"]
+    assert "care" not in {n for p in builtin for n in p.attributes if p.attribute(n).lower() in alternatives[p.category]}
+    for product in builtin:  # the reference copy states everything and contradicts or invents nothing
+        checks = copy_checks(product.description, product.price, product.attributes, copy_prompt(product),
+                             alternatives[product.category])
+        assert checks == {"coverage": 1.0, "contradicted": 0.0, "invented": 0.0}, product.sku
+    table = next(p for p in builtin if p.category == "side table" and p.attribute("material") == "walnut")
+    other = "oak" if "oak" not in table.title.lower() else "pine"
+    wrong = f"A {other} side table in {table.attribute('colour')}, 99 cm tall, for $1.00."
+    checks = copy_checks(wrong, table.price, table.attributes, copy_prompt(table), alternatives[table.category])
+    # named: the other material, the right colour, the wrong price -> 2 of 3 contradict
+    assert checks["contradicted"] == pytest.approx(2 / 3)
+    assert checks["invented"] == pytest.approx(2 / 2)  # "99" and "$1" are nowhere in the product's fields
+    assert checks["coverage"] == pytest.approx(1 / (len(table.attributes) + 1))  # only the colour is stated
+
+
+def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(tiny_model_dir, tmp_path, builtin):
+    from typer.testing import CliRunner
+
+    from ecombot.cli import app
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in builtin[:60]))
+    run = tmp_path / "copy-run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--task", "copy", "--catalog", str(catalog), "--model", str(tiny_model_dir),
+                                 "--output", str(run), "--max-steps", "2", "--batch-size", "4", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert "copy task: 60 products of" in result.output
+    config = json.loads((run / "run_config.json").read_text())["config"]
+    assert config["task"] == "copy" and config["knowledge"] == "none"
+    test = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    assert test and all(t["messages"][0]["content"].startswith("Write the product description") for t in test)
+
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--task", "copy", "--adapter", str(run), "--output", str(out),
+                                 "--max-new-tokens", "8", "--fewshot-k", "1"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "results.json").read_text())
+    assert scores["products"] == len(test) and set(scores["systems"]) == {"base-fewshot", "copy-run"}
+    for system in scores["systems"].values():
+        coverage = system["attribute_coverage"]
+        assert 0 <= coverage["ci95"][0] <= coverage["value"] <= coverage["ci95"][1] <= 1
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == len(test) and all(p["sku"].startswith("HP-") for p in predictions)
+    assert "| copy-run |" in (out / "report.md").read_text()
+
+
+def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_path):
+    from ecombot.config import load_config
+    from ecombot.errors import ConfigError, EcombotError
+    from ecombot.evaluate.copy import copy_run
+
+    with pytest.raises(ConfigError, match="the copy task needs a catalog file"):
+        load_config(None, task="copy")
+    with pytest.raises(ConfigError, match="task.*must be one of support, copy"):
+        load_config(None, task="poems")
+    with pytest.raises(EcombotError, match="not a copy run"):
+        copy_run(str(tiny_run[1]))

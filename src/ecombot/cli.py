@@ -114,17 +114,22 @@ def train(
                                             "(default 'default'; 'none' trains without)."),
     db: Optional[str] = typer.Option(None, help="Database of the knowledge base (default: $ECOMBOT_DB, else "
                                      "$ECOMBOT_HOME/ecombot.db)."),
+    task: Optional[str] = typer.Option(None, help="support (default) or copy: product descriptions from --catalog."),
+    catalog: Optional[str] = typer.Option(None, help="Catalog file (CSV, JSON, JSON Lines) for --task copy, or "
+                                          "'builtin'."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
-    """Fine-tune a base model into a support bot; writes a run directory with a PEFT adapter."""
+    """Fine-tune a base model into a support bot (or, with --task copy, a product-copy writer); writes a run
+    directory with a PEFT adapter."""
     from ecombot.config import load_config
     from ecombot.train import train as run_training
     from ecombot.train.recipe import is_main_process
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
-                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db)
+                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
+                      catalog=catalog)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
         return
@@ -197,6 +202,8 @@ def evaluate(
     slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
                                            "questions the knowledge does not cover."),
     engine: str = typer.Option("transformers", help=ENGINE_HELP + " Answers and held-out loss both come from it."),
+    task: str = typer.Option("support", help="support, or copy: the held-out products of a --task copy run, their "
+                                             "descriptions checked attribute by attribute."),
 ) -> None:
     """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
     data's slices), with 95% CIs."""
@@ -206,6 +213,19 @@ def evaluate(
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
                      knowledge=knowledge, db=db, slices=slices, engine=engine)
+    if task == "copy":
+        from ecombot.evaluate.copy import COLUMNS, copy_rows, evaluate_copy
+
+        copied = evaluate_copy(cfg, console.print)
+        table = Table("system", *(title for _, title, _ in COLUMNS),
+                      title=f"product copy: {copied['products']} held-out products")
+        for row in copy_rows(copied):
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
+        return
+    if task != "support":
+        raise EcombotError(f"--task {task}: choose support or copy")
     result = run_evaluation(cfg, console)
     print_table(result, console)
     console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")

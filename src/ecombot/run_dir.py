@@ -170,6 +170,10 @@ class RunDir:
         return [name for name, text in files.items()
                 if not (self.data_dir / name).is_file() or (self.data_dir / name).read_text(encoding="utf-8") != text]
 
+    def task_data_file(self, task: str) -> Path:
+        """A catalog task's conversations, built from the catalog before the split (train/tasks.py)."""
+        return self.path / "task_data" / f"{task}.jsonl"
+
     def train_split(self) -> Path | None:
         """The training conversations the run used (chat JSONL), if it kept them."""
         path = self.data_dir / "train.jsonl"

@@ -15,6 +15,7 @@ from ecombot.errors import ConfigError
 
 METHODS = ("lora", "qlora", "dora")
 PRECISIONS = ("auto", "bf16", "fp32")
+TASKS = ("support", "copy")  # what an adapter learns; "copy" builds its data from a catalog (train/tasks.py)
 AUTO = "auto"
 # Fields whose default is decided from the training split's size (fit_to_data); a number in the config or a flag wins.
 SIZED_FIELDS = ("epochs", "learning_rate", "batch_size", "eval_steps")
@@ -24,6 +25,8 @@ SIZED_FIELDS = ("epochs", "learning_rate", "batch_size", "eval_steps")
 class TrainConfig:
     model: str = "gemma-3-270m"
     data: str | None = None
+    task: str = "support"
+    catalog: str | None = None
     output: str | None = None
     seed: int = 42
     val_fraction: float = 0.1
@@ -94,6 +97,10 @@ class TrainConfig:
             raise bad("handoff_share", "must be in [0, 1)")
         if not self.knowledge or not isinstance(self.knowledge, str):
             raise bad("knowledge", "name a knowledge base, or none")
+        if self.task not in TASKS:
+            raise bad("task", f"must be one of {', '.join(TASKS)}")
+        if self.task != "support" and not self.catalog:
+            raise bad("catalog", f"the {self.task} task needs a catalog file (or 'builtin')")
 
     @property
     def run_dir(self) -> Path:

@@ -212,3 +212,47 @@ def subset_mean_estimate(values: list[float | None], indices: np.ndarray) -> Est
     means = numbers[indices].sum(axis=1)[counts > 0] / counts[counts > 0]
     low, high = np.percentile(means, [2.5, 97.5])
     return Estimate(float(numbers.sum() / present.sum()), float(low), float(high))
+
+
+# --- product copy: what a description states about its product ------------------------------------------------
+
+LONG_VALUE_WORDS = 6  # a value longer than this (a care instruction) counts as stated when most of its words are
+
+
+def _stated(value: str, text: str) -> bool:
+    value, text = " ".join(value.lower().split()), " ".join(text.lower().split())
+    words = re.findall(r"[a-z]{3,}", value)
+    if len(value.split()) > LONG_VALUE_WORDS and words:
+        return sum(w in text for w in words) / len(words) >= 0.6
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+
+
+def copy_checks(text: str, price: float, attributes: dict[str, str], own: str,
+                alternatives: set[str]) -> dict[str, float | None]:
+    """One description against its product's fields.
+
+    coverage: the share of the product's attributes and its price the text states.
+    contradicted: of the checkable values the text names (`alternatives`: the values products like it have for a
+    categorical attribute such as material or colour, catalog.copy.categorical_values; any amount of money), the
+    share its product does not have (`own`: the product's title, category and attribute values). Values are matched longest first, so "natural oak" is not also "oak".
+    invented: the share of the text's facts (numbers, amounts, sizes: `extract_facts`) found nowhere in the
+    product's fields. None where nothing of that kind applies."""
+    own_text = own.lower()
+    wanted = [v for v in attributes.values() if v] + [f"${price:.2f}"]
+    stated = [_stated(v, text) for v in wanted]
+    money = facts_by_kind(text).get("money", set())
+    own_price = "$" + _number(f"{price:.2f}")
+    scan, named, wrong = text.lower(), 0, 0
+    for value in sorted(alternatives, key=len, reverse=True):
+        pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
+        found = len(pattern.findall(scan))
+        if found:
+            named += found
+            wrong += 0 if value in own_text else found
+            scan = pattern.sub(" ", scan)
+    named += len(money)
+    wrong += len(money - {own_price})
+    facts = extract_facts(text)
+    known = extract_facts(own + f" ${price:.2f}")
+    return {"coverage": sum(stated) / len(stated), "contradicted": wrong / named if named else None,
+            "invented": len(facts - known) / len(facts) if facts else None}

@@ -21,6 +21,7 @@ from ecombot.train.card import model_card
 from ecombot.train.grounding import ground_training_data
 from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
 from ecombot.train.result import TrainResult
+from ecombot.train.tasks import task_data
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer
 
 
@@ -128,7 +129,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     cfg, run, checkpoint = prepare_run_dir(cfg, resume, overwrite)
     main = is_main_process()
 
-    # 1. Data: read, validate, split (the same seed gives the same split in every command).
+    # 1. Data: read, validate, split (the same seed gives the same split in every command). A catalog task first
+    #    turns the catalog into conversations (train/tasks.py).
+    say = print if main and show_progress else (lambda *_: None)
+    cfg, task_line = task_data(cfg, run)
+    if task_line:
+        say(task_line)
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     split, summary = prepared.split, prepared.report
     if resume and (changed := run.changed_split_files(split_files(split))):
@@ -139,7 +145,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         write_split(split, run.data_dir, extra={"seed": cfg.seed, "source": summary.path})
     # The "auto" settings follow the data's size (config/train.py fit_to_data); the run records the numbers used.
     cfg, sized = fit_to_data(cfg, len(split.train))
-    say = print if main and show_progress else (lambda *_: None)
     say(sized.reason)
 
     # 2. Knowledge: the training pairs join the store's documents in the knowledge base; every prompt gets the
