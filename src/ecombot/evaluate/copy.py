@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from ecombot import atomic
 from ecombot.catalog import builtin_catalog_path, read_catalog
 from ecombot.catalog.copy import categorical_values, copy_prompt
