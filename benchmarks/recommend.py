@@ -25,30 +25,6 @@ from _common import machine, print_table, write_results  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def score(requests, returned: list[list[str]], products) -> dict:
-    """Existence, constraint satisfaction (overall and per constraint), hit@1 and hit@k."""
-    from ecombot.catalog.requests import CONSTRAINTS, meets
-
-    by_sku = {p.sku: p for p in products}
-    exists = [sku in by_sku for skus in returned for sku in skus]
-    met, per = [], {name: [] for name in CONSTRAINTS}
-    for request, skus in zip(requests, returned):
-        for sku in skus:
-            if sku not in by_sku:
-                met.append(False)
-                continue
-            checks = meets(by_sku[sku], request.constraints)
-            met.append(all(checks.values()))
-            for name, ok in checks.items():
-                per[name].append(ok)
-    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
-    return {"sku_exists": mean(exists), "constraints_met": mean(met),
-            "per_constraint": {name: mean(v) for name, v in per.items() if v},
-            "hit_at_1": mean([bool(s) and s[0] in r.answers for r, s in zip(requests, returned)]),
-            "hit_at_k": mean([any(x in r.answers for x in s) for r, s in zip(requests, returned)]),
-            "empty": sum(not s for s in returned)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
@@ -58,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ecombot.catalog import CatalogSearch, builtin_catalog_path, price_limit, read_catalog, recommendation_requests
+    from ecombot.catalog.requests import score_recommendations
 
     products = read_catalog(builtin_catalog_path())
     requests = recommendation_requests(products, args.requests, args.seed)
@@ -80,7 +57,7 @@ def main() -> None:
                # constraints met can reach 100% only where a request has k right products
                "constraints_met_ceiling": sum(min(args.k, len(r.answers)) for r in requests) / (args.k * len(requests)),
                "search_seconds_per_request": search_seconds / len(requests),
-               "systems": {name: score(requests, returned, products) for name, returned in systems.items()}}
+               "systems": {name: score_recommendations(requests, returned, products, args.k) for name, returned in systems.items()}}
     print(f"{len(requests)} requests over {len(products)} products ({results['mean_answers']:.1f} right products "
           f"per request on average), top {args.k}; at most {results['constraints_met_ceiling']:.1%} of the returned "
           "products can meet every constraint (some requests have fewer right products than places)")

@@ -223,11 +223,82 @@ def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(ti
 def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_path):
     from ecombot.config import load_config
     from ecombot.errors import ConfigError, EcombotError
-    from ecombot.evaluate.copy import copy_run
+    from ecombot.evaluate.tasks import catalog_run
 
     with pytest.raises(ConfigError, match="the copy task needs a catalog file"):
         load_config(None, task="copy")
-    with pytest.raises(ConfigError, match="task.*must be one of support, copy"):
+    with pytest.raises(ConfigError, match="task.*must be one of support, copy, recommend"):
         load_config(None, task="poems")
     with pytest.raises(EcombotError, match="not a copy run"):
-        copy_run(str(tiny_run[1]))
+        catalog_run(str(tiny_run[1]), "copy")
+
+
+# --- the recommendation task --------------------------------------------------------------------------------------
+
+def test_recommend_targets_list_the_matching_candidates_in_search_order_or_say_none(builtin):
+    from ecombot.catalog.recommend import NONE_MATCH, recommend_answer, recommend_prompt, with_candidates
+
+    requests = recommendation_requests(builtin, 30, seed=7)
+    for request, candidates in with_candidates(builtin, requests):
+        assert len(candidates) == 8 and len({p.sku for p in candidates}) == 8
+        prompt, answer = recommend_prompt(request.text, candidates), recommend_answer(request, candidates)
+        assert prompt.endswith(f"Customer request: {request.text}")
+        assert all(p.sku in prompt for p in candidates)
+        matching = [p.sku for p in candidates if p.sku in request.answers][:3]
+        if matching:
+            assert [line.split(":", 1)[0] for line in answer.splitlines()] == matching
+        else:
+            assert answer == NONE_MATCH
+    request = requests[0]
+    assert recommend_answer(request, [p for p in builtin if p.sku not in request.answers][:8]) == NONE_MATCH
+
+
+def test_parsed_recommendations_keep_candidates_only_once_and_count_the_rest(builtin):
+    from ecombot.catalog.recommend import parse_recommendations
+
+    candidates = builtin[:3]
+    answer = (f"{builtin[1].sku}: nice\n{builtin[1].sku}: again\nHP-99999: invented\nno sku here\n"
+              f"{builtin[200].sku}: real but not a candidate\n{builtin[0].sku}: fits")
+    parsed = parse_recommendations(answer, candidates)
+    assert parsed.skus == [builtin[1].sku, builtin[0].sku] and parsed.dropped == 2
+
+
+def test_recommendation_scores_count_constraints_hits_and_unknown_skus(builtin):
+    from ecombot.catalog.requests import score_recommendations
+
+    request = next(r for r in recommendation_requests(builtin, 50, seed=1) if len(r.answers) >= 2)
+    right = sorted(request.answers)
+    wrong = next(p.sku for p in builtin if p.sku not in request.answers)
+    scores = score_recommendations([request, request, request], [[right[0], wrong, "NOPE"], [wrong, right[1]], []],
+                                   builtin, 3)
+    assert scores["sku_exists"] == pytest.approx(4 / 5, abs=1e-4)
+    assert scores["constraints_met"] == pytest.approx(2 / 5, abs=1e-4)
+    assert scores["hit_at_1"] == pytest.approx(1 / 3, abs=1e-4) and scores["hit_at_k"] == pytest.approx(2 / 3, abs=1e-4)
+    assert scores["empty"] == 1 and scores["returned_per_request"] == pytest.approx(5 / 3, abs=1e-4)
+
+
+def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_baseline(tiny_model_dir, tmp_path,
+                                                                                         builtin):
+    from typer.testing import CliRunner
+
+    from ecombot.cli import app
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in builtin[::8]))
+    run = tmp_path / "rec-run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--task", "recommend", "--catalog", str(catalog), "--model",
+                                 str(tiny_model_dir), "--output", str(run), "--max-steps", "2", "--batch-size", "4",
+                                 "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert "recommend task: 160 requests generated from the 40 products" in result.output
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), "--output", str(out),
+                                 "--max-new-tokens", "8", "--fewshot-k", "1", "--limit", "6"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "results.json").read_text())
+    assert scores["requests"] == 6 and set(scores["systems"]) == {"search", "base-fewshot", "rec-run"}
+    assert scores["systems"]["search"]["sku_exists"] == 1.0
+    for system in scores["systems"].values():  # whatever a model writes, only candidates are shown
+        assert system["sku_exists"] in (1.0, None)
+    assert "| search |" in (out / "report.md").read_text()

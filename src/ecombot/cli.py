@@ -114,14 +114,15 @@ def train(
                                             "(default 'default'; 'none' trains without)."),
     db: Optional[str] = typer.Option(None, help="Database of the knowledge base (default: $ECOMBOT_DB, else "
                                      "$ECOMBOT_HOME/ecombot.db)."),
-    task: Optional[str] = typer.Option(None, help="support (default) or copy: product descriptions from --catalog."),
-    catalog: Optional[str] = typer.Option(None, help="Catalog file (CSV, JSON, JSON Lines) for --task copy, or "
-                                          "'builtin'."),
+    task: Optional[str] = typer.Option(None, help="support (default); copy: product descriptions from --catalog; "
+                                       "recommend: products for a customer's request, among those search finds."),
+    catalog: Optional[str] = typer.Option(None, help="Catalog file (CSV, JSON, JSON Lines) for --task copy or "
+                                          "recommend, or 'builtin'."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
-    """Fine-tune a base model into a support bot (or, with --task copy, a product-copy writer); writes a run
-    directory with a PEFT adapter."""
+    """Fine-tune a base model into a support bot (or, with --task, a product-copy writer or a recommender); writes a
+    run directory with a PEFT adapter."""
     from ecombot.config import load_config
     from ecombot.train import train as run_training
     from ecombot.train.recipe import is_main_process
@@ -202,8 +203,9 @@ def evaluate(
     slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
                                            "questions the knowledge does not cover."),
     engine: str = typer.Option("transformers", help=ENGINE_HELP + " Answers and held-out loss both come from it."),
-    task: str = typer.Option("support", help="support, or copy: the held-out products of a --task copy run, their "
-                                             "descriptions checked attribute by attribute."),
+    task: str = typer.Option("support", help="support; copy: the held-out products of a --task copy run, their "
+                                             "descriptions checked attribute by attribute; recommend: the held-out "
+                                             "requests of a --task recommend run against the search baseline."),
 ) -> None:
     """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
     data's slices), with 95% CIs."""
@@ -224,8 +226,19 @@ def evaluate(
         console.print(table)
         console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
         return
+    if task == "recommend":
+        from ecombot.evaluate.recommend import COLUMNS as RECOMMEND_COLUMNS, evaluate_recommend, recommend_rows
+
+        picked = evaluate_recommend(cfg, console.print)
+        table = Table("system", *(title for _, title in RECOMMEND_COLUMNS),
+                      title=f"recommendations: {picked['requests']} held-out requests")
+        for row in recommend_rows(picked):
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
+        return
     if task != "support":
-        raise EcombotError(f"--task {task}: choose support or copy")
+        raise EcombotError(f"--task {task}: choose support, copy or recommend")
     result = run_evaluation(cfg, console)
     print_table(result, console)
     console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")

@@ -82,3 +82,30 @@ def recommendation_requests(products: list[Product], count: int, seed: int = 0) 
         answers = frozenset(p.sku for p in products if all(meets(p, constraints).values()))
         requests.append(Request(_text(constraints, rng), constraints, answers))
     return requests
+
+
+def score_recommendations(requests: list[Request], returned: list[list[str]], products: list[Product],
+                          k: int) -> dict:
+    """What a recommender's top-k lists get right: every SKU exists; the share of returned products meeting every
+    stated constraint (and each one); hit@1 and hit@k (the first, or any, is a known answer); empty lists."""
+    by_sku = {p.sku: p for p in products}
+    exists = [sku in by_sku for skus in returned for sku in skus]
+    met, per = [], {name: [] for name in CONSTRAINTS}
+    for request, skus in zip(requests, returned):
+        for sku in skus[:k]:
+            if sku not in by_sku:
+                met.append(False)
+                continue
+            checks = meets(by_sku[sku], request.constraints)
+            met.append(all(checks.values()))
+            for name, ok in checks.items():
+                per[name].append(ok)
+
+    def mean(values: list) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {"sku_exists": mean(exists), "constraints_met": mean(met),
+            "per_constraint": {name: mean(v) for name, v in per.items() if v},
+            "hit_at_1": mean([bool(s) and s[0] in r.answers for r, s in zip(requests, returned)]),
+            "hit_at_k": mean([any(x in r.answers for x in s[:k]) for r, s in zip(requests, returned)]),
+            "empty": sum(not s for s in returned), "returned_per_request": mean([len(s[:k]) for s in returned])}

@@ -15,7 +15,8 @@ from ecombot.errors import ConfigError
 
 METHODS = ("lora", "qlora", "dora")
 PRECISIONS = ("auto", "bf16", "fp32")
-TASKS = ("support", "copy")  # what an adapter learns; "copy" builds its data from a catalog (train/tasks.py)
+TASKS = ("support", "copy", "recommend")  # what an adapter learns; the catalog tasks build their data from a catalog
+#                                          (train/tasks.py)
 AUTO = "auto"
 # Fields whose default is decided from the training split's size (fit_to_data); a number in the config or a flag wins.
 SIZED_FIELDS = ("epochs", "learning_rate", "batch_size", "eval_steps")

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from ecombot import atomic
-from ecombot.catalog import builtin_catalog_path, read_catalog
 from ecombot.catalog.copy import categorical_values, copy_prompt
 from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.config import EvalConfig
@@ -20,17 +19,7 @@ from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.run_dir import RunDir
-
-
-def copy_run(adapter: str) -> tuple[RunDir, str]:
-    run = RunDir(adapter)
-    run.check_adapter()
-    config = (run.info() or {}).get("config", {})
-    if config.get("task") != "copy":
-        raise EcombotError(f"{adapter}: not a copy run (its task is {config.get('task', 'support')!r}); --task copy "
-                           "evaluates adapters trained with `ecombot train --task copy --catalog FILE`")
-    return run, config["catalog"]
+from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:
@@ -51,9 +40,8 @@ def score_copy(answers: list[str], products, references: list[str], alternatives
 def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
     if not cfg.adapters:
         raise EcombotError("--task copy needs --adapter RUN (a run trained with --task copy)")
-    runs = [copy_run(a) for a in cfg.adapters]
-    catalog = runs[0][1]
-    products = read_catalog(builtin_catalog_path() if catalog == "builtin" else catalog)
+    runs = [catalog_run(a, "copy") for a in cfg.adapters]
+    catalog, products = runs[0][1], runs[0][2]
     by_prompt = {copy_prompt(p): p for p in products}
     test = read_file(runs[0][0].data_dir / "test.jsonl").conversations[:cfg.limit or None]
     missing = [c.source for c in test if c.question not in by_prompt]
@@ -94,23 +82,14 @@ COLUMNS = [("attribute_coverage", "attribute coverage", 1), ("contradicted_attri
 
 
 def copy_rows(result: dict) -> list[list[str]]:
-    rows = []
-    for name, scores in result["systems"].items():
-        row = [name]
-        for key, _, scale in COLUMNS:
-            e = scores[key]
-            row.append("–" if e is None else f"{e['value'] * scale:.3g} [{e['ci95'][0] * scale:.3g}, "
-                                              f"{e['ci95'][1] * scale:.3g}]")
-        rows.append(row)
-    return rows
+    return [[name] + [estimate_cell(scores[key], scale) for key, _, scale in COLUMNS]
+            for name, scores in result["systems"].items()]
 
 
 def copy_report(result: dict) -> str:
-    header = ["system"] + [title for _, title, _ in COLUMNS]
     lines = [f"# Product copy: {result['products']} held-out products of {result['catalog']}", "",
              "Coverage: share of the product's attributes and price the description states. Contradicted: of the "
              "materials, colours, sizes and amounts it names, the share the product does not have. Invented: of its "
-             "numbers and amounts, the share found nowhere in the product's fields. 95% bootstrap intervals.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in copy_rows(result)]
+             "numbers and amounts, the share found nowhere in the product's fields. 95% bootstrap intervals.", ""]
+    lines += markdown_table(["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
     return "\n".join(lines) + "\n"

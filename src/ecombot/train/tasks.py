@@ -7,6 +7,7 @@ import dataclasses
 
 from ecombot.catalog import builtin_catalog_path, read_catalog
 from ecombot.catalog.copy import write_copy_data
+from ecombot.catalog.recommend import CANDIDATES, write_recommend_data
 from ecombot.config import TrainConfig
 from ecombot.errors import ConfigError
 from ecombot.run_dir import RunDir
@@ -26,7 +27,12 @@ def task_data(cfg: TrainConfig, run: RunDir) -> tuple[TrainConfig, str | None]:
     if cfg.data and cfg.data != str(built):  # (a resumed run's config names the file built before)
         raise ConfigError(f"the {cfg.task} task builds its data from --catalog; leave --data unset (got {cfg.data})")
     products = read_catalog(catalog_path(cfg.catalog))
-    path, skipped = write_copy_data(products, built)
-    line = (f"{cfg.task} task: {len(products) - skipped} products of {cfg.catalog} as training conversations"
-            + (f"; {skipped} without a description left out" if skipped else ""))
+    if cfg.task == "copy":
+        path, skipped = write_copy_data(products, built)
+        line = (f"copy task: {len(products) - skipped} products of {cfg.catalog} as training conversations"
+                + (f"; {skipped} without a description left out" if skipped else ""))
+    else:
+        path, made = write_recommend_data(products, built, cfg.seed)
+        line = (f"recommend task: {made} requests generated from the {len(products)} products of {cfg.catalog}, "
+                f"each with the {CANDIDATES} products the catalog search finds")
     return dataclasses.replace(cfg, data=str(path), knowledge="none"), line

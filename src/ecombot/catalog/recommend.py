@@ -1,0 +1,93 @@
+"""The recommendation task, by choosing among retrieved candidates: the catalog search finds the products nearest to
+the request within its budget, the model reads them and answers with the SKUs that meet the request, each with a
+one-line reason. Every SKU the model can name is in its prompt, and `parse_recommendations` keeps only those, so a
+recommendation never names a product that does not exist (any other SKU-like text is counted, not shown).
+
+Training data: requests generated from the catalog (catalog/requests.py) with their candidates; the target lists
+the candidates meeting every stated constraint, in search order, at most MAX_PICKS, or says none does."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecombot import atomic
+from ecombot.catalog.product import Product
+from ecombot.catalog.requests import Request, meets, recommendation_requests
+from ecombot.catalog.search import CatalogSearch, reason
+from ecombot.data import Conversation
+
+CANDIDATES = 8
+MAX_PICKS = 3
+REQUESTS_PER_PRODUCT = 4
+MAX_REQUESTS = 2000
+REQUEST_HEADER = "Customer request:"
+NONE_MATCH = "None of our products matches every part of that request."
+
+
+def candidate_line(product: Product) -> str:
+    details = [f"{name} {value}" for name, value in product.attributes.items()
+               if name in ("material", "colour", "size")]
+    return f"{product.sku} | {product.title} | {product.category} | {', '.join(details)} | ${product.price:.2f}"
+
+
+def recommend_prompt(text: str, candidates: list[Product]) -> str:
+    lines = ["Recommend products for this request, from these candidates only:"]
+    lines += [candidate_line(p) for p in candidates]
+    return "\n".join(lines + ["", f"{REQUEST_HEADER} {text}"])
+
+
+def recommend_answer(request: Request, candidates: list[Product]) -> str:
+    picks = [p for p in candidates if all(meets(p, request.constraints).values())][:MAX_PICKS]
+    return "\n".join(f"{p.sku}: {reason(p)}" for p in picks) if picks else NONE_MATCH
+
+
+@dataclass
+class Parsed:
+    skus: list[str]  # candidates named, in order, each once
+    dropped: int  # SKU-like words that are not candidates (never shown to the customer)
+
+
+SKU_LIKE = re.compile(r"^\s*([A-Za-z0-9][\w.-]*\d[\w.-]*)\s*:")
+
+
+def parse_recommendations(answer: str, candidates: list[Product]) -> Parsed:
+    """The candidate SKUs an answer names at the start of its lines; other SKU-like line heads are dropped."""
+    allowed = {p.sku for p in candidates}
+    skus, dropped = [], 0
+    for line in answer.splitlines():
+        match = SKU_LIKE.match(line)
+        if not match:
+            continue
+        if match.group(1) in allowed:
+            if match.group(1) not in skus:
+                skus.append(match.group(1))
+        else:
+            dropped += 1
+    return Parsed(skus, dropped)
+
+
+def request_set(products: list[Product], seed: int = 0) -> list[Request]:
+    return recommendation_requests(products, min(MAX_REQUESTS, REQUESTS_PER_PRODUCT * len(products)), seed)
+
+
+def with_candidates(products: list[Product], requests: list[Request],
+                    search: CatalogSearch | None = None) -> list[tuple[Request, list[Product]]]:
+    search = search or CatalogSearch(products)
+    by_sku = {p.sku: p for p in products}
+    found = search.recommend([r.text for r in requests], CANDIDATES)
+    return [(r, [by_sku[rec.sku] for rec in recs]) for r, recs in zip(requests, found)]
+
+
+def write_recommend_data(products: list[Product], path: Path, seed: int = 0) -> tuple[Path, int]:
+    """The task's training data as chat JSON Lines (category as the label, so the split keeps every category in
+    every part), and how many requests were built."""
+    rows = with_candidates(products, request_set(products, seed))
+    convs = [Conversation([{"role": "user", "content": recommend_prompt(r.text, c)},
+                           {"role": "assistant", "content": recommend_answer(r, c)}], intent=r.constraints["category"])
+             for r, c in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in convs))
+    return path, len(convs)

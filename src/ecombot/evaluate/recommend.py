@@ -1,0 +1,83 @@
+"""Evaluation of the recommendation task, read top to bottom: the run's held-out requests (each with the candidates
+the catalog search found) -> the search baseline's top MAX_PICKS, the base model shown k solved requests, and each
+adapter -> the SKUs each names (candidates only: any other SKU-like line is dropped and counted) -> scored against
+the request's known answers (catalog/requests.py `score_recommendations`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ecombot import atomic
+from ecombot.catalog import CatalogSearch
+from ecombot.catalog.recommend import MAX_PICKS, REQUEST_HEADER, parse_recommendations, request_set
+from ecombot.catalog.requests import score_recommendations
+from ecombot.chat import BASE, Decoding, open_engine
+from ecombot.config import EvalConfig
+from ecombot.data import read_file
+from ecombot.errors import EcombotError
+from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
+from ecombot.evaluate.tasks import catalog_run, markdown_table
+
+COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met", "constraints met"), ("hit_at_1", "hit@1"),
+           ("hit_at_k", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
+           ("empty", "requests answered with none"), ("dropped_skus", "SKU-like lines dropped")]
+
+
+def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
+    if not cfg.adapters:
+        raise EcombotError("--task recommend needs --adapter RUN (a run trained with --task recommend)")
+    runs = [catalog_run(a, "recommend") for a in cfg.adapters]
+    run, catalog, products = runs[0]
+    seed = run.info()["config"]["seed"]
+    by_text = {r.text: r for r in request_set(products, seed)}
+    by_sku = {p.sku: p for p in products}
+    test = read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
+    texts = [c.question.rsplit(REQUEST_HEADER, 1)[-1].strip() for c in test]
+    missing = [c.source for c, t in zip(test, texts) if t not in by_text]
+    if missing:
+        raise EcombotError(f"{len(missing)} test requests of {run.path} are not those the catalog {catalog} gives "
+                           f"now (first: {missing[0]}); evaluate against the catalog the run trained on")
+    requests = [by_text[t] for t in texts]
+    candidates = [[by_sku[line.split(" | ", 1)[0]] for line in c.question.splitlines()[1:] if " | " in line]
+                  for c in test]
+    found = CatalogSearch(products).recommend(texts, MAX_PICKS)
+    systems = {"search": {**score_recommendations(requests, [[r.sku for r in recs] for recs in found], products,
+                                                  MAX_PICKS), "dropped_skus": 0}}
+    predictions = [{"request": t, "answers": sorted(r.answers), "search": [x.sku for x in recs]}
+                   for t, r, recs in zip(texts, requests, found)]
+    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
+                                          cfg.seed))
+    names = [Path(a).resolve().name for a in cfg.adapters]
+    engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
+                         Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
+                         max_batch=cfg.batch_size)
+    for name, adapter, prefix in [("base-fewshot", BASE, fewshot)] + [(n, n, []) for n in names]:
+        say(f"answering {len(test)} requests with {name} ...")
+        answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
+        parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, candidates)]
+        systems[name] = {**score_recommendations(requests, [p.skus for p in parsed], products, MAX_PICKS),
+                         "dropped_skus": sum(p.dropped for p in parsed), "seconds": round(answered.seconds, 1)}
+        for row, answer, p in zip(predictions, answered.answers, parsed):
+            row[name] = {"text": answer, "skus": p.skus}
+    result = {"task": "recommend", "catalog": str(catalog), "requests": len(test), "systems": systems}
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "results.json", result)
+    atomic.write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
+    atomic.write_text(out / "report.md", recommend_report(result))
+    return result
+
+
+def recommend_rows(result: dict) -> list[list[str]]:
+    def cell(value) -> str:
+        return "–" if value is None else f"{value:.1%}" if isinstance(value, float) and value <= 1 else f"{value:g}"
+    return [[name] + [cell(scores.get(key)) for key, _ in COLUMNS] for name, scores in result["systems"].items()]
+
+
+def recommend_report(result: dict) -> str:
+    lines = [f"# Recommendations: {result['requests']} held-out requests over {result['catalog']}", "",
+             "Each request states a category and some of material, colour, size and budget; its known answers are "
+             "every product meeting all of them. Constraints met: share of returned products meeting every stated "
+             f"constraint. hit@1 / hit@{MAX_PICKS}: the first / any returned product is a known answer.", ""]
+    return "\n".join(lines + markdown_table(["system"] + [t for _, t in COLUMNS], recommend_rows(result))) + "\n"
