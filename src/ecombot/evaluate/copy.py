@@ -78,7 +78,7 @@ def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
 
 COLUMNS = [("attribute_coverage", "attribute coverage", 1), ("contradicted_attribute_rate", "contradicted", 1),
            ("descriptions_with_a_contradiction", "texts with a contradiction", 1),
-           ("invented_attribute_rate", "invented", 1), ("rouge_l", "ROUGE-L", 100), ("bleu", "BLEU", 1)]
+           ("invented_attribute_rate", "invented", 1), ("rouge_l", "ROUGE-L", 1), ("bleu", "BLEU", 1)]
 
 
 def copy_rows(result: dict) -> list[list[str]]:
