@@ -215,30 +215,16 @@ def evaluate(
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
                      knowledge=knowledge, db=db, slices=slices, engine=engine)
-    if task == "copy":
-        from ecombot.evaluate.copy import COLUMNS, copy_rows, evaluate_copy
-
-        copied = evaluate_copy(cfg, console.print)
-        table = Table("system", *(title for _, title, _ in COLUMNS),
-                      title=f"product copy: {copied['products']} held-out products")
-        for row in copy_rows(copied):
-            table.add_row(*row)
-        console.print(table)
-        console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
-        return
-    if task == "recommend":
-        from ecombot.evaluate.recommend import COLUMNS as RECOMMEND_COLUMNS, evaluate_recommend, recommend_rows
-
-        picked = evaluate_recommend(cfg, console.print)
-        table = Table("system", *(title for _, title in RECOMMEND_COLUMNS),
-                      title=f"recommendations: {picked['requests']} held-out requests")
-        for row in recommend_rows(picked):
-            table.add_row(*row)
-        console.print(table)
-        console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
-        return
     if task != "support":
-        raise EcombotError(f"--task {task}: choose support, copy or recommend")
+        from ecombot.evaluate.tasks import evaluate_task
+
+        done = evaluate_task(task, cfg, console.print)
+        table = Table(*done.header, title=done.title)
+        for row in done.rows:
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"report: {Path(output) / 'report.md'} (and results.json, predictions.jsonl)")
+        return
     result = run_evaluation(cfg, console)
     print_table(result, console)
     console.print(f"report: {result.files['report']} (and report.html, results.json, predictions.jsonl)")

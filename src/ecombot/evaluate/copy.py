@@ -8,10 +8,8 @@ each adapter of a copy run."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ecombot import atomic
 from ecombot.catalog.copy import categorical_values, copy_prompt
 from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.config import EvalConfig
@@ -19,7 +17,7 @@ from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table
+from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table, write_outputs
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:
@@ -68,11 +66,7 @@ def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
         for row, answer in zip(predictions, answered.answers):
             row[name] = answer
     result = {"task": "copy", "catalog": str(catalog), "products": len(items), "systems": systems}
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "results.json", result)
-    atomic.write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
-    atomic.write_text(out / "report.md", copy_report(result))
+    write_outputs(cfg.output, result, predictions, copy_report(result))
     return result
 
 

@@ -5,10 +5,8 @@ the request's known answers (catalog/requests.py `score_recommendations`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ecombot import atomic
 from ecombot.catalog import CatalogSearch
 from ecombot.catalog.recommend import MAX_PICKS, REQUEST_HEADER, parse_recommendations, request_set
 from ecombot.catalog.requests import score_recommendations
@@ -17,7 +15,7 @@ from ecombot.config import EvalConfig
 from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_run, markdown_table
+from ecombot.evaluate.tasks import catalog_run, markdown_table, write_outputs
 
 COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met", "constraints met"), ("hit_at_1", "hit@1"),
            ("hit_at_k", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
@@ -61,11 +59,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         for row, answer, p in zip(predictions, answered.answers, parsed):
             row[name] = {"text": answer, "skus": p.skus}
     result = {"task": "recommend", "catalog": str(catalog), "requests": len(test), "systems": systems}
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "results.json", result)
-    atomic.write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
-    atomic.write_text(out / "report.md", recommend_report(result))
+    write_outputs(cfg.output, result, predictions, recommend_report(result))
     return result
 
 

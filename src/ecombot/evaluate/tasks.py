@@ -1,8 +1,15 @@
-"""What the catalog tasks' evaluations share: the run they evaluate (its task, its catalog) and the report table."""
+"""What the catalog tasks' evaluations share: the run they evaluate (its task, its catalog), their output files and
+the table the CLI prints; `evaluate_task` runs one by name."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecombot import atomic
 from ecombot.catalog import Product, builtin_catalog_path, read_catalog
+from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
 from ecombot.run_dir import RunDir
 
@@ -28,3 +35,35 @@ def estimate_cell(estimate: dict | None, scale: float = 1) -> str:
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def write_outputs(output: str, result: dict, predictions: list[dict], report: str) -> None:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "results.json", result)
+    atomic.write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
+    atomic.write_text(out / "report.md", report)
+
+
+@dataclass
+class TaskTable:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def evaluate_task(task: str, cfg: EvalConfig, say=print) -> TaskTable:
+    """`ecombot evaluate --task copy|recommend`: the task's evaluation, its files in cfg.output, its table."""
+    if task == "copy":
+        from ecombot.evaluate.copy import COLUMNS, copy_rows, evaluate_copy
+
+        result = evaluate_copy(cfg, say)
+        return TaskTable(f"product copy: {result['products']} held-out products",
+                         ["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
+    if task == "recommend":
+        from ecombot.evaluate.recommend import COLUMNS, evaluate_recommend, recommend_rows
+
+        result = evaluate_recommend(cfg, say)
+        return TaskTable(f"recommendations: {result['requests']} held-out requests",
+                         ["system"] + [title for _, title in COLUMNS], recommend_rows(result))
+    raise EcombotError(f"--task {task}: choose support, copy or recommend")
