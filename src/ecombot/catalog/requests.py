@@ -109,3 +109,17 @@ def score_recommendations(requests: list[Request], returned: list[list[str]], pr
             "hit_at_1": mean([bool(s) and s[0] in r.answers for r, s in zip(requests, returned)]),
             "hit_at_k": mean([any(x in r.answers for x in s[:k]) for r, s in zip(requests, returned)]),
             "empty": sum(not s for s in returned), "returned_per_request": mean([len(s[:k]) for s in returned])}
+
+
+def per_request_scores(requests: list[Request], returned: list[list[str]], products: list[Product],
+                       k: int) -> dict[str, list]:
+    """Per request, for intervals over requests: the share of its returned products meeting every constraint (None
+    when it returned none), and whether its first / any returned product is a known answer."""
+    by_sku = {p.sku: p for p in products}
+    met = []
+    for request, skus in zip(requests, returned):
+        checks = [sku in by_sku and all(meets(by_sku[sku], request.constraints).values()) for sku in skus[:k]]
+        met.append(sum(checks) / len(checks) if checks else None)
+    return {"constraints_met": met,
+            "hit_at_1": [bool(s) and s[0] in r.answers for r, s in zip(requests, returned)],
+            "hit_at_k": [any(x in r.answers for x in s[:k]) for r, s in zip(requests, returned)]}

@@ -9,17 +9,29 @@ from pathlib import Path
 
 from ecombot.catalog import CatalogSearch
 from ecombot.catalog.recommend import MAX_PICKS, REQUEST_HEADER, parse_recommendations, request_set
-from ecombot.catalog.requests import score_recommendations
+from ecombot.catalog.requests import per_request_scores, score_recommendations
 from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.config import EvalConfig
 from ecombot.data import read_file
 from ecombot.errors import EcombotError
+from ecombot.evaluate import metrics
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_run, markdown_table, write_outputs
+from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table, write_outputs
 
-COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met", "constraints met"), ("hit_at_1", "hit@1"),
-           ("hit_at_k", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
+COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constraints met (per request)"),
+           ("hit_at_1_ci", "hit@1"), ("hit_at_k_ci", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
            ("empty", "requests answered with none"), ("dropped_skus", "SKU-like lines dropped")]
+
+
+def scored(requests, returned: list[list[str]], products, indices) -> dict:
+    """The aggregate scores, and the per-request ones with 95% bootstrap intervals (the same resamples for every
+    system: paired)."""
+    per = per_request_scores(requests, returned, products, MAX_PICKS)
+    return {**score_recommendations(requests, returned, products, MAX_PICKS),
+            "constraints_met_per_request": metrics.subset_mean_estimate(per["constraints_met"], indices).to_dict()
+            if any(v is not None for v in per["constraints_met"]) else None,
+            "hit_at_1_ci": metrics.mean_estimate(per["hit_at_1"], indices).to_dict(),
+            "hit_at_k_ci": metrics.mean_estimate(per["hit_at_k"], indices).to_dict()}
 
 
 def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
@@ -40,8 +52,9 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     candidates = [[by_sku[line.split(" | ", 1)[0]] for line in c.question.splitlines()[1:] if " | " in line]
                   for c in test]
     found = CatalogSearch(products).recommend(texts, MAX_PICKS)
-    systems = {"search": {**score_recommendations(requests, [[r.sku for r in recs] for recs in found], products,
-                                                  MAX_PICKS), "dropped_skus": 0}}
+    indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
+    systems = {"search": {**scored(requests, [[r.sku for r in recs] for recs in found], products, indices),
+                          "dropped_skus": 0}}
     predictions = [{"request": t, "answers": sorted(r.answers), "search": [x.sku for x in recs]}
                    for t, r, recs in zip(texts, requests, found)]
     fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
@@ -54,7 +67,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
         parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, candidates)]
-        systems[name] = {**score_recommendations(requests, [p.skus for p in parsed], products, MAX_PICKS),
+        systems[name] = {**scored(requests, [p.skus for p in parsed], products, indices),
                          "dropped_skus": sum(p.dropped for p in parsed), "seconds": round(answered.seconds, 1)}
         for row, answer, p in zip(predictions, answered.answers, parsed):
             row[name] = {"text": answer, "skus": p.skus}
@@ -64,14 +77,17 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
 
 
 def recommend_rows(result: dict) -> list[list[str]]:
-    def cell(value) -> str:
-        return "–" if value is None else f"{value:.1%}" if isinstance(value, float) and value <= 1 else f"{value:g}"
-    return [[name] + [cell(scores.get(key)) for key, _ in COLUMNS] for name, scores in result["systems"].items()]
+    def cell(key: str, value) -> str:
+        if isinstance(value, dict) or value is None:
+            return estimate_cell(value, 100)
+        return f"{value:.1%}" if key == "sku_exists" else f"{value:g}"
+    return [[name] + [cell(key, scores.get(key)) for key, _ in COLUMNS] for name, scores in result["systems"].items()]
 
 
 def recommend_report(result: dict) -> str:
     lines = [f"# Recommendations: {result['requests']} held-out requests over {result['catalog']}", "",
              "Each request states a category and some of material, colour, size and budget; its known answers are "
-             "every product meeting all of them. Constraints met: share of returned products meeting every stated "
-             f"constraint. hit@1 / hit@{MAX_PICKS}: the first / any returned product is a known answer.", ""]
+             "every product meeting all of them. Constraints met: per request, the share of its returned products meeting "
+             f"every stated constraint, averaged over requests that got any. hit@1 / hit@{MAX_PICKS}: the first / any "
+             "returned product is a known answer. Percentages with 95% bootstrap intervals.", ""]
     return "\n".join(lines + markdown_table(["system"] + [t for _, t in COLUMNS], recommend_rows(result))) + "\n"
