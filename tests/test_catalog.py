@@ -302,3 +302,37 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     for system in scores["systems"].values():  # whatever a model writes, only candidates are shown
         assert system["sku_exists"] in (1.0, None)
     assert "| search |" in (out / "report.md").read_text()
+
+
+def test_catalog_spellings_users_have_read_the_same(tmp_path):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps([{"SKU": "OAK-TABLE", "Title": "", "Name": "Oak table", "Category": "Tables",
+                                 "Price": "$99", "Color": "natural"}]))
+    product = read_catalog(path)[0]
+    assert (product.sku, product.title, product.category, product.price) == ("OAK-TABLE", "Oak table", "tables", 99.0)
+    assert product.attributes == {"colour": "natural"}  # one spelling for requests, candidates and reasons
+    assert len(read_catalog("builtin")) == 320
+    for header, field in (("sku,category,price\n", "title"), ("sku,title,category,price,attributes\n", "attributes")):
+        (tmp_path / "c.csv").write_text(header + "A,B,c,1,x\n")
+        with pytest.raises(DataError, match=rf"c.csv:row 1: field '{field}'"):
+            read_catalog(tmp_path / "c.csv")
+
+
+def test_any_sku_spelling_parses_and_words_inside_other_words_are_not_values(builtin):
+    from ecombot.catalog.copy import categorical_values, copy_prompt
+    from ecombot.catalog.recommend import parse_recommendations
+    from ecombot.config import load_config
+    from ecombot.errors import ConfigError
+    from ecombot.evaluate.metrics import copy_checks
+
+    odd = [Product("OAK-TABLE", "Oak table", "tables", 99.0), Product("AB/12", "Lamp", "lamps", 20.0)]
+    assert parse_recommendations("AB/12: bright\nOAK-TABLE: sturdy", odd).skus == ["AB/12", "OAK-TABLE"]
+    duvet = next(p for p in builtin if p.category == "duvet cover" and p.attribute("collection") != "Cove")
+    alternatives = categorical_values(builtin)[duvet.category]
+    assert "cove" in alternatives  # a collection; "duvet cover" must not count as naming it
+    wrong = f"{duvet.description} From our Cove collection."
+    assert copy_checks(wrong, duvet.price, duvet.attributes, copy_prompt(duvet), alternatives)["contradicted"] > 0
+    table = Product("A", "Oak table", "side table", 129.0, {"material": "oak"})
+    assert copy_checks("An oak table for $129.", 129.0, table.attributes, copy_prompt(table), set())["coverage"] == 1.0
+    with pytest.raises(ConfigError, match="a catalog is for --task copy or recommend"):
+        load_config(None, catalog="builtin")

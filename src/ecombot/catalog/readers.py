@@ -17,6 +17,7 @@ from ecombot.data.readers import csv_table, json_records, read_text
 from ecombot.errors import DataError
 
 TITLE_KEYS = ("title", "name")
+ALIASES = {"color": "colour"}  # one spelling, so that requests, candidates and reasons find the attribute
 OWN_KEYS = {"sku", "title", "name", "category", "price", "description", "related", "attributes"}
 PRICE = re.compile(r"^\s*[$€£]?\s*(\d+(?:[.,]\d{1,2})?)\s*(?:usd|eur|gbp|cad)?\s*$", re.IGNORECASE)
 
@@ -32,7 +33,7 @@ def _text(value: Any, path: Path, where: str, name: str) -> str:
 
 
 def _required(record: dict, path: Path, where: str, names: tuple[str, ...]) -> str:
-    key = next((n for n in names if n in record), names[0])
+    key = next((n for n in names if record.get(n) not in (None, "")), names[0])
     value = _text(record.get(key, ""), path, where, key) if record.get(key) is not None else ""
     if not value:
         raise DataError(path, where, key, "missing required field")
@@ -69,7 +70,8 @@ def _attributes(record: dict, path: Path, where: str) -> dict[str, str]:
         field = f"attributes.{name}" if name in nested else name
         if value is None or value == "":
             continue  # an empty cell: the product does not have this attribute
-        out[str(name).strip().lower()] = _attribute(value, path, where, field)
+        name = str(name).strip().lower()
+        out[ALIASES.get(name, name)] = _attribute(value, path, where, field)
     return out
 
 
@@ -83,6 +85,7 @@ def _related(value: Any, path: Path, where: str) -> tuple[str, ...]:
 def _product(record: Any, path: Path, where: str) -> Product:
     if not isinstance(record, dict):
         raise DataError(path, where, None, f"expected a product object, got {type(record).__name__}")
+    record = {str(key).strip().lower(): value for key, value in record.items()}  # "SKU", "Price" as in CSV headers
     description = record.get("description")
     return Product(sku=_required(record, path, where, ("sku",)), title=_required(record, path, where, TITLE_KEYS),
                    category=_required(record, path, where, ("category",)).lower(),
@@ -95,10 +98,13 @@ def _product(record: Any, path: Path, where: str) -> Product:
 def _records(path: Path, text: str):
     if path.suffix.lower() in (".csv", ".tsv"):
         header_place, names, rows = csv_table(path, text)
-        for required in ("sku", "category", "price"):
-            if required not in names:
-                raise DataError(path, header_place, required, f"missing required column (header has: "
-                                                              f"{', '.join(names)})")
+        for required in ("sku", TITLE_KEYS, "category", "price"):
+            if not any(n in names for n in ((required,) if isinstance(required, str) else required)):
+                field = required if isinstance(required, str) else required[0]
+                raise DataError(path, header_place, field, f"missing required column (header has: {', '.join(names)})")
+        if "attributes" in names:
+            raise DataError(path, header_place, "attributes", "in a CSV file each attribute is its own column "
+                            "(material, colour, …)")
         yield from rows
         return
     for where, record in json_records(path, text):
@@ -113,8 +119,9 @@ def _records(path: Path, text: str):
 
 
 def read_catalog(path: str | Path) -> list[Product]:
-    """Every product of a catalog file, checked: required fields, prices, SKUs unique, related SKUs present."""
-    path, text = read_text(path)
+    """Every product of a catalog file ("builtin": Harbor & Pine's), checked: required fields, prices, SKUs unique,
+    related SKUs present."""
+    path, text = read_text(builtin_catalog_path() if str(path) == "builtin" else path)
     products, first_seen = [], {}
     for where, record in _records(path, text):
         product = _product(record, path, where)

@@ -50,21 +50,20 @@ class Parsed:
     dropped: int  # SKU-like words that are not candidates (never shown to the customer)
 
 
-SKU_LIKE = re.compile(r"^\s*([A-Za-z0-9][\w.-]*\d[\w.-]*)\s*:")
+SKU_LIKE = re.compile(r"[^\s:]{2,40}")  # one word before the colon: what a line naming a product starts with
 
 
 def parse_recommendations(answer: str, candidates: list[Product]) -> Parsed:
-    """The candidate SKUs an answer names at the start of its lines; other SKU-like line heads are dropped."""
+    """The candidate SKUs an answer names before the first colon of its lines (any SKU spelling: "OAK-TABLE",
+    "AB/12"); other one-word line heads are dropped and counted."""
     allowed = {p.sku for p in candidates}
     skus, dropped = [], 0
     for line in answer.splitlines():
-        match = SKU_LIKE.match(line)
-        if not match:
-            continue
-        if match.group(1) in allowed:
-            if match.group(1) not in skus:
-                skus.append(match.group(1))
-        else:
+        head = line.split(":", 1)[0].strip() if ":" in line else ""
+        if head in allowed:
+            if head not in skus:
+                skus.append(head)
+        elif SKU_LIKE.fullmatch(head):
             dropped += 1
     return Parsed(skus, dropped)
 

@@ -102,6 +102,8 @@ class TrainConfig:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:
             raise bad("catalog", f"the {self.task} task needs a catalog file (or 'builtin')")
+        if self.task == "support" and self.catalog:
+            raise bad("catalog", "a catalog is for --task copy or recommend")
 
     @property
     def run_dir(self) -> Path:

@@ -17,11 +17,11 @@ from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table, write_outputs
+from ecombot.evaluate.tasks import catalog_runs, estimate_cell, markdown_table, write_outputs
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:
-    checks = [metrics.copy_checks(a, p.price, p.attributes, copy_prompt(p), alternatives[p.category])
+    checks = [metrics.copy_checks(a, p.price, p.attributes, copy_prompt(p), alternatives.get(p.category, set()))
               for a, p in zip(answers, products)]
     contradicted = [c["contradicted"] for c in checks]
     estimates = {
@@ -38,17 +38,16 @@ def score_copy(answers: list[str], products, references: list[str], alternatives
 def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
     if not cfg.adapters:
         raise EcombotError("--task copy needs --adapter RUN (a run trained with --task copy)")
-    runs = [catalog_run(a, "copy") for a in cfg.adapters]
-    catalog, products = runs[0][1], runs[0][2]
+    run, catalog, products = catalog_runs(cfg.adapters, "copy")
     by_prompt = {copy_prompt(p): p for p in products}
-    test = read_file(runs[0][0].data_dir / "test.jsonl").conversations[:cfg.limit or None]
+    test = read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
     missing = [c.source for c in test if c.question not in by_prompt]
     if missing:
-        raise EcombotError(f"{len(missing)} test products of {runs[0][0].path} are not in the catalog {catalog} as "
+        raise EcombotError(f"{len(missing)} test products of {run.path} are not in the catalog {catalog} as "
                            f"they were (first: {missing[0]}); evaluate against the catalog the run trained on")
     items = [by_prompt[c.question] for c in test]
     references = [c.answer for c in test]
-    fewshot = example_turns(fewshot_pairs(read_file(runs[0][0].data_dir / "train.jsonl").conversations,
+    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations,
                                           cfg.fewshot_k, cfg.seed))
     names = [Path(a).resolve().name for a in cfg.adapters]
     engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
@@ -83,7 +82,7 @@ def copy_rows(result: dict) -> list[list[str]]:
 def copy_report(result: dict) -> str:
     lines = [f"# Product copy: {result['products']} held-out products of {result['catalog']}", "",
              "Coverage: share of the product's attributes and price the description states. Contradicted: of the "
-             "materials, colours, sizes and amounts it names, the share the product does not have. Invented: of its "
+             "materials, colours, sizes, collections (whatever categorical attributes the catalog has) and amounts it names, the share the product does not have. Invented: of its "
              "numbers and amounts, the share found nowhere in the product's fields. 95% bootstrap intervals.", ""]
     lines += markdown_table(["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
     return "\n".join(lines) + "\n"

@@ -234,21 +234,21 @@ def copy_checks(text: str, price: float, attributes: dict[str, str], own: str,
     coverage: the share of the product's attributes and its price the text states.
     contradicted: of the checkable values the text names (`alternatives`: the values products like it have for a
     categorical attribute such as material or colour, catalog.copy.categorical_values; any amount of money), the
-    share its product does not have (`own`: the product's title, category and attribute values). Values are matched longest first, so "natural oak" is not also "oak".
+    share its product does not have (`own`: text holding the product's title, category and attribute values, such as
+    its copy prompt). Values are matched longest first, so "natural oak" is not also "oak".
     invented: the share of the text's facts (numbers, amounts, sizes: `extract_facts`) found nowhere in the
     product's fields. None where nothing of that kind applies."""
     own_text = own.lower()
-    wanted = [v for v in attributes.values() if v] + [f"${price:.2f}"]
-    stated = [_stated(v, text) for v in wanted]
     money = facts_by_kind(text).get("money", set())
     own_price = "$" + _number(f"{price:.2f}")
+    stated = [_stated(v, text) for v in attributes.values() if v] + [own_price in money]
     scan, named, wrong = text.lower(), 0, 0
     for value in sorted(alternatives, key=len, reverse=True):
         pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
         found = len(pattern.findall(scan))
         if found:
             named += found
-            wrong += 0 if value in own_text else found
+            wrong += 0 if pattern.search(own_text) else found
             scan = pattern.sub(" ", scan)
     named += len(money)
     wrong += len(money - {own_price})

@@ -16,7 +16,7 @@ from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_run, estimate_cell, markdown_table, write_outputs
+from ecombot.evaluate.tasks import catalog_runs, estimate_cell, markdown_table, write_outputs
 
 COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constraints met (per request)"),
            ("hit_at_1_ci", "hit@1"), ("hit_at_k_ci", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
@@ -37,8 +37,7 @@ def scored(requests, returned: list[list[str]], products, indices) -> dict:
 def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     if not cfg.adapters:
         raise EcombotError("--task recommend needs --adapter RUN (a run trained with --task recommend)")
-    runs = [catalog_run(a, "recommend") for a in cfg.adapters]
-    run, catalog, products = runs[0]
+    run, catalog, products = catalog_runs(cfg.adapters, "recommend")
     seed = run.info()["config"]["seed"]
     by_text = {r.text: r for r in request_set(products, seed)}
     by_sku = {p.sku: p for p in products}

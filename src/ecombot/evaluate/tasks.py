@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecombot import atomic
-from ecombot.catalog import Product, builtin_catalog_path, read_catalog
+from ecombot.catalog import Product, read_catalog
 from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
 from ecombot.run_dir import RunDir
@@ -23,7 +23,19 @@ def catalog_run(adapter: str, task: str) -> tuple[RunDir, str, list[Product]]:
         raise EcombotError(f"{adapter}: not a {task} run (its task is {config.get('task', 'support')!r}); --task "
                            f"{task} evaluates adapters trained with `ecombot train --task {task} --catalog FILE`")
     catalog = config["catalog"]
-    return run, catalog, read_catalog(builtin_catalog_path() if catalog == "builtin" else catalog)
+    return run, catalog, read_catalog(catalog)
+
+
+def catalog_runs(adapters: list[str], task: str) -> tuple[RunDir, str, list[Product]]:
+    """The first run of several compared on one test set: an error unless they share its catalog and test split."""
+    runs = [catalog_run(a, task) for a in adapters]
+    first, catalog, products = runs[0]
+    test = (first.data_dir / "test.jsonl").read_text(encoding="utf-8")
+    for run, other, _ in runs[1:]:
+        if other != catalog or (run.data_dir / "test.jsonl").read_text(encoding="utf-8") != test:
+            raise EcombotError(f"{run.path} and {first.path} were trained on different catalogs or splits; evaluate "
+                               "them one at a time")
+    return first, catalog, products
 
 
 def estimate_cell(estimate: dict | None, scale: float = 1) -> str:

@@ -132,7 +132,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     # 1. Data: read, validate, split (the same seed gives the same split in every command). A catalog task first
     #    turns the catalog into conversations (train/tasks.py).
     say = print if main and show_progress else (lambda *_: None)
-    cfg, task_line = task_data(cfg, run)
+    cfg, task_line = task_data(cfg, run, main)
     if task_line:
         say(task_line)
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
