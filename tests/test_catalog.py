@@ -299,8 +299,8 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     scores = json.loads((out / "results.json").read_text())
     assert scores["requests"] == 6 and set(scores["systems"]) == {"search", "base-fewshot", "rec-run"}
     assert scores["systems"]["search"]["sku_exists"] == 1.0
-    for system in scores["systems"].values():  # whatever a model writes, only candidates are shown
-        assert system["sku_exists"] in (1.0, None)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and all(set(p["rec-run"]["skus"]) <= set(p["candidates"]) for p in predictions)
     assert "| search |" in (out / "report.md").read_text()
 
 

@@ -54,8 +54,8 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
     systems = {"search": {**scored(requests, [[r.sku for r in recs] for recs in found], products, indices),
                           "dropped_skus": 0}}
-    predictions = [{"request": t, "answers": sorted(r.answers), "search": [x.sku for x in recs]}
-                   for t, r, recs in zip(texts, requests, found)]
+    predictions = [{"request": t, "answers": sorted(r.answers), "candidates": [p.sku for p in c],
+                    "search": [x.sku for x in recs]} for t, r, c, recs in zip(texts, requests, candidates, found)]
     fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
                                           cfg.seed))
     names = [Path(a).resolve().name for a in cfg.adapters]
