@@ -203,6 +203,7 @@ def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(ti
     assert "copy task: 60 products of" in result.output
     config = json.loads((run / "run_config.json").read_text())["config"]
     assert config["task"] == "copy" and config["knowledge"] == "none"
+    assert "# ecombot copy adapter (lora)" in (run / "README.md").read_text()
     test = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
     assert test and all(t["messages"][0]["content"].startswith("Write the product description") for t in test)
 

@@ -218,6 +218,10 @@ def evaluate(
     if task != "support":
         from ecombot.evaluate.tasks import evaluate_task
 
+        if data or test or not slices:
+            raise EcombotError(f"--task {task} evaluates the held-out part of the run's own data: drop --data, --test "
+                               "and --no-slices")
+
         done = evaluate_task(task, cfg, console.print)
         table = Table(*done.header, title=done.title)
         for row in done.rows:

@@ -8,6 +8,11 @@ from ecombot.config import TrainConfig
 from ecombot.data import DataReport
 from ecombot.train.result import TrainResult
 
+TAGS = {"support": "customer-support", "copy": "product-descriptions", "recommend": "product-recommendations"}
+PURPOSES = {"support": "answer e-commerce customer-support questions",
+            "copy": "write product descriptions from a catalog's fields",
+            "recommend": "recommend catalog products for a customer's request, among those the catalog search finds"}
+
 
 def optional(value: float | None) -> str:
     return "n/a" if value is None else str(value)
@@ -39,14 +44,13 @@ base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m
 pipeline_tag: text-generation
 tags:
 - ecombot
-- customer-support
+- {TAGS[config.task]}
 - {method}
 ---
 
-# ecombot support adapter ({method})
+# ecombot {config.task} adapter ({method})
 
-A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecombot/) to answer e-commerce
-customer-support questions.
+A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecombot/) to {PURPOSES[config.task]}.
 
 - Base model: `{base}` (loaded from `{result.model_dir}`){" — Gemma terms of use apply" if "gemma" in base else ""}
 - Method: {method}, rank {config.rank}, alpha {config.alpha}, dropout {config.dropout},
