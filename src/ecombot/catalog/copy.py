@@ -7,12 +7,11 @@ check it attribute by attribute (evaluate/metrics.py `copy_checks`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ecombot import atomic
 from ecombot.catalog.product import Product
-from ecombot.data import Conversation
+from ecombot.data import Conversation, conversations_jsonl
 
 INSTRUCTION = "Write the product description for our catalog."
 MAX_CATEGORICAL_WORDS = 4  # an attribute whose values are short words from a small set (material, colour, size)
@@ -38,7 +37,7 @@ def write_copy_data(products: list[Product], path: Path) -> tuple[Path, int]:
     """The task's training data as chat JSON Lines, which every command reads like any other data file."""
     conversations, skipped = copy_conversations(products)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in conversations))
+    atomic.write_text(path, conversations_jsonl(conversations))
     return path, skipped
 
 

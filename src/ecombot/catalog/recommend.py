@@ -8,7 +8,6 @@ the candidates meeting every stated constraint, in search order, at most MAX_PIC
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from ecombot import atomic
 from ecombot.catalog.product import Product
 from ecombot.catalog.requests import Request, meets, recommendation_requests
 from ecombot.catalog.search import CatalogSearch, reason
-from ecombot.data import Conversation
+from ecombot.data import Conversation, conversations_jsonl
 
 CANDIDATES = 8
 MAX_PICKS = 3
@@ -88,5 +87,5 @@ def write_recommend_data(products: list[Product], path: Path, seed: int = 0) -> 
                            {"role": "assistant", "content": recommend_answer(r, c)}], intent=r.constraints["category"])
              for r, c in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in convs))
+    atomic.write_text(path, conversations_jsonl(convs))
     return path, len(convs)

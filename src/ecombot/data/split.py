@@ -57,10 +57,14 @@ def leaked_questions(train: list[Conversation], other: list[Conversation]) -> li
     return sorted({normalise_text(c.question) for c in other} & seen)
 
 
+def conversations_jsonl(conversations: list[Conversation]) -> str:
+    """Conversations as chat JSONL, readable by every ecombot command."""
+    return "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in conversations)
+
+
 def split_files(split: Split) -> dict[str, str]:
-    """train/validation/test as chat JSONL (readable by every ecombot command), by file name."""
-    return {f"{name}.jsonl": "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in getattr(split, name))
-            for name in SPLITS}
+    """train/validation/test as chat JSONL, by file name."""
+    return {f"{name}.jsonl": conversations_jsonl(getattr(split, name)) for name in SPLITS}
 
 
 def write_split(split: Split, output: str | Path, extra: dict | None = None) -> Path:

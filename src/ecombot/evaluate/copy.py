@@ -8,16 +8,13 @@ each adapter of a copy run."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ecombot.catalog.copy import categorical_values, copy_prompt
-from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.config import EvalConfig
-from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
-from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_runs, estimate_cell, markdown_table, write_outputs
+from ecombot.evaluate.run import generate_all
+from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, held_out, markdown_table,
+                                    write_outputs)
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:
@@ -36,30 +33,22 @@ def score_copy(answers: list[str], products, references: list[str], alternatives
 
 
 def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
-    if not cfg.adapters:
-        raise EcombotError("--task copy needs --adapter RUN (a run trained with --task copy)")
     run, catalog, products = catalog_runs(cfg.adapters, "copy")
     by_prompt = {copy_prompt(p): p for p in products}
-    test = read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
+    test = held_out(run, cfg)
     missing = [c.source for c in test if c.question not in by_prompt]
     if missing:
         raise EcombotError(f"{len(missing)} test products of {run.path} are not in the catalog {catalog} as "
                            f"they were (first: {missing[0]}); evaluate against the catalog the run trained on")
     items = [by_prompt[c.question] for c in test]
     references = [c.answer for c in test]
-    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations,
-                                          cfg.fewshot_k, cfg.seed))
-    names = [Path(a).resolve().name for a in cfg.adapters]
-    engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
-                         Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
-                         max_batch=cfg.batch_size)
+    engine, runs = answering_systems(cfg, run)
     alternatives = categorical_values(products)
     indices = metrics.bootstrap_indices(len(items), seed=cfg.seed)
-    prompts = [[{"role": "user", "content": copy_prompt(p)}] for p in items]
     systems, predictions = {}, [{"sku": p.sku, "reference": r} for p, r in zip(items, references)]
-    for name, adapter, prefix in [("base-fewshot", BASE, fewshot)] + [(n, n, []) for n in names]:
+    for name, adapter, prefix in runs:
         say(f"writing {len(items)} descriptions with {name} ...")
-        answered = generate_all(engine, [prefix + p for p in prompts], adapter, cfg.batch_size)
+        answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
         systems[name] = {**score_copy(answered.answers, items, references, alternatives, indices),
                          "seconds": round(answered.seconds, 1)}
         for row, answer in zip(predictions, answered.answers):

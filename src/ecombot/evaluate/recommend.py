@@ -5,18 +5,15 @@ the request's known answers (catalog/requests.py `score_recommendations`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ecombot.catalog import CatalogSearch
 from ecombot.catalog.recommend import MAX_PICKS, REQUEST_HEADER, parse_recommendations, request_set
 from ecombot.catalog.requests import per_request_scores, score_recommendations
-from ecombot.chat import BASE, Decoding, open_engine
 from ecombot.config import EvalConfig
-from ecombot.data import read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
-from ecombot.evaluate.run import example_turns, fewshot_pairs, generate_all
-from ecombot.evaluate.tasks import catalog_runs, estimate_cell, markdown_table, write_outputs
+from ecombot.evaluate.run import generate_all
+from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, held_out, markdown_table,
+                                    write_outputs)
 
 COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constraints met (per request)"),
            ("hit_at_1_ci", "hit@1"), ("hit_at_k_ci", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
@@ -35,13 +32,11 @@ def scored(requests, returned: list[list[str]], products, indices) -> dict:
 
 
 def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
-    if not cfg.adapters:
-        raise EcombotError("--task recommend needs --adapter RUN (a run trained with --task recommend)")
     run, catalog, products = catalog_runs(cfg.adapters, "recommend")
     seed = run.info()["config"]["seed"]
     by_text = {r.text: r for r in request_set(products, seed)}
     by_sku = {p.sku: p for p in products}
-    test = read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
+    test = held_out(run, cfg)
     texts = [c.question.rsplit(REQUEST_HEADER, 1)[-1].strip() for c in test]
     missing = [c.source for c, t in zip(test, texts) if t not in by_text]
     if missing:
@@ -56,13 +51,8 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
                           "dropped_skus": 0}}
     predictions = [{"request": t, "answers": sorted(r.answers), "candidates": [p.sku for p in c],
                     "search": [x.sku for x in recs]} for t, r, c, recs in zip(texts, requests, candidates, found)]
-    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
-                                          cfg.seed))
-    names = [Path(a).resolve().name for a in cfg.adapters]
-    engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
-                         Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
-                         max_batch=cfg.batch_size)
-    for name, adapter, prefix in [("base-fewshot", BASE, fewshot)] + [(n, n, []) for n in names]:
+    engine, runs = answering_systems(cfg, run)
+    for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
         parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, candidates)]

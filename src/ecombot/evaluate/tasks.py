@@ -9,8 +9,11 @@ from pathlib import Path
 
 from ecombot import atomic
 from ecombot.catalog import Product, read_catalog
+from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import EvalConfig
+from ecombot.data import Conversation, read_file
 from ecombot.errors import EcombotError
+from ecombot.evaluate.run import example_turns, fewshot_pairs
 from ecombot.run_dir import RunDir
 
 
@@ -28,6 +31,8 @@ def catalog_run(adapter: str, task: str) -> tuple[RunDir, str, list[Product]]:
 
 def catalog_runs(adapters: list[str], task: str) -> tuple[RunDir, str, list[Product]]:
     """The first run of several compared on one test set: an error unless they share its catalog and test split."""
+    if not adapters:
+        raise EcombotError(f"--task {task} needs --adapter RUN (a run trained with --task {task})")
     runs = [catalog_run(a, task) for a in adapters]
     first, catalog, products = runs[0]
     test = (first.data_dir / "test.jsonl").read_text(encoding="utf-8")
@@ -47,6 +52,22 @@ def estimate_cell(estimate: dict | None, scale: float = 1) -> str:
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def held_out(run: RunDir, cfg: EvalConfig) -> list[Conversation]:
+    return read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
+
+
+def answering_systems(cfg: EvalConfig, run: RunDir) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
+    """One engine, and each system as (name, adapter, example turns before the prompt): the base model shown k of
+    the run's training conversations, then every adapter by its run's name."""
+    names = [Path(a).resolve().name for a in cfg.adapters]
+    engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
+                         Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
+                         max_batch=cfg.batch_size)
+    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
+                                          cfg.seed))
+    return engine, [("base-fewshot", BASE, fewshot)] + [(n, n, []) for n in names]
 
 
 def write_outputs(output: str, result: dict, predictions: list[dict], report: str) -> None:
