@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import random
 import shutil
 import time
@@ -27,7 +26,7 @@ from typing import Callable
 from ecombot import atomic
 from ecombot.config import TrainConfig
 from ecombot.database import without_password
-from ecombot.data import Conversation, normalise_text, read_file
+from ecombot.data import Conversation, conversations_jsonl, normalise_text, read_file
 from ecombot.errors import EcombotError
 from ecombot.learn.feedback import FeedbackRound, as_conversation, feedback_round, states_superseded, superseded
 from ecombot.run_dir import FIRST_VERSION, RunDir
@@ -100,7 +99,7 @@ def learn_steps(examples: int, batch: int) -> int:
 
 
 def write_jsonl(path: Path, convs: list[Conversation]) -> None:
-    atomic.write_text(path, "".join(json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in convs))
+    atomic.write_text(path, conversations_jsonl(convs))
 
 
 @contextlib.contextmanager
