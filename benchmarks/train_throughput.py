@@ -10,6 +10,8 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
   ecombot-qlora   the same with --method qlora (4-bit NF4 base)
   ecombot-grounded  the same as ecombot, grounded: every prompt carries 3 passages from the built-in policy and the
             training pairs (retrieval-augmented fine-tuning, `ecombot train`'s default); only the answers are scored
+  NAME@N    an ecombot system with adapters in the top N decoder layers only (`adapted_layers: N`): the layers
+            below run without a backward pass
 
 Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
 system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
@@ -128,7 +130,7 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
 
 
 def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded: bool = False,
-                  precision: str = "auto") -> dict:
+                  precision: str = "auto", adapted_layers: int | str = "all") -> dict:
     from ecombot.config import TrainConfig
     from ecombot.data.builtin import policy_path
     from ecombot.evaluate import heldout_loss
@@ -144,7 +146,8 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
         KnowledgeBase(db, "bench").add_files([policy_path()])
     cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
                       test_fraction=0.0, method=method, batch_size=8, learning_rate=2e-4,
-                      knowledge="bench" if grounded else "none", db=db, precision=precision)
+                      knowledge="bench" if grounded else "none", db=db, precision=precision,
+                      adapted_layers=adapted_layers)
     result = ecombot_train(cfg, show_progress=False)
     peak = peak_memory()
     if grounded:  # the held-out questions asked as a grounded bot is asked them: with their passages
@@ -160,6 +163,10 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
             "heldout_loss": loss}
 
 
+def layers_option(value: str) -> int | str:
+    return value if value == "all" else int(value)
+
+
 def worker(args) -> None:
     from ecombot.models import load_tokenizer, resolve_model
 
@@ -173,7 +180,8 @@ def worker(args) -> None:
             result = train_trl(model_dir, train, test, out)
         else:
             result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora",
-                                   grounded=args.worker == "ecombot-grounded", precision=args.precision)
+                                   grounded=args.worker == "ecombot-grounded", precision=args.precision,
+                                   adapted_layers=layers_option(args.adapted_layers))
     result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
     result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
     print(json.dumps(result))
@@ -185,16 +193,23 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="training conversations (one epoch)")
     parser.add_argument("--eval-examples", type=int, default=32, help="test conversations for held-out loss")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated; an ecombot system as NAME@N puts its adapters in the top N decoder "
+                             "layers only (adapted_layers), e.g. ecombot-grounded,ecombot-grounded@9")
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
+    parser.add_argument("--adapted-layers", default="all", help=argparse.SUPPRESS)  # a worker's, from SYSTEM@N
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
     systems = [s for s in args.systems.split(",") if s]
+    for system in systems:
+        name, at, layers = system.partition("@")
+        if name not in SYSTEMS or (at and not (name.startswith("ecombot") and layers.isdigit())):
+            parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N)")
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
@@ -204,7 +219,8 @@ def main() -> None:
             if system in failures:
                 continue
             try:
-                result = run_worker(__file__, [*common, "--worker", system])
+                name, _, layers = system.partition("@")
+                result = run_worker(__file__, [*common, "--worker", name, "--adapted-layers", layers or "all"])
             except WorkerFailed as exc:  # reported and left out of later repeats; the others still run
                 failures[system] = str(exc.code)
                 print(f"repeat {repeat + 1}/{args.repeats} {system}: FAILED\n{exc.code}", flush=True)

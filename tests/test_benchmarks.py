@@ -88,27 +88,32 @@ def test_train_throughput_reports_a_failed_system_and_keeps_measuring_the_others
     calls = []
 
     def fake_worker(script, args):
-        system = args[args.index("--worker") + 1]
-        calls.append(system)
+        system, layers = args[args.index("--worker") + 1], args[args.index("--adapted-layers") + 1]
+        calls.append(system if layers == "all" else f"{system}@{layers}")
         if system == "trl":
             raise bench.WorkerFailed("worker trl failed:\nImportError: no trl here")
-        seconds = {"notebook": 30.0, "ecombot": 10.0}[system]
+        seconds = {"notebook": 30.0, "ecombot": 10.0 if layers == "all" else 7.5}[system]
         return {"seconds": seconds, "steps": 4, "peak_rss_mb": 2000.0, "peak_gpu_mb": 900.0, "heldout_loss": 3.0,
                 "answer_tokens": 600, "tokens_per_s": 600 / seconds}
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
     output = tmp_path / "out.json"
-    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--systems", "notebook,trl,ecombot", "--repeats", "2",
-                                      "--output", str(output)])
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--systems", "notebook,trl,ecombot,ecombot@9",
+                                      "--repeats", "2", "--output", str(output)])
     with pytest.raises(SystemExit, match="failed: trl"):
         bench.main()
-    assert calls == ["notebook", "trl", "ecombot", "notebook", "ecombot"]  # trl is not retried
+    assert calls == ["notebook", "trl", "ecombot", "ecombot@9", "notebook", "ecombot", "ecombot@9"]  # trl not retried
     result = json.loads(output.read_text())
-    assert list(result["summary"]) == ["notebook", "ecombot"] and "no trl here" in result["failures"]["trl"]
+    assert list(result["summary"]) == ["notebook", "ecombot", "ecombot@9"] and "no trl here" in result["failures"]["trl"]
     assert result["summary"]["ecombot"]["speedup_vs_notebook"]["all"] == [3.0, 3.0]
+    assert result["summary"]["ecombot@9"]["speedup_vs_notebook"]["all"] == [4.0, 4.0]
     assert result["summary"]["ecombot"]["peak_gpu_mb"]["median"] == 900.0
     table = capsys.readouterr().out
     assert "peak GPU MB" in table and "FAILED" in table
+    for wrong in ("notebook@9", "ecombot@top", "ecombt"):  # layer variants are for ecombot's systems only
+        monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--systems", wrong])
+        with pytest.raises(SystemExit):
+            bench.main()
 
 
 def test_random_weights_make_a_cached_default_model_that_needs_no_gguf(tiny_model_dir, tmp_path, monkeypatch):

@@ -83,6 +83,35 @@ def test_rslora_and_custom_targets(tiny_model_dir, small_dataset, tmp_path):
     assert config["use_rslora"] is True and config["r"] == 4 and {n.rsplit(".", 1)[-1] for n in config["target_modules"]} == {"q_proj", "v_proj"}
 
 
+def test_adapters_in_the_top_layers_only_leave_the_layers_below_out_of_the_backward_pass(tiny_model_dir,
+                                                                                          small_dataset, tmp_path):
+    from safetensors import safe_open
+
+    from ecombot.errors import ConfigError
+    from ecombot.train.recipe import build_model
+
+    run = tmp_path / "top"
+    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2, adapted_layers=1),
+          show_progress=False)
+    assert json.loads((run / "adapter_config.json").read_text())["layers_to_transform"] == [1]
+    assert "in the top 1 decoder layers only" in (run / "README.md").read_text()
+    with safe_open(str(run / "adapter_model.safetensors"), "pt") as adapter:
+        assert adapter.keys() and all(".layers.1." in key for key in adapter.keys())
+
+    model = build_model(tiny_config(tiny_model_dir, small_dataset, run, adapted_layers=1), tiny_model_dir, "cpu",
+                        "fp32")
+    needs_grad = {}
+    for index, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_forward_hook(lambda _m, _i, out, index=index: needs_grad.__setitem__(
+            index, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits.sum().backward()
+    assert needs_grad == {0: False, 1: True}  # autograd records nothing in layer 0: no backward there
+    with pytest.raises(ConfigError, match="has 2 decoder layers"):
+        build_model(tiny_config(tiny_model_dir, small_dataset, run, adapted_layers=3), tiny_model_dir, "cpu", "fp32")
+    with pytest.raises(ConfigError, match="adapted_layers"):
+        tiny_config(tiny_model_dir, small_dataset, run, adapted_layers="top")
+
+
 def test_training_is_reproducible(tiny_model_dir, small_dataset, tmp_path):
     losses = []
     for name in ("a", "b"):

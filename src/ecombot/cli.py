@@ -104,6 +104,8 @@ def train(
     output: Optional[str] = typer.Option(None, help="Run directory (default runs/<method>)."),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    adapted_layers: Optional[str] = typer.Option(None, help="Decoder layers with adapters: all, or N for the top N "
+                                                 "only (no backward pass below them: faster, less memory)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",
@@ -128,8 +130,8 @@ def train(
     from ecombot.train.recipe import is_main_process
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
-                      output=output, rank=rank, alpha=alpha, learning_rate=learning_rate, batch_size=batch_size,
-                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
+                      output=output, rank=rank, alpha=alpha, adapted_layers=adapted_layers,
+                      learning_rate=learning_rate, batch_size=batch_size, packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
                       catalog=catalog)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
@@ -194,7 +196,7 @@ def evaluate(
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
     seed: int = typer.Option(42, help="Split and bootstrap seed."),
     fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
-    batch_size: int = typer.Option(8, help="Questions generated together."),
+    batch_size: int = typer.Option(32, help="Questions generated together (one batched generate call)."),
     max_new_tokens: int = typer.Option(160, help="Longest answer in tokens."),
     knowledge: Optional[str] = typer.Option(None, help="Knowledge base of the grounded systems (default: the "
                                                        "adapter's, else 'default'; 'none': no grounded systems)."),

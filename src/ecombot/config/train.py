@@ -40,6 +40,7 @@ class TrainConfig:
     dropout: float = 0.0
     rslora: bool = False
     target_modules: str | list[str] = "all-linear"
+    adapted_layers: int | str = "all"
     init_adapter: str | None = None
     epochs: float | str = AUTO
     max_steps: int = -1
@@ -72,6 +73,8 @@ class TrainConfig:
                     setattr(self, name, float(value))
                 except ValueError:
                     raise ConfigError(f"config field '{name}': must be a number (got {value!r})") from None
+        if isinstance(self.adapted_layers, str) and self.adapted_layers.strip().isdigit():  # from the command line
+            self.adapted_layers = int(self.adapted_layers)
         self.validate()
 
     def validate(self) -> None:
@@ -98,6 +101,9 @@ class TrainConfig:
             raise bad("handoff_share", "must be in [0, 1)")
         if not self.knowledge or not isinstance(self.knowledge, str):
             raise bad("knowledge", "name a knowledge base, or none")
+        if self.adapted_layers != "all" and (isinstance(self.adapted_layers, bool)
+                                             or not isinstance(self.adapted_layers, int) or self.adapted_layers < 1):
+            raise bad("adapted_layers", "must be all or a positive number of top decoder layers")
         if self.task not in TASKS:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:

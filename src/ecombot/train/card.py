@@ -38,6 +38,7 @@ def model_card(config: TrainConfig, data: DataReport, result: TrainResult, knowl
     """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
     base, method, packing = config.model, config.method, result.packing
     packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
+    layers = "" if config.adapted_layers == "all" else f", in the top {config.adapted_layers} decoder layers only"
     card = f"""---
 library_name: peft
 base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m")}
@@ -54,7 +55,7 @@ A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecomb
 
 - Base model: `{base}` (loaded from `{result.model_dir}`){" — Gemma terms of use apply" if "gemma" in base else ""}
 - Method: {method}, rank {config.rank}, alpha {config.alpha}, dropout {config.dropout},
-  rsLoRA {config.rslora}, target modules {config.target_modules}
+  rsLoRA {config.rslora}, target modules {config.target_modules}{layers}
 - Training: learning rate {config.learning_rate}, batch {config.batch_size} x {config.grad_accum} accumulation{packed},
   {result.steps} optimizer steps, warmup {config.warmup_ratio} then cosine, seed {config.seed},
   precision {result.precision} on {result.device}

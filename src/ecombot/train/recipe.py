@@ -12,7 +12,7 @@ import torch
 from ecombot import __version__
 from ecombot.config import TrainConfig, fit_to_data
 from ecombot.data import prepare, split_files, write_split
-from ecombot.errors import EcombotError
+from ecombot.errors import ConfigError, EcombotError
 from ecombot import speedups
 from ecombot.models import (PadCollator, encode_conversations, load_base_model, load_tokenizer, pick_device,
                             resolve_model, resolve_precision)
@@ -60,12 +60,24 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Tr
     return cfg, run, None
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, model):
     from peft import LoraConfig
 
+    num_layers = model.config.get_text_config().num_hidden_layers
+    if cfg.adapted_layers != "all" and cfg.adapted_layers > num_layers:
+        raise ConfigError(f"config field 'adapted_layers': the model has {num_layers} decoder layers "
+                          f"(got {cfg.adapted_layers})")
+    # PEFT places adapters in the listed layers only; autograd then records nothing below the lowest one, since
+    # no tensor there needs a gradient: that is the whole saving, no code of ours runs it.
+    layers, targets = None, cfg.target_modules
+    if cfg.adapted_layers != "all":
+        layers = list(range(num_layers - cfg.adapted_layers, num_layers))
+        if targets == "all-linear":  # PEFT takes a layer list only with named targets: name the layers' linears
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and ".layers." in name})
     return LoraConfig(task_type="CAUSAL_LM", r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      use_rslora=cfg.rslora, use_dora=cfg.method == "dora", target_modules=cfg.target_modules,
-                      bias="none")
+                      use_rslora=cfg.rslora, use_dora=cfg.method == "dora", target_modules=targets,
+                      layers_to_transform=layers, bias="none")
 
 
 def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
@@ -84,7 +96,7 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
     set_seed(cfg.seed)  # identical adapter initialisation for identical seeds
     if cfg.init_adapter:
         return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
-    return get_peft_model(model, lora_config(cfg))
+    return get_peft_model(model, lora_config(cfg, model))
 
 
 def training_arguments(cfg: TrainConfig, run: RunDir, device: str, precision: str, has_validation: bool):
