@@ -188,6 +188,9 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     predictions = [json.loads(line) for line in (tmp_path / "qs" / "eval" / "predictions.jsonl").open()]
     assert all(answer in predictions for answer in summary["answers"])
     assert "{{" not in text  # placeholders are filled in what the user sees
+    from ecombot.models import resolve_precision  # a CPU without native bf16 is told what fp32 costs, and the way out
+
+    assert ("no native bf16" in " ".join(text.split())) == (resolve_precision() == "fp32")
 
 
 def test_evaluate_and_adapter_inspect_commands(tmp_path, tiny_model_dir, small_dataset, monkeypatch):

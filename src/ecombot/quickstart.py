@@ -16,6 +16,7 @@ from ecombot.config import load_config
 from ecombot.data.builtin import policy_path
 from ecombot.evaluate import EvalConfig, Prediction, print_table, run_evaluation
 from ecombot.knowledge import KnowledgeBase
+from ecombot.models import pick_device, resolve_precision
 from ecombot.train import train
 
 # The demo store's own knowledge base, so its policy never mixes into the 'default' base a shop trains with.
@@ -66,6 +67,11 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                   "every prompt grounded in the knowledge base (the first run converts the model once, about a minute).")
     cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
                       **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
+    if resolve_precision(cfg.precision) == "fp32" and pick_device() == "cpu":
+        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: about 4x "
+                      f"the time on a CPU that has it (the progress bar shows what is left). `ecombot quickstart "
+                      f"--max-steps {cfg.max_steps // 2}` halves the training, with a higher validation loss "
+                      f"(README, Performance).")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
