@@ -70,7 +70,7 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     if resolve_precision(cfg.precision) == "fp32" and pick_device() == "cpu":
         console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: about 4x "
                       f"the time on a CPU that has it (the progress bar shows what is left). `ecombot quickstart "
-                      f"--max-steps {cfg.max_steps // 2}` halves the training, with a higher validation loss "
+                      f"--max-steps {max(1, cfg.max_steps // 2)}` halves the training, with a higher validation loss "
                       f"(README, Performance).")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
