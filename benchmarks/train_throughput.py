@@ -163,10 +163,6 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
             "heldout_loss": loss}
 
 
-def layers_option(value: str) -> int | str:
-    return value if value == "all" else int(value)
-
-
 def worker(args) -> None:
     from ecombot.models import load_tokenizer, resolve_model
 
@@ -181,7 +177,7 @@ def worker(args) -> None:
         else:
             result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora",
                                    grounded=args.worker == "ecombot-grounded", precision=args.precision,
-                                   adapted_layers=layers_option(args.adapted_layers))
+                                   adapted_layers=args.adapted_layers)  # TrainConfig reads "9" as 9
     result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
     result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
     print(json.dumps(result))
@@ -206,10 +202,12 @@ def main() -> None:
         return worker(args)
 
     systems = [s for s in args.systems.split(",") if s]
+    worker_args = {}  # system -> its worker's system and adapted layers
     for system in systems:
         name, at, layers = system.partition("@")
         if name not in SYSTEMS or (at and not (name.startswith("ecombot") and layers.isdigit())):
             parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N)")
+        worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all"]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),
@@ -219,8 +217,7 @@ def main() -> None:
             if system in failures:
                 continue
             try:
-                name, _, layers = system.partition("@")
-                result = run_worker(__file__, [*common, "--worker", name, "--adapted-layers", layers or "all"])
+                result = run_worker(__file__, [*common, *worker_args[system]])
             except WorkerFailed as exc:  # reported and left out of later repeats; the others still run
                 failures[system] = str(exc.code)
                 print(f"repeat {repeat + 1}/{args.repeats} {system}: FAILED\n{exc.code}", flush=True)
