@@ -230,6 +230,8 @@ def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_pat
         load_config(None, task="copy")
     with pytest.raises(ConfigError, match="task.*must be one of support, copy, recommend"):
         load_config(None, task="poems")
+    with pytest.raises(ConfigError, match="'knowledge': the copy task trains without knowledge passages"):
+        load_config(None, task="copy", catalog="builtin", knowledge="shop")
     with pytest.raises(EcombotError, match="not a copy run"):
         catalog_run(str(tiny_run[1]), "copy")
 
@@ -283,6 +285,7 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     from typer.testing import CliRunner
 
     from ecombot.cli import app
+    from ecombot.errors import EcombotError
 
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in builtin[::8]))
@@ -303,6 +306,16 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 6 and all(set(p["rec-run"]["skus"]) <= set(p["candidates"]) for p in predictions)
     assert "| search |" in (out / "report.md").read_text()
+
+    # --systems picks among the task's systems: the search alone loads no model; support systems are refused
+    result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), "--output", str(out),
+                                 "--systems", "search", "--limit", "6"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((out / "results.json").read_text())["systems"]) == {"search"}
+    for extra, message in ((["--systems", "search,grounded"], "compares search, base-fewshot, finetuned"),
+                           (["--knowledge", "shop"], "without a knowledge base: drop --knowledge")):
+        result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), *extra])
+        assert isinstance(result.exception, EcombotError) and message in str(result.exception), result.output
 
 
 def test_catalog_spellings_users_have_read_the_same(tmp_path):

@@ -189,8 +189,10 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="Data file; its test split is used (same seed => same split as train)."),
     test: Optional[str] = typer.Option(None, help="Explicit test file instead of a split of --data."),
     adapter: List[Path] = typer.Option([], help="Run directory of an adapter (repeatable to compare runs)."),
-    systems: str = typer.Option("base,base-fewshot,retrieval,finetuned,finetuned+retrieval,grounded,base+knowledge",
-                                help="Comma-separated."),
+    systems: Optional[str] = typer.Option(None, help="Comma-separated (default: all of the task's). support: base, "
+                                          "base-fewshot, retrieval, finetuned, finetuned+retrieval, grounded, "
+                                          "base+knowledge; copy: base-fewshot, finetuned; recommend: search, "
+                                          "base-fewshot, finetuned."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test conversations."),
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
@@ -211,18 +213,24 @@ def evaluate(
 ) -> None:
     """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
     data's slices), with 95% CIs."""
+    from ecombot.config.evaluate import SYSTEMS
     from ecombot.evaluate import EvalConfig, print_table, run_evaluation
+    from ecombot.evaluate.tasks import TASK_SYSTEMS
 
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems is not None else (
+        SYSTEMS if task == "support" else TASK_SYSTEMS.get(task, ()))
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
-                     max_new_tokens=max_new_tokens, systems=tuple(s.strip() for s in systems.split(",") if s.strip()),
+                     max_new_tokens=max_new_tokens, systems=chosen,
                      knowledge=knowledge, db=db, slices=slices, engine=engine)
     if task != "support":
         from ecombot.evaluate.tasks import evaluate_task
 
-        if data or test or not slices:
-            raise EcombotError(f"--task {task} evaluates the held-out part of the run's own data: drop --data, --test "
-                               "and --no-slices")
+        ignored = [name for name, given in (("--data", data), ("--test", test), ("--no-slices", not slices),
+                                            ("--knowledge", knowledge), ("--db", db)) if given]
+        if ignored:
+            raise EcombotError(f"--task {task} evaluates the held-out part of the run's own data, without a knowledge "
+                               f"base: drop {', '.join(ignored)}")
 
         done = evaluate_task(task, cfg, console.print)
         table = Table(*done.header, title=done.title)

@@ -108,6 +108,9 @@ class TrainConfig:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:
             raise bad("catalog", f"the {self.task} task needs a catalog file (or 'builtin')")
+        if self.task != "support" and self.knowledge.lower() not in ("default", "none"):
+            raise bad("knowledge", f"the {self.task} task trains without knowledge passages (its prompt holds the "
+                                   f"{'product' if self.task == 'copy' else 'candidate products'} itself); drop it")
         if self.task == "support" and self.catalog:
             raise bad("catalog", "a catalog is for --task copy or recommend")
 

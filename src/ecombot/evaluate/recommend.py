@@ -45,13 +45,15 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     requests = [by_text[t] for t in texts]
     candidates = [[by_sku[line.split(" | ", 1)[0]] for line in c.question.splitlines()[1:] if " | " in line]
                   for c in test]
-    found = CatalogSearch(products).recommend(texts, MAX_PICKS)
     indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
-    systems = {"search": {**scored(requests, [[r.sku for r in recs] for recs in found], products, indices),
-                          "dropped_skus": 0}}
-    predictions = [{"request": t, "answers": sorted(r.answers), "candidates": [p.sku for p in c],
-                    "search": [x.sku for x in recs]} for t, r, c, recs in zip(texts, requests, candidates, found)]
-    engine, runs = answering_systems(cfg, run)
+    systems, predictions = {}, [{"request": t, "answers": sorted(r.answers), "candidates": [p.sku for p in c]}
+                                for t, r, c in zip(texts, requests, candidates)]
+    if "search" in cfg.systems:
+        found = [[r.sku for r in recs] for recs in CatalogSearch(products).recommend(texts, MAX_PICKS)]
+        systems["search"] = {**scored(requests, found, products, indices), "dropped_skus": 0}
+        for row, skus in zip(predictions, found):
+            row["search"] = skus
+    engine, runs = answering_systems(cfg, run) if set(cfg.systems) - {"search"} else (None, [])
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)

@@ -16,6 +16,10 @@ from ecombot.errors import EcombotError
 from ecombot.evaluate.run import example_turns, fewshot_pairs
 from ecombot.run_dir import RunDir
 
+# What `evaluate --task` can compare (all by default): the search baseline (recommend only), the base model shown k
+# solved examples, and the adapters (--adapter, each by its run's name).
+TASK_SYSTEMS = {"copy": ("base-fewshot", "finetuned"), "recommend": ("search", "base-fewshot", "finetuned")}
+
 
 def catalog_run(adapter: str, task: str) -> tuple[RunDir, str, list[Product]]:
     """The run, the catalog it trained on and that catalog's products; an error if the run is of another task."""
@@ -59,15 +63,15 @@ def held_out(run: RunDir, cfg: EvalConfig) -> list[Conversation]:
 
 
 def answering_systems(cfg: EvalConfig, run: RunDir) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
-    """One engine, and each system as (name, adapter, example turns before the prompt): the base model shown k of
-    the run's training conversations, then every adapter by its run's name."""
-    names = [Path(a).resolve().name for a in cfg.adapters]
+    """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
+    shown k of the run's training conversations, then every adapter by its run's name."""
+    names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
     engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
                          Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
                          max_batch=cfg.batch_size)
     fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
                                           cfg.seed))
-    return engine, [("base-fewshot", BASE, fewshot)] + [(n, n, []) for n in names]
+    return engine, [("base-fewshot", BASE, fewshot)] * ("base-fewshot" in cfg.systems) + [(n, n, []) for n in names]
 
 
 def write_outputs(output: str, result: dict, predictions: list[dict], report: str) -> None:
@@ -86,17 +90,22 @@ class TaskTable:
 
 
 def evaluate_task(task: str, cfg: EvalConfig, say=print) -> TaskTable:
-    """`ecombot evaluate --task copy|recommend`: the task's evaluation, its files in cfg.output, its table."""
+    """`ecombot evaluate --task copy|recommend`: the task's evaluation of cfg.systems (TASK_SYSTEMS), its files in
+    cfg.output, its table."""
+    if task not in TASK_SYSTEMS:
+        raise EcombotError(f"--task {task}: choose support, copy or recommend")
+    unknown = [s for s in cfg.systems if s not in TASK_SYSTEMS[task]]
+    if unknown or not cfg.systems:
+        raise EcombotError(f"--task {task} compares {', '.join(TASK_SYSTEMS[task])} (--systems, comma-separated); "
+                           f"got {', '.join(unknown) or 'none'}")
     if task == "copy":
         from ecombot.evaluate.copy import COLUMNS, copy_rows, evaluate_copy
 
         result = evaluate_copy(cfg, say)
         return TaskTable(f"product copy: {result['products']} held-out products",
                          ["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
-    if task == "recommend":
-        from ecombot.evaluate.recommend import COLUMNS, evaluate_recommend, recommend_rows
+    from ecombot.evaluate.recommend import COLUMNS, evaluate_recommend, recommend_rows
 
-        result = evaluate_recommend(cfg, say)
-        return TaskTable(f"recommendations: {result['requests']} held-out requests",
-                         ["system"] + [title for _, title in COLUMNS], recommend_rows(result))
-    raise EcombotError(f"--task {task}: choose support, copy or recommend")
+    result = evaluate_recommend(cfg, say)
+    return TaskTable(f"recommendations: {result['requests']} held-out requests",
+                     ["system"] + [title for _, title in COLUMNS], recommend_rows(result))
