@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "train": {"catalog", "config", "data", "errors", "knowledge", "models", "run_dir", "speedups"},
     "chat": {"config", "errors", "knowledge", "models", "run_dir", "speedups"},
     "evaluate": {"atomic", "catalog", "chat", "config", "data", "errors", "knowledge", "models", "run_dir"},
-    "serve": {"atomic", "chat", "config", "database", "errors", "home", "knowledge", "models", "run_dir"},
+    "serve": {"atomic", "catalog", "chat", "config", "database", "errors", "home", "knowledge", "models", "run_dir"},
     "export": {"atomic", "errors", "home", "models", "run_dir"},
     "learn": {"atomic", "config", "data", "database", "errors", "evaluate", "knowledge", "models", "run_dir", "serve",
               "train"},

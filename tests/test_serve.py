@@ -637,3 +637,70 @@ def test_a_database_made_before_sources_were_stored_still_opens(store_on_each_da
         ("Where is my order?", None), ("It ships today.", None),
         ("Returns?", None), ("Within 30 days.", json.dumps([RETURNS_SOURCE]))]
     assert Store(old.url).conversations()[0].id == "c-old"  # the next start finds the column there
+
+
+def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candidates(store, running_server, tmp_path):
+    """`serve --adapter support=… --adapter copy=… --adapter recommend=…`: the request's model picks the task; the
+    client sends a product or a customer's request, never our prompt layout, and no reply names a product that the
+    catalog search did not show the model."""
+    from ecombot.catalog import CatalogSearch, Product, read_catalog
+    from ecombot.catalog.copy import copy_prompt
+    from ecombot.catalog.recommend import NONE_MATCH, recommend_prompt
+    from ecombot.serve.tasks import CatalogTasks
+
+    class ThreeTasks(ScriptedEngine):
+        context_tokens = 4096
+
+        def adapters(self):
+            return ["support", "copy", "recommend"]
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in read_catalog("builtin")[::8]))
+    runs = []
+    for task in ("copy", "recommend"):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "run_config.json").write_text(json.dumps({"config": {"task": task, "catalog": str(catalog)}}))
+        runs.append((task, tmp_path / task))
+    tasks = CatalogTasks.of_adapters([("support", tmp_path / "support-run"), *runs])
+    assert [tasks.task(n) for n in ("support", "copy", "recommend")] == ["support", "copy", "recommend"]
+    products = read_catalog(catalog)
+    request = "a walnut side table under $200"
+    candidates = [next(p for p in products if p.sku == r.sku)
+                  for r in CatalogSearch(products).recommend([request], 8)[0]]
+    engine = ThreeTasks(f"{candidates[1].sku}: fits\nHP-99999: invented\n{candidates[1].sku}: again\n"
+                        f"{candidates[0].sku}: also walnut")
+    with running_server(create_app(engine, store, grounder=fake_grounder(), tasks=tasks)) as server:
+        plain = chat(server.url, model="recommend", messages=[{"role": "user", "content": request}]).json()
+        streamed = [json.loads(e) for e in sse_events(chat(server.url, model="recommend", stream=True,
+                                                          messages=[{"role": "user", "content": request}]))[:-1]]
+        engine.answer = "no sku here"
+        nothing = chat(server.url, model="recommend", messages=[{"role": "user", "content": request}]).json()
+        engine.answer = "A sturdy stool."
+        new = {"Title": "Oak stool", "category": "stool", "price": "$45", "material": "oak"}
+        described = chat(server.url, model="copy", messages=[{"role": "user", "content": json.dumps(new)}]).json()
+        by_sku = chat(server.url, model="copy", messages=[{"role": "user", "content": products[0].sku}])
+        not_a_product = chat(server.url, model="copy", messages=[{"role": "user", "content": "a nice stool"}])
+        no_price = chat(server.url, model="copy", messages=[{"role": "user", "content": '{"title": "Stool", '
+                                                                                        '"category": "stool"}'}])
+        support = ask(server.url, COVERED)
+    assert engine.seen[0] == [{"role": "user", "content": recommend_prompt(request, candidates)}]
+    assert plain["choices"][0]["message"]["content"] == f"{candidates[1].sku}: fits\n{candidates[0].sku}: also walnut"
+    assert [r["sku"] for r in plain["recommendations"]] == [candidates[1].sku, candidates[0].sku]
+    assert plain["recommendations"][1]["price"] == candidates[0].price and plain["dropped_skus"] == 1
+    pieces = "".join(c["choices"][0]["delta"].get("content", "") for c in streamed)
+    assert pieces == plain["choices"][0]["message"]["content"]  # checked whole, then sent
+    assert streamed[-1]["recommendations"] == plain["recommendations"]
+    assert nothing["choices"][0]["message"]["content"] == NONE_MATCH and nothing["recommendations"] == []
+    assert described["choices"][0]["message"]["content"] == "A sturdy stool." and "recommendations" not in described
+    assert engine.seen[3] == [{"role": "user", "content": copy_prompt(Product("new", "Oak stool", "stool", 45.0,
+                                                                              {"material": "oak"}))}]
+    assert by_sku.status_code == 200 and engine.seen[4][0]["content"] == copy_prompt(products[0])
+    assert_openai_error(not_a_product, 400, param="messages")
+    assert "writes product descriptions" in not_a_product.json()["error"]["message"]
+    assert_openai_error(no_price, 400, param="messages")
+    assert "field 'price': missing required field" in no_price.json()["error"]["message"]
+    assert support.json()["sources"] == [RETURNS_SOURCE]  # the support adapter is still grounded
+    assert engine.seen[5][0]["content"].startswith("Store knowledge:")
+    with store.sessions() as db:  # the store keeps the customer's words and the reply they were sent
+        kept = [[m.content for m in c.messages] for c in db.query(ConversationRow).all()]
+    assert [request, plain["choices"][0]["message"]["content"]] in kept

@@ -402,8 +402,11 @@ def serve(
     from ecombot.home import ecombot_home
     from ecombot.models import base_model_spec
     from ecombot.serve import ServeConfig, Store, create_app, parse_adapters
+    from ecombot.serve.tasks import CatalogTasks
 
     adapters = parse_adapters(adapter)
+    tasks = CatalogTasks.of_adapters(adapters)
+    support_run = next((path for name, path in adapters if tasks.task(name) == "support"), None)
     base_spec = base_model_spec(model, adapters[0][1] if adapters else None)
     config = ServeConfig(model_name=Path(base_spec).name, api_keys=split_keys(api_key), review_keys=split_keys(review_key),
                          cors_origins=cors_origin, web=web,
@@ -412,11 +415,12 @@ def serve(
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
-    grounder, grounded = open_knowledge(adapters[0][1] if adapters else None, knowledge, db, k)
+    grounder, grounded = open_knowledge(support_run, knowledge, db, k)
     bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
                       decode_bits=decode_bits, max_batch=max_batch)
-    app = create_app(bot, store, config, grounder)
-    names = ", ".join([*bot.adapters(), "base"])
+    app = create_app(bot, store, config, grounder, tasks)
+    names = ", ".join([*(f"{n} ({tasks.task(n)})" if tasks.task(n) != "support" else n for n in bot.adapters()),
+                       "base"])
     console.print(f"serving {names} with {engine} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
                   f"API keys: {len(config.api_keys) or 'none'}, review keys: {len(config.review_keys) or 'none'}; "
                   f"store: {store.engine.url.render_as_string(hide_password=True)}; {grounded})")

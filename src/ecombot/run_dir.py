@@ -170,6 +170,11 @@ class RunDir:
         return [name for name, text in files.items()
                 if not (self.data_dir / name).is_file() or (self.data_dir / name).read_text(encoding="utf-8") != text]
 
+    def task(self) -> tuple[str, str | None]:
+        """The run's task (support, copy or recommend) and, for a catalog task, the catalog it trained on."""
+        config = (self.info() or {}).get("config", {})
+        return config.get("task") or "support", config.get("catalog")
+
     def task_data_file(self, task: str) -> Path:
         """A catalog task's conversations, built from the catalog before the split (train/tasks.py)."""
         return self.path / "task_data" / f"{task}.jsonl"

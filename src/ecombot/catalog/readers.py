@@ -82,7 +82,8 @@ def _related(value: Any, path: Path, where: str) -> tuple[str, ...]:
     return tuple(s for s in (_text(item, path, where, "related") for item in items) if s)
 
 
-def _product(record: Any, path: Path, where: str) -> Product:
+def product_from_record(record: Any, path: Path, where: str) -> Product:
+    """One product from a row or object (keys in any case); a DataError naming `path`, `where` and the field."""
     if not isinstance(record, dict):
         raise DataError(path, where, None, f"expected a product object, got {type(record).__name__}")
     record = {str(key).strip().lower(): value for key, value in record.items()}  # "SKU", "Price" as in CSV headers
@@ -124,7 +125,7 @@ def read_catalog(path: str | Path) -> list[Product]:
     path, text = read_text(builtin_catalog_path() if str(path) == "builtin" else path)
     products, first_seen = [], {}
     for where, record in _records(path, text):
-        product = _product(record, path, where)
+        product = product_from_record(record, path, where)
         if product.sku in first_seen:
             raise DataError(path, where, "sku", f"duplicate SKU {product.sku!r} (first at {first_seen[product.sku]})")
         first_seen[product.sku] = where

@@ -47,6 +47,7 @@ def recommend_answer(request: Request, candidates: list[Product]) -> str:
 class Parsed:
     skus: list[str]  # candidates named, in order, each once
     dropped: int  # SKU-like words that are not candidates (never shown to the customer)
+    lines: list[str]  # the answer's line naming each of `skus` (what a customer is shown)
 
 
 SKU_LIKE = re.compile(r"[^\s:]{2,40}")  # one word before the colon: what a line naming a product starts with
@@ -56,15 +57,16 @@ def parse_recommendations(answer: str, candidates: list[Product]) -> Parsed:
     """The candidate SKUs an answer names before the first colon of its lines (any SKU spelling: "OAK-TABLE",
     "AB/12"); other one-word line heads are dropped and counted."""
     allowed = {p.sku for p in candidates}
-    skus, dropped = [], 0
+    skus, dropped, lines = [], 0, []
     for line in answer.splitlines():
         head = line.split(":", 1)[0].strip() if ":" in line else ""
         if head in allowed:
             if head not in skus:
                 skus.append(head)
+                lines.append(line.strip())
         elif SKU_LIKE.fullmatch(head):
             dropped += 1
-    return Parsed(skus, dropped)
+    return Parsed(skus, dropped, lines)
 
 
 def request_set(products: list[Product], seed: int = 0) -> list[Request]:

@@ -25,11 +25,10 @@ def catalog_run(adapter: str, task: str) -> tuple[RunDir, str, list[Product]]:
     """The run, the catalog it trained on and that catalog's products; an error if the run is of another task."""
     run = RunDir(adapter)
     run.check_adapter()
-    config = (run.info() or {}).get("config", {})
-    if config.get("task") != task:
-        raise EcombotError(f"{adapter}: not a {task} run (its task is {config.get('task', 'support')!r}); --task "
-                           f"{task} evaluates adapters trained with `ecombot train --task {task} --catalog FILE`")
-    catalog = config["catalog"]
+    trained, catalog = run.task()
+    if trained != task:
+        raise EcombotError(f"{adapter}: not a {task} run (its task is {trained!r}); --task {task} evaluates adapters "
+                           f"trained with `ecombot train --task {task} --catalog FILE`")
     return run, catalog, read_catalog(catalog)
 
 

@@ -22,6 +22,7 @@ from ecombot.serve.dependencies import ServerState
 from ecombot.serve.errors import register_error_handlers
 from ecombot.serve.routes import STATIC, api, web
 from ecombot.serve.store import Store
+from ecombot.serve.tasks import CatalogTasks
 
 # The page runs only its own script and style, talks only to this server, and cannot be framed (clickjacking).
 SECURITY_HEADERS = [
@@ -110,11 +111,12 @@ def describe_json_bodies(app: FastAPI, routers: list[APIRouter]) -> None:
 
 
 def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | None = None,
-               grounder: Grounder | None = None) -> FastAPI:
-    """The app; with a `grounder`, every answer comes from the knowledge base (or is handed to an agent)."""
+               grounder: Grounder | None = None, tasks: CatalogTasks | None = None) -> FastAPI:
+    """The app; with a `grounder`, every support answer comes from the knowledge base (or is handed to an agent);
+    `tasks` names the adapters that write product copy or recommend products (serve/tasks.py)."""
     config = config or ServeConfig()
     app = FastAPI(title="ecombot", docs_url=None, redoc_url=None, lifespan=batching)
-    app.state.server = ServerState.build(engine, store, config, grounder)
+    app.state.server = ServerState.build(engine, store, config, grounder, tasks)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Conversation-Id"])

@@ -3,6 +3,7 @@
 Besides OpenAI's fields, a response carries `sources` (the knowledge passages the answer was grounded in, as
 `Hit.to_source()` dicts) and `handoff` (true when the answer handed the conversation to an agent); OpenAI's
 clients keep unknown fields as extras. A stream carries them on its last chunk, the one with `finish_reason`.
+A recommendation adds `recommendations` and `dropped_skus` (serve/tasks.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from typing import Callable
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -50,8 +52,10 @@ class Completion:
     grounded, as the model reads it."""
 
     def __init__(self, job: Job, asked: list[dict[str, str]], grounding: Grounding, body: ChatCompletionRequest,
-                 who: Caller, conversation_id: str, context: dict[str, str], state: ServerState, request: Request):
+                 who: Caller, conversation_id: str, context: dict[str, str], state: ServerState, request: Request,
+                 reply: Callable[[str], tuple[str, dict]] | None = None):
         self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
+        self.reply, self.task_extras = reply, {}  # a catalog task's check of the whole answer (serve/tasks.py)
         self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
         self.store: Store = state.store
         self.handoff_text, self.request = state.handoff, request
@@ -78,7 +82,18 @@ class Completion:
                 continue
 
     async def events(self):
-        """Customer-ready text pieces; stop sequences applied, placeholders filled."""
+        """Customer-ready text pieces; a catalog task's reply (recommendations) whole, once checked."""
+        if self.reply is None:
+            async for piece in self.generated():
+                yield piece
+            return
+        async for _ in self.generated():
+            pass
+        self.raw, self.task_extras = self.reply(self.raw)
+        yield self.raw
+
+    async def generated(self):
+        """The answer's text pieces as generated; stop sequences applied, placeholders filled."""
         fill = PlaceholderStream(self.context)
         held = ""  # text that might be the start of a stop sequence
         stops = self.body.stop or []
@@ -130,7 +145,7 @@ class Completion:
 
     def extras(self) -> dict:
         """The fields ecombot adds to OpenAI's response (see the module's docstring)."""
-        return {"sources": self.sources, "handoff": self.handoff_note() is not None}
+        return {"sources": self.sources, "handoff": self.handoff_note() is not None, **self.task_extras}
 
     def save(self, finish_reason: str | None = None) -> None:
         """Store the request's messages and this answer (one transaction; called from a worker thread)."""

@@ -19,6 +19,7 @@ from ecombot.serve.errors import ApiError
 from ecombot.serve.security import (REVIEW, SESSION_TOKEN, Caller, KeyRing, RateLimiter, SessionTokens, fingerprint,
                                     persistent_secret)
 from ecombot.serve.store import Store
+from ecombot.serve.tasks import CatalogTasks
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -36,12 +37,13 @@ class ServerState:
     auth_failures: RateLimiter  # per address: wrong keys and bad tokens, so keys cannot be guessed at speed
     keys: KeyRing
     answer_tokens: int  # an answer's length when the request does not say (and the most a page session gets)
-    grounder: Grounder | None = None  # the knowledge base every question is answered from; None: the weights alone
+    grounder: Grounder | None = None  # the knowledge base support questions are answered from; None: the weights
+    tasks: CatalogTasks = field(default_factory=CatalogTasks)  # adapters of the catalog tasks (copy, recommend)
     started: float = field(default_factory=time.time)  # /health's uptime, /v1/models' `created`
 
     @classmethod
     def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig,
-              grounder: Grounder | None = None) -> ServerState:
+              grounder: Grounder | None = None, tasks: CatalogTasks | None = None) -> ServerState:
         secret = persistent_secret(config.session_secret_file) if config.session_secret_file else None
         roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
                  **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
@@ -51,7 +53,7 @@ class ServerState:
                    sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
                    auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
                    answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens),
-                   grounder=grounder)
+                   grounder=grounder, tasks=tasks or CatalogTasks())
 
     @property
     def handoff(self) -> str:

@@ -122,8 +122,13 @@ async def chat_completions(request: Request, state: State, who: Who,
     if who.channel == "web":
         check_page_request(body, adapter, max_tokens, state)
     messages = [m.as_dict() for m in body.messages]
+    task = None if state.tasks.task(adapter) == "support" else await run_in_threadpool(state.tasks.request, adapter,
+                                                                                        messages)
     # retrieval embeds the question on the CPU: off the event loop, like tokenizing
-    grounding = await run_in_threadpool(state.grounder.ground, messages) if state.grounder else Grounding(messages)
+    if task:  # a catalog task reads its product or candidates, not the knowledge base
+        grounding = Grounding(task.messages)
+    else:
+        grounding = await run_in_threadpool(state.grounder.ground, messages) if state.grounder else Grounding(messages)
     prompt: list[int] = []  # a question the knowledge base does not cover never reaches the model
     if grounding.covered:
         try:
@@ -143,7 +148,7 @@ async def chat_completions(request: Request, state: State, who: Who,
             raise ApiError(503, str(exc), "server_overloaded", code="queue_full",
                            headers={"Retry-After": "1"}) from None
     completion = Completion(job, messages, grounding, body, who, conversation_id, normalise_context(metadata), state,
-                            request)
+                            request, task.reply if task else None)
     if body.stream:
         return StreamingResponse(completion.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",

@@ -1,0 +1,108 @@
+"""Catalog tasks on the server: one base model serves support, product-copy and recommendation adapters side by side,
+and the request's `model` picks the task as it picks the adapter. A request to a copy or recommend adapter is turned
+into the prompt its run trained on, so a client sends what a shop has (a product, a customer's request), not our
+prompt layout; support adapters are answered as before, grounded in the knowledge base.
+
+- copy: the customer message is a product as a JSON object (title, category, price, attributes…: the catalog
+  reader's fields; a SKU is optional) or the SKU of a product of the run's catalog; the answer is its description.
+- recommend: the customer message is a request ("a walnut side table under $200"); the run's catalog search finds
+  the candidates, the model picks among them, and the reply keeps only the candidates it names (`recommendations`
+  lists them with title and price; `dropped_skus` counts any other SKU-like line), so no answer ever names a
+  product that does not exist. Such a reply is checked whole before it is sent, so a stream carries it in one piece.
+Only the latest customer message is read: the task adapters were trained on single requests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ecombot.catalog import CatalogSearch, Product, read_catalog
+from ecombot.catalog.copy import copy_prompt
+from ecombot.catalog.readers import product_from_record
+from ecombot.catalog.recommend import CANDIDATES, NONE_MATCH, parse_recommendations, recommend_prompt
+from ecombot.errors import DataError
+from ecombot.run_dir import RunDir
+from ecombot.serve.errors import ApiError
+
+NEW_PRODUCT_SKU = "new"  # a product sent for copy need not have a SKU yet (the prompt never shows it)
+
+
+@dataclass
+class TaskRequest:
+    """What the model reads for one request, and how its answer becomes the reply (None: as generated)."""
+
+    messages: list[dict[str, str]]
+    reply: Callable[[str], tuple[str, dict]] | None = None  # raw answer -> (text sent, extra response fields)
+
+
+@dataclass
+class Catalog:
+    products: list[Product]
+    by_sku: dict[str, Product]
+    search: CatalogSearch | None = None  # for recommend adapters; built at start-up (it embeds every product)
+
+
+@dataclass
+class CatalogTasks:
+    """The task of each served adapter whose run is a catalog task, and those runs' catalogs (read at start-up)."""
+
+    tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # adapter -> (task, catalog path or "builtin")
+    catalogs: dict[str, Catalog] = field(default_factory=dict)
+
+    @classmethod
+    def of_adapters(cls, adapters: list[tuple[str, Path]]) -> CatalogTasks:
+        tasks = {name: RunDir(path).task() for name, path in adapters}
+        tasks = {name: (task, catalog) for name, (task, catalog) in tasks.items() if task != "support"}
+        catalogs = {}
+        for task, catalog in tasks.values():
+            if catalog not in catalogs:
+                products = read_catalog(catalog)
+                catalogs[catalog] = Catalog(products, {p.sku: p for p in products})
+            if task == "recommend" and catalogs[catalog].search is None:
+                catalogs[catalog].search = CatalogSearch(catalogs[catalog].products)
+        return cls(tasks, catalogs)
+
+    def task(self, adapter: str) -> str:
+        return self.tasks[adapter][0] if adapter in self.tasks else "support"
+
+    def request(self, adapter: str, messages: list[dict[str, str]]) -> TaskRequest:
+        """The task's prompt for the latest customer message (ApiError 400 naming what to send instead)."""
+        task, catalog_path = self.tasks[adapter]
+        catalog = self.catalogs[catalog_path]
+        text = messages[-1]["content"].strip()
+        if task == "copy":
+            return TaskRequest([{"role": "user", "content": copy_prompt(product_to_describe(adapter, text, catalog))}])
+        found = catalog.search.recommend([text], CANDIDATES)[0]
+        candidates = [catalog.by_sku[r.sku] for r in found]
+        return TaskRequest([{"role": "user", "content": recommend_prompt(text, candidates)}],
+                           lambda raw: recommendation_reply(raw, candidates))
+
+
+def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
+    if text in catalog.by_sku:
+        return catalog.by_sku[text]
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise ApiError(400, f"model {adapter!r} writes product descriptions: send the product as a JSON object "
+                            "(title, category, price and its attributes, e.g. material, colour, size) or the SKU of a "
+                            "product in its catalog", param="messages")
+    try:
+        return product_from_record({"sku": NEW_PRODUCT_SKU, **record}, Path("request"), "product")
+    except DataError as exc:
+        raise ApiError(400, str(exc).removeprefix("request:"), param="messages") from None
+
+
+def recommendation_reply(raw: str, candidates: list[Product]) -> tuple[str, dict]:
+    """The answer's lines that name a candidate (each once, in the model's order) and those products; other lines
+    that start like a SKU are dropped and counted. No candidate named: the store's "none matches" sentence."""
+    parsed = parse_recommendations(raw, candidates)
+    shown = {p.sku: p for p in candidates}
+    products = [{"sku": sku, "title": shown[sku].title, "category": shown[sku].category, "price": shown[sku].price}
+                for sku in parsed.skus]
+    return "\n".join(parsed.lines) or NONE_MATCH, {"recommendations": products, "dropped_skus": parsed.dropped}
