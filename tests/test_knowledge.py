@@ -242,3 +242,29 @@ def test_cli_add_list_search_remove(tmp_path):
 def test_a_generated_handoff_is_recognised_when_its_opening_is_reworded(answer, expected):
     assert is_handoff(answer, DEFAULT_HANDOFF) is expected
     assert is_handoff(answer, "") is False
+
+
+def test_a_catalog_becomes_one_passage_per_product_that_answers_product_questions(tmp_path):
+    """`knowledge add --catalog`: support questions about a product find that product's fields."""
+    from ecombot.catalog import read_catalog
+
+    db = ["--db", f"sqlite:///{tmp_path / 'kb.db'}"]
+    products = read_catalog("builtin")[::4]
+    catalog = tmp_path / "products.jsonl"
+    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in products))
+    added = runner.invoke(app, ["knowledge", "add", str(POLICY), "--catalog", str(catalog), *db])
+    assert added.exit_code == 0, added.output
+    assert f"catalog: products.jsonl: added, {len(products)} passage(s)" in added.output
+    again = runner.invoke(app, ["knowledge", "add", "--catalog", str(catalog), *db])
+    assert "catalog: products.jsonl: unchanged" in again.output
+    base = KnowledgeBase(db[1])
+    passages = [p for p in base.passages() if p.source == "catalog: products.jsonl"]
+    oak = next(p for p in products[5:] if p.attribute("dimensions"))
+    passage = next(p for p in passages if p.heading == f"{oak.category} > {oak.title}")
+    assert passage.text.startswith(f"{oak.title} (SKU {oak.sku}): {oak.category}, ${oak.price:.2f}.")
+    assert f"Dimensions: {oak.attribute('dimensions')}." in passage.text and passage.line == products.index(oak) + 1  # its line in the file
+    retriever = base.retriever()
+    hits = retriever.search([f"What are the dimensions of the {oak.title}?"], 3)[0]
+    assert hits[0].passage.heading == passage.heading
+    empty = runner.invoke(app, ["knowledge", "add", *db])
+    assert isinstance(empty.exception, EcombotError) and "--catalog" in str(empty.exception)

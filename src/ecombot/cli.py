@@ -482,15 +482,23 @@ KNOWLEDGE_DB = typer.Option(None, "--db", help="SQLAlchemy URL of the database (
 
 @knowledge_app.command("add")
 def knowledge_add(
-    files: List[Path] = typer.Argument(..., help="Markdown, text or HTML documents, or data files in any supported "
-                                                 "format (each question/answer pair becomes a passage)."),
+    files: List[Path] = typer.Argument(None, help="Markdown, text or HTML documents, or data files in any supported "
+                                                  "format (each question/answer pair becomes a passage)."),
+    catalog: List[str] = typer.Option([], help="A product catalog (CSV, JSON, JSON Lines, or 'builtin'; "
+                                               "repeatable): one passage per product, for questions about products."),
     name: str = KNOWLEDGE_NAME,
     db: Optional[str] = KNOWLEDGE_DB,
 ) -> None:
     """Add files to the knowledge base; a file added again replaces its earlier version."""
+    from ecombot.catalog.knowledge import catalog_passages
     from ecombot.knowledge import KnowledgeBase
 
-    for summary in KnowledgeBase(db, name).add_files(files):
+    if not files and not catalog:
+        raise EcombotError("name the files to add, or --catalog FILE")
+    base = KnowledgeBase(db, name)
+    summaries = base.add_files(files or [])
+    summaries += [base.add_passages(*catalog_passages(path), kind="document") for path in catalog]
+    for summary in summaries:
         console.print(f"{summary.name}: {summary.status}, {summary.passages} passage(s)")
 
 

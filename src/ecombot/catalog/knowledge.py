@@ -1,0 +1,34 @@
+"""The catalog as knowledge: one passage per product, so a support answer about a product (its dimensions, care,
+material, price) is grounded in the catalog the way a policy answer is grounded in the policy page
+(`ecombot knowledge add --catalog FILE`). Fields come first, the description last: a prompt cuts a long passage at
+its end."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ecombot.catalog.product import Product
+from ecombot.catalog.readers import builtin_catalog_path, read_catalog
+from ecombot.knowledge import Passage
+
+NUMBER = re.compile(r"\d+")
+
+
+def product_passage(product: Product, source: str, position: int) -> Passage:
+    fields = [f"{product.title} (SKU {product.sku}): {product.category}, ${product.price:.2f}."]
+    fields += [f"{name.capitalize()}: {value.rstrip('.')}." for name, value in product.attributes.items()]
+    if product.description:
+        fields.append(product.description)
+    where = NUMBER.findall(product.source.rpartition(":")[2])  # "row 12", "line 3", "products[4]"
+    return Passage(source, f"{product.category} > {product.title}", int(where[0]) if where else position,
+                   " ".join(fields))
+
+
+def catalog_passages(path: str | Path) -> tuple[str, list[Passage]]:
+    """The source name ("catalog: products.csv") and a passage per product of the catalog file ("builtin": the
+    built-in one)."""
+    products = read_catalog(path)
+    name = builtin_catalog_path().name if str(path) == "builtin" else Path(path).name
+    source = f"catalog: {name}"
+    return source, [product_passage(p, source, i + 1) for i, p in enumerate(products)]
