@@ -20,6 +20,7 @@ class ScriptedEngine:
         self.batches: list[int] = []
         self.cancelled = 0
         self.seen: list[list[dict[str, str]]] = []
+        self.decodings: list[Decoding] = []  # each batch's
 
     def adapters(self) -> list[str]:
         return ["support"]
@@ -32,6 +33,7 @@ class ScriptedEngine:
 
     def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None):
         self.batches.append(len(conversations))
+        self.decodings.append(decoding)
         self.seen.extend(conversations)
         words = self.answer.split(" ")
         limits = max_new_tokens or [50] * len(conversations)

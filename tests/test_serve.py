@@ -684,6 +684,8 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
                                                                                         '"category": "stool"}'}])
         support = ask(server.url, COVERED)
     assert engine.seen[0] == [{"role": "user", "content": recommend_prompt(request, candidates)}]
+    assert engine.decodings[0].repetition_penalty == 1.0  # SKU lines repeat tokens; support's 1.1 cut the third
+    assert engine.decodings[3].repetition_penalty == engine.decoding.repetition_penalty
     assert plain["choices"][0]["message"]["content"] == f"{candidates[1].sku}: fits\n{candidates[0].sku}: also walnut"
     assert [r["sku"] for r in plain["recommendations"]] == [candidates[1].sku, candidates[0].sku]
     assert plain["recommendations"][1]["price"] == candidates[0].price and plain["dropped_skus"] == 1

@@ -6,7 +6,8 @@ the request's known answers (catalog/requests.py `score_recommendations`)."""
 from __future__ import annotations
 
 from ecombot.catalog import CatalogSearch
-from ecombot.catalog.recommend import MAX_PICKS, REQUEST_HEADER, parse_recommendations, request_set
+from ecombot.catalog.recommend import (MAX_PICKS, REPETITION_PENALTY, REQUEST_HEADER, parse_recommendations,
+                                       request_set)
 from ecombot.catalog.requests import per_request_scores, score_recommendations
 from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
@@ -53,7 +54,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         systems["search"] = {**scored(requests, found, products, indices), "dropped_skus": 0}
         for row, skus in zip(predictions, found):
             row["search"] = skus
-    engine, runs = answering_systems(cfg, run) if set(cfg.systems) - {"search"} else (None, [])
+    engine, runs = answering_systems(cfg, run, REPETITION_PENALTY) if set(cfg.systems) - {"search"} else (None, [])
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)

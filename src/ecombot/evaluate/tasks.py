@@ -61,12 +61,14 @@ def held_out(run: RunDir, cfg: EvalConfig) -> list[Conversation]:
     return read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
 
 
-def answering_systems(cfg: EvalConfig, run: RunDir) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
+def answering_systems(cfg: EvalConfig, run: RunDir, repetition_penalty: float = Decoding.repetition_penalty
+                      ) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
     """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
     shown k of the run's training conversations, then every adapter by its run's name."""
     names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
     engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
-                         Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=None, engine=cfg.engine,
+                         Decoding(max_new_tokens=cfg.max_new_tokens, repetition_penalty=repetition_penalty),
+                         system_prompt=None, engine=cfg.engine,
                          max_batch=cfg.batch_size)
     fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
                                           cfg.seed))

@@ -137,8 +137,10 @@ async def chat_completions(request: Request, state: State, who: Who,
             raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
     metadata = dict(body.metadata or {})
     conversation_id = await conversation_for(metadata, who, state)
-    job = Job(grounding.messages, prompt, adapter, decoding_for(body, state.engine.decoding), max_tokens,
-              asyncio.get_running_loop())
+    decoding = decoding_for(body, state.engine.decoding)
+    if task and task.repetition_penalty is not None:
+        decoding = replace(decoding, repetition_penalty=task.repetition_penalty)
+    job = Job(grounding.messages, prompt, adapter, decoding, max_tokens, asyncio.get_running_loop())
     if not grounding.covered:
         answer_without_model(job, state.handoff)
     else:

@@ -22,7 +22,8 @@ from typing import Callable
 from ecombot.catalog import CatalogSearch, Product, read_catalog
 from ecombot.catalog.copy import copy_prompt
 from ecombot.catalog.readers import product_from_record
-from ecombot.catalog.recommend import CANDIDATES, NONE_MATCH, parse_recommendations, recommend_prompt
+from ecombot.catalog.recommend import (CANDIDATES, NONE_MATCH, REPETITION_PENALTY, parse_recommendations,
+                                       recommend_prompt)
 from ecombot.errors import DataError
 from ecombot.run_dir import RunDir
 from ecombot.serve.errors import ApiError
@@ -36,6 +37,7 @@ class TaskRequest:
 
     messages: list[dict[str, str]]
     reply: Callable[[str], tuple[str, dict]] | None = None  # raw answer -> (text sent, extra response fields)
+    repetition_penalty: float | None = None  # the task's own, where support's would spoil its answers
 
 
 @dataclass
@@ -78,7 +80,7 @@ class CatalogTasks:
         found = catalog.search.recommend([text], CANDIDATES)[0]
         candidates = [catalog.by_sku[r.sku] for r in found]
         return TaskRequest([{"role": "user", "content": recommend_prompt(text, candidates)}],
-                           lambda raw: recommendation_reply(raw, candidates))
+                           lambda raw: recommendation_reply(raw, candidates), REPETITION_PENALTY)
 
 
 def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
