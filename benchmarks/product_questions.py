@@ -48,7 +48,7 @@ def main() -> None:
     from ecombot.catalog import read_catalog
     from ecombot.catalog.knowledge import catalog_passages
     from ecombot.chat import Decoding, open_engine
-    from ecombot.knowledge import KnowledgeBase, open_grounder
+    from ecombot.knowledge import KnowledgeBase, is_handoff, open_grounder
     from ecombot.run_dir import RunDir
 
     recorded = RunDir(args.adapter).knowledge()
@@ -91,7 +91,7 @@ def main() -> None:
             "right": sum(right) / len(items),
             "per_kind": {kind: sum(r for (k, *_), r in zip(items, right) if k == kind) / len(products)
                          for kind in QUESTIONS},
-            "handed_over": sum(not g.covered or grounder.handoff[:40] in a for g, a in zip(groundings, answers))
+            "handed_over": sum(not g.covered or is_handoff(a, grounder.handoff) for g, a in zip(groundings, answers))
             / len(items),
             "product_passage_shown": sum(own) / len(items), "generate_seconds": round(seconds, 1)}
         for row, answer, ok in zip(rows, answers, right):

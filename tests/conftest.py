@@ -266,3 +266,15 @@ def go_renderer(tmp_path_factory):
         done = subprocess.run([str(binary)], input=json.dumps(cases), capture_output=True, text=True, check=True)
         return json.loads(done.stdout)
     return render
+
+
+@pytest.fixture
+def write_catalog():
+    """Writes products as a JSON Lines catalog (related SKUs dropped: a subset may not hold them) and returns its
+    path."""
+    import json
+
+    def write(path: Path, products) -> Path:
+        path.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in products))
+        return path
+    return write

@@ -188,13 +188,14 @@ def test_copy_checks_count_coverage_contradictions_and_invented_facts(builtin):
     assert checks["coverage"] == pytest.approx(1 / (len(table.attributes) + 1))  # only the colour is stated
 
 
-def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(tiny_model_dir, tmp_path, builtin):
+def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(tiny_model_dir, tmp_path, builtin,
+                                                                              write_catalog):
     from typer.testing import CliRunner
 
     from ecombot.cli import app
+    from ecombot.errors import EcombotError
 
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in builtin[:60]))
+    catalog = write_catalog(tmp_path / "catalog.jsonl", builtin[:60])
     run = tmp_path / "copy-run"
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--task", "copy", "--catalog", str(catalog), "--model", str(tiny_model_dir),
@@ -219,6 +220,9 @@ def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(ti
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == len(test) and all(p["sku"].startswith("HP-") for p in predictions)
     assert "| copy-run |" in (out / "report.md").read_text()
+    chatted = runner.invoke(app, ["chat", "--adapter", str(run), "--once", "an oak stool"])
+    assert isinstance(chatted.exception, EcombotError) and "is a copy adapter: chat talks to support" in str(
+        chatted.exception)
 
 
 def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_path):
@@ -281,14 +285,13 @@ def test_recommendation_scores_count_constraints_hits_and_unknown_skus(builtin):
 
 
 def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_baseline(tiny_model_dir, tmp_path,
-                                                                                         builtin):
+                                                                                         builtin, write_catalog):
     from typer.testing import CliRunner
 
     from ecombot.cli import app
     from ecombot.errors import EcombotError
 
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in builtin[::8]))
+    catalog = write_catalog(tmp_path / "catalog.jsonl", builtin[::8])
     run = tmp_path / "rec-run"
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--task", "recommend", "--catalog", str(catalog), "--model",

@@ -244,14 +244,13 @@ def test_a_generated_handoff_is_recognised_when_its_opening_is_reworded(answer, 
     assert is_handoff(answer, "") is False
 
 
-def test_a_catalog_becomes_one_passage_per_product_that_answers_product_questions(tmp_path):
+def test_a_catalog_becomes_one_passage_per_product_that_answers_product_questions(tmp_path, write_catalog):
     """`knowledge add --catalog`: support questions about a product find that product's fields."""
     from ecombot.catalog import read_catalog
 
     db = ["--db", f"sqlite:///{tmp_path / 'kb.db'}"]
     products = read_catalog("builtin")[::4]
-    catalog = tmp_path / "products.jsonl"
-    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in products))
+    catalog = write_catalog(tmp_path / "products.jsonl", products)
     added = runner.invoke(app, ["knowledge", "add", str(POLICY), "--catalog", str(catalog), *db])
     assert added.exit_code == 0, added.output
     assert f"catalog: products.jsonl: added, {len(products)} passage(s)" in added.output
@@ -268,3 +267,9 @@ def test_a_catalog_becomes_one_passage_per_product_that_answers_product_question
     assert hits[0].passage.heading == passage.heading
     empty = runner.invoke(app, ["knowledge", "add", *db])
     assert isinstance(empty.exception, EcombotError) and "--catalog" in str(empty.exception)
+    (tmp_path / "other").mkdir()
+    same_name = write_catalog(tmp_path / "other" / "products.jsonl", products[:2])
+    twice = runner.invoke(app, ["knowledge", "add", "--catalog", str(catalog), "--catalog", str(same_name), *db])
+    assert isinstance(twice.exception, EcombotError) and "two sources named 'catalog: products.jsonl'" in str(
+        twice.exception)
+    assert len([p for p in base.passages() if p.source == "catalog: products.jsonl"]) == len(products)

@@ -639,7 +639,8 @@ def test_a_database_made_before_sources_were_stored_still_opens(store_on_each_da
     assert Store(old.url).conversations()[0].id == "c-old"  # the next start finds the column there
 
 
-def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candidates(store, running_server, tmp_path):
+def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candidates(store, running_server, tmp_path,
+                                                                                     write_catalog):
     """`serve --adapter support=… --adapter copy=… --adapter recommend=…`: the request's model picks the task; the
     client sends a product or a customer's request, never our prompt layout, and no reply names a product that the
     catalog search did not show the model."""
@@ -652,10 +653,9 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
         context_tokens = 4096
 
         def adapters(self):
-            return ["support", "copy", "recommend"]
+            return ["copy", "support", "recommend"]  # the chat page still talks to the support adapter
 
-    catalog = tmp_path / "catalog.jsonl"
-    catalog.write_text("".join(json.dumps({**p.to_json(), "related": []}) + "\n" for p in read_catalog("builtin")[::8]))
+    catalog = write_catalog(tmp_path / "catalog.jsonl", read_catalog("builtin")[::8])
     runs = []
     for task in ("copy", "recommend"):
         (tmp_path / task).mkdir()
@@ -682,7 +682,18 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
         not_a_product = chat(server.url, model="copy", messages=[{"role": "user", "content": "a nice stool"}])
         no_price = chat(server.url, model="copy", messages=[{"role": "user", "content": '{"title": "Stool", '
                                                                                         '"category": "stool"}'}])
+        chat(server.url, model="copy", messages=[{"role": "user",
+                                                  "content": json.dumps({"SKU": products[1].sku, "title": ""})}])
         support = ask(server.url, COVERED)
+        page = httpx.post(f"{server.url}/v1/sessions").json()
+        engine.answer = f"{candidates[0].sku}: fits\n{candidates[1].sku}: also walnut"
+        cut = [chat(server.url, model="recommend", max_tokens=n, messages=[{"role": "user", "content": request}]).json()
+               for n in (1, 2)]
+    assert page["model"] == "support"
+    assert engine.seen[5][0]["content"] == copy_prompt(products[1])  # a SKU (empty fields dropped) is looked up
+    assert [c["choices"][0]["finish_reason"] for c in cut] == ["length", "length"]
+    assert [c["choices"][0]["message"]["content"] for c in cut] == ["", f"{candidates[0].sku}: fits"]
+    assert [[r["sku"] for r in c["recommendations"]] for c in cut] == [[], [candidates[0].sku]]
     assert engine.seen[0] == [{"role": "user", "content": recommend_prompt(request, candidates)}]
     assert engine.decodings[0].repetition_penalty == 1.0  # SKU lines repeat tokens; support's 1.1 cut the third
     assert engine.decodings[3].repetition_penalty == engine.decoding.repetition_penalty
@@ -702,7 +713,11 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
     assert_openai_error(no_price, 400, param="messages")
     assert "field 'price': missing required field" in no_price.json()["error"]["message"]
     assert support.json()["sources"] == [RETURNS_SOURCE]  # the support adapter is still grounded
-    assert engine.seen[5][0]["content"].startswith("Store knowledge:")
+    assert engine.seen[6][0]["content"].startswith("Store knowledge:")
     with store.sessions() as db:  # the store keeps the customer's words and the reply they were sent
-        kept = [[m.content for m in c.messages] for c in db.query(ConversationRow).all()]
-    assert [request, plain["choices"][0]["message"]["content"]] in kept
+        kept = {tuple(m.content for m in c.messages): c.messages[-1].task for c in db.query(ConversationRow).all()}
+    assert kept[(request, plain["choices"][0]["message"]["content"])] == "recommend"
+    assert kept[(COVERED, "A sturdy stool.")] is None
+    exported = store.export(tmp_path / "support.jsonl", rated_only=False)  # task answers are no support data
+    assert exported.written == 1 and exported.skipped == {"recommend task answers (not support)": 5,
+                                                          "copy task answers (not support)": 3}

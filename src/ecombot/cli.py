@@ -166,11 +166,17 @@ def chat(
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
     from ecombot.chat import Decoding, answer_streaming, open_engine, open_knowledge, parse_context, repl
+    from ecombot.run_dir import RunDir
 
     try:
         values = parse_context(context)
     except ValueError as exc:
         raise EcombotError(str(exc)) from None
+    task = RunDir(adapter).task()[0] if adapter else "support"
+    if task != "support":
+        raise EcombotError(f"{adapter} is a {task} adapter: chat talks to support adapters. Serve it beside them "
+                           f"(`ecombot serve --adapter {task}={adapter}`: the request's model picks it) or score it "
+                           f"with `ecombot evaluate --task {task} --adapter {adapter}`")
     grounder, grounded = open_knowledge(adapter, knowledge, db, k)
     bot = open_engine(model, [(adapter.resolve().name, adapter)] if adapter else [],
                       Decoding(max_new_tokens, temperature, repetition_penalty), engine=engine, decode_bits=decode_bits,
@@ -495,9 +501,15 @@ def knowledge_add(
 
     if not files and not catalog:
         raise EcombotError("name the files to add, or --catalog FILE")
+    catalogs = [catalog_passages(path) for path in catalog]
+    names = [f.name for f in files or []] + [source for source, _ in catalogs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EcombotError(f"two sources named {twice[0]!r} in one command: each file name is one source (a later "
+                           "one would replace the first); rename one")
     base = KnowledgeBase(db, name)
     summaries = base.add_files(files or [])
-    summaries += [base.add_passages(*catalog_passages(path), kind="document") for path in catalog]
+    summaries += [base.add_passages(source, passages, kind="document") for source, passages in catalogs]
     for summary in summaries:
         console.print(f"{summary.name}: {summary.status}, {summary.passages} passage(s)")
 

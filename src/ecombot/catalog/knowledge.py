@@ -5,24 +5,20 @@ its end."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ecombot.catalog.product import Product
 from ecombot.catalog.readers import builtin_catalog_path, read_catalog
 from ecombot.knowledge import Passage
 
-NUMBER = re.compile(r"\d+")
-
 
 def product_passage(product: Product, source: str, position: int) -> Passage:
+    """`position`: where the product is in the file, counted from 1 (a CSV row, a JSON Lines line, a list item)."""
     fields = [f"{product.title} (SKU {product.sku}): {product.category}, ${product.price:.2f}."]
     fields += [f"{name.capitalize()}: {value.rstrip('.')}." for name, value in product.attributes.items()]
     if product.description:
         fields.append(product.description)
-    where = NUMBER.findall(product.source.rpartition(":")[2])  # "row 12", "line 3", "products[4]"
-    return Passage(source, f"{product.category} > {product.title}", int(where[0]) if where else position,
-                   " ".join(fields))
+    return Passage(source, f"{product.category} > {product.title}", position, " ".join(fields))
 
 
 def catalog_passages(path: str | Path) -> tuple[str, list[Passage]]:

@@ -53,7 +53,8 @@ class Parsed:
     lines: list[str]  # the answer's line naming each of `skus` (what a customer is shown)
 
 
-SKU_LIKE = re.compile(r"[^\s:]{2,40}")  # one word before the colon: what a line naming a product starts with
+# One word with a digit before the colon: what a line naming a product starts with ("HP-01002", "AB/12"; not "Note")
+SKU_LIKE = re.compile(r"(?=[^\s:]*\d)[^\s:]{2,40}")
 
 
 def parse_recommendations(answer: str, candidates: list[Product]) -> Parsed:

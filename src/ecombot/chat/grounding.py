@@ -22,9 +22,6 @@ def open_knowledge(run_dir: Path | None, name: str | None, db: str | None,
     the default one may be empty (a fresh install has none yet), and then nothing is grounded."""
     from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
 
-    task = RunDir(run_dir).task()[0] if run_dir else "support"
-    if task != "support" and not name:
-        return None, f"knowledge: none, a {task} adapter reads no passages"
     recorded = (RunDir(run_dir).knowledge() if run_dir else None) or {}
     chosen = name or recorded.get("name") or DEFAULT_KNOWLEDGE
     if chosen == "none":

@@ -13,6 +13,7 @@ from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, read_file
 from ecombot.errors import EcombotError
+from ecombot.models import base_model_spec
 from ecombot.evaluate.run import example_turns, fewshot_pairs
 from ecombot.run_dir import RunDir
 
@@ -66,7 +67,8 @@ def answering_systems(cfg: EvalConfig, run: RunDir, repetition_penalty: float = 
     """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
     shown k of the run's training conversations, then every adapter by its run's name."""
     names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
-    engine = open_engine(cfg.model, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
+    # the run's own base even when no adapter is compared (--systems base-fewshot)
+    engine = open_engine(base_model_spec(cfg.model, run.path), [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
                          Decoding(max_new_tokens=cfg.max_new_tokens, repetition_penalty=repetition_penalty),
                          system_prompt=None, engine=cfg.engine,
                          max_batch=cfg.batch_size)

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 import uuid
-from typing import Callable
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,6 +26,7 @@ from ecombot.serve.errors import ApiError
 from ecombot.serve.schemas import ChatCompletionRequest
 from ecombot.serve.security import Caller
 from ecombot.serve.store import Answer, Store
+from ecombot.serve.tasks import TaskRequest
 
 log = logging.getLogger("ecombot.serve")
 CLIENT_CHECK_S = 0.25  # how often a request in progress asks whether its client is still there
@@ -53,9 +53,9 @@ class Completion:
 
     def __init__(self, job: Job, asked: list[dict[str, str]], grounding: Grounding, body: ChatCompletionRequest,
                  who: Caller, conversation_id: str, context: dict[str, str], state: ServerState, request: Request,
-                 reply: Callable[[str], tuple[str, dict]] | None = None):
+                 task: TaskRequest | None = None):
         self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
-        self.reply, self.task_extras = reply, {}  # a catalog task's check of the whole answer (serve/tasks.py)
+        self.task, self.task_extras = task, {}  # a catalog task's request and reply (serve/tasks.py)
         self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
         self.store: Store = state.store
         self.handoff_text, self.request = state.handoff, request
@@ -83,13 +83,13 @@ class Completion:
 
     async def events(self):
         """Customer-ready text pieces; a catalog task's reply (recommendations) whole, once checked."""
-        if self.reply is None:
+        if self.task is None or self.task.reply is None:
             async for piece in self.generated():
                 yield piece
             return
         async for _ in self.generated():
             pass
-        self.raw, self.task_extras = self.reply(self.raw)
+        self.raw, self.task_extras = self.task.reply(self.raw, self.finish_reason)
         yield self.raw
 
     async def generated(self):
@@ -151,7 +151,7 @@ class Completion:
         """Store the request's messages and this answer (one transaction; called from a worker thread)."""
         answer = Answer(self.id, self.raw.strip(), self.job.adapter, (time.monotonic() - self.started) * 1000,
                         self.prompt_tokens, self.completion_tokens, finish_reason or self.finish_reason,
-                        self.sources, self.handoff_note(), self.version)
+                        self.sources, self.handoff_note(), self.version, self.task.task if self.task else None)
         self.store.record_answer(self.conversation_id, self.who.client, self.who.channel, self.asked, answer)
 
     def cancel(self) -> None:

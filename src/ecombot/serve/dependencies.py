@@ -62,8 +62,9 @@ class ServerState:
 
     @property
     def page_model(self) -> str:
-        """The model the chat page talks to: the first adapter, else the base model."""
-        return (self.engine.adapters() or [BASE])[0]
+        """The model the chat page talks to: the first support adapter (not a copy or recommend one), else the base
+        model."""
+        return next((a for a in self.engine.adapters() if self.tasks.task(a) == "support"), BASE)
 
 
 async def server_state(request: Request) -> ServerState:

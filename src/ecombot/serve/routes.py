@@ -150,7 +150,7 @@ async def chat_completions(request: Request, state: State, who: Who,
             raise ApiError(503, str(exc), "server_overloaded", code="queue_full",
                            headers={"Retry-After": "1"}) from None
     completion = Completion(job, messages, grounding, body, who, conversation_id, normalise_context(metadata), state,
-                            request, task.reply if task else None)
+                            request, task)
     if body.stream:
         return StreamingResponse(completion.sse(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",

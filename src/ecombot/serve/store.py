@@ -72,6 +72,8 @@ class MessageRow(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # the knowledge passages an answer was grounded in: a JSON list of Hit.to_source() dicts (None: ungrounded)
     sources: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a catalog task's answer (copy, recommend; None: support): kept out of support training data and `learn`
+    task: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     conversation: Mapped[ConversationRow] = relationship(back_populates="messages")
     feedback: Mapped["FeedbackRow | None"] = relationship(back_populates="message")
@@ -126,6 +128,7 @@ class Answer:
     sources: list[dict] = field(default_factory=list)  # the knowledge passages it was grounded in
     handoff: str | None = None  # why an agent should take over the conversation (the bot handed over), else None
     version: str | None = None  # the adapter version that answered
+    task: str | None = None  # a catalog task's answer (copy, recommend), else None (support)
 
 
 @dataclass
@@ -252,7 +255,7 @@ class Store:
                               content=self._clean(answer.content), completion_id=answer.completion_id,
                               adapter=answer.adapter, version=answer.version, latency_ms=answer.latency_ms,
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-                              finish_reason=answer.finish_reason,
+                              finish_reason=answer.finish_reason, task=answer.task,
                               sources=json.dumps(answer.sources, ensure_ascii=False) if answer.sources else None))
             if answer.handoff and row.handoff_at is None:  # a request already waiting for an agent keeps its note
                 row.handoff_at, row.handoff_note = now(), self._clean(answer.handoff)
@@ -330,7 +333,7 @@ class Store:
         for conversation in self.conversations():
             for history, message, approved in answered_turns(conversation):
                 review = message.feedback.review if message.feedback else None
-                if (approved is None or (adapter is not None and message.adapter != adapter)
+                if (approved is None or message.task or (adapter is not None and message.adapter != adapter)
                         or (since is not None and as_utc(review.reviewed_at) < since)):
                     continue
                 found.append(ReviewedAnswer(message.feedback.id, history, message.adapter, message.version,
@@ -343,14 +346,21 @@ class Store:
         An answer whose suggestion a reviewer approved is exported as approved (the customer's correction, as
         the reviewer accepted or rewrote it); a correction nobody approved never reaches the file. With
         `rated_only`, one record per approved answer: the conversation up to it; rated answers not approved
-        are counted by reason. Otherwise every answered conversation, approved corrections in place.
+        are counted by reason. Otherwise every answered conversation, approved corrections in place. Catalog
+        task answers (product copy, recommendations) are support data of no kind: left out and counted.
         """
         written, skipped = 0, {}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.replacing(path) as out:
             for conversation in self.conversations():
                 history: list[dict[str, str]] = []
+                task_turns = 0
                 for history, message, approved in answered_turns(conversation):
+                    if message.task:
+                        task_turns += 1
+                        reason = f"{message.task} task answers (not support)"
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                        continue
                     if not rated_only or message.feedback is None:
                         continue
                     if approved:
@@ -359,7 +369,7 @@ class Store:
                     else:
                         reason = not_exported_because(message.feedback)
                         skipped[reason] = skipped.get(reason, 0) + 1
-                if not rated_only and history and history[-1]["role"] == "assistant":
+                if not rated_only and not task_turns and history and history[-1]["role"] == "assistant":
                     out.write(json.dumps({"messages": history}, ensure_ascii=False) + "\n")
                     written += 1
         return ExportReport(written, skipped)

@@ -35,8 +35,9 @@ NEW_PRODUCT_SKU = "new"  # a product sent for copy need not have a SKU yet (the 
 class TaskRequest:
     """What the model reads for one request, and how its answer becomes the reply (None: as generated)."""
 
+    task: str  # copy or recommend
     messages: list[dict[str, str]]
-    reply: Callable[[str], tuple[str, dict]] | None = None  # raw answer -> (text sent, extra response fields)
+    reply: Callable[[str, str], tuple[str, dict]] | None = None  # (answer, finish reason) -> (text sent, extras)
     repetition_penalty: float | None = None  # the task's own, where support's would spoil its answers
 
 
@@ -76,20 +77,26 @@ class CatalogTasks:
         catalog = self.catalogs[catalog_path]
         text = messages[-1]["content"].strip()
         if task == "copy":
-            return TaskRequest([{"role": "user", "content": copy_prompt(product_to_describe(adapter, text, catalog))}])
+            return TaskRequest(task, [{"role": "user",
+                                       "content": copy_prompt(product_to_describe(adapter, text, catalog))}])
         found = catalog.search.recommend([text], CANDIDATES)[0]
         candidates = [catalog.by_sku[r.sku] for r in found]
-        return TaskRequest([{"role": "user", "content": recommend_prompt(text, candidates)}],
-                           lambda raw: recommendation_reply(raw, candidates), REPETITION_PENALTY)
+        return TaskRequest(task, [{"role": "user", "content": recommend_prompt(text, candidates)}],
+                           lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY)
 
 
 def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
-    if text in catalog.by_sku:
-        return catalog.by_sku[text]
+    """The product a copy request sends: a SKU of the catalog (as text, or as the only field of an object), else
+    a product object checked like a catalog row (its SKU optional)."""
     try:
         record = json.loads(text)
     except ValueError:
-        record = None
+        record = text
+    if isinstance(record, dict):
+        record = {str(k).strip().lower(): v for k, v in record.items() if v not in (None, "")}
+    sku = record.get("sku") if isinstance(record, dict) and set(record) == {"sku"} else record
+    if isinstance(sku, str) and sku.strip() in catalog.by_sku:
+        return catalog.by_sku[sku.strip()]
     if not isinstance(record, dict):
         raise ApiError(400, f"model {adapter!r} writes product descriptions: send the product as a JSON object "
                             "(title, category, price and its attributes, e.g. material, colour, size) or the SKU of a "
@@ -100,11 +107,16 @@ def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
         raise ApiError(400, str(exc).removeprefix("request:"), param="messages") from None
 
 
-def recommendation_reply(raw: str, candidates: list[Product]) -> tuple[str, dict]:
+def recommendation_reply(raw: str, candidates: list[Product], finish_reason: str = "stop") -> tuple[str, dict]:
     """The answer's lines that name a candidate (each once, in the model's order) and those products; other lines
-    that start like a SKU are dropped and counted. No candidate named: the store's "none matches" sentence."""
+    that start like a SKU are dropped and counted. An answer cut at max_tokens loses its unfinished last line. No
+    candidate named: the store's "none matches" sentence, unless the answer was cut before naming one (then
+    nothing: the finish reason "length" says why)."""
+    if finish_reason == "length":
+        raw = raw.rsplit("\n", 1)[0] if "\n" in raw else ""
     parsed = parse_recommendations(raw, candidates)
     shown = {p.sku: p for p in candidates}
     products = [{"sku": sku, "title": shown[sku].title, "category": shown[sku].category, "price": shown[sku].price}
                 for sku in parsed.skus]
-    return "\n".join(parsed.lines) or NONE_MATCH, {"recommendations": products, "dropped_skus": parsed.dropped}
+    none = NONE_MATCH if finish_reason != "length" else ""
+    return "\n".join(parsed.lines) or none, {"recommendations": products, "dropped_skus": parsed.dropped}
