@@ -236,6 +236,8 @@ def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_pat
         load_config(None, task="poems")
     with pytest.raises(ConfigError, match="'knowledge': the copy task trains without knowledge passages"):
         load_config(None, task="copy", catalog="builtin", knowledge="shop")
+    with pytest.raises(ConfigError, match="'db': the recommend task uses no knowledge base"):
+        load_config(None, task="recommend", catalog="builtin", db="sqlite:///kb.db")
     with pytest.raises(EcombotError, match="not a copy run"):
         catalog_run(str(tiny_run[1]), "copy")
 

@@ -689,6 +689,10 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
         engine.answer = f"{candidates[0].sku}: fits\n{candidates[1].sku}: also walnut"
         cut = [chat(server.url, model="recommend", max_tokens=n, messages=[{"role": "user", "content": request}]).json()
                for n in (1, 2)]
+        batches = len(engine.batches)
+        too_cheap = chat(server.url, model="recommend", messages=[{"role": "user", "content": "a sofa under $1"}]).json()
+    assert len(engine.batches) == batches  # no product within the budget: answered without the model
+    assert too_cheap["choices"][0]["message"]["content"] == NONE_MATCH and too_cheap["recommendations"] == []
     assert page["model"] == "support"
     assert engine.seen[5][0]["content"] == copy_prompt(products[1])  # a SKU (empty fields dropped) is looked up
     assert [c["choices"][0]["finish_reason"] for c in cut] == ["length", "length"]
@@ -719,5 +723,5 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
     assert kept[(request, plain["choices"][0]["message"]["content"])] == "recommend"
     assert kept[(COVERED, "A sturdy stool.")] is None
     exported = store.export(tmp_path / "support.jsonl", rated_only=False)  # task answers are no support data
-    assert exported.written == 1 and exported.skipped == {"recommend task answers (not support)": 5,
+    assert exported.written == 1 and exported.skipped == {"recommend task answers (not support)": 6,
                                                           "copy task answers (not support)": 3}

@@ -108,6 +108,8 @@ class TrainConfig:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:
             raise bad("catalog", f"the {self.task} task needs a catalog file (or 'builtin')")
+        if self.task != "support" and self.db:
+            raise bad("db", f"the {self.task} task uses no knowledge base, so no database; drop it")
         if self.task != "support" and self.knowledge.lower() not in ("default", "none"):
             raise bad("knowledge", f"the {self.task} task trains without knowledge passages (its prompt holds the "
                                    f"{'product' if self.task == 'copy' else 'candidate products'} itself); drop it")

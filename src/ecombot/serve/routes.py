@@ -129,8 +129,9 @@ async def chat_completions(request: Request, state: State, who: Who,
         grounding = Grounding(task.messages)
     else:
         grounding = await run_in_threadpool(state.grounder.ground, messages) if state.grounder else Grounding(messages)
+    fixed = state.handoff if not grounding.covered else task.answer if task else None  # answered without the model
     prompt: list[int] = []  # a question the knowledge base does not cover never reaches the model
-    if grounding.covered:
+    if fixed is None:
         try:
             prompt = await run_in_threadpool(state.engine.prompt_ids, grounding.messages, adapter, max_tokens)
         except PromptTooLong as exc:
@@ -141,8 +142,8 @@ async def chat_completions(request: Request, state: State, who: Who,
     if task and task.repetition_penalty is not None:
         decoding = replace(decoding, repetition_penalty=task.repetition_penalty)
     job = Job(grounding.messages, prompt, adapter, decoding, max_tokens, asyncio.get_running_loop())
-    if not grounding.covered:
-        answer_without_model(job, state.handoff)
+    if fixed is not None:
+        answer_without_model(job, fixed)
     else:
         try:
             state.batcher.submit(job)

@@ -39,6 +39,7 @@ class TaskRequest:
     messages: list[dict[str, str]]
     reply: Callable[[str, str], tuple[str, dict]] | None = None  # (answer, finish reason) -> (text sent, extras)
     repetition_penalty: float | None = None  # the task's own, where support's would spoil its answers
+    answer: str | None = None  # the reply when the model has nothing to choose from (it is not asked)
 
 
 @dataclass
@@ -82,7 +83,8 @@ class CatalogTasks:
         found = catalog.search.recommend([text], CANDIDATES)[0]
         candidates = [catalog.by_sku[r.sku] for r in found]
         return TaskRequest(task, [{"role": "user", "content": recommend_prompt(text, candidates)}],
-                           lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY)
+                           lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY,
+                           None if candidates else NONE_MATCH)  # e.g. nothing within the budget stated
 
 
 def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
