@@ -21,7 +21,7 @@ def copy_prompt(product: Product) -> str:
     """The instruction and every field a description may state, one per line (not the SKU: a model that sees it
     can only learn to memorise per SKU)."""
     lines = [INSTRUCTION, f"Title: {product.title}", f"Category: {product.category}", f"Price: ${product.price:.2f}"]
-    lines += [f"{name.capitalize()}: {value}" for name, value in product.attributes.items()]
+    lines += product.attribute_lines()
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from ecombot.knowledge import Passage
 def product_passage(product: Product, source: str, position: int) -> Passage:
     """`position`: where the product is in the file, counted from 1 (a CSV row, a JSON Lines line, a list item)."""
     fields = [f"{product.title} (SKU {product.sku}): {product.category}, ${product.price:.2f}."]
-    fields += [f"{name.capitalize()}: {value.rstrip('.')}." for name, value in product.attributes.items()]
+    fields += [f"{line.rstrip('.')}." for line in product.attribute_lines()]
     if product.description:
         fields.append(product.description)
     return Passage(source, f"{product.category} > {product.title}", position, " ".join(fields))

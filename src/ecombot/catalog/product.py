@@ -28,6 +28,10 @@ class Product:
         values = "; ".join(f"{name}: {value}" for name, value in self.attributes.items())
         return f"{self.title}\n{self.category}\n{values}"
 
+    def attribute_lines(self) -> list[str]:
+        """Each attribute as the copy prompt and the catalog's knowledge passages state it ("Material: oak")."""
+        return [f"{name.capitalize()}: {value}" for name, value in self.attributes.items()]
+
     def to_json(self) -> dict:
         return {"sku": self.sku, "title": self.title, "category": self.category, "price": self.price,
                 "attributes": dict(self.attributes), "description": self.description, "related": list(self.related)}

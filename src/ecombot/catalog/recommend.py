@@ -80,9 +80,7 @@ def request_set(products: list[Product], seed: int = 0) -> list[Request]:
 def with_candidates(products: list[Product], requests: list[Request],
                     search: CatalogSearch | None = None) -> list[tuple[Request, list[Product]]]:
     search = search or CatalogSearch(products)
-    by_sku = {p.sku: p for p in products}
-    found = search.recommend([r.text for r in requests], CANDIDATES)
-    return [(r, [by_sku[rec.sku] for rec in recs]) for r, recs in zip(requests, found)]
+    return list(zip(requests, search.find([r.text for r in requests], CANDIDATES)))
 
 
 def write_recommend_data(products: list[Product], path: Path, seed: int = 0) -> tuple[Path, int]:

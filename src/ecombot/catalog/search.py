@@ -42,14 +42,19 @@ class CatalogSearch:
 
     def recommend(self, requests: list[str], k: int = 3) -> list[list[Recommendation]]:
         """The k best products per request within its stated budget, each with a one-line reason."""
+        return [[Recommendation(product.sku, reason(product), score) for product, score in found]
+                for found in self._search(requests, k)]
+
+    def find(self, requests: list[str], k: int) -> list[list[Product]]:
+        """The k best products per request within its stated budget (a recommendation task's candidates)."""
+        return [[product for product, _ in found] for found in self._search(requests, k)]
+
+    def _search(self, requests: list[str], k: int) -> list[list[tuple[Product, float]]]:
         limits = [price_limit(text) for text in requests]
         exclude = [None if limit is None else (lambda p, limit=limit: self.by_passage[p].price > limit)
                    for limit in limits]
-        out = []
-        for hits in self.retriever.search(requests, k, exclude):
-            out.append([Recommendation(self.by_passage[h.passage].sku, reason(self.by_passage[h.passage]), h.score)
-                        for h in hits])
-        return out
+        return [[(self.by_passage[h.passage], h.score) for h in hits]
+                for hits in self.retriever.search(requests, k, exclude)]
 
 
 def reason(product: Product) -> str:

@@ -80,8 +80,7 @@ class CatalogTasks:
         if task == "copy":
             return TaskRequest(task, [{"role": "user",
                                        "content": copy_prompt(product_to_describe(adapter, text, catalog))}])
-        found = catalog.search.recommend([text], CANDIDATES)[0]
-        candidates = [catalog.by_sku[r.sku] for r in found]
+        candidates = catalog.search.find([text], CANDIDATES)[0]
         return TaskRequest(task, [{"role": "user", "content": recommend_prompt(text, candidates)}],
                            lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY,
                            None if candidates else NONE_MATCH)  # e.g. nothing within the budget stated
