@@ -165,3 +165,15 @@ def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
             assert 0 <= scores["slice_after"]["intent"] <= 1 and scores["guard"]["loss"] > 0
     assert second["retrain_seconds"] > 0 and first["retrain_seconds"] is None
     assert (tmp_path / "learn_rounds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_step_ops_short_form(tiny_model_dir, tmp_path):
+    """The quickstart's grounded step profiled by operator: the shares add up to at most the whole step, the matrix
+    products are among the operators, and the machine's matrix product rate is recorded beside them."""
+    result = run_benchmark("step_ops", ["--model", str(tiny_model_dir), "--steps", "3", "--top", "40"], tmp_path)
+    assert result["matmul_2048_gflops"] > 0 and result["step_s"] > 0 and result["machine"]["cpu_class"]
+    assert result["precision"] in ("bf16", "fp32")
+    ops = {row["op"]: row for row in result["ops"]}
+    assert "aten::mm" in ops and ops["aten::mm"]["calls_per_step"] > 0
+    assert 0.5 < sum(row["share"] for row in result["ops"]) <= 1.0001
+    assert result["profiled_self_s_per_step"] <= result["step_s"] * 1.5

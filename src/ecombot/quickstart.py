@@ -68,10 +68,11 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
                       **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
     if resolve_precision(cfg.precision) == "fp32" and pick_device() == "cpu":
-        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: about 4x "
-                      f"the time on a CPU that has it (the progress bar shows what is left). `ecombot quickstart "
-                      f"--max-steps {max(1, cfg.max_steps // 2)}` halves the training, with a higher validation loss "
-                      f"(README, Performance).")
+        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: 5-10x the "
+                      f"time on a CPU that has it (a 2-core AVX2 AMD EPYC took ~28 s per step, ~95 min for 200; the "
+                      f"progress bar shows what is left). `ecombot quickstart --max-steps "
+                      f"{max(1, cfg.max_steps // 2)}` halves the training, with a higher validation loss (README, "
+                      f"Performance).")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
