@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import machine, write_results  # noqa: E402
 
 
 def questions(limit: int) -> list[str]:
@@ -132,8 +131,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "python": platform.python_version()},
+    result = {"machine": machine(),
               "model": args.model or ("(adapter's base)" if args.adapter else "gemma-3-270m"), "served": model, "max_tokens": args.max_tokens, "decode_bits": args.decode_bits, "engine": args.engine,
               "runs": [baseline, loaded], "batching": batching,
               "throughput_ratio": round(loaded["tokens_per_s"] / baseline["tokens_per_s"], 2)

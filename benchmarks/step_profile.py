@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import machine, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -72,8 +72,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    report: dict = {"device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                    "torch": torch.__version__, "packing": args.packing, "steps": {}}
+    report: dict = {"machine": machine(), "device": device, "packing": args.packing, "steps": {}}
     for size in [int(s) for s in args.batch_sizes.split(",")]:
         batches = batches_of(size)
         times = []
