@@ -38,10 +38,8 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from ecombot.config import load_config
-    from ecombot.data.builtin import policy_path
-    from ecombot.knowledge import KnowledgeBase
     from ecombot.models import resolve_precision
-    from ecombot.quickstart import KNOWLEDGE, QUICKSTART
+    from ecombot.quickstart import KNOWLEDGE, QUICKSTART, build_knowledge
     from ecombot.train import train
     from ecombot.train import trainer as trainer_module
 
@@ -89,7 +87,7 @@ def main() -> None:
         self.add_callback(Profile(self.run_logger))
 
     trainer_module.SupervisedTrainer.__init__ = with_profile
-    KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])
+    build_knowledge()
     with tempfile.TemporaryDirectory() as tmp:
         # validation only at the end (which the profiler's callback skips), so no step in the window validates
         cfg = load_config(None, output=str(Path(tmp) / "run"), model=args.model, knowledge=KNOWLEDGE,

@@ -55,12 +55,17 @@ def summary_of(systems: dict) -> dict:
             for name, s in systems.items()}
 
 
+def build_knowledge():
+    """The demo store's knowledge base as the quickstart trains on it (its policy page; training adds its pairs)."""
+    return KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])[0]
+
+
 def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None,
         model: str | None = None) -> dict:
     console = console or Console()
     started = time.time()
     console.rule("[bold]ecombot quickstart")
-    added = KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])[0]
+    added = build_knowledge()
     console.print(f"1/3  Knowledge base '{KNOWLEDGE}': the store's policy ({added.passages} passages from "
                   f"{added.name}, {added.status}); training adds its training questions and answers.")
     console.print("2/3  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data, "
