@@ -74,7 +74,7 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                       **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
     if resolve_precision(cfg.precision) == "fp32" and pick_device() == "cpu":
         console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: 5-10x the "
-                      f"time on a CPU that has it (a 2-core AVX2 AMD EPYC took ~28 s per step, ~95 min for 200; the "
+                      f"time on a CPU that has it (a 2-core AVX2 AMD EPYC took 20-28 s per step, 70-95 min for 200; the "
                       f"progress bar shows what is left). `ecombot quickstart --max-steps "
                       f"{max(1, cfg.max_steps // 2)}` halves the training, with a higher validation loss (README, "
                       f"Performance).")
