@@ -39,7 +39,7 @@ def main() -> None:
 
     from ecombot.config import load_config
     from ecombot.models import resolve_precision
-    from ecombot.quickstart import KNOWLEDGE, QUICKSTART, build_knowledge
+    from ecombot.quickstart import KNOWLEDGE, REFERENCE, build_knowledge
     from ecombot.train import train
     from ecombot.train import trainer as trainer_module
 
@@ -91,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # validation only at the end (which the profiler's callback skips), so no step in the window validates
         cfg = load_config(None, output=str(Path(tmp) / "run"), model=args.model, knowledge=KNOWLEDGE,
-                          **{**QUICKSTART, "max_steps": args.steps, "eval_steps": args.steps,
+                          **{**REFERENCE.train, "max_steps": args.steps, "eval_steps": args.steps,
                              "logging_steps": args.steps, "early_stopping_patience": 0})
         result = train(cfg, overwrite=True, show_progress=False)
     events = report.pop("events")

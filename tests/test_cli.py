@@ -162,11 +162,15 @@ def test_unexpected_errors_are_not_hidden(monkeypatch):
         cli.main()
 
 
-def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
+def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    """On a CPU without native bf16 (forced here on every machine) the main job runs its short budget and says so."""
     from rich.console import Console
 
-    from ecombot.quickstart import EVAL_ITEMS, SHOWN_QUESTIONS, run
+    from ecombot import quickstart
+    from ecombot.quickstart import SHORT, SHOWN_QUESTIONS, run
 
+    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a: "fp32")
+    monkeypatch.setattr(quickstart, "pick_device", lambda: "cpu")
     console = Console(record=True, width=160)
     summary = run(output=str(tmp_path / "qs"), max_steps=2, console=console, model=str(tiny_model_dir))
     text = console.export_text()
@@ -182,15 +186,38 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir):
     saved = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert saved["loss_after"] == summary["loss_after"]
     results = json.loads((tmp_path / "qs" / "eval" / "results.json").read_text())
-    assert results["test_size"] == EVAL_ITEMS and results["source"]["leaked_test_questions"] == 0
+    assert results["test_size"] == SHORT.eval_items and results["source"]["leaked_test_questions"] == 0
+    assert summary["budget"] == "short" and "on 16 held-out test conversations" in " ".join(text.split())
     for name, system in summary["systems"].items():  # the summary reads the evaluation's numbers
         assert system == {m: results["systems"][name][m] and results["systems"][name][m]["value"] for m in system}
     predictions = [json.loads(line) for line in (tmp_path / "qs" / "eval" / "predictions.jsonl").open()]
     assert all(answer in predictions for answer in summary["answers"])
     assert "{{" not in text  # placeholders are filled in what the user sees
-    from ecombot.models import resolve_precision  # a CPU without native bf16 is told what fp32 costs, and the way out
+    told = " ".join(text.split())  # a CPU without native bf16 is told what the budget leaves out, and the way out
+    assert "no native bf16" in told and "trains 2 steps instead of 200" in told and "quickstart --full" in told
 
-    assert ("no native bf16" in " ".join(text.split())) == (resolve_precision() == "fp32")
+
+@pytest.mark.parametrize("device, precision, full, expected", [
+    ("cpu", "fp32", False, "short"), ("cpu", "fp32", True, "reference"), ("cpu", "bf16", False, "reference"),
+    ("cuda", "fp32", False, "reference")])
+def test_quickstart_budget_follows_the_compute_path(monkeypatch, device, precision, full, expected):
+    from ecombot import quickstart
+
+    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a: precision)
+    monkeypatch.setattr(quickstart, "pick_device", lambda: device)
+    budget = quickstart.pick_budget(full)
+    assert budget.name == expected
+    assert (budget.train["max_steps"], budget.eval_items) == ((60, 16) if expected == "short" else (200, 32))
+
+
+def test_quickstart_full_flag_reaches_the_run(monkeypatch):
+    from ecombot import quickstart
+
+    seen = {}
+    monkeypatch.setattr(quickstart, "run", lambda **kwargs: seen.update(kwargs))
+    result = runner.invoke(app, ["quickstart", "--full", "--max-steps", "7"])
+    assert result.exit_code == 0, result.output
+    assert seen["full"] is True and seen["max_steps"] == 7
 
 
 def test_evaluate_and_adapter_inspect_commands(tmp_path, tiny_model_dir, small_dataset, monkeypatch):

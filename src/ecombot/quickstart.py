@@ -6,7 +6,7 @@ evaluate` on the built-in test split)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from rich.console import Console
 from rich.table import Table
@@ -21,10 +21,26 @@ from ecombot.train import train
 
 # The demo store's own knowledge base, so its policy never mixes into the 'default' base a shop trains with.
 KNOWLEDGE = "harbor-pine"
-# A step budget that keeps the main job short on a 2-core CPU (README "Main job"); everything else is the defaults.
-QUICKSTART = {"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much the main job trains (overrides of the training defaults) and how many questions per set each system
+    answers in its evaluation (the base model often talks until the token limit, so answers are most of its time)."""
+    name: str
+    train: dict
+    eval_items: int
+
+
+# The reference budget, ~20 min on a 2-core AMX Xeon (README "Results"); everything else is the training defaults.
+REFERENCE = Budget("reference", {"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}, 32)
+# A CPU without native bf16 trains in fp32 at a fifth to a tenth of that speed: 200 steps would take 70-95 min on a
+# 2-core AVX2 EPYC and evaluating 32 questions per set took 21 min. There the main job trains 60 steps at twice the
+# learning rate (validation loss 0.261 vs 0.304 at lr 1e-3, one run each) and asks 16 questions per set: 43 min in
+# all there, held-out facts 0.86 vs 0.94 for the reference (README "Results"); `--full` runs the reference.
+SHORT = Budget("short", {"max_steps": 60, "learning_rate": 2e-3, "eval_steps": 30, "eval_max_examples": 32,
+                         "logging_steps": 10}, 16)
 EVAL_SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
-EVAL_ITEMS = 32  # questions answered by each system, per set (the base model often talks until the token limit)
 SHOWN_QUESTIONS = 5
 SLICE_EXAMPLES = ("unseen_topics", "policy_edits", "not_covered")
 SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "fact_accuracy",
@@ -60,8 +76,14 @@ def build_knowledge():
     return KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])[0]
 
 
+def pick_budget(full: bool = False) -> Budget:
+    """The short budget where training runs in fp32 on a CPU (no AVX-512 BF16 or AMX), unless `full` is asked for."""
+    slow = pick_device() == "cpu" and resolve_precision() == "fp32"
+    return SHORT if slow and not full else REFERENCE
+
+
 def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None,
-        model: str | None = None) -> dict:
+        model: str | None = None, full: bool = False) -> dict:
     console = console or Console()
     started = time.time()
     console.rule("[bold]ecombot quickstart")
@@ -70,21 +92,23 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                   f"{added.name}, {added.status}); training adds its training questions and answers.")
     console.print("2/3  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data, "
                   "every prompt grounded in the knowledge base (the first run converts the model once, about a minute).")
+    budget = pick_budget(full)
     cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
-                      **{**QUICKSTART, **({"max_steps": max_steps} if max_steps else {})})
-    if resolve_precision(cfg.precision) == "fp32" and pick_device() == "cpu":
-        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32: 5-10x the "
-                      f"time on a CPU that has it (a 2-core AVX2 AMD EPYC took 20-28 s per step, 70-95 min for 200; the "
-                      f"progress bar shows what is left). `ecombot quickstart --max-steps "
-                      f"{max(1, cfg.max_steps // 2)}` halves the training, with a higher validation loss (README, "
-                      f"Performance).")
+                      **{**budget.train, **({"max_steps": max_steps} if max_steps else {})})
+    if budget is SHORT:
+        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32 at a fifth to a "
+                      f"tenth of the speed of one that has it. The quickstart therefore trains {cfg.max_steps} steps "
+                      f"instead of {REFERENCE.train['max_steps']} and asks {SHORT.eval_items} questions per set instead "
+                      f"of {REFERENCE.eval_items} (on a 2-core AVX2 AMD EPYC: 43 min in all, held-out facts 0.86 "
+                      f"instead of 0.94; README, Results). `ecombot quickstart --full` runs the full budget (there: "
+                      f"70-95 min of training, 21 min of evaluation).")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
 
     console.print(f"3/3  Evaluating the base model, the retrieval baseline, the fine-tuned adapter alone and the "
-                  f"grounded bot on {EVAL_ITEMS} held-out test conversations and on each slice.")
-    evaluation = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=EVAL_ITEMS,
+                  f"grounded bot on {budget.eval_items} held-out test conversations and on each slice.")
+    evaluation = run_evaluation(EvalConfig(adapters=[str(result.run.path)], systems=EVAL_SYSTEMS, limit=budget.eval_items,
                                            output=str(result.run.path / "eval"), seed=cfg.seed,
                                            val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                            max_new_tokens=100), console)
@@ -112,7 +136,7 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                   f"Done in {elapsed / 60:.1f} min.")
     console.print(f"Report: {evaluation.files['report']}  —  "
                   f"chat with the grounded bot: [bold]ecombot chat --adapter {result.run.path}[/bold]")
-    summary = {"run_dir": str(result.run.path), "loss_before": before, "loss_after": after,
+    summary = {"run_dir": str(result.run.path), "budget": budget.name, "loss_before": before, "loss_after": after,
                "elapsed_s": round(elapsed, 1), "train": result.to_dict(), "report": str(evaluation.files["report"]),
                "systems": summary_of(evaluation.systems),
                "slices": {name: summary_of(scores.systems) for name, scores in evaluation.slices.items()},
