@@ -194,20 +194,45 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
     assert all(answer in predictions for answer in summary["answers"])
     assert "{{" not in text  # placeholders are filled in what the user sees
     told = " ".join(text.split())  # a CPU without native bf16 is told what the budget leaves out, and the way out
-    assert "no native bf16" in told and "trains 2 steps instead of 200" in told and "quickstart --full" in told
+    assert "no native bf16" in told and "trains 2 steps (--max-steps) at lr 0.002" in told
+    assert "quickstart --full" in told and "43 min" not in told  # the measured figures are for the 60 steps only
+    trained = json.loads((tmp_path / "qs" / "run_config.json").read_text())["config"]
+    assert (trained["max_steps"], trained["learning_rate"], trained["eval_steps"], trained["eval_max_examples"]) == \
+        (2, 0.002, 30, 32)
 
 
-@pytest.mark.parametrize("device, precision, full, expected", [
-    ("cpu", "fp32", False, "short"), ("cpu", "fp32", True, "reference"), ("cpu", "bf16", False, "reference"),
-    ("cuda", "fp32", False, "reference")])
-def test_quickstart_budget_follows_the_compute_path(monkeypatch, device, precision, full, expected):
+class StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("device, precision, full, steps, expected", [
+    ("cpu", "fp32", False, None, (60, 0.002, 30, 32)), ("cpu", "fp32", True, None, (200, "auto", 50, 64)),
+    ("cpu", "bf16", False, None, (200, "auto", 50, 64)), ("cuda", "fp32", False, None, (200, "auto", 50, 64)),
+    ("cpu", "bf16", False, 7, (7, "auto", 50, 64))])
+def test_quickstart_budget_follows_the_compute_path(tmp_path, monkeypatch, device, precision, full, steps, expected):
+    """The budget picked for the machine is the one training gets, and only fp32 CPU training is warned about."""
+    from rich.console import Console
+
     from ecombot import quickstart
 
     monkeypatch.setattr(quickstart, "resolve_precision", lambda *a: precision)
     monkeypatch.setattr(quickstart, "pick_device", lambda: device)
-    budget = quickstart.pick_budget(full)
-    assert budget.name == expected
-    assert (budget.train["max_steps"], budget.eval_items) == ((60, 16) if expected == "short" else (200, 32))
+    seen = {}
+
+    def capture(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise StopBeforeTraining
+
+    monkeypatch.setattr(quickstart, "train", capture)
+    console = Console(record=True, width=300)
+    with pytest.raises(StopBeforeTraining):
+        quickstart.run(output=str(tmp_path / "qs"), max_steps=steps, console=console, full=full)
+    cfg, told = seen["cfg"], " ".join(console.export_text().split())
+    assert (cfg.max_steps, cfg.learning_rate, cfg.eval_steps, cfg.eval_max_examples) == expected
+    fp32_cpu = (device, precision) == ("cpu", "fp32")
+    assert ("no native bf16" in told) == fp32_cpu
+    assert ("43 min in all" in told) == (fp32_cpu and not full)  # the short budget's measured cost, before it runs
+    assert ("--full: 200 steps" in told) == (fp32_cpu and full)
 
 
 def test_quickstart_full_flag_reaches_the_run(monkeypatch):

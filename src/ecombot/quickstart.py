@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 from rich.console import Console
 from rich.table import Table
@@ -28,18 +29,19 @@ class Budget:
     """How much the main job trains (overrides of the training defaults) and how many questions per set each system
     answers in its evaluation (the base model often talks until the token limit, so answers are most of its time)."""
     name: str
-    train: dict
+    train: MappingProxyType
     eval_items: int
 
 
-# The reference budget, ~20 min on a 2-core AMX Xeon (README "Results"); everything else is the training defaults.
-REFERENCE = Budget("reference", {"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64, "logging_steps": 10}, 32)
-# A CPU without native bf16 trains in fp32 at a fifth to a tenth of that speed: 200 steps would take 70-95 min on a
-# 2-core AVX2 EPYC and evaluating 32 questions per set took 21 min. There the main job trains 60 steps at twice the
-# learning rate (validation loss 0.261 vs 0.304 at lr 1e-3, one run each) and asks 16 questions per set: 43 min in
-# all there, held-out facts 0.86 vs 0.94 for the reference (README "Results"); `--full` runs the reference.
-SHORT = Budget("short", {"max_steps": 60, "learning_rate": 2e-3, "eval_steps": 30, "eval_max_examples": 32,
-                         "logging_steps": 10}, 16)
+# The full budget, ~20 min on a 2-core AMX Xeon (README "Results"); everything else is the training defaults.
+REFERENCE = Budget("reference", MappingProxyType({"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64,
+                                                  "logging_steps": 10}), 32)
+# A CPU without native bf16 trains in fp32 at a fifth to a tenth of that speed (a 2-core AVX2 EPYC: ~1.5-2 h for the
+# full budget). There the main job trains 60 steps at twice the learning rate, which learned faster in 60 steps
+# (validation loss 0.261 vs 0.304, policy-edit facts 0.90 vs 0.74, held-out facts 0.86 vs 0.89 on the same 16
+# questions; one run each), and asks 16 questions per set (README "Results", "on a CPU without native bf16").
+SHORT = Budget("short", MappingProxyType({"max_steps": 60, "learning_rate": 2e-3, "eval_steps": 30,
+                                          "eval_max_examples": 32, "logging_steps": 10}), 16)
 EVAL_SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
 SHOWN_QUESTIONS = 5
 SLICE_EXAMPLES = ("unseen_topics", "policy_edits", "not_covered")
@@ -76,10 +78,31 @@ def build_knowledge():
     return KnowledgeBase(None, KNOWLEDGE).add_files([policy_path()])[0]
 
 
+def trains_on_a_cpu_in_fp32() -> bool:
+    """No CUDA and no AVX-512 BF16 or AMX: the quickstart's `precision: auto` then trains in fp32 on the CPU."""
+    return pick_device() == "cpu" and resolve_precision() == "fp32"
+
+
 def pick_budget(full: bool = False) -> Budget:
-    """The short budget where training runs in fp32 on a CPU (no AVX-512 BF16 or AMX), unless `full` is asked for."""
-    slow = pick_device() == "cpu" and resolve_precision() == "fp32"
-    return SHORT if slow and not full else REFERENCE
+    """The short budget where training runs in fp32 on a CPU, unless `full` is asked for."""
+    return SHORT if trains_on_a_cpu_in_fp32() and not full else REFERENCE
+
+
+def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
+    """What fp32 training costs here, what the quickstart does about it, and the way to the other budget."""
+    text = ("This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32 at a fifth to a tenth of the "
+            "speed of one that has it. ")
+    if budget is REFERENCE:
+        return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 19-28 s per step) and "
+                       f"{REFERENCE.eval_items} questions per set (21 min of evaluation there); the progress bar shows "
+                       f"what is left.")
+    measured = (" (a 2-core AVX2 AMD EPYC: 43 min in all, held-out facts 0.86 instead of 0.94; README, Results)"
+                if not steps_given else "")
+    return text + (f"The quickstart therefore trains {steps} steps{' (--max-steps)' if steps_given else ''} at lr "
+                   f"{SHORT.train['learning_rate']:g} and asks {SHORT.eval_items} questions per set, where the full "
+                   f"budget is {REFERENCE.train['max_steps']} steps at lr 0.001 and {REFERENCE.eval_items} "
+                   f"questions{measured}. `ecombot quickstart --full` runs the full budget (~1.5-2 h on a 2-core "
+                   f"AVX2 EPYC).")
 
 
 def run(output: str = "runs/quickstart", max_steps: int | None = None, console: Console | None = None,
@@ -95,13 +118,8 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
     budget = pick_budget(full)
     cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
                       **{**budget.train, **({"max_steps": max_steps} if max_steps else {})})
-    if budget is SHORT:
-        console.print(f"     This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32 at a fifth to a "
-                      f"tenth of the speed of one that has it. The quickstart therefore trains {cfg.max_steps} steps "
-                      f"instead of {REFERENCE.train['max_steps']} and asks {SHORT.eval_items} questions per set instead "
-                      f"of {REFERENCE.eval_items} (on a 2-core AVX2 AMD EPYC: 43 min in all, held-out facts 0.86 "
-                      f"instead of 0.94; README, Results). `ecombot quickstart --full` runs the full budget (there: "
-                      f"70-95 min of training, 21 min of evaluation).")
+    if trains_on_a_cpu_in_fp32():
+        console.print(f"     {fp32_notice(budget, cfg.max_steps, bool(max_steps))}")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation loss {result.best_val_loss:.3f} (step {result.best_step})")
