@@ -83,9 +83,9 @@ def trains_on_a_cpu_in_fp32() -> bool:
     return pick_device() == "cpu" and resolve_precision() == "fp32"
 
 
-def pick_budget(full: bool = False) -> Budget:
+def pick_budget(fp32_cpu: bool, full: bool) -> Budget:
     """The short budget where training runs in fp32 on a CPU, unless `full` is asked for."""
-    return SHORT if trains_on_a_cpu_in_fp32() and not full else REFERENCE
+    return SHORT if fp32_cpu and not full else REFERENCE
 
 
 def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
@@ -115,10 +115,11 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                   f"{added.name}, {added.status}); training adds its training questions and answers.")
     console.print("2/3  Fine-tuning the embedded Gemma 3 270M with LoRA on the built-in Harbor & Pine support data, "
                   "every prompt grounded in the knowledge base (the first run converts the model once, about a minute).")
-    budget = pick_budget(full)
+    fp32_cpu = trains_on_a_cpu_in_fp32()
+    budget = pick_budget(fp32_cpu, full)
     cfg = load_config(None, output=output, model=model, knowledge=KNOWLEDGE,
                       **{**budget.train, **({"max_steps": max_steps} if max_steps else {})})
-    if trains_on_a_cpu_in_fp32():
+    if fp32_cpu:
         console.print(f"     {fp32_notice(budget, cfg.max_steps, bool(max_steps))}")
     result = train(cfg, overwrite=True)
     console.print(f"     {result.steps} steps in {result.train_seconds:.0f} s, "
