@@ -13,8 +13,8 @@ from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import generate_all
-from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, held_out, markdown_table,
-                                    write_outputs)
+from ecombot.evaluate.report import markdown_table
+from ecombot.evaluate.tasks import answering_systems, catalog_runs, estimate_cell, held_out, write_outputs
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:

@@ -13,8 +13,8 @@ from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import generate_all
-from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, held_out, markdown_table,
-                                    write_outputs)
+from ecombot.evaluate.report import markdown_table
+from ecombot.evaluate.tasks import answering_systems, catalog_runs, estimate_cell, held_out, write_outputs
 
 COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constraints met (per request)"),
            ("hit_at_1_ci", "hit@1"), ("hit_at_k_ci", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),

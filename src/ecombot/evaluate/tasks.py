@@ -54,10 +54,6 @@ def estimate_cell(estimate: dict | None, scale: float = 1) -> str:
     return f"{estimate['value'] * scale:.3g} [{low * scale:.3g}, {high * scale:.3g}]"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def held_out(run: RunDir, cfg: EvalConfig) -> list[Conversation]:
     return read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ecombot.errors import EcombotError
 from ecombot.home import ecombot_home
-from ecombot.models.device import cpu_flags
+from ecombot.speedups.cpu import cpu_flags
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the converters used when llama-cpp-python is not installed (tested with this one)
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")
