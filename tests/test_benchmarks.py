@@ -72,6 +72,18 @@ def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
         assert low_bit_layers == [0, 0, 0] and len(set(losses)) == 1
 
 
+def test_batched_decode_benchmark_short_form(tiny_model_dir, tmp_path):
+    """Each batch size answered with the head in both layouts, the same questions for both, per repeat."""
+    result = run_benchmark("batched_decode", ["--model", str(tiny_model_dir), "--batch-sizes", "1,3", "--repeats", "2",
+                                              "--max-new-tokens", "4", "--precision", "fp32"], tmp_path)
+    assert result["precision"] == "fp32" and list(result["summary"]) == ["1", "3"]
+    for runs in result["runs"].values():
+        plain, major = runs["x @ Wt"], runs["W @ xt"]
+        assert len(plain) == len(major) == 2 and all(0 < r["tokens"] and r["seconds"] > 0 for r in plain + major)
+        assert [len(r["texts"]) for r in plain] == [len(r["texts"]) for r in major]
+    assert [len(r["texts"]) for r in result["runs"]["3"]["W @ xt"]] == [3, 3]
+
+
 def import_benchmark(name: str):
     import importlib
 

@@ -36,7 +36,7 @@ class Budget:
 # The full budget, ~20 min on a 2-core AMX Xeon (README "Results"); everything else is the training defaults.
 REFERENCE = Budget("reference", MappingProxyType({"max_steps": 200, "eval_steps": 50, "eval_max_examples": 64,
                                                   "logging_steps": 10}), 32)
-# A CPU without native bf16 trains in fp32 at a fifth to a tenth of that speed (a 2-core AVX2 EPYC: ~1.5-2 h for the
+# A CPU without native bf16 trains in fp32 at a fifth to a tenth of that speed (a 2-core AVX2 EPYC: ~1-2 h for the
 # full budget). There the main job trains 60 steps at twice the learning rate, which learned faster in 60 steps
 # (validation loss 0.261 vs 0.304, policy-edit facts 0.90 vs 0.74, held-out facts 0.86 vs 0.89 on the same 16
 # questions; one run each), and asks 16 questions per set (README "Results", "on a CPU without native bf16").
@@ -93,15 +93,15 @@ def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
     text = ("This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32 at a fifth to a tenth of the "
             "speed of one that has it. ")
     if budget is REFERENCE:
-        return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 19-28 s per step) and "
-                       f"{REFERENCE.eval_items} questions per set (21 min of evaluation there); the progress bar shows "
+        return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 14-28 s per step) and "
+                       f"{REFERENCE.eval_items} questions per set (14-21 min of evaluation there); the progress bar shows "
                        f"what is left.")
-    measured = (" (a 2-core AVX2 AMD EPYC: 43 min in all, held-out facts 0.86 instead of 0.94; README, Results)"
+    measured = (" (2-core AVX2 AMD EPYCs: 27-43 min in all, held-out facts 0.86 instead of 0.94; README, Results)"
                 if not steps_given else "")
     return text + (f"The quickstart therefore trains {steps} steps{' (--max-steps)' if steps_given else ''} at lr "
                    f"{SHORT.train['learning_rate']:g} and asks {SHORT.eval_items} questions per set, where the full "
                    f"budget is {REFERENCE.train['max_steps']} steps at lr 0.001 and {REFERENCE.eval_items} "
-                   f"questions{measured}. `ecombot quickstart --full` runs the full budget (~1.5-2 h on a 2-core "
+                   f"questions{measured}. `ecombot quickstart --full` runs the full budget (~1-2 h on a 2-core "
                    f"AVX2 EPYC).")
 
 

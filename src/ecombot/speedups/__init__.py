@@ -13,7 +13,10 @@ Transformers', PEFT's and PyTorch's own code), `ECOMBOT_CPU_KERNELS=0` only the 
 | attention.py | attention over a packed row / short CPU batches                         | train, decode |
 | head.py      | output head + cross-entropy of the answer tokens (one pass, no logits); | train, decode |
 |              | in decoding, the head over generate's last positions as a 2-D matmul    |               |
+|              | (weight-major `W @ xᵀ` for a few fp32 rows on a CPU)                    |               |
 | lowbit.py    | one-token decoding steps with int8/int4 weights (bf16 CPUs)             | decode        |
+
+cpu.py says what the CPU can do (native bf16 or not): which pieces pay, and the precision models train in.
 """
 
 from __future__ import annotations
