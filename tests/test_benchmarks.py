@@ -82,6 +82,7 @@ def test_batched_decode_benchmark_short_form(tiny_model_dir, tmp_path):
         assert len(plain) == len(major) == 2 and all(0 < r["tokens"] and r["seconds"] > 0 for r in plain + major)
         assert [len(r["texts"]) for r in plain] == [len(r["texts"]) for r in major]
     assert [len(r["texts"]) for r in result["runs"]["3"]["W @ xt"]] == [3, 3]
+    assert [s["weight_major"] for s in result["summary"].values()] == [False, True]  # on every CPU class
 
 
 def import_benchmark(name: str):

@@ -106,21 +106,33 @@ def test_the_decode_head_projects_generates_last_positions_without_copying_its_w
     assert "aten::bmm" not in after and torch.equal(out, expected)
 
 
-@pytest.mark.parametrize("native_bf16, rows, weight_major", [
-    (False, 1, False), (False, 2, True), (False, 16, True), (False, 64, True), (False, 65, False),
-    (True, 4, False), (True, 8, True), (True, 64, True)])
-def test_a_few_fp32_rows_go_through_the_head_weight_major_with_the_same_values(monkeypatch, native_bf16, rows,
-                                                                              weight_major):
-    """`W @ xᵀ` for the few rows of a batched decoding step (2-4x faster on an AVX2 CPU), F.linear elsewhere."""
+@pytest.mark.parametrize("flags, rows, weight_major", [
+    ({"avx2"}, 1, False), ({"avx2"}, 2, True), ({"avx2"}, 16, True), ({"avx2"}, 64, True), ({"avx2"}, 65, False),
+    ({"avx2", "avx512_bf16"}, 4, False), ({"avx2", "avx512_bf16"}, 8, True), ({"avx2", "avx512_bf16"}, 32, False),
+    ({"avx2", "avx512f"}, 8, False), (set(), 8, False)])
+def test_a_few_fp32_rows_go_through_the_head_weight_major_with_the_same_values(monkeypatch, flags, rows, weight_major):
+    """`W @ xᵀ` for the few rows of a batched decoding step on the CPUs where it measured faster (up to 4x on an AVX2
+    EPYC), F.linear elsewhere."""
     from ecombot.speedups import cpu
     from ecombot.speedups.head import linear_rows
 
-    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     weight, bias = torch.randn(300, 32), torch.randn(300)
     last = torch.randn(rows, 3, 32)[:, -1:, :]  # generate's last positions: a strided 3-D view
     for b in (None, bias):
         out = linear_rows(last, weight, b)
         assert out.shape == (rows, 1, 300)
-        assert (out.stride(-1) == rows and rows > 1) == weight_major  # a transposed view of the weight-major product
+        assert (out.stride(-1) == rows and rows > 1) == weight_major  # the weight-major product, transposed
         assert torch.allclose(out, torch.nn.functional.linear(last, weight, b), atol=1e-5)
     assert linear_rows(last.to(torch.bfloat16), weight.to(torch.bfloat16)).is_contiguous()  # bf16: unchanged
+
+
+def test_the_weight_major_head_keeps_every_position_of_a_longer_input(monkeypatch):
+    from ecombot.speedups import cpu
+    from ecombot.speedups.head import linear_rows
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2"})
+    x, weight = torch.randn(2, 3, 32), torch.randn(300, 32)
+    out = linear_rows(x, weight)  # 6 rows, weight-major
+    assert out.shape == (2, 3, 300) and out.stride(-1) == 6
+    assert torch.allclose(out, torch.nn.functional.linear(x, weight), atol=1e-5)

@@ -94,7 +94,7 @@ def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
             "speed of one that has it. ")
     if budget is REFERENCE:
         return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 14-28 s per step) and "
-                       f"{REFERENCE.eval_items} questions per set (14-21 min of evaluation there); the progress bar shows "
+                       f"{REFERENCE.eval_items} questions per set (21 min of evaluation there on a slower day); the progress bar shows "
                        f"what is left.")
     measured = (" (2-core AVX2 AMD EPYCs: 27-43 min in all, held-out facts 0.86 instead of 0.94; README, Results)"
                 if not steps_given else "")

@@ -136,18 +136,27 @@ class HeadCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None
 
 
-# Rows from which an fp32 head on a CPU is faster as `W @ xᵀ` than as F.linear's `x @ Wᵀ`, up to WEIGHT_MAJOR_MAX.
-# Gemma's 262k x 640 fp32 head, ms per call at 1 / 2 / 4 / 8 / 16 / 32 / 64 rows, `x @ Wᵀ` vs `W @ xᵀ`: 46 / 96 /
-# 115 / 120 / 148 / 236 / 478 vs 45 / 33 / 29 / 115 / 96 / 188 / 234 on a 2-core AVX2 EPYC (no native bf16);
-# with AVX2 forced on the AMX Xeon, 4 rows 105 vs 139 (worse), 8 rows 135-165 vs 78-81.
-WEIGHT_MAJOR_MIN = {"native_bf16": 8, "other": 2}
-WEIGHT_MAJOR_MAX = 64
+# Rows for which an fp32 head on a CPU is faster as `W @ xᵀ` than as F.linear's `x @ Wᵀ`, per CPU class, only where
+# measured. Gemma's 262k x 640 fp32 head, ms per call at 1 / 2 / 4 / 8 / 16 / 32 / 64 rows, `x @ Wᵀ` vs `W @ xᵀ`:
+# 46 / 96 / 115 / 120 / 148 / 236 / 478 vs 45 / 33 / 29 / 115 / 96 / 188 / 234 on a 2-core AVX2 EPYC; with AVX2
+# forced on the AMX Xeon (fp32 there only when asked for), 4 rows 105 vs 139 (worse), 8 rows 135-165 vs 78-81, and
+# through the engine 1.07x tokens/s at 16 rows, 0.97x at 32. Elsewhere (AVX-512 without bf16, ARM): F.linear.
+WEIGHT_MAJOR_ROWS = {"native_bf16": (8, 16), "avx2": (2, 64)}
+
+
+def weight_major_rows() -> tuple[int, int] | None:
+    """The (fewest, most) rows this CPU's fp32 head computes weight-major, or None."""
+    flags = cpu.cpu_flags()
+    if cpu.cpu_has_native_bf16():
+        return WEIGHT_MAJOR_ROWS["native_bf16"]
+    return WEIGHT_MAJOR_ROWS["avx2"] if "avx2" in flags and "avx512f" not in flags else None
 
 
 def weight_major_pays(rows: torch.Tensor, weight: torch.Tensor) -> bool:
     if rows.device.type != "cpu" or rows.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    return WEIGHT_MAJOR_MIN["native_bf16" if cpu.cpu_has_native_bf16() else "other"] <= rows.shape[0] <= WEIGHT_MAJOR_MAX
+    span = weight_major_rows()
+    return span is not None and span[0] <= rows.shape[0] <= span[1]
 
 
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,7 +166,7 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     position of each prompt, which `generate` hands the output head) and whose weight needs no gradient (every
     PEFT base) as a bmm over an expanded copy of the weight: 2.4 s per prompt for Gemma's 262k x 640 head instead
     of 0.04 s, measured on the 2-core Xeon (AMX); a batch of 4 prompts took 9.2 s. For a few fp32 rows on a CPU the
-    weight-major product is faster (WEIGHT_MAJOR_MIN); its result is returned as a transposed view, not copied.
+    weight-major product is faster (WEIGHT_MAJOR_ROWS); its result keeps that transposed layout (not copied).
     """
     rows = x.reshape(-1, x.shape[-1])
     if weight_major_pays(rows, weight):
