@@ -12,6 +12,8 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
             training pairs (retrieval-augmented fine-tuning, `ecombot train`'s default); only the answers are scored
   NAME@N    an ecombot system with adapters in the top N decoder layers only (`adapted_layers: N`): the layers
             below run without a backward pass
+  NAME+answers  an ecombot system with answer-only backward (`prompt_gradients: false`): the prompt tokens run
+            once without autograd, the backward pass goes through the answer tokens only (e.g. ecombot-grounded+answers)
 
 Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
 system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
@@ -130,7 +132,7 @@ def train_trl(model_dir: Path, train, test, out: Path) -> dict:
 
 
 def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded: bool = False,
-                  precision: str = "auto", adapted_layers: int | str = "all") -> dict:
+                  precision: str = "auto", adapted_layers: int | str = "all", prompt_gradients: bool = True) -> dict:
     from ecombot.config import TrainConfig
     from ecombot.data.builtin import policy_path
     from ecombot.evaluate import heldout_loss
@@ -147,7 +149,7 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
     cfg = TrainConfig(model=model_spec, data=str(data), output=str(out / "run"), epochs=1, val_fraction=0.0,
                       test_fraction=0.0, method=method, batch_size=8, learning_rate=2e-4,
                       knowledge="bench" if grounded else "none", db=db, precision=precision,
-                      adapted_layers=adapted_layers)
+                      adapted_layers=adapted_layers, prompt_gradients=prompt_gradients)
     result = ecombot_train(cfg, show_progress=False)
     peak = peak_memory()
     if grounded:  # the held-out questions asked as a grounded bot is asked them: with their passages
@@ -177,7 +179,8 @@ def worker(args) -> None:
         else:
             result = train_ecombot(args.model, train, test, out, "qlora" if args.worker == "ecombot-qlora" else "lora",
                                    grounded=args.worker == "ecombot-grounded", precision=args.precision,
-                                   adapted_layers=args.adapted_layers)  # TrainConfig reads "9" as 9
+                                   adapted_layers=args.adapted_layers,  # TrainConfig reads "9" as 9
+                                   prompt_gradients=not args.answer_only)
     result["answer_tokens"] = answer_tokens(load_tokenizer(model_dir), train)
     result["tokens_per_s"] = result["answer_tokens"] / result["seconds"]
     print(json.dumps(result))
@@ -191,23 +194,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated; an ecombot system as NAME@N puts its adapters in the top N decoder "
-                             "layers only (adapted_layers), e.g. ecombot-grounded,ecombot-grounded@9")
+                             "layers only (adapted_layers), NAME+answers trains with answer-only backward "
+                             "(prompt_gradients: false), e.g. ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers")
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
     parser.add_argument("--adapted-layers", default="all", help=argparse.SUPPRESS)  # a worker's, from SYSTEM@N
+    parser.add_argument("--answer-only", action="store_true", help=argparse.SUPPRESS)  # a worker's, from NAME+answers
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
     systems = [s for s in args.systems.split(",") if s]
-    worker_args = {}  # system -> its worker's system and adapted layers
+    worker_args = {}  # system -> its worker's system, adapted layers and backward
     for system in systems:
-        name, at, layers = system.partition("@")
-        if name not in SYSTEMS or (at and not (name.startswith("ecombot") and layers.isdigit())):
-            parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N)")
-        worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all"]
+        spec, plus, modifier = system.partition("+")
+        name, at, layers = spec.partition("@")
+        if (name not in SYSTEMS or (at and not layers.isdigit()) or (plus and modifier != "answers")
+                or ((at or plus) and not name.startswith("ecombot"))):
+            parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N "
+                         "and/or +answers)")
+        worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all", *(["--answer-only"] * bool(plus))]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),

@@ -105,3 +105,56 @@ def test_packed_attention_differs_without_the_conversation_boundaries():
     one_sequence = dict(batch, cu_seq_lens=torch.tensor([0, int(batch["cu_seq_lens"][-1])]),
                         position_ids=torch.arange(32)[None])
     assert not torch.allclose(supervised_loss(model, one_sequence), packed, atol=1e-3)
+
+
+def two_answer_examples() -> list[dict[str, list[int]]]:
+    """Conversations with two answers each (a second turn after the first answer), so the answer tokens of one
+    conversation are not one contiguous run."""
+    out = []
+    for ex in examples([9, 14, 5, 11, 7, 12], seed=3):
+        n = len(ex["input_ids"])
+        labels = list(ex["labels"])
+        labels[n // 2 + 1:n // 2 + 3] = [-100, -100]  # a prompt span (the next question) inside the answers
+        labels[1:3] = ex["input_ids"][1:3] if n > 8 else labels[1:3]  # an early answer, before most of the prompt
+        out.append({"input_ids": ex["input_ids"], "labels": labels})
+    return out
+
+
+@pytest.mark.parametrize("eager_budget", [1 << 22, 0, None], ids=["eager", "sdpa", "without-speedups"])
+def test_answer_only_backward_keeps_the_losses_and_the_gradients_prompts_do_not_feed(monkeypatch, eager_budget):
+    """Answer-only backward (the prompt's keys/values recorded without autograd, the answers run again) gives the
+    one-pass losses, sliding window and several answers per conversation included; the gradients of the weights
+    that do not shape the prompt tokens' keys/values of any layer (here the top layer's query, output and MLP
+    weights) are exact, and the others differ (what the recipe leaves out)."""
+    import ecombot.speedups.attention as attention
+
+    model = frozen_head_model(sliding_window=6)
+    if eager_budget is not None:
+        monkeypatch.setattr(attention, "EAGER_MAX_WEIGHTS", eager_budget)
+        speedups.apply(model, mode="train")
+    for layer in model.model.layers:
+        if layer.self_attn.sliding_window is not None:
+            layer.self_attn.sliding_window = 6
+    top = model.model.layers[-1]
+    exact = {id(p) for module in (top.self_attn.q_proj, top.self_attn.o_proj, top.mlp, top.post_attention_layernorm,
+                                  top.pre_feedforward_layernorm, top.post_feedforward_layernorm, top.self_attn.q_norm,
+                                  model.model.norm) for p in module.parameters()}
+    batch = PackedCollator(0, 64)(packed_rows(two_answer_examples(), 64))
+    results = []
+    for answer_only in (False, True):
+        model.zero_grad()
+        losses, conversations = token_losses(model, batch, answer_only_backward=answer_only)
+        (losses.sum() / losses.numel()).backward()
+        results.append((losses, conversations, [(id(p), p.grad.clone()) for p in model.parameters() if p.requires_grad]))
+    (full, full_rows, full_grads), (answers, answer_rows, answer_grads) = results
+    assert torch.allclose(answers, full, atol=1e-5) and torch.equal(answer_rows, full_rows)
+    checked = differ = 0
+    for (key, got), (_, want) in zip(answer_grads, full_grads):
+        if key in exact:
+            assert torch.allclose(got, want, atol=1e-5)
+            checked += 1
+        else:
+            differ += not torch.allclose(got, want, atol=1e-4)
+    assert checked >= 4 and differ >= 3  # e.g. the lower layer's and the top layer's key/value weights
+    with torch.no_grad():  # without gradients there is nothing to save: the one-pass forward
+        assert torch.allclose(token_losses(model, batch, answer_only_backward=True)[0], full, atol=1e-5)

@@ -112,6 +112,32 @@ def test_adapters_in_the_top_layers_only_leave_the_layers_below_out_of_the_backw
         tiny_config(tiny_model_dir, small_dataset, run, adapted_layers="top")
 
 
+def test_answer_only_backward_trains_from_the_same_first_loss_and_needs_packing(tiny_model_dir, small_dataset,
+                                                                               tmp_path, monkeypatch):
+    """`prompt_gradients: false` trains through models.loss.answer_only_losses on every training step (validation
+    keeps the one-pass forward), starts from exactly the default's first loss (same forward values) and then
+    follows other gradients; without packing it is refused."""
+    from ecombot.errors import ConfigError
+    from ecombot.models import loss as loss_module
+
+    calls = []
+    original = loss_module.answer_only_losses
+    monkeypatch.setattr(loss_module, "answer_only_losses", lambda *a: calls.append(1) or original(*a))
+    logs = {}
+    for name, prompt_gradients in (("full", True), ("answers", False)):
+        run = tmp_path / name
+        train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=12, eval_steps=6,
+                          prompt_gradients=prompt_gradients), show_progress=False)
+        logs[name] = [r["loss"] for r in log_of(run) if "loss" in r]
+        assert json.loads((run / "run_config.json").read_text())["config"]["prompt_gradients"] is prompt_gradients
+        assert len(calls) == (0 if prompt_gradients else 12)
+    assert logs["answers"][0] == pytest.approx(logs["full"][0], rel=1e-5)
+    assert max(abs(a - f) / f for a, f in zip(logs["answers"], logs["full"])) > 1e-3  # other gradients
+    assert logs["answers"][-1] < logs["answers"][0] * 0.8  # it learns
+    with pytest.raises(ConfigError, match="prompt_gradients.*packing"):
+        tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", prompt_gradients=False, packing=False)
+
+
 def test_training_is_reproducible(tiny_model_dir, small_dataset, tmp_path):
     losses = []
     for name in ("a", "b"):

@@ -106,6 +106,9 @@ def train(
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
     adapted_layers: Optional[str] = typer.Option(None, help="Decoder layers with adapters: all, or N for the top N "
                                                  "only (no backward pass below them: faster, less memory)."),
+    prompt_gradients: Optional[bool] = typer.Option(None, "--prompt-gradients/--answer-only-backward",
+                                                    help="Backward through the prompt tokens too (default), or through "
+                                                    "the answer tokens only (faster with long prompts)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",
@@ -131,7 +134,7 @@ def train(
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, adapted_layers=adapted_layers,
-                      learning_rate=learning_rate, batch_size=batch_size, packing=packing, seed=seed,
+                      prompt_gradients=prompt_gradients, learning_rate=learning_rate, batch_size=batch_size, packing=packing, seed=seed,
                       precision=precision, knowledge=knowledge, db=db, task=task, catalog=catalog)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():

@@ -41,6 +41,7 @@ class TrainConfig:
     rslora: bool = False
     target_modules: str | list[str] = "all-linear"
     adapted_layers: int | str = "all"
+    prompt_gradients: bool = True
     init_adapter: str | None = None
     epochs: float | str = AUTO
     max_steps: int = -1
@@ -104,6 +105,8 @@ class TrainConfig:
         if self.adapted_layers != "all" and (isinstance(self.adapted_layers, bool)
                                              or not isinstance(self.adapted_layers, int) or self.adapted_layers < 1):
             raise bad("adapted_layers", "must be all or a positive number of top decoder layers")
+        if not self.prompt_gradients and not self.packing:
+            raise bad("prompt_gradients", "false needs packing: true (answer-only backward runs on packed rows)")
         if self.task not in TASKS:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:

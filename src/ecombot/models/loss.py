@@ -24,29 +24,64 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(model, batch: dict[str, torch.Tensor],
+                 answer_only_backward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of every supervised token, and the conversation it belongs to (its batch row, or for a packed
     row its place in the row).
 
     `batch`: input_ids and labels, plus attention_mask (padded rows) or position_ids and cu_seq_lens (a packed row,
-    see train.packing.PackedCollator)."""
+    see train.packing.PackedCollator). `answer_only_backward` (packed rows, with gradients): the same losses, with
+    gradients through the answer tokens only (answer_only_losses)."""
     input_ids, labels, cu_seq_lens = batch["input_ids"], batch["labels"], batch.get("cu_seq_lens")
     keep = supervised_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
-    if cu_seq_lens is None:
-        inputs["attention_mask"] = batch["attention_mask"]
-    else:
-        inputs["position_ids"] = batch["position_ids"]
-    losses = speedups.forward_losses(model, inputs, targets, cu_seq_lens)
-    if losses is None:  # no speed-ups on this model: its own forward and PyTorch's cross-entropy
-        logits = model(**inputs).logits
-        losses = torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
-                                                   targets, reduction="none")
     where = keep.nonzero()
+    if answer_only_backward and cu_seq_lens is not None and torch.is_grad_enabled():
+        losses = answer_only_losses(model, batch, keep, targets)
+    else:
+        inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
+        if cu_seq_lens is None:
+            inputs["attention_mask"] = batch["attention_mask"]
+        else:
+            inputs["position_ids"] = batch["position_ids"]
+        losses = speedups.forward_losses(model, inputs, targets, cu_seq_lens)
+        if losses is None:  # no speed-ups on this model: its own forward and PyTorch's cross-entropy
+            losses = logits_cross_entropy(model(**inputs).logits, targets)
     if cu_seq_lens is None:
         return losses, where[:, 0]
     return losses, torch.searchsorted(cu_seq_lens, where[:, 1], right=True) - 1
+
+
+def logits_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
+                                             reduction="none")
+
+
+def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor,
+                       targets: torch.Tensor) -> torch.Tensor:
+    """The losses of a packed row, with backward through the answer tokens only.
+
+    Why: in a grounded row ~86% of the tokens are prompt (knowledge passages, question), which needs no logits but
+    costs the full backward pass through every layer. Here the whole row runs once without autograd, keeping each
+    layer's keys and values, then the answer tokens alone (the positions whose next token is scored) run again with
+    autograd, attending to those recorded keys and values. The losses equal the one-pass losses (same forward
+    values); the gradients leave out how the adapter changes the prompt tokens' keys and values (the adapter still
+    learns how answers read them). A training choice, not a speed-up of the same computation: the config's
+    `prompt_gradients: false`."""
+    from ecombot.speedups.attention import AnswerLayout, attention_for
+
+    input_ids, positions, cu_seq_lens = batch["input_ids"], batch["position_ids"], batch["cu_seq_lens"]
+    selected = keep[0].nonzero().squeeze(1)
+    layout = AnswerLayout.from_selection(cu_seq_lens, selected)
+    with torch.no_grad(), attention_for(model, input_ids, cu_seq_lens, record=layout.recorded):
+        model(input_ids=input_ids, position_ids=positions, logits_to_keep=torch.zeros_like(keep), use_cache=False)
+    answers = dict(input_ids=input_ids[:, selected], position_ids=positions[:, selected],
+                   logits_to_keep=torch.ones((1, len(selected)), dtype=torch.bool, device=keep.device),
+                   use_cache=False)
+    with attention_for(model, answers["input_ids"], layout=layout):
+        if speedups.is_applied(model):
+            return speedups.fused_losses(model, answers, targets)
+        return logits_cross_entropy(model(**answers).logits, targets)
 
 
 def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -56,9 +91,10 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def supervised_loss(model, batch: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+def supervised_loss(model, batch: dict[str, torch.Tensor], num_items: int | torch.Tensor | None = None,
+                    answer_only_backward: bool = False) -> torch.Tensor:
     """Sum of token cross-entropies over supervised tokens / num_items (default: their count here)."""
-    losses, _ = token_losses(model, batch)
+    losses, _ = token_losses(model, batch, answer_only_backward)
     total = losses.sum()
     denominator = losses.numel() if num_items is None else num_items
     if isinstance(denominator, torch.Tensor):

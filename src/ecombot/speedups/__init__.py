@@ -109,10 +109,19 @@ def applied_to(model: torch.nn.Module) -> Applied | None:
 def forward_losses(model, inputs: dict, targets: torch.Tensor, cu_seq_lens: torch.Tensor | None) -> torch.Tensor | None:
     """The answer tokens' cross-entropy through the model's forward with the speed-ups on it, or None for a model
     without them (models/loss.py then runs the model's own forward)."""
-    from ecombot.speedups.head import forward_losses as head_losses
-
-    applied = applied_to(model)
-    if applied is None or not applied.changed:
+    if not is_applied(model):
         return None
     with attention_for(model, inputs["input_ids"], cu_seq_lens):
-        return head_losses(model, inputs, targets)
+        return fused_losses(model, inputs, targets)
+
+
+def is_applied(model) -> bool:
+    applied = applied_to(model)
+    return applied is not None and bool(applied.changed)
+
+
+def fused_losses(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
+    """The answer tokens' cross-entropy with the head fused into the loss, under the attention already chosen."""
+    from ecombot.speedups.head import forward_losses as head_losses
+
+    return head_losses(model, inputs, targets)

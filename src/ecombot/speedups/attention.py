@@ -67,46 +67,127 @@ class PackedLayout:
         allowed = (positions[None, :] <= positions[:, None]) & self.valid[:, None, :]
         if sliding_window is not None:
             allowed &= positions[:, None] - positions[None, :] < sliding_window
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        return additive(allowed, dtype)
 
 
-_layout: contextvars.ContextVar[PackedLayout | None] = contextvars.ContextVar("ecombot_packed_layout", default=None)
+def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(conversations, queries, keys) bool -> (conversations, 1, queries, keys) additive mask."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+@dataclass
+class AnswerLayout:
+    """A packed row's answer positions attending to the whole row: the queries are the answer tokens only, the keys
+    and values every token's, those of the prompt tokens taken from a pass without gradients (`recorded`: layer ->
+    (key, value) of the whole row) and those of the answer tokens from this pass.
+
+    This is what answer-only backward (models/loss.py) runs: the prompt (the system prompt, the knowledge passages,
+    the question) is computed once without autograd, and the pass that backward goes through holds the answer tokens
+    only (~14% of a grounded row's tokens)."""
+
+    row: PackedLayout  # the whole row's conversations (the keys)
+    selected: torch.Tensor  # (answers,) row positions of the answer tokens, in order
+    index: torch.Tensor  # (conversations x longest answer set) places in `selected`; past the end, its first
+    valid: torch.Tensor  # (conversations, longest answer set) bool
+    kept: torch.Tensor  # the valid entries of `index`, in order
+    query_positions: torch.Tensor  # (conversations, longest answer set): each query's place in its conversation
+    recorded: dict = field(default_factory=dict)
+    masks: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_selection(cls, cu_seq_lens: torch.Tensor, selected: torch.Tensor) -> "AnswerLayout":
+        conversation = torch.searchsorted(cu_seq_lens, selected, right=True) - 1
+        counts = torch.bincount(conversation, minlength=len(cu_seq_lens) - 1)
+        starts = torch.cumsum(counts, 0) - counts
+        offsets = torch.arange(max(int(counts.max()), 1), device=selected.device)
+        valid = offsets < counts[:, None]
+        index = torch.where(valid, starts[:, None] + offsets, starts[:, None].clamp(max=max(len(selected) - 1, 0)))
+        place = selected - cu_seq_lens[conversation]  # each answer token's position inside its conversation
+        query_positions = torch.where(valid, place[index], 0)
+        return cls(PackedLayout.from_boundaries(cu_seq_lens), selected, index.reshape(-1), valid,
+                   valid.reshape(-1).nonzero().squeeze(1), query_positions)
+
+    def additive_mask(self, dtype: torch.dtype, sliding_window: int | None) -> torch.Tensor:
+        """(conversations, 1, longest answer set, longest) : causal by the tokens' places in their conversation."""
+        key = (dtype, sliding_window)
+        if key not in self.masks:
+            keys = torch.arange(self.row.valid.shape[1], device=self.valid.device)
+            queries = self.query_positions[:, :, None]
+            allowed = (keys[None, None, :] <= queries) & self.row.valid[:, None, :]
+            if sliding_window is not None:
+                allowed &= queries - keys[None, None, :] < sliding_window
+            self.masks[key] = additive(allowed, dtype)
+        return self.masks[key]
+
+
+_layout: contextvars.ContextVar[PackedLayout | AnswerLayout | None] = contextvars.ContextVar("ecombot_packed_layout",
+                                                                                           default=None)
+# While a no-grad pass records a packed row's keys and values (layer -> (key, value)), the dict to record into.
+_recording: contextvars.ContextVar[dict | None] = contextvars.ContextVar("ecombot_recording", default=None)
+
+
+def attend(module, q, k, v, mask, dropout: float, scaling: float | None, softcap: float | None) -> torch.Tensor:
+    """Attention of per-conversation batches: q (conversations, heads, queries, dim), k and v (conversations,
+    kv_heads, keys, dim), an additive mask (conversations, 1, queries, keys) -> (conversations, heads, queries, dim)."""
+    conversations, heads, queries, dim = q.shape
+    kv_heads, keys = k.shape[1], k.shape[2]
+    group = heads // kv_heads  # grouped-query attention: query heads per kv head
+    scaling = dim ** -0.5 if scaling is None else scaling
+    dropout = dropout if module.training else 0.0
+    eager = q.device.type == "cpu" and conversations * heads * queries * keys <= EAGER_MAX_WEIGHTS
+    if softcap is None and not eager:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                                scale=scaling, enable_gqa=group > 1)
+    # The query heads that share a kv head are stacked along the query axis, so k and v are used as they are:
+    # copying them per query head (and summing those copies' gradients back) cost 15 ms per step at 576 tokens.
+    stacked = q.reshape(conversations, kv_heads, group * queries, dim)
+    scores = torch.matmul(stacked, k.transpose(2, 3)).mul_(scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.view(conversations, kv_heads, group, queries, keys) + mask[:, :, None]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=dropout > 0)
+    out = torch.matmul(weights.view(conversations, kv_heads, group * queries, keys), v)
+    return out.view(conversations, heads, queries, dim)
+
+
+def per_conversation(t: torch.Tensor, index: torch.Tensor, conversations: int) -> torch.Tensor:
+    """(1, heads, tokens, dim) -> (conversations, heads, longest, dim), gathered by `index`."""
+    return t[0].index_select(1, index).view(t.shape[1], conversations, -1, t.shape[-1]).transpose(0, 1)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      sliding_window: int | None = None, softcap: float | None = None, **kwargs):
     """Transformers attention interface: query (1, heads, row, dim), key/value (1, kv_heads, row, dim) ->
-    (1, row, heads, dim), each conversation of the row attending only to itself."""
+    (1, row, heads, dim), each conversation of the row attending only to itself. For an AnswerLayout the row holds
+    the answer tokens only and the keys are completed from the recorded pass."""
     layout = _layout.get()
+    if isinstance(layout, AnswerLayout):
+        return answer_attention(layout, module, query, key, value, dropout, scaling, sliding_window, softcap)
+    recording = _recording.get()
+    if recording is not None:
+        recording[module.layer_idx] = (key, value)
     heads, row, dim = query.shape[1:]
-    conversations, longest = layout.valid.shape
-    # (conversations, heads, longest, dim)
-    gather = lambda t: t[0].index_select(1, layout.index).view(t.shape[1], conversations, longest, dim).transpose(0, 1)
-    q, k, v = gather(query), gather(key), gather(value)
-    kv_heads = k.shape[1]
-    group = heads // kv_heads  # grouped-query attention: query heads per kv head
-    scaling = dim ** -0.5 if scaling is None else scaling
-    mask = layout.additive_mask(q.dtype, sliding_window)
-    dropout = dropout if module.training else 0.0
-    if softcap is None and not prefers_eager(q.device, *q.shape[:3]):
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                               scale=scaling, enable_gqa=group > 1)
-    else:
-        # The query heads that share a kv head are stacked along the query axis, so k and v are used as they are:
-        # copying them per query head (and summing those copies' gradients back) cost 15 ms per step at 576 tokens.
-        stacked = q.reshape(conversations, kv_heads, group * longest, dim)
-        scores = torch.matmul(stacked, k.transpose(2, 3)).mul_(scaling)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.view(conversations, kv_heads, group, longest, longest) + mask[:, :, None]
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        weights = torch.nn.functional.dropout(weights, p=dropout, training=dropout > 0)
-        out = torch.matmul(weights.view(conversations, kv_heads, group * longest, longest), v)
-        out = out.view(conversations, heads, longest, dim)
-    packed = out.transpose(1, 2).reshape(conversations * longest, heads, dim).index_select(0, layout.kept)
+    conversations = layout.valid.shape[0]
+    q, k, v = (per_conversation(t, layout.index, conversations) for t in (query, key, value))
+    out = attend(module, q, k, v, layout.additive_mask(q.dtype, sliding_window), dropout, scaling, softcap)
+    packed = out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, layout.kept)
     padding = packed.new_zeros((row - layout.tokens, heads, dim))
     return torch.cat([packed, padding])[None], None
+
+
+def answer_attention(layout: AnswerLayout, module, query, key, value, dropout, scaling, sliding_window, softcap):
+    """The answer tokens' attention over the whole row: recorded keys/values, this pass's at the answer positions
+    (so gradients reach the answer tokens' own keys and values, not the prompt's)."""
+    recorded_key, recorded_value = layout.recorded[module.layer_idx]
+    conversations = layout.valid.shape[0]
+    heads, dim = query.shape[1], query.shape[3]
+    k, v = (per_conversation(full.index_copy(2, layout.selected, mine), layout.row.index, conversations)
+            for full, mine in ((recorded_key, key), (recorded_value, value)))
+    q = per_conversation(query, layout.index, conversations)
+    out = attend(module, q, k, v, layout.additive_mask(q.dtype, sliding_window), dropout, scaling, softcap)
+    return out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, layout.kept)[None], None
 
 
 def _register() -> None:
@@ -116,23 +197,29 @@ def _register() -> None:
 
 
 @contextmanager
-def attention_for(model, input_ids: torch.Tensor, cu_seq_lens: torch.Tensor | None = None):
+def attention_for(model, input_ids: torch.Tensor, cu_seq_lens: torch.Tensor | None = None,
+                  layout: AnswerLayout | None = None, record: dict | None = None):
     """While active, the model attends with the kernel that fits this batch: per conversation for a packed row,
-    eager for short padded batches on a CPU, its own otherwise."""
+    eager for short padded batches on a CPU, its own otherwise. `record`: a dict that receives every layer's keys
+    and values of the packed row; `layout`: the answer tokens of a recorded row (AnswerLayout)."""
     config = unwrapped(model).config
     own = getattr(config, "_attn_implementation", None)
-    if cu_seq_lens is not None:
+    tokens = []
+    if cu_seq_lens is not None or layout is not None:
         _register()
-        chosen, token = PACKED, _layout.set(PackedLayout.from_boundaries(cu_seq_lens))
+        chosen = PACKED
+        tokens.append((_layout, _layout.set(layout or PackedLayout.from_boundaries(cu_seq_lens))))
+        if record is not None:
+            tokens.append((_recording, _recording.set(record)))
     else:
         batch, length = input_ids.shape
         heads = getattr(config, "num_attention_heads", 1)
         eager = own == "sdpa" and prefers_eager(input_ids.device, batch, heads, length)
-        chosen, token = ("eager" if eager else own), None
+        chosen = "eager" if eager else own
     config._attn_implementation = chosen
     try:
         yield
     finally:
         config._attn_implementation = own
-        if token is not None:
-            _layout.reset(token)
+        for var, token in reversed(tokens):
+            var.reset(token)

@@ -217,7 +217,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     trainer = SupervisedTrainer(
         model=model, args=training_arguments(cfg, run, device, precision, has_validation),
         train_dataset=train_items, eval_dataset=val_items or None,
-        data_collator=collator, callbacks=callbacks, run_logger=logger, run=run, keep_checkpoints=cfg.save_total_limit)
+        data_collator=collator, callbacks=callbacks, run_logger=logger, run=run, keep_checkpoints=cfg.save_total_limit,
+        answer_only_backward=not cfg.prompt_gradients)
     started = time.time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started

@@ -83,10 +83,13 @@ class SupervisedTrainer(Trainer):
     # compute_loss normalises by the number of supervised tokens in the whole accumulated batch.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, run_logger: RunLogger, run: RunDir, keep_checkpoints: int | None, **kwargs):
+    def __init__(self, *args, run_logger: RunLogger, run: RunDir, keep_checkpoints: int | None,
+                 answer_only_backward: bool = False, **kwargs):
         """`keep_checkpoints` replaces TrainingArguments.save_total_limit (leave that unset): Transformers prunes
-        older checkpoints before this class can mark the new one complete."""
+        older checkpoints before this class can mark the new one complete. `answer_only_backward`: see
+        models/loss.py answer_only_losses."""
         super().__init__(*args, **kwargs)
+        self.answer_only_backward = answer_only_backward
         self.run_logger = run_logger
         self.run = run
         self.keep_checkpoints = keep_checkpoints
@@ -98,7 +101,8 @@ class SupervisedTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.run_logger.tokens += batch_tokens(inputs)
-        loss = supervised_loss(model, inputs, num_items_in_batch if model.training else None)
+        loss = supervised_loss(model, inputs, num_items_in_batch if model.training else None,
+                               self.answer_only_backward)
         return (loss, None) if return_outputs else loss
 
     def floating_point_ops(self, inputs) -> int:
