@@ -366,10 +366,12 @@ main()
 """
 
 
-def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_dataset, tmp_path):
+@pytest.mark.parametrize("backward", ["--prompt-gradients", "--answer-only-backward"])
+def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_dataset, tmp_path, backward):
     """Two CPU processes (DDP over gloo, the launcher `accelerate launch` uses): each takes one packed row of every
     global batch, only the first process writes the run directory, the run finishes and its adapter is saved.
-    A checkpoint is marked complete only once both processes wrote their part (the second one here is slow)."""
+    A checkpoint is marked complete only once both processes wrote their part (the second one here is slow).
+    Answer-only backward (two forward passes per row, the first without autograd) runs under DDP too."""
     run = tmp_path / "ddp"
     script = tmp_path / "slow_second_rank.py"
     script.write_text(SLOW_SECOND_RANK)
@@ -377,12 +379,12 @@ def test_training_runs_data_parallel_under_torchrun(tiny_model_dir, small_datase
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
          "train", "--model", str(tiny_model_dir), "--data", str(small_dataset), "--output", str(run), "--epochs", "1",
-         "--batch-size", "4", "--precision", "fp32"], env=env, capture_output=True, text=True, timeout=600)
+         "--batch-size", "4", "--precision", "fp32", backward], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done") == 1, result.stdout[-2000:]
     assert "marked complete without" not in result.stdout and RunDir(run).latest_checkpoint() is not None
     info = json.loads((run / "run_config.json").read_text())
-    assert info["status"] == "complete"
+    assert info["status"] == "complete" and info["config"]["prompt_gradients"] is (backward == "--prompt-gradients")
     rows = info["results"]["packing"]["train_rows"]
     assert rows >= info["results"]["split"]["train"] // 4
     assert info["results"]["steps"] == -(-rows // 2)  # global batch = 2 processes x 1 packed row
