@@ -2,7 +2,7 @@
 kernel time and kernel launches per step (PyTorch profiler), then the same steps through `ecombot train`.
 
 Batches are built as `ecombot train` builds them: packed rows holding about `batch size` conversations each
-(data.PackedCollator), or with --no-packing padded batches of `batch size` conversations (the form used at stop 10).
+(models.PackedCollator), or with --no-packing padded batches of `batch size` conversations (the form used at stop 10).
 On an H100 this showed that Gemma 3 270M's steps are bound by the host (Python and kernel launches), not by the
 GPU: see the README's Performance section.
 
@@ -29,8 +29,8 @@ def main() -> None:
     from ecombot.data import builtin_path, prepare
     from ecombot.models import load_tokenizer, pick_device, resolve_model
     from ecombot.train import train
-    from ecombot.models import PadCollator, batch_tokens, encode_conversations, supervised_loss
-    from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
+    from ecombot.models import PackedCollator, PadCollator, batch_tokens, encode_conversations, supervised_loss
+    from ecombot.train.packing import pack_budget, packed_rows
     from ecombot import speedups
     from ecombot.train.recipe import build_model
 

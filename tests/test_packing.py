@@ -5,9 +5,9 @@ import torch
 
 from conftest import make_tiny_model
 from ecombot import speedups
-from ecombot.models import PadCollator
+from ecombot.models import PackedCollator, PadCollator
 from ecombot.models.loss import batch_tokens, supervised_loss, token_losses
-from ecombot.train.packing import PackedCollator, pack, pack_budget, packed_rows
+from ecombot.train.packing import pack, pack_budget, packed_rows
 
 
 def examples(lengths: list[int], seed: int = 0) -> list[dict[str, list[int]]]:

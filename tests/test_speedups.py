@@ -8,8 +8,9 @@ import torch
 
 from conftest import make_tiny_model
 from ecombot import speedups
+from ecombot.models import PackedCollator
 from ecombot.models.loss import supervised_loss
-from ecombot.train.packing import PackedCollator, packed_rows
+from ecombot.train.packing import packed_rows
 from test_packing import examples
 from test_train import tiny_config
 

@@ -1,4 +1,5 @@
-"""Conversations tokenized with their loss mask, and padded batches of them: what training and evaluation score."""
+"""Conversations tokenized with their loss mask, and padded or packed batches of them: what training and evaluation
+score."""
 
 from __future__ import annotations
 
@@ -51,3 +52,37 @@ class PadCollator:
             labels[row, :n] = torch.tensor(ex["labels"])
             mask[row, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class PackedCollator:
+    """Lay the examples of a batch of packed rows end to end in ONE row of `budget` x rows tokens.
+
+    Every batch then has the same shape, so the CPU's matmul kernels are built once (oneDNN builds one per new row
+    count: ~0.2 s per new shape for Gemma 3 270M) and no pad token is computed except the row's tail.
+    `position_ids` restart at each example and `cu_seq_lens` marks where each one starts, so attention stays within
+    it (Transformers finds the examples from the restarting positions; speedups.attention from `cu_seq_lens`, faster);
+    each example's first label is -100, so no token learns to predict the next
+    example.
+    """
+
+    def __init__(self, pad_token_id: int, budget: int):
+        self.pad_token_id = pad_token_id
+        self.budget = budget
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        examples = [ex for row in rows for ex in row["examples"]]
+        width = self.budget * len(rows)
+        ids = torch.full((1, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((1, width), -100, dtype=torch.long)
+        positions = torch.zeros((1, width), dtype=torch.long)
+        bounds = [0]
+        for ex in examples:
+            start, n = bounds[-1], len(ex["input_ids"])
+            ids[0, start:start + n] = torch.tensor(ex["input_ids"])
+            labels[0, start + 1:start + n] = torch.tensor(ex["labels"][1:])
+            positions[0, start:start + n] = torch.arange(n)
+            bounds.append(start + n)
+        if bounds[-1] > width:
+            raise ValueError(f"{bounds[-1]} tokens do not fit a packed row of {width}")
+        return {"input_ids": ids, "labels": labels, "position_ids": positions,
+                "cu_seq_lens": torch.tensor(bounds, dtype=torch.long)}

@@ -30,7 +30,7 @@ def token_losses(model, batch: dict[str, torch.Tensor],
     row its place in the row).
 
     `batch`: input_ids and labels, plus attention_mask (padded rows) or position_ids and cu_seq_lens (a packed row,
-    see train.packing.PackedCollator). `answer_only_backward` (packed rows, with gradients): the same losses, with
+    see models.PackedCollator). `answer_only_backward` (packed rows, with gradients): the same losses, with
     gradients through the answer tokens only (answer_only_losses)."""
     input_ids, labels, cu_seq_lens = batch["input_ids"], batch["labels"], batch.get("cu_seq_lens")
     keep = supervised_positions(labels)

@@ -2,7 +2,7 @@
 CPU use plain matmul + softmax; everything else keeps the model's own kernel (SDPA).
 
 Why the packed kernel is written here: a packed batch is one row of whole conversations laid end to end (see
-data.PackedCollator). Transformers' own eager/SDPA path would attend over the whole row with a block-diagonal mask
+models.PackedCollator). Transformers' own eager/SDPA path would attend over the whole row with a block-diagonal mask
 (rows x rows scores: ~8x the attention work of the conversations themselves at 8 per row), and flash-attention's
 variable-length kernel does not exist on a CPU. Here the rows of each conversation are gathered into a small padded
 batch for the attention only (a few MB of copies), so every projection and MLP runs on the packed row with no

@@ -14,12 +14,12 @@ from ecombot.config import TrainConfig, fit_to_data
 from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import ConfigError, EcombotError
 from ecombot import speedups
-from ecombot.models import (PadCollator, encode_conversations, load_base_model, load_tokenizer, pick_device,
-                            resolve_model, resolve_precision)
+from ecombot.models import (PackedCollator, PadCollator, encode_conversations, load_base_model, load_tokenizer,
+                            pick_device, resolve_model, resolve_precision)
 from ecombot.run_dir import RunDir, checkpoint_step
 from ecombot.train.card import model_card
 from ecombot.train.grounding import ground_training_data
-from ecombot.train.packing import PackedCollator, pack_budget, packed_rows
+from ecombot.train.packing import pack_budget, packed_rows
 from ecombot.train.result import TrainResult
 from ecombot.train.tasks import task_data
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
                                                "split": split.counts()})
 
-    # 4. Batches: packed rows of one fixed size (see data.PackedCollator), or padded batches.
+    # 4. Batches: packed rows of one fixed size (see models.PackedCollator), or padded batches.
     if cfg.packing:
         budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
         train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
