@@ -134,8 +134,9 @@ def train(
 
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, adapted_layers=adapted_layers,
-                      prompt_gradients=prompt_gradients, learning_rate=learning_rate, batch_size=batch_size, packing=packing, seed=seed,
-                      precision=precision, knowledge=knowledge, db=db, task=task, catalog=catalog)
+                      prompt_gradients=prompt_gradients, learning_rate=learning_rate, batch_size=batch_size,
+                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
+                      catalog=catalog)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():
         return

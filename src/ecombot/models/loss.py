@@ -36,7 +36,7 @@ def token_losses(model, batch: dict[str, torch.Tensor],
     keep = supervised_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     where = keep.nonzero()
-    if answer_only_backward and cu_seq_lens is not None and torch.is_grad_enabled():
+    if answer_only_backward and cu_seq_lens is not None and torch.is_grad_enabled() and len(targets):
         losses = answer_only_losses(model, batch, keep, targets)
     else:
         inputs = dict(input_ids=input_ids, logits_to_keep=keep, use_cache=False)
