@@ -195,12 +195,13 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated; an ecombot system as NAME@N puts its adapters in the top N decoder "
                              "layers only (adapted_layers), NAME+answers trains with answer-only backward "
-                             "(prompt_gradients: false), e.g. ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers")
+                             "(prompt_gradients: false), e.g. "
+                             "ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers")
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
     parser.add_argument("--adapted-layers", default="all", help=argparse.SUPPRESS)  # a worker's, from SYSTEM@N
-    parser.add_argument("--answer-only", action="store_true", help=argparse.SUPPRESS)  # a worker's, from NAME+answers
+    parser.add_argument("--answer-only", action="store_true", help=argparse.SUPPRESS)  # a worker's: NAME+answers
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

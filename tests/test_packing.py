@@ -6,7 +6,7 @@ import torch
 from conftest import make_tiny_model
 from ecombot import speedups
 from ecombot.models import PackedCollator, PadCollator
-from ecombot.models.loss import batch_tokens, supervised_loss, token_losses
+from ecombot.models.loss import batch_tokens, supervised_loss, supervised_positions, token_losses
 from ecombot.train.packing import pack, pack_budget, packed_rows
 
 
@@ -109,7 +109,7 @@ def test_packed_attention_differs_without_the_conversation_boundaries():
 
 def two_answer_examples() -> list[dict[str, list[int]]]:
     """Conversations with two answers each (a second turn after the first answer), so the answer tokens of one
-    conversation are not one contiguous run."""
+    conversation are not one contiguous run, and two with no answer token at all (in the middle and at the end)."""
     out = []
     for ex in examples([9, 14, 5, 11, 7, 12], seed=3):
         n = len(ex["input_ids"])
@@ -117,15 +117,41 @@ def two_answer_examples() -> list[dict[str, list[int]]]:
         labels[n // 2 + 1:n // 2 + 3] = [-100, -100]  # a prompt span (the next question) inside the answers
         labels[1:3] = ex["input_ids"][1:3] if n > 8 else labels[1:3]  # an early answer, before most of the prompt
         out.append({"input_ids": ex["input_ids"], "labels": labels})
-    return out
+    unanswered = [{"input_ids": ex["input_ids"], "labels": [-100] * len(ex["input_ids"])}
+                  for ex in examples([6, 8], seed=4)]
+    return out[:3] + unanswered[:1] + out[3:] + unanswered[1:]
+
+
+def one_pass_with_prompt_keys_detached(model, batch, monkeypatch) -> torch.Tensor:
+    """The losses of the one-pass forward in which every layer's keys and values are cut from autograd except at
+    the answer positions: by construction, the gradients answer-only backward should give."""
+    import ecombot.speedups.attention as attention
+
+    keep = supervised_positions(batch["labels"])
+    selected = keep[0].nonzero().squeeze(1)
+    kernel = attention.packed_attention
+
+    def detached_prompt(module, query, key, value, *args, **kwargs):
+        key, value = (t.detach().index_copy(2, selected, t.index_select(2, selected)) for t in (key, value))
+        return kernel(module, query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "packed_attention", detached_prompt)
+    try:
+        with attention.attention_for(model, batch["input_ids"], batch["cu_seq_lens"]):
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=keep,
+                           use_cache=False).logits
+    finally:
+        monkeypatch.setattr(attention, "packed_attention", kernel)
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"][:, 1:][keep[:, :-1]], reduction="none")
 
 
 @pytest.mark.parametrize("eager_budget", [1 << 22, 0, None], ids=["eager", "sdpa", "without-speedups"])
-def test_answer_only_backward_keeps_the_losses_and_the_gradients_prompts_do_not_feed(monkeypatch, eager_budget):
+def test_answer_only_backward_keeps_the_losses_and_gives_the_gradients_of_detached_prompt_keys(monkeypatch,
+                                                                                              eager_budget):
     """Answer-only backward (the prompt's keys/values recorded without autograd, the answers run again) gives the
-    one-pass losses, sliding window and several answers per conversation included; the gradients of the weights
-    that do not shape the prompt tokens' keys/values of any layer (here the top layer's query, output and MLP
-    weights) are exact, and the others differ (what the recipe leaves out)."""
+    one-pass losses and exactly the gradients of a one-pass forward whose keys/values are detached everywhere but at
+    the answer positions: sliding window, several answers per conversation and conversations without an answer in
+    the row included. Those gradients differ from full backward's (what the recipe leaves out)."""
     import ecombot.speedups.attention as attention
 
     model = frozen_head_model(sliding_window=6)
@@ -135,26 +161,34 @@ def test_answer_only_backward_keeps_the_losses_and_the_gradients_prompts_do_not_
     for layer in model.model.layers:
         if layer.self_attn.sliding_window is not None:
             layer.self_attn.sliding_window = 6
-    top = model.model.layers[-1]
-    exact = {id(p) for module in (top.self_attn.q_proj, top.self_attn.o_proj, top.mlp, top.post_attention_layernorm,
-                                  top.pre_feedforward_layernorm, top.post_feedforward_layernorm, top.self_attn.q_norm,
-                                  model.model.norm) for p in module.parameters()}
-    batch = PackedCollator(0, 64)(packed_rows(two_answer_examples(), 64))
-    results = []
-    for answer_only in (False, True):
+    exs = two_answer_examples()
+    batch = PackedCollator(0, 96)([{"examples": exs}])  # in this order, the unanswered ones in the middle and last
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = {}
+    for name in ("full", "answers", "reference"):
         model.zero_grad()
-        losses, conversations = token_losses(model, batch, answer_only_backward=answer_only)
-        (losses.sum() / losses.numel()).backward()
-        results.append((losses, conversations, [(id(p), p.grad.clone()) for p in model.parameters() if p.requires_grad]))
-    (full, full_rows, full_grads), (answers, answer_rows, answer_grads) = results
-    assert torch.allclose(answers, full, atol=1e-5) and torch.equal(answer_rows, full_rows)
-    checked = differ = 0
-    for (key, got), (_, want) in zip(answer_grads, full_grads):
-        if key in exact:
-            assert torch.allclose(got, want, atol=1e-5)
-            checked += 1
+        if name == "reference":
+            losses = one_pass_with_prompt_keys_detached(model, batch, monkeypatch)
         else:
-            differ += not torch.allclose(got, want, atol=1e-4)
-    assert checked >= 4 and differ >= 3  # e.g. the lower layer's and the top layer's key/value weights
+            losses, conversations = token_losses(model, batch, answer_only_backward=name == "answers")
+            grads[f"{name} conversations"] = conversations
+        (losses.sum() / losses.numel()).backward()
+        grads[name] = (losses.detach(), [p.grad.clone() for p in trainable])
+    full, answers, reference = grads["full"], grads["answers"], grads["reference"]
+    assert torch.allclose(answers[0], full[0], atol=1e-5) and torch.allclose(reference[0], full[0], atol=1e-5)
+    assert torch.equal(grads["answers conversations"], grads["full conversations"])
+    assert set(grads["full conversations"].tolist()) == {0, 1, 2, 4, 5, 6}  # 3 and 7 have no answer
+    for got, want in zip(answers[1], reference[1]):
+        assert torch.allclose(got, want, atol=1e-5)
+    differ = sum(not torch.allclose(got, want, atol=1e-4) for got, want in zip(answers[1], full[1]))
+    assert differ >= 3  # e.g. both layers' key/value weights
     with torch.no_grad():  # without gradients there is nothing to save: the one-pass forward
-        assert torch.allclose(token_losses(model, batch, answer_only_backward=True)[0], full, atol=1e-5)
+        assert torch.allclose(token_losses(model, batch, answer_only_backward=True)[0], full[0], atol=1e-5)
+
+
+def test_a_row_without_answer_tokens_takes_the_one_pass_path():
+    model = frozen_head_model()
+    speedups.apply(model, mode="train")
+    exs = [{"input_ids": ex["input_ids"], "labels": [-100] * len(ex["input_ids"])} for ex in examples([6, 8])]
+    losses, _ = token_losses(model, PackedCollator(0, 16)([{"examples": exs}]), answer_only_backward=True)
+    assert losses.numel() == 0

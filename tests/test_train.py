@@ -134,8 +134,11 @@ def test_answer_only_backward_trains_from_the_same_first_loss_and_needs_packing(
     assert logs["answers"][0] == pytest.approx(logs["full"][0], rel=1e-5)
     assert max(abs(a - f) / f for a, f in zip(logs["answers"], logs["full"])) > 1e-3  # other gradients
     assert logs["answers"][-1] < logs["answers"][0] * 0.8  # it learns
-    with pytest.raises(ConfigError, match="prompt_gradients.*packing"):
+    with pytest.raises(ConfigError, match="prompt_gradients.*--answer-only-backward.*needs packing"):
         tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", prompt_gradients=False, packing=False)
+    for name in ("prompt_gradients", "packing", "rslora", "group_by_length"):  # YAML's quoted "false" is truthy
+        with pytest.raises(ConfigError, match=f"'{name}': must be true or false, unquoted"):
+            tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", **{name: "false"})
 
 
 def test_training_is_reproducible(tiny_model_dir, small_dataset, tmp_path):

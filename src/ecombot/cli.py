@@ -106,9 +106,10 @@ def train(
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
     adapted_layers: Optional[str] = typer.Option(None, help="Decoder layers with adapters: all, or N for the top N "
                                                  "only (no backward pass below them: faster, less memory)."),
-    prompt_gradients: Optional[bool] = typer.Option(None, "--prompt-gradients/--answer-only-backward",
-                                                    help="Backward through the prompt tokens too (default), or through "
-                                                    "the answer tokens only (faster with long prompts)."),
+    prompt_gradients: Optional[bool] = typer.Option(
+        None, "--prompt-gradients/--answer-only-backward",
+        help="Backward through the prompt tokens too (default), or through the answer tokens only: faster with long "
+             "(grounded) prompts, needs packing, learned less in the quickstart (README, Training)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",

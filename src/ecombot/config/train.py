@@ -82,6 +82,9 @@ class TrainConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"config field '{name}': {why} (got {getattr(self, name)!r})")
 
+        for name in ("rslora", "prompt_gradients", "group_by_length", "packing"):  # "false" in quotes is truthy
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false, unquoted")
         if self.method not in METHODS:
             raise bad("method", f"must be one of {', '.join(METHODS)}")
         if self.precision not in PRECISIONS:
@@ -106,7 +109,8 @@ class TrainConfig:
                                              or not isinstance(self.adapted_layers, int) or self.adapted_layers < 1):
             raise bad("adapted_layers", "must be all or a positive number of top decoder layers")
         if not self.prompt_gradients and not self.packing:
-            raise bad("prompt_gradients", "false needs packing: true (answer-only backward runs on packed rows)")
+            raise bad("prompt_gradients", "false (--answer-only-backward) needs packing: true (drop --no-packing): "
+                                          "answer-only backward runs on packed rows")
         if self.task not in TASKS:
             raise bad("task", f"must be one of {', '.join(TASKS)}")
         if self.task != "support" and not self.catalog:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ecombot.data import Conversation
-from ecombot.models import PackedCollator, encode_conversations, token_losses
+from ecombot.models import encode_conversations, scoring_batch, token_losses
 
 
 # A token the model gives more than half the probability is its greedy choice, whatever the other tokens get.
@@ -27,11 +27,8 @@ def answer_token_stats(model, tokenizer, convs: list[Conversation], system_promp
     device = next(model.parameters()).device
     sums, counts, sure = np.zeros(len(convs)), np.zeros(len(convs)), np.zeros(len(convs))
     for start in range(0, len(encoded.examples), batch_size):
-        # One packed row per batch, in order: no pad token is computed (a padded batch of grounded prompts, 300-500
-        # tokens each, was about a quarter padding) and each conversation attends only to itself.
-        chunk = encoded.examples[start:start + batch_size]
-        row = PackedCollator(tokenizer.pad_token_id, sum(len(ex["input_ids"]) for ex in chunk))([{"examples": chunk}])
-        batch = {k: v.to(device) for k, v in row.items()}
+        chunk = scoring_batch(model, encoded.examples[start:start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in chunk.items()}
         losses, rows = token_losses(model, batch)
         rows = rows.cpu().numpy() + start
         losses = losses.double().cpu().numpy()

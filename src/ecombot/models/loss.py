@@ -5,9 +5,10 @@ Why by hand: Gemma's 262k-token vocabulary makes the output head the largest cos
 model's own forward (Transformers >= 5) projects only the supervised positions, so the loss equals the full-logits
 loss at a fraction of the cost, and the call still goes through the (DDP/FSDP-wrapped) model's forward.
 
-A packed row (train/packing.py) carries `position_ids` that restart at each conversation and no attention mask:
+A packed row (models.PackedCollator) carries `position_ids` that restart at each conversation and no attention mask:
 Transformers then attends within each conversation by itself. Models given `speedups.apply` compute the same
-losses with faster kernels (per-conversation attention, the head fused into the loss).
+losses with faster kernels (per-conversation attention, the head fused into the loss). Answer-only backward
+(`answer_only_losses`, a training choice) always runs speedups.attention's kernels, which it needs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ecombot import speedups
+from ecombot.models.encoding import PackedCollator, PadCollator
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -65,15 +67,15 @@ def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor
     costs the full backward pass through every layer. Here the whole row runs once without autograd, keeping each
     layer's keys and values, then the answer tokens alone (the positions whose next token is scored) run again with
     autograd, attending to those recorded keys and values. The losses equal the one-pass losses (same forward
-    values); the gradients leave out how the adapter changes the prompt tokens' keys and values (the adapter still
-    learns how answers read them). A training choice, not a speed-up of the same computation: the config's
-    `prompt_gradients: false`."""
+    values, at dropout 0: the default; with LoRA dropout the two passes draw their own masks); the gradients leave
+    out how the adapter changes the prompt tokens' keys and values (the adapter still learns how answers read them).
+    A training choice, not a speed-up of the same computation: the config's `prompt_gradients: false`."""
     from ecombot.speedups.attention import AnswerLayout, attention_for
 
     input_ids, positions, cu_seq_lens = batch["input_ids"], batch["position_ids"], batch["cu_seq_lens"]
     selected = keep[0].nonzero().squeeze(1)
     layout = AnswerLayout.from_selection(cu_seq_lens, selected)
-    with torch.no_grad(), attention_for(model, input_ids, cu_seq_lens, record=layout.recorded):
+    with torch.no_grad(), attention_for(model, input_ids, layout=layout.row, record=layout.recorded):
         model(input_ids=input_ids, position_ids=positions, logits_to_keep=torch.zeros_like(keep), use_cache=False)
     answers = dict(input_ids=input_ids[:, selected], position_ids=positions[:, selected],
                    logits_to_keep=torch.ones((1, len(selected)), dtype=torch.bool, device=keep.device),
@@ -82,6 +84,15 @@ def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor
         if speedups.is_applied(model):
             return speedups.fused_losses(model, answers, targets)
         return logits_cross_entropy(model(**answers).logits, targets)
+
+
+def scoring_batch(model, examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch to score `examples` in, in order: one packed row where the per-conversation attention kernel runs
+    (no pad token is computed: a padded batch of grounded prompts, 300-500 tokens each, was a fifth padding), else a
+    padded batch (Transformers' own packed-row mask would span the whole row: ~batch-size times the attention)."""
+    if speedups.is_applied(model):
+        return PackedCollator(pad_token_id, sum(len(ex["input_ids"]) for ex in examples))([{"examples": examples}])
+    return PadCollator(pad_token_id)(examples)
 
 
 def batch_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -3,14 +3,17 @@
 Nothing here changes what a model means (which tokens are scored, which weights are trained): each piece replaces a
 computation by a faster one with the same values up to rounding, and is tested against it. `apply` puts them on a
 model and says what it changed; `ECOMBOT_SPEEDUPS=0` turns every one of them off (then the model runs
-Transformers', PEFT's and PyTorch's own code), `ECOMBOT_CPU_KERNELS=0` only the compiled C kernels.
+Transformers', PEFT's and PyTorch's own code), `ECOMBOT_CPU_KERNELS=0` only the compiled C kernels. One training
+choice uses attention.py's kernel whatever the switch says, since it needs it: answer-only backward
+(`prompt_gradients: false`, models/loss.py).
 
 | piece        | what it replaces                                                        | modes         |
 |--------------|-------------------------------------------------------------------------|---------------|
 | lora.py      | PEFT's LoRA forward/backward (one fused function, bf16 inputs kept)     | train         |
 | norm.py      | Gemma's RMSNorm (lean backward; C kernel on bf16 CPUs)                  | train         |
 | mlp.py       | GELU(gate) * up (C kernel on bf16 CPUs)                                 | train         |
-| attention.py | attention over a packed row / short CPU batches                         | train, decode |
+| attention.py | attention over a packed row / short CPU batches (and a row's answer     | train, decode |
+|              | tokens over keys/values recorded without autograd)                      |               |
 | head.py      | output head + cross-entropy of the answer tokens (one pass, no logits); | train, decode |
 |              | in decoding, the head over generate's last positions as a 2-D matmul    |               |
 |              | (weight-major `W @ xᵀ` for a few fp32 rows on a CPU)                    |               |

@@ -6,7 +6,9 @@ models.PackedCollator). Transformers' own eager/SDPA path would attend over the 
 (rows x rows scores: ~8x the attention work of the conversations themselves at 8 per row), and flash-attention's
 variable-length kernel does not exist on a CPU. Here the rows of each conversation are gathered into a small padded
 batch for the attention only (a few MB of copies), so every projection and MLP runs on the packed row with no
-padding while attention costs what it costs for the conversations one by one.
+padding while attention costs what it costs for the conversations one by one. The same kernel serves answer-only
+backward (models/loss.py, `prompt_gradients: false`): it records a packed row's keys and values in a pass without
+autograd, then lets the row's answer tokens alone attend to them (AnswerLayout).
 
 Eager vs SDPA on a CPU: PyTorch's SDPA (its flash kernel) is slower than plain matmul + softmax for the short
 sequences of support conversations: whole LoRA training steps on Gemma 3 270M at ~90 tokens were ~5% faster
@@ -64,14 +66,19 @@ class PackedLayout:
 
     def _build_mask(self, dtype: torch.dtype, sliding_window: int | None) -> torch.Tensor:
         positions = torch.arange(self.valid.shape[1], device=self.valid.device)
-        allowed = (positions[None, :] <= positions[:, None]) & self.valid[:, None, :]
-        if sliding_window is not None:
-            allowed &= positions[:, None] - positions[None, :] < sliding_window
-        return additive(allowed, dtype)
+        return causal_mask(positions.expand(self.valid.shape), self.valid, dtype, sliding_window)
 
 
-def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(conversations, queries, keys) bool -> (conversations, 1, queries, keys) additive mask."""
+def causal_mask(query_positions: torch.Tensor, key_valid: torch.Tensor, dtype: torch.dtype,
+                sliding_window: int | None) -> torch.Tensor:
+    """(conversations, 1, queries, keys) additive mask: 0 where a query at place p in its conversation may see the
+    key at place j (j <= p, a real token, inside the window), else -inf. `query_positions` (conversations, queries),
+    `key_valid` (conversations, keys)."""
+    keys = torch.arange(key_valid.shape[1], device=key_valid.device)
+    queries = query_positions[:, :, None]
+    allowed = (keys <= queries) & key_valid[:, None, :]
+    if sliding_window is not None:
+        allowed &= queries - keys < sliding_window
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -112,12 +119,7 @@ class AnswerLayout:
         """(conversations, 1, longest answer set, longest) : causal by the tokens' places in their conversation."""
         key = (dtype, sliding_window)
         if key not in self.masks:
-            keys = torch.arange(self.row.valid.shape[1], device=self.valid.device)
-            queries = self.query_positions[:, :, None]
-            allowed = (keys[None, None, :] <= queries) & self.row.valid[:, None, :]
-            if sliding_window is not None:
-                allowed &= queries - keys[None, None, :] < sliding_window
-            self.masks[key] = additive(allowed, dtype)
+            self.masks[key] = causal_mask(self.query_positions, self.row.valid, dtype, sliding_window)
         return self.masks[key]
 
 
@@ -198,10 +200,11 @@ def _register() -> None:
 
 @contextmanager
 def attention_for(model, input_ids: torch.Tensor, cu_seq_lens: torch.Tensor | None = None,
-                  layout: AnswerLayout | None = None, record: dict | None = None):
+                  layout: PackedLayout | AnswerLayout | None = None, record: dict | None = None):
     """While active, the model attends with the kernel that fits this batch: per conversation for a packed row,
-    eager for short padded batches on a CPU, its own otherwise. `record`: a dict that receives every layer's keys
-    and values of the packed row; `layout`: the answer tokens of a recorded row (AnswerLayout)."""
+    eager for short padded batches on a CPU, its own otherwise. `layout`: a packed row's layout already built (instead
+    of `cu_seq_lens`), or the answer tokens of a recorded row (AnswerLayout); `record`: a dict that receives every
+    layer's keys and values of the packed row."""
     config = unwrapped(model).config
     own = getattr(config, "_attn_implementation", None)
     tokens = []
