@@ -13,6 +13,8 @@ from ecombot.knowledge import Grounder, Hit, Passage
 
 RETURNS = Passage("policy.md", "Policies > Returns and exchanges", 3, "Unworn shoes can be returned within 30 days.")
 SHIPPING = Passage("policy.md", "Policies > Shipping", 9, "Parcels ship within 2 working days.")
+RETURN_PAIR = Passage("data: faq.json", "returns", 4, "Yes: unworn shoes come back free within 30 days, "
+                      "order {{Order Number}} included.", "Can I return shoes I bought?")
 HANDOFF = "Let me fetch a colleague for this. They will write back soon."
 COVERED = "Can I return my shoes?"
 NOT_COVERED = "Do you sell gift cards?"
@@ -23,23 +25,24 @@ def words(text: str) -> set[str]:
 
 
 class FakeRetriever:
-    """`search` finds the passages sharing a word (of 4+ letters) with the question, score 0.5 per word;
-    `covers` wants one found. Records the questions it was asked."""
+    """`search` finds the passages sharing a word (of 4+ letters, in a pair's question or any passage's text) with
+    the question, score 0.5 per word; `covers` wants one found. Records the questions it was asked."""
 
     def __init__(self, passages=(RETURNS, SHIPPING)):
         self.passages, self.queries = list(passages), []
 
     def search(self, queries, k, exclude=None):
         self.queries.extend(queries)
-        return [sorted((Hit(p, 0.5 * len(words(q) & words(p.text))) for p in self.passages
-                        if words(q) & words(p.text)), key=lambda h: -h.score)[:k] for q in queries]
+        said = {p: words(f"{p.question or ''} {p.text}") for p in self.passages}
+        return [sorted((Hit(p, 0.5 * len(words(q) & said[p])) for p in self.passages if words(q) & said[p]),
+                       key=lambda h: -h.score)[:k] for q in queries]
 
     def covers(self, hits):
         return bool(hits)
 
 
-def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3) -> Grounder:
-    return Grounder(FakeRetriever(passages), k, HANDOFF)
+def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3, reuse: float | None = None) -> Grounder:
+    return Grounder(FakeRetriever(passages), k, HANDOFF, reuse)
 
 
 @pytest.fixture
@@ -47,11 +50,11 @@ def knowledge_bases(monkeypatch):
     """`open_grounder` over named bases: "shop" holds passages, "default" and "empty" none; records each call."""
     calls = []
 
-    def open_grounder(name, db, k, handoff):
-        calls.append((name, db, k, handoff))
+    def open_grounder(name, db, k, handoff, reuse=None):
+        calls.append((name, db, k, handoff, reuse))
         if name in ("default", "empty"):
             raise EcombotError(f"the knowledge base {name!r} is empty")
-        return fake_grounder(k=k)
+        return fake_grounder(k=k, reuse=reuse)
 
     monkeypatch.setattr(ecombot.knowledge, "open_grounder", open_grounder)
     return calls

@@ -2,13 +2,15 @@ import io
 import json
 
 import pytest
-from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, fake_grounder, grounded_run, knowledge_bases  # noqa: F401
+from fake_knowledge import (COVERED, HANDOFF, NOT_COVERED, RETURN_PAIR, RETURNS, fake_grounder, grounded_run,  # noqa: F401
+                            knowledge_bases)
 from scripted_engine import ScriptedEngine
 
-from ecombot.chat import (Decoding, TransformersEngine, PlaceholderStream, fill_placeholders, open_knowledge,
-                          parse_context, repl)
+from ecombot.chat import (Decoding, TransformersEngine, PlaceholderStream, answer_streaming, fill_placeholders,
+                          open_knowledge, parse_context, repl)
 from ecombot.chat.terminal import HANDOFF_NOTE
 from ecombot.errors import EcombotError
+from ecombot.knowledge import REUSE_THRESHOLD
 from ecombot.models import load_for_inference
 
 
@@ -90,6 +92,21 @@ def test_terminal_chat_shows_sources_and_hands_over_uncovered_questions():
     assert asked[0]["content"].endswith(f"Customer question: {COVERED}")
 
 
+def test_terminal_chat_gives_a_stored_answer_as_written_and_says_so():
+    engine = ScriptedEngine("Generated from the passages.")
+    grounder = fake_grounder((RETURNS, RETURN_PAIR), reuse=0.8)
+    out = io.StringIO()
+    answer = answer_streaming(engine, [{"role": "user", "content": COVERED}], {"ordernumber": "HP-7"}, out, grounder)
+    assert answer == RETURN_PAIR.text and engine.seen == []  # the raw answer goes in the history
+    assert out.getvalue().splitlines() == ["Yes: unworn shoes come back free within 30 days, order HP-7 included.",
+                                           "from: returns (data: faq.json) (its stored answer, as written)"]
+    grounder.reuse = 1.5
+    out = io.StringIO()
+    assert answer_streaming(engine, [{"role": "user", "content": COVERED}], {}, out, grounder) == (
+        "Generated from the passages.")
+    assert out.getvalue().splitlines()[-1] == "from: returns (data: faq.json); Returns and exchanges (policy.md)"
+
+
 def test_terminal_chat_flags_a_generated_handoff():
     out = io.StringIO()
     inputs = iter([COVERED, "/quit"])
@@ -100,9 +117,12 @@ def test_terminal_chat_flags_a_generated_handoff():
 def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_bases, tmp_path):
     run = grounded_run(tmp_path)
     grounder, note = open_knowledge(run, None, None, None)
-    assert (grounder.k, grounder.handoff, note) == (4, HANDOFF, "knowledge: 'shop', 4 passages per question")
-    open_knowledge(run, "other", "sqlite:///other.db", 2)
-    assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF), ("other", "sqlite:///other.db", 2, HANDOFF)]
+    assert (grounder.k, grounder.handoff, grounder.reuse, note) == (
+        4, HANDOFF, REUSE_THRESHOLD, "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.83")
+    grounder, note = open_knowledge(run, "other", "sqlite:///other.db", 2, reuse_answers=False)
+    assert grounder.reuse is None and note.endswith(", every answer generated")
+    assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF, REUSE_THRESHOLD),
+                               ("other", "sqlite:///other.db", 2, HANDOFF, None)]
     assert open_knowledge(run, "none", None, None) == (None, "knowledge: none, answers come from the model alone")
     assert len(knowledge_bases) == 2  # "none" opens nothing
 
@@ -110,7 +130,7 @@ def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_b
 def test_an_empty_default_base_means_no_grounding_but_a_named_one_is_an_error(knowledge_bases, tmp_path):
     grounder, note = open_knowledge(None, None, None, None)
     assert grounder is None and "the knowledge base 'default' is empty" in note
-    assert knowledge_bases == [("default", None, 3, None)]
+    assert knowledge_bases == [("default", None, 3, None, REUSE_THRESHOLD)]
     with pytest.raises(EcombotError, match="'empty' is empty"):
         open_knowledge(None, "empty", None, None)
     run = grounded_run(tmp_path)

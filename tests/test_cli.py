@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from ecombot.cli import app
 from ecombot.data import builtin_path
+from ecombot.knowledge import REUSE_THRESHOLD
 
 runner = CliRunner()
 
@@ -97,10 +98,10 @@ def test_chat_answers_from_the_knowledge_base(knowledge_bases, tiny_model_dir):
     assert uncovered.exit_code == 0, uncovered.output
     assert uncovered.stdout.splitlines()[-2:] == [HANDOFF, "(handed over to a support agent)"]
     covered = runner.invoke(app, ["chat", "--model", str(tiny_model_dir), "--knowledge", "shop", "--once", COVERED,
-                                  "--max-new-tokens", "3"])
+                                  "--max-new-tokens", "3", "--no-reuse-answers"])
     assert covered.exit_code == 0, covered.output
     assert covered.stdout.splitlines()[-1] == "from: Returns and exchanges (policy.md)"
-    assert knowledge_bases == [("shop", "sqlite:///kb.db", 2, None), ("shop", None, 3, None)]
+    assert knowledge_bases == [("shop", "sqlite:///kb.db", 2, None, REUSE_THRESHOLD), ("shop", None, 3, None, None)]
 
 
 def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch):
@@ -117,11 +118,17 @@ def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkey
     grounded = runner.invoke(app, [*common, "--k", "2"])
     assert grounded.exit_code == 0, grounded.output
     assert "knowledge: 'shop', 2 passages per question" in grounded.stdout
-    assert knowledge_bases == [("shop", db, 2, HANDOFF)] and apps[0].state.server.grounder.k == 2
+    assert knowledge_bases == [("shop", db, 2, HANDOFF, REUSE_THRESHOLD)] and apps[0].state.server.grounder.k == 2
     plain = runner.invoke(app, [*common, "--knowledge", "none"])
     assert plain.exit_code == 0, plain.output
     assert apps[1].state.server.grounder is None and len(knowledge_bases) == 1
     assert "knowledge: none, answers come from the model alone" in plain.stdout
+    generating = runner.invoke(app, [*common, "--no-reuse-answers"])
+    assert generating.exit_code == 0 and "every answer generated" in generating.stdout
+    assert apps[2].state.server.grounder.reuse is None
+    from ecombot.cli import REUSE_HELP
+
+    assert f"cosine >= {REUSE_THRESHOLD}," in REUSE_HELP  # the help states the threshold that applies
 
 
 def test_bad_flags_are_clear(tmp_path):

@@ -10,7 +10,7 @@ from ecombot.chat import TransformersEngine
 from ecombot.data import UNSEEN_INTENTS, prepare
 from ecombot.evaluate import metrics
 from ecombot.evaluate.slices import apply_edits, builtin_slices, changed_by, policy_edits, unseen_topics
-from ecombot.knowledge import DEFAULT_HANDOFF
+from ecombot.knowledge import DEFAULT_HANDOFF, REUSE_THRESHOLD
 
 # --- facts ---------------------------------------------------------------------------------------------------
 
@@ -233,6 +233,39 @@ def test_grounded_systems_on_the_builtin_data_and_its_slices(tmp_path, monkeypat
     console = Console(record=True, width=250)
     print_table(result, console)
     assert f"slice policy_edits: {min(6, edited)} questions" in console.export_text()
+
+
+def test_grounded_systems_give_a_stored_answer_to_a_question_it_answers_and_count_it(tmp_path, monkeypatch, small_run,
+                                                                                     tiny_model_dir, small_builtin):
+    from ecombot.evaluate import EvalConfig, run_evaluation
+    from ecombot.knowledge import KnowledgeBase, Passage, qa_passages
+
+    test, train = small_builtin
+    monkeypatch.setattr(TransformersEngine, "generate", echo_generate)
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    kb = KnowledgeBase(db, "store")
+    kb.add_passages("data: train.jsonl", qa_passages(train, "data: train.jsonl"))
+    # the store answered this very question before, in other words (not the test item's own pair)
+    asked = next(c for c in test[:3] if len(c.messages) == 2)
+    stored = "STORED: " + asked.answer
+    kb.add_passages("data: faq.json", [Passage("data: faq.json", asked.intent, 1, stored, asked.question)])
+    results = {}
+    for reuse in (True, False):
+        echoed.clear()
+        cfg = EvalConfig(adapters=[str(small_run)], model=str(tiny_model_dir), knowledge="store", db=db, limit=3,
+                         systems=("grounded",), slices=False, reuse_answers=reuse, output=str(tmp_path / f"e{reuse}"))
+        results[reuse] = run_evaluation(cfg), [c[-1]["content"] for c in echoed]
+    (on, generated_on), (off, generated_off) = results[True], results[False]
+    reused = [p for p in on.predictions if p.sources["run+knowledge"][0].get("reused")]
+    assert [p.question for p in reused] == [asked.question] and reused[0].answers["run+knowledge"] == stored
+    assert [s["source"] for s in reused[0].sources["run+knowledge"]] == ["data: faq.json"]
+    assert not any(prompt.endswith(f"Customer question: {asked.question}") for prompt in generated_on)
+    assert any(prompt.endswith(f"Customer question: {asked.question}") for prompt in generated_off)
+    assert on.systems["run+knowledge"].stored_answers.value == pytest.approx(1 / 3)
+    assert off.systems["run+knowledge"].stored_answers.value == 0.0
+    assert (on.knowledge["reuse_threshold"], off.knowledge["reuse_threshold"]) == (REUSE_THRESHOLD, None)
+    assert not any(p.sources["run+knowledge"][0].get("reused") for p in off.predictions)
+    assert "| stored_answers |" in (tmp_path / "eTrue" / "report.md").read_text()
 
 
 def test_no_slices_and_no_knowledge(tmp_path, monkeypatch, small_builtin):

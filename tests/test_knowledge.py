@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from ecombot.cli import app
 from ecombot.data import builtin_path
 from ecombot.errors import DataError, EcombotError
-from ecombot.knowledge import (DEFAULT_HANDOFF, KnowledgeBase, Passage, Retriever, is_handoff, open_grounder,
-                               read_passages)
+from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever,
+                               is_handoff, open_grounder, read_passages)
 
 POLICY = builtin_path().parent / "policy.md"
 runner = CliRunner()
@@ -183,6 +183,33 @@ def test_a_document_keeps_one_place_among_pairs_on_neighbouring_topics(store_pai
     assert all(hit.passage.question is not None for hit in strict.search([question], 3)[0])
     no_price = lambda p: p.heading.endswith("Price adjustment and gift cards")  # noqa: E731
     assert not any(no_price(h.passage) for h in mixed.search([question], 3, [no_price])[0])
+
+
+def test_a_stored_answer_is_given_as_written_only_to_a_question_its_pair_asks_in_other_words(store_pairs):
+    grounder = Grounder(Retriever(read_passages(POLICY) + store_pairs), 3, "Ask a person.", REUSE_THRESHOLD)
+    asked = ["how do I reset my password", "Can I change the delivery address of my order?",
+             "how long do I have to send something back?",  # return_item and exchange_item pairs, neither this close
+             "hi there i paid more than the current price Please help.",  # only the policy answers it
+             "What is the capital of Mongolia?"]
+    password, address, window, price, off_topic = grounder.ground_many([[{"role": "user", "content": q}] for q in asked])
+    for grounding, intent in ((password, "reset_password"), (address, "change_shipping_address")):
+        best = max((h for h in grounding.hits if h.passage.question is not None), key=lambda h: h.score)
+        assert grounding.reused is best and best.passage.heading == intent and best.score >= REUSE_THRESHOLD
+        assert grounding.answer == best.passage.text and grounding.covered
+        assert grounding.sources == [{**best.to_source(), "reused": True}]  # the pair alone, marked
+        assert "Customer question:" in grounding.messages[0]["content"]  # grounded all the same (stored, logged)
+    for grounding in (window, price):
+        assert grounding.covered and grounding.reused is None and grounding.answer is None  # the model answers
+        assert max(h.score for h in grounding.hits if h.passage.question is not None) < REUSE_THRESHOLD
+        assert len(grounding.sources) == 3 and not any("reused" in s for s in grounding.sources)
+    assert not off_topic.covered and off_topic.answer == "Ask a person." and off_topic.reused is None
+    # without reuse (training, `--no-reuse-answers`) the model answers every covered question
+    plain = Grounder(grounder.retriever, 3, "Ask a person.").ground([{"role": "user", "content": asked[0]}])
+    assert plain.reused is None and plain.answer is None
+    assert [h.passage for h in plain.hits] == [h.passage for h in password.hits]
+    # a document passage is never given as written, however close
+    policy = Grounder(Retriever(read_passages(POLICY)), 3, "Ask a person.", reuse=0.0)
+    assert policy.ground([{"role": "user", "content": "Do you take PayPal?"}]).answer is None
 
 
 def test_bm25s_does_not_log_index_builds(caplog):

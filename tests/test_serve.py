@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, fake_grounder
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, RETURN_PAIR, RETURNS, fake_grounder
 from scripted_engine import ScriptedEngine
 from sqlalchemy import inspect, text
 
@@ -572,6 +572,28 @@ def test_grounded_answer_carries_its_sources_and_the_model_reads_the_passages(st
         question, answer = conversation.messages
         assert question.content == COVERED  # the customer's words, not the grounded prompt
         assert json.loads(answer.sources) == [RETURNS_SOURCE] and conversation.handoff_at is None
+
+
+def test_a_stored_answer_is_given_as_written_without_the_model_and_names_its_pair(store, running_server):
+    engine = ScriptedEngine("never said")
+    grounder = fake_grounder((RETURNS, RETURN_PAIR), reuse=0.8)  # the pair shares 2 words with COVERED: score 1.0
+    with running_server(create_app(engine, store, grounder=grounder)) as server:
+        reply = ask(server.url, COVERED, metadata={"conversation_id": "c-stored", "Order Number": "HP-7"}).json()
+        final = json.loads(sse_events(ask(server.url, COVERED, stream=True))[-2])
+        grounder.reuse = 1.5  # out of reach: the model answers from both passages
+        generated = ask(server.url, COVERED).json()
+    pair = {"source": "data: faq.json", "heading": "returns", "line": 4, "label": "returns (data: faq.json)",
+            "score": 1.0, "reused": True}
+    said = "Yes: unworn shoes come back free within 30 days, order HP-7 included."  # placeholders filled as ever
+    assert reply["choices"][0]["message"]["content"] == said
+    assert (reply["sources"], reply["handoff"], reply["usage"]["completion_tokens"]) == ([pair], False, 0)
+    assert (final["sources"], final["handoff"], final["choices"][0]["finish_reason"]) == ([pair], False, "stop")
+    assert engine.batches == [1] and len(engine.seen) == 1  # only the last request reached the model
+    assert generated["choices"][0]["message"]["content"] == "never said"
+    assert [s["label"] for s in generated["sources"]] == ["returns (data: faq.json)", "Returns and exchanges (policy.md)"]
+    with store.sessions() as db:
+        conversation = db.get(ConversationRow, "c-stored")
+        assert json.loads(conversation.messages[1].sources) == [pair] and conversation.handoff_at is None
 
 
 def test_uncovered_question_gets_the_handoff_without_the_model_and_flags_the_conversation(store, running_server):

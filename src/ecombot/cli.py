@@ -27,6 +27,9 @@ err = Console(stderr=True)
 DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.05x plain fp32 "
                     "generate, held-out loss +0.3%), 4 (int4: 2.4x, loss +6.7%) or 16 (bf16 as loaded). "
                     "Batched steps always use bf16. PyTorch engine only.")
+REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.83, "
+              "knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the model; --no-reuse-answers "
+              "generates every answer.")
 ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the base model's GGUF + each adapter as a "
                "LoRA GGUF, converted once; needs pip install 'ecombot[llama-cpp]'). LoRA adapters only.")
 
@@ -168,6 +171,7 @@ def chat(
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the database holding the knowledge base "
                                                 "(default: the run's, else $ECOMBOT_HOME/ecombot.db)."),
     k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
+    reuse_answers: bool = typer.Option(True, help=REUSE_HELP),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
     from ecombot.chat import Decoding, answer_streaming, open_engine, open_knowledge, parse_context, repl
@@ -182,7 +186,7 @@ def chat(
         raise EcombotError(f"{adapter} is a {task} adapter: chat talks to support adapters. Serve it beside them "
                            f"(`ecombot serve --adapter {task}={adapter}`: the request's model picks it) or score it "
                            f"with `ecombot evaluate --task {task} --adapter {adapter}`")
-    grounder, grounded = open_knowledge(adapter, knowledge, db, k)
+    grounder, grounded = open_knowledge(adapter, knowledge, db, k, reuse_answers)
     bot = open_engine(model, [(adapter.resolve().name, adapter)] if adapter else [],
                       Decoding(max_new_tokens, temperature, repetition_penalty), engine=engine, decode_bits=decode_bits,
                       max_batch=1)
@@ -215,6 +219,7 @@ def evaluate(
                                                        "adapter's, else 'default'; 'none': no grounded systems)."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the knowledge base (default: the adapter's, else "
                                                 "$ECOMBOT_HOME/ecombot.db)."),
+    reuse_answers: bool = typer.Option(True, help="For the grounded systems: " + REUSE_HELP),
     slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
                                            "questions the knowledge does not cover."),
     engine: str = typer.Option("transformers", help=ENGINE_HELP + " Answers and held-out loss both come from it."),
@@ -233,12 +238,13 @@ def evaluate(
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=chosen,
-                     knowledge=knowledge, db=db, slices=slices, engine=engine)
+                     knowledge=knowledge, db=db, reuse_answers=reuse_answers, slices=slices, engine=engine)
     if task != "support":
         from ecombot.evaluate.tasks import evaluate_task
 
         ignored = [name for name, given in (("--data", data), ("--test", test), ("--no-slices", not slices),
-                                            ("--knowledge", knowledge), ("--db", db)) if given]
+                                            ("--knowledge", knowledge), ("--db", db),
+                                            ("--no-reuse-answers", not reuse_answers)) if given]
         if ignored:
             raise EcombotError(f"--task {task} evaluates the held-out part of the run's own data, without a knowledge "
                                f"base: drop {', '.join(ignored)}")
@@ -390,6 +396,7 @@ def serve(
     knowledge: Optional[str] = typer.Option(None, help="Knowledge base the answers come from, or 'none' (default: "
                                             "the one the first adapter trained with, else 'default')."),
     k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
+    reuse_answers: bool = typer.Option(True, help=REUSE_HELP),
     redact: bool = typer.Option(True, help="Remove e-mails, phone and card numbers before anything is stored."),
     cors_origin: List[str] = typer.Option([], help="Allowed browser origin for CORS (repeatable; default: CORS off)."),
     web: bool = typer.Option(True, help="Serve the customer chat page at /."),
@@ -426,7 +433,7 @@ def serve(
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
-    grounder, grounded = open_knowledge(support_run, knowledge, db, k)
+    grounder, grounded = open_knowledge(support_run, knowledge, db, k, reuse_answers)
     bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
                       decode_bits=decode_bits, max_batch=max_batch)
     app = create_app(bot, store, config, grounder, tasks)

@@ -46,7 +46,8 @@ EVAL_SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
 SHOWN_QUESTIONS = 5
 SLICE_EXAMPLES = ("unseen_topics", "policy_edits", "not_covered")
 SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "fact_accuracy",
-                   "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs")  # in quickstart.json
+                   "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs",
+                   "stored_answers")  # in quickstart.json
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
 
 
@@ -145,7 +146,8 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                             ("grounded", p.answers[grounded])):
             table.add_row(label, shorten(fill_placeholders(text, EXAMPLE_CONTEXT)))
         if p.sources.get(grounded):
-            table.add_row("", f"[dim]from: {', '.join(s['label'] for s in p.sources[grounded])}[/dim]")
+            reused = " (its stored answer, as written)" if p.sources[grounded][0].get("reused") else ""
+            table.add_row("", f"[dim]from: {', '.join(s['label'] for s in p.sources[grounded])}{reused}[/dim]")
         console.print(f"[bold]{number}.[/bold] {'held-out' if p.slice == 'heldout' else p.slice}, intent: {p.intent}")
         console.print(table)
     print_table(evaluation, console)

@@ -6,20 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecombot.errors import EcombotError
-from ecombot.knowledge import Grounder
+from ecombot.knowledge import REUSE_THRESHOLD, Grounder
 from ecombot.run_dir import RunDir
 
 DEFAULT_KNOWLEDGE = "default"
 DEFAULT_K = 3
 
 
-def open_knowledge(run_dir: Path | None, name: str | None, db: str | None,
-                   k: int | None) -> tuple[Grounder | None, str]:
+def open_knowledge(run_dir: Path | None, name: str | None, db: str | None, k: int | None,
+                   reuse_answers: bool = True) -> tuple[Grounder | None, str]:
     """The grounder (None: answers come from the weights alone) and one line for the terminal saying which.
 
     `name`, `db` and `k` are the flags, None when not given: then the run's recorded knowledge, else the
     "default" base with k=3. A base that the flag or the run names must hold passages (EcombotError otherwise);
-    the default one may be empty (a fresh install has none yet), and then nothing is grounded."""
+    the default one may be empty (a fresh install has none yet), and then nothing is grounded. `reuse_answers`:
+    a question a stored Q&A pair asks in other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD)."""
     from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
 
     recorded = (RunDir(run_dir).knowledge() if run_dir else None) or {}
@@ -28,9 +29,11 @@ def open_knowledge(run_dir: Path | None, name: str | None, db: str | None,
         return None, "knowledge: none, answers come from the model alone"
     k = k or recorded.get("k") or DEFAULT_K
     try:
-        grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"))
+        grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"),
+                                 REUSE_THRESHOLD if reuse_answers else None)
     except EcombotError as exc:
         if name or recorded:
             raise
         return None, f"knowledge: none, answers come from the model alone ({exc})"
-    return grounder, f"knowledge: {chosen!r}, {k} passages per question"
+    reuse = f", stored answers reused from cosine {REUSE_THRESHOLD}" if reuse_answers else ", every answer generated"
+    return grounder, f"knowledge: {chosen!r}, {k} passages per question{reuse}"

@@ -22,10 +22,11 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
     """Stream one answer to `out` with placeholders filled, then its sources; returns the raw answer for the history.
 
     With a `grounder` the model reads the passages found for the question; a question they do not cover gets the
-    handoff answer without generation. `out` defaults to sys.stdout as it is at the call (tests replace it)."""
+    handoff answer, one a stored Q&A pair answers gets that answer, both without generation. `out` defaults to
+    sys.stdout as it is at the call (tests replace it)."""
     out = out or sys.stdout
     grounding = grounder.ground(history) if grounder else Grounding(history)
-    pieces = engine.stream(grounding.messages) if grounding.covered else [grounder.handoff]
+    pieces = engine.stream(grounding.messages) if grounding.answer is None else [grounding.answer]
     stream, raw = PlaceholderStream(context), []
     for piece in pieces:
         raw.append(piece)
@@ -33,9 +34,10 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
         out.flush()
     out.write(stream.flush() + "\n")
     answer = "".join(raw).strip()
-    if grounding.covered and grounding.hits:
-        labels = dict.fromkeys(hit.passage.label for hit in grounding.hits)  # two passages of one section: one label
-        out.write(dim("from: " + "; ".join(labels), out) + "\n")
+    if grounding.covered and grounding.cited:
+        labels = dict.fromkeys(hit.passage.label for hit in grounding.cited)  # two passages of one section: one label
+        reused = " (its stored answer, as written)" if grounding.reused else ""
+        out.write(dim("from: " + "; ".join(labels) + reused, out) + "\n")
     if grounder and (not grounding.covered or is_handoff(answer, grounder.handoff)):
         out.write(dim(HANDOFF_NOTE, out) + "\n")
     out.flush()

@@ -28,6 +28,7 @@ class EvalConfig:
     knowledge: str | None = None  # knowledge base of grounded systems: None = the adapter's run record, else
     #                               "default"; "none" = no grounded systems
     db: str | None = None  # its database (default: the run record's, else $ECOMBOT_HOME's)
+    reuse_answers: bool = True  # grounded systems give a stored Q&A pair's answer to a question it asks in other words
     slices: bool = True  # also score the built-in data's slices (evaluate/slices.py) when evaluating on it
     engine: str = "transformers"  # runtime answering and scored: "transformers" or "llama.cpp" (chat.factory)
     system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's

@@ -13,7 +13,8 @@ from ecombot.data import Conversation, normalise_text
 from ecombot.data.builtin import policy_text
 from ecombot.evaluate.metrics import extract_facts
 from ecombot.evaluate.slices import Edits, apply_edits
-from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, Retriever, embed, latest_question
+from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever, embed,
+                               latest_question)
 from ecombot.knowledge.search import dense_text
 from ecombot.run_dir import RunDir
 
@@ -47,7 +48,7 @@ class StoreKnowledge:
             changed = [i for i, (a, b) in enumerate(zip(old.passages, passages)) if dense_text(a) != dense_text(b)]
             vectors[changed] = embed([dense_text(passages[i]) for i in changed])
             grounder = Grounder(Retriever(passages, vectors, old.threshold, old.document_threshold), self.grounder.k,
-                               self.handoff)
+                               self.handoff, self.grounder.reuse)
         return StoreKnowledge(passages, self.handoff, grounder, self.info)
 
 
@@ -66,8 +67,10 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
             info.update(passages=len(retriever.passages), content_hash=kb.content_hash())
             if record.get("name") == name:
                 info["changed_since_training"] = record.get("content_hash") != info["content_hash"]
+            reuse = REUSE_THRESHOLD if cfg.reuse_answers else None
+            info["reuse_threshold"] = reuse
             return StoreKnowledge(retriever.passages, handoff,
-                                  Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff), info)
+                                  Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff, reuse), info)
     passages = [Passage("data: training split", "", 0, c.answer, c.question) for c in train]
     if builtin:
         passages.append(Passage("policy.md", "", 1, policy_text()))

@@ -15,7 +15,8 @@ from ecombot.evaluate.result import EvalResult, Prediction, SystemScores
 from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
-GROUNDING_METRICS = ("fact_accuracy", "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs")
+GROUNDING_METRICS = ("fact_accuracy", "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs",
+                     "stored_answers")
 TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s", *GROUNDING_METRICS)
 HANDOFF_METRICS = ("handoff_precision", "handoff_recall", "false_handoffs")
 TRANSCRIPTS = 10  # of the held-out set; 3 of each slice
@@ -65,7 +66,8 @@ def slice_sections(result: EvalResult) -> list[str]:
           "Fact accuracy = share of the reference's facts (amounts, durations, times, numbers, addresses) the answer "
           "states; invented facts = share of the answer's facts found neither in the reference nor in the knowledge "
           "the system could see; a handoff is predicted when the system chose not to answer or its answer is the "
-          "handoff; false handoffs = share of covered questions handed over.", ""]
+          "handoff; false handoffs = share of covered questions handed over; stored answers = share answered with a "
+          "stored Q&A pair's answer as written, without the model (its question asked in other words).", ""]
     for name, scores in result.slices.items():
         md += [f"### {name} ({scores.test_size} questions)", "", SLICE_TEXT.get(name, ""), ""]
         md += markdown_table(["system", *TABLE_METRICS], table_rows(scores.systems)) + [""]

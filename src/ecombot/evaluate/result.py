@@ -45,6 +45,7 @@ class SystemScores:
     handoff_precision: metrics.Estimate | None = None
     handoff_recall: metrics.Estimate | None = None
     false_handoffs: metrics.Estimate | None = None
+    stored_answers: metrics.Estimate | None = None  # share given a stored Q&A pair's answer (knowledge/grounding.py)
 
     def to_dict(self) -> dict:
         row = {f.name: getattr(self, f.name) for f in fields(self)}

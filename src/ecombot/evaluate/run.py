@@ -177,7 +177,7 @@ class Contestants:
             if kind in GROUNDED:  # the passages sit in the last user turn; the reference stays the answer
                 convs = [replace(c, messages=g.messages + c.messages[-1:]) for c, g in zip(test, groundings)]
                 prefixes = [[]] * len(test)
-                given = [None if g.covered else knowledge.handoff for g in groundings]
+                given = [g.answer for g in groundings]  # the handoff, a stored answer, or None: generated
             else:
                 convs, given = test, None
                 prefixes = {"base-fewshot": [self.fewshot] * len(test), "finetuned+retrieval": retrieved}.get(
@@ -237,6 +237,8 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         invented_fact_rate=metrics.subset_mean_estimate(metrics.invented_fact_rate(hyps, refs, knowledge.facts),
                                                         indices),
         **handoff_estimates(system.handoffs(knowledge.handoff), truth, indices),
+        stored_answers=metrics.mean_estimate([g.reused is not None for g in system.groundings], indices)
+        if system.groundings else None,
     )
 
 

@@ -181,12 +181,14 @@ class KnowledgeBase:
         return Retriever(passages, vectors) if threshold is None else Retriever(passages, vectors, threshold)
 
 
-def open_grounder(name: str | None, db: str | None, k: int, handoff: str | None) -> Grounder | None:
-    """The grounder of knowledge base `name` (None: "default"); None for "none" (answers from the weights alone)."""
+def open_grounder(name: str | None, db: str | None, k: int, handoff: str | None,
+                  reuse: float | None = None) -> Grounder | None:
+    """The grounder of knowledge base `name` (None: "default"); None for "none" (answers from the weights alone).
+    `reuse`: see Grounder."""
     if name == "none":
         return None
     base = KnowledgeBase(db, name or "default")
     if base.is_empty:
         raise EcombotError(f"the knowledge base '{base.name}' is empty: add the store's documents with "
                            "`ecombot knowledge add FILE`, or answer without one with `--knowledge none`")
-    return Grounder(base.retriever(), k, handoff or DEFAULT_HANDOFF)
+    return Grounder(base.retriever(), k, handoff or DEFAULT_HANDOFF, reuse)

@@ -129,8 +129,9 @@ async def chat_completions(request: Request, state: State, who: Who,
         grounding = Grounding(task.messages)
     else:
         grounding = await run_in_threadpool(state.grounder.ground, messages) if state.grounder else Grounding(messages)
-    fixed = state.handoff if not grounding.covered else task.answer if task else None  # answered without the model
-    prompt: list[int] = []  # a question the knowledge base does not cover never reaches the model
+    # answered without the model: the handoff, a stored answer (knowledge/grounding.py), a task's reply
+    fixed = grounding.answer if grounding.answer is not None else task.answer if task else None
+    prompt: list[int] = []  # a question answered without the model never reaches it
     if fixed is None:
         try:
             prompt = await run_in_threadpool(state.engine.prompt_ids, grounding.messages, adapter, max_tokens)
