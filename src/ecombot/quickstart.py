@@ -97,7 +97,7 @@ def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
         return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 14-28 s per step) and "
                        f"{REFERENCE.eval_items} questions per set (21 min of evaluation there on a slower day); the "
                        f"progress bar shows what is left.")
-    measured = (" (2-core AVX2 AMD EPYCs: 27-43 min in all, held-out facts 0.86 instead of 0.94; README, Results)"
+    measured = (" (2-core AVX2 AMD EPYCs: 27-43 min in all, held-out loss 0.16 instead of 0.04; README, Results)"
                 if not steps_given else "")
     return text + (f"The quickstart therefore trains {steps} steps{' (--max-steps)' if steps_given else ''} at lr "
                    f"{SHORT.train['learning_rate']:g} and asks {SHORT.eval_items} questions per set, where the full "

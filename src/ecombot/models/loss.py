@@ -82,7 +82,7 @@ def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor
                    use_cache=False)
     with attention_for(model, answers["input_ids"], layout=layout):
         if speedups.is_applied(model):
-            return speedups.fused_losses(model, answers, targets)
+            return speedups.head.forward_losses(model, answers, targets)  # the head fused into the loss
         return logits_cross_entropy(model(**answers).logits, targets)
 
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from ecombot.speedups import kernels
+from ecombot.speedups import head, kernels
 from ecombot.speedups.attention import attention_for, unwrapped
 
 MODES = ("train", "decode")
@@ -75,7 +75,7 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     positions `generate` keeps; with `low_bit` 8 or 4, one-token steps of a bf16
     CPU model with int8 (or int4) weights — call it then only once every adapter is loaded.
     """
-    from ecombot.speedups import head, lora, lowbit, mlp, norm
+    from ecombot.speedups import lora, lowbit, mlp, norm
 
     if mode not in MODES:
         raise ValueError(f"speed-up mode must be one of {MODES}, got {mode!r}")
@@ -115,16 +115,9 @@ def forward_losses(model, inputs: dict, targets: torch.Tensor, cu_seq_lens: torc
     if not is_applied(model):
         return None
     with attention_for(model, inputs["input_ids"], cu_seq_lens):
-        return fused_losses(model, inputs, targets)
+        return head.forward_losses(model, inputs, targets)
 
 
 def is_applied(model) -> bool:
     applied = applied_to(model)
     return applied is not None and bool(applied.changed)
-
-
-def fused_losses(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
-    """The answer tokens' cross-entropy with the head fused into the loss, under the attention already chosen."""
-    from ecombot.speedups.head import forward_losses as head_losses
-
-    return head_losses(model, inputs, targets)
