@@ -10,10 +10,10 @@ the recall of not-covered questions; the suggested threshold is the highest with
 the pairs (the quickstart's), the pairs alone (a generic store FAQ) and policy.md alone, with, for the bases
 holding the policy, how often the section that answers an unseen topic is among the 3 passages found.
 Stored answers (knowledge/grounding.py): for each held-out question, the closest Q&A pair among the 3 found in the
-quickstart's base, and whether its answer is right as written (the question's intent, and every fact of the
-reference); on a 0.01 grid, the share of questions it would answer and how often rightly; the suggested threshold
-is the lowest with at least 97% right. The same threshold on the unseen-topic and not-covered questions must reuse
-(almost) none.
+quickstart's base (a first question only: follow-ups are never answered so), and whether its answer is right as
+written (the question's intent, and every fact of the reference); on a 0.01 grid, how many conversations it would
+answer and how many rightly; the suggested threshold is the lowest with at least 97% right. The shipped threshold
+on the unseen-topic and not-covered questions must reuse (almost) none: their highest cosine is reported.
 
 (b) Per question: embedding the query with the real model, BM25, the faiss search and the fusion (Retriever.search,
 k=3), the index already built; its build time is reported apart. Passages are the built-in ones repeated with
@@ -107,29 +107,34 @@ def calibrate() -> dict:
 
 
 def reuse_curve(retriever, convs, unseen: list[str], not_covered: list[str]) -> dict:
-    """The stored-answer threshold: how many held-out questions a pair would answer as written, and how rightly."""
+    """The stored-answer threshold: how many held-out conversations a pair would answer as written, and how rightly
+    (Grounder's own choice of pair at each threshold: the closest one found, for a first question only)."""
     from ecombot.evaluate.metrics import fact_accuracy
-    from ecombot.knowledge import REUSE_THRESHOLD, latest_question
+    from ecombot.knowledge import REUSE_THRESHOLD, Grounder
 
-    def best_pairs(hits_per_question):
-        return [max((h for h in hits if h.passage.question is not None), key=lambda h: h.score, default=None)
-                for hits in hits_per_question]
+    grounder = Grounder(retriever, 3, reuse=0.0)  # every candidate; the grid below applies the threshold
 
-    found = best_pairs(retriever.search([latest_question(c.messages[:-1]) for c in convs], 3))  # as evaluate asks
+    def candidates(conversations):
+        return [g.reused for g in grounder.ground_many(conversations)]
+
+    found = candidates([c.messages[:-1] for c in convs])
     scores = np.array([h.score if h else 0.0 for h in found])
     right = np.array([h is not None and h.passage.heading == c.intent
                       and fact_accuracy([h.passage.text], [c.answer])[0] in (None, 1.0) for h, c in zip(found, convs)])
     grid = np.round(np.arange(0.60, 0.96, 0.01), 2)
-    curve = [{"threshold": float(t), "reused": float(np.mean(scores >= t)),
-              "right": float(right[scores >= t].mean()) if (scores >= t).any() else None} for t in grid]
-    suggested = min((r["threshold"] for r in curve if r["right"] is not None and r["right"] >= MIN_REUSE_PRECISION),
+    curve = [{"threshold": float(t), "reused": int((scores >= t).sum()), "right": int(right[scores >= t].sum())}
+             for t in grid]
+    suggested = min((r["threshold"] for r in curve if r["reused"] and r["right"] >= MIN_REUSE_PRECISION * r["reused"]),
                     default=None)
-    elsewhere = {name: float(np.mean([h is not None and h.score >= REUSE_THRESHOLD
-                                      for h in best_pairs(retriever.search(questions, 3))]))
-                 for name, questions in (("unseen_topics", unseen), ("not_covered", not_covered))}
+    elsewhere = {}
+    for name, questions in (("unseen_topics", unseen), ("not_covered", not_covered)):
+        best = [h.score for h in candidates([[{"role": "user", "content": q}] for q in questions]) if h]
+        elsewhere[name] = {"reused": sum(score >= REUSE_THRESHOLD for score in best),
+                           "highest": round(max(best, default=0.0), 3), "questions": len(questions)}
     shipped = next(r for r in curve if r["threshold"] == round(REUSE_THRESHOLD, 2))
-    return {"suggested": suggested, "shipped": {**shipped, **{f"reused_{k}": v for k, v in elsewhere.items()}},
-            "questions": len(convs), "curve": curve}
+    return {"suggested": suggested, "shipped": shipped, "elsewhere": elsewhere, "conversations": len(convs),
+            "first_questions": int(sum(sum(m["role"] == "user" for m in c.messages) == 1 for c in convs)),
+            "curve": curve}
 
 
 def synthetic(n: int, seed: int = 0):
@@ -207,15 +212,15 @@ def main() -> None:
                       f"{b['recall']:.1%}", f"{b['unseen_answering_section_in_top3']:.1%}"
                       if "unseen_answering_section_in_top3" in b else "–"] for name, b in cal["bases"].items()])
         reuse = cal["reuse"]
-        print(f"\nstored answers given as written (policy + pairs, {reuse['questions']} held-out questions): suggested "
-              f"threshold {reuse['suggested']} (lowest with >= {MIN_REUSE_PRECISION:.0%} right)")
-        print_table(["cosine >=", "held-out questions reused", "right (intent and facts)"],
-                    [[f"{r['threshold']:.2f}", f"{r['reused']:.1%}", "–" if r["right"] is None else f"{r['right']:.1%}"]
-                     for r in reuse["curve"] if round(r["threshold"] * 100) % 5 == 0])
-        shipped = reuse["shipped"]
-        print(f"shipped {shipped['threshold']:.2f}: {shipped['reused']:.1%} of held-out questions reused, "
-              f"{shipped['right']:.1%} right; unseen topics reused {shipped['reused_unseen_topics']:.1%}, "
-              f"not covered {shipped['reused_not_covered']:.1%}")
+        print(f"\nstored answers given as written (policy + pairs, {reuse['conversations']} held-out conversations, "
+              f"{reuse['first_questions']} of them one question): suggested threshold {reuse['suggested']} (lowest "
+              f"with >= {MIN_REUSE_PRECISION:.0%} right)")
+        print_table(["cosine >=", "held-out conversations reused", "right (intent and facts)"],
+                    [[f"{r['threshold']:.2f}", f"{r['reused']} ({r['reused'] / reuse['conversations']:.1%})",
+                      f"{r['right']} ({r['right'] / r['reused']:.1%})" if r["reused"] else "–"]
+                     for r in reuse["curve"] if round(r["threshold"] * 100) % 5 == 0 or r is reuse["shipped"]])
+        print("shipped: " + "; ".join(f"{name} {e['reused']} of {e['questions']} reused (highest cosine "
+                                      f"{e['highest']:.2f})" for name, e in reuse["elsewhere"].items()))
     rows = latency([int(s) for s in args.sizes.split(",")], args.questions)
     result["latency"] = rows
     print("\nsearch latency per question (query embedding + BM25 + faiss + fusion, k=3)")

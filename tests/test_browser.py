@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, RETURNS, fake_grounder
+from fake_knowledge import COVERED, HANDOFF, NOT_COVERED, RETURN_PAIR, RETURNS, fake_grounder
 from scripted_engine import ScriptedEngine
 
 from ecombot.chat import Decoding, open_engine
@@ -135,3 +135,13 @@ def test_answers_name_their_sources_and_a_handoff_says_so(browser, tmp_path, run
         page.close()
     [conversation] = store.conversations()
     assert conversation.handoff_at is not None
+    reusing = create_app(ScriptedEngine("never said"), store, grounder=fake_grounder((RETURNS, RETURN_PAIR), reuse=0.8))
+    with running_server(reusing) as server:  # a stored answer says so under it
+        page = browser.new_page(viewport={"width": 390, "height": 780})
+        page.goto(server.url)
+        page.fill("#question", COVERED)
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".answer:not(.streaming) .rate", timeout=30_000)
+        assert page.inner_text(".answer").startswith("Yes: unworn shoes come back free within 30 days")
+        assert page.inner_text(".answer .sources") == "from: returns (data: faq.json) (its stored answer, as written)"
+        page.close()

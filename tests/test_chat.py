@@ -100,6 +100,10 @@ def test_terminal_chat_gives_a_stored_answer_as_written_and_says_so():
     assert answer == RETURN_PAIR.text and engine.seen == []  # the raw answer goes in the history
     assert out.getvalue().splitlines() == ["Yes: unworn shoes come back free within 30 days, order HP-7 included.",
                                            "from: returns (data: faq.json) (its stored answer, as written)"]
+    follow_up = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
+                 {"role": "user", "content": COVERED}]  # the same words as a later turn: the model answers
+    assert answer_streaming(engine, follow_up, {}, io.StringIO(), grounder) == "Generated from the passages."
+    assert len(engine.seen) == 1
     grounder.reuse = 1.5
     out = io.StringIO()
     assert answer_streaming(engine, [{"role": "user", "content": COVERED}], {}, out, grounder) == (

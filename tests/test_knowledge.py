@@ -203,6 +203,10 @@ def test_a_stored_answer_is_given_as_written_only_to_a_question_its_pair_asks_in
         assert max(h.score for h in grounding.hits if h.passage.question is not None) < REUSE_THRESHOLD
         assert len(grounding.sources) == 3 and not any("reused" in s for s in grounding.sources)
     assert not off_topic.covered and off_topic.answer == "Ask a person." and off_topic.reused is None
+    # a follow-up turn is never matched, however close: a stored pair may be another conversation's follow-up
+    later = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": asked[0]}]
+    assert grounder.ground(later).reused is None and grounder.ground(later).answer is None
     # without reuse (training, `--no-reuse-answers`) the model answers every covered question
     plain = Grounder(grounder.retriever, 3, "Ask a person.").ground([{"role": "user", "content": asked[0]}])
     assert plain.reused is None and plain.answer is None

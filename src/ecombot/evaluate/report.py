@@ -55,8 +55,10 @@ def transcripts(predictions: list[Prediction]) -> list[str]:
     for p in predictions:
         md += [f"**Question** ({p.intent or 'no intent'}): {p.question}", "", f"- *reference*: {p.reference}"]
         for name, answer in p.answers.items():
-            used = ", ".join(source["label"] for source in p.sources.get(name, []))
-            md.append(f"- *{name}*: {answer}" + (f" (sources: {used})" if used else ""))
+            sources = p.sources.get(name, [])
+            used = ", ".join(source["label"] for source in sources)
+            how = "stored answer of" if sources and sources[0].get("reused") else "sources:"
+            md.append(f"- *{name}*: {answer}" + (f" ({how} {used})" if used else ""))
         md.append("")
     return md
 

@@ -5,7 +5,8 @@ Systems: `base` (zero-shot with the store prompt), `base-fewshot` (k training pa
 `retrieval` (answer of the nearest training question, no generation), `base+knowledge` (the base model grounded in
 the store's knowledge base), and per adapter `<run name>` (fine-tuned), `<run name>+retrieval` (fine-tuned with the
 top-k retrieved pairs as example turns) and `<run name>+knowledge` (system `grounded`: fine-tuned and grounded).
-A grounded system answers a question its knowledge does not cover with the handoff, without generating.
+A grounded system answers a question its knowledge does not cover with the handoff, and one a stored Q&A pair asks
+in other words with that pair's answer (knowledge/grounding.py), without generating.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
 
 def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
                  given: list[str | None] | None = None) -> SystemAnswers:
-    """Answers for the prompts; an item with a `given` answer (the handoff) is not generated: no time, no tokens."""
+    """Answers for the prompts; an item with a `given` answer (the handoff, a stored answer) is not generated: no time,
+    no tokens."""
     given = given or [None] * len(prompts)
     todo = [i for i, answer in enumerate(given) if answer is None]
     answers, latency, tokens = list(given), [0.0] * len(prompts), [0] * len(prompts)

@@ -15,15 +15,18 @@ DEFAULT_HANDOFF = ("I'm not sure about that one, so I have passed your question 
 KNOWLEDGE_HEADER = "Store knowledge:"
 QUESTION_HEADER = "Customer question:"
 PASSAGE_CHARS = 600  # a long section is cut in the prompt (the search still saw all of it)
-# A question whose nearest stored Q&A pair asks the same thing in other words is answered with that pair's answer as
-# the store wrote it, without the model: a 270M model rewording an answer that sits in its prompt loses facts and
-# wording the stored answer has (grounded held-out facts 0.76-0.94, README Results). Hit.score of a pair is the
-# cosine between the customer's question and the stored one. benchmarks/retrieval.py ("stored answers") picks the
-# lowest value at which the reused answer had the question's intent and every fact of its reference for >= 97% of
-# the built-in store's held-out questions: at 0.83, 34% of them reused, 97.4% right (the 2 misses: "1 hour" said as
-# "the first hour", and the store's own answer to the same question filed under another intent); at 0.80 a product
-# name shared by two questions pulled wrong intents in ("never received my dinner plates" -> a complaint, 0.827).
-# No unseen-topic or not-covered question came near it.
+# A customer's first question that a stored Q&A pair asks in other words is answered with that pair's answer as the
+# store wrote it, without the model: a 270M model rewording an answer that sits in its prompt loses facts and wording
+# the stored answer has (grounded held-out facts 0.86-0.94, README Results). Hit.score of a pair is the cosine
+# between the customer's question and the pair's embedded text: its heading (the intent, for data files that name
+# one) and question (knowledge/search.py dense_text). benchmarks/retrieval.py ("stored answers") picks the lowest
+# value at which the reused answer had the question's intent and every fact of its reference for >= 97% of the
+# built-in store's held-out questions: 0.83, 75 of the 77 reused (34% of 224; one sample: the share right moves by
+# a point between neighbouring values); none of the 204 unseen-topic or 42 not-covered questions reaches it (highest
+# 0.75 and 0.69).
+# Product names weigh in the cosine: "Is my sofa covered by warranty?" scores 0.72 against "Is the pillow covered by
+# warranty?", whose stored answer names the pillow. Follow-up turns ("how many days is that?") are never matched:
+# the pair that says the same words may answer another conversation's first question.
 REUSE_THRESHOLD = 0.83
 
 
@@ -85,7 +88,8 @@ class Grounding:
     @property
     def sources(self) -> list[dict]:
         """Where the answer came from (API responses, the store, reports); a reused pair is marked `reused`."""
-        return [{**self.reused.to_source(), "reused": True}] if self.reused else [hit.to_source() for hit in self.hits]
+        marked = {"reused": True} if self.reused else {}
+        return [{**hit.to_source(), **marked} for hit in self.cited]
 
 
 class Grounder:
@@ -98,9 +102,10 @@ class Grounder:
     def __init__(self, retriever, k: int = 3, handoff: str = DEFAULT_HANDOFF, reuse: float | None = None):
         self.retriever, self.k, self.handoff, self.reuse = retriever, k, handoff, reuse
 
-    def reusable(self, hits: list[Hit]) -> Hit | None:
-        """The closest Q&A pair found, if its question is close enough to the customer's for its answer to stand."""
-        if self.reuse is None:
+    def reusable(self, messages: list[dict[str, str]], hits: list[Hit]) -> Hit | None:
+        """The closest Q&A pair found, if its question is close enough to the customer's first question for its
+        answer to stand."""
+        if self.reuse is None or sum(m["role"] == "user" for m in messages) != 1:
             return None
         return max((hit for hit in hits if hit.passage.question is not None and hit.score >= self.reuse),
                    key=lambda hit: hit.score, default=None)
@@ -108,7 +113,7 @@ class Grounder:
     def _grounding(self, messages: list[dict[str, str]], hits: list[Hit]) -> Grounding:
         if not self.retriever.covers(hits):
             return Grounding(ground_messages(messages, hits), hits, covered=False, answer=self.handoff)
-        reused = self.reusable(hits)
+        reused = self.reusable(messages, hits)
         return Grounding(ground_messages(messages, hits), hits, reused=reused,
                          answer=reused.passage.text if reused else None)
 

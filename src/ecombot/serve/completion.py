@@ -40,8 +40,9 @@ class ClientGone(Exception):
 
 
 def answer_without_model(job: Job, text: str) -> None:
-    """Give `job` the answer `text` (the handoff, or a task's reply that needs no model) as the batcher would give a generated one, in one piece: the
-    response, the stream and the store treat it like any answer, and the model never sees the request."""
+    """Give `job` the answer `text` (the handoff, a stored answer, or a task's reply that needs no model) as the
+    batcher would give a generated one, in one piece: the response, the stream and the store treat it like any
+    answer, and the model never sees the request."""
     job.events.put_nowait(("text", text))
     job.events.put_nowait(("done", Generation(text, 0, 0)))
 

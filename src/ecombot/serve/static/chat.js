@@ -45,12 +45,15 @@ function bubble(role, text) {
   return item;
 }
 
-// The last chunk of a stream carries `sources` (the knowledge passages behind the answer) and `handoff`.
+// The last chunk of a stream carries `sources` (the knowledge passages behind the answer; a stored answer given as
+// written: its Q&A pair alone, marked `reused`) and `handoff`.
 function answerFooter(item, final) {
-  const labels = [...new Set((final.sources || []).map((source) => source.label))];
+  const sources = final.sources || [];
+  const labels = [...new Set(sources.map((source) => source.label))];
   if (labels.length) {
+    const reused = sources[0].reused ? " (its stored answer, as written)" : "";
     item.appendChild(Object.assign(document.createElement("div"), { className: "sources",
-                                                                    textContent: `from: ${labels.join("; ")}` }));
+                                                                    textContent: `from: ${labels.join("; ")}${reused}` }));
   }
   if (final.handoff) {
     item.appendChild(Object.assign(document.createElement("div"), { className: "handoff-note",
