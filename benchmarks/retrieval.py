@@ -85,10 +85,11 @@ def calibrate() -> dict:
     # calibration may suggest moving: both are in the output.
     from ecombot.knowledge.search import COVERAGE_THRESHOLD, DOCUMENT_THRESHOLD
 
+    quickstart_base = Retriever(policy + pairs)  # embedded once: the bases below and the stored-answer curve
     bases = {}
-    for name, passages, questions in (("policy + pairs", policy + pairs, covered + unseen),
+    for name, passages, questions in (("policy + pairs", quickstart_base.passages, covered + unseen),
                                       ("pairs only (FAQ)", pairs, covered), ("policy only", policy, unseen)):
-        retriever = Retriever(passages)
+        retriever = quickstart_base if passages is quickstart_base.passages else Retriever(passages)
         handed = [not retriever.covers(hits) for hits in retriever.search(questions, 3)]
         caught = [not retriever.covers(hits) for hits in retriever.search(not_covered, 3)]
         bases[name] = {"passages": len(passages), "covered_questions": len(questions),
@@ -98,7 +99,7 @@ def calibrate() -> dict:
             bases[name]["unseen_answering_section_in_top3"] = float(np.mean([
                 any(hit.passage.question is None and UNSEEN_SECTIONS[c.intent] in hit.passage.heading for hit in hits)
                 for c, hits in zip(unseen_convs, found)]))
-    reuse = reuse_curve(Retriever(policy + pairs), split.test, unseen, not_covered)
+    reuse = reuse_curve(quickstart_base, split.test, unseen, not_covered)
     return {"threshold": pair_threshold, "document_threshold": document_threshold, "reuse": reuse,
             "shipped": {"threshold": COVERAGE_THRESHOLD, "document_threshold": DOCUMENT_THRESHOLD},
             "covered_questions": len(covered),
@@ -111,6 +112,7 @@ def reuse_curve(retriever, convs, unseen: list[str], not_covered: list[str]) -> 
     (Grounder's own choice of pair at each threshold: the closest one found, for a first question only)."""
     from ecombot.evaluate.metrics import fact_accuracy
     from ecombot.knowledge import REUSE_THRESHOLD, Grounder
+    from ecombot.knowledge.grounding import is_first_question
 
     grounder = Grounder(retriever, 3, reuse=0.0)  # every candidate; the grid below applies the threshold
 
@@ -133,7 +135,7 @@ def reuse_curve(retriever, convs, unseen: list[str], not_covered: list[str]) -> 
                            "highest": round(max(best, default=0.0), 3), "questions": len(questions)}
     shipped = next(r for r in curve if r["threshold"] == round(REUSE_THRESHOLD, 2))
     return {"suggested": suggested, "shipped": shipped, "elsewhere": elsewhere, "conversations": len(convs),
-            "first_questions": int(sum(sum(m["role"] == "user" for m in c.messages) == 1 for c in convs)),
+            "first_questions": sum(is_first_question(c.messages[:-1]) for c in convs),
             "curve": curve}
 
 

@@ -16,7 +16,7 @@ from ecombot.chat import fill_placeholders
 from ecombot.config import load_config
 from ecombot.data.builtin import policy_path
 from ecombot.evaluate import EvalConfig, Prediction, print_table, run_evaluation
-from ecombot.knowledge import KnowledgeBase
+from ecombot.knowledge import STORED_ANSWER_NOTE, KnowledgeBase
 from ecombot.models import pick_device, resolve_precision
 from ecombot.train import train
 
@@ -146,7 +146,7 @@ def run(output: str = "runs/quickstart", max_steps: int | None = None, console: 
                             ("grounded", p.answers[grounded])):
             table.add_row(label, shorten(fill_placeholders(text, EXAMPLE_CONTEXT)))
         if p.sources.get(grounded):
-            reused = " (its stored answer, as written)" if p.sources[grounded][0].get("reused") else ""
+            reused = STORED_ANSWER_NOTE if p.sources[grounded][0].get("reused") else ""
             table.add_row("", f"[dim]from: {', '.join(s['label'] for s in p.sources[grounded])}{reused}[/dim]")
         console.print(f"[bold]{number}.[/bold] {'held-out' if p.slice == 'heldout' else p.slice}, intent: {p.intent}")
         console.print(table)

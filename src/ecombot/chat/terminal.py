@@ -7,7 +7,7 @@ import sys
 
 from ecombot.chat.engine import GenerationEngine
 from ecombot.chat.placeholders import PlaceholderStream
-from ecombot.knowledge import Grounder, Grounding, is_handoff
+from ecombot.knowledge import STORED_ANSWER_NOTE, Grounder, Grounding, is_handoff
 
 HELP = "Type your question. /reset starts a new conversation, /quit leaves."
 HANDOFF_NOTE = "(handed over to a support agent)"
@@ -36,7 +36,7 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
     answer = "".join(raw).strip()
     if grounding.covered and grounding.cited:
         labels = dict.fromkeys(hit.passage.label for hit in grounding.cited)  # two passages of one section: one label
-        reused = " (its stored answer, as written)" if grounding.reused else ""
+        reused = STORED_ANSWER_NOTE if grounding.reused else ""
         out.write(dim("from: " + "; ".join(labels) + reused, out) + "\n")
     if grounder and (not grounding.covered or is_handoff(answer, grounder.handoff)):
         out.write(dim(HANDOFF_NOTE, out) + "\n")

@@ -4,11 +4,11 @@ prompt every stage uses (see grounding.py)."""
 from ecombot.knowledge.base import KnowledgeBase, SourceSummary, open_grounder
 from ecombot.knowledge.chunking import qa_passages, read_passages
 from ecombot.knowledge.embeddings import embed
-from ecombot.knowledge.grounding import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, Grounding, ground_messages,
-                                         is_handoff, latest_question)
+from ecombot.knowledge.grounding import (DEFAULT_HANDOFF, REUSE_THRESHOLD, STORED_ANSWER_NOTE, Grounder, Grounding,
+                                         ground_messages, is_handoff, latest_question)
 from ecombot.knowledge.passage import Hit, Passage
 from ecombot.knowledge.search import COVERAGE_THRESHOLD, Retriever
 
-__all__ = ["COVERAGE_THRESHOLD", "DEFAULT_HANDOFF", "REUSE_THRESHOLD", "Grounder", "Grounding", "Hit", "KnowledgeBase",
-           "Passage", "Retriever", "SourceSummary", "embed", "ground_messages", "is_handoff", "latest_question",
-           "open_grounder", "qa_passages", "read_passages"]
+__all__ = ["COVERAGE_THRESHOLD", "DEFAULT_HANDOFF", "REUSE_THRESHOLD", "STORED_ANSWER_NOTE", "Grounder", "Grounding",
+           "Hit", "KnowledgeBase", "Passage", "Retriever", "SourceSummary", "embed", "ground_messages", "is_handoff",
+           "latest_question", "open_grounder", "qa_passages", "read_passages"]

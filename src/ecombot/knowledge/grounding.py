@@ -28,6 +28,7 @@ PASSAGE_CHARS = 600  # a long section is cut in the prompt (the search still saw
 # warranty?", whose stored answer names the pillow. Follow-up turns ("how many days is that?") are never matched:
 # the pair that says the same words may answer another conversation's first question.
 REUSE_THRESHOLD = 0.83
+STORED_ANSWER_NOTE = " (its stored answer, as written)"  # after the sources, wherever a stored answer is shown
 
 
 def passages_block(hits: list[Hit]) -> str:
@@ -48,6 +49,11 @@ def ground_messages(messages: list[dict[str, str]], hits: list[Hit]) -> list[dic
         return out
     out[last_user]["content"] = f"{passages_block(hits)}\n\n{QUESTION_HEADER} {out[last_user]['content']}"
     return out
+
+
+def is_first_question(messages: list[dict[str, str]]) -> bool:
+    """The customer has asked one thing so far: no earlier turn to follow up on."""
+    return sum(m["role"] == "user" for m in messages) == 1
 
 
 def latest_question(messages: list[dict[str, str]]) -> str:
@@ -105,7 +111,7 @@ class Grounder:
     def reusable(self, messages: list[dict[str, str]], hits: list[Hit]) -> Hit | None:
         """The closest Q&A pair found, if its question is close enough to the customer's first question for its
         answer to stand."""
-        if self.reuse is None or sum(m["role"] == "user" for m in messages) != 1:
+        if self.reuse is None or not is_first_question(messages):
             return None
         return max((hit for hit in hits if hit.passage.question is not None and hit.score >= self.reuse),
                    key=lambda hit: hit.score, default=None)
