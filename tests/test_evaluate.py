@@ -209,3 +209,25 @@ def test_adapter_anatomy(tiny_run, tiny_model_dir):
     assert names[0].startswith("model.layers.0.") and names[-1].startswith("model.layers.1.")
     for m in anatomy["modules"]:
         assert len(m["singular_values"]) == 16 and 0 <= m["effective_rank"] <= 16 and m["relative_norm"] >= 0
+
+
+def test_generate_all_skips_given_answers_and_shows_progress_past_one_batch(capsys):
+    """Given answers (handoffs, stored answers) are not generated; the rest go in batches, and more than one batch
+    shows a progress bar with the system's name (a store's hundreds of test questions are minutes per system)."""
+    from ecombot.evaluate.run import generate_all
+    from scripted_engine import ScriptedEngine
+
+    engine = ScriptedEngine("Here you go.")
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
+    given = [None, "stored", None, None, None, "handoff", None]
+    answered = generate_all(engine, prompts, "support", 2, given, label="shop-bot+knowledge")
+    assert engine.batches == [2, 2, 1]
+    assert [m[0]["content"] for m in engine.seen] == ["question 0", "question 2", "question 3", "question 4",
+                                                       "question 6"]
+    assert answered.answers == ["Here you go.", "stored", "Here you go.", "Here you go.", "Here you go.", "handoff",
+                                "Here you go."]
+    assert answered.new_tokens[1] == answered.new_tokens[5] == 0 and answered.latency_s[1] == 0.0
+    progress = capsys.readouterr().err
+    assert "shop-bot+knowledge" in progress and "5/5" in progress
+    generate_all(engine, prompts[:2], "support", 2, label="one batch")
+    assert "one batch" not in capsys.readouterr().err  # a set that fits one batch stays quiet

@@ -116,20 +116,26 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
 
 
 def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
-                 given: list[str | None] | None = None) -> SystemAnswers:
+                 given: list[str | None] | None = None, label: str = "answering") -> SystemAnswers:
     """Answers for the prompts; an item with a `given` answer (the handoff, a stored answer) is not generated: no time,
-    no tokens."""
+    no tokens. More than one batch gets a progress bar with its ETA: a store's 450 test questions take each system
+    several minutes on a CPU, which a silent terminal would hide."""
+    from tqdm.auto import tqdm
+
     given = given or [None] * len(prompts)
     todo = [i for i, answer in enumerate(given) if answer is None]
     answers, latency, tokens = list(given), [0.0] * len(prompts), [0] * len(prompts)
     started = time.time()
-    for start in range(0, len(todo), batch_size):
-        rows = todo[start:start + batch_size]
-        t = time.time()
-        batch = engine.generate([prompts[i] for i in rows], adapter)
-        elapsed = time.time() - t
-        for i, g in zip(rows, batch):
-            answers[i], tokens[i], latency[i] = g.text, g.new_tokens, elapsed
+    with tqdm(total=len(todo), desc=label, unit="answer", dynamic_ncols=True,
+              disable=len(todo) <= batch_size) as bar:
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            t = time.time()
+            batch = engine.generate([prompts[i] for i in rows], adapter)
+            elapsed = time.time() - t
+            for i, g in zip(rows, batch):
+                answers[i], tokens[i], latency[i] = g.text, g.new_tokens, elapsed
+            bar.update(len(rows))
     return SystemAnswers("", answers, latency, tokens, time.time() - started)
 
 
@@ -185,7 +191,7 @@ class Contestants:
                 prefixes = {"base-fewshot": [self.fewshot] * len(test), "finetuned+retrieval": retrieved}.get(
                     kind, [[]] * len(test))
             answered = generate_all(self.engine, [p + c.messages[:-1] for p, c in zip(prefixes, convs)], adapter,
-                                    cfg.batch_size, given)
+                                    cfg.batch_size, given, label=name)
             if groundings and kind in GROUNDED:
                 answered.groundings = groundings
                 answered.latency_s = [t + ground_s / len(test) for t in answered.latency_s]
