@@ -40,6 +40,10 @@ class FakeRetriever:
     def covers(self, hits):
         return bool(hits)
 
+    def question_cosines(self, queries, pairs):
+        """0.5 per word a pair's question shares with the query."""
+        return [[0.5 * len(words(q) & words(p.question)) for p in ps] for q, ps in zip(queries, pairs)]
+
 
 def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3, reuse: float | None = None) -> Grounder:
     return Grounder(FakeRetriever(passages), k, HANDOFF, reuse)

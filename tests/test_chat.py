@@ -122,7 +122,7 @@ def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_b
     run = grounded_run(tmp_path)
     grounder, note = open_knowledge(run, None, None, None)
     assert (grounder.k, grounder.handoff, grounder.reuse, note) == (
-        4, HANDOFF, REUSE_THRESHOLD, "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.83")
+        4, HANDOFF, REUSE_THRESHOLD, "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.90")
     grounder, note = open_knowledge(run, "other", "sqlite:///other.db", 2, reuse_answers=False)
     assert grounder.reuse is None and note.endswith(", every answer generated")
     assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF, REUSE_THRESHOLD),

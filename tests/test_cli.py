@@ -128,7 +128,7 @@ def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkey
     assert apps[2].state.server.grounder.reuse is None
     from ecombot.cli import REUSE_HELP
 
-    assert f"cosine >= {REUSE_THRESHOLD}," in REUSE_HELP  # the help states the threshold that applies
+    assert f"cosine >= {REUSE_THRESHOLD:.2f} " in REUSE_HELP  # the help states the threshold that applies
 
 
 def test_bad_flags_are_clear(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -177,6 +178,30 @@ def test_same_seed_gives_the_training_test_set(tiny_run):
     evaluation = evaluate(EvalConfig(data=str(data), systems=("retrieval",), val_fraction=0.15, test_fraction=0.15))
     trained_test = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
     assert [p.question for p in evaluation.predictions] == trained_test
+
+
+def test_without_data_an_adapter_is_scored_on_its_own_runs_test_split(tmp_path, tiny_run):
+    """`ecombot evaluate --adapter runs/faq` after `train --data faq.json`: the FAQ's held-out questions (the split
+    train kept), not the built-in store's; the retrieval pool is the run's own training split."""
+    from rich.console import Console
+
+    data, run = tiny_run
+    console = Console(record=True, width=200)
+    result = run_evaluation(EvalConfig(adapters=[str(run)], systems=("retrieval",), output=str(tmp_path / "e")),
+                            console)
+    kept = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    assert [p.question for p in result.predictions] == kept
+    assert result.source["test"] == str(run / "data" / "test.jsonl")
+    assert result.source["data"] == str(run / "data" / "train.jsonl")
+    assert "held-out split of run's own data" in console.export_text()
+    # adapters trained on different data cannot share one default test set
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    info = json.loads((other / "run_config.json").read_text())
+    info["config"]["data"] = str(tmp_path / "another.csv")
+    (other / "run_config.json").write_text(json.dumps(info))
+    with pytest.raises(EcombotError, match="trained on different data.*--data FILE or --test FILE"):
+        evaluate(EvalConfig(adapters=[str(run), str(other)], systems=("retrieval",)))
 
 
 def test_leakage_is_flagged(tmp_path, tiny_run):

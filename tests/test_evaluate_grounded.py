@@ -2,6 +2,7 @@
 and the grounded systems wired end to end on the tiny model (an echoing engine shows what each prompt held)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -136,8 +137,15 @@ echoed: list[list[dict]] = []
 
 
 @pytest.fixture(scope="module")
-def small_run(tiny_run):
-    return tiny_run[1]
+def small_run(tiny_run, tmp_path_factory):
+    """The tiny run, recorded as trained on the built-in data (as the tests below pretend: `small_builtin`), so that
+    evaluate scores the built-in data and its slices, not the run's own kept split."""
+    run = tmp_path_factory.mktemp("builtin-run") / "run"
+    shutil.copytree(tiny_run[1], run)
+    info = json.loads((run / "run_config.json").read_text())
+    info["config"]["data"] = None
+    (run / "run_config.json").write_text(json.dumps(info))
+    return run
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ecombot.cli import app
 from ecombot.data import builtin_path
 from ecombot.errors import DataError, EcombotError
-from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever,
+from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever, embed,
                                is_handoff, open_grounder, read_passages)
 
 POLICY = builtin_path().parent / "policy.md"
@@ -192,15 +192,24 @@ def test_a_stored_answer_is_given_as_written_only_to_a_question_its_pair_asks_in
              "hi there i paid more than the current price Please help.",  # only the policy answers it
              "What is the capital of Mongolia?"]
     password, address, window, price, off_topic = grounder.ground_many([[{"role": "user", "content": q}] for q in asked])
-    for grounding, intent in ((password, "reset_password"), (address, "change_shipping_address")):
-        best = max((h for h in grounding.hits if h.passage.question is not None), key=lambda h: h.score)
-        assert grounding.reused is best and best.passage.heading == intent and best.score >= REUSE_THRESHOLD
+    def question_cosines(question, grounding):  # the customer's question against each pair's question alone
+        pairs = [h for h in grounding.hits if h.passage.question is not None]
+        vectors = embed([question] + [h.passage.question for h in pairs])
+        return {id(h): float(vectors[0] @ v) for h, v in zip(pairs, vectors[1:])}
+
+    for question, grounding, intent in ((asked[0], password, "reset_password"),
+                                        (asked[1], address, "change_shipping_address")):
+        cosines = question_cosines(question, grounding)
+        best = next(h for h in grounding.hits if id(h) == max(cosines, key=cosines.get))
+        assert grounding.reused is best and best.passage.heading == intent
+        assert grounding.reuse_cosine == pytest.approx(cosines[id(best)], abs=1e-5)
+        assert grounding.reuse_cosine >= REUSE_THRESHOLD
         assert grounding.answer == best.passage.text and grounding.covered
         assert grounding.sources == [{**best.to_source(), "reused": True}]  # the pair alone, marked
         assert "Customer question:" in grounding.messages[0]["content"]  # grounded all the same (stored, logged)
-    for grounding in (window, price):
+    for question, grounding in ((asked[2], window), (asked[3], price)):
         assert grounding.covered and grounding.reused is None and grounding.answer is None  # the model answers
-        assert max(h.score for h in grounding.hits if h.passage.question is not None) < REUSE_THRESHOLD
+        assert max(question_cosines(question, grounding).values()) < REUSE_THRESHOLD
         assert len(grounding.sources) == 3 and not any("reused" in s for s in grounding.sources)
     assert not off_topic.covered and off_topic.answer == "Ask a person." and off_topic.reused is None
     # a follow-up turn is never matched, however close: a stored pair may be another conversation's follow-up
@@ -214,6 +223,28 @@ def test_a_stored_answer_is_given_as_written_only_to_a_question_its_pair_asks_in
     # a document passage is never given as written, however close
     policy = Grounder(Retriever(read_passages(POLICY)), 3, "Ask a person.", reuse=0.0)
     assert policy.ground([{"role": "user", "content": "Do you take PayPal?"}]).answer is None
+
+
+def test_a_faq_without_headings_gets_a_stored_answer_for_its_own_question_not_for_a_neighbouring_one():
+    """A store FAQ's pairs carry no heading, so the search score is question against question already; stored
+    answers are matched by that same measure on every store, and two different questions of one FAQ stay apart
+    (this pair scored 0.84: the old 0.83 on heading + question gave the store-to-online answer to the reverse)."""
+    faq = [Passage("faq.json", "", 1, "Yes: bring it with its receipt to any of our stores within 60 days for a refund.",
+                   "Can I return an online order to one of your stores?"),
+           Passage("faq.json", "", 2, "Store purchases go back to a store: the website cannot refund them.",
+                   "Can I return an item I bought in one of your stores to the website?"),
+           Passage("faq.json", "", 3, "Standard shipping is $6.95, free on orders over $99.", "How much is shipping?")]
+    grounder = Grounder(Retriever(faq), 3, "Ask a person.", REUSE_THRESHOLD)
+    asked = ["Could I return my online order at one of your stores?", "What does shipping cost?",
+             "Can I return something I bought in a store on your website?"]
+    online, shipping, reverse = grounder.ground_many([[{"role": "user", "content": q}] for q in asked[:2]] + [
+        [{"role": "user", "content": asked[2]}]])
+    assert online.reused is not None and online.reused.passage.line == 1 and online.answer == faq[0].text
+    assert shipping.reused is not None and shipping.reused.passage.line == 3
+    assert reverse.reused is None or reverse.reused.passage.line == 2  # never the online-order answer
+    # the two stored questions are different questions: neither answers the other as written
+    without_own = Grounder(Retriever(faq[:1] + faq[2:]), 3, "Ask a person.", REUSE_THRESHOLD)
+    assert without_own.ground([{"role": "user", "content": faq[1].question}]).reused is None
 
 
 def test_bm25s_does_not_log_index_builds(caplog):

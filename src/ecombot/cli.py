@@ -27,9 +27,9 @@ err = Console(stderr=True)
 DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.05x plain fp32 "
                     "generate, held-out loss +0.3%), 4 (int4: 2.4x, loss +6.7%) or 16 (bf16 as loaded). "
                     "Batched steps always use bf16. PyTorch engine only.")
-REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.83, "
-              "knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the model; --no-reuse-answers "
-              "generates every answer.")
+REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.90 "
+              "between the two questions, knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the "
+              "model; --no-reuse-answers generates every answer.")
 ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the base model's GGUF + each adapter as a "
                "LoRA GGUF, converted once; needs pip install 'ecombot[llama-cpp]'). LoRA adapters only.")
 
@@ -201,7 +201,8 @@ def chat(
 
 @app.command()
 def evaluate(
-    data: Optional[str] = typer.Option(None, help="Data file; its test split is used (same seed => same split as train)."),
+    data: Optional[str] = typer.Option(None, help="Data file; its test split is used (same seed => same split as train). "
+                                       "Default: the test split the adapter's run kept, else the built-in data."),
     test: Optional[str] = typer.Option(None, help="Explicit test file instead of a split of --data."),
     adapter: List[Path] = typer.Option([], help="Run directory of an adapter (repeatable to compare runs)."),
     systems: Optional[str] = typer.Option(None, help="Comma-separated (default: all of the task's). support: base, "

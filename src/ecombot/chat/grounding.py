@@ -35,5 +35,5 @@ def open_knowledge(run_dir: Path | None, name: str | None, db: str | None, k: in
         if name or recorded:
             raise
         return None, f"knowledge: none, answers come from the model alone ({exc})"
-    reuse = f", stored answers reused from cosine {REUSE_THRESHOLD}" if reuse_answers else ", every answer generated"
+    reuse = f", stored answers reused from cosine {REUSE_THRESHOLD:.2f}" if reuse_answers else ", every answer generated"
     return grounder, f"knowledge: {chosen!r}, {k} passages per question{reuse}"

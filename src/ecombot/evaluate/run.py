@@ -55,6 +55,21 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def adapter_test_split(adapters: list[str]) -> Path | None:
+    """The test split the adapters' run kept when they trained on a data file of the user's: without --data or
+    --test, an adapter trained on a store's FAQ is scored on that FAQ's held-out questions, not the built-in
+    store's. Adapters trained on different data need --data or --test (an error says so)."""
+    runs = [RunDir(a) for a in adapters]
+    trained_on = [((run.info() or {}).get("config") or {}).get("data") for run in runs]
+    if len(set(trained_on)) > 1:
+        raise EcombotError("the adapters trained on different data (" + ", ".join(
+            f"{run.path}: {data or 'built-in'}" for run, data in zip(runs, trained_on))
+            + "): pass --data FILE or --test FILE to score them on one test set")
+    if not runs or trained_on[0] is None or not (runs[0].data_dir / "test.jsonl").is_file():
+        return None
+    return runs[0].data_dir / "test.jsonl"
+
+
 def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], dict]:
     """The whole test set (and the training set that retrieval and few-shot draw on), split as `train` does."""
     if cfg.test:
@@ -275,6 +290,10 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     if not cfg.adapters:
         cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned") and s != "grounded")
     say = console.print if console else (lambda *a, **k: None)
+    if not cfg.data and not cfg.test and (kept := adapter_test_split(cfg.adapters)):
+        cfg.test = str(kept)
+        say(f"test set: the held-out split of {kept.parents[1].name}'s own data, kept by train ({kept}); --data or "
+            "--test chooses another")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]

@@ -17,17 +17,19 @@ QUESTION_HEADER = "Customer question:"
 PASSAGE_CHARS = 600  # a long section is cut in the prompt (the search still saw all of it)
 # A customer's first question that a stored Q&A pair asks in other words is answered with that pair's answer as the
 # store wrote it, without the model: a 270M model rewording an answer that sits in its prompt loses facts and wording
-# the stored answer has (grounded held-out facts 0.86-0.94, README Results). Hit.score of a pair is the cosine
-# between the customer's question and the pair's embedded text: its heading (the intent, for data files that name
-# one) and question (knowledge/search.py dense_text). benchmarks/retrieval.py ("stored answers") picks the lowest
-# value at which the reused answer had the question's intent and every fact of its reference for >= 97% of the
-# built-in store's held-out questions: 0.83, 75 of the 77 reused (34% of 224; one sample: the share right moves by
-# a point between neighbouring values); none of the 204 unseen-topic or 42 not-covered questions reaches it (highest
-# 0.75 and 0.69).
-# Product names weigh in the cosine: "Is my sofa covered by warranty?" scores 0.72 against "Is the pillow covered by
+# the stored answer has (grounded held-out facts 0.86-0.94, README Results). "Asks in other words": the cosine of the
+# customer's question with the pair's question alone (Retriever.question_cosines; not the search score, which also
+# embeds the pair's heading, so a store whose pairs carry no heading would be measured differently). The threshold
+# (benchmarks/retrieval.py, "stored answers") is the lowest at which the reused answer had the question's intent and
+# every fact of its reference for >= 97% of the built-in store's held-out questions (0.85: 141 of 145), raised to
+# stay 0.05 above different questions of real FAQs whose answers differ (highest 0.84: "Can I return an item I
+# bought in one of your stores to the website?" vs "Can I return an online order to one of your stores?"): 0.90,
+# 106 of the 109 reused right (49% of 224). None of the 204 unseen-topic or 42 not-covered questions reaches it
+# (highest 0.82 and 0.69).
+# Product names weigh in the cosine: "Is my sofa covered by warranty?" scores 0.74 against "Is the pillow covered by
 # warranty?", whose stored answer names the pillow. Follow-up turns ("how many days is that?") are never matched:
 # the pair that says the same words may answer another conversation's first question.
-REUSE_THRESHOLD = 0.83
+REUSE_THRESHOLD = 0.90
 STORED_ANSWER_NOTE = " (its stored answer, as written)"  # after the sources, wherever a stored answer is shown
 
 
@@ -84,6 +86,7 @@ class Grounding:
     hits: list[Hit] = field(default_factory=list)
     covered: bool = True
     reused: Hit | None = None
+    reuse_cosine: float | None = None  # the customer's question against the reused pair's question
     answer: str | None = None
 
     @property
@@ -102,26 +105,40 @@ class Grounder:
     """Retrieves k passages for each conversation's latest question and decides whether they cover it, and (with
     `reuse`, a cosine such as REUSE_THRESHOLD) whether a stored answer answers it as written.
 
-    `retriever` is a `knowledge.Retriever` (search(queries, k, exclude) -> hits, covers(hits) -> bool). Training
+    `retriever` is a `knowledge.Retriever` (search(queries, k, exclude) -> hits, covers(hits) -> bool,
+    question_cosines(queries, pairs) -> the cosines stored answers are matched by). Training
     grounds its prompts without `reuse`: the model learns to answer from the passages, stored answers or not."""
 
     def __init__(self, retriever, k: int = 3, handoff: str = DEFAULT_HANDOFF, reuse: float | None = None):
         self.retriever, self.k, self.handoff, self.reuse = retriever, k, handoff, reuse
 
-    def reusable(self, messages: list[dict[str, str]], hits: list[Hit]) -> Hit | None:
-        """The closest Q&A pair found, if its question is close enough to the customer's first question for its
-        answer to stand."""
-        if self.reuse is None or not is_first_question(messages):
-            return None
-        return max((hit for hit in hits if hit.passage.question is not None and hit.score >= self.reuse),
-                   key=lambda hit: hit.score, default=None)
+    def closest_pairs(self, conversations: list[list[dict[str, str]]],
+                      results: list[list[Hit]]) -> list[tuple[Hit, float] | None]:
+        """For each customer's first question that the hits cover, the Q&A pair found whose question is closest to
+        it, with that question-to-question cosine (None without `reuse`: nothing is compared)."""
+        found: list[tuple[Hit, float] | None] = [None] * len(conversations)
+        if self.reuse is None:
+            return found
+        asks = [i for i, messages in enumerate(conversations)
+                if is_first_question(messages) and self.retriever.covers(results[i])]
+        pairs = [[hit for hit in results[i] if hit.passage.question is not None] for i in asks]
+        cosines = self.retriever.question_cosines([latest_question(conversations[i]) for i in asks],
+                                                  [[hit.passage for hit in hits] for hits in pairs])
+        for i, hits, scores in zip(asks, pairs, cosines):
+            if hits:
+                best = max(range(len(hits)), key=scores.__getitem__)
+                found[i] = hits[best], scores[best]
+        return found
 
-    def _grounding(self, messages: list[dict[str, str]], hits: list[Hit]) -> Grounding:
+    def _grounding(self, messages: list[dict[str, str]], hits: list[Hit],
+                   closest: tuple[Hit, float] | None) -> Grounding:
         if not self.retriever.covers(hits):
             return Grounding(ground_messages(messages, hits), hits, covered=False, answer=self.handoff)
-        reused = self.reusable(messages, hits)
-        return Grounding(ground_messages(messages, hits), hits, reused=reused,
-                         answer=reused.passage.text if reused else None)
+        if closest is None or closest[1] < self.reuse:
+            return Grounding(ground_messages(messages, hits), hits)
+        reused, cosine = closest
+        return Grounding(ground_messages(messages, hits), hits, reused=reused, reuse_cosine=cosine,
+                         answer=reused.passage.text)
 
     def ground_many(self, conversations: list[list[dict[str, str]]],
                     exclude: list[Callable[[Passage], bool] | None] | None = None) -> list[Grounding]:
@@ -129,7 +146,8 @@ class Grounder:
         if not conversations:
             return []
         results = self.retriever.search([latest_question(m) for m in conversations], self.k, exclude)
-        return [self._grounding(messages, hits) for messages, hits in zip(conversations, results)]
+        closest = self.closest_pairs(conversations, results)
+        return [self._grounding(*grounded) for grounded in zip(conversations, results, closest)]
 
     def ground(self, messages: list[dict[str, str]]) -> Grounding:
         return self.ground_many([messages])[0]

@@ -165,6 +165,16 @@ class Retriever:
         finally:
             faiss.omp_set_num_threads(threads)
 
+    def question_cosines(self, queries: list[str], pairs: list[list[Passage]]) -> list[list[float]]:
+        """The cosine of each query with the question alone of each of its Q&A pairs (no heading, unlike the
+        search): how a stored answer is matched, one measure whether a store's pairs carry a heading or not."""
+        texts = sorted({p.question for ps in pairs for p in ps})
+        if not texts:
+            return [[] for _ in pairs]
+        vectors = embed(list(queries) + texts)
+        asked, question = vectors[:len(queries)], dict(zip(texts, vectors[len(queries):]))
+        return [[float(question[p.question] @ v) for p in ps] for v, ps in zip(asked, pairs)]
+
     def threshold_for(self, passage: Passage) -> float:
         return self.threshold if passage.question is not None else self.document_threshold
 
