@@ -130,6 +130,7 @@ def calibrate() -> dict:
                 any(hit.passage.question is None and UNSEEN_SECTIONS[c.intent] in hit.passage.heading for hit in hits)
                 for c, hits in zip(unseen_convs, found)]))
     reuse = reuse_curve(quickstart_base, split.test, unseen, not_covered)
+    reuse["cost_ms"] = stored_answer_cost(quickstart_base, covered[:30])
     return {"threshold": pair_threshold, "document_threshold": document_threshold, "reuse": reuse,
             "shipped": {"threshold": COVERAGE_THRESHOLD, "document_threshold": DOCUMENT_THRESHOLD},
             "covered_questions": len(covered),
@@ -172,6 +173,25 @@ def reuse_curve(retriever, convs, unseen: list[str], not_covered: list[str]) -> 
                            "closest": list(CONFUSABLE[closest]), "margin": CONFUSABLE_MARGIN},
             "first_questions": sum(is_first_question(c.messages[:-1]) for c in convs),
             "curve": curve}
+
+
+def stored_answer_cost(retriever, questions: list[str]) -> dict:
+    """Median milliseconds to ground one first question (as a server does), without and with stored answers, on a
+    copy of the base with nothing cached: each pair's question is embedded on its first use."""
+    from ecombot.knowledge import REUSE_THRESHOLD, Grounder, Retriever
+
+    cold = Retriever(retriever.passages, retriever.vectors)
+    cost = {"questions": len(questions)}
+    for name, reuse in (("without", None), ("with", REUSE_THRESHOLD)):
+        grounder = Grounder(cold, 3, reuse=reuse)
+        grounder.ground([{"role": "user", "content": "Hello, is anyone there?"}])  # warm-up: model and BM25 paths
+        times = []
+        for question in questions:
+            started = time.perf_counter()
+            grounder.ground([{"role": "user", "content": question}])
+            times.append((time.perf_counter() - started) * 1000)
+        cost[name] = round(statistics.median(times), 1)
+    return cost
 
 
 def synthetic(n: int, seed: int = 0):
@@ -258,6 +278,8 @@ def main() -> None:
                     [[f"{r['threshold']:.2f}", f"{r['reused']} ({r['reused'] / reuse['conversations']:.1%})",
                       f"{r['right']} ({r['right'] / r['reused']:.1%})" if r["reused"] else "–"]
                      for r in reuse["curve"] if round(r["threshold"] * 100) % 5 == 0 or r is reuse["shipped"]])
+        print(f"grounding a first question, median of {reuse['cost_ms']['questions']}: "
+              f"{reuse['cost_ms']['without']:.1f} ms without stored answers, {reuse['cost_ms']['with']:.1f} ms with")
         print("shipped: " + "; ".join(f"{name} {e['reused']} of {e['questions']} reused (highest cosine "
                                       f"{e['highest']:.2f})" for name, e in reuse["elsewhere"].items()))
     rows = latency([int(s) for s in args.sizes.split(",")], args.questions)

@@ -194,14 +194,29 @@ def test_without_data_an_adapter_is_scored_on_its_own_runs_test_split(tmp_path, 
     assert result.source["test"] == str(run / "data" / "test.jsonl")
     assert result.source["data"] == str(run / "data" / "train.jsonl")
     assert "held-out split of run's own data" in console.export_text()
-    # adapters trained on different data cannot share one default test set
+    # a learn version is scored on its run's split (its own data is feedback, split 100/0/0)
+    root = tmp_path / "root"
+    shutil.copytree(run, root)
+    (root / "versions.json").write_text(json.dumps({"live": "v1", "versions": []}))
+    shutil.copytree(run, root / "versions" / "v2")
+    (root / "versions" / "v2" / "data" / "test.jsonl").write_text("")
+    again = evaluate(EvalConfig(adapters=[str(root), str(root / "versions" / "v2")], systems=("retrieval",)))
+    assert [p.question for p in again.predictions] == kept
+    # a run that kept no held-out questions, adapters holding different splits, a catalog run: said, not guessed
+    shutil.move(root / "versions" / "v2", tmp_path / "empty")
+    with pytest.raises(EcombotError, match="kept no held-out questions.*--data FILE or --test FILE"):
+        evaluate(EvalConfig(adapters=[str(tmp_path / "empty")], systems=("retrieval",)))
     other = tmp_path / "other"
     shutil.copytree(run, other)
-    info = json.loads((other / "run_config.json").read_text())
-    info["config"]["data"] = str(tmp_path / "another.csv")
-    (other / "run_config.json").write_text(json.dumps(info))
-    with pytest.raises(EcombotError, match="trained on different data.*--data FILE or --test FILE"):
+    lines = (other / "data" / "test.jsonl").read_text().splitlines(keepends=True)
+    (other / "data" / "test.jsonl").write_text("".join(lines[1:]))
+    with pytest.raises(EcombotError, match="different test sets.*--data FILE or --test FILE"):
         evaluate(EvalConfig(adapters=[str(run), str(other)], systems=("retrieval",)))
+    info = json.loads((other / "run_config.json").read_text())
+    info["config"]["task"] = "copy"
+    (other / "run_config.json").write_text(json.dumps(info))
+    with pytest.raises(EcombotError, match="is a copy run: score it with `ecombot evaluate --task copy"):
+        evaluate(EvalConfig(adapters=[str(other)], systems=("retrieval",)))
 
 
 def test_leakage_is_flagged(tmp_path, tiny_run):

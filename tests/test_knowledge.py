@@ -205,7 +205,8 @@ def test_a_stored_answer_is_given_as_written_only_to_a_question_its_pair_asks_in
         assert grounding.reuse_cosine == pytest.approx(cosines[id(best)], abs=1e-5)
         assert grounding.reuse_cosine >= REUSE_THRESHOLD
         assert grounding.answer == best.passage.text and grounding.covered
-        assert grounding.sources == [{**best.to_source(), "reused": True}]  # the pair alone, marked
+        assert grounding.sources == [{**best.to_source(), "reused": True,  # the pair alone, marked
+                                      "reuse_cosine": round(grounding.reuse_cosine, 4)}]
         assert "Customer question:" in grounding.messages[0]["content"]  # grounded all the same (stored, logged)
     for question, grounding in ((asked[2], window), (asked[3], price)):
         assert grounding.covered and grounding.reused is None and grounding.answer is None  # the model answers
@@ -237,8 +238,7 @@ def test_a_faq_without_headings_gets_a_stored_answer_for_its_own_question_not_fo
     grounder = Grounder(Retriever(faq), 3, "Ask a person.", REUSE_THRESHOLD)
     asked = ["Could I return my online order at one of your stores?", "What does shipping cost?",
              "Can I return something I bought in a store on your website?"]
-    online, shipping, reverse = grounder.ground_many([[{"role": "user", "content": q}] for q in asked[:2]] + [
-        [{"role": "user", "content": asked[2]}]])
+    online, shipping, reverse = grounder.ground_many([[{"role": "user", "content": q}] for q in asked])
     assert online.reused is not None and online.reused.passage.line == 1 and online.answer == faq[0].text
     assert shipping.reused is not None and shipping.reused.passage.line == 3
     assert reverse.reused is None or reverse.reused.passage.line == 2  # never the online-order answer

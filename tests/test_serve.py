@@ -583,7 +583,7 @@ def test_a_stored_answer_is_given_as_written_without_the_model_and_names_its_pai
         grounder.reuse = 1.5  # out of reach: the model answers from both passages
         generated = ask(server.url, COVERED).json()
     pair = {"source": "data: faq.json", "heading": "returns", "line": 4, "label": "returns (data: faq.json)",
-            "score": 1.0, "reused": True}
+            "score": 1.0, "reused": True, "reuse_cosine": 1.0}
     said = "Yes: unworn shoes come back free within 30 days, order HP-7 included."  # placeholders filled as ever
     assert reply["choices"][0]["message"]["content"] == said
     assert (reply["sources"], reply["handoff"], reply["usage"]["completion_tokens"]) == ([pair], False, 0)

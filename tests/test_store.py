@@ -302,3 +302,29 @@ def test_processes_opening_a_new_database_at_the_same_moment(each_database_url):
         tables.reflect(engine)
         tables.drop_all(engine)  # the next round starts from an empty database again
         engine.dispose()
+
+
+def test_the_switch_to_wal_waits_out_a_locked_file_and_fails_at_once_on_anything_else():
+    """SQLite answers "database is locked" to the WAL switch at once while another process opens the same new file;
+    that is waited out. Any other error is not."""
+    import sqlite3
+
+    from ecombot.database import _switch_to_wal
+
+    class Cursor:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def execute(self, statement):
+            assert statement == "PRAGMA journal_mode=WAL"
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    busy = Cursor([sqlite3.OperationalError("database is locked")] * 2)
+    _switch_to_wal(busy)
+    assert busy.calls == 3
+    broken = Cursor([sqlite3.OperationalError("disk I/O error"), None])
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _switch_to_wal(broken)
+    assert broken.calls == 1

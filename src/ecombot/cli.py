@@ -212,7 +212,7 @@ def evaluate(
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test conversations."),
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
-    seed: int = typer.Option(42, help="Split and bootstrap seed."),
+    seed: int = typer.Option(42, help="Split (of --data) and bootstrap seed."),
     fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
     batch_size: int = typer.Option(32, help="Questions generated together (one batched generate call)."),
     max_new_tokens: int = typer.Option(160, help="Longest answer in tokens."),

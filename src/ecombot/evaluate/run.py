@@ -56,18 +56,33 @@ def file_hash(path: Path) -> str:
 
 
 def adapter_test_split(adapters: list[str]) -> Path | None:
-    """The test split the adapters' run kept when they trained on a data file of the user's: without --data or
-    --test, an adapter trained on a store's FAQ is scored on that FAQ's held-out questions, not the built-in
-    store's. Adapters trained on different data need --data or --test (an error says so)."""
-    runs = [RunDir(a) for a in adapters]
-    trained_on = [((run.info() or {}).get("config") or {}).get("data") for run in runs]
-    if len(set(trained_on)) > 1:
-        raise EcombotError("the adapters trained on different data (" + ", ".join(
-            f"{run.path}: {data or 'built-in'}" for run, data in zip(runs, trained_on))
-            + "): pass --data FILE or --test FILE to score them on one test set")
-    if not runs or trained_on[0] is None or not (runs[0].data_dir / "test.jsonl").is_file():
-        return None
-    return runs[0].data_dir / "test.jsonl"
+    """The held-out split the adapters' run kept when it trained on a file of the user's: without --data or --test,
+    an adapter trained on a store's FAQ is scored on that FAQ's held-out questions, not the built-in store's. None:
+    the built-in data (adapters trained on it, or outside ecombot). A learn version counts as its run (its own data is
+    feedback, not a split); adapters holding different splits need --data or --test, like a catalog run --task."""
+    found: list[tuple[RunDir, str, str | None]] = []  # (run, what it trained on, its kept test split's text)
+    for adapter in adapters:
+        run = RunDir(adapter)
+        if run.path.parent.name == "versions" and (run.path.parents[1] / "versions.json").is_file():
+            run = RunDir(run.path.parents[1])
+        config = (run.info() or {}).get("config")
+        if config is None or config.get("data") is None:
+            found.append((run, "the built-in data" if config else "unknown data (no run_config.json)", None))
+            continue
+        if (config.get("task") or "support") != "support":
+            raise EcombotError(f"{adapter} is a {config['task']} run: score it with `ecombot evaluate --task "
+                               f"{config['task']} --adapter {adapter}`")
+        test = run.data_dir / "test.jsonl"
+        text = test.read_text(encoding="utf-8") if test.is_file() else ""
+        if not text.strip():
+            raise EcombotError(f"{adapter} trained on {config['data']} but its run kept no held-out questions "
+                               f"({test}): pass --data FILE or --test FILE")
+        found.append((run, config["data"], text))
+    if len({text for _, _, text in found}) > 1:
+        raise EcombotError("the adapters hold different test sets (" + ", ".join(
+            f"{run.path}: {data}" for run, data, _ in found) + "): pass --data FILE or --test FILE to score them "
+            "on one")
+    return found[0][0].data_dir / "test.jsonl" if found and found[0][2] is not None else None
 
 
 def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], dict]:
@@ -290,10 +305,11 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     if not cfg.adapters:
         cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned") and s != "grounded")
     say = console.print if console else (lambda *a, **k: None)
-    if not cfg.data and not cfg.test and (kept := adapter_test_split(cfg.adapters)):
-        cfg.test = str(kept)
-        say(f"test set: the held-out split of {kept.parents[1].name}'s own data, kept by train ({kept}); --data or "
-            "--test chooses another")
+    if not cfg.data and not cfg.test:
+        kept = adapter_test_split(cfg.adapters)
+        cfg.test = str(kept) if kept else None
+        say(f"test set: the held-out split of {RunDir(kept.parent.parent).name}'s own data, kept by train ({kept})"
+            if kept else "test set: the built-in store's held-out split", "(--data or --test chooses another)")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]

@@ -96,8 +96,9 @@ class Grounding:
 
     @property
     def sources(self) -> list[dict]:
-        """Where the answer came from (API responses, the store, reports); a reused pair is marked `reused`."""
-        marked = {"reused": True} if self.reused else {}
+        """Where the answer came from (API responses, the store, reports); a reused pair is marked `reused`, with
+        the question-to-question cosine that chose it (its `score` is the search's, which may weigh a heading)."""
+        marked = {"reused": True, "reuse_cosine": round(self.reuse_cosine, 4)} if self.reused else {}
         return [{**hit.to_source(), **marked} for hit in self.cited]
 
 
@@ -119,15 +120,14 @@ class Grounder:
         found: list[tuple[Hit, float] | None] = [None] * len(conversations)
         if self.reuse is None:
             return found
-        asks = [i for i, messages in enumerate(conversations)
-                if is_first_question(messages) and self.retriever.covers(results[i])]
+        asks = [i for i, messages in enumerate(conversations) if is_first_question(messages)
+                and self.retriever.covers(results[i]) and any(hit.passage.question for hit in results[i])]
         pairs = [[hit for hit in results[i] if hit.passage.question is not None] for i in asks]
         cosines = self.retriever.question_cosines([latest_question(conversations[i]) for i in asks],
                                                   [[hit.passage for hit in hits] for hits in pairs])
         for i, hits, scores in zip(asks, pairs, cosines):
-            if hits:
-                best = max(range(len(hits)), key=scores.__getitem__)
-                found[i] = hits[best], scores[best]
+            best = max(range(len(hits)), key=scores.__getitem__)
+            found[i] = hits[best], scores[best]
         return found
 
     def _grounding(self, messages: list[dict[str, str]], hits: list[Hit],

@@ -1,8 +1,8 @@
 """One chat completion's answer on its way back: streamed (SSE) or whole, placeholders filled, then stored.
 
 Besides OpenAI's fields, a response carries `sources` (the knowledge passages the answer was grounded in, as
-`Hit.to_source()` dicts; a stored answer given as written has its Q&A pair alone, marked `"reused": true`) and
-`handoff` (true when the answer handed the conversation to an agent); OpenAI's clients keep unknown fields as
+`Hit.to_source()` dicts; a stored answer given as written has its Q&A pair alone, marked `"reused": true` with its
+`"reuse_cosine"`) and `handoff` (true when the answer handed the conversation to an agent); OpenAI's clients keep unknown fields as
 extras. A stream carries them on its last chunk, the one with `finish_reason`.
 A recommendation adds `recommendations` and `dropped_skus` (serve/tasks.py).
 """
