@@ -307,9 +307,10 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     say = console.print if console else (lambda *a, **k: None)
     if not cfg.data and not cfg.test:
         kept = adapter_test_split(cfg.adapters)
-        cfg.test = str(kept) if kept else None
-        say(f"test set: the held-out split of {RunDir(kept.parent.parent).name}'s own data, kept by train ({kept})"
-            if kept else "test set: the built-in store's held-out split", "(--data or --test chooses another)")
+        if kept:
+            cfg.test = str(kept)
+            say(f"test set: the held-out split of {RunDir(kept.parent.parent).name}'s own data, kept by train "
+                f"({kept}; --data or --test chooses another)")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]
