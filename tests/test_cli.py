@@ -269,5 +269,6 @@ def test_evaluate_and_adapter_inspect_commands(tmp_path, tiny_model_dir, small_d
     result = runner.invoke(app, ["evaluate", "--data", str(small_dataset), "--adapter", str(run), "--systems",
                                  "retrieval,finetuned", "--max-new-tokens", "4", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    systems = json.loads((out / "results.json").read_text())["systems"]
-    assert set(systems) == {"retrieval", "run"} and "report:" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["systems"]) == {"retrieval", "run"} and "report:" in result.output
+    assert results["config"]["limit"] == 200  # the CLI's default is the config's (a large split is sampled)

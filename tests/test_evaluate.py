@@ -219,6 +219,28 @@ def test_without_data_an_adapter_is_scored_on_its_own_runs_test_split(tmp_path, 
         evaluate(EvalConfig(adapters=[str(other)], systems=("retrieval",)))
 
 
+def test_a_large_test_split_is_sampled_by_default_and_said(tiny_run):
+    """A 4,500-row file keeps ~450 held-out questions: answering all with six systems took ~1.5 h on a 2-core CPU.
+    By default the first DEFAULT_LIMIT of the seeded, intent-stratified split are scored, the same for every system,
+    and the terminal, results and table say how many of how many; 0 scores them all."""
+    from rich.console import Console
+
+    from ecombot.config.evaluate import DEFAULT_LIMIT
+
+    data, run = tiny_run
+    split = [json.loads(line)["messages"][0]["content"] for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+    assert len(split) > 2 and EvalConfig().limit == DEFAULT_LIMIT == 200
+    console = Console(record=True, width=200)
+    sampled = evaluate(EvalConfig(adapters=[str(run)], systems=("retrieval",), limit=2), console)
+    assert [p.question for p in sampled.predictions] == split[:2]
+    assert sampled.test_size == 2 and sampled.source["heldout_questions"] == len(split)
+    assert f"scoring 2 of the {len(split)} held-out questions" in console.export_text()
+    print_table(sampled, console)
+    assert f"2 of {len(split)} held-out test conversations" in console.export_text()
+    every = evaluate(EvalConfig(adapters=[str(run)], systems=("retrieval",), limit=0))
+    assert [p.question for p in every.predictions] == split and "heldout_questions" not in every.source
+
+
 def test_leakage_is_flagged(tmp_path, tiny_run):
     data, run = tiny_run
     cfg = EvalConfig(test=str(run / "data" / "train.jsonl"), adapters=[str(run)], systems=("retrieval",),

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ecombot.config.evaluate import DEFAULT_LIMIT
 from ecombot.errors import EcombotError
 
 app = typer.Typer(help="Fine-tune a small LLM into an e-commerce support chatbot, then chat with it.",
@@ -210,7 +211,9 @@ def evaluate(
                                           "base+knowledge; copy: base-fewshot, finetuned; recommend: search, "
                                           "base-fewshot, finetuned."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test conversations."),
+    limit: int = typer.Option(DEFAULT_LIMIT, help="Questions scored per test set: the first N of the seeded, "
+                                                  "intent-stratified split (0: all of them; answering is most of the "
+                                                  "time on a CPU)."),
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
     seed: int = typer.Option(42, help="Split (of --data) and bootstrap seed."),
     fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
