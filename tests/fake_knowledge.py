@@ -54,7 +54,7 @@ def knowledge_bases(monkeypatch):
     """`open_grounder` over named bases: "shop" holds passages, "default" and "empty" none; records each call."""
     calls = []
 
-    def open_grounder(name, db, k, handoff, reuse=None):
+    def open_grounder(name, db, k, handoff, reuse=None, pairs_from=None):
         calls.append((name, db, k, handoff, reuse))
         if name in ("default", "empty"):
             raise EcombotError(f"the knowledge base {name!r} is empty")

@@ -285,7 +285,9 @@ def test_cli_add_list_search_remove(tmp_path):
     assert found.exit_code == 0, found.output
     first = found.output.splitlines()[0]
     assert "policy.md:41" in first and "> Payments" in first
-    assert "threshold" in found.output.splitlines()[-1]
+    assert "covered; the model answers from these passages (thresholds" in found.output  # a policy: no stored answer
+    unrelated = runner.invoke(app, ["knowledge", "search", "Can I bring my dog to the concert?", *db])
+    assert "not covered: the bot hands off" in unrelated.output
     removed = runner.invoke(app, ["knowledge", "remove", "policy.md", *db])
     assert "removed policy.md: 17 passage(s)" in removed.output
     missing = runner.invoke(app, ["knowledge", "remove", "policy.md", *db])

@@ -109,3 +109,54 @@ def test_grounded_run_indexes_only_its_training_pairs_and_records_the_knowledge(
     assert record["content_hash"] == base.content_hash() and record["passages"] == sum(sources.values())
     assert "knowledge base `shop`" in (run / "README.md").read_text()
     assert KnowledgeBase(db, "default").is_empty  # other bases untouched
+
+
+def test_a_run_reads_its_own_training_pairs_never_another_runs(tmp_path):
+    """Two stores' bots trained into one 'default' base: each bot's training prompts, chat and evaluation read the
+    documents and its own pairs only, a learn version its lineage's, and a run recorded before scopes every pair."""
+    from typer.testing import CliRunner
+
+    from ecombot.chat import open_knowledge as chat_knowledge
+    from ecombot.cli import app
+    from ecombot.config import EvalConfig
+    from ecombot.evaluate.grounded import open_knowledge as eval_knowledge
+    from ecombot.train.grounding import ground_training_data
+
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    policy = KnowledgeBase(db, "default").add_files([policy_path()])[0].passages
+    sample = builtin_sample(4)
+    first, second = sample[0::2], sample[1::2]  # the same intents asked in other words: each finds the other's pairs
+    a = ground_training_data(first, [], "a.jsonl", "default", db, 3, 0.0, None, 0, inherited=[])
+    b = ground_training_data(second, [], "b.jsonl", "default", db, 3, 0.0, None, 0, inherited=[])
+    assert a.record["pairs"] == ["data: a.jsonl"] and b.record["pairs"] == ["data: b.jsonl"]
+    assert b.record["passages"] == policy + len(second) and b.record["sources"] == ["data: b.jsonl", "policy.md"]
+    prompts = " ".join(c.messages[-2]["content"] for c in b.train)
+    assert "(data: b.jsonl)" in prompts and "(data: a.jsonl)" not in prompts
+    assert f"left out: {len(first)} Q&A pairs other training runs added (data: a.jsonl)" in b.summary
+
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    for run, grounded in ((run_a, a), (run_b, b)):
+        run.mkdir()
+        (run / "run_config.json").write_text(json.dumps({"knowledge": grounded.record}))
+    grounder, _ = chat_knowledge(run_b, None, None, None)
+    assert {p.source for p in grounder.retriever.passages} == {"policy.md", "data: b.jsonl"}
+    asked = second[0].question  # one of b's own pairs: its stored answer is given as written
+    found = CliRunner().invoke(app, ["knowledge", "search", asked, "--adapter", str(run_b)])
+    assert found.exit_code == 0, found.output
+    assert "data: b.jsonl" in found.output and "data: a.jsonl" not in found.output
+    assert "the stored answer of" in found.output and "question cosine 1.00 >= 0.90" in found.output
+    knowledge = eval_knowledge(EvalConfig(adapters=[str(run_a)]), [], False, grounded=True)
+    assert {p.source for p in knowledge.passages} == {"policy.md", "data: a.jsonl"}
+    assert knowledge.info["changed_since_training"] is False  # b's pairs, added since, are not a's knowledge
+
+    # a learn version of a: its feedback joins a's lineage; b's pairs are not "held" for it (they are not read)
+    v2 = ground_training_data(first[:2] + second[:2], [], "a-v2-learn.jsonl", "default", db, 3, 0.0, None, 0,
+                              inherited=a.record["pairs"])
+    assert v2.record["pairs"] == ["data: a.jsonl", "data: a-v2-learn.jsonl"]
+    assert {s.name: s.passages for s in KnowledgeBase(db, "default").sources()}["data: a-v2-learn.jsonl"] == 2
+
+    old = {key: value for key, value in a.record.items() if key != "pairs"}  # recorded before scopes existed
+    (run_a / "run_config.json").write_text(json.dumps({"knowledge": old}))
+    grounder, _ = chat_knowledge(run_a, None, None, None)
+    assert {p.source for p in grounder.retriever.passages} == {"policy.md", "data: a.jsonl", "data: b.jsonl",
+                                                               "data: a-v2-learn.jsonl"}

@@ -554,23 +554,43 @@ def knowledge_remove(source: str = typer.Argument(..., help="Source name as `kno
 
 @knowledge_app.command("search")
 def knowledge_search(question: str = typer.Argument(..., help="A customer's question."),
-                     k: int = typer.Option(3, "-k", help="Passages to show."),
-                     name: str = KNOWLEDGE_NAME, db: Optional[str] = KNOWLEDGE_DB) -> None:
-    """The passages a question retrieves, and whether they cover it (else the bot hands off)."""
-    from ecombot.knowledge import KnowledgeBase
+                     k: Optional[int] = typer.Option(None, "-k", help="Passages to show (default: the adapter's, "
+                                                                      "else 3)."),
+                     name: Optional[str] = typer.Option(None, "--name", help="Knowledge base name (default: the "
+                                                                             "adapter's, else 'default')."),
+                     db: Optional[str] = KNOWLEDGE_DB,
+                     adapter: Optional[Path] = typer.Option(None, help="Search as this run's bot does: its knowledge "
+                                                                       "base and k, and its own training pairs "
+                                                                       "(never another run's).")) -> None:
+    """The passages a question retrieves, whether they cover it (else the bot hands off), and whether a stored answer
+    is given as written (the closest stored question's cosine)."""
+    from ecombot.chat import open_knowledge
+    from ecombot.knowledge import REUSE_THRESHOLD
 
-    base = KnowledgeBase(db, name)
-    if base.is_empty:
-        raise EcombotError(f"the knowledge base '{name}' is empty: add files with `ecombot knowledge add FILE`")
-    retriever = base.retriever()
-    hits = retriever.search([question], k)[0]
-    for hit in hits:
+    if name == "none":
+        raise EcombotError("--name none: no knowledge base to search")
+    grounder, said = open_knowledge(adapter, name or (None if adapter else "default"), db, k)
+    if grounder is None:
+        raise EcombotError(f"nothing to search: {said}")
+    messages = [{"role": "user", "content": question}]
+    grounding = grounder.ground(messages)
+    for hit in grounding.hits:
         p = hit.passage
         console.print(f"{hit.score:.3f}  {p.source}:{p.line}  {p.heading or '-'}", highlight=False)
         console.print(f"       {(p.question + ' -> ' if p.question else '') + p.text}", highlight=False, soft_wrap=True)
-    verdict = "covered" if retriever.covers(hits) else "not covered: the bot hands off"
+    retriever = grounder.retriever
+    closest = grounder.closest_pairs([messages], [grounding.hits])[0]
+    if not grounding.covered:
+        verdict = "not covered: the bot hands off"
+    elif grounding.reused:
+        verdict = (f"covered; the stored answer of {grounding.reused.passage.question!r} is given as written "
+                   f"(question cosine {grounding.reuse_cosine:.2f} >= {REUSE_THRESHOLD:.2f})")
+    else:
+        verdict = "covered; the model answers from these passages" + (
+            f" (closest stored question {closest[0].passage.question!r}: cosine {closest[1]:.2f} < "
+            f"{REUSE_THRESHOLD:.2f})" if closest else "")
     console.print(f"{verdict} (thresholds: Q&A pairs {retriever.threshold:.2f}, documents "
-                  f"{retriever.document_threshold:.2f})")
+                  f"{retriever.document_threshold:.2f})", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecombot.errors import EcombotError
-from ecombot.knowledge import REUSE_THRESHOLD, Grounder
+from ecombot.knowledge import REUSE_THRESHOLD, Grounder, recorded_pairs
 from ecombot.run_dir import RunDir
 
 DEFAULT_KNOWLEDGE = "default"
@@ -30,7 +30,8 @@ def open_knowledge(run_dir: Path | None, name: str | None, db: str | None, k: in
     k = k or recorded.get("k") or DEFAULT_K
     try:
         grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"),
-                                 REUSE_THRESHOLD if reuse_answers else None)
+                                 REUSE_THRESHOLD if reuse_answers else None,
+                                 pairs_from=recorded_pairs(recorded, chosen))  # its own training pairs only
     except EcombotError as exc:
         if name or recorded:
             raise

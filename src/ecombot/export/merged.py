@@ -81,7 +81,7 @@ def export_source(run: str | Path, version: str | None = None) -> ExportSource:
               "system_prompt": system_prompt, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
               "grounded": knowledge is not None, "ecombot_version": __version__}
     if knowledge is not None:
-        record["knowledge"] = {key: knowledge.get(key) for key in ("name", "k", "handoff", "content_hash")}
+        record["knowledge"] = {key: knowledge.get(key) for key in ("name", "k", "handoff", "content_hash", "pairs")}
     return ExportSource(root, name, source.path, method, spec, model_dir, tokenizer, base_template, record)
 
 

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 from sqlalchemy import (DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, delete, func,
@@ -26,6 +27,20 @@ from ecombot.knowledge.embeddings import embed
 from ecombot.knowledge.grounding import DEFAULT_HANDOFF, Grounder
 from ecombot.knowledge.passage import Passage
 from ecombot.knowledge.search import Retriever, dense_text
+
+
+# The name under which a training run adds its split's Q&A pairs ("data: faq.json", train/grounding.py). Such pairs
+# belong to the runs that added them: a run reads every document and every file added with `knowledge add`, but only
+# its own lineage's training pairs (`pairs_from`). Why: one $ECOMBOT_HOME trains the bots of several stores into the
+# 'default' base; without the scope a bot trained on one store's FAQ was grounded in, and gave as stored answers,
+# the pairs of another store's file trained before it.
+TRAINING_PAIRS = "data: "
+
+
+def in_scope(source: str, pairs_from: Collection[str] | None) -> bool:
+    """Whether a run whose lineage added the training pairs `pairs_from` reads this source (None: every source, as
+    runs recorded before scopes existed did)."""
+    return pairs_from is None or not source.startswith(TRAINING_PAIRS) or source in pairs_from
 
 
 class Base(DeclarativeBase):
@@ -131,10 +146,10 @@ class KnowledgeBase:
                        for i, (p, vector) in enumerate(zip(passages, vectors)))
         return _summary(row, "replaced" if old is not None else "added")
 
-    def sources(self) -> list[SourceSummary]:
+    def sources(self, pairs_from: Collection[str] | None = None) -> list[SourceSummary]:
         with self.sessions() as db:
             rows = db.scalars(select(SourceRow).where(SourceRow.base == self.name).order_by(SourceRow.name))
-            return [_summary(row) for row in rows]
+            return [_summary(row) for row in rows if in_scope(row.name, pairs_from)]
 
     def remove(self, source: str) -> int:
         """Drop a source and its passages; returns how many passages went."""
@@ -147,21 +162,23 @@ class KnowledgeBase:
             db.delete(row)
             return row.passages
 
-    def _rows(self):
+    def _rows(self, pairs_from: Collection[str] | None = None):
         query = (select(SourceRow.name, PassageRow.heading, PassageRow.line, PassageRow.text, PassageRow.question,
                         PassageRow.vector)
                  .join(SourceRow, PassageRow.source_id == SourceRow.id).where(SourceRow.base == self.name)
                  .order_by(SourceRow.name, PassageRow.position))
         with self.engine.connect() as connection:
-            return connection.execute(query).all()
+            return [row for row in connection.execute(query) if in_scope(row.name, pairs_from)]
 
-    def passages(self) -> list[Passage]:
-        return [Passage(r.name, r.heading, r.line, r.text, r.question) for r in self._rows()]
+    def passages(self, pairs_from: Collection[str] | None = None) -> list[Passage]:
+        """The passages a run whose lineage added the training pairs `pairs_from` reads (None: all; see in_scope)."""
+        return [Passage(r.name, r.heading, r.line, r.text, r.question) for r in self._rows(pairs_from)]
 
-    def content_hash(self) -> str:
-        """sha256 of every passage's source, place and text, in order: a training run records it, so a later
-        change to the store's knowledge is visible."""
-        return _passages_sha256(self.passages())
+    def content_hash(self, pairs_from: Collection[str] | None = None) -> str:
+        """sha256 of every passage's source, place and text, in order, as the run of `pairs_from` reads them: a
+        training run records it, so a later change to the store's knowledge is visible (another run's pairs are
+        not a change to this run's)."""
+        return _passages_sha256(self.passages(pairs_from))
 
     @property
     def display_url(self) -> str:
@@ -173,22 +190,29 @@ class KnowledgeBase:
         with self.sessions() as db:
             return not db.scalar(select(func.count()).select_from(SourceRow).where(SourceRow.base == self.name))
 
-    def retriever(self, threshold: float | None = None) -> Retriever:
-        """A retriever over the stored passages and their stored vectors."""
-        rows = self._rows()
+    def retriever(self, threshold: float | None = None, pairs_from: Collection[str] | None = None) -> Retriever:
+        """A retriever over the stored passages (those of `pairs_from`'s scope, see in_scope) and their stored
+        vectors."""
+        rows = self._rows(pairs_from)
         passages = [Passage(r.name, r.heading, r.line, r.text, r.question) for r in rows]
         vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), -1)
         return Retriever(passages, vectors) if threshold is None else Retriever(passages, vectors, threshold)
 
 
 def open_grounder(name: str | None, db: str | None, k: int, handoff: str | None,
-                  reuse: float | None = None) -> Grounder | None:
+                  reuse: float | None = None, pairs_from: Collection[str] | None = None) -> Grounder | None:
     """The grounder of knowledge base `name` (None: "default"); None for "none" (answers from the weights alone).
-    `reuse`: see Grounder."""
+    `reuse`: see Grounder; `pairs_from`: the training pairs a run reads, see in_scope."""
     if name == "none":
         return None
     base = KnowledgeBase(db, name or "default")
     if base.is_empty:
         raise EcombotError(f"the knowledge base '{base.name}' is empty: add the store's documents with "
                            "`ecombot knowledge add FILE`, or answer without one with `--knowledge none`")
-    return Grounder(base.retriever(), k, handoff or DEFAULT_HANDOFF, reuse)
+    return Grounder(base.retriever(pairs_from=pairs_from), k, handoff or DEFAULT_HANDOFF, reuse)
+
+
+def recorded_pairs(record: dict, name: str) -> list[str] | None:
+    """The training pairs a run reads in knowledge base `name`: its record's when it trained with that base (None
+    for another base, or a run recorded before scopes: every pair)."""
+    return record.get("pairs") if record.get("name") == name else None

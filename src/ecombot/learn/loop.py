@@ -174,7 +174,9 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
         f"{steps} steps of {batch} at lr {lr:g} (half the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
-    data = root.path / "versions" / f"{version}-learn.jsonl"
+    # named after the adapter too: its pairs join the knowledge base as "data: <file name>", which another adapter's
+    # version of the same number must not replace
+    data = root.path / "versions" / f"{root.name}-{version}-learn.jsonl"
     write_jsonl(data, feedback.train + replay)
 
     # 3. Train the candidate from the live adapter (train/recipe.py: the same recipe, grounded the same way).
@@ -227,10 +229,11 @@ def open_grounder_of(cfg: TrainConfig, run: RunDir):
     """The grounder the version answers with (None for a run trained without knowledge)."""
     if not cfg.grounded:
         return None
-    from ecombot.knowledge import open_grounder
+    from ecombot.knowledge import open_grounder, recorded_pairs
 
     recorded = run.knowledge() or {}
-    return open_grounder(cfg.knowledge, cfg.db, cfg.knowledge_k, recorded.get("handoff") or cfg.handoff_answer)
+    return open_grounder(cfg.knowledge, cfg.db, cfg.knowledge_k, recorded.get("handoff") or cfg.handoff_answer,
+                         pairs_from=recorded_pairs(recorded, cfg.knowledge))
 
 
 def guard_set(root: RunDir, corrections: list[Conversation], held_before: set[int],

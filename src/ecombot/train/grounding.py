@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
-from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, Hit, KnowledgeBase, Passage, ground_messages, qa_passages
+from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Hit, KnowledgeBase, Passage, ground_messages,
+                               qa_passages)
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
@@ -42,7 +43,7 @@ class GroundedData:
 
 
 def training_source(data_path: str) -> str:
-    return f"data: {Path(data_path).name}"
+    return f"{TRAINING_PAIRS}{Path(data_path).name}"
 
 
 def own_answer_filter(conv: Conversation):
@@ -139,34 +140,43 @@ def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: 
 
 def ground_training_data(train: list[Conversation], validation: list[Conversation], data_path: str,
                          name: str, db: str | None, k: int, handoff_share: float, handoff: str | None,
-                         seed: int, index: bool = True) -> GroundedData:
+                         seed: int, index: bool = True, inherited: list[str] | None = None) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
-    the validation or test pairs), then ground both splits. `index=False` (the extra processes of a distributed
-    run) waits until the main process has written them, so every process grounds from the same passages."""
+    the validation or test pairs), then ground both splits. The run reads the base's documents, its own pairs and
+    `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.in_scope);
+    None: a parent recorded before scopes, which read every pair. `index=False` (the extra processes of a
+    distributed run) waits until the main process has written them, so every process grounds from the same
+    passages."""
     base = KnowledgeBase(db, name)
     source = training_source(data_path)
-    # A pair the base already holds under another source (`ecombot learn` replays earlier training data) is not
+    own = None if inherited is None else list(dict.fromkeys([*inherited, source]))
+    # A pair the run reads already under another source (`ecombot learn` replays earlier training data) is not
     # added twice: a duplicate would take a second of the k places in every prompt that finds it.
-    held = {pair_key(p) for p in base.passages() if p.question is not None and p.source != source}
+    held = {pair_key(p) for p in base.passages(own) if p.question is not None and p.source != source}
     pairs = [p for p in qa_passages(train, source) if pair_key(p) not in held]
     if index:
-        base.add_passages(source, pairs)
+        added = base.add_passages(source, pairs)
     else:
         wait_for_source(base, source, len(pairs))
-    grounder = Grounder(base.retriever(), k=k, handoff=handoff or DEFAULT_HANDOFF)
+        added = None
+    grounder = Grounder(base.retriever(pairs_from=own), k=k, handoff=handoff or DEFAULT_HANDOFF)
     grounded_train = ground_split(train, grounder, handoff_share, seed)
     grounded_val = ground_split(validation, grounder, handoff_share, seed + 1)
-    sources = base.sources()
+    sources = base.sources(own)
     passages = sum(s.passages for s in sources)
+    others = [s for s in base.sources() if s.name not in {t.name for t in sources}]
     record = {"name": name, "db": base.display_url, "k": k, "handoff": grounder.handoff,
-              "content_hash": base.content_hash(), "passages": passages, "handoff_share": handoff_share,
-              "fact_edit_share": FACT_EDIT_SHARE,
+              "content_hash": base.content_hash(own), "passages": passages, "handoff_share": handoff_share,
+              "fact_edit_share": FACT_EDIT_SHARE, "pairs": own,
               "threshold": grounder.retriever.threshold, "sources": [s.name for s in sources]}
     handoffs = sum(c.answer == grounder.handoff for c in grounded_train)
     edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
-    documents = [s.name for s in sources if s.name != training_source(data_path)]
+    documents = [s.name for s in sources if not s.name.startswith(TRAINING_PAIRS)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
-               f"pairs; documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
+               f"pairs{' replacing the earlier ' + source if added and added.status == 'replaced' else ''}; "
+               f"documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
                f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
-               f"numbers from their passages")
+               f"numbers from their passages"
+               + (f"; left out: {sum(s.passages for s in others)} Q&A pairs other training runs added "
+                  f"({', '.join(s.name for s in others)}), this run reads its own" if others else ""))
     return GroundedData(grounded_train, grounded_val, record, summary)

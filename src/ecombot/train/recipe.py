@@ -13,6 +13,7 @@ from ecombot import __version__
 from ecombot.config import TrainConfig, fit_to_data
 from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import ConfigError, EcombotError
+from ecombot.knowledge import recorded_pairs
 from ecombot import speedups
 from ecombot.models import (PackedCollator, PadCollator, encode_conversations, load_base_model, load_tokenizer,
                             pick_device, resolve_model, resolve_precision)
@@ -165,8 +166,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     val_convs = split.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else split.validation
     knowledge = None
     if cfg.grounded:
+        parent = (RunDir(cfg.init_adapter).knowledge() or {}) if cfg.init_adapter else {}
+        inherited = recorded_pairs(parent, cfg.knowledge) if parent else []  # a fresh adapter reads its own pairs
         grounded = ground_training_data(train_convs, val_convs, summary.path, cfg.knowledge, cfg.db, cfg.knowledge_k,
-                                        cfg.handoff_share, cfg.handoff_answer, cfg.seed, index=main)
+                                        cfg.handoff_share, cfg.handoff_answer, cfg.seed, index=main,
+                                        inherited=inherited)
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
 
