@@ -12,6 +12,7 @@ threshold calibrated on one store carries over to another store's FAQ; benchmark
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -79,10 +80,8 @@ class Retriever:
         if len(self.passages) and self.vectors.shape[1] != embed(["dimension"]).shape[1]:
             raise EcombotError(f"passage vectors have {self.vectors.shape[1]} dimensions; the embedding model gives "
                                f"{embed(['dimension']).shape[1]} (re-add the files to embed them again)")
-        # Vectors of Q&A pairs' questions alone (stored answers are matched by them; see question_cosines), and of
-        # the latest search's queries (replaced whole: a thread reading it sees one search's or the next one's).
-        self.question_vectors = {p.question: v for p, v in zip(self.passages, self.vectors)
-                                 if p.question is not None and dense_text(p) == p.question}
+        # Vectors of the latest search's queries (replaced whole: a thread reading it sees one search's or the next
+        # one's); stored answers are matched by them (question_cosines).
         self.asked: dict[str, np.ndarray] = {}
         self.index = faiss.IndexFlatIP(self.vectors.shape[1] or 384)  # exact inner product = cosine on unit vectors
         self.index.add(self.vectors)
@@ -170,6 +169,13 @@ class Retriever:
             return self.index.search(vector[None], fetch)[1][0]
         finally:
             faiss.omp_set_num_threads(threads)
+
+    @cached_property
+    def question_vectors(self) -> dict[str, np.ndarray]:
+        """Vectors of Q&A pairs' questions alone, seeded with the pairs indexed by their question already (no
+        heading); built on first use: only a grounder that reuses stored answers asks (training never does)."""
+        return {p.question: v for p, v in zip(self.passages, self.vectors)
+                if p.question is not None and dense_text(p) == p.question}
 
     def question_cosines(self, queries: list[str], pairs: list[list[Passage]]) -> list[list[float]]:
         """The cosine of each query with the question alone of each of its Q&A pairs (no heading, unlike the
