@@ -55,7 +55,7 @@ def knowledge_bases(monkeypatch):
     calls = []
 
     def open_grounder(name, db, k, handoff, reuse=None, pairs_from=None):
-        calls.append((name, db, k, handoff, reuse))
+        calls.append((name, db, k, handoff, reuse, pairs_from))
         if name in ("default", "empty"):
             raise EcombotError(f"the knowledge base {name!r} is empty")
         return fake_grounder(k=k, reuse=reuse)
@@ -69,6 +69,6 @@ def grounded_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     knowledge = {"name": "shop", "db": "sqlite:///shop.db", "k": 4, "handoff": HANDOFF, "content_hash": "ab",
-                 "passages": 2, "handoff_share": 0.1}
+                 "passages": 2, "handoff_share": 0.1, "pairs": ["data: shop.jsonl"]}
     (run / "run_config.json").write_text(json.dumps({"knowledge": knowledge}))
     return run

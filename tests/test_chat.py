@@ -125,16 +125,32 @@ def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_b
         4, HANDOFF, REUSE_THRESHOLD, "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.90")
     grounder, note = open_knowledge(run, "other", "sqlite:///other.db", 2, reuse_answers=False)
     assert grounder.reuse is None and note.endswith(", every answer generated")
-    assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF, REUSE_THRESHOLD),
-                               ("other", "sqlite:///other.db", 2, HANDOFF, None)]
+    # its own training pairs; in another base none (they are other runs')
+    assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF, REUSE_THRESHOLD, ["data: shop.jsonl"]),
+                               ("other", "sqlite:///other.db", 2, HANDOFF, None, [])]
     assert open_knowledge(run, "none", None, None) == (None, "knowledge: none, answers come from the model alone")
     assert len(knowledge_bases) == 2  # "none" opens nothing
+    # `ecombot learn` promoted v2: the live version's record, with its feedback pairs
+    record = json.loads((run / "run_config.json").read_text())
+    record["knowledge"]["pairs"] = ["data: shop.jsonl", "data: v2-learn.jsonl"]
+    (run / "versions" / "v2").mkdir(parents=True)
+    (run / "versions" / "v2" / "run_config.json").write_text(json.dumps(record))
+    (run / "versions.json").write_text(json.dumps({"live": "v2", "versions": []}))
+    open_knowledge(run, None, None, None)
+    assert knowledge_bases[-1][-1] == ["data: shop.jsonl", "data: v2-learn.jsonl"]
+    # a server's support adapters share one grounder: every one's pairs, not only the first one's
+    other = tmp_path / "other"
+    other.mkdir()
+    record["knowledge"]["pairs"] = ["data: faq.json"]
+    (other / "run_config.json").write_text(json.dumps(record))
+    open_knowledge([other, run], None, None, None)
+    assert knowledge_bases[-1][-1] == ["data: faq.json", "data: shop.jsonl", "data: v2-learn.jsonl"]
 
 
 def test_an_empty_default_base_means_no_grounding_but_a_named_one_is_an_error(knowledge_bases, tmp_path):
     grounder, note = open_knowledge(None, None, None, None)
     assert grounder is None and "the knowledge base 'default' is empty" in note
-    assert knowledge_bases == [("default", None, 3, None, REUSE_THRESHOLD)]
+    assert knowledge_bases == [("default", None, 3, None, REUSE_THRESHOLD, None)]
     with pytest.raises(EcombotError, match="'empty' is empty"):
         open_knowledge(None, "empty", None, None)
     run = grounded_run(tmp_path)

@@ -101,7 +101,8 @@ def test_chat_answers_from_the_knowledge_base(knowledge_bases, tiny_model_dir):
                                   "--max-new-tokens", "3", "--no-reuse-answers"])
     assert covered.exit_code == 0, covered.output
     assert covered.stdout.splitlines()[-1] == "from: Returns and exchanges (policy.md)"
-    assert knowledge_bases == [("shop", "sqlite:///kb.db", 2, None, REUSE_THRESHOLD), ("shop", None, 3, None, None)]
+    assert knowledge_bases == [("shop", "sqlite:///kb.db", 2, None, REUSE_THRESHOLD, None),
+                               ("shop", None, 3, None, None, None)]
 
 
 def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch):
@@ -118,7 +119,8 @@ def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkey
     grounded = runner.invoke(app, [*common, "--k", "2"])
     assert grounded.exit_code == 0, grounded.output
     assert "knowledge: 'shop', 2 passages per question" in grounded.stdout
-    assert knowledge_bases == [("shop", db, 2, HANDOFF, REUSE_THRESHOLD)] and apps[0].state.server.grounder.k == 2
+    assert knowledge_bases == [("shop", db, 2, HANDOFF, REUSE_THRESHOLD, ["data: shop.jsonl"])]
+    assert apps[0].state.server.grounder.k == 2
     plain = runner.invoke(app, [*common, "--knowledge", "none"])
     assert plain.exit_code == 0, plain.output
     assert apps[1].state.server.grounder is None and len(knowledge_bases) == 1

@@ -78,7 +78,7 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert (base_run / "versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     candidate = RunDir(base_run / "versions" / "v2")
     assert candidate.status() == "complete" and candidate.info()["config"]["init_adapter"] == str(base_run)
-    trained = (base_run / "versions" / f"{base_run.name}-v2-learn.jsonl").read_text()
+    trained = loop.learn_data_path(RunDir(base_run), "v2").read_text()
     assert trained.count(CORRECTION) == 8  # the held-out two never reach training
 
     # Nothing new: nothing trained.
@@ -336,7 +336,7 @@ def test_a_changed_policy_leaves_replay_and_guard_without_the_old_value(base_run
     result = learn(base_run, say=lambda _: None)
     old = superseded(result.feedback.train)
     assert old == {"quantity:hour": {"1 hour"}}
-    replayed = read_file(base_run / "versions" / f"{base_run.name}-v2-learn.jsonl").conversations
+    replayed = read_file(loop.learn_data_path(RunDir(base_run), "v2")).conversations
     assert not any(states_superseded(c, old) for c in replayed)
     test = read_file(base_run / "data" / "test.jsonl").conversations
     stale = sum("1 hour" in c.answer for c in test)

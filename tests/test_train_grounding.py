@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ecombot.data import Conversation, builtin_path, normalise_text, read_file
+from ecombot.errors import EcombotError
 from ecombot.data.builtin import policy_path
 from ecombot.knowledge import DEFAULT_HANDOFF, Grounder, KnowledgeBase, Passage, Retriever, qa_passages
 from ecombot.knowledge.grounding import KNOWLEDGE_HEADER, QUESTION_HEADER
@@ -160,3 +161,10 @@ def test_a_run_reads_its_own_training_pairs_never_another_runs(tmp_path):
     grounder, _ = chat_knowledge(run_a, None, None, None)
     assert {p.source for p in grounder.retriever.passages} == {"policy.md", "data: a.jsonl", "data: b.jsonl",
                                                                "data: a-v2-learn.jsonl"}
+
+    # a scope with nothing left in it (its pairs removed, no document) is said, not a traceback
+    (run_a / "run_config.json").write_text(json.dumps({"knowledge": a.record}))
+    for source in ("policy.md", "data: a.jsonl", "data: a-v2-learn.jsonl"):
+        KnowledgeBase(db, "default").remove(source)
+    with pytest.raises(EcombotError, match="holds no passage this adapter reads .its training pairs .data: a.jsonl"):
+        chat_knowledge(run_a, None, None, None)

@@ -211,7 +211,7 @@ def evaluate(
                                           "base+knowledge; copy: base-fewshot, finetuned; recommend: search, "
                                           "base-fewshot, finetuned."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the adapter's, else gemma-3-270m)."),
-    limit: int = typer.Option(DEFAULT_LIMIT, help="Questions scored per test set: the first N of the seeded, "
+    limit: int = typer.Option(DEFAULT_LIMIT, min=0, help="Questions scored per test set: the first N of the seeded, "
                                                   "intent-stratified split (0: all of them; answering is most of the "
                                                   "time on a CPU)."),
     output: str = typer.Option("runs/eval", help="Folder for results.json, predictions.jsonl and the report."),
@@ -428,7 +428,7 @@ def serve(
 
     adapters = parse_adapters(adapter)
     tasks = CatalogTasks.of_adapters(adapters)
-    support_run = next((path for name, path in adapters if tasks.task(name) == "support"), None)
+    support_runs = [path for name, path in adapters if tasks.task(name) == "support"]
     base_spec = base_model_spec(model, adapters[0][1] if adapters else None)
     config = ServeConfig(model_name=Path(base_spec).name, api_keys=split_keys(api_key), review_keys=split_keys(review_key),
                          cors_origins=cors_origin, web=web,
@@ -437,7 +437,7 @@ def serve(
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
-    grounder, grounded = open_knowledge(support_run, knowledge, db, k, reuse_answers)
+    grounder, grounded = open_knowledge(support_runs, knowledge, db, k, reuse_answers)
     bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
                       decode_bits=decode_bits, max_batch=max_batch)
     app = create_app(bot, store, config, grounder, tasks)

@@ -6,24 +6,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecombot.errors import EcombotError
-from ecombot.knowledge import REUSE_THRESHOLD, Grounder, recorded_pairs
+from ecombot.knowledge import REUSE_THRESHOLD, Grounder, scope_of
 from ecombot.run_dir import RunDir
 
 DEFAULT_KNOWLEDGE = "default"
 DEFAULT_K = 3
 
 
-def open_knowledge(run_dir: Path | None, name: str | None, db: str | None, k: int | None,
+def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str | None, k: int | None,
                    reuse_answers: bool = True) -> tuple[Grounder | None, str]:
     """The grounder (None: answers come from the weights alone) and one line for the terminal saying which.
 
-    `name`, `db` and `k` are the flags, None when not given: then the run's recorded knowledge, else the
-    "default" base with k=3. A base that the flag or the run names must hold passages (EcombotError otherwise);
-    the default one may be empty (a fresh install has none yet), and then nothing is grounded. `reuse_answers`:
-    a question a stored Q&A pair asks in other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD)."""
+    `run_dir`: the adapter, or the support adapters a server answers with (they share one grounder: the first
+    one's settings, every one's training pairs; each one's live version's record). `name`, `db` and `k` are the
+    flags, None when not given: then the run's recorded knowledge, else the "default" base with k=3. A base that
+    the flag or the run names must hold passages (EcombotError otherwise); the default one may be empty (a fresh
+    install has none yet), and then nothing is grounded. `reuse_answers`: a question a stored Q&A pair asks in
+    other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD)."""
     from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
 
-    recorded = (RunDir(run_dir).knowledge() if run_dir else None) or {}
+    runs = [] if run_dir is None else run_dir if isinstance(run_dir, list) else [run_dir]
+    # The live version's record: after `ecombot learn` promotes v2, its feedback pairs are the adapter's too.
+    records = [RunDir(run).live().knowledge() or {} for run in runs]
+    recorded = records[0] if records else {}
     chosen = name or recorded.get("name") or DEFAULT_KNOWLEDGE
     if chosen == "none":
         return None, "knowledge: none, answers come from the model alone"
@@ -31,7 +36,7 @@ def open_knowledge(run_dir: Path | None, name: str | None, db: str | None, k: in
     try:
         grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"),
                                  REUSE_THRESHOLD if reuse_answers else None,
-                                 pairs_from=recorded_pairs(recorded, chosen))  # its own training pairs only
+                                 pairs_from=scope_of(records, chosen))  # their own training pairs only
     except EcombotError as exc:
         if name or recorded:
             raise

@@ -35,7 +35,7 @@ def score_copy(answers: list[str], products, references: list[str], alternatives
 def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
     run, catalog, products = catalog_runs(cfg.adapters, "copy")
     by_prompt = {copy_prompt(p): p for p in products}
-    test = held_out(run, cfg)
+    test = held_out(run, cfg, say)
     missing = [c.source for c in test if c.question not in by_prompt]
     if missing:
         raise EcombotError(f"{len(missing)} test products of {run.path} are not in the catalog {catalog} as "

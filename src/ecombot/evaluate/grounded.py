@@ -55,7 +55,7 @@ class StoreKnowledge:
 def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, grounded: bool) -> StoreKnowledge:
     """The knowledge base named by cfg.knowledge (None: the first adapter's run record, else "default"), when
     grounded systems are asked for and it holds passages; k and the handoff come from the run record."""
-    record = (RunDir(cfg.adapters[0]).knowledge() if cfg.adapters else None) or {}
+    record = (RunDir(cfg.adapters[0]).live().knowledge() if cfg.adapters else None) or {}  # what answers
     name = cfg.knowledge or record.get("name") or "default"
     handoff = record.get("handoff") or DEFAULT_HANDOFF
     info = {"name": name}

@@ -37,7 +37,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     seed = run.info()["config"]["seed"]
     by_text = {r.text: r for r in request_set(products, seed)}
     by_sku = {p.sku: p for p in products}
-    test = held_out(run, cfg)
+    test = held_out(run, cfg, say)
     texts = [c.question.rsplit(REQUEST_HEADER, 1)[-1].strip() for c in test]
     missing = [c.source for c, t in zip(test, texts) if t not in by_text]
     if missing:

@@ -320,8 +320,9 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
         # The split's order is seeded and interleaves the intents in proportion (data/split.py), so the first N
         # are a stratified sample, the same for every system and every run with this seed.
         source["heldout_questions"] = len(test)
-        say(f"scoring {len(sets[0].test)} of the {len(test)} held-out questions (the first of the seeded, "
-            f"intent-stratified split; --limit 0 scores all {len(test)})")
+        order = f"the first of {cfg.test}" if cfg.test else "the first of the seeded, intent-stratified split"
+        say(f"scoring {len(sets[0].test)} of the {len(test)} held-out questions ({order}; `ecombot evaluate "
+            f"--limit 0` scores all {len(test)})")
     source["leaked_test_questions"] = len(leaked_questions(train, sets[0].test))
     if source["leaked_test_questions"]:
         say(f"[yellow]warning:[/yellow] {source['leaked_test_questions']} test question(s) also appear in the "

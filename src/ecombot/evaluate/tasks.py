@@ -54,8 +54,13 @@ def estimate_cell(estimate: dict | None, scale: float = 1) -> str:
     return f"{estimate['value'] * scale:.3g} [{low * scale:.3g}, {high * scale:.3g}]"
 
 
-def held_out(run: RunDir, cfg: EvalConfig) -> list[Conversation]:
-    return read_file(run.data_dir / "test.jsonl").conversations[:cfg.limit or None]
+def held_out(run: RunDir, cfg: EvalConfig, say=print) -> list[Conversation]:
+    """The run's held-out items, the first `cfg.limit` of them (said when that leaves some out)."""
+    test = read_file(run.data_dir / "test.jsonl").conversations
+    if cfg.limit and len(test) > cfg.limit:
+        say(f"scoring {cfg.limit} of the {len(test)} held-out items (the first of the run's seeded split; "
+            f"`ecombot evaluate --limit 0` scores all {len(test)})")
+    return test[:cfg.limit or None]
 
 
 def answering_systems(cfg: EvalConfig, run: RunDir, repetition_penalty: float = Decoding.repetition_penalty

@@ -76,7 +76,7 @@ def export_source(run: str | Path, version: str | None = None) -> ExportSource:
     system_prompt = root.system_prompt()
     base_template = tokenizer.chat_template
     tokenizer.chat_template = training_template(base_template, system_prompt)
-    knowledge = root.knowledge()
+    knowledge = source.knowledge()  # the exported version's (a learn version reads its feedback pairs too)
     record = {"run": str(root.path.resolve()), "version": name, "method": method, "base_model": spec,
               "system_prompt": system_prompt, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
               "grounded": knowledge is not None, "ecombot_version": __version__}

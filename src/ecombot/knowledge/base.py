@@ -194,6 +194,10 @@ class KnowledgeBase:
         """A retriever over the stored passages (those of `pairs_from`'s scope, see in_scope) and their stored
         vectors."""
         rows = self._rows(pairs_from)
+        if not rows:
+            gone = f"its training pairs ({', '.join(pairs_from)}) are gone, " if pairs_from else ""
+            raise EcombotError(f"the knowledge base '{self.name}' holds no passage this adapter reads ({gone}no "
+                               "document): add the store's documents with `ecombot knowledge add FILE`, or retrain")
         passages = [Passage(r.name, r.heading, r.line, r.text, r.question) for r in rows]
         vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=np.float32).reshape(len(rows), -1)
         return Retriever(passages, vectors) if threshold is None else Retriever(passages, vectors, threshold)
@@ -213,6 +217,17 @@ def open_grounder(name: str | None, db: str | None, k: int, handoff: str | None,
 
 
 def recorded_pairs(record: dict, name: str) -> list[str] | None:
-    """The training pairs a run reads in knowledge base `name`: its record's when it trained with that base (None
-    for another base, or a run recorded before scopes: every pair)."""
-    return record.get("pairs") if record.get("name") == name else None
+    """The training pairs a run reads in knowledge base `name`: its record's when it trained with that base, none of
+    another base's (they are other runs'); None (every pair) for a run recorded before scopes."""
+    if "pairs" not in record:
+        return None
+    return record["pairs"] if record.get("name") == name else []
+
+
+def scope_of(records: list[dict], name: str) -> list[str] | None:
+    """The training pairs several adapters served side by side read in `name`: every one's (None, every pair, if
+    any reads them all, or for the base model alone)."""
+    scopes = [recorded_pairs(record, name) for record in records]
+    if not scopes or any(s is None for s in scopes):
+        return None
+    return list(dict.fromkeys(p for s in scopes for p in s))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import random
 import shutil
 import time
@@ -98,6 +99,14 @@ def learn_steps(examples: int, batch: int) -> int:
     return min(MAX_STEPS, max(MIN_STEPS, -(-FEEDBACK_PASSES * examples // batch)))
 
 
+def learn_data_path(root: RunDir, version: str) -> Path:
+    """Where a version's training data is kept. Its pairs join the knowledge base as "data: <file name>", which
+    another adapter's version of the same number must not replace: the name carries the adapter's directory (default
+    runs are all called after their method, "lora") and a hash of its resolved path."""
+    where = hashlib.sha256(str(root.path.resolve()).encode()).hexdigest()[:8]
+    return root.path / "versions" / f"{root.name}-{where}-{version}-learn.jsonl"
+
+
 def write_jsonl(path: Path, convs: list[Conversation]) -> None:
     atomic.write_text(path, conversations_jsonl(convs))
 
@@ -174,9 +183,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
         f"{steps} steps of {batch} at lr {lr:g} (half the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
-    # named after the adapter too: its pairs join the knowledge base as "data: <file name>", which another adapter's
-    # version of the same number must not replace
-    data = root.path / "versions" / f"{root.name}-{version}-learn.jsonl"
+    data = learn_data_path(root, version)
     write_jsonl(data, feedback.train + replay)
 
     # 3. Train the candidate from the live adapter (train/recipe.py: the same recipe, grounded the same way).
@@ -194,9 +201,10 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     guard, out_of_date = guard_set(root, every_correction, held_before, old_values)
     slice_items, slice_name = (feedback.held_out, "held-out feedback") if feedback.held_out else (
         feedback.train, "feedback trained on (too few items to hold any out)")
-    # the grounder opened again: training added the feedback pairs to the knowledge base both versions answer from
+    # grounded as the candidate reads the base (the parent's pairs and the feedback pairs training just added), for
+    # both versions: the same prompts, so the scores differ by the weights alone
     scores = compare_versions(parent, candidate, {"guard": guard, "feedback": slice_items},
-                              open_grounder_of(parent_cfg, parent))
+                              open_grounder_of(parent_cfg, candidate))
     promoted, reason = promotion(scores)
     record = {"name": version, "parent": lineage["live"], "created_at": now_iso(),
               "status": "live" if promoted else "rejected", "reason": reason,
@@ -212,10 +220,11 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
             if v["name"] == lineage["live"]:
                 v["status"] = "retired"
         lineage["live"] = version
-    elif parent_cfg.grounded:  # the live version must not answer from a rejected round's passages
+    elif parent_cfg.grounded:  # a rejected round's passages are no version's: out of the base
         from ecombot.knowledge import KnowledgeBase
+        from ecombot.train.grounding import training_source
 
-        KnowledgeBase(parent_cfg.db, parent_cfg.knowledge).remove(f"data: {data.name}")
+        KnowledgeBase(parent_cfg.db, parent_cfg.knowledge).remove(training_source(str(data)))
     lineage["versions"].append(record)
     lineage.setdefault("history", []).append({"at": now_iso(), "live": lineage["live"],
                                               "event": f"learn {version}: {'promoted' if promoted else 'rejected'}"})

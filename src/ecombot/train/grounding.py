@@ -130,6 +130,13 @@ def distractor_source(convs: list[Conversation], i: int, rng: random.Random, tri
     return None
 
 
+def replaced_note(source: str) -> str:
+    """Said when this run's pairs replace different ones of the same name: a run of another store that trained on a
+    file of that name reads these from now on."""
+    return (f" replacing the earlier {source}: a run that trained on another file of this name reads these now; "
+            "give each store its own base with --knowledge NAME")
+
+
 def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while not any(s.name == source and s.passages == passages for s in base.sources()):
@@ -173,7 +180,7 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
     documents = [s.name for s in sources if not s.name.startswith(TRAINING_PAIRS)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
-               f"pairs{' replacing the earlier ' + source if added and added.status == 'replaced' else ''}; "
+               f"pairs{replaced_note(source) if added and added.status == 'replaced' else ''}; "
                f"documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
                f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
                f"numbers from their passages"
