@@ -579,13 +579,13 @@ def knowledge_search(question: str = typer.Argument(..., help="A customer's ques
         console.print(f"{hit.score:.3f}  {p.source}:{p.line}  {p.heading or '-'}", highlight=False)
         console.print(f"       {(p.question + ' -> ' if p.question else '') + p.text}", highlight=False, soft_wrap=True)
     retriever = grounder.retriever
-    closest = grounder.closest_pairs([messages], [grounding.hits])[0]
     if not grounding.covered:
         verdict = "not covered: the bot hands off"
     elif grounding.reused:
         verdict = (f"covered; the stored answer of {grounding.reused.passage.question!r} is given as written "
                    f"(question cosine {grounding.reuse_cosine:.2f} >= {REUSE_THRESHOLD:.2f})")
-    else:
+    else:  # the closest stored question is asked again only here (its vectors are kept: no new embedding)
+        closest = grounder.closest_pairs([messages], [grounding.hits])[0]
         verdict = "covered; the model answers from these passages" + (
             f" (closest stored question {closest[0].passage.question!r}: cosine {closest[1]:.2f} < "
             f"{REUSE_THRESHOLD:.2f})" if closest else "")

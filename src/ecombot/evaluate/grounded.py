@@ -14,7 +14,7 @@ from ecombot.data.builtin import policy_text
 from ecombot.evaluate.metrics import extract_facts
 from ecombot.evaluate.slices import Edits, apply_edits
 from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever, embed,
-                               latest_question, recorded_pairs)
+                               latest_question, passages_hash, recorded_pairs)
 from ecombot.knowledge.search import dense_text
 from ecombot.run_dir import RunDir
 
@@ -65,7 +65,7 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
         if not kb.is_empty:
             pairs = recorded_pairs(record, name)  # the adapter's own training pairs, not other runs' (in_scope)
             retriever = kb.retriever(pairs_from=pairs)
-            info.update(passages=len(retriever.passages), content_hash=kb.content_hash(pairs))
+            info.update(passages=len(retriever.passages), content_hash=passages_hash(retriever.passages))
             if record.get("name") == name:
                 info["changed_since_training"] = record.get("content_hash") != info["content_hash"]
             reuse = REUSE_THRESHOLD if cfg.reuse_answers else None

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Collection
 
 import numpy as np
-from sqlalchemy import (DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, delete, func,
-                        select)
+from sqlalchemy import (DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, delete, func, or_,
+                        select, true)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from ecombot.database import open_engine, without_password
@@ -35,12 +35,6 @@ from ecombot.knowledge.search import Retriever, dense_text
 # 'default' base; without the scope a bot trained on one store's FAQ was grounded in, and gave as stored answers,
 # the pairs of another store's file trained before it.
 TRAINING_PAIRS = "data: "
-
-
-def in_scope(source: str, pairs_from: Collection[str] | None) -> bool:
-    """Whether a run whose lineage added the training pairs `pairs_from` reads this source (None: every source, as
-    runs recorded before scopes existed did)."""
-    return pairs_from is None or not source.startswith(TRAINING_PAIRS) or source in pairs_from
 
 
 class Base(DeclarativeBase):
@@ -73,6 +67,16 @@ class PassageRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit length, of search.dense_text
 
 
+def in_scope(pairs_from: Collection[str] | None):
+    """The sources a run whose lineage added the training pairs `pairs_from` reads, as a query condition (None: every
+    source, as runs recorded before scopes existed did): filtered in the database, so another run's pairs and their
+    vectors are never read."""
+    if pairs_from is None:
+        return true()
+    prefix = func.substr(SourceRow.name, 1, len(TRAINING_PAIRS))  # exact in SQLite and PostgreSQL, unlike LIKE
+    return or_(prefix != TRAINING_PAIRS, SourceRow.name.in_(list(pairs_from)))
+
+
 @dataclass(frozen=True)
 class SourceSummary:
     """One source of a knowledge base; `status` says what the last add did: added, replaced or unchanged."""
@@ -89,7 +93,8 @@ def _summary(row: SourceRow, status: str = "") -> SourceSummary:
     return SourceSummary(row.name, row.kind, row.passages, row.sha256, row.added_at, status)
 
 
-def _passages_sha256(passages: list[Passage]) -> str:
+def passages_hash(passages: list[Passage]) -> str:
+    """sha256 of every passage's source, place and text, in order (KnowledgeBase.content_hash)."""
     digest = hashlib.sha256()
     for p in passages:
         digest.update(json.dumps([p.source, p.heading, p.line, p.question, p.text]).encode() + b"\n")
@@ -122,7 +127,7 @@ class KnowledgeBase:
     def add_passages(self, source: str, passages: list[Passage], kind: str = "data") -> SourceSummary:
         """Index passages made elsewhere (training: its split's Q&A pairs as "data: <file name>")."""
         passages = [Passage(source, p.heading, p.line, p.text, p.question) for p in passages]
-        return self._put(source, kind, _passages_sha256(passages), lambda: passages)
+        return self._put(source, kind, passages_hash(passages), lambda: passages)
 
     def _put(self, source: str, kind: str, sha256: str, make) -> SourceSummary:
         with self.sessions() as db:
@@ -148,8 +153,9 @@ class KnowledgeBase:
 
     def sources(self, pairs_from: Collection[str] | None = None) -> list[SourceSummary]:
         with self.sessions() as db:
-            rows = db.scalars(select(SourceRow).where(SourceRow.base == self.name).order_by(SourceRow.name))
-            return [_summary(row) for row in rows if in_scope(row.name, pairs_from)]
+            rows = db.scalars(select(SourceRow).where(SourceRow.base == self.name, in_scope(pairs_from))
+                              .order_by(SourceRow.name))
+            return [_summary(row) for row in rows]
 
     def remove(self, source: str) -> int:
         """Drop a source and its passages; returns how many passages went."""
@@ -165,20 +171,20 @@ class KnowledgeBase:
     def _rows(self, pairs_from: Collection[str] | None = None):
         query = (select(SourceRow.name, PassageRow.heading, PassageRow.line, PassageRow.text, PassageRow.question,
                         PassageRow.vector)
-                 .join(SourceRow, PassageRow.source_id == SourceRow.id).where(SourceRow.base == self.name)
+                 .join(SourceRow, PassageRow.source_id == SourceRow.id)
+                 .where(SourceRow.base == self.name, in_scope(pairs_from))
                  .order_by(SourceRow.name, PassageRow.position))
         with self.engine.connect() as connection:
-            return [row for row in connection.execute(query) if in_scope(row.name, pairs_from)]
+            return connection.execute(query).all()
 
     def passages(self, pairs_from: Collection[str] | None = None) -> list[Passage]:
         """The passages a run whose lineage added the training pairs `pairs_from` reads (None: all; see in_scope)."""
         return [Passage(r.name, r.heading, r.line, r.text, r.question) for r in self._rows(pairs_from)]
 
-    def content_hash(self, pairs_from: Collection[str] | None = None) -> str:
-        """sha256 of every passage's source, place and text, in order, as the run of `pairs_from` reads them: a
-        training run records it, so a later change to the store's knowledge is visible (another run's pairs are
-        not a change to this run's)."""
-        return _passages_sha256(self.passages(pairs_from))
+    def content_hash(self) -> str:
+        """passages_hash of every passage: a training run records the hash of what it reads (its scope), so a later
+        change to the store's knowledge is visible."""
+        return passages_hash(self.passages())
 
     @property
     def display_url(self) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
 from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Hit, KnowledgeBase, Passage, ground_messages,
-                               qa_passages)
+                               passages_hash, qa_passages)
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
@@ -150,7 +150,7 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
                          seed: int, index: bool = True, inherited: list[str] | None = None) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
     the validation or test pairs), then ground both splits. The run reads the base's documents, its own pairs and
-    `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.in_scope);
+    `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.base.in_scope);
     None: a parent recorded before scopes, which read every pair. `index=False` (the extra processes of a
     distributed run) waits until the main process has written them, so every process grounds from the same
     passages."""
@@ -173,7 +173,8 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     passages = sum(s.passages for s in sources)
     others = [s for s in base.sources() if s.name not in {t.name for t in sources}]
     record = {"name": name, "db": base.display_url, "k": k, "handoff": grounder.handoff,
-              "content_hash": base.content_hash(own), "passages": passages, "handoff_share": handoff_share,
+              "content_hash": passages_hash(grounder.retriever.passages), "passages": passages,
+              "handoff_share": handoff_share,
               "fact_edit_share": FACT_EDIT_SHARE, "pairs": own,
               "threshold": grounder.retriever.threshold, "sources": [s.name for s in sources]}
     handoffs = sum(c.answer == grounder.handoff for c in grounded_train)
