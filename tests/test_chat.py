@@ -248,3 +248,29 @@ def test_each_adapter_is_told_the_system_prompt_it_was_trained_with(tiny_model_d
         assert engine.prompt_ids(question, adapter) == encode_prompt(engine.tokenizer, messages), adapter
     engine.override_system_prompt("Be brief.")  # `ecombot chat --system-prompt`: the user's choice wins everywhere
     assert {engine.system_prompt(a) for a in expected} == {"Be brief."}
+
+
+def test_answers_get_room_for_the_longest_answer_the_adapters_trained_on(tmp_path):
+    from ecombot.chat import adapters_answer_limit, answer_token_limit
+    from ecombot.chat.engine import ANSWER_TOKENS_CAP
+
+    # a quarter over the longest answer, in steps of 32 tokens, between the command's own default and the cap
+    assert answer_token_limit(None, 200) == answer_token_limit(0, 200) == 200
+    assert answer_token_limit(79, 160) == 160  # the built-in store's answers: the default stays
+    assert answer_token_limit(179, 160) == 224 and answer_token_limit(180, 160) == 256  # 223.75 -> 224, 225 -> 256
+    assert answer_token_limit(5000, 200) == ANSWER_TOKENS_CAP
+
+    def run_with_answers(path, longest):
+        path.mkdir(parents=True)
+        (path / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 40, "max": longest}}))
+        return path
+
+    faq, steps = run_with_answers(tmp_path / "faq", 90), run_with_answers(tmp_path / "steps", 300)
+    old = tmp_path / "old"  # recorded before answer lengths were kept, or a PEFT adapter from elsewhere
+    old.mkdir()
+    assert adapters_answer_limit([]) == adapters_answer_limit([old]) == adapters_answer_limit([faq]) == 200
+    assert adapters_answer_limit([faq, steps, old]) == 384  # a server: the longest of its adapters'
+    # `ecombot learn` promoted v2, trained on feedback with longer answers: the live version counts too
+    run_with_answers(steps / "versions" / "v2", 500)
+    (steps / "versions.json").write_text(json.dumps({"live": "v2", "versions": []}))
+    assert adapters_answer_limit([steps]) == 640

@@ -133,6 +133,30 @@ def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkey
     assert f"cosine >= {REUSE_THRESHOLD:.2f} " in REUSE_HELP  # the help states the threshold that applies
 
 
+def test_serve_gives_answers_room_for_the_longest_answer_its_adapters_trained_on(knowledge_bases, tmp_path,
+                                                                                   monkeypatch):
+    import uvicorn
+
+    import ecombot.chat
+
+    apps = []
+    monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: ScriptedEngine())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    run = grounded_run(tmp_path)
+    (run / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 180, "max": 420}}))
+    common = ["serve", "--model", "tiny", "--adapter", f"support={run}", "--db", f"sqlite:///{tmp_path / 'shop.db'}",
+              "--session-secret", str(tmp_path / "secret")]
+    fitted = runner.invoke(app, common)
+    assert fitted.exit_code == 0, fitted.output
+    # 420 tokens and a quarter more, in steps of 32; a request may ask for as much (the 512 default would refuse it)
+    assert (apps[0].state.server.answer_tokens, apps[0].state.server.config.max_tokens) == (544, 544)
+    too_low = runner.invoke(app, [*common, "--max-tokens", "300"])
+    assert too_low.exit_code == 1 and "--max-tokens 300 is below the adapters' default answer length (544" in str(
+        too_low.exception)
+    chosen = runner.invoke(app, [*common, "--max-tokens", "300", "--default-max-tokens", "250"])
+    assert chosen.exit_code == 0 and apps[1].state.server.answer_tokens == 250
+
+
 def test_bad_flags_are_clear(tmp_path):
     result = ecombot("train", "--method", "prefix-tuning", "--output", tmp_path / "x")
     assert result.returncode == 1 and "'method': must be one of lora, qlora, dora" in result.stderr

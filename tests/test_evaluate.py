@@ -123,6 +123,9 @@ def test_evaluation_outputs(tmp_path, tiny_run, writes_in_place):
             assert low <= system[metric]["value"] <= high, (name, metric)
         assert 0 <= system["bleu"]["value"] <= 100 and 0 <= system["chrf"]["value"] <= 100
         assert (system["loss"] is None) == (name == "retrieval")
+        # the random tiny model never stops by itself: every generated answer is cut at the limit; retrieval's never
+        assert system["cut_at_limit"] == (None if name == "retrieval" else {"value": 1.0, "ci95": [1.0, 1.0]}), name
+    assert results["config"]["max_new_tokens"] == 6
     # retrieval on a templated dataset finds the right policy: answers of the same intent
     assert results["systems"]["retrieval"]["intent_accuracy"]["value"] >= 0.8
     assert results["source"]["leaked_test_questions"] == 0 and len(results["source"]["data_sha256"]) == 16
@@ -142,6 +145,38 @@ def test_evaluation_outputs(tmp_path, tiny_run, writes_in_place):
     per_intent = results["systems"]["retrieval"]["per_intent"]
     assert sum(v["n"] for v in per_intent.values()) == results["test_size"]
     assert set(next(iter(per_intent.values()))) == {"n", "semantic", "rouge_l", "intent_correct"}
+
+
+def test_answers_get_room_for_the_longest_answer_in_the_data(tmp_path, tiny_run, tiny_model_dir):
+    """A store writing long step-by-step answers is not cut at the default 160 tokens: without --max-new-tokens the
+    limit follows the longest answer scored or trained on, and the report says what share stopped at it."""
+    from rich.console import Console
+
+    from ecombot.chat import answer_token_limit
+    from ecombot.models import answer_token_counts, load_tokenizer
+
+    data, run = tiny_run
+    steps = " ".join(f"{n}. Open your account page, choose the order, then press the return button." for n in range(1, 16))
+    test = tmp_path / "long.jsonl"
+    test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": question},
+                                                     {"role": "assistant", "content": steps}]}) + "\n"
+                            for question in ("How do I return a lamp?", "How do I return a rug?")))
+    longest = answer_token_counts(load_tokenizer(tiny_model_dir), [steps])[0]
+    expected = answer_token_limit(longest, 160)
+    assert longest > 160 and expected > 160  # the test's point: the old fixed limit would cut the reference
+    console = Console(record=True, width=200)
+    result = run_evaluation(EvalConfig(test=str(test), adapters=[str(run)], systems=("finetuned",),
+                                       output=str(tmp_path / "eval")), console)
+    assert result.config.max_new_tokens == expected
+    assert f"answers may run to {expected} tokens: the longest answer in the data is {longest}" in console.export_text()
+    run_scores = result.systems["run"]
+    assert run_scores.answer_tokens.value == expected and run_scores.cut_at_limit.value == 1.0  # never stops: cut
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert f"stopped at the {expected}-token limit" in report
+    # --max-new-tokens still decides when given
+    result = run_evaluation(EvalConfig(test=str(test), adapters=[str(run)], systems=("finetuned",), max_new_tokens=5,
+                                       output=str(tmp_path / "eval5")))
+    assert result.config.max_new_tokens == 5 and result.systems["run"].answer_tokens.value == 5
 
 
 def test_returned_result_is_what_the_files_hold(tmp_path, tiny_run):

@@ -60,6 +60,14 @@ def test_lora_run_directory_is_complete_and_loads_with_peft(tiny_model_dir, smal
     assert card.startswith("---\nlibrary_name: peft\n") and "Best validation loss" in card
     summary = json.loads((run / "data_summary.json").read_text())
     assert summary["kept"] == 60 and sum(summary["split"].values()) == 60 and summary["token_percentiles"]["max"] > 0
+    # the answers' lengths (their tokens and the stop token), what chat and serve size their answers by
+    from ecombot.data import read_file
+    from ecombot.models import load_tokenizer
+    tokenizer = load_tokenizer(tiny_model_dir)
+    trained = [c for name in ("train", "validation") for c in read_file(run / "data" / f"{name}.jsonl").conversations]
+    longest = max(len(tokenizer(m["content"], add_special_tokens=False).input_ids) + 1
+                  for c in trained for m in c.messages if m["role"] == "assistant")
+    assert summary["answer_tokens"]["max"] == longest == RunDir(run).longest_answer()
     status = json.loads((run / "run_config.json").read_text())
     assert status["status"] == "complete" and status["results"]["steps"] == 24
 

@@ -162,7 +162,8 @@ def chat(
     context: List[str] = typer.Option([], help="KEY=VALUE filling placeholders, e.g. 'Order Number=A123'."),
     system_prompt: Optional[str] = typer.Option(None, help="System prompt (default: the one the run trained with; "
                                                 "the store prompt for the base model)."),
-    max_new_tokens: int = typer.Option(200, help="Longest answer in tokens."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Longest answer in tokens (default: room for the "
+                                                 "longest answer the adapter trained on, at least 200)."),
     temperature: float = typer.Option(0.0, help="0 = greedy (default); > 0 samples."),
     repetition_penalty: float = typer.Option(1.1, help="Penalty for repeating tokens."),
     decode_bits: int = typer.Option(8, help=DECODE_BITS_HELP),
@@ -175,7 +176,8 @@ def chat(
     reuse_answers: bool = typer.Option(True, help=REUSE_HELP),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
-    from ecombot.chat import Decoding, answer_streaming, open_engine, open_knowledge, parse_context, repl
+    from ecombot.chat import (Decoding, adapters_answer_limit, answer_streaming, open_engine, open_knowledge,
+                              parse_context, repl)
     from ecombot.run_dir import RunDir
 
     try:
@@ -188,6 +190,8 @@ def chat(
                            f"(`ecombot serve --adapter {task}={adapter}`: the request's model picks it) or score it "
                            f"with `ecombot evaluate --task {task} --adapter {adapter}`")
     grounder, grounded = open_knowledge(adapter, knowledge, db, k, reuse_answers)
+    if max_new_tokens is None:
+        max_new_tokens = adapters_answer_limit([adapter] if adapter else [])
     bot = open_engine(model, [(adapter.resolve().name, adapter)] if adapter else [],
                       Decoding(max_new_tokens, temperature, repetition_penalty), engine=engine, decode_bits=decode_bits,
                       max_batch=1)
@@ -218,7 +222,8 @@ def evaluate(
     seed: int = typer.Option(42, help="Split (of --data) and bootstrap seed."),
     fewshot_k: int = typer.Option(3, help="Examples in the base-fewshot prompt."),
     batch_size: int = typer.Option(32, help="Questions generated together (one batched generate call)."),
-    max_new_tokens: int = typer.Option(160, help="Longest answer in tokens."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Longest answer in tokens (default: room for the "
+                                                 "longest reference or training answer scored, at least 160)."),
     knowledge: Optional[str] = typer.Option(None, help="Knowledge base of the grounded systems (default: the "
                                                        "adapter's, else 'default'; 'none': no grounded systems)."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the knowledge base (default: the adapter's, else "
@@ -406,8 +411,11 @@ def serve(
     web: bool = typer.Option(True, help="Serve the customer chat page at /."),
     max_batch: int = typer.Option(8, help="Requests generated together."),
     max_queue: int = typer.Option(64, help="Waiting requests before new ones get 503."),
-    max_tokens: int = typer.Option(512, help="Largest max_tokens a request may ask for."),
-    default_max_tokens: int = typer.Option(200, help="Answer length when a request does not say."),
+    max_tokens: Optional[int] = typer.Option(None, min=1, help="Largest max_tokens a request may ask for (default: 512, "
+                                             "or the default answer length if that is longer)."),
+    default_max_tokens: Optional[int] = typer.Option(None, min=1, help="Answer length when a request does not say "
+                                                     "(default: room for the longest answer the adapters trained on, "
+                                                     "at least 200)."),
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
     decode_bits: int = typer.Option(8, help="As for chat. Serving an adapter, int8 measured 11.7 vs 4.1 tokens/s "
@@ -420,13 +428,20 @@ def serve(
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
     import uvicorn
 
-    from ecombot.chat import Decoding, open_engine, open_knowledge
+    from ecombot.chat import Decoding, adapters_answer_limit, open_engine, open_knowledge
     from ecombot.home import ecombot_home
     from ecombot.models import base_model_spec
     from ecombot.serve import ServeConfig, Store, create_app, parse_adapters
     from ecombot.serve.tasks import CatalogTasks
 
     adapters = parse_adapters(adapter)
+    if default_max_tokens is None:
+        default_max_tokens = adapters_answer_limit([path for _, path in adapters])
+        if max_tokens is not None and max_tokens < default_max_tokens:
+            raise EcombotError(f"--max-tokens {max_tokens} is below the adapters' default answer length "
+                               f"({default_max_tokens} tokens: room for the longest answer they trained on); raise it "
+                               "or set --default-max-tokens")
+    max_tokens = max_tokens or max(512, default_max_tokens)
     tasks = CatalogTasks.of_adapters(adapters)
     support_runs = [path for name, path in adapters if tasks.task(name) == "support"]
     base_spec = base_model_spec(model, adapters[0][1] if adapters else None)

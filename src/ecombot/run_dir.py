@@ -165,6 +165,16 @@ class RunDir:
         info = self.info()
         return (info.get("knowledge") or None) if info else None
 
+    def longest_answer(self) -> int | None:
+        """Tokens of the longest answer the run trained on, counting the version that answers now (a `learn` version
+        trains on feedback too); None for a run recorded before lengths were kept, or one trained outside ecombot."""
+        found = []
+        for run in [self, self.live()] if self.versions_file.is_file() else [self]:
+            summary = run.path / "data_summary.json"
+            if summary.is_file():
+                found.append(json.loads(summary.read_text(encoding="utf-8")).get("answer_tokens", {}).get("max"))
+        return max((n for n in found if n), default=None)
+
     def changed_split_files(self, files: dict[str, str]) -> list[str]:
         """Which of the split files given (name -> text) differ from the ones the run kept in data/."""
         return [name for name, text in files.items()

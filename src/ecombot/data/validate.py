@@ -27,6 +27,7 @@ class DataReport:
     intents: Counter = field(default_factory=Counter)
     multi_turn: int = 0
     token_percentiles: dict[str, int] = field(default_factory=dict)
+    answer_tokens: dict[str, int] = field(default_factory=dict)  # percentiles of the answers' lengths (train)
     truncated: int = 0
     max_length: int | None = None
     held_out: dict = field(default_factory=dict)  # {"intents", "conversations", "reason"}: kept out of every split
@@ -47,11 +48,13 @@ class DataReport:
             examples.append(conv.source)
 
     def add_token_lengths(self, lengths: list[int], max_length: int) -> None:
-        if lengths:
-            qs = np.percentile(np.asarray(lengths), [50, 90, 95, 99, 100])
-            self.token_percentiles = {k: int(round(v)) for k, v in zip(("p50", "p90", "p95", "p99", "max"), qs)}
+        self.token_percentiles = _percentiles(lengths)
         self.truncated = sum(n > max_length for n in lengths)
         self.max_length = max_length
+
+    def add_answer_lengths(self, lengths: list[int]) -> None:
+        """What chat and serve size their answers by (chat.engine.answer_token_limit)."""
+        self.answer_tokens = _percentiles(lengths)
 
     def to_dict(self) -> dict:
         return {
@@ -59,8 +62,16 @@ class DataReport:
             "dropped": dict(self.dropped), "dropped_examples": self.dropped_examples,
             "intents": dict(self.intents.most_common()), "multi_turn": self.multi_turn,
             "token_percentiles": self.token_percentiles, "truncated": self.truncated, "max_length": self.max_length,
+            **({"answer_tokens": self.answer_tokens} if self.answer_tokens else {}),
             **({"held_out": self.held_out} if self.held_out else {}),
         }
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {}
+    qs = np.percentile(np.asarray(lengths), [50, 90, 95, 99, 100])
+    return {k: int(round(v)) for k, v in zip(("p50", "p90", "p95", "p99", "max"), qs)}
 
 
 def _problem(conv: Conversation) -> str | None:

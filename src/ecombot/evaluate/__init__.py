@@ -33,6 +33,7 @@ def print_table(result: EvalResult, console) -> None:
 
     columns = {"bleu": ("BLEU", 1), "chrf": ("chrF", 1), "rouge_l": ("ROUGE-L", 1), "semantic": ("semantic", 2),
                "intent_accuracy": ("intent", 2), "loss": ("loss", 2), "latency_s": ("latency s", 1),
+               "cut_at_limit": ("cut", 2),
                "fact_accuracy": ("facts", 2), "invented_fact_rate": ("invented", 2),
                "handoff_precision": ("handoff P", 2), "handoff_recall": ("handoff R", 2),
                "false_handoffs": ("false handoff", 2), "stored_answers": ("stored", 2)}

@@ -42,7 +42,7 @@ def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
                            f"they were (first: {missing[0]}); evaluate against the catalog the run trained on")
     items = [by_prompt[c.question] for c in test]
     references = [c.answer for c in test]
-    engine, runs = answering_systems(cfg, run)
+    engine, runs = answering_systems(cfg, run, say)
     alternatives = categorical_values(products)
     indices = metrics.bootstrap_indices(len(items), seed=cfg.seed)
     systems, predictions = {}, [{"sku": p.sku, "reference": r} for p, r in zip(items, references)]

@@ -17,7 +17,8 @@ from ecombot.run_dir import RunDir
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
 GROUNDING_METRICS = ("fact_accuracy", "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs",
                      "stored_answers")
-TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s", *GROUNDING_METRICS)
+TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s", "cut_at_limit",
+                 *GROUNDING_METRICS)
 HANDOFF_METRICS = ("handoff_precision", "handoff_recall", "false_handoffs")
 TRANSCRIPTS = 10  # of the held-out set; 3 of each slice
 SLICE_TEXT = {
@@ -39,7 +40,7 @@ def fmt(metric: Estimate | None, digits: int = 2) -> str:
 
 
 def digits_for(name: str) -> int:
-    return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s", *GROUNDING_METRICS) else 1
+    return 3 if name in ("semantic", "intent_accuracy", "loss", "latency_s", "cut_at_limit", *GROUNDING_METRICS) else 1
 
 
 def table_rows(systems: dict[str, SystemScores]) -> list[list[str]]:
@@ -155,7 +156,9 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
           f"Test set: {result.test_size} conversations ({json.dumps(result.source)}); "
           f"training pool for retrieval/few-shot: {result.train_size}. 95% bootstrap intervals "
           f"({result.bootstrap_samples} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
-          "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token.", ""]
+          "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token; "
+          f"cut_at_limit = share of answers stopped at the {result.config.max_new_tokens}-token limit, not by the "
+          "model ('–': none was).", ""]
     if result.source.get("leaked_test_questions"):
         md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]

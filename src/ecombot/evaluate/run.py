@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
+from ecombot.chat import BASE, Decoding, GenerationEngine, answer_token_limit, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
+from ecombot.config.evaluate import ANSWER_TOKENS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
@@ -43,6 +44,7 @@ class SystemAnswers:
     new_tokens: list[int]
     seconds: float
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
+    cut: list[bool] | None = None  # per answer: generation stopped at the token limit, not by the model
     groundings: list[Grounding] | None = None  # grounded systems: the passages shown and the coverage decisions
 
     def handoffs(self, handoff: str) -> list[bool]:
@@ -145,6 +147,22 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
     return picked
 
 
+def fit_answer_tokens(cfg: EvalConfig, model_spec: str, conversations: list[Conversation], say) -> int:
+    """The answer token budget: --max-new-tokens, else room for the longest answer in the data scored and trained on
+    (chat.engine.answer_token_limit), so no system is cut before the references end; said when above the floor."""
+    if cfg.max_new_tokens:
+        return cfg.max_new_tokens
+    from ecombot.models import answer_token_counts, load_tokenizer, resolve_model
+
+    answers = [m["content"] for c in conversations for m in c.messages if m["role"] == "assistant"]
+    longest = max(answer_token_counts(load_tokenizer(resolve_model(model_spec)), answers), default=None)
+    limit = answer_token_limit(longest, ANSWER_TOKENS)
+    if limit > ANSWER_TOKENS:
+        say(f"answers may run to {limit} tokens: the longest answer in the data is {longest} (--max-new-tokens sets "
+            "another limit)")
+    return limit
+
+
 def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
                  given: list[str | None] | None = None, label: str = "answering") -> SystemAnswers:
     """Answers for the prompts; an item with a `given` answer (the handoff, a stored answer) is not generated: no time,
@@ -155,6 +173,7 @@ def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], 
     given = given or [None] * len(prompts)
     todo = [i for i, answer in enumerate(given) if answer is None]
     answers, latency, tokens = list(given), [0.0] * len(prompts), [0] * len(prompts)
+    cut = [False] * len(prompts)
     started = time.time()
     with tqdm(total=len(todo), desc=label, unit="answer", dynamic_ncols=True,
               disable=len(todo) <= batch_size) as bar:
@@ -164,15 +183,15 @@ def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], 
             batch = engine.generate([prompts[i] for i in rows], adapter)
             elapsed = time.time() - t
             for i, g in zip(rows, batch):
-                answers[i], tokens[i], latency[i] = g.text, g.new_tokens, elapsed
+                answers[i], tokens[i], latency[i], cut[i] = g.text, g.new_tokens, elapsed, g.finish_reason == "length"
             bar.update(len(rows))
-    return SystemAnswers("", answers, latency, tokens, time.time() - started)
+    return SystemAnswers("", answers, latency, tokens, time.time() - started, cut=cut)
 
 
 class Contestants:
     """Every system of one evaluation, loaded once, ready to answer any set of questions."""
 
-    def __init__(self, cfg: EvalConfig, train: list[Conversation], base_prompt: str):
+    def __init__(self, cfg: EvalConfig, train: list[Conversation], base_prompt: str, scored: list[Conversation], say):
         from ecombot.models import base_model_spec
 
         self.cfg = cfg
@@ -188,6 +207,7 @@ class Contestants:
         self.prompts_used: dict[str, str | None] = {}
         self.engine = None
         if self.runs:
+            cfg.max_new_tokens = fit_answer_tokens(cfg, self.model_spec, scored + train, say)
             self.engine = open_engine(cfg.model, [(name, Path(path)) for name, path in zip(names, cfg.adapters)],
                                       Decoding(max_new_tokens=cfg.max_new_tokens), system_prompt=base_prompt,
                                       engine=cfg.engine, max_batch=cfg.batch_size)
@@ -277,6 +297,7 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         **handoff_estimates(system.handoffs(knowledge.handoff), truth, indices),
         stored_answers=metrics.mean_estimate([g.reused is not None for g in system.groundings], indices)
         if system.groundings else None,
+        cut_at_limit=metrics.mean_estimate(system.cut, indices) if system.cut and any(system.cut) else None,
     )
 
 
@@ -335,7 +356,7 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     if knowledge.info.get("changed_since_training"):
         say(f"[yellow]warning:[/yellow] knowledge base {knowledge.info['name']} changed since the adapter trained")
     base_prompt = cfg.system_prompt or (BUILTIN_SYSTEM_PROMPT if builtin else GENERIC_SYSTEM_PROMPT)
-    contestants = Contestants(cfg, train, base_prompt)
+    contestants = Contestants(cfg, train, base_prompt, [c for s in sets for c in s.test], say)
     pool = [c for c in train if c.intent]
     pool_vectors = embed([c.answer for c in pool]) if pool else np.zeros((0, 384))
     pool_intents = [c.intent for c in pool]

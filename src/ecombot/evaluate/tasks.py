@@ -14,7 +14,7 @@ from ecombot.config import EvalConfig
 from ecombot.data import Conversation, read_file
 from ecombot.errors import EcombotError
 from ecombot.models import base_model_spec
-from ecombot.evaluate.run import example_turns, fewshot_pairs
+from ecombot.evaluate.run import example_turns, fewshot_pairs, fit_answer_tokens
 from ecombot.run_dir import RunDir
 
 # What `evaluate --task` can compare (all by default): the search baseline (recommend only), the base model shown k
@@ -63,18 +63,20 @@ def held_out(run: RunDir, cfg: EvalConfig, say=print) -> list[Conversation]:
     return test[:cfg.limit or None]
 
 
-def answering_systems(cfg: EvalConfig, run: RunDir, repetition_penalty: float = Decoding.repetition_penalty
+def answering_systems(cfg: EvalConfig, run: RunDir, say, repetition_penalty: float = Decoding.repetition_penalty
                       ) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
     """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
     shown k of the run's training conversations, then every adapter by its run's name."""
     names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
-    # the run's own base even when no adapter is compared (--systems base-fewshot)
-    engine = open_engine(base_model_spec(cfg.model, run.path), [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
+    model_spec = base_model_spec(cfg.model, run.path)  # the run's own base even when no adapter is compared
+    train = read_file(run.data_dir / "train.jsonl").conversations
+    cfg.max_new_tokens = fit_answer_tokens(cfg, model_spec, train + read_file(run.data_dir / "test.jsonl").conversations,
+                                           say)
+    engine = open_engine(model_spec, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
                          Decoding(max_new_tokens=cfg.max_new_tokens, repetition_penalty=repetition_penalty),
                          system_prompt=None, engine=cfg.engine,
                          max_batch=cfg.batch_size)
-    fewshot = example_turns(fewshot_pairs(read_file(run.data_dir / "train.jsonl").conversations, cfg.fewshot_k,
-                                          cfg.seed))
+    fewshot = example_turns(fewshot_pairs(train, cfg.fewshot_k, cfg.seed))
     return engine, [("base-fewshot", BASE, fewshot)] * ("base-fewshot" in cfg.systems) + [(n, n, []) for n in names]
 
 

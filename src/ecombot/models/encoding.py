@@ -35,6 +35,11 @@ def encode_conversations(convs: list[Conversation], tokenizer, system_prompt: st
     return EncodedSet(examples, truncated, empty, lengths)
 
 
+def answer_token_counts(tokenizer, answers: list[str]) -> list[int]:
+    """Tokens of each answer as the model writes it: its text and the stop token that ends it."""
+    return [len(ids) + 1 for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]] if answers else []
+
+
 class PadCollator:
     """Right-pad a batch; padded positions get attention 0 and label -100 (never trained on)."""
 

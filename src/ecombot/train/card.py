@@ -68,6 +68,7 @@ A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecomb
 - Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
   {len(data.intents)} intents, {data.multi_turn} multi-turn conversations
 - Token length percentiles: {json.dumps(data.token_percentiles)}; truncated at {data.max_length}: {data.truncated}
+- Answer length percentiles (tokens): {json.dumps(data.answer_tokens)}
 
 ## Results
 - Best validation loss: {optional(result.best_val_loss)} (step {result.best_step})

@@ -15,8 +15,8 @@ from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import ConfigError, EcombotError
 from ecombot.knowledge import recorded_pairs
 from ecombot import speedups
-from ecombot.models import (PackedCollator, PadCollator, encode_conversations, load_base_model, load_tokenizer,
-                            pick_device, resolve_model, resolve_precision)
+from ecombot.models import (PackedCollator, PadCollator, answer_token_counts, encode_conversations, load_base_model,
+                            load_tokenizer, pick_device, resolve_model, resolve_precision)
 from ecombot.run_dir import RunDir, checkpoint_step
 from ecombot.train.card import model_card
 from ecombot.train.grounding import ground_training_data
@@ -181,6 +181,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     train_set = encode_conversations(train_convs, tokenizer, system_prompt, cfg.max_length)
     val_set = encode_conversations(val_convs, tokenizer, system_prompt, cfg.max_length)
     summary.add_token_lengths(train_set.lengths + val_set.lengths, cfg.max_length)
+    summary.add_answer_lengths(answer_token_counts(tokenizer, [m["content"] for c in split.train + split.validation
+                                                               for m in c.messages if m["role"] == "assistant"]))
     if not train_set.examples:
         raise EcombotError(f"{summary.path}: no training conversation has an answer within max_length={cfg.max_length}")
     if main:
