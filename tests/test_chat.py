@@ -251,8 +251,8 @@ def test_each_adapter_is_told_the_system_prompt_it_was_trained_with(tiny_model_d
 
 
 def test_answers_get_room_for_the_longest_answer_the_adapters_trained_on(tmp_path):
-    from ecombot.chat import adapters_answer_limit, answer_token_limit
-    from ecombot.chat.engine import ANSWER_TOKENS_CAP
+    from ecombot.chat import adapters_answer_limit
+    from ecombot.models import ANSWER_TOKENS_CAP, answer_token_limit
 
     # a quarter over the longest answer, in steps of 32 tokens, between the command's own default and the cap
     assert answer_token_limit(None, 200) == answer_token_limit(0, 200) == 200

@@ -152,8 +152,7 @@ def test_answers_get_room_for_the_longest_answer_in_the_data(tmp_path, tiny_run,
     limit follows the longest answer scored or trained on, and the report says what share stopped at it."""
     from rich.console import Console
 
-    from ecombot.chat import answer_token_limit
-    from ecombot.models import answer_token_counts, load_tokenizer
+    from ecombot.models import answer_token_counts, answer_token_limit, load_tokenizer
 
     data, run = tiny_run
     steps = " ".join(f"{n}. Open your account page, choose the order, then press the return button." for n in range(1, 16))

@@ -57,6 +57,9 @@ def test_merged_lora_loads_in_transformers_and_computes_what_base_plus_adapter_d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = run_with(tiny_model_dir, small_dataset, tmp_path / "run")
+    summary = json.loads((run / "data_summary.json").read_text())
+    summary["answer_tokens"]["max"] = 400  # as if the store wrote long step-by-step answers
+    (run / "data_summary.json").write_text(json.dumps(summary))
     record = export_merged(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     with_adapter = PeftModel.from_pretrained(load_base_model(tiny_model_dir, device="cpu"), str(run)).eval()
@@ -76,6 +79,8 @@ def test_merged_lora_loads_in_transformers_and_computes_what_base_plus_adapter_d
     assert record["method"] == "lora" and record["version"] == "v1" and not record["grounded"]
     saved = json.loads((tmp_path / "merged" / "ecombot_export.json").read_text())
     assert saved["base_model"] == str(tiny_model_dir)
+    # runtimes are told an answer length with room for the longest answer the run trained on (400 * 1.25, in 32s)
+    assert saved["answer_tokens"] == 512 and "max_new_tokens=512)" in (tmp_path / "merged" / "README.md").read_text()
 
 
 def test_template_renders_the_training_prompt_with_the_runs_system_prompt(tiny_model_dir, small_dataset, tmp_path):

@@ -21,7 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ecombot import speedups
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import LoadedModel, encode_prompt, stop_token_ids, with_system
+from ecombot.models import LoadedModel, answer_token_limit, encode_prompt, stop_token_ids, with_system
 from ecombot.run_dir import RunDir
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
@@ -70,21 +70,6 @@ class Decoding:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
-
-
-# How long an answer may run when the command is not told: room for the longest answer in the store's data, a quarter
-# over, rounded up to 32 tokens, never below the command's own default (chat and serve 200, evaluate 160) nor above
-# ANSWER_TOKENS_CAP. A fixed limit cut long answers mid-step: 9% of the answers of a 3,000-row support CSV written
-# in numbered steps (Bitext's layout) run past evaluate's 160 tokens, so even a bot repeating its training answers
-# word for word scored as if it had left their last steps out.
-ANSWER_TOKENS_CAP = 1024
-
-
-def answer_token_limit(longest: int | None, floor: int) -> int:
-    """The answer token budget for data whose longest answer is `longest` tokens (None: unknown, the floor)."""
-    if not longest:
-        return floor
-    return max(floor, min(ANSWER_TOKENS_CAP, -(-(longest * 5 // 4) // 32) * 32))
 
 
 def adapters_answer_limit(runs: list[Path]) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 # keep the six answering systems busy for about 1.5 h. 200 keep the 95% intervals near +-0.03 semantic similarity
 # and +-0.06 intent accuracy.
 DEFAULT_LIMIT = 200
-# The least answer token budget when it follows the data (chat.engine.answer_token_limit): the base model often talks
+# The least answer token budget when it follows the data (models.answer_token_limit): the base model often talks
 # until the limit, so the budget is most of its time.
 ANSWER_TOKENS = 160
 SYSTEMS = ("base", "base-fewshot", "retrieval", "finetuned", "finetuned+retrieval", "grounded", "base+knowledge")

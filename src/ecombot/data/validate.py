@@ -53,7 +53,7 @@ class DataReport:
         self.max_length = max_length
 
     def add_answer_lengths(self, lengths: list[int]) -> None:
-        """What chat and serve size their answers by (chat.engine.answer_token_limit)."""
+        """What chat and serve size their answers by (models.answer_token_limit)."""
         self.answer_tokens = _percentiles(lengths)
 
     def to_dict(self) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecombot.chat import BASE, Decoding, GenerationEngine, answer_token_limit, open_engine
+from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.config.evaluate import ANSWER_TOKENS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
@@ -149,10 +149,10 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
 
 def fit_answer_tokens(cfg: EvalConfig, model_spec: str, conversations: list[Conversation], say) -> int:
     """The answer token budget: --max-new-tokens, else room for the longest answer in the data scored and trained on
-    (chat.engine.answer_token_limit), so no system is cut before the references end; said when above the floor."""
+    (models.answer_token_limit), so no system is cut before the references end; said when above the floor."""
     if cfg.max_new_tokens:
         return cfg.max_new_tokens
-    from ecombot.models import answer_token_counts, load_tokenizer, resolve_model
+    from ecombot.models import answer_token_counts, answer_token_limit, load_tokenizer, resolve_model
 
     answers = [m["content"] for c in conversations for m in c.messages if m["role"] == "assistant"]
     longest = max(answer_token_counts(load_tokenizer(resolve_model(model_spec)), answers), default=None)

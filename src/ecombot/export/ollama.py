@@ -60,7 +60,7 @@ def modelfile(source: ExportSource, files: dict) -> str:
     return (f"# {Path(source.record['run']).name} ({source.version}), exported by ecombot. {GEMMA_TERMS}\n"
             f"FROM ./{files['model_file']}\n{adapter}"
             f'TEMPLATE """{template}"""\n{stops}'
-            "PARAMETER temperature 0\nPARAMETER num_predict 200\n")
+            f"PARAMETER temperature 0\nPARAMETER num_predict {source.record['answer_tokens']}\n")
 
 
 def export_ollama(run: str | Path, output: str | Path, version: str | None = None, quant: str | None = None,
