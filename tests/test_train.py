@@ -83,6 +83,18 @@ def test_other_methods_train(tiny_model_dir, small_dataset, tmp_path, method):
     assert len(load_file(run / "adapter_model.safetensors")) > 0
 
 
+def test_conversations_cut_at_max_length_are_counted_on_the_terminal(tiny_model_dir, small_dataset, tmp_path, capsys):
+    run = tmp_path / "short"
+    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=1, eval_steps=1, max_length=40),
+          show_progress=True)
+    summary = json.loads((run / "data_summary.json").read_text())
+    cut, left_out = summary["truncated"], summary["answer_cut_off_by_max_length"]
+    assert cut > left_out > 0  # some keep part of their answer, some none: both said, nothing dropped in silence
+    assert (f"{cut} conversation(s) longer than max_length=40 tokens, passages included, are cut there (what follows "
+            f"is not trained on); {left_out} kept no answer and are left out; --max-length raises the limit"
+            in capsys.readouterr().out)
+
+
 def test_rslora_and_custom_targets(tiny_model_dir, small_dataset, tmp_path):
     run = tmp_path / "rs"
     train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2, rslora=True, rank=4,

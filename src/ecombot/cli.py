@@ -116,6 +116,8 @@ def train(
              "(grounded) prompts, needs packing, learned less in the quickstart (README, Training)."),
     learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="Conversations per batch."),
+    max_length: Optional[int] = typer.Option(None, help="Longest conversation in tokens, knowledge passages included "
+                                             "(default 1024; a longer one is cut there, and train says how many)."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",
                                            help="Whole conversations end to end in fixed-size rows (default on)."),
     seed: Optional[int] = typer.Option(None, help="Seed for split, initialisation and shuffling."),
@@ -140,7 +142,7 @@ def train(
     cfg = load_config(config, data=data, model=model, method=method, epochs=epochs, max_steps=max_steps,
                       output=output, rank=rank, alpha=alpha, adapted_layers=adapted_layers,
                       prompt_gradients=prompt_gradients, learning_rate=learning_rate, batch_size=batch_size,
-                      packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
+                      max_length=max_length, packing=packing, seed=seed, precision=precision, knowledge=knowledge, db=db, task=task,
                       catalog=catalog)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if not is_main_process():

@@ -185,8 +185,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
                                                                for m in c.messages if m["role"] == "assistant"]))
     if not train_set.examples:
         raise EcombotError(f"{summary.path}: no training conversation has an answer within max_length={cfg.max_length}")
+    cut, left_out = train_set.truncated + val_set.truncated, train_set.no_answer_left + val_set.no_answer_left
+    if cut:
+        say(f"{cut} conversation(s) longer than max_length={cfg.max_length} tokens, passages included, are cut there "
+            f"(what follows is not trained on){f'; {left_out} kept no answer and are left out' if left_out else ''}; "
+            "--max-length raises the limit")
     if main:
-        run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": train_set.no_answer_left,
+        run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": left_out,
                                                "split": split.counts()})
 
     # 4. Batches: packed rows of one fixed size (see models.PackedCollator), or padded batches.
