@@ -12,6 +12,7 @@ from ecombot.chat.terminal import HANDOFF_NOTE
 from ecombot.errors import EcombotError
 from ecombot.knowledge import REUSE_THRESHOLD
 from ecombot.models import load_for_inference
+from ecombot.run_dir import RunDir
 
 
 def test_placeholders_are_filled_or_made_readable():
@@ -258,7 +259,8 @@ def test_answers_get_room_for_the_longest_answer_the_adapters_trained_on(tmp_pat
     assert answer_token_limit(None, 200) == answer_token_limit(0, 200) == 200
     assert answer_token_limit(79, 160) == 160  # the built-in store's answers: the default stays
     assert answer_token_limit(179, 160) == 224 and answer_token_limit(180, 160) == 256  # 223.75 -> 224, 225 -> 256
-    assert answer_token_limit(5000, 200) == ANSWER_TOKENS_CAP
+    assert answer_token_limit(205, 160) == 288  # 256.25: rounded up, never under a quarter over
+    assert answer_token_limit(5000, 200) == ANSWER_TOKENS_CAP == 512  # 1,536 of the 2,048 context left to the prompt
 
     def run_with_answers(path, longest):
         path.mkdir(parents=True)
@@ -271,6 +273,9 @@ def test_answers_get_room_for_the_longest_answer_the_adapters_trained_on(tmp_pat
     assert adapters_answer_limit([]) == adapters_answer_limit([old]) == adapters_answer_limit([faq]) == 200
     assert adapters_answer_limit([faq, steps, old]) == 384  # a server: the longest of its adapters'
     # `ecombot learn` promoted v2, trained on feedback with longer answers: the live version counts too
-    run_with_answers(steps / "versions" / "v2", 500)
+    run_with_answers(steps / "versions" / "v2", 380)
     (steps / "versions.json").write_text(json.dumps({"live": "v2", "versions": []}))
-    assert adapters_answer_limit([steps]) == 640
+    assert adapters_answer_limit([steps]) == 480 and RunDir(steps).longest_answer() == 300  # the run's own
+    (steps / "data_summary.json").write_text("{not json")
+    with pytest.raises(EcombotError, match="data_summary.json: damaged, not JSON"):
+        adapters_answer_limit([steps])

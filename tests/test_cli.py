@@ -143,18 +143,45 @@ def test_serve_gives_answers_room_for_the_longest_answer_its_adapters_trained_on
     monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: ScriptedEngine())
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     run = grounded_run(tmp_path)
-    (run / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 180, "max": 420}}))
+    (run / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 180, "max": 409}}))
     common = ["serve", "--model", "tiny", "--adapter", f"support={run}", "--db", f"sqlite:///{tmp_path / 'shop.db'}",
               "--session-secret", str(tmp_path / "secret")]
     fitted = runner.invoke(app, common)
     assert fitted.exit_code == 0, fitted.output
-    # 420 tokens and a quarter more, in steps of 32; a request may ask for as much (the 512 default would refuse it)
-    assert (apps[0].state.server.answer_tokens, apps[0].state.server.config.max_tokens) == (544, 544)
-    too_low = runner.invoke(app, [*common, "--max-tokens", "300"])
-    assert too_low.exit_code == 1 and "--max-tokens 300 is below the adapters' default answer length (544" in str(
-        too_low.exception)
+    # 409 tokens and a quarter more (511.25), in steps of 32; a request may ask for 512, as before
+    assert (apps[0].state.server.answer_tokens, apps[0].state.server.config.max_tokens) == (512, 512)
+    capped = runner.invoke(app, [*common, "--max-tokens", "300"])  # an operator's cap wins, and is said
+    assert capped.exit_code == 0 and apps[1].state.server.answer_tokens == 300
+    assert "answers are cut at --max-tokens 300, below the 512 tokens" in capped.stderr
     chosen = runner.invoke(app, [*common, "--max-tokens", "300", "--default-max-tokens", "250"])
-    assert chosen.exit_code == 0 and apps[1].state.server.answer_tokens == 250
+    assert chosen.exit_code == 0 and apps[2].state.server.answer_tokens == 250
+
+
+def test_chat_gives_answers_room_for_the_longest_answer_its_adapter_trained_on(tmp_path, monkeypatch):
+    import ecombot.chat
+
+    decodings = []
+
+    def engine(model, adapters, decoding, **kwargs):
+        decodings.append(decoding)
+        return ScriptedEngine()
+
+    monkeypatch.setattr(ecombot.chat, "open_engine", engine)
+    run = grounded_run(tmp_path)
+    ask = ["chat", "--adapter", str(run), "--knowledge", "none", "--once", "How do I return a lamp?"]
+    assert runner.invoke(app, ask).exit_code == 0 and decodings[-1].max_new_tokens == 200  # nothing recorded
+    (run / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 150, "max": 300}}))
+    assert runner.invoke(app, ask).exit_code == 0 and decodings[-1].max_new_tokens == 384
+    assert runner.invoke(app, [*ask, "--max-new-tokens", "64"]).exit_code == 0 and decodings[-1].max_new_tokens == 64
+
+
+def test_train_takes_max_length(monkeypatch, tmp_path):
+    import ecombot.train
+
+    configs = []
+    monkeypatch.setattr(ecombot.train, "train", lambda cfg, **kwargs: configs.append(cfg) or 1 / 0)
+    runner.invoke(app, ["train", "--max-length", "2048", "--output", str(tmp_path / "run")])
+    assert configs[0].max_length == 2048
 
 
 def test_bad_flags_are_clear(tmp_path):

@@ -328,3 +328,16 @@ def test_generate_all_skips_given_answers_and_shows_progress_past_one_batch(caps
     assert "shop-bot+knowledge" in progress and "5/5" in progress
     generate_all(engine, prompts[:2], "support", 2, label="one batch")
     assert "one batch" not in capsys.readouterr().err  # a set that fits one batch stays quiet
+
+
+def test_answers_stopped_by_the_token_limit_are_told_from_answers_that_ended():
+    from scripted_engine import ScriptedEngine
+
+    from ecombot.evaluate.run import generate_all
+
+    ask = [[{"role": "user", "content": "Where is my order?"}]] * 3
+    given = [None, "Our stored answer.", None]  # a stored answer is not generated: never cut
+    ended = generate_all(ScriptedEngine("It left today."), ask, None, 2, given)
+    assert ended.cut == [False, False, False] and ended.answers[1] == "Our stored answer."
+    rambling = generate_all(ScriptedEngine(" ".join(["more"] * 60)), ask, None, 2, given)  # past its 50 steps
+    assert rambling.cut == [True, False, True] and rambling.new_tokens == [50, 0, 50]

@@ -80,7 +80,7 @@ def test_merged_lora_loads_in_transformers_and_computes_what_base_plus_adapter_d
     saved = json.loads((tmp_path / "merged" / "ecombot_export.json").read_text())
     assert saved["base_model"] == str(tiny_model_dir)
     # runtimes are told an answer length with room for the longest answer the run trained on (400 * 1.25, in 32s)
-    assert saved["answer_tokens"] == 512 and "max_new_tokens=512)" in (tmp_path / "merged" / "README.md").read_text()
+    assert saved["answer_token_limit"] == 512 and "max_new_tokens=512)" in (tmp_path / "merged" / "README.md").read_text()
 
 
 def test_template_renders_the_training_prompt_with_the_runs_system_prompt(tiny_model_dir, small_dataset, tmp_path):
@@ -152,3 +152,16 @@ def test_cli_export_refuses_to_overwrite_and_names_unknown_versions(tiny_model_d
     (unfinished / "run_config.json").write_text(json.dumps({**config, "status": "running"}))
     refused = CliRunner().invoke(app, ["export", str(unfinished), "--output", str(tmp_path / "y")])
     assert "has not finished" in str(refused.exception) and not (tmp_path / "y").exists()
+
+
+def test_the_modelfile_gives_answers_the_runs_answer_length():
+    from types import SimpleNamespace
+
+    from ecombot.export.ollama import modelfile
+    from ecombot.models.template import GEMMA_TEMPLATE
+
+    source = SimpleNamespace(base_template=GEMMA_TEMPLATE, version="v1", tokenizer=SimpleNamespace(eos_token="<eos>"),
+                             record={"run": "/runs/steps", "stop_tokens": ["<end_of_turn>"], "system_prompt": None,
+                                     "answer_token_limit": 384})
+    text = modelfile(source, {"model_file": "model.gguf"})
+    assert "PARAMETER num_predict 384\n" in text and 'PARAMETER stop "<end_of_turn>"\n' in text

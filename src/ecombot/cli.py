@@ -414,7 +414,8 @@ def serve(
     max_batch: int = typer.Option(8, help="Requests generated together."),
     max_queue: int = typer.Option(64, help="Waiting requests before new ones get 503."),
     max_tokens: Optional[int] = typer.Option(None, min=1, help="Largest max_tokens a request may ask for (default: 512, "
-                                             "or the default answer length if that is longer)."),
+                                             "or the default answer length if that is longer; below it, it cuts the "
+                                             "default)."),
     default_max_tokens: Optional[int] = typer.Option(None, min=1, help="Answer length when a request does not say "
                                                      "(default: room for the longest answer the adapters trained on, "
                                                      "at least 200)."),
@@ -440,9 +441,9 @@ def serve(
     if default_max_tokens is None:
         default_max_tokens = adapters_answer_limit([path for _, path in adapters])
         if max_tokens is not None and max_tokens < default_max_tokens:
-            raise EcombotError(f"--max-tokens {max_tokens} is below the adapters' default answer length "
-                               f"({default_max_tokens} tokens: room for the longest answer they trained on); raise it "
-                               "or set --default-max-tokens")
+            err.print(f"note: answers are cut at --max-tokens {max_tokens}, below the {default_max_tokens} tokens the "
+                      "adapters' longest trained answers need")
+            default_max_tokens = max_tokens
     max_tokens = max_tokens or max(512, default_max_tokens)
     tasks = CatalogTasks.of_adapters(adapters)
     support_runs = [path for name, path in adapters if tasks.task(name) == "support"]

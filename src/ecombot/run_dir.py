@@ -166,14 +166,15 @@ class RunDir:
         return (info.get("knowledge") or None) if info else None
 
     def longest_answer(self) -> int | None:
-        """Tokens of the longest answer the run trained on, counting the version that answers now (a `learn` version
-        trains on feedback too); None for a run recorded before lengths were kept, or one trained outside ecombot."""
-        found = []
-        for run in [self, self.live()] if self.versions_file.is_file() else [self]:
-            summary = run.path / "data_summary.json"
-            if summary.is_file():
-                found.append(json.loads(summary.read_text(encoding="utf-8")).get("answer_tokens", {}).get("max"))
-        return max((n for n in found if n), default=None)
+        """Tokens of the longest answer this run (or version) trained on; None for a run recorded before lengths were
+        kept, or one trained outside ecombot."""
+        summary = self.path / "data_summary.json"
+        if not summary.is_file():
+            return None
+        try:
+            return json.loads(summary.read_text(encoding="utf-8")).get("answer_tokens", {}).get("max")
+        except json.JSONDecodeError as exc:
+            raise EcombotError(f"{summary}: damaged, not JSON ({exc})") from None
 
     def changed_split_files(self, files: dict[str, str]) -> list[str]:
         """Which of the split files given (name -> text) differ from the ones the run kept in data/."""

@@ -21,7 +21,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from ecombot import speedups
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import LoadedModel, answer_token_limit, encode_prompt, stop_token_ids, with_system
+from ecombot.models import (CHAT_ANSWER_TOKENS, LoadedModel, answer_token_limit, encode_prompt, stop_token_ids,
+                            with_system)
 from ecombot.run_dir import RunDir
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
@@ -58,7 +59,7 @@ class AnswerRepetitionPenalty(LogitsProcessor):
 class Decoding:
     """Defaults for support answers: greedy (deterministic) with a mild penalty on loops within the answer."""
 
-    max_new_tokens: int = 200
+    max_new_tokens: int = CHAT_ANSWER_TOKENS
     temperature: float = 0.0
     repetition_penalty: float = 1.1
     top_p: float = 0.9
@@ -73,9 +74,12 @@ class Decoding:
 
 
 def adapters_answer_limit(runs: list[Path]) -> int:
-    """chat's and serve's answer budget: room for the longest answer any of these adapters trained on."""
-    longest = [n for run in runs if (n := RunDir(run).longest_answer())]
-    return answer_token_limit(max(longest, default=None), Decoding.max_new_tokens)
+    """chat's and serve's answer budget: room for the longest answer any of these adapters trained on, their live
+    versions' included (a `learn` version trains on feedback too)."""
+    versions = [version for run in map(RunDir, runs)
+                for version in ([run, run.live()] if run.versions_file.is_file() else [run])]
+    return answer_token_limit(max(filter(None, (v.longest_answer() for v in versions)), default=None),
+                              CHAT_ANSWER_TOKENS)
 
 
 @dataclass

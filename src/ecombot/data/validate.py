@@ -27,7 +27,7 @@ class DataReport:
     intents: Counter = field(default_factory=Counter)
     multi_turn: int = 0
     token_percentiles: dict[str, int] = field(default_factory=dict)
-    answer_tokens: dict[str, int] = field(default_factory=dict)  # percentiles of the answers' lengths (train)
+    answer_tokens: dict[str, int] = field(default_factory=dict)  # percentiles of the trained answers' lengths
     truncated: int = 0
     max_length: int | None = None
     held_out: dict = field(default_factory=dict)  # {"intents", "conversations", "reason"}: kept out of every split

@@ -156,9 +156,9 @@ def write_report(result: EvalResult, output: Path) -> dict[str, Path]:
           f"Test set: {result.test_size} conversations ({json.dumps(result.source)}); "
           f"training pool for retrieval/few-shot: {result.train_size}. 95% bootstrap intervals "
           f"({result.bootstrap_samples} resamples). BLEU, chrF and ROUGE-L on 0–100; semantic = mean cosine "
-          "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token; "
-          f"cut_at_limit = share of answers stopped at the {result.config.max_new_tokens}-token limit, not by the "
-          "model ('–': none was).", ""]
+          "similarity of answer and reference embeddings; loss = held-out cross-entropy per answer token"
+          + (f"; cut_at_limit = share of answers stopped at the {result.config.max_new_tokens}-token limit, not by "
+             "the model ('–': a system that generates nothing)" if result.config.max_new_tokens else "") + ".", ""]
     if result.source.get("leaked_test_questions"):
         md += [f"**Warning: {result.source['leaked_test_questions']} test questions also appear in the training "
                "data.**", ""]

@@ -46,7 +46,7 @@ class SystemScores:
     handoff_recall: metrics.Estimate | None = None
     false_handoffs: metrics.Estimate | None = None
     stored_answers: metrics.Estimate | None = None  # share given a stored Q&A pair's answer (knowledge/grounding.py)
-    cut_at_limit: metrics.Estimate | None = None  # share of answers stopped by the token limit; None: none was
+    cut_at_limit: metrics.Estimate | None = None  # share of answers stopped by the token limit; None: not generated
 
     def to_dict(self) -> dict:
         row = {f.name: getattr(self, f.name) for f in fields(self)}

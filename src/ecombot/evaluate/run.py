@@ -44,7 +44,7 @@ class SystemAnswers:
     new_tokens: list[int]
     seconds: float
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
-    cut: list[bool] | None = None  # per answer: generation stopped at the token limit, not by the model
+    cut: list[bool] | None = None  # per answer: generation stopped at the token limit; None: nothing generated
     groundings: list[Grounding] | None = None  # grounded systems: the passages shown and the coverage decisions
 
     def handoffs(self, handoff: str) -> list[bool]:
@@ -150,7 +150,7 @@ def fewshot_pairs(train: list[Conversation], k: int, seed: int) -> list[Conversa
 def fit_answer_tokens(cfg: EvalConfig, model_spec: str, conversations: list[Conversation], say) -> int:
     """The answer token budget: --max-new-tokens, else room for the longest answer in the data scored and trained on
     (models.answer_token_limit), so no system is cut before the references end; said when above the floor."""
-    if cfg.max_new_tokens:
+    if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens
     from ecombot.models import answer_token_counts, answer_token_limit, load_tokenizer, resolve_model
 
@@ -297,7 +297,7 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         **handoff_estimates(system.handoffs(knowledge.handoff), truth, indices),
         stored_answers=metrics.mean_estimate([g.reused is not None for g in system.groundings], indices)
         if system.groundings else None,
-        cut_at_limit=metrics.mean_estimate(system.cut, indices) if system.cut and any(system.cut) else None,
+        cut_at_limit=metrics.mean_estimate(system.cut, indices) if system.cut is not None else None,
     )
 
 

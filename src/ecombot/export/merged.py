@@ -21,7 +21,7 @@ import torch
 
 from ecombot import __version__
 from ecombot.export.target import GEMMA_TERMS, build_export
-from ecombot.models import answer_token_limit, load_adapter_base, load_tokenizer, resolve_model
+from ecombot.models import CHAT_ANSWER_TOKENS, answer_token_limit, load_adapter_base, load_tokenizer, resolve_model
 from ecombot.models.template import stop_token_ids
 from ecombot.run_dir import RunDir
 
@@ -63,9 +63,6 @@ class ExportSource:
         return others[0] if others else None
 
 
-EXPORT_ANSWER_TOKENS = 200  # the least answer length an export is run with, as `ecombot chat` answers
-
-
 def export_source(run: str | Path, version: str | None = None) -> ExportSource:
     """The run's adapter (its live version unless `version` names one), checked to exist and be finished."""
     root = RunDir(run)
@@ -79,13 +76,14 @@ def export_source(run: str | Path, version: str | None = None) -> ExportSource:
     system_prompt = root.system_prompt()
     base_template = tokenizer.chat_template
     tokenizer.chat_template = training_template(base_template, system_prompt)
+    longest = max(filter(None, (root.longest_answer(), source.longest_answer())), default=None)
     knowledge = source.knowledge()  # the exported version's (a learn version reads its feedback pairs too)
     record = {"run": str(root.path.resolve()), "version": name, "method": method, "base_model": spec,
               "system_prompt": system_prompt, "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
               "grounded": knowledge is not None, "ecombot_version": __version__,
-              # the answer length runtimes are told (Ollama's num_predict): room for the longest trained answer
-              "answer_tokens": answer_token_limit(max(filter(None, (root.longest_answer(), source.longest_answer())),
-                                                      default=None), EXPORT_ANSWER_TOKENS)}
+              # the answer length runtimes are told (Ollama's num_predict): room for the longest answer the version
+              # trained on (a learn version on feedback and a replay of its root's data: both counted)
+              "answer_token_limit": answer_token_limit(longest, CHAT_ANSWER_TOKENS)}
     if knowledge is not None:
         record["knowledge"] = {key: knowledge.get(key) for key in ("name", "k", "handoff", "content_hash", "pairs")}
     return ExportSource(root, name, source.path, method, spec, model_dir, tokenizer, base_template, record)
@@ -128,7 +126,8 @@ def usage_text(record: dict) -> str:
             "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n"
             "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"Where is my order?\"}],\n"
             "                                    add_generation_prompt=True, return_tensors=\"pt\")\n"
-            f"print(tokenizer.decode(model.generate(ids, max_new_tokens={record['answer_tokens']})[0, ids.shape[1]:], "
+            f"print(tokenizer.decode(model.generate(ids, max_new_tokens={record['answer_token_limit']})"
+            "[0, ids.shape[1]:], "
             "skip_special_tokens=True))\n```\n\n"
             f"The chat template is the one the adapter was trained with; generation stops at "
             f"{', '.join(record['stop_tokens'])}.\n{grounded_note(record)}")

@@ -60,7 +60,7 @@ def modelfile(source: ExportSource, files: dict) -> str:
     return (f"# {Path(source.record['run']).name} ({source.version}), exported by ecombot. {GEMMA_TERMS}\n"
             f"FROM ./{files['model_file']}\n{adapter}"
             f'TEMPLATE """{template}"""\n{stops}'
-            f"PARAMETER temperature 0\nPARAMETER num_predict {source.record['answer_tokens']}\n")
+            f"PARAMETER temperature 0\nPARAMETER num_predict {source.record['answer_token_limit']}\n")
 
 
 def export_ollama(run: str | Path, output: str | Path, version: str | None = None, quant: str | None = None,

@@ -36,18 +36,20 @@ def encode_conversations(convs: list[Conversation], tokenizer, system_prompt: st
 
 
 # How long an answer may run when the command is not told: room for the longest answer in the store's data, a quarter
-# over, rounded up to 32 tokens, never below the command's own default (chat, serve and exports 200, evaluate 160)
-# nor above ANSWER_TOKENS_CAP. A fixed limit cut long answers mid-step: 9% of the answers of a 3,000-row support CSV
-# written in numbered steps (Bitext's layout) run past evaluate's 160 tokens, so even a bot repeating its training
-# answers word for word scored as if it had left their last steps out.
-ANSWER_TOKENS_CAP = 1024
+# over, rounded up to 32 tokens, never below the command's own default (CHAT_ANSWER_TOKENS for chat, serve and
+# exports; 160 for evaluate) nor above ANSWER_TOKENS_CAP, which leaves three quarters of the engines' 2,048-token
+# context to the prompt (passages, earlier turns, few-shot examples). A fixed limit cut long answers mid-step: 9% of
+# the answers of a 3,000-row support CSV written in numbered steps (Bitext's layout) run past evaluate's 160 tokens,
+# so even a bot repeating its training answers word for word scored as if it had left their last steps out.
+CHAT_ANSWER_TOKENS = 200
+ANSWER_TOKENS_CAP = 512
 
 
 def answer_token_limit(longest: int | None, floor: int) -> int:
     """The answer token budget for data whose longest answer is `longest` tokens (None: unknown, the floor)."""
     if not longest:
         return floor
-    return max(floor, min(ANSWER_TOKENS_CAP, -(-(longest * 5 // 4) // 32) * 32))
+    return max(floor, min(ANSWER_TOKENS_CAP, -(-longest * 5 // 128) * 32))
 
 
 def answer_token_counts(tokenizer, answers: list[str]) -> list[int]:
