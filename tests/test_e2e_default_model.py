@@ -111,7 +111,8 @@ def check_gguf_exports(run, tmp_path, full, convs):
     ollama = export_ollama(run, tmp_path / "ollama")
     modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
     assert f"FROM ./{ollama['base_file']}\nADAPTER ./adapter.gguf\n" in modelfile
-    assert f"PARAMETER num_predict {ollama['answer_token_limit']}\n" in modelfile and ollama["answer_token_limit"] >= 200
+    limit = ollama["answer_token_limit"]
+    assert f"PARAMETER num_predict {limit}\n" in modelfile and limit >= 200
     assert re.search(r'TEMPLATE """(.*?)"""', modelfile, re.S).group(1) == go_template(
         tokenizer.chat_template, system, tokenizer.eos_token)  # rendered by Go in tests/test_export_gguf.py
     # llama.cpp multiplies Q4_K weights with 8-bit activations, ecombot their dequantized values in fp32: on this

@@ -80,7 +80,8 @@ def test_merged_lora_loads_in_transformers_and_computes_what_base_plus_adapter_d
     saved = json.loads((tmp_path / "merged" / "ecombot_export.json").read_text())
     assert saved["base_model"] == str(tiny_model_dir)
     # runtimes are told an answer length with room for the longest answer the run trained on (400 * 1.25, in 32s)
-    assert saved["answer_token_limit"] == 512 and "max_new_tokens=512)" in (tmp_path / "merged" / "README.md").read_text()
+    assert saved["answer_token_limit"] == 512
+    assert "max_new_tokens=512)" in (tmp_path / "merged" / "README.md").read_text()
 
 
 def test_template_renders_the_training_prompt_with_the_runs_system_prompt(tiny_model_dir, small_dataset, tmp_path):
