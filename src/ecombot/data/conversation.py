@@ -40,6 +40,11 @@ class Conversation:
         """The final assistant message: the reference answer in evaluation."""
         return self.messages[-1]["content"] if self.messages else ""
 
+    @property
+    def answers(self) -> list[str]:
+        """Every assistant turn: what training scores, so what sizes the answer token limit."""
+        return [m["content"] for m in self.messages if m["role"] == "assistant"]
+
     def to_json(self) -> dict:
         record: dict = {"messages": self.messages}
         if self.intent is not None:

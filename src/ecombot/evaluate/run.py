@@ -154,7 +154,7 @@ def fit_answer_tokens(cfg: EvalConfig, model_spec: str, conversations: list[Conv
         return cfg.max_new_tokens
     from ecombot.models import answer_token_counts, answer_token_limit, load_tokenizer, resolve_model
 
-    answers = [m["content"] for c in conversations for m in c.messages if m["role"] == "assistant"]
+    answers = [a for c in conversations for a in c.answers]
     longest = max(answer_token_counts(load_tokenizer(resolve_model(model_spec)), answers), default=None)
     limit = answer_token_limit(longest, ANSWER_TOKENS)
     if limit > ANSWER_TOKENS:

@@ -181,8 +181,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     train_set = encode_conversations(train_convs, tokenizer, system_prompt, cfg.max_length)
     val_set = encode_conversations(val_convs, tokenizer, system_prompt, cfg.max_length)
     summary.add_token_lengths(train_set.lengths + val_set.lengths, cfg.max_length)
-    summary.add_answer_lengths(answer_token_counts(tokenizer, [m["content"] for c in split.train + split.validation
-                                                               for m in c.messages if m["role"] == "assistant"]))
+    summary.add_answer_lengths(answer_token_counts(tokenizer, [a for c in split.train + split.validation
+                                                               for a in c.answers]))
     if not train_set.examples:
         raise EcombotError(f"{summary.path}: no training conversation has an answer within max_length={cfg.max_length}")
     cut, left_out = train_set.truncated + val_set.truncated, train_set.no_answer_left + val_set.no_answer_left
