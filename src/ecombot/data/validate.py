@@ -122,5 +122,5 @@ def clean(raw: RawFile) -> tuple[list[Conversation], DataReport]:
         kept.append(conv)
     report.kept = len(kept)
     report.intents = Counter(c.intent for c in kept if c.intent is not None)
-    report.multi_turn = sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in kept)
+    report.multi_turn = sum(len(c.answers) > 1 for c in kept)
     return kept, report
