@@ -32,6 +32,7 @@ def test_data_inspect_summary(tiny_model_dir):
     result = runner.invoke(app, ["data", "inspect", str(builtin_path()), "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, result.output
     assert "2477" in result.output and "chat-jsonl" in result.output and "p50" in result.output
+    assert "longer than 1024" in result.output  # train's limit, so inspect counts what train will cut
 
 
 def test_bad_file_is_one_clear_line_and_exit_1(tmp_path):

@@ -39,7 +39,9 @@ ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the b
 def data_inspect(
     file: Path = typer.Argument(..., help="Data file: FAQ JSON, CSV, chat JSONL, ShareGPT, Alpaca or prompt/completion."),
     model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
-    max_length: int = typer.Option(512, help="Token limit used to count truncated conversations."),
+    max_length: Optional[int] = typer.Option(None, help="Token limit used to count truncated conversations (default: "
+                                             "train's max_length, 1024; training prompts also hold the knowledge "
+                                             "passages, so grounded training cuts earlier)."),
     system_prompt: Optional[str] = typer.Option(None, help="System prompt included in the token counts (training "
                                                 "uses none unless the config sets one)."),
     tokens: bool = typer.Option(True, help="Count tokens (loads the model's tokenizer)."),
@@ -47,7 +49,10 @@ def data_inspect(
     """Summarise a data file: format, rows, intents, token lengths, dropped rows and why."""
     from ecombot.data import load_conversations
 
+    from ecombot.config import TrainConfig
+
     convs, report = load_conversations(file)
+    max_length = max_length or TrainConfig().max_length
     if tokens and convs:
         from ecombot.models import encode_conversations, load_tokenizer, resolve_model
 
