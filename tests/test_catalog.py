@@ -214,9 +214,11 @@ def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(ti
     assert result.exit_code == 0, result.output
     scores = json.loads((out / "results.json").read_text())
     assert scores["products"] == len(test) and set(scores["systems"]) == {"base-fewshot", "copy-run"}
+    assert scores["max_new_tokens"] == 8  # the limit each description was written under, and how often it cut one
     for system in scores["systems"].values():
         coverage = system["attribute_coverage"]
         assert 0 <= coverage["ci95"][0] <= coverage["value"] <= coverage["ci95"][1] <= 1
+        assert system["cut_at_limit"]["value"] == 1.0  # a random model never ends a description within 8 tokens
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == len(test) and all(p["sku"].startswith("HP-") for p in predictions)
     assert "| copy-run |" in (out / "report.md").read_text()
@@ -308,6 +310,8 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     scores = json.loads((out / "results.json").read_text())
     assert scores["requests"] == 6 and set(scores["systems"]) == {"search", "base-fewshot", "rec-run"}
     assert scores["systems"]["search"]["sku_exists"] == 1.0
+    assert scores["max_new_tokens"] == 8 and "cut_at_limit" not in scores["systems"]["search"]  # search generates none
+    assert scores["systems"]["rec-run"]["cut_at_limit"]["value"] == 1.0
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 6 and all(set(p["rec-run"]["skus"]) <= set(p["candidates"]) for p in predictions)
     assert "| search |" in (out / "report.md").read_text()

@@ -14,7 +14,8 @@ from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import generate_all
 from ecombot.evaluate.report import markdown_table
-from ecombot.evaluate.tasks import answering_systems, catalog_runs, estimate_cell, held_out, write_outputs
+from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, generation_scores, held_out,
+                                   write_outputs)
 
 
 def score_copy(answers: list[str], products, references: list[str], alternatives, indices) -> dict:
@@ -42,7 +43,7 @@ def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
                            f"they were (first: {missing[0]}); evaluate against the catalog the run trained on")
     items = [by_prompt[c.question] for c in test]
     references = [c.answer for c in test]
-    engine, runs = answering_systems(cfg, run, say)
+    engine, runs = answering_systems(cfg, run, test, say)
     alternatives = categorical_values(products)
     indices = metrics.bootstrap_indices(len(items), seed=cfg.seed)
     systems, predictions = {}, [{"sku": p.sku, "reference": r} for p, r in zip(items, references)]
@@ -50,17 +51,19 @@ def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
         say(f"writing {len(items)} descriptions with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
         systems[name] = {**score_copy(answered.answers, items, references, alternatives, indices),
-                         "seconds": round(answered.seconds, 1)}
+                         **generation_scores(answered, indices)}
         for row, answer in zip(predictions, answered.answers):
             row[name] = answer
-    result = {"task": "copy", "catalog": str(catalog), "products": len(items), "systems": systems}
+    result = {"task": "copy", "catalog": str(catalog), "products": len(items), "max_new_tokens": cfg.max_new_tokens,
+              "systems": systems}
     write_outputs(cfg.output, result, predictions, copy_report(result))
     return result
 
 
 COLUMNS = [("attribute_coverage", "attribute coverage", 1), ("contradicted_attribute_rate", "contradicted", 1),
            ("descriptions_with_a_contradiction", "texts with a contradiction", 1),
-           ("invented_attribute_rate", "invented", 1), ("rouge_l", "ROUGE-L", 1), ("bleu", "BLEU", 1)]
+           ("invented_attribute_rate", "invented", 1), ("rouge_l", "ROUGE-L", 1), ("bleu", "BLEU", 1),
+           ("cut_at_limit", "cut at limit", 1)]
 
 
 def copy_rows(result: dict) -> list[list[str]]:
@@ -72,6 +75,7 @@ def copy_report(result: dict) -> str:
     lines = [f"# Product copy: {result['products']} held-out products of {result['catalog']}", "",
              "Coverage: share of the product's attributes and price the description states. Contradicted: of the "
              "materials, colours, sizes, collections (whatever categorical attributes the catalog has) and amounts it names, the share the product does not have. Invented: of its "
-             "numbers and amounts, the share found nowhere in the product's fields. 95% bootstrap intervals.", ""]
+             "numbers and amounts, the share found nowhere in the product's fields. Cut at limit: share of descriptions "
+             f"stopped at the {result['max_new_tokens']}-token limit, not by the model. 95% bootstrap intervals.", ""]
     lines += markdown_table(["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
     return "\n".join(lines) + "\n"

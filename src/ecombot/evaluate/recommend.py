@@ -14,11 +14,13 @@ from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import generate_all
 from ecombot.evaluate.report import markdown_table
-from ecombot.evaluate.tasks import answering_systems, catalog_runs, estimate_cell, held_out, write_outputs
+from ecombot.evaluate.tasks import (answering_systems, catalog_runs, estimate_cell, generation_scores, held_out,
+                                   write_outputs)
 
 COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constraints met (per request)"),
            ("hit_at_1_ci", "hit@1"), ("hit_at_k_ci", f"hit@{MAX_PICKS}"), ("returned_per_request", "returned per request"),
-           ("empty", "requests answered with none"), ("dropped_skus", "SKU-like lines dropped")]
+           ("empty", "requests answered with none"), ("dropped_skus", "SKU-like lines dropped"),
+           ("cut_at_limit", "cut at limit")]
 
 
 def scored(requests, returned: list[list[str]], products, indices) -> dict:
@@ -54,16 +56,17 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         systems["search"] = {**scored(requests, found, products, indices), "dropped_skus": 0}
         for row, skus in zip(predictions, found):
             row["search"] = skus
-    engine, runs = answering_systems(cfg, run, say, REPETITION_PENALTY) if set(cfg.systems) - {"search"} else (None, [])
+    engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if set(cfg.systems) - {"search"} else (None, [])
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
         parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, candidates)]
         systems[name] = {**scored(requests, [p.skus for p in parsed], products, indices),
-                         "dropped_skus": sum(p.dropped for p in parsed), "seconds": round(answered.seconds, 1)}
+                         "dropped_skus": sum(p.dropped for p in parsed), **generation_scores(answered, indices)}
         for row, answer, p in zip(predictions, answered.answers, parsed):
             row[name] = {"text": answer, "skus": p.skus}
-    result = {"task": "recommend", "catalog": str(catalog), "requests": len(test), "systems": systems}
+    result = {"task": "recommend", "catalog": str(catalog), "requests": len(test), "max_new_tokens": cfg.max_new_tokens,
+              "systems": systems}
     write_outputs(cfg.output, result, predictions, recommend_report(result))
     return result
 
@@ -81,5 +84,7 @@ def recommend_report(result: dict) -> str:
              "Each request states a category and some of material, colour, size and budget; its known answers are "
              "every product meeting all of them. Constraints met: per request, the share of its returned products meeting "
              f"every stated constraint, averaged over requests that got any. hit@1 / hit@{MAX_PICKS}: the first / any "
-             "returned product is a known answer. Percentages with 95% bootstrap intervals.", ""]
+             "returned product is a known answer. Cut at limit: share of answers stopped at the "
+             f"{result.get('max_new_tokens')}-token limit, not by the model. Percentages with 95% bootstrap "
+             "intervals.", ""]
     return "\n".join(lines + markdown_table(["system"] + [t for _, t in COLUMNS], recommend_rows(result))) + "\n"

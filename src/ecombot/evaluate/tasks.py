@@ -14,7 +14,8 @@ from ecombot.config import EvalConfig
 from ecombot.data import Conversation, read_file
 from ecombot.errors import EcombotError
 from ecombot.models import base_model_spec
-from ecombot.evaluate.run import example_turns, fewshot_pairs, fit_answer_tokens
+from ecombot.evaluate import metrics
+from ecombot.evaluate.run import SystemAnswers, example_turns, fewshot_pairs, fit_answer_tokens
 from ecombot.run_dir import RunDir
 
 # What `evaluate --task` can compare (all by default): the search baseline (recommend only), the base model shown k
@@ -54,6 +55,13 @@ def estimate_cell(estimate: dict | None, scale: float = 1) -> str:
     return f"{estimate['value'] * scale:.3g} [{low * scale:.3g}, {high * scale:.3g}]"
 
 
+def generation_scores(answered: SystemAnswers, indices) -> dict:
+    """What every generating system reports beside its task's scores: its time, and the share of its answers the token
+    limit stopped (results.json's max_new_tokens), as support's evaluation reports them."""
+    return {"seconds": round(answered.seconds, 1),
+            "cut_at_limit": metrics.mean_estimate(answered.cut, indices).to_dict()}
+
+
 def held_out(run: RunDir, cfg: EvalConfig, say=print) -> list[Conversation]:
     """The run's held-out items, the first `cfg.limit` of them (said when that leaves some out)."""
     test = read_file(run.data_dir / "test.jsonl").conversations
@@ -63,15 +71,16 @@ def held_out(run: RunDir, cfg: EvalConfig, say=print) -> list[Conversation]:
     return test[:cfg.limit or None]
 
 
-def answering_systems(cfg: EvalConfig, run: RunDir, say, repetition_penalty: float = Decoding.repetition_penalty
+def answering_systems(cfg: EvalConfig, run: RunDir, scored: list[Conversation], say,
+                      repetition_penalty: float = Decoding.repetition_penalty
                       ) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
     """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
-    shown k of the run's training conversations, then every adapter by its run's name."""
+    shown k of the run's training conversations, then every adapter by its run's name. The answer limit fits the
+    training answers and the `scored` items' references, as support's evaluation does."""
     names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
     model_spec = base_model_spec(cfg.model, run.path)  # the run's own base even when no adapter is compared
     train = read_file(run.data_dir / "train.jsonl").conversations
-    cfg.max_new_tokens = fit_answer_tokens(cfg, model_spec, train + read_file(run.data_dir / "test.jsonl").conversations,
-                                           say)
+    cfg.max_new_tokens = fit_answer_tokens(cfg, model_spec, train + scored, say)
     engine = open_engine(model_spec, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
                          Decoding(max_new_tokens=cfg.max_new_tokens, repetition_penalty=repetition_penalty),
                          system_prompt=None, engine=cfg.engine,
