@@ -56,7 +56,7 @@ class TrainConfig:
     logging_steps: int = 5
     eval_steps: int | str = AUTO
     early_stopping_patience: int = 3
-    eval_max_examples: int | None = 200
+    eval_max_examples: int | None = 100
     save_total_limit: int = 2
     knowledge: str = "default"
     db: str | None = None
