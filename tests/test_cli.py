@@ -156,6 +156,42 @@ def test_serve_gives_answers_room_for_the_longest_answer_its_adapters_trained_on
     assert "answers are cut at --max-tokens 300, below the 512 tokens" in capped.stderr
     chosen = runner.invoke(app, [*common, "--max-tokens", "300", "--default-max-tokens", "250"])
     assert chosen.exit_code == 0 and apps[2].state.server.answer_tokens == 250
+    assert [a.state.server.answer_tokens_for("support") for a in apps] == [512, 300, 250]
+
+
+def test_serve_sizes_each_adapters_answers_by_its_own_data_and_its_live_version(knowledge_bases, tmp_path,
+                                                                                 monkeypatch):
+    import uvicorn
+
+    import ecombot.chat
+    from ecombot.serve.dependencies import ServerState
+
+    engine = ScriptedEngine()
+    live = {"support": None}
+    engine.version = lambda adapter=None: live.get(adapter)
+    apps = []
+    monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: engine)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    support, copy = grounded_run(tmp_path), tmp_path / "copy"
+    copy.mkdir()
+    (support / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 40, "max": 90}}))
+    (copy / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 180, "max": 409}}))
+    result = runner.invoke(app, ["serve", "--model", "tiny", "--adapter", f"support={support}", "--adapter",
+                                 f"copy={copy}", "--db", f"sqlite:///{tmp_path / 'shop.db'}", "--session-secret",
+                                 str(tmp_path / "secret")])
+    assert result.exit_code == 0, result.output
+    state: ServerState = apps[0].state.server
+    # the copy adapter's long descriptions no longer size the support answers; the base model gets the longest
+    assert (state.answer_tokens_for("support"), state.answer_tokens_for("copy"), state.answer_tokens_for("base")) \
+        == (200, 512, 512)
+    # `ecombot learn` promotes v2, trained on longer answers: the server (reloading v2) gives them room
+    v2 = support / "versions" / "v2"
+    v2.mkdir(parents=True)
+    (v2 / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 100, "max": 300}}))
+    (support / "versions.json").write_text(json.dumps({"live": "v2", "versions": [{"name": "v1"}, {"name": "v2"}]}))
+    assert state.answer_tokens_for("support") == 200  # still answering with v1 until the engine reloads
+    live["support"] = "v2"
+    assert state.answer_tokens_for("support") == 384
 
 
 def test_chat_gives_answers_room_for_the_longest_answer_its_adapter_trained_on(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -111,12 +112,14 @@ def describe_json_bodies(app: FastAPI, routers: list[APIRouter]) -> None:
 
 
 def create_app(engine: GenerationEngine, store: Store, config: ServeConfig | None = None,
-               grounder: Grounder | None = None, tasks: CatalogTasks | None = None) -> FastAPI:
+               grounder: Grounder | None = None, tasks: CatalogTasks | None = None,
+               answer_runs: dict[str, Path] | None = None) -> FastAPI:
     """The app; with a `grounder`, every support answer comes from the knowledge base (or is handed to an agent);
-    `tasks` names the adapters that write product copy or recommend products (serve/tasks.py)."""
+    `tasks` names the adapters that write product copy or recommend products (serve/tasks.py); `answer_runs`
+    (adapter -> run) sizes each adapter's answers by its own training data (config.default_max_tokens: the others')."""
     config = config or ServeConfig()
     app = FastAPI(title="ecombot", docs_url=None, redoc_url=None, lifespan=batching)
-    app.state.server = ServerState.build(engine, store, config, grounder, tasks)
+    app.state.server = ServerState.build(engine, store, config, grounder, tasks, answer_runs)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Conversation-Id"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Annotated, Awaitable, Callable, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from ecombot.chat.engine import BASE, GenerationEngine
+from ecombot.chat.engine import BASE, GenerationEngine, adapters_answer_limit
 from ecombot.config.serve import ServeConfig
 from ecombot.knowledge import DEFAULT_HANDOFF, Grounder
 from ecombot.serve.batcher import Batcher
@@ -37,13 +38,15 @@ class ServerState:
     auth_failures: RateLimiter  # per address: wrong keys and bad tokens, so keys cannot be guessed at speed
     keys: KeyRing
     answer_tokens: int  # an answer's length when the request does not say (and the most a page session gets)
+    answer_runs: dict[str, Path] = field(default_factory=dict)  # adapter -> run: its own length (answer_tokens_for)
+    answer_limits: dict[tuple[str, str | None], int] = field(default_factory=dict)  # per (adapter, version), read once
     grounder: Grounder | None = None  # the knowledge base support questions are answered from; None: the weights
     tasks: CatalogTasks = field(default_factory=CatalogTasks)  # adapters of the catalog tasks (copy, recommend)
     started: float = field(default_factory=time.time)  # /health's uptime, /v1/models' `created`
 
     @classmethod
-    def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig,
-              grounder: Grounder | None = None, tasks: CatalogTasks | None = None) -> ServerState:
+    def build(cls, engine: GenerationEngine, store: Store, config: ServeConfig, grounder: Grounder | None = None,
+              tasks: CatalogTasks | None = None, answer_runs: dict[str, Path] | None = None) -> ServerState:
         secret = persistent_secret(config.session_secret_file) if config.session_secret_file else None
         roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
                  **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
@@ -53,7 +56,21 @@ class ServerState:
                    sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
                    auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
                    answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens),
-                   grounder=grounder, tasks=tasks or CatalogTasks())
+                   grounder=grounder, tasks=tasks or CatalogTasks(),
+                   answer_runs=dict(answer_runs or {}))
+
+    def answer_tokens_for(self, adapter: str) -> int:
+        """`adapter`'s answer length when a request does not say: room for the longest answer its live version
+        trained on (chat.adapters_answer_limit), so a copy adapter's long descriptions do not size the support
+        answers and a version `ecombot learn` promotes brings its own; else (an adapter without a run given, the
+        base model) answer_tokens. At most max_tokens."""
+        run = self.answer_runs.get(adapter)
+        if run is None:
+            return self.answer_tokens
+        key = adapter, self.engine.version(adapter)
+        if key not in self.answer_limits:
+            self.answer_limits[key] = min(adapters_answer_limit([run]), self.config.max_tokens)
+        return self.answer_limits[key]
 
     @property
     def handoff(self) -> str:

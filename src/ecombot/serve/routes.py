@@ -51,13 +51,13 @@ def adapter_for(model: str, state: ServerState) -> str:
                    "not_found_error", code="model_not_found", param="model")
 
 
-def answer_budget(body: ChatCompletionRequest, state: ServerState) -> int:
+def answer_budget(body: ChatCompletionRequest, adapter: str, state: ServerState) -> int:
     """The answer's token budget, once the request is within this server's limits (400 otherwise)."""
     config = state.config
     if len(body.messages) > config.max_messages:
         raise ApiError(400, f"too many messages ({len(body.messages)}); the limit is {config.max_messages}",
                        param="messages")
-    max_tokens = body.max_completion_tokens or body.max_tokens or state.answer_tokens
+    max_tokens = body.max_completion_tokens or body.max_tokens or state.answer_tokens_for(adapter)
     if max_tokens > config.max_tokens:
         raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {config.max_tokens}",
                        param="max_tokens")
@@ -73,7 +73,8 @@ def check_page_request(body: ChatCompletionRequest, adapter: str, max_tokens: in
     refused = [("model", adapter != state.page_model, f"the chat page talks to {state.page_model!r} only"),
                ("messages", any(m.role in ("system", "developer") for m in body.messages),
                 "the page's model keeps its own system prompt"),
-               ("max_tokens", max_tokens > state.answer_tokens, f"answers are at most {state.answer_tokens} tokens"),
+               ("max_tokens", max_tokens > state.answer_tokens_for(adapter),
+                f"answers are at most {state.answer_tokens_for(adapter)} tokens"),
                ("temperature", body.temperature is not None, "the server's sampling settings apply"),
                ("top_p", body.top_p is not None, "the server's sampling settings apply"),
                ("stop", bool(body.stop), "the server's stop rules apply")]
@@ -117,8 +118,8 @@ async def models(state: State):
 @api.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: State, who: Who,
                            body: Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]):
-    max_tokens = answer_budget(body, state)
     adapter = adapter_for(body.model, state)
+    max_tokens = answer_budget(body, adapter, state)
     if who.channel == "web":
         check_page_request(body, adapter, max_tokens, state)
     messages = [m.as_dict() for m in body.messages]
