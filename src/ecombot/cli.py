@@ -47,9 +47,8 @@ def data_inspect(
     tokens: bool = typer.Option(True, help="Count tokens (loads the model's tokenizer)."),
 ) -> None:
     """Summarise a data file: format, rows, intents, token lengths, dropped rows and why."""
-    from ecombot.data import load_conversations
-
     from ecombot.config import TrainConfig
+    from ecombot.data import load_conversations
 
     convs, report = load_conversations(file)
     max_length = max_length or TrainConfig().max_length

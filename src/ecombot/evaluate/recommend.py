@@ -56,7 +56,8 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         systems["search"] = {**scored(requests, found, products, indices), "dropped_skus": 0}
         for row, skus in zip(predictions, found):
             row["search"] = skus
-    engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if set(cfg.systems) - {"search"} else (None, [])
+    generating = set(cfg.systems) - {"search"}
+    engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if generating else (None, [])
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)

@@ -37,7 +37,7 @@ class ServerState:
     limiter: RateLimiter
     auth_failures: RateLimiter  # per address: wrong keys and bad tokens, so keys cannot be guessed at speed
     keys: KeyRing
-    answer_tokens: int  # an answer's length when the request does not say (and the most a page session gets)
+    answer_tokens: int  # answer length when a request does not say: the base model's, an adapter's not in answer_runs
     answer_runs: dict[str, Path] = field(default_factory=dict)  # adapter -> run: its own length (answer_tokens_for)
     answer_limits: dict[tuple[str, str | None], int] = field(default_factory=dict)  # per (adapter, version), read once
     grounder: Grounder | None = None  # the knowledge base support questions are answered from; None: the weights
