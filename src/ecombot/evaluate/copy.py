@@ -74,8 +74,9 @@ def copy_rows(result: dict) -> list[list[str]]:
 def copy_report(result: dict) -> str:
     lines = [f"# Product copy: {result['products']} held-out products of {result['catalog']}", "",
              "Coverage: share of the product's attributes and price the description states. Contradicted: of the "
-             "materials, colours, sizes, collections (whatever categorical attributes the catalog has) and amounts it names, the share the product does not have. Invented: of its "
-             "numbers and amounts, the share found nowhere in the product's fields. Cut at limit: share of "
-             f"descriptions stopped at the {result['max_new_tokens']}-token limit, not by the model. 95% bootstrap intervals.", ""]
+             "materials, colours, sizes, collections (whatever categorical attributes the catalog has) and amounts "
+             "it names, the share the product does not have. Invented: of its numbers and amounts, the share found "
+             "nowhere in the product's fields. Cut at limit: share of descriptions stopped at the "
+             f"{result['max_new_tokens']}-token limit, not by the model. 95% bootstrap intervals.", ""]
     lines += markdown_table(["system"] + [title for _, title, _ in COLUMNS], copy_rows(result))
     return "\n".join(lines) + "\n"
