@@ -240,6 +240,20 @@ def test_split_keeps_same_question_together():
     assert leaked_questions(split.train, split.test) == [] and leaked_questions(split.train, split.validation) == []
 
 
+def test_any_first_n_of_a_split_spans_the_intents_even_when_questions_repeat():
+    from ecombot.data import Conversation
+
+    # a support log whose questions repeat word for word: 6 intents x 4 questions, each asked 10 times
+    convs = [Conversation([{"role": "user", "content": f"{intent} question {q}"},
+                           {"role": "assistant", "content": f"Answer {intent} {q} {i}"}], intent=intent)
+             for intent in "abcdef" for q in range(4) for i in range(10)]
+    split = split_conversations(convs, 0.25, 0.25, seed=3)
+    for part in (split.validation, split.test):
+        assert len(part) == 60 and len({c.intent for c in part[:6]}) == 6  # was 1: whole groups came one by one
+        assert len({c.question for c in part[:6]}) == 6
+    assert Counter(c.intent for c in split.test) == dict.fromkeys("abcdef", 10)  # one question of each intent
+
+
 def test_write_split_round_trips(tmp_path):
     prepared = prepare(None, seed=3)
     out = write_split(prepared.split, tmp_path / "split")
