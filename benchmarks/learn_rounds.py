@@ -176,7 +176,7 @@ def main() -> None:
                                             args.seed)
     work = Path(tempfile.mkdtemp(prefix="ecombot-learn-rounds-"))
     db = f"sqlite:///{work / 'store.db'}"
-    # the quickstart's validation budget: every 50 steps on 64 conversations (auto would validate 10 times on 200)
+    # the quickstart's validation budget: every 50 steps on 64 conversations (auto would validate 10 times on 100)
     common = dict(model=args.model, knowledge="none", max_steps=args.base_steps, seed=args.seed, eval_steps=50,
                   eval_max_examples=64)
 

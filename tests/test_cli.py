@@ -167,7 +167,7 @@ def test_serve_sizes_each_adapters_answers_by_its_own_data_and_its_live_version(
     from ecombot.serve.dependencies import ServerState
 
     engine = ScriptedEngine()
-    live = {"support": None}
+    live = {"support": "v1", "copy": "v1"}  # as the engine reports an adapter loaded from its run
     engine.version = lambda adapter=None: live.get(adapter)
     apps = []
     monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: engine)
@@ -192,6 +192,15 @@ def test_serve_sizes_each_adapters_answers_by_its_own_data_and_its_live_version(
     assert state.answer_tokens_for("support") == 200  # still answering with v1 until the engine reloads
     live["support"] = "v2"
     assert state.answer_tokens_for("support") == 384
+    live["support"] = "v1"  # `adapter rollback` (v1 looked up again now: the same 200, though v2 is on disk)
+    state.answer_limits.clear()
+    assert state.answer_tokens_for("support") == 200
+    # a promoted version whose summary is damaged: the server answers at its default instead of failing requests
+    v3 = support / "versions" / "v3"
+    v3.mkdir()
+    (v3 / "data_summary.json").write_text("{not json")
+    live["support"] = "v3"
+    assert state.answer_tokens_for("support") == state.answer_tokens == 512
 
 
 def test_chat_gives_answers_room_for_the_longest_answer_its_adapter_trained_on(tmp_path, monkeypatch):

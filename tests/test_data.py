@@ -254,6 +254,20 @@ def test_any_first_n_of_a_split_spans_the_intents_even_when_questions_repeat():
     assert Counter(c.intent for c in split.test) == dict.fromkeys("abcdef", 10)  # one question of each intent
 
 
+def test_a_run_whose_split_files_hold_the_same_conversations_in_another_order_has_unchanged_data(tmp_path):
+    from ecombot.data import split_files
+    from ecombot.run_dir import RunDir
+
+    files = split_files(prepare(None, seed=3).split)
+    run = RunDir(tmp_path / "run")
+    run.data_dir.mkdir(parents=True)
+    for name, text in files.items():  # as a run made before the split's order changed kept them
+        (run.data_dir / name).write_text("".join(reversed(text.splitlines(keepends=True))))
+    assert run.changed_split_files(files) == []
+    (run.data_dir / "test.jsonl").write_text(files["test.jsonl"].split("\n", 1)[1])  # one conversation fewer
+    assert run.changed_split_files(files) == ["test.jsonl"]
+
+
 def test_write_split_round_trips(tmp_path):
     prepared = prepare(None, seed=3)
     out = write_split(prepared.split, tmp_path / "split")

@@ -39,9 +39,9 @@ ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the b
 def data_inspect(
     file: Path = typer.Argument(..., help="Data file: FAQ JSON, CSV, chat JSONL, ShareGPT, Alpaca or prompt/completion."),
     model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
-    max_length: Optional[int] = typer.Option(None, help="Token limit used to count truncated conversations (default: "
-                                             "train's max_length, 1024; training prompts also hold the knowledge "
-                                             "passages, so grounded training cuts earlier)."),
+    max_length: Optional[int] = typer.Option(None, min=1, help="Token limit used to count truncated conversations "
+                                             "(default: train's max_length, 1024; training prompts also hold the "
+                                             "knowledge passages, so grounded training cuts earlier)."),
     system_prompt: Optional[str] = typer.Option(None, help="System prompt included in the token counts (training "
                                                 "uses none unless the config sets one)."),
     tokens: bool = typer.Option(True, help="Count tokens (loads the model's tokenizer)."),
@@ -51,7 +51,7 @@ def data_inspect(
     from ecombot.data import load_conversations
 
     convs, report = load_conversations(file)
-    max_length = max_length or TrainConfig().max_length
+    max_length = TrainConfig().max_length if max_length is None else max_length
     if tokens and convs:
         from ecombot.models import encode_conversations, load_tokenizer, resolve_model
 
@@ -421,8 +421,8 @@ def serve(
                                              "or the default answer length if that is longer; below it, it cuts the "
                                              "default)."),
     default_max_tokens: Optional[int] = typer.Option(None, min=1, help="Answer length when a request does not say "
-                                                     "(default: per adapter, room for the longest answer its live "
-                                                     "version trained on, at least 200; the base model: the longest "
+                                                     "(default: per adapter, room for the longest answer the "
+                                                     "version it answers with trained on, at least 200; the base model: the longest "
                                                      "of those)."),
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),

@@ -177,9 +177,12 @@ class RunDir:
             raise EcombotError(f"{summary}: damaged, not JSON ({exc})") from None
 
     def changed_split_files(self, files: dict[str, str]) -> list[str]:
-        """Which of the split files given (name -> text) differ from the ones the run kept in data/."""
-        return [name for name, text in files.items()
-                if not (self.data_dir / name).is_file() or (self.data_dir / name).read_text(encoding="utf-8") != text]
+        """Which of the split files given (name -> text) hold other conversations than the ones the run kept in
+        data/ (the order aside)."""
+        from ecombot.data.split import same_conversations
+
+        return [name for name, text in files.items() if not (self.data_dir / name).is_file()
+                or not same_conversations((self.data_dir / name).read_text(encoding="utf-8"), text)]
 
     def task(self) -> tuple[str, str | None]:
         """The run's task (support, copy or recommend) and, for a catalog task, the catalog it trained on."""

@@ -73,11 +73,12 @@ class Decoding:
         return kwargs
 
 
-def adapters_answer_limit(runs: list[Path]) -> int:
+def adapters_answer_limit(runs: list[Path], version: str | None = None) -> int:
     """chat's and serve's answer budget: room for the longest answer any of these adapters trained on, their live
-    versions' included (a `learn` version trains on feedback too)."""
-    versions = [version for run in map(RunDir, runs)
-                for version in ([run, run.live()] if run.versions_file.is_file() else [run])]
+    versions' included (a `learn` version trains on feedback too); `version`: that version's instead of the live
+    one (serve sizes each adapter by the version it is answering with)."""
+    versions = [v for run in map(RunDir, runs) for v in (
+        [run, run.version(version or run.live_version())] if version or run.versions_file.is_file() else [run])]
     return answer_token_limit(max(filter(None, (v.longest_answer() for v in versions)), default=None),
                               CHAT_ANSWER_TOKENS)
 

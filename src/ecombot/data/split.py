@@ -56,7 +56,16 @@ def interleaved(groups: list[list[Conversation]]) -> list[Conversation]:
     """Every group's first member in order, then every group's second, and so on. Why: support logs repeat questions
     word for word (a 3,000-row CSV shaped like Bitext's: ~9 rows per question), and whole groups one after another
     put only 3 of its 27 intents in the first 32 test questions."""
-    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+    rounds = sorted((i, k) for k, group in enumerate(groups) for i in range(len(group)))
+    return [groups[k][i] for i, k in rounds]
+
+
+def same_conversations(text: str | None, other: str | None) -> bool:
+    """Two split files' texts (chat JSONL; None: no file) hold the same conversations, in any order: runs made before
+    the split's order changed (stop 41) compare equal to the same split made now."""
+    if text is None or other is None:
+        return text is other
+    return sorted(text.splitlines()) == sorted(other.splitlines())
 
 
 def leaked_questions(train: list[Conversation], other: list[Conversation]) -> list[str]:

@@ -85,7 +85,8 @@ def recommend_report(result: dict) -> str:
              "Each request states a category and some of material, colour, size and budget; its known answers are "
              "every product meeting all of them. Constraints met: per request, the share of its returned products meeting "
              f"every stated constraint, averaged over requests that got any. hit@1 / hit@{MAX_PICKS}: the first / any "
-             "returned product is a known answer. Cut at limit: share of answers stopped at the "
-             f"{result.get('max_new_tokens')}-token limit, not by the model. Percentages with 95% bootstrap "
-             "intervals.", ""]
+             "returned product is a known answer. "
+             + (f"Cut at limit: share of answers stopped at the {result['max_new_tokens']}-token limit, not by the "
+                "model. " if result.get("max_new_tokens") else "")
+             + "Percentages with 95% bootstrap intervals.", ""]
     return "\n".join(lines + markdown_table(["system"] + [t for _, t in COLUMNS], recommend_rows(result))) + "\n"

@@ -24,6 +24,7 @@ from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.config.evaluate import ANSWER_TOKENS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
+from ecombot.data.split import same_conversations
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.grounded import StoreKnowledge, open_knowledge, own_pair
@@ -80,7 +81,7 @@ def adapter_test_split(adapters: list[str]) -> Path | None:
             raise EcombotError(f"{adapter} trained on {config['data']} but its run kept no held-out questions "
                                f"({test}): pass --data FILE or --test FILE")
         found.append((run, config["data"], text))
-    if len({text for _, _, text in found}) > 1:
+    if any(not same_conversations(text, found[0][2]) for _, _, text in found[1:]):
         raise EcombotError("the adapters hold different test sets (" + ", ".join(
             f"{run.path}: {data}" for run, data, _ in found) + "): pass --data FILE or --test FILE to score them "
             "on one")

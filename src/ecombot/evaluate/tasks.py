@@ -12,6 +12,7 @@ from ecombot.catalog import Product, read_catalog
 from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, read_file
+from ecombot.data.split import same_conversations
 from ecombot.errors import EcombotError
 from ecombot.models import base_model_spec
 from ecombot.evaluate import metrics
@@ -42,7 +43,7 @@ def catalog_runs(adapters: list[str], task: str) -> tuple[RunDir, str, list[Prod
     first, catalog, products = runs[0]
     test = (first.data_dir / "test.jsonl").read_text(encoding="utf-8")
     for run, other, _ in runs[1:]:
-        if other != catalog or (run.data_dir / "test.jsonl").read_text(encoding="utf-8") != test:
+        if other != catalog or not same_conversations((run.data_dir / "test.jsonl").read_text(encoding="utf-8"), test):
             raise EcombotError(f"{run.path} and {first.path} were trained on different catalogs or splits; evaluate "
                                "them one at a time")
     return first, catalog, products

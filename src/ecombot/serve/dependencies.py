@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ecombot.chat.engine import BASE, GenerationEngine, adapters_answer_limit
 from ecombot.config.serve import ServeConfig
+from ecombot.errors import EcombotError
 from ecombot.knowledge import DEFAULT_HANDOFF, Grounder
 from ecombot.serve.batcher import Batcher
 from ecombot.serve.errors import ApiError
@@ -51,26 +53,39 @@ class ServerState:
         roles = {**dict.fromkeys(filter(None, config.api_keys), "api"),
                  **dict.fromkeys(filter(None, config.review_keys), REVIEW)}
         config = replace(config, api_keys=[], review_keys=[])  # from here on the keys exist only as salted hashes
-        return cls(config=config, engine=engine, store=store,
-                   batcher=Batcher(engine, max_batch=config.max_batch, max_queue=config.max_queue),
-                   sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
-                   auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
-                   answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens),
-                   grounder=grounder, tasks=tasks or CatalogTasks(),
-                   answer_runs=dict(answer_runs or {}))
+        state = cls(config=config, engine=engine, store=store,
+                    batcher=Batcher(engine, max_batch=config.max_batch, max_queue=config.max_queue),
+                    sessions=SessionTokens(secret), limiter=RateLimiter(config.rate_limit_per_minute),
+                    auth_failures=RateLimiter(config.rate_limit_per_minute), keys=KeyRing(roles),
+                    answer_tokens=min(config.default_max_tokens or engine.decoding.max_new_tokens, config.max_tokens),
+                    grounder=grounder, tasks=tasks or CatalogTasks(),
+                    answer_runs=dict(answer_runs or {}))
+        for adapter in state.answer_runs:  # read now: a damaged run fails the start, not its first request
+            state.fit_answer_limit(adapter, engine.version(adapter))
+        return state
+
+    def fit_answer_limit(self, adapter: str, version: str | None) -> int:
+        """Room for the longest answer `adapter`'s run and `version` trained on (chat.adapters_answer_limit), at most
+        max_tokens; read once per version."""
+        key = adapter, version
+        if key not in self.answer_limits:
+            self.answer_limits[key] = min(adapters_answer_limit([self.answer_runs[adapter]], version),
+                                          self.config.max_tokens)
+        return self.answer_limits[key]
 
     def answer_tokens_for(self, adapter: str) -> int:
-        """`adapter`'s answer length when a request does not say: room for the longest answer its live version
-        trained on (chat.adapters_answer_limit), so a copy adapter's long descriptions do not size the support
-        answers and a version `ecombot learn` promotes brings its own; else (an adapter without a run given, the
-        base model) answer_tokens. At most max_tokens."""
-        run = self.answer_runs.get(adapter)
-        if run is None:
+        """`adapter`'s answer length when a request does not say: sized by the version it answers with, so a copy
+        adapter's long descriptions do not size the support answers and a version `ecombot learn` promotes brings
+        its own; else (an adapter without a run given, the base model) answer_tokens."""
+        if adapter not in self.answer_runs:
             return self.answer_tokens
-        key = adapter, self.engine.version(adapter)
-        if key not in self.answer_limits:
-            self.answer_limits[key] = min(adapters_answer_limit([run]), self.config.max_tokens)
-        return self.answer_limits[key]
+        version = self.engine.version(adapter)
+        try:
+            return self.fit_answer_limit(adapter, version)
+        except EcombotError as exc:  # a promoted version's damaged summary: answer, at the server's default
+            logging.getLogger("ecombot.serve").error("adapter %s %s: %s", adapter, version, exc)
+            self.answer_limits[adapter, version] = self.answer_tokens
+            return self.answer_tokens
 
     @property
     def handoff(self) -> str:
