@@ -179,8 +179,6 @@ class RunDir:
     def changed_split_files(self, files: dict[str, str]) -> list[str]:
         """Which of the split files given (name -> text) hold other conversations than the ones the run kept in
         data/ (the order aside)."""
-        from ecombot.data.split import same_conversations
-
         return [name for name, text in files.items() if not (self.data_dir / name).is_file()
                 or not same_conversations((self.data_dir / name).read_text(encoding="utf-8"), text)]
 
@@ -311,3 +309,11 @@ class RunDir:
         atomic.save_figure(fig, png_path)
         plt.close(fig)
         return png_path
+
+
+def same_conversations(text: str | None, other: str | None) -> bool:
+    """Two split files' texts (chat JSONL; None: no file) hold the same conversations, in any order: runs made before
+    the split's order changed (stop 41) compare equal to the same split made now."""
+    if text is None or other is None:
+        return text is other
+    return sorted(text.splitlines()) == sorted(other.splitlines())

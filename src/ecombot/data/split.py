@@ -60,13 +60,6 @@ def interleaved(groups: list[list[Conversation]]) -> list[Conversation]:
     return [groups[k][i] for i, k in rounds]
 
 
-def same_conversations(text: str | None, other: str | None) -> bool:
-    """Two split files' texts (chat JSONL; None: no file) hold the same conversations, in any order: runs made before
-    the split's order changed (stop 41) compare equal to the same split made now."""
-    if text is None or other is None:
-        return text is other
-    return sorted(text.splitlines()) == sorted(other.splitlines())
-
 
 def leaked_questions(train: list[Conversation], other: list[Conversation]) -> list[str]:
     """Normalised questions of `other` that also appear in `train` (must be empty for an honest test)."""

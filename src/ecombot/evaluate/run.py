@@ -24,7 +24,6 @@ from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.config.evaluate import ANSWER_TOKENS
 from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
-from ecombot.data.split import same_conversations
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.grounded import StoreKnowledge, open_knowledge, own_pair
@@ -32,7 +31,7 @@ from ecombot.evaluate.heldout import engine_item_losses
 from ecombot.evaluate.result import EvalResult, IntentScores, Prediction, SliceScores, SystemScores
 from ecombot.evaluate.slices import EvalSet, builtin_slices
 from ecombot.knowledge import Grounding, embed, is_handoff, latest_question
-from ecombot.run_dir import RunDir
+from ecombot.run_dir import RunDir, same_conversations
 
 GROUNDED = {"grounded", "base+knowledge"}  # the systems answering through the knowledge base
 

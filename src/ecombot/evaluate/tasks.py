@@ -12,12 +12,11 @@ from ecombot.catalog import Product, read_catalog
 from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, read_file
-from ecombot.data.split import same_conversations
 from ecombot.errors import EcombotError
 from ecombot.models import base_model_spec
 from ecombot.evaluate import metrics
 from ecombot.evaluate.run import SystemAnswers, example_turns, fewshot_pairs, fit_answer_tokens
-from ecombot.run_dir import RunDir
+from ecombot.run_dir import RunDir, same_conversations
 
 # What `evaluate --task` can compare (all by default): the search baseline (recommend only), the base model shown k
 # solved examples, and the adapters (--adapter, each by its run's name).
