@@ -60,7 +60,6 @@ def interleaved(groups: list[list[Conversation]]) -> list[Conversation]:
     return [groups[k][i] for i, k in rounds]
 
 
-
 def leaked_questions(train: list[Conversation], other: list[Conversation]) -> list[str]:
     """Normalised questions of `other` that also appear in `train` (must be empty for an honest test)."""
     seen = {normalise_text(c.question) for c in train}

@@ -70,11 +70,11 @@ def check_page_request(body: ChatCompletionRequest, adapter: str, max_tokens: in
 
     Anyone can open a page session, so with API keys configured this is all an anonymous visitor gets.
     """
+    longest = state.answer_tokens_for(adapter)
     refused = [("model", adapter != state.page_model, f"the chat page talks to {state.page_model!r} only"),
                ("messages", any(m.role in ("system", "developer") for m in body.messages),
                 "the page's model keeps its own system prompt"),
-               ("max_tokens", max_tokens > state.answer_tokens_for(adapter),
-                f"answers are at most {state.answer_tokens_for(adapter)} tokens"),
+               ("max_tokens", max_tokens > longest, f"answers are at most {longest} tokens"),
                ("temperature", body.temperature is not None, "the server's sampling settings apply"),
                ("top_p", body.top_p is not None, "the server's sampling settings apply"),
                ("stop", bool(body.stop), "the server's stop rules apply")]
