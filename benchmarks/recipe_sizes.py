@@ -8,6 +8,7 @@ file is split into train/validation/test as a user's would be). Then every syste
 built-in test split (never in any sample), scored as `ecombot evaluate` scores them.
 
     python benchmarks/recipe_sizes.py --sizes 63,200,1000 --eval-items 40
+    python benchmarks/recipe_sizes.py --sizes 63,200 --ungrounded-shares 0,0.1   # that training share, side by side
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_results  # noqa: E402
 
 SYSTEMS = ("base", "retrieval", "finetuned", "grounded")
-METRICS = ("semantic", "intent_accuracy", "rouge_l", "fact_accuracy", "invented_fact_rate")
+METRICS = ("semantic", "intent_accuracy", "rouge_l", "fact_accuracy", "invented_fact_rate", "false_handoffs")
 
 
 def stratified(convs, n: int, seed: int):
@@ -42,7 +43,7 @@ def stratified(convs, n: int, seed: int):
     return picked
 
 
-def one_size(n: int, split, work: Path, args) -> dict:
+def one_size(n: int, split, work: Path, args, ungrounded_share: float | None = None) -> dict:
     from ecombot.config import load_config
     from ecombot.data.builtin import policy_path
     from ecombot.evaluate import EvalConfig, run_evaluation
@@ -53,22 +54,25 @@ def one_size(n: int, split, work: Path, args) -> dict:
     data.write_text("".join(json.dumps(c.to_json()) + "\n" for c in stratified(split.train, n, args.seed)))
     test = work / "builtin-test.jsonl"
     test.write_text("".join(json.dumps(c.to_json()) + "\n" for c in split.test[: args.eval_items]))
-    db = f"sqlite:///{work / f'knowledge-{n}.db'}"
+    tag = f"{n}" if ungrounded_share is None else f"{n}-plain{ungrounded_share}"
+    db = f"sqlite:///{work / f'knowledge-{tag}.db'}"
     KnowledgeBase(db, "store").add_files([policy_path()])
     overrides = {"max_steps": args.max_steps} if args.max_steps else {}
-    cfg = load_config(None, data=str(data), output=str(work / f"run-{n}"), knowledge="store", db=db,
+    if ungrounded_share is not None:
+        overrides["ungrounded_share"] = ungrounded_share
+    cfg = load_config(None, data=str(data), output=str(work / f"run-{tag}"), knowledge="store", db=db,
                       model=args.model, **overrides)
     started = time.time()
     result = train(cfg, show_progress=False)
     info = json.loads((result.run.path / "run_config.json").read_text())
     evaluation = run_evaluation(EvalConfig(test=str(test), data=str(data), adapters=[str(result.run.path)],
-                                           systems=SYSTEMS, output=str(work / f"eval-{n}"), max_new_tokens=100,
+                                           systems=SYSTEMS, output=str(work / f"eval-{tag}"), max_new_tokens=100,
                                            slices=False), None)
     name = result.run.name
     labels = {"base": "base", "retrieval": "retrieval", name: "finetuned", f"{name}+knowledge": "grounded"}
     scores = {labels[system]: {m: (getattr(s, m).value if getattr(s, m) else None) for m in METRICS}
               for system, s in evaluation.systems.items() if system in labels}
-    return {"conversations": n, "train_split": result.split["train"], "recipe": info["recipe"], "steps": result.steps,
+    return {"conversations": n, "ungrounded_share": cfg.ungrounded_share, "train_split": result.split["train"], "recipe": info["recipe"], "steps": result.steps,
             "best_step": result.best_step, "stopped_early": result.stopped_early, "train_s": result.train_seconds,
             "total_s": round(time.time() - started, 1), "tokens_per_s": result.tokens_per_s, "systems": scores}
 
@@ -78,6 +82,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="63,200,1000")
     parser.add_argument("--eval-items", type=int, default=40, help="Built-in test questions every system answers.")
     parser.add_argument("--max-steps", type=int, default=None, help="Cap every run (short form; not the rule).")
+    parser.add_argument("--ungrounded-shares", default=None,
+                        help="Comma-separated ungrounded_share values, each size trained once per value (default: "
+                             "the config's).")
     parser.add_argument("--model", default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "recipe_sizes.json"))
@@ -89,15 +96,20 @@ def main() -> None:
     split = prepare(None, 0.1, 0.1, args.seed).split
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        shares = [float(s) for s in args.ungrounded_shares.split(",")] if args.ungrounded_shares else [None]
         for n in (int(s) for s in args.sizes.split(",")):
-            rows.append(one_size(n, split, Path(tmp), args))
-            print(f"{n}: {rows[-1]['recipe']}; {rows[-1]['steps']} steps in {rows[-1]['train_s']:.0f} s", flush=True)
-            write_results(args.output, {"machine": info, "args": vars(args), "sizes": rows})
+            for share in shares:
+                rows.append(one_size(n, split, Path(tmp), args, share))
+                print(f"{n} (ungrounded_share {rows[-1]['ungrounded_share']}): {rows[-1]['recipe']}; "
+                      f"{rows[-1]['steps']} steps in {rows[-1]['train_s']:.0f} s", flush=True)
+                write_results(args.output, {"machine": info, "args": vars(args), "sizes": rows})
     fmt = lambda v: "–" if v is None else f"{v:.2f}"
-    print_table(["conversations", "steps (best)", "train s"] + [f"{s} sem / intent" for s in SYSTEMS],
-                [[str(r["conversations"]), f"{r['steps']} ({r['best_step']})", f"{r['train_s']:.0f}"]
-                 + [f"{fmt(r['systems'][s]['semantic'])} / {fmt(r['systems'][s]['intent_accuracy'])}"
-                    for s in SYSTEMS] for r in rows])
+    print_table(["conversations", "ungrounded share", "steps (best)", "train s"]
+                + [f"{s} sem / intent / facts / handoffs" for s in SYSTEMS],
+                [[str(r["conversations"]), str(r["ungrounded_share"]), f"{r['steps']} ({r['best_step']})",
+                  f"{r['train_s']:.0f}"]
+                 + [" / ".join(fmt(r["systems"][s][m]) for m in ("semantic", "intent_accuracy", "fact_accuracy",
+                                                                  "false_handoffs")) for s in SYSTEMS] for r in rows])
 
 
 if __name__ == "__main__":

@@ -276,6 +276,28 @@ def test_a_large_test_split_is_sampled_by_default_and_said(tiny_run):
     assert [p.question for p in every.predictions] == split and "heldout_questions" not in every.source
 
 
+def test_a_test_file_sorted_by_intent_is_sampled_across_its_intents(tmp_path, tiny_run):
+    """Public support sets come sorted by intent (Bitext's does): a --limit that took the file's first N scored one
+    intent. The pick is the split's stratified order, seeded, so every system and every rerun get the same items."""
+    from rich.console import Console
+
+    data, run = tiny_run
+    intents = ["refund", "shipping", "warranty", "discount"]
+    test = tmp_path / "sorted.jsonl"
+    test.write_text("".join(json.dumps({"intent": intent, "messages": [
+        {"role": "user", "content": f"question {k} about my {intent}?"},
+        {"role": "assistant", "content": f"Answer {k} on {intent}."}]}) + "\n" for intent in intents for k in range(6)))
+    console = Console(record=True, width=200)
+    picked = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=4), console)
+    assert sorted(p.intent for p in picked.predictions) == sorted(intents)
+    assert picked.source["heldout_order"] == "stratified by intent, seed 42" and picked.source["heldout_questions"] == 24
+    assert "scoring 4 of the 24 held-out questions (a seeded sample of" in console.export_text()
+    again = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=4))
+    assert [p.question for p in again.predictions] == [p.question for p in picked.predictions]
+    every = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=0))
+    assert [p.intent for p in every.predictions][:6] == ["refund"] * 6 and "heldout_order" not in every.source
+
+
 def test_leakage_is_flagged(tmp_path, tiny_run):
     data, run = tiny_run
     cfg = EvalConfig(test=str(run / "data" / "train.jsonl"), adapters=[str(run)], systems=("retrieval",),

@@ -49,6 +49,18 @@ def test_training_prompts_never_carry_their_own_answer_and_a_share_learns_the_ha
     assert 0 < sum(bool(c.meta.get("facts_edited")) for c in answered) < 0.45 * len(answered)
 
 
+def test_a_share_of_training_prompts_carries_no_passages_and_keeps_its_own_answer():
+    """What `--knowledge none` asks the adapter; without such examples it hands over on every question."""
+    convs = builtin_sample()
+    grounder = Grounder(Retriever(read_passages(policy_path()) + qa_passages(convs, "data: sample")), k=3)
+    grounded = ground_split(convs, grounder, handoff_share=0.1, seed=1, ungrounded_share=0.3)
+    plain = [(o, g) for o, g in zip(convs, grounded) if not g.meta["grounded"]]
+    assert 0.2 * len(convs) < len(plain) < 0.4 * len(convs)
+    assert all(g.messages == o.messages for o, g in plain)
+    assert all(KNOWLEDGE_HEADER in g.messages[-2]["content"] for g in grounded if g.meta["grounded"])
+    assert all(g.meta["grounded"] for g in ground_split(convs, grounder, handoff_share=0.1, seed=1))
+
+
 @pytest.mark.parametrize("text, numbers", [
     ("Standard is $4.95, free over $50, in 3–5 business days or 1-2 with Express.", ["4.95", "50", "3", "5", "1", "2"]),
     ("Order HP-20931, support@hp2.com, 24/7, 1,000 points, 10% off at 14:00.", ["10", "14", "00"]),

@@ -160,7 +160,7 @@ class RunDir:
 
     def knowledge(self) -> dict | None:
         """How the run was grounded: {"name", "db", "k", "handoff", "content_hash", "passages", "handoff_share",
-        "fact_edit_share", ...};
+        "ungrounded_share", "fact_edit_share", ...};
         None when it trained without a knowledge base (then chat, serve and evaluate answer from the weights)."""
         info = self.info()
         return (info.get("knowledge") or None) if info else None

@@ -9,7 +9,7 @@ from ecombot.data.builtin import UNSEEN_INTENTS, builtin_path
 from ecombot.data.conversation import Conversation, normalise_text
 from ecombot.data.readers import FORMATS, read_file
 from ecombot.data.split import (SPLITS, Split, conversations_jsonl, leaked_questions, split_conversations, split_files,
-                                write_split)
+                                stratified_order, write_split)
 from ecombot.data.validate import DataReport, clean
 from ecombot.errors import DataError
 
@@ -44,4 +44,4 @@ def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: f
 
 __all__ = ["Conversation", "DataReport", "FORMATS", "PreparedData", "SPLITS", "Split", "UNSEEN_INTENTS", "builtin_path",
            "clean", "conversations_jsonl", "leaked_questions", "load_conversations", "normalise_text", "prepare", "read_file",
-           "split_conversations", "split_files", "write_split"]
+           "split_conversations", "split_files", "stratified_order", "write_split"]

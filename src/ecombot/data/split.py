@@ -27,12 +27,20 @@ class Split:
 def split_conversations(convs: list[Conversation], val_fraction: float, test_fraction: float, seed: int) -> Split:
     """Conversations sharing a normalised first question form one group and land in the same split.
 
-    Stratification: within each intent the groups are shuffled, and each group gets the rank
-    (k + 0.5) / n_intent; sorting all groups by that rank and cutting at the global fractions gives every
-    intent (close to) the same share in each split, even for intents with few examples. Within a split the
-    groups' members come in rounds (`interleaved`), so any first N of a split are a stratified sample too:
-    evaluate scores the first 200 test questions, training validates on the first 100.
+    Stratification (`ranked_groups`): cutting the ranked groups at the global fractions gives every intent (close to)
+    the same share in each split, even for intents with few examples. Within a split the groups' members come in
+    rounds (`interleaved`), so any first N of a split are a stratified sample too: evaluate scores the first 200 test
+    questions, training validates on the first 100.
     """
+    ordered = ranked_groups(convs, seed)
+    n_test, n_val = round(len(ordered) * test_fraction), round(len(ordered) * val_fraction)
+    return Split(train=interleaved(ordered[n_test + n_val:]), validation=interleaved(ordered[n_test:n_test + n_val]),
+                 test=interleaved(ordered[:n_test]))
+
+
+def ranked_groups(convs: list[Conversation], seed: int) -> list[list[Conversation]]:
+    """The groups of conversations that share a normalised first question, ordered so that every intent is spread
+    evenly: within each intent the groups are shuffled, and each gets the rank (k + 0.5) / n_intent."""
     rng = random.Random(seed)
     groups: dict[str, list[Conversation]] = defaultdict(list)
     for conv in convs:
@@ -46,10 +54,13 @@ def split_conversations(convs: list[Conversation], val_fraction: float, test_fra
         rng.shuffle(members)
         ranked += [((k + 0.5) / len(members), rng.random(), g) for k, g in enumerate(members)]
     ranked.sort(key=lambda item: item[:2])
-    ordered = [g for _, _, g in ranked]
-    n_test, n_val = round(len(ordered) * test_fraction), round(len(ordered) * val_fraction)
-    return Split(train=interleaved(ordered[n_test + n_val:]), validation=interleaved(ordered[n_test:n_test + n_val]),
-                 test=interleaved(ordered[:n_test]))
+    return [g for _, _, g in ranked]
+
+
+def stratified_order(convs: list[Conversation], seed: int) -> list[Conversation]:
+    """The conversations in the order a split keeps them, so that any first N span the intents: for a test file of
+    the user's, which is often sorted by intent (the public Bitext set is), where its first N would be one or two."""
+    return interleaved(ranked_groups(convs, seed))
 
 
 def interleaved(groups: list[list[Conversation]]) -> list[Conversation]:

@@ -23,7 +23,7 @@ import numpy as np
 from ecombot.chat import BASE, Decoding, GenerationEngine, open_engine
 from ecombot.config import BUILTIN_SYSTEM_PROMPT, GENERIC_SYSTEM_PROMPT, SYSTEMS, EvalConfig
 from ecombot.config.evaluate import ANSWER_TOKENS
-from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file
+from ecombot.data import Conversation, clean, leaked_questions, prepare, read_file, stratified_order
 from ecombot.errors import EcombotError
 from ecombot.evaluate import metrics
 from ecombot.evaluate.grounded import StoreKnowledge, open_knowledge, own_pair
@@ -326,6 +326,7 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     if not cfg.adapters:
         cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned") and s != "grounded")
     say = console.print if console else (lambda *a, **k: None)
+    kept = None
     if not cfg.data and not cfg.test:
         kept = adapter_test_split(cfg.adapters)
         if kept:
@@ -334,6 +335,9 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
                 f"({kept}; --data or --test chooses another)")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
+    picked = bool(cfg.test and not kept and cfg.limit and cfg.limit < len(test))
+    if picked:  # a file of the user's, often sorted by intent: its first N could be one intent
+        test = stratified_order(test, cfg.seed)
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]
     if builtin and cfg.slices:
         sets += builtin_slices(test, cfg.seed, cfg.limit)
@@ -341,7 +345,11 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
         # The split's order is seeded and interleaves the intents in proportion (data/split.py), so the first N
         # are a stratified sample, the same for every system and every run with this seed.
         source["heldout_questions"] = len(test)
-        order = f"the first of {cfg.test}" if cfg.test else "the first of the seeded, intent-stratified split"
+        if picked:
+            source["heldout_order"] = f"stratified by intent, seed {cfg.seed}"
+        order = (f"a seeded sample of {cfg.test}, stratified by intent" if picked else
+                 f"the first of {cfg.test}, the run's split" if cfg.test else
+                 "the first of the seeded, intent-stratified split")
         say(f"scoring {len(sets[0].test)} of the {len(test)} held-out questions ({order}; `ecombot evaluate "
             f"--limit 0` scores all {len(test)})")
     source["leaked_test_questions"] = len(leaked_questions(train, sets[0].test))

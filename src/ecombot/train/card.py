@@ -23,7 +23,8 @@ def grounding_line(knowledge: dict | None) -> str:
         return "- Grounding: none (trained without a knowledge base; answers come from the weights)"
     return (f"- Grounding: knowledge base `{knowledge['name']}` ({knowledge['passages']} passages from "
             f"{', '.join(knowledge['sources'])}; content hash {knowledge['content_hash']}), {knowledge['k']} passages "
-            f"per prompt, {knowledge['handoff_share']:.0%} of conversations taught the handoff answer:\n"
+            f"per prompt, {knowledge.get('ungrounded_share', 0):.0%} of conversations shown none (to answer with "
+            f"knowledge off), {knowledge['handoff_share']:.0%} taught the handoff answer:\n"
             f"  \"{knowledge['handoff']}\"")
 
 

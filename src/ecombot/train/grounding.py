@@ -8,7 +8,9 @@ store's own text (what it needs for a topic its training data never covered, or 
 in a share of the examples the numbers the answer shares with its passages are changed in both (a 30-day window
 becomes 60 days, $4.95 becomes $9.90), so the values can only come from the passages, never from memory; and a
 share of the examples get only another question's passages with the store's handoff answer as their target, so the
-model learns to hand over rather than invent when the passages do not answer the question.
+model learns to hand over rather than invent when the passages do not answer the question. A last share is shown no
+passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system): a model that only ever saw
+passages reads their absence as "not covered" and hands over on every question (README, Results).
 """
 
 from __future__ import annotations
@@ -89,11 +91,12 @@ def edit_facts(answer: str, hits: list[Hit], factor: int) -> tuple[str, list[Hit
 
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
                  documents_only_share: float = DOCUMENTS_ONLY_SHARE,
-                 fact_edit_share: float = FACT_EDIT_SHARE) -> list[Conversation]:
+                 fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0) -> list[Conversation]:
     """Each conversation with passages in its last question; a seeded `fact_edit_share` of them with the numbers
-    their answer shares with the passages changed in both, and a seeded `handoff_share` with another conversation's
-    passages (a different answer, and a different intent where both have one) and the handoff."""
-    rng, facts_rng = random.Random(seed), random.Random(f"{seed}-facts")
+    their answer shares with the passages changed in both, a seeded `handoff_share` with another conversation's
+    passages (a different answer, and a different intent where both have one) and the handoff, and a seeded
+    `ungrounded_share` left as they were (no passages, their own answer)."""
+    rng, facts_rng, plain_rng = random.Random(seed), random.Random(f"{seed}-facts"), random.Random(f"{seed}-plain")
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
     groundings = grounder.ground_many([c.messages[:-1] for c in convs],
@@ -101,6 +104,9 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                                        for c, only in zip(convs, documents_only)])
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
+        if plain_rng.random() < ungrounded_share:
+            out.append(replace(conv, meta={**conv.meta, "grounded": False}))
+            continue
         messages, meta = grounding.messages + [conv.messages[-1]], {**conv.meta, "grounded": True}
         if facts_rng.random() < fact_edit_share:
             edited = edit_facts(conv.answer, grounding.hits, facts_rng.choice((2, 3)))
@@ -147,7 +153,7 @@ def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: 
 
 def ground_training_data(train: list[Conversation], validation: list[Conversation], data_path: str,
                          name: str, db: str | None, k: int, handoff_share: float, handoff: str | None,
-                         seed: int, index: bool = True, inherited: list[str] | None = None) -> GroundedData:
+                         seed: int, ungrounded_share: float = 0.0, index: bool = True, inherited: list[str] | None = None) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
     the validation or test pairs), then ground both splits. The run reads the base's documents, its own pairs and
     `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.base.in_scope);
@@ -167,24 +173,25 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
         wait_for_source(base, source, len(pairs))
         added = None
     grounder = Grounder(base.retriever(pairs_from=own), k=k, handoff=handoff or DEFAULT_HANDOFF)
-    grounded_train = ground_split(train, grounder, handoff_share, seed)
-    grounded_val = ground_split(validation, grounder, handoff_share, seed + 1)
+    grounded_train = ground_split(train, grounder, handoff_share, seed, ungrounded_share=ungrounded_share)
+    grounded_val = ground_split(validation, grounder, handoff_share, seed + 1, ungrounded_share=ungrounded_share)
     sources = base.sources(own)
     passages = sum(s.passages for s in sources)
     others = [s for s in base.sources() if s.name not in {t.name for t in sources}]
     record = {"name": name, "db": base.display_url, "k": k, "handoff": grounder.handoff,
               "content_hash": passages_hash(grounder.retriever.passages), "passages": passages,
-              "handoff_share": handoff_share,
+              "handoff_share": handoff_share, "ungrounded_share": ungrounded_share,
               "fact_edit_share": FACT_EDIT_SHARE, "pairs": own,
               "threshold": grounder.retriever.threshold, "sources": [s.name for s in sources]}
     handoffs = sum(c.answer == grounder.handoff for c in grounded_train)
     edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
+    plain = sum(not c.meta.get("grounded") for c in grounded_train)
     documents = [s.name for s in sources if not s.name.startswith(TRAINING_PAIRS)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
                f"pairs{replaced_note(source) if added and added.status == 'replaced' else ''}; "
                f"documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
                f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
-               f"numbers from their passages"
+               f"numbers from their passages, {plain} see no passages (as --knowledge none answers)"
                + (f"; left out: {sum(s.passages for s in others)} Q&A pairs other training runs added "
                   f"({', '.join(s.name for s in others)}), this run reads its own" if others else ""))
     return GroundedData(grounded_train, grounded_val, record, summary)

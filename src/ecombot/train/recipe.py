@@ -169,7 +169,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         parent = (RunDir(cfg.init_adapter).knowledge() or {}) if cfg.init_adapter else {}
         inherited = recorded_pairs(parent, cfg.knowledge) if parent else []  # a fresh adapter reads its own pairs
         grounded = ground_training_data(train_convs, val_convs, summary.path, cfg.knowledge, cfg.db, cfg.knowledge_k,
-                                        cfg.handoff_share, cfg.handoff_answer, cfg.seed, index=main,
+                                        cfg.handoff_share, cfg.handoff_answer, cfg.seed,
+                                        ungrounded_share=cfg.ungrounded_share, index=main,
                                         inherited=inherited)
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
