@@ -6,7 +6,7 @@ from fake_knowledge import (COVERED, HANDOFF, NOT_COVERED, RETURN_PAIR, RETURNS,
                             knowledge_bases)
 from scripted_engine import ScriptedEngine
 
-from ecombot.chat import (Decoding, TransformersEngine, PlaceholderStream, answer_streaming, fill_placeholders,
+from ecombot.chat import (BASE, Decoding, TransformersEngine, PlaceholderStream, answer_streaming, fill_placeholders,
                           open_knowledge, parse_context, repl)
 from ecombot.chat.terminal import HANDOFF_NOTE
 from ecombot.errors import EcombotError
@@ -224,6 +224,29 @@ def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dir
         engine.add_adapter("fr", adapter_dirs["fr"])
     with pytest.raises(Exception, match="4, 8 or 16"):
         engine.speed_up_decoding(5)
+
+
+def test_adapters_named_with_dots_load_and_answer_under_their_names(tiny_model_dir, adapter_dirs):
+    """A run folder such as "run-v1.2" names its adapter; PEFT refuses "." in an adapter's name (evaluate failed:
+    "module name can't contain '.'")."""
+    import torch
+
+    from ecombot.chat import open_engine
+
+    named = [("support.v1.2", adapter_dirs["support"]), ("fr.v2", adapter_dirs["fr"])]
+    engine = open_engine(str(tiny_model_dir), named, Decoding(max_new_tokens=4), precision="fp32")
+    assert engine.adapters() == ["support.v1.2", "fr.v2"] and engine.default_adapter == "support.v1.2"
+    ids = torch.tensor([engine.prompt_ids([{"role": "user", "content": "Where is my order?"}])])
+
+    def logits(name=None):
+        with torch.inference_mode(), engine.using(name):
+            return engine.model(input_ids=ids).logits
+
+    support, fr, base = logits("support.v1.2"), logits("fr.v2"), logits(BASE)
+    assert not torch.equal(support, fr) and not torch.equal(fr, base)  # each name answers with its own weights
+    assert torch.equal(logits(), support)
+    with pytest.raises(Exception, match="unknown adapter 'support'"):
+        logits("support")
 
 
 def test_each_adapter_is_told_the_system_prompt_it_was_trained_with(tiny_model_dir, adapter_dirs, tmp_path):

@@ -21,8 +21,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from ecombot import speedups
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import (CHAT_ANSWER_TOKENS, LoadedModel, answer_token_limit, encode_prompt, stop_token_ids,
-                            with_system)
+from ecombot.models import (CHAT_ANSWER_TOKENS, LoadedModel, adapter_display_name, answer_token_limit, encode_prompt,
+                            peft_adapter_name, stop_token_ids, with_system)
 from ecombot.run_dir import RunDir
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
@@ -279,13 +279,14 @@ class TransformersEngine(PromptingEngine):
         limit = getattr(loaded.model.config, "max_position_embeddings", context_tokens) or context_tokens
         super().__init__(loaded.tokenizer, system_prompt, decoding, min(context_tokens, limit))
         self.model, self.loaded = loaded.model, loaded
-        self.default_adapter = getattr(self.model, "active_adapter", None) or BASE
+        active = getattr(self.model, "active_adapter", None)
+        self.default_adapter = adapter_display_name(active) if active else BASE
         if self.default_adapter != BASE:
             self._register(self.default_adapter, loaded.adapter_dir, loaded.adapter_version)
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
 
     def adapters(self) -> list[str]:
-        return list(getattr(self.model, "peft_config", {}))
+        return [adapter_display_name(name) for name in getattr(self.model, "peft_config", {})]
 
     def speed_up_decoding(self, bits: int = 8) -> None:
         """On CPUs with bf16 weights, answer one-token steps with int8/int4 weights (speedups/lowbit.py).
@@ -305,7 +306,8 @@ class TransformersEngine(PromptingEngine):
             raise ModelError("extra adapters need the engine to be loaded with a first adapter")
         version = RunDir(path).live_version()
         try:
-            self.model.load_adapter(str(RunDir(path).version(version).path), adapter_name=name)
+            self.model.load_adapter(str(RunDir(path).version(version).path),
+                                    adapter_name=peft_adapter_name(name))
         except Exception as exc:
             raise ModelError(f"{path}: the adapter does not fit the loaded base model ({type(exc).__name__}: {exc})") from None
         self.model.eval()
@@ -323,7 +325,7 @@ class TransformersEngine(PromptingEngine):
         for name, (version, live) in self.promoted().items():
             weights = load_file(str(live.path / "adapter_model.safetensors"))
             with self.lock:
-                result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
+                result = set_peft_model_state_dict(self.model, weights, adapter_name=peft_adapter_name(name))
                 if getattr(result, "unexpected_keys", None):
                     raise ModelError(f"{live.path}: the adapter does not match the loaded one "
                                      f"({len(result.unexpected_keys)} unexpected tensors)")
@@ -338,7 +340,7 @@ class TransformersEngine(PromptingEngine):
             with self.model.disable_adapter() if self.adapters() else contextlib.nullcontext():
                 yield
             return
-        self.model.set_adapter(adapter)
+        self.model.set_adapter(peft_adapter_name(adapter))
         yield
 
     @torch.inference_mode()

@@ -4,17 +4,17 @@ model is scored on (answer tokens only, models/loss.py)."""
 from ecombot.models.device import cpu_has_native_bf16, pick_device, resolve_precision
 from ecombot.models.encoding import (ANSWER_TOKENS_CAP, CHAT_ANSWER_TOKENS, EncodedSet, PackedCollator, PadCollator,
                                     answer_token_counts, answer_token_limit, encode_conversations)
-from ecombot.models.loading import (LoadedModel, base_model_spec, load_adapter_base, load_base_model, load_for_inference,
-                                   load_tokenizer)
+from ecombot.models.loading import (LoadedModel, adapter_display_name, base_model_spec, load_adapter_base,
+                                   load_base_model, load_for_inference, load_tokenizer, peft_adapter_name)
 from ecombot.models.loss import batch_tokens, scoring_batch, supervised_loss, supervised_positions, token_losses
 from ecombot.models.registry import DEFAULT_MODEL, convert_gguf, ecombot_home, resolve_model
 from ecombot.models.template import (Encoded, encode_conversation, encode_prompt, ensure_chat_template, render,
                                      stop_token_ids, with_system)
 
 __all__ = ["ANSWER_TOKENS_CAP", "CHAT_ANSWER_TOKENS", "DEFAULT_MODEL", "Encoded", "EncodedSet", "LoadedModel",
-           "PackedCollator", "PadCollator", "answer_token_counts", "answer_token_limit", "base_model_spec",
-           "batch_tokens", "convert_gguf", "cpu_has_native_bf16", "ecombot_home", "encode_conversation",
-           "encode_conversations", "encode_prompt", "ensure_chat_template", "load_adapter_base", "load_base_model",
-           "load_for_inference", "load_tokenizer", "pick_device", "render", "resolve_model", "resolve_precision",
-           "scoring_batch", "stop_token_ids", "supervised_loss", "supervised_positions", "token_losses",
-           "with_system"]
+           "PackedCollator", "PadCollator", "adapter_display_name", "answer_token_counts", "answer_token_limit",
+           "base_model_spec", "batch_tokens", "convert_gguf", "cpu_has_native_bf16", "ecombot_home",
+           "encode_conversation", "encode_conversations", "encode_prompt", "ensure_chat_template", "load_adapter_base",
+           "load_base_model", "load_for_inference", "load_tokenizer", "peft_adapter_name", "pick_device", "render",
+           "resolve_model", "resolve_precision", "scoring_batch", "stop_token_ids", "supervised_loss",
+           "supervised_positions", "token_losses", "with_system"]

@@ -79,6 +79,19 @@ def base_model_spec(model: str | None, adapter: str | Path | None) -> str:
     return RunDir(adapter).base_model()
 
 
+# PEFT keeps each adapter in a torch ModuleDict under its name, and a module name may not hold "."; the names users
+# see (a run folder such as "run-v1.2", an API model id) may. Stored with a look-alike character, shown as given.
+PEFT_DOT = "\u2024"
+
+
+def peft_adapter_name(name: str) -> str:
+    return name.replace(".", PEFT_DOT)
+
+
+def adapter_display_name(peft_name: str) -> str:
+    return peft_name.replace(PEFT_DOT, ".")
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -112,7 +125,8 @@ def load_for_inference(model: str | None = None, adapter: str | Path | None = No
     base = load_adapter_base(model_dir, method, dtype=dtype, device=device)
     if adapter_dir is not None:
         try:
-            base = PeftModel.from_pretrained(base, str(source.path), adapter_name=adapter_name)
+            base = PeftModel.from_pretrained(base, str(source.path),
+                                              adapter_name=peft_adapter_name(adapter_name))
         except Exception as exc:
             raise ModelError(f"{adapter_dir}: the adapter does not fit base model {spec} ({type(exc).__name__}: {exc})") from None
     base.eval()
