@@ -192,3 +192,16 @@ def test_step_ops_short_form(tiny_model_dir, tmp_path):
     assert 0.5 < sum(row["share"] for row in result["ops"]) <= 1 + 1e-4 * len(ops)  # shares rounded to 4 places
     assert result["tokens_per_s"] > 0
     assert result["profiled_self_s_per_step"] <= result["step_s"] * 1.5
+
+
+def test_support_log_csv_is_read_whole_with_its_multi_line_answers(tmp_path):
+    from ecombot.data import load_conversations
+
+    output = tmp_path / "support.csv"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "support_log_csv.py"), "--rows-per-intent", "5",
+                          "--output", str(output)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    conversations, report = load_conversations(output)
+    assert report.rows_read == len(conversations) == 60 and not report.dropped
+    assert len({c.intent for c in conversations}) == 12
+    assert all(c.answers[0].count("\n") >= 4 and "1. " in c.answers[0] for c in conversations)
