@@ -72,7 +72,8 @@ def one_size(n: int, split, work: Path, args, ungrounded_share: float | None = N
     labels = {"base": "base", "retrieval": "retrieval", name: "finetuned", f"{name}+knowledge": "grounded"}
     scores = {labels[system]: {m: (getattr(s, m).value if getattr(s, m) else None) for m in METRICS}
               for system, s in evaluation.systems.items() if system in labels}
-    return {"conversations": n, "ungrounded_share": cfg.ungrounded_share, "train_split": result.split["train"], "recipe": info["recipe"], "steps": result.steps,
+    return {"conversations": n, "ungrounded_share": cfg.ungrounded_share, "train_split": result.split["train"],
+            "recipe": info["recipe"], "steps": result.steps,
             "best_step": result.best_step, "stopped_early": result.stopped_early, "train_s": result.train_seconds,
             "total_s": round(time.time() - started, 1), "tokens_per_s": result.tokens_per_s, "systems": scores}
 

@@ -9,7 +9,7 @@ from scripted_engine import ScriptedEngine
 from ecombot.chat import (BASE, Decoding, TransformersEngine, PlaceholderStream, answer_streaming, fill_placeholders,
                           open_knowledge, parse_context, repl)
 from ecombot.chat.terminal import HANDOFF_NOTE
-from ecombot.errors import EcombotError
+from ecombot.errors import EcombotError, ModelError
 from ecombot.knowledge import REUSE_THRESHOLD
 from ecombot.models import load_for_inference
 from ecombot.run_dir import RunDir
@@ -245,7 +245,7 @@ def test_adapters_named_with_dots_load_and_answer_under_their_names(tiny_model_d
     support, fr, base = logits("support.v1.2"), logits("fr.v2"), logits(BASE)
     assert not torch.equal(support, fr) and not torch.equal(fr, base)  # each name answers with its own weights
     assert torch.equal(logits(), support)
-    with pytest.raises(Exception, match="unknown adapter 'support'"):
+    with pytest.raises(ModelError, match="unknown adapter 'support'"):
         logits("support")
 
 

@@ -82,3 +82,12 @@ def test_numbers_given_replace_the_size_rule():
     cfg, recipe = fit_to_data(load_config(None, epochs=2, learning_rate=2e-4, batch_size=8, eval_steps=50), 63)
     assert (cfg.epochs, cfg.learning_rate, cfg.batch_size, cfg.eval_steps, cfg.max_steps) == (2, 2e-4, 8, 50, -1)
     assert "passes" not in recipe.reason
+
+
+def test_a_recorded_config_trains_on_as_it_was_recorded():
+    """Resume and `learn` rebuild a run's config from run_config.json: one recorded before ungrounded prompts keeps
+    none; a recorded share, and every other recorded value, is kept as it was."""
+    before = {k: v for k, v in TrainConfig(learning_rate=3e-4).to_dict().items() if k != "ungrounded_share"}
+    assert TrainConfig.recorded(before) == TrainConfig(learning_rate=3e-4, ungrounded_share=0.0)
+    assert TrainConfig.recorded(TrainConfig(ungrounded_share=0.2).to_dict()).ungrounded_share == 0.2
+    assert TrainConfig().ungrounded_share == 0.1

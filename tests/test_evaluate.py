@@ -290,7 +290,8 @@ def test_a_test_file_sorted_by_intent_is_sampled_across_its_intents(tmp_path, ti
     console = Console(record=True, width=200)
     picked = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=4), console)
     assert sorted(p.intent for p in picked.predictions) == sorted(intents)
-    assert picked.source["heldout_order"] == "stratified by intent, seed 42" and picked.source["heldout_questions"] == 24
+    assert picked.source["heldout_order"] == "stratified by intent, seed 42"
+    assert picked.source["heldout_questions"] == 24
     assert "scoring 4 of the 24 held-out questions (a seeded sample of" in console.export_text()
     again = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=4))
     assert [p.question for p in again.predictions] == [p.question for p in picked.predictions]

@@ -50,14 +50,21 @@ def test_training_prompts_never_carry_their_own_answer_and_a_share_learns_the_ha
 
 
 def test_a_share_of_training_prompts_carries_no_passages_and_keeps_its_own_answer():
-    """What `--knowledge none` asks the adapter; without such examples it hands over on every question."""
+    """What `--knowledge none` asks the adapter; without such examples it hands over or rambles without passages.
+    Nothing is retrieved for them, and a handoff example borrows only a grounded conversation's passages."""
     convs = builtin_sample()
     grounder = Grounder(Retriever(read_passages(policy_path()) + qa_passages(convs, "data: sample")), k=3)
-    grounded = ground_split(convs, grounder, handoff_share=0.1, seed=1, ungrounded_share=0.3)
+    asked = []
+    ground_many = grounder.ground_many
+    grounder.ground_many = lambda questions, filters: asked.append(len(questions)) or ground_many(questions, filters)
+    grounded = ground_split(convs, grounder, handoff_share=0.5, seed=1, ungrounded_share=0.3)
     plain = [(o, g) for o, g in zip(convs, grounded) if not g.meta["grounded"]]
     assert 0.2 * len(convs) < len(plain) < 0.4 * len(convs)
+    assert asked == [len(convs) - len(plain)]
     assert all(g.messages == o.messages for o, g in plain)
     assert all(KNOWLEDGE_HEADER in g.messages[-2]["content"] for g in grounded if g.meta["grounded"])
+    handoffs = [g for g in grounded if g.answer == DEFAULT_HANDOFF]
+    assert 0.35 * (len(convs) - len(plain)) < len(handoffs) < 0.65 * (len(convs) - len(plain))
     assert all(g.meta["grounded"] for g in ground_split(convs, grounder, handoff_share=0.1, seed=1))
 
 

@@ -140,6 +140,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def recorded(cls, config: dict[str, Any]) -> TrainConfig:
+        """The config a run recorded (`run_config.json`), as it trained: a run recorded before ungrounded prompts
+        existed had none, so its resumed steps and its `learn` versions go on without them (a version compared with
+        its parent on the guard set differs from it by the feedback, not by the recipe)."""
+        return cls(**{"ungrounded_share": 0.0, **config})
+
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

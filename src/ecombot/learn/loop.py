@@ -141,7 +141,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     lineage = root.lineage()
     drop_unfinished(root, lineage)
     parent = root.version(lineage["live"])
-    parent_cfg = TrainConfig(**parent.info()["config"])
+    parent_cfg = TrainConfig.recorded(parent.info()["config"])
     if parent_cfg.task != "support":
         raise EcombotError(f"{root.path}: a {parent_cfg.task} run; `ecombot learn` learns from reviewed support answers "
                            "(train a new version of a catalog task with `ecombot train --task ...` on the new catalog)")

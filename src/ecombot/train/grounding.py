@@ -9,8 +9,9 @@ in a share of the examples the numbers the answer shares with its passages are c
 becomes 60 days, $4.95 becomes $9.90), so the values can only come from the passages, never from memory; and a
 share of the examples get only another question's passages with the store's handoff answer as their target, so the
 model learns to hand over rather than invent when the passages do not answer the question. A last share is shown no
-passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system): a model that only ever saw
-passages reads their absence as "not covered" and hands over on every question (README, Results).
+passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system, an export prompted without
+passages): a model that only ever saw passages reads their absence as "not covered" and hands over or rambles (on a
+support log a third of its answers were handoffs; README, Results, "Prompts without passages").
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
-from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Hit, KnowledgeBase, Passage, ground_messages,
-                               passages_hash, qa_passages)
+from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Grounding, Hit, KnowledgeBase, Passage,
+                               ground_messages, passages_hash, qa_passages)
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
@@ -92,19 +93,24 @@ def edit_facts(answer: str, hits: list[Hit], factor: int) -> tuple[str, list[Hit
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
                  documents_only_share: float = DOCUMENTS_ONLY_SHARE,
                  fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0) -> list[Conversation]:
-    """Each conversation with passages in its last question; a seeded `fact_edit_share` of them with the numbers
-    their answer shares with the passages changed in both, a seeded `handoff_share` with another conversation's
-    passages (a different answer, and a different intent where both have one) and the handoff, and a seeded
-    `ungrounded_share` left as they were (no passages, their own answer)."""
+    """A seeded `ungrounded_share` of the conversations left as they were (no passages, their own answer, nothing
+    retrieved for them); each other one with passages in its last question, a seeded `fact_edit_share` of those with
+    the numbers their answer shares with the passages changed in both, and a seeded `handoff_share` with another
+    grounded conversation's passages (a different answer, and a different intent where both have one) and the
+    handoff."""
     rng, facts_rng, plain_rng = random.Random(seed), random.Random(f"{seed}-facts"), random.Random(f"{seed}-plain")
+    plain = [plain_rng.random() < ungrounded_share for _ in convs]
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
-    groundings = grounder.ground_many([c.messages[:-1] for c in convs],
-                                      [is_qa_pair if only else own_answer_filter(c)
-                                       for c, only in zip(convs, documents_only)])
+    grounded = [i for i, skip in enumerate(plain) if not skip]
+    found = grounder.ground_many([convs[i].messages[:-1] for i in grounded],
+                                 [is_qa_pair if documents_only[i] else own_answer_filter(convs[i]) for i in grounded])
+    groundings: list[Grounding | None] = [None] * len(convs)
+    for i, grounding in zip(grounded, found):
+        groundings[i] = grounding
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
-        if plain_rng.random() < ungrounded_share:
+        if grounding is None:
             out.append(replace(conv, meta={**conv.meta, "grounded": False}))
             continue
         messages, meta = grounding.messages + [conv.messages[-1]], {**conv.meta, "grounded": True}
@@ -114,8 +120,8 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                 messages = ground_messages(conv.messages[:-1], edited[1]) + [
                     {"role": "assistant", "content": edited[0]}]
                 meta["facts_edited"] = True
-        if len(convs) > 1 and rng.random() < handoff_share:
-            other = distractor_source(convs, i, rng)
+        if len(grounded) > 1 and rng.random() < handoff_share:
+            other = distractor_source(convs, i, rng, candidates=grounded)
             if other is not None:
                 hits = [h for h in groundings[other].hits if not own_answer_filter(conv)(h.passage)]
                 messages = ground_messages(conv.messages[:-1], hits) + [
@@ -125,10 +131,12 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
     return out
 
 
-def distractor_source(convs: list[Conversation], i: int, rng: random.Random, tries: int = 20) -> int | None:
+def distractor_source(convs: list[Conversation], i: int, rng: random.Random, candidates: list[int],
+                      tries: int = 20) -> int | None:
+    """Another of the `candidates` (the grounded conversations) whose passages answer something else."""
     conv = convs[i]
     for _ in range(tries):
-        j = rng.randrange(len(convs))
+        j = rng.choice(candidates)
         other = convs[j]
         same_intent = conv.intent is not None and conv.intent == other.intent
         if j != i and not same_intent and normalise_text(other.answer) != normalise_text(conv.answer):
@@ -153,7 +161,8 @@ def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: 
 
 def ground_training_data(train: list[Conversation], validation: list[Conversation], data_path: str,
                          name: str, db: str | None, k: int, handoff_share: float, handoff: str | None,
-                         seed: int, ungrounded_share: float = 0.0, index: bool = True, inherited: list[str] | None = None) -> GroundedData:
+                         seed: int, *, ungrounded_share: float = 0.0, index: bool = True,
+                         inherited: list[str] | None = None) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
     the validation or test pairs), then ground both splits. The run reads the base's documents, its own pairs and
     `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.base.in_scope);

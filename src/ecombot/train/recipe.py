@@ -49,8 +49,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Tr
                                f"one, at step {info['config']['eval_steps']}); start it again with --overwrite")
         if is_main_process():
             run.drop_log_after(checkpoint_step(checkpoint))
-        # a run begun before ungrounded prompts existed goes on without them, as it began
-        return TrainConfig(**{"ungrounded_share": 0.0, **info["config"]}), run, checkpoint
+        return TrainConfig.recorded(info["config"]), run, checkpoint
     if not is_main_process():
         return cfg, run, None
     if run.path.exists() and any(run.path.iterdir()):
