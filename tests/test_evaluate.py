@@ -297,6 +297,12 @@ def test_a_test_file_sorted_by_intent_is_sampled_across_its_intents(tmp_path, ti
     assert [p.question for p in again.predictions] == [p.question for p in picked.predictions]
     every = evaluate(EvalConfig(test=str(test), adapters=[str(run)], systems=("retrieval",), limit=0))
     assert [p.intent for p in every.predictions][:6] == ["refund"] * 6 and "heldout_order" not in every.source
+    # the run's own split, already in that order, is scored alike whether --test names it or evaluate finds it
+    found = evaluate(EvalConfig(adapters=[str(run)], systems=("retrieval",), limit=3))
+    named = evaluate(EvalConfig(test=str(run / "data" / "test.jsonl"), adapters=[str(run)], systems=("retrieval",),
+                                limit=3))
+    assert found.source["heldout_questions"] > 3 and "heldout_order" not in named.source
+    assert [p.question for p in named.predictions] == [p.question for p in found.predictions]
 
 
 def test_leakage_is_flagged(tmp_path, tiny_run):

@@ -87,6 +87,12 @@ def adapter_test_split(adapters: list[str]) -> Path | None:
     return found[0][0].data_dir / "test.jsonl" if found and found[0][2] is not None else None
 
 
+def is_run_split(path: Path) -> bool:
+    """A test split a run kept (RUN/data/test.jsonl): scored as the run scores it, whether named or found."""
+    run = RunDir(path.parent.parent)
+    return path.name == "test.jsonl" and run.data_dir == path.parent and run.info() is not None
+
+
 def load_sets(cfg: EvalConfig) -> tuple[list[Conversation], list[Conversation], dict]:
     """The whole test set (and the training set that retrieval and few-shot draw on), split as `train` does."""
     if cfg.test:
@@ -335,7 +341,8 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
                 f"({kept}; --data or --test chooses another)")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
-    picked = bool(cfg.test and not kept and cfg.limit and cfg.limit < len(test))
+    run_split = kept or (cfg.test and is_run_split(Path(cfg.test)))  # already in the split's stratified order
+    picked = bool(cfg.test and not run_split and cfg.limit and cfg.limit < len(test))
     if picked:  # a file of the user's, often sorted by intent: its first N could be one intent
         test = stratified_order(test, cfg.seed)
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]
