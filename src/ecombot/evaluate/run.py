@@ -332,7 +332,6 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
     if not cfg.adapters:
         cfg.systems = tuple(s for s in cfg.systems if not s.startswith("finetuned") and s != "grounded")
     say = console.print if console else (lambda *a, **k: None)
-    kept = None
     if not cfg.data and not cfg.test:
         kept = adapter_test_split(cfg.adapters)
         if kept:
@@ -341,8 +340,8 @@ def evaluate(cfg: EvalConfig, console=None) -> EvalResult:
                 f"({kept}; --data or --test chooses another)")
     test, train, source = load_sets(cfg)
     builtin = cfg.data is None and cfg.test is None
-    run_split = kept or (cfg.test and is_run_split(Path(cfg.test)))  # already in the split's stratified order
-    picked = bool(cfg.test and not run_split and cfg.limit and cfg.limit < len(test))
+    # a run's kept split, named or found, is already in the split's stratified order
+    picked = bool(cfg.test and not is_run_split(Path(cfg.test)) and cfg.limit and cfg.limit < len(test))
     if picked:  # a file of the user's, often sorted by intent: its first N could be one intent
         test = stratified_order(test, cfg.seed)
     sets = [EvalSet("heldout", test[: cfg.limit] if cfg.limit else test)]

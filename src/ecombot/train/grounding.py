@@ -103,11 +103,10 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
     grounded = [i for i, skip in enumerate(plain) if not skip]
-    found = grounder.ground_many([convs[i].messages[:-1] for i in grounded],
-                                 [is_qa_pair if documents_only[i] else own_answer_filter(convs[i]) for i in grounded])
-    groundings: list[Grounding | None] = [None] * len(convs)
-    for i, grounding in zip(grounded, found):
-        groundings[i] = grounding
+    found = iter(grounder.ground_many([convs[i].messages[:-1] for i in grounded],
+                                      [is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
+                                       for i in grounded]))
+    groundings: list[Grounding | None] = [None if skip else next(found) for skip in plain]
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
         if grounding is None:
