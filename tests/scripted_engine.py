@@ -21,6 +21,7 @@ class ScriptedEngine:
         self.cancelled = 0
         self.seen: list[list[dict[str, str]]] = []
         self.decodings: list[Decoding] = []  # each batch's
+        self.grammars: list[list[str | None] | None] = []  # each batch's, a grammar per row (None: all free)
 
     def adapters(self) -> list[str]:
         return ["support"]
@@ -31,8 +32,10 @@ class ScriptedEngine:
             raise PromptTooLong(f"{words} words")
         return list(range(words))
 
-    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None):
+    def generate(self, conversations, adapter=None, decoding=None, max_new_tokens=None, on_text=None, prompts=None,
+                 grammars=None):
         self.batches.append(len(conversations))
+        self.grammars.append(grammars)
         self.decodings.append(decoding)
         self.seen.extend(conversations)
         words = self.answer.split(" ")

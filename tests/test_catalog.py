@@ -264,6 +264,40 @@ def test_recommend_targets_list_the_matching_candidates_in_search_order_or_say_n
     assert recommend_answer(request, [p for p in builtin if p.sku not in request.answers][:8]) == NONE_MATCH
 
 
+def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_another_product(builtin, tiny_tokenizer):
+    """Token by token, as the model decodes: each target the task trains on is allowed whole (then only a stop);
+    another product's SKU, a fourth line, a misspelt SKU or an empty answer is refused where it starts."""
+    from ecombot.catalog.recommend import NONE_MATCH, answer_grammar, recommend_answer, with_candidates
+    from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
+    from ecombot.models import stop_token_ids
+
+    stops = stop_token_ids(tiny_tokenizer)
+    grammar_tokenizer = GrammarTokenizer(tiny_tokenizer, len(tiny_tokenizer), stops)
+
+    def refused_at(text: str, skus: list[str]) -> int | None:
+        """The token index where the grammar first refuses `text` (len: refused the stop after it; None: allowed)."""
+        rows, ids = RowGrammars(grammar_tokenizer, [answer_grammar(skus)]), tiny_tokenizer.encode(text)
+        for k in range(len(ids) + 1):
+            allowed = rows.allowed(0, ids[:k])
+            if not (allowed[ids[k]] if k < len(ids) else all(allowed[s] for s in stops)):
+                return k
+        return None
+
+    targets = 0
+    for request, candidates in with_candidates(builtin, recommendation_requests(builtin, 12, seed=3)):
+        skus = [p.sku for p in candidates]
+        answer = recommend_answer(request, candidates)
+        assert refused_at(answer, skus) is None, answer
+        targets += answer != NONE_MATCH
+        other = next(p.sku for p in builtin if p.sku not in skus)
+        assert refused_at(f"{other}: {candidates[0].title}", skus) is not None
+        assert refused_at(f"{skus[0][:-1]}X: misspelt", skus) is not None
+        assert refused_at("\n".join(f"{s}: fits" for s in skus[:4]), skus) is not None  # at most three lines
+        assert refused_at("", skus) == 0  # an empty answer is no answer
+    assert targets >= 6  # most requests have products to name, not only "none matches"
+    assert refused_at(NONE_MATCH, []) is None and refused_at("HP-01: x", []) == 0  # no candidates: only "none"
+
+
 def test_parsed_recommendations_keep_candidates_only_once_and_count_the_rest(builtin):
     from ecombot.catalog.recommend import parse_recommendations
 
@@ -292,6 +326,7 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
                                                                                          builtin, write_catalog):
     from typer.testing import CliRunner
 
+    from ecombot.catalog.recommend import NONE_MATCH
     from ecombot.cli import app
     from ecombot.errors import EcombotError
 
@@ -322,9 +357,23 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
     assert result.exit_code == 0, result.output
     assert set(json.loads((out / "results.json").read_text())["systems"]) == {"search"}
     for extra, message in ((["--systems", "search,grounded"], "compares search, base-fewshot, finetuned"),
-                           (["--knowledge", "shop"], "without a knowledge base: drop --knowledge")):
+                           (["--knowledge", "shop"], "without a knowledge base: drop --knowledge"),
+                           (["--grammar", "products"], "--grammar products: choose candidates, catalog, none"),
+                           (["--task", "copy", "--grammar", "none"], "no effect with --task copy")):
         result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), *extra])
         assert isinstance(result.exception, EcombotError) and message in str(result.exception), result.output
+
+    # decoding under the grammar of the whole catalog: answers may name any product, and only products
+    result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), "--output", str(out),
+                                 "--systems", "finetuned", "--limit", "3", "--max-new-tokens", "12",
+                                 "--grammar", "catalog"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "results.json").read_text())
+    assert scores["grammar"] == "catalog"
+    assert "any product of the catalog" in (out / "report.md").read_text()
+    texts = [json.loads(line)["rec-run"]["text"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    starts = [p.sku + ": " for p in builtin[::8]] + [NONE_MATCH]  # the catalog's products, or "none matches"
+    assert len(texts) == 3 and all(any(t.startswith(s) or s.startswith(t) for s in starts) for t in texts), texts
 
 
 def test_catalog_spellings_users_have_read_the_same(tmp_path):

@@ -50,6 +50,39 @@ def test_batched_generation_is_deterministic(engine):
     assert engine.generate(questions[:1])[0].text == first[0]  # left padding does not change the answer
 
 
+def follows_recommend_grammar(text: str, skus: list[str], complete: bool) -> bool:
+    """Whether `text` is an answer `answer_grammar(skus)` allows (complete: whole; else a start of one)."""
+    from ecombot.catalog.recommend import MAX_PICKS, NONE_MATCH
+
+    if NONE_MATCH.startswith(text) if not complete else text == NONE_MATCH:
+        return True
+    lines = text.split("\n")
+    whole = lines if complete else lines[:-1]
+    last_ok = complete or any(s.startswith(lines[-1]) or (lines[-1].startswith(s + ": ") and len(lines[-1]) > len(s) + 2)
+                              for s in skus)
+    return (len(lines) <= MAX_PICKS and last_ok
+            and all(line.split(": ", 1)[0] in skus and len(line.split(": ", 1)) == 2 and line.split(": ", 1)[1]
+                    for line in whole))
+
+
+def test_grammar_rows_answer_only_what_their_grammar_allows_beside_free_rows(engine):
+    from ecombot.catalog.recommend import answer_grammar
+
+    skus = ["HP-01002", "OAK/7"]
+    questions = [[{"role": "user", "content": f"Recommend a table, option {i}"}] for i in range(3)]
+    free = engine.generate(questions, max_new_tokens=[40] * 3)
+    assert not any(follows_recommend_grammar(g.text, skus, True) for g in free)  # the random model's own answers
+    grammar = answer_grammar(skus)
+    constrained = engine.generate(questions, max_new_tokens=[40, 40, 4], grammars=[grammar, None, grammar])
+    # a free row beside constrained ones answers as it did alone
+    assert (constrained[1].text, constrained[1].new_tokens) == (free[1].text, free[1].new_tokens)
+    first, cut = constrained[0], constrained[2]
+    assert follows_recommend_grammar(first.text, skus, first.finish_reason == "stop"), first
+    # row 2 stopped at its own 4-token budget while row 0 went on (generate pads it): still a start of an answer
+    assert cut.finish_reason == "length" and cut.new_tokens == 4 and follows_recommend_grammar(cut.text, skus, False)
+    assert engine.generate(questions[:1], max_new_tokens=[40], grammars=[grammar])[0].text == first.text
+
+
 def test_stream_gives_the_same_text_as_generate(engine):
     question = [{"role": "user", "content": "Can I pay with PayPal?"}]
     assert "".join(engine.stream(question)) == engine.generate([question])[0].text

@@ -98,6 +98,16 @@ def test_greedy_answers_and_losses_equal_the_pytorch_engine_for_every_adapter(en
         texts[adapter] = [g.text for g in ours]
         assert {g.version for g in ours} == {None if adapter == BASE else "v1"}
     assert texts["support"] != texts["fr"] != texts[BASE]  # each adapter changes the answers
+    # constrained decoding (a recommendation's grammar on two rows, the third free): the same greedy answers
+    from ecombot.catalog.recommend import answer_grammar
+
+    grammars = [answer_grammar(["HP-01002", "OAK/7"]), None, answer_grammar(["AB-1"])]
+    ours, theirs = (e.generate(QUESTIONS, "support", max_new_tokens=[30] * 3, grammars=grammars)
+                    for e in (llama, torch_engine))
+    assert [g.text for g in ours] == [g.text for g in theirs]
+    free = llama.generate(QUESTIONS, "support", max_new_tokens=[30] * 3)
+    assert ours[1].text == free[1].text and ours[2].text.startswith(("AB-1: ", "None of")) != free[2].text.startswith(
+        ("AB-1: ", "None of"))
     assert llama.system_prompt("fr") == "Réponds en français." and llama.system_prompt(BASE) == PROMPT
 
     from ecombot.data import Conversation

@@ -241,9 +241,13 @@ def evaluate(
     task: str = typer.Option("support", help="support; copy: the held-out products of a --task copy run, their "
                                              "descriptions checked attribute by attribute; recommend: the held-out "
                                              "requests of a --task recommend run against the search baseline."),
+    grammar: Optional[str] = typer.Option(None, help="--task recommend: what an answer may name, by constrained "
+                                          "decoding: candidates (the products its prompt shows; the default, as "
+                                          "serve), catalog (any product), none (free text, other lines dropped)."),
 ) -> None:
     """Compare base, few-shot, retrieval, fine-tuned and grounded systems on one held-out test set (and the built-in
     data's slices), with 95% CIs."""
+    from ecombot.catalog.recommend import GRAMMARS
     from ecombot.config.evaluate import SYSTEMS
     from ecombot.evaluate import EvalConfig, print_table, run_evaluation
     from ecombot.evaluate.tasks import TASK_SYSTEMS
@@ -253,7 +257,12 @@ def evaluate(
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=chosen,
-                     knowledge=knowledge, db=db, reuse_answers=reuse_answers, slices=slices, engine=engine)
+                     knowledge=knowledge, db=db, reuse_answers=reuse_answers, slices=slices, engine=engine,
+                     grammar=grammar)
+    if grammar is not None and task != "recommend":
+        raise EcombotError(f"--grammar chooses what recommendations may name; it has no effect with --task {task}")
+    if grammar is not None and grammar not in GRAMMARS:
+        raise EcombotError(f"--grammar {grammar}: choose {', '.join(GRAMMARS)}")
     if task != "support":
         from ecombot.evaluate.tasks import evaluate_task
 

@@ -27,6 +27,10 @@ NONE_MATCH = "None of our products matches every part of that request."
 # Why not support's 1.1: answer lines naming products share most of their tokens (SKU prefix, material, "$"), so
 # the penalty cut every answer of the 80-step adapter at two lines (64 of 64 held-out requests); at 1.0 it wrote 3.
 REPETITION_PENALTY = 1.0
+# What an answer may name, by constrained decoding (`answer_grammar`): "candidates" (the products the prompt shows),
+# "catalog" (any product of the catalog) or "none" (free text; `parse_recommendations` keeps the candidates named).
+GRAMMARS = ("candidates", "catalog", "none")
+GRAMMAR = "candidates"
 
 
 def candidate_line(product: Product) -> str:
@@ -44,6 +48,31 @@ def recommend_prompt(text: str, candidates: list[Product]) -> str:
 def recommend_answer(request: Request, candidates: list[Product]) -> str:
     picks = [p for p in candidates if all(meets(p, request.constraints).values())][:MAX_PICKS]
     return "\n".join(f"{p.sku}: {reason(p)}" for p in picks) if picks else NONE_MATCH
+
+
+def lark_literal(text: str) -> str:
+    """`text` as a Lark string literal (quotes, backslashes and newlines escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def answer_grammar(skus: list[str]) -> str:
+    """The Lark grammar of an answer naming only `skus`: one to MAX_PICKS lines "SKU: reason", or NONE_MATCH. A
+    model decoding with it cannot name a product outside `skus`, misspell one, or write a line the reply drops."""
+    lines = f'line ("\\n" line)~0..{MAX_PICKS - 1} | ' if skus else ""
+    return (f"start: {lines}{lark_literal(NONE_MATCH)}\n"
+            + (f'line: SKU ": " REASON\nSKU: {" | ".join(map(lark_literal, skus))}\nREASON: /[^\\n]+/\n'
+               if skus else ""))
+
+
+def answer_grammars(mode: str, candidates: list[list[Product]], products: list[Product]) -> list[str | None] | None:
+    """Each request's grammar for `mode` (GRAMMARS): its candidates', the whole catalog's, or none."""
+    if mode not in GRAMMARS:
+        raise ValueError(f"grammar {mode!r}: choose {', '.join(GRAMMARS)}")
+    if mode == "none":
+        return None
+    if mode == "catalog":
+        return [answer_grammar([p.sku for p in products])] * len(candidates)
+    return [answer_grammar([p.sku for p in c]) for c in candidates]
 
 
 @dataclass

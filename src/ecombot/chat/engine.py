@@ -20,6 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from ecombot import speedups
+from ecombot.chat.grammar import GrammarLogits, GrammarTokenizer, RowGrammars
 from ecombot.errors import EcombotError, ModelError
 from ecombot.models import (CHAT_ANSWER_TOKENS, LoadedModel, adapter_display_name, answer_token_limit, encode_prompt,
                             peft_adapter_name, stop_token_ids, with_system)
@@ -105,7 +106,8 @@ class GenerationEngine(Protocol):
 
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]: ...
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
+                 grammars: list[str | None] | None = None) -> list[Generation]: ...
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]: ...
 
@@ -193,9 +195,18 @@ class PromptingEngine:
         self.versions: dict[str, str] = {}
         # one generate at a time, and never during a reload: a batch in flight finishes on the weights it began with
         self.lock = threading.RLock()
+        self._grammar_tokenizer: GrammarTokenizer | None = None
 
     def adapters(self) -> list[str]:
         raise NotImplementedError
+
+    def row_grammars(self, grammars: list[str | None] | None, vocab_size: int) -> RowGrammars | None:
+        """The matchers of a batch whose rows follow `grammars` (a Lark grammar or None per row); None: all free."""
+        if not grammars or not any(grammars):
+            return None
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = GrammarTokenizer(self.tokenizer, vocab_size, self.stop_ids)
+        return RowGrammars(self._grammar_tokenizer, grammars)
 
     def _register(self, name: str, run: Path | None, version: str | None) -> None:
         """Note an adapter loaded from `run` at `version` (run None: adapter files outside a run)."""
@@ -249,7 +260,8 @@ class PromptingEngine:
 
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]:
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
         raise NotImplementedError
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
@@ -346,12 +358,14 @@ class TransformersEngine(PromptingEngine):
     @torch.inference_mode()
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]:
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
         """Answers for many conversations at once: left-padded batch, one generate call, KV cache.
 
         Each row may have its own token budget; `on_text(row, delta)` receives every row's text as it grows.
         `prompts`: the conversations as `prompt_ids` already returned them (the server tokenizes each request
-        once, to refuse one too long before it queues); None tokenizes them here.
+        once, to refuse one too long before it queues); None tokenizes them here. `grammars`: a Lark grammar per
+        row that its answer must follow (chat/grammar.py), None for a free row.
         """
         decoding = decoding or self.decoding
         limits = max_new_tokens or [decoding.max_new_tokens] * len(conversations)
@@ -362,10 +376,13 @@ class TransformersEngine(PromptingEngine):
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.loaded.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
+        kwargs = decoding.generate_kwargs(width)
+        if rows := self.row_grammars(grammars, self.model.config.get_text_config().vocab_size):
+            kwargs["logits_processor"].append(GrammarLogits(rows, width))
         with self.lock, self.using(adapter):
             version = self.version(adapter)
             self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), streamer=tracker,
                                 stopping_criteria=StoppingCriteriaList([tracker]), eos_token_id=self.stop_ids,
-                                pad_token_id=pad, **decoding.generate_kwargs(width))
+                                pad_token_id=pad, **kwargs)
         return [Generation(tracker.text(r), len(tracker.tokens[r]) + (tracker.finish[r] == "stop"), len(prompts[r]),
                            tracker.finish[r] or "length", version) for r in range(len(prompts))]

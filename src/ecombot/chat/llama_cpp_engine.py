@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecombot.chat.engine import BASE, Decoding, Generation, PromptingEngine, RowTracker, TextCallback
+from ecombot.chat.grammar import RowGrammars
 from ecombot.errors import EcombotError, ModelError
 from ecombot.models import llama_cpp
 from ecombot.run_dir import RunDir
@@ -140,7 +141,8 @@ class LlamaCppEngine(PromptingEngine):
 
     def generate(self, conversations: list[list[dict[str, str]]], adapter: str | None = None,
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
-                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None) -> list[Generation]:
+                 on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
+                 grammars: list[str | None] | None = None) -> list[Generation]:
         """Answers for many conversations at once, `max_batch` sequences per llama.cpp context; as
         `TransformersEngine.generate` (per-row budgets, streamed text, cancellation)."""
         decoding = decoding or self.decoding
@@ -152,11 +154,12 @@ class LlamaCppEngine(PromptingEngine):
         for start in range(0, len(prompts), self.max_batch):
             rows = slice(start, start + self.max_batch)
             shifted = None if on_text is None else (lambda row, text, start=start: on_text(start + row, text))
-            answers += self._generate_batch(prompts[rows], limits[rows], adapter, decoding, shifted)
+            answers += self._generate_batch(prompts[rows], limits[rows], adapter, decoding, shifted,
+                                            self.row_grammars(grammars and grammars[rows], self.n_vocab))
         return answers
 
     def _generate_batch(self, prompts: list[list[int]], limits: list[int], adapter: str, decoding: Decoding,
-                        on_text: TextCallback | None) -> list[Generation]:
+                        on_text: TextCallback | None, grammars: RowGrammars | None) -> list[Generation]:
         tracker = RowTracker(self.tokenizer, self.stop_ids, 0, limits, on_text)
         tracker.seen_prompt = True
         with self.lock:
@@ -167,7 +170,9 @@ class LlamaCppEngine(PromptingEngine):
                 logits = self._prefill(prompts)
                 positions = [len(p) for p in prompts]
                 while True:
-                    step = [self._pick(logits.get(row), tracker.tokens[row], decoding) for row in range(len(prompts))]
+                    step = [self._pick(logits.get(row), tracker.tokens[row], decoding,
+                                       grammars and grammars.allowed(row, tracker.tokens[row]))
+                            for row in range(len(prompts))]
                     tracker.put(step)
                     live = [row for row in range(len(prompts)) if tracker.finish[row] is None]
                     if not live:
@@ -197,9 +202,11 @@ class LlamaCppEngine(PromptingEngine):
     def batch_capacity(self) -> int:
         return self.lib.llama_n_batch(self.ctx)
 
-    def _pick(self, logits: np.ndarray | None, answer: list[int], decoding: Decoding) -> int:
-        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), then greedy,
-        or temperature + top-p sampling. Rows already finished (no logits) get a placeholder the tracker skips."""
+    def _pick(self, logits: np.ndarray | None, answer: list[int], decoding: Decoding,
+              allowed: np.ndarray | None = None) -> int:
+        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), the row's
+        grammar (`allowed`, as `GrammarLogits`), then greedy, or temperature + top-p sampling. Rows already finished
+        (no logits) get a placeholder the tracker skips."""
         if logits is None:
             return -1
         if answer and decoding.repetition_penalty != 1.0:
@@ -207,6 +214,9 @@ class LlamaCppEngine(PromptingEngine):
             scores = logits[seen]
             logits[seen] = np.where(scores < 0, scores * decoding.repetition_penalty,
                                     scores / decoding.repetition_penalty)
+        if allowed is not None:
+            logits[:len(allowed)][~allowed] = -np.inf
+            logits[len(allowed):] = -np.inf
         if decoding.temperature <= 0:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / decoding.temperature

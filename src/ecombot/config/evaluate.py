@@ -40,4 +40,5 @@ class EvalConfig:
     reuse_answers: bool = True  # grounded systems give a stored Q&A pair's answer to a question it asks in other words
     slices: bool = True  # also score the built-in data's slices (evaluate/slices.py) when evaluating on it
     engine: str = "transformers"  # runtime answering and scored: "transformers" or "llama.cpp" (chat.factory)
+    grammar: str | None = None  # --task recommend: what answers may name (catalog/recommend.py GRAMMARS; None: GRAMMAR)
     system_prompt: str | None = None  # told to the base model (default: the store prompt); adapters get their run's

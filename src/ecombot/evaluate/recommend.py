@@ -1,13 +1,14 @@
 """Evaluation of the recommendation task, read top to bottom: the run's held-out requests (each with the candidates
 the catalog search found) -> the search baseline's top MAX_PICKS, the base model shown k solved requests, and each
-adapter -> the SKUs each names (candidates only: any other SKU-like line is dropped and counted) -> scored against
-the request's known answers (catalog/requests.py `score_recommendations`)."""
+adapter, decoding under the chosen grammar (`--grammar`: the candidates, the whole catalog, or none) -> the SKUs each
+names (those the grammar allows: any other SKU-like line is dropped and counted) -> scored against the request's
+known answers (catalog/requests.py `score_recommendations`)."""
 
 from __future__ import annotations
 
 from ecombot.catalog import CatalogSearch
-from ecombot.catalog.recommend import (MAX_PICKS, REPETITION_PENALTY, REQUEST_HEADER, parse_recommendations,
-                                       request_set)
+from ecombot.catalog.recommend import (GRAMMAR, MAX_PICKS, REPETITION_PENALTY, REQUEST_HEADER, answer_grammars,
+                                       parse_recommendations, request_set)
 from ecombot.catalog.requests import per_request_scores, score_recommendations
 from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
@@ -58,18 +59,27 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
             row["search"] = skus
     generating = set(cfg.systems) - {"search"}
     engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if generating else (None, [])
+    grammar = cfg.grammar or GRAMMAR
+    grammars = answer_grammars(grammar, candidates, products)
+    nameable = [products] * len(test) if grammar == "catalog" else candidates  # what an answer may name
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
-        answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size)
-        parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, candidates)]
+        answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size,
+                                grammars=grammars)
+        parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, nameable)]
         systems[name] = {**scored(requests, [p.skus for p in parsed], products, indices),
                          "dropped_skus": sum(p.dropped for p in parsed), **generation_scores(answered, indices)}
         for row, answer, p in zip(predictions, answered.answers, parsed):
             row[name] = {"text": answer, "skus": p.skus}
     result = {"task": "recommend", "catalog": str(catalog), "requests": len(test), "max_new_tokens": cfg.max_new_tokens,
-              "systems": systems}
+              "grammar": grammar, "systems": systems}
     write_outputs(cfg.output, result, predictions, recommend_report(result))
     return result
+
+
+GRAMMAR_NOTES = {"candidates": "The models decoded under a grammar letting them name only the request's candidates. ",
+                 "catalog": "The models decoded under a grammar letting them name any product of the catalog. ",
+                 "none": "The models decoded freely; lines naming no candidate were dropped. "}
 
 
 def recommend_rows(result: dict) -> list[list[str]]:
@@ -88,5 +98,6 @@ def recommend_report(result: dict) -> str:
              "returned product is a known answer. "
              + (f"Cut at limit: share of answers stopped at the {result['max_new_tokens']}-token limit, not by the "
                 "model. " if result.get("max_new_tokens") else "")
+             + GRAMMAR_NOTES.get(result.get("grammar"), "")
              + "Percentages with 95% bootstrap intervals.", ""]
     return "\n".join(lines + markdown_table(["system"] + [t for _, t in COLUMNS], recommend_rows(result))) + "\n"

@@ -170,9 +170,10 @@ def fit_answer_tokens(cfg: EvalConfig, model_spec: str, conversations: list[Conv
 
 
 def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], adapter: str, batch_size: int,
-                 given: list[str | None] | None = None, label: str = "answering") -> SystemAnswers:
+                 given: list[str | None] | None = None, label: str = "answering",
+                 grammars: list[str | None] | None = None) -> SystemAnswers:
     """Answers for the prompts; an item with a `given` answer (the handoff, a stored answer) is not generated: no time,
-    no tokens. More than one batch gets a progress bar with its ETA: a store's 450 test questions take each system
+    no tokens; `grammars`: what each answer may be (chat/grammar.py). More than one batch gets a progress bar with its ETA: a store's 450 test questions take each system
     several minutes on a CPU, which a silent terminal would hide."""
     from tqdm.auto import tqdm
 
@@ -186,7 +187,8 @@ def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], 
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
             t = time.time()
-            batch = engine.generate([prompts[i] for i in rows], adapter)
+            batch = engine.generate([prompts[i] for i in rows], adapter,
+                                    grammars=grammars and [grammars[i] for i in rows])
             elapsed = time.time() - t
             for i, g in zip(rows, batch):
                 answers[i], tokens[i], latency[i], cut[i] = g.text, g.new_tokens, elapsed, g.finish_reason == "length"

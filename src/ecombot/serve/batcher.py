@@ -31,6 +31,7 @@ class Job:
     decoding: Decoding
     max_tokens: int
     loop: asyncio.AbstractEventLoop
+    grammar: str | None = None  # what the answer may be (a catalog task's, chat/grammar.py); rows differ freely
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     queued_at: float = field(default_factory=time.monotonic)
@@ -126,7 +127,7 @@ class Batcher:
             results: list[Generation] = self.engine.generate(
                 [job.messages for job in batch], batch[0].adapter, batch[0].decoding,
                 max_new_tokens=[job.max_tokens for job in batch], on_text=on_text,
-                prompts=[job.prompt for job in batch])
+                prompts=[job.prompt for job in batch], grammars=[job.grammar for job in batch])
         except Exception as exc:  # every request of the batch gets the error; the worker keeps serving
             for job in batch:
                 job.emit("error", exc)

@@ -143,7 +143,8 @@ async def chat_completions(request: Request, state: State, who: Who,
     decoding = decoding_for(body, state.engine.decoding)
     if task and task.repetition_penalty is not None:
         decoding = replace(decoding, repetition_penalty=task.repetition_penalty)
-    job = Job(grounding.messages, prompt, adapter, decoding, max_tokens, asyncio.get_running_loop())
+    job = Job(grounding.messages, prompt, adapter, decoding, max_tokens, asyncio.get_running_loop(),
+              grammar=task.grammar if task else None)
     if fixed is not None:
         answer_without_model(job, fixed)
     else:

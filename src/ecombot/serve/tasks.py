@@ -6,9 +6,10 @@ prompt layout; support adapters are answered as before, grounded in the knowledg
 - copy: the customer message is a product as a JSON object (title, category, price, attributes…: the catalog
   reader's fields; a SKU is optional) or the SKU of a product of the run's catalog; the answer is its description.
 - recommend: the customer message is a request ("a walnut side table under $200"); the run's catalog search finds
-  the candidates, the model picks among them, and the reply keeps only the candidates it names (`recommendations`
-  lists them with title and price; `dropped_skus` counts any other SKU-like line), so no answer ever names a
-  product that does not exist. Such a reply is checked whole before it is sent, so a stream carries it in one piece.
+  the candidates, the model picks among them, decoding under a grammar that lets it name only those candidates
+  (catalog/recommend.py GRAMMAR), and the reply keeps only the candidates it names (`recommendations` lists them with
+  title and price; `dropped_skus` counts any other SKU-like line), so no answer ever names a product that does not
+  exist. Such a reply is checked whole before it is sent, so a stream carries it in one piece.
 Only the latest customer message is read: the task adapters were trained on single requests.
 """
 
@@ -22,8 +23,8 @@ from typing import Callable
 from ecombot.catalog import CatalogSearch, Product, read_catalog
 from ecombot.catalog.copy import copy_prompt
 from ecombot.catalog.readers import product_from_record
-from ecombot.catalog.recommend import (CANDIDATES, NONE_MATCH, REPETITION_PENALTY, parse_recommendations,
-                                       recommend_prompt)
+from ecombot.catalog.recommend import (CANDIDATES, GRAMMAR, NONE_MATCH, REPETITION_PENALTY, answer_grammars,
+                                       parse_recommendations, recommend_prompt)
 from ecombot.errors import DataError
 from ecombot.run_dir import RunDir
 from ecombot.serve.errors import ApiError
@@ -40,6 +41,7 @@ class TaskRequest:
     reply: Callable[[str, str], tuple[str, dict]] | None = None  # (answer, finish reason) -> (text sent, extras)
     repetition_penalty: float | None = None  # the task's own, where support's would spoil its answers
     answer: str | None = None  # the reply when the model has nothing to choose from (it is not asked)
+    grammar: str | None = None  # what the answer may be (chat/grammar.py); None: free text
 
 
 @dataclass
@@ -81,9 +83,10 @@ class CatalogTasks:
             return TaskRequest(task, [{"role": "user",
                                        "content": copy_prompt(product_to_describe(adapter, text, catalog))}])
         candidates = catalog.search.find([text], CANDIDATES)[0]
+        grammar = (answer_grammars(GRAMMAR, [candidates], catalog.products) or [None])[0]
         return TaskRequest(task, [{"role": "user", "content": recommend_prompt(text, candidates)}],
                            lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY,
-                           None if candidates else NONE_MATCH)  # e.g. nothing within the budget stated
+                           None if candidates else NONE_MATCH, grammar)  # no candidates: e.g. nothing within budget
 
 
 def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:
