@@ -173,8 +173,9 @@ def generate_all(engine: GenerationEngine, prompts: list[list[dict[str, str]]], 
                  given: list[str | None] | None = None, label: str = "answering",
                  grammars: list[str | None] | None = None) -> SystemAnswers:
     """Answers for the prompts; an item with a `given` answer (the handoff, a stored answer) is not generated: no time,
-    no tokens; `grammars`: what each answer may be (chat/grammar.py). More than one batch gets a progress bar with its ETA: a store's 450 test questions take each system
-    several minutes on a CPU, which a silent terminal would hide."""
+    no tokens; `grammars`: what each answer may be (chat/grammar.py). More than one batch gets a progress bar with
+    its ETA: a store's 450 test questions take each system several minutes on a CPU, which a silent terminal would
+    hide."""
     from tqdm.auto import tqdm
 
     given = given or [None] * len(prompts)
