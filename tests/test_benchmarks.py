@@ -194,6 +194,26 @@ def test_step_ops_short_form(tiny_model_dir, tmp_path):
     assert result["profiled_self_s_per_step"] <= result["step_s"] * 1.5
 
 
+def test_recommend_grammar_benchmark_short_form(tiny_model_dir, tmp_path, write_catalog):
+    from ecombot.catalog import read_catalog
+    from ecombot.cli import app
+    from typer.testing import CliRunner
+
+    catalog = write_catalog(tmp_path / "catalog.jsonl", read_catalog("builtin")[::16])
+    run = tmp_path / "rec"
+    trained = CliRunner().invoke(app, ["train", "--task", "recommend", "--catalog", str(catalog), "--model",
+                                       str(tiny_model_dir), "--output", str(run), "--max-steps", "1",
+                                       "--batch-size", "4", "--precision", "fp32"])
+    assert trained.exit_code == 0, trained.output
+    results = run_benchmark("recommend_grammar", ["--adapter", str(run), "--limit", "3", "--max-new-tokens", "10"],
+                            tmp_path)
+    assert set(results["grammars"]) == {"candidates", "catalog", "none"}
+    first = results["grammars"]["candidates"]["systems"]
+    assert set(first) == {"search", "base-fewshot", "rec"} and first["search"]["same_as_search"] == 3
+    assert set(results["grammars"]["none"]["systems"]) == {"base-fewshot", "rec"}
+    assert all(r["grammar"] == g and r["requests"] == 3 for g, r in results["grammars"].items())
+
+
 def test_support_log_csv_is_read_whole_with_its_multi_line_answers(tmp_path):
     from ecombot.data import load_conversations
 
