@@ -84,11 +84,12 @@ class GrammarLogits(LogitsProcessor):
         self.rows, self.prompt_length = rows, prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        answers = input_ids[:, self.prompt_length:].tolist()
-        for row, answer in enumerate(answers):
-            mask = self.rows.allowed(row, answer)
-            if mask is not None:
-                allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-                allowed[:len(mask)] = torch.from_numpy(mask).to(scores.device)
-                scores[row] = scores[row].masked_fill(~allowed, float("-inf"))
+        masks = {row: mask for row, answer in enumerate(input_ids[:, self.prompt_length:].tolist())
+                 if (mask := self.rows.allowed(row, answer)) is not None}
+        if not masks:
+            return scores
+        rows = list(masks)
+        allowed = torch.zeros(len(rows), scores.shape[1], dtype=torch.bool)
+        allowed[:, :self.rows.vocab_size] = torch.from_numpy(np.stack([masks[r] for r in rows]))
+        scores[rows] = scores[rows].masked_fill(~allowed.to(scores.device), float("-inf"))
         return scores
