@@ -8,7 +8,6 @@ the candidates meeting every stated constraint, in search order, at most MAX_PIC
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +114,8 @@ def with_candidates(products: list[Product], requests: list[Request],
 
 def write_recommend_data(products: list[Product], path: Path, seed: int = 0) -> tuple[Path, int]:
     """The task's training data as chat JSON Lines (category as the label, so the split keeps every category in
-    every part), and how many requests were built. Each prompt shows its candidates in a seeded random order, not
-    the search's (answers are read and served in search order): trained in search order, where the first three are
-    the answer often enough, the adapter learned to copy them (the search's own top 3 for 54 of 64 held-out requests)
-    instead of checking each candidate against the request."""
-    rng = random.Random(seed)
-    rows = [(r, rng.sample(c, len(c))) for r, c in with_candidates(products, request_set(products, seed))]
+    every part), and how many requests were built."""
+    rows = with_candidates(products, request_set(products, seed))
     convs = [Conversation([{"role": "user", "content": recommend_prompt(r.text, c)},
                            {"role": "assistant", "content": recommend_answer(r, c)}], intent=r.constraints["category"])
              for r, c in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ecombot.catalog import CatalogSearch
 from ecombot.catalog.recommend import (GRAMMAR, MAX_PICKS, REPETITION_PENALTY, REQUEST_HEADER, answer_grammars,
-                                       parse_recommendations, recommend_prompt, request_set, with_candidates)
+                                       parse_recommendations, request_set)
 from ecombot.catalog.requests import per_request_scores, score_recommendations
 from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
@@ -39,6 +39,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     run, catalog, products = catalog_runs(cfg.adapters, "recommend")
     seed = run.info()["config"]["seed"]
     by_text = {r.text: r for r in request_set(products, seed)}
+    by_sku = {p.sku: p for p in products}
     test = held_out(run, cfg, say)
     texts = [c.question.rsplit(REQUEST_HEADER, 1)[-1].strip() for c in test]
     missing = [c.source for c, t in zip(test, texts) if t not in by_text]
@@ -46,15 +47,13 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         raise EcombotError(f"{len(missing)} test requests of {run.path} are not those the catalog {catalog} gives "
                            f"now (first: {missing[0]}); evaluate against the catalog the run trained on")
     requests = [by_text[t] for t in texts]
-    # the candidates in the search's order, as serve shows them (training prompts shuffle them: catalog/recommend.py)
-    search = CatalogSearch(products)
-    candidates = [c for _, c in with_candidates(products, requests, search)]
-    prompts = [[{"role": "user", "content": recommend_prompt(t, c)}] for t, c in zip(texts, candidates)]
+    candidates = [[by_sku[line.split(" | ", 1)[0]] for line in c.question.splitlines()[1:] if " | " in line]
+                  for c in test]
     indices = metrics.bootstrap_indices(len(test), seed=cfg.seed)
     systems, predictions = {}, [{"request": t, "answers": sorted(r.answers), "candidates": [p.sku for p in c]}
                                 for t, r, c in zip(texts, requests, candidates)]
     if "search" in cfg.systems:
-        found = [[r.sku for r in recs] for recs in search.recommend(texts, MAX_PICKS)]
+        found = [[r.sku for r in recs] for recs in CatalogSearch(products).recommend(texts, MAX_PICKS)]
         systems["search"] = {**scored(requests, found, products, indices), "dropped_skus": 0}
         for row, skus in zip(predictions, found):
             row["search"] = skus
@@ -65,7 +64,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     nameable = [products] * len(test) if grammar == "catalog" else candidates  # what an answer may name
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
-        answered = generate_all(engine, [prefix + p for p in prompts], adapter, cfg.batch_size,
+        answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size,
                                 grammars=grammars)
         parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, nameable)]
         systems[name] = {**scored(requests, [p.skus for p in parsed], products, indices),
