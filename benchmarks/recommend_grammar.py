@@ -64,7 +64,7 @@ def main() -> None:
                              estimate_cell(met, 100),
                              f"{s['hit_at_1']:.1%}", f"{s['hit_at_k']:.1%}", f"{s['returned_per_request']:.2f}",
                              str(s["empty"]), str(s["dropped_skus"]), str(s["same_as_search"]),
-                             f"{s.get('seconds', 0):.0f}"])
+                             f"{s['seconds']:.0f}" if "seconds" in s else "-"])
     print_table(["system (grammar)", "SKUs exist", "constraints met", "hit@1", "hit@3", "returned", "none",
                  "dropped lines", "= search's 3", "answer s"], rows)
     write_results(args.output, results)

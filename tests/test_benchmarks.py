@@ -209,7 +209,7 @@ def test_recommend_grammar_benchmark_short_form(tiny_model_dir, tmp_path, write_
                             tmp_path)
     assert set(results["grammars"]) == {"candidates", "catalog", "none"}
     first = results["grammars"]["candidates"]["systems"]
-    assert set(first) == {"search", "base-fewshot", "rec"} and first["search"]["same_as_search"] == 3
+    assert set(first) == {"search", "base-fewshot", "rec"} and 0 <= first["rec"]["same_as_search"] <= 3
     assert set(results["grammars"]["none"]["systems"]) == {"base-fewshot", "rec"}
     assert all(r["grammar"] == g and r["requests"] == 3 for g, r in results["grammars"].items())
 

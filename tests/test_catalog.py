@@ -267,7 +267,8 @@ def test_recommend_targets_list_the_matching_candidates_in_search_order_or_say_n
 def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_another_product(builtin, tiny_tokenizer):
     """Token by token, as the model decodes: each target the task trains on is allowed whole (then only a stop);
     another product's SKU, a fourth line, a misspelt SKU or an empty answer is refused where it starts."""
-    from ecombot.catalog.recommend import NONE_MATCH, answer_grammar, recommend_answer, with_candidates
+    from ecombot.catalog.recommend import (GRAMMARS, NONE_MATCH, answer_grammar, answer_grammars, recommend_answer,
+                                           with_candidates)
     from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
     from ecombot.models import stop_token_ids
 
@@ -296,6 +297,18 @@ def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_anot
         assert refused_at("", skus) == 0  # an empty answer is no answer
     assert targets >= 6  # most requests have products to name, not only "none matches"
     assert refused_at(NONE_MATCH, []) is None and refused_at("HP-01: x", []) == 0  # no candidates: only "none"
+    odd = ["A\tB", 'Q"\\x', "N\x00", "AB:12"]  # SKUs a catalog may hold: each compiles, and only itself matches
+    assert all(refused_at(f"{sku}: fits", odd) is None for sku in odd) and refused_at("A B: fits", odd) is not None
+    assert refused_at(f"{odd[0]}: a\rQ: b", odd) is not None  # a reason is one line: no "\r" either
+
+    candidates = builtin[:8]
+    other = f"{builtin[100].sku}: not a candidate"
+    by_mode = {mode: answer_grammars(mode, [candidates], builtin) for mode in GRAMMARS}
+    assert by_mode["none"] is None and by_mode["candidates"] == [answer_grammar([p.sku for p in candidates])]
+    assert by_mode["catalog"] == [answer_grammar([p.sku for p in builtin])]
+    rows = RowGrammars(grammar_tokenizer, by_mode["catalog"])
+    ids = tiny_tokenizer.encode(other)
+    assert all(rows.allowed(0, ids[:k])[ids[k]] for k in range(len(ids)))  # any product of the catalog
 
 
 def test_parsed_recommendations_keep_candidates_only_once_and_count_the_rest(builtin):
@@ -306,6 +319,9 @@ def test_parsed_recommendations_keep_candidates_only_once_and_count_the_rest(bui
               f"{builtin[200].sku}: real but not a candidate\n{builtin[0].sku}: fits")
     parsed = parse_recommendations(answer, candidates)
     assert parsed.skus == [builtin[1].sku, builtin[0].sku] and parsed.dropped == 2
+    colons = [Product("AB-1", "Stool", "stool", 9.0, {}), Product("AB-1:2", "Bench", "bench", 9.0, {})]
+    parsed = parse_recommendations("AB-1:2: fits\nAB-1 : also\nZZ-9: no", colons)  # a SKU may hold a colon
+    assert (parsed.skus, parsed.dropped, parsed.lines) == (["AB-1:2", "AB-1"], 1, ["AB-1:2: fits", "AB-1 : also"])
 
 
 def test_recommendation_scores_count_constraints_hits_and_unknown_skus(builtin):
@@ -363,7 +379,7 @@ def test_recommend_task_trains_from_a_catalog_and_is_scored_against_the_search_b
         result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), *extra])
         assert isinstance(result.exception, EcombotError) and message in str(result.exception), result.output
 
-    # decoding under the grammar of the whole catalog: answers may name any product, and only products
+    # decoding under the grammar of the whole catalog (what it admits: the grammar test above): recorded, reported
     result = runner.invoke(app, ["evaluate", "--task", "recommend", "--adapter", str(run), "--output", str(out),
                                  "--systems", "finetuned", "--limit", "3", "--max-new-tokens", "12",
                                  "--grammar", "catalog"])

@@ -58,8 +58,8 @@ def follows_recommend_grammar(text: str, skus: list[str], complete: bool) -> boo
         return True
     lines = text.split("\n")
     whole = lines if complete else lines[:-1]
-    last_ok = complete or any(s.startswith(lines[-1]) or (lines[-1].startswith(s + ": ") and len(lines[-1]) > len(s) + 2)
-                              for s in skus)
+    last_ok = complete or any(s.startswith(lines[-1]) or (lines[-1].startswith(s + ": ")
+                                                           and len(lines[-1]) > len(s) + 2) for s in skus)
     return (len(lines) <= MAX_PICKS and last_ok
             and all(line.split(": ", 1)[0] in skus and len(line.split(": ", 1)) == 2 and line.split(": ", 1)[1]
                     for line in whole))

@@ -473,6 +473,8 @@ def serve(
     grounder, grounded = open_knowledge(support_runs, knowledge, db, k, reuse_answers)
     bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
                       decode_bits=decode_bits, max_batch=max_batch)
+    if any(tasks.task(name) == "recommend" for name, _ in adapters):
+        bot.grammar_tokenizer.get()  # ~10 s for Gemma's vocabulary: at start-up, not in the first request's batch
     app = create_app(bot, store, config, grounder, tasks, dict(adapters) if fitted else None)
     names = ", ".join([*(f"{n} ({tasks.task(n)})" if tasks.task(n) != "support" else n for n in bot.adapters()),
                        "base"])

@@ -51,8 +51,10 @@ def recommend_answer(request: Request, candidates: list[Product]) -> str:
 
 
 def lark_literal(text: str) -> str:
-    """`text` as a Lark string literal (quotes, backslashes and newlines escaped)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """`text` as a Lark string literal: quotes and backslashes escaped, and every character that is not printable
+    (a tab, a NUL in a SKU) as \\uXXXX, which llguidance's lexer refuses to read raw."""
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else "\\" + c if c in '"\\' else f"\\u{ord(c):04x}"
+                         for c in text) + '"'
 
 
 def answer_grammar(skus: list[str]) -> str:
@@ -60,14 +62,12 @@ def answer_grammar(skus: list[str]) -> str:
     model decoding with it cannot name a product outside `skus`, misspell one, or write a line the reply drops."""
     lines = f'line ("\\n" line)~0..{MAX_PICKS - 1} | ' if skus else ""
     return (f"start: {lines}{lark_literal(NONE_MATCH)}\n"
-            + (f'line: SKU ": " REASON\nSKU: {" | ".join(map(lark_literal, skus))}\nREASON: /[^\\n]+/\n'
+            + (f'line: SKU ": " REASON\nSKU: {" | ".join(map(lark_literal, skus))}\nREASON: /[^\\n\\r]+/\n'
                if skus else ""))
 
 
 def answer_grammars(mode: str, candidates: list[list[Product]], products: list[Product]) -> list[str | None] | None:
     """Each request's grammar for `mode` (GRAMMARS): its candidates', the whole catalog's, or none."""
-    if mode not in GRAMMARS:
-        raise ValueError(f"grammar {mode!r}: choose {', '.join(GRAMMARS)}")
     if mode == "none":
         return None
     if mode == "catalog":
@@ -87,17 +87,18 @@ SKU_LIKE = re.compile(r"(?=[^\s:]*\d)[^\s:]{2,40}")
 
 
 def parse_recommendations(answer: str, candidates: list[Product]) -> Parsed:
-    """The candidate SKUs an answer names before the first colon of its lines (any SKU spelling: "OAK-TABLE",
-    "AB/12"); other one-word line heads are dropped and counted."""
-    allowed = {p.sku for p in candidates}
+    """The candidate SKUs an answer's lines start with, before a colon (any SKU spelling: "OAK-TABLE", "AB/12",
+    "AB:12"); other one-word line heads are dropped and counted."""
+    allowed = sorted({p.sku for p in candidates}, key=len, reverse=True)  # the longest first: "AB-1:2" before "AB-1"
     skus, dropped, lines = [], 0, []
-    for line in answer.splitlines():
-        head = line.split(":", 1)[0].strip() if ":" in line else ""
-        if head in allowed:
-            if head not in skus:
-                skus.append(head)
-                lines.append(line.strip())
-        elif SKU_LIKE.fullmatch(head):
+    for line in answer.split("\n"):  # the lines the grammar makes (a "\r" is no line break there)
+        line = line.strip()
+        sku = next((s for s in allowed if line.startswith(s) and line[len(s):].lstrip().startswith(":")), None)
+        if sku is not None:
+            if sku not in skus:
+                skus.append(sku)
+                lines.append(line)
+        elif SKU_LIKE.fullmatch(line.split(":", 1)[0] if ":" in line else ""):
             dropped += 1
     return Parsed(skus, dropped, lines)
 

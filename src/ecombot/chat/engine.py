@@ -195,18 +195,16 @@ class PromptingEngine:
         self.versions: dict[str, str] = {}
         # one generate at a time, and never during a reload: a batch in flight finishes on the weights it began with
         self.lock = threading.RLock()
-        self._grammar_tokenizer: GrammarTokenizer | None = None
+        self.grammar_tokenizer: GrammarTokenizer | None = None  # set by each runtime, which knows its vocabulary
 
     def adapters(self) -> list[str]:
         raise NotImplementedError
 
-    def row_grammars(self, grammars: list[str | None] | None, vocab_size: int) -> RowGrammars | None:
+    def row_grammars(self, grammars: list[str | None] | None) -> RowGrammars | None:
         """The matchers of a batch whose rows follow `grammars` (a Lark grammar or None per row); None: all free."""
         if not grammars or not any(grammars):
             return None
-        if self._grammar_tokenizer is None:
-            self._grammar_tokenizer = GrammarTokenizer(self.tokenizer, vocab_size, self.stop_ids)
-        return RowGrammars(self._grammar_tokenizer, grammars)
+        return RowGrammars(self.grammar_tokenizer, grammars)
 
     def _register(self, name: str, run: Path | None, version: str | None) -> None:
         """Note an adapter loaded from `run` at `version` (run None: adapter files outside a run)."""
@@ -291,6 +289,8 @@ class TransformersEngine(PromptingEngine):
         limit = getattr(loaded.model.config, "max_position_embeddings", context_tokens) or context_tokens
         super().__init__(loaded.tokenizer, system_prompt, decoding, min(context_tokens, limit))
         self.model, self.loaded = loaded.model, loaded
+        self.grammar_tokenizer = GrammarTokenizer(self.tokenizer, self.model.config.get_text_config().vocab_size,
+                                                  self.stop_ids)
         active = getattr(self.model, "active_adapter", None)
         self.default_adapter = adapter_display_name(active) if active else BASE
         if self.default_adapter != BASE:
@@ -377,7 +377,7 @@ class TransformersEngine(PromptingEngine):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
         kwargs = decoding.generate_kwargs(width)
-        if rows := self.row_grammars(grammars, self.model.config.get_text_config().vocab_size):
+        if rows := self.row_grammars(grammars):
             kwargs["logits_processor"].append(GrammarLogits(rows, width))
         with self.lock, self.using(adapter):
             version = self.version(adapter)

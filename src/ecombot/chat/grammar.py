@@ -1,7 +1,7 @@
 """Constrained decoding: a row of a batched generation may follow a grammar, so its answer can only be text the
 grammar allows (e.g. a recommendation naming only the products it was shown, in the layout the reply is read in).
 
-The matching is llguidance's (the grammar engine vLLM, SGLang and llama.cpp use; Lark syntax): it keeps each row's
+The matching is llguidance's (a grammar engine vLLM and SGLang use, llama.cpp optionally; Lark syntax): it keeps each row's
 parser in step with the tokens generated and gives the tokens allowed next. What is ours: keeping a batch's rows in
 step (each row may have its own grammar or none, and its own stop), for both engines — Transformers through a
 `LogitsProcessor`, llama.cpp's own sampling loop through `RowGrammars.allowed` directly.
@@ -48,7 +48,7 @@ class RowGrammars:
         import llguidance
 
         self.vocab_size, self.stop_ids = tokenizer.vocab_size, set(tokenizer.stop_ids)
-        built = tokenizer.get() if any(grammars) else None
+        built = tokenizer.get()
         self.matchers = [None if g is None else llguidance.LLMatcher(built, llguidance.LLMatcher.grammar_from_lark(g),
                                                                      log_level=0) for g in grammars]
         for row, matcher in enumerate(self.matchers):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecombot.chat.engine import BASE, Decoding, Generation, PromptingEngine, RowTracker, TextCallback
-from ecombot.chat.grammar import RowGrammars
+from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
 from ecombot.errors import EcombotError, ModelError
 from ecombot.models import llama_cpp
 from ecombot.run_dir import RunDir
@@ -60,6 +60,7 @@ class LlamaCppEngine(PromptingEngine):
             raise ModelError(f"{gguf}: llama.cpp could not make a context of {params.n_ctx} tokens")
         self.memory = self.lib.llama_get_memory(self.ctx)
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.lib.llama_model_get_vocab(self.model))
+        self.grammar_tokenizer = GrammarTokenizer(tokenizer, self.n_vocab, self.stop_ids)
         self.batch = self.lib.llama_batch_init(params.n_batch, 0, 1)
         self.loras: dict[str, object] = {}
         self.active: str | None = None  # the adapter set on the context
@@ -155,7 +156,7 @@ class LlamaCppEngine(PromptingEngine):
             rows = slice(start, start + self.max_batch)
             shifted = None if on_text is None else (lambda row, text, start=start: on_text(start + row, text))
             answers += self._generate_batch(prompts[rows], limits[rows], adapter, decoding, shifted,
-                                            self.row_grammars(grammars and grammars[rows], self.n_vocab))
+                                            self.row_grammars(grammars and grammars[rows]))
         return answers
 
     def _generate_batch(self, prompts: list[list[int]], limits: list[int], adapter: str, decoding: Decoding,
@@ -171,7 +172,8 @@ class LlamaCppEngine(PromptingEngine):
                 positions = [len(p) for p in prompts]
                 while True:
                     step = [self._pick(logits.get(row), tracker.tokens[row], decoding,
-                                       grammars and grammars.allowed(row, tracker.tokens[row]))
+                                       grammars.allowed(row, tracker.tokens[row]) if grammars and row in logits
+                                       else None)
                             for row in range(len(prompts))]
                     tracker.put(step)
                     live = [row for row in range(len(prompts)) if tracker.finish[row] is None]

@@ -24,6 +24,11 @@ COLUMNS = [("sku_exists", "SKUs exist"), ("constraints_met_per_request", "constr
            ("cut_at_limit", "cut at limit")]
 
 
+GRAMMAR_NOTES = {"candidates": "The models decoded under a grammar letting them name only the request's candidates. ",
+                 "catalog": "The models decoded under a grammar letting them name any product of the catalog. ",
+                 "none": "The models decoded freely; lines naming no candidate were dropped. "}
+
+
 def scored(requests, returned: list[list[str]], products, indices) -> dict:
     """The aggregate scores, and the per-request ones with 95% bootstrap intervals (the same resamples for every
     system: paired)."""
@@ -75,11 +80,6 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
               "grammar": grammar, "systems": systems}
     write_outputs(cfg.output, result, predictions, recommend_report(result))
     return result
-
-
-GRAMMAR_NOTES = {"candidates": "The models decoded under a grammar letting them name only the request's candidates. ",
-                 "catalog": "The models decoded under a grammar letting them name any product of the catalog. ",
-                 "none": "The models decoded freely; lines naming no candidate were dropped. "}
 
 
 def recommend_rows(result: dict) -> list[list[str]]:
