@@ -1,10 +1,10 @@
 """Constrained decoding: a row of a batched generation may follow a grammar, so its answer can only be text the
 grammar allows (e.g. a recommendation naming only the products it was shown, in the layout the reply is read in).
 
-The matching is llguidance's (a grammar engine vLLM and SGLang use, llama.cpp optionally; Lark syntax): it keeps each row's
-parser in step with the tokens generated and gives the tokens allowed next. What is ours: keeping a batch's rows in
-step (each row may have its own grammar or none, and its own stop), for both engines — Transformers through a
-`LogitsProcessor`, llama.cpp's own sampling loop through `RowGrammars.allowed` directly.
+The matching is llguidance's (a grammar engine vLLM and SGLang use, llama.cpp optionally; Lark syntax): it keeps
+each row's parser in step with the tokens generated and gives the tokens allowed next. What is ours: keeping a
+batch's rows in step (each row may have its own grammar or none, and its own stop), for both engines — Transformers
+through a `LogitsProcessor`, llama.cpp's own sampling loop through `RowGrammars.allowed` directly.
 """
 
 from __future__ import annotations
