@@ -124,11 +124,12 @@ def test_edited_knowledge_is_searched_with_the_new_values():
 
 # --- grounded systems end to end on the tiny model ---------------------------------------------------------------
 
-def echo_generate(engine, conversations, adapter=None):
+def echo_generate(engine, conversations, adapter=None, grammars=None):
     """TransformersEngine.generate for these tests: answers every conversation with its last user turn (so a test
     sees the passages placed there), noting what it was asked to generate in `echoed`."""
     from ecombot.chat import Generation
 
+    assert grammars is None  # support answers are never constrained
     echoed.extend(conversations)
     return [Generation(c[-1]["content"], 5, 3, "stop") for c in conversations]
 
