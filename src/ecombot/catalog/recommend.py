@@ -53,8 +53,8 @@ def recommend_answer(request: Request, candidates: list[Product]) -> str:
 def lark_literal(text: str) -> str:
     """`text` as a Lark string literal: quotes and backslashes escaped, and every character that is not printable
     (a tab, a NUL in a SKU) as \\uXXXX, which llguidance's lexer refuses to read raw."""
-    return '"' + "".join(c if c.isprintable() and c not in '"\\' else "\\" + c if c in '"\\' else f"\\u{ord(c):04x}"
-                         for c in text) + '"'
+    escaped = ("\\" + c if c in '"\\' else c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    return '"' + "".join(escaped) + '"'
 
 
 def answer_grammar(skus: list[str]) -> str:
@@ -66,13 +66,18 @@ def answer_grammar(skus: list[str]) -> str:
                if skus else ""))
 
 
+def nameable(mode: str, candidates: list[list[Product]], products: list[Product]) -> list[list[Product]]:
+    """What each request's answer may name under `mode` (GRAMMARS): the whole catalog, else its candidates."""
+    return [products] * len(candidates) if mode == "catalog" else candidates
+
+
 def answer_grammars(mode: str, candidates: list[list[Product]], products: list[Product]) -> list[str | None] | None:
-    """Each request's grammar for `mode` (GRAMMARS): its candidates', the whole catalog's, or none."""
+    """Each request's grammar for `mode` (GRAMMARS): naming only what `nameable` gives, or none (free decoding)."""
     if mode == "none":
         return None
-    if mode == "catalog":
-        return [answer_grammar([p.sku for p in products])] * len(candidates)
-    return [answer_grammar([p.sku for p in c]) for c in candidates]
+    grammars: dict[int, str] = {}  # one per distinct list: the catalog's is the same for every request
+    return [grammars.setdefault(id(names), answer_grammar([p.sku for p in names]))
+            for names in nameable(mode, candidates, products)]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ecombot.catalog import CatalogSearch
 from ecombot.catalog.recommend import (GRAMMAR, MAX_PICKS, REPETITION_PENALTY, REQUEST_HEADER, answer_grammars,
-                                       parse_recommendations, request_set)
+                                       nameable, parse_recommendations, request_set)
 from ecombot.catalog.requests import per_request_scores, score_recommendations
 from ecombot.config import EvalConfig
 from ecombot.errors import EcombotError
@@ -66,12 +66,12 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if generating else (None, [])
     grammar = cfg.grammar or GRAMMAR
     grammars = answer_grammars(grammar, candidates, products)
-    nameable = [products] * len(test) if grammar == "catalog" else candidates  # what an answer may name
+    names = nameable(grammar, candidates, products)
     for name, adapter, prefix in runs:
         say(f"answering {len(test)} requests with {name} ...")
         answered = generate_all(engine, [prefix + c.messages[:-1] for c in test], adapter, cfg.batch_size,
                                 grammars=grammars)
-        parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, nameable)]
+        parsed = [parse_recommendations(a, c) for a, c in zip(answered.answers, names)]
         systems[name] = {**scored(requests, [p.skus for p in parsed], products, indices),
                          "dropped_skus": sum(p.dropped for p in parsed), **generation_scores(answered, indices)}
         for row, answer, p in zip(predictions, answered.answers, parsed):
