@@ -7,8 +7,9 @@ per round); agents correct the answers and a reviewer approves them, in the conv
 Then three ways to the next version:
   learn    `ecombot learn` (from the live version, replay, guard set, promotion rule)
   naive    the previous naive version trained on the round's feedback alone (same steps and learning rate)
-  retrain  a fresh adapter on the base data plus every round's feedback so far (the base run's settings), after the
-           last round (`--retrain-every N` for more: each is a full training run)
+  retrain  a fresh adapter on the base data plus every round's feedback so far (the base run's settings: by default
+           `ecombot train`'s own recipe, what a user retraining from scratch runs), after the last round
+           (`--retrain-every N` for more: each is a full training run)
 After each round, each version answers (greedy, as `ecombot evaluate`): the round's slice (its held-out feedback and
 other questions of the same kind, never trained on) before and after, and the guard set (the base run's test
 split): intent accuracy (nearest reference intent), fact accuracy, and loss per answer token. Ungrounded
@@ -150,7 +151,8 @@ def plot(results: dict, png: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--base-steps", type=int, default=150, help="The base run's (and each retrain's) steps.")
+    parser.add_argument("--base-steps", type=int, default=0, help="The base run's (and each retrain's) steps; 0: "
+                                                                     "the default recipe's (sized to the data).")
     parser.add_argument("--per-topic", type=int, default=16, help="Feedback items on the round's new topic.")
     parser.add_argument("--per-edit", type=int, default=8, help="Feedback items on the round's policy change.")
     parser.add_argument("--slice-extra", type=int, default=16, help="Further new-topic questions in the round's slice "
@@ -176,9 +178,9 @@ def main() -> None:
                                             args.seed)
     work = Path(tempfile.mkdtemp(prefix="ecombot-learn-rounds-"))
     db = f"sqlite:///{work / 'store.db'}"
-    # the quickstart's validation budget: every 50 steps on 64 conversations (auto would validate 10 times on 100)
-    common = dict(model=args.model, knowledge="none", max_steps=args.base_steps, seed=args.seed, eval_steps=50,
-                  eval_max_examples=64)
+    common = dict(model=args.model, knowledge="none", seed=args.seed)
+    if args.base_steps:  # the quickstart's validation budget: every 50 steps on 64 conversations
+        common.update(max_steps=args.base_steps, eval_steps=50, eval_max_examples=64)
 
     started = time.time()
     base = train(load_config(None, data=str(write_jsonl(work / "base.jsonl", base_convs)),
@@ -193,7 +195,8 @@ def main() -> None:
     print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
 
     base_guard = scorer(run.path, guard)
-    results = {"machine": machine(), "args": vars(args), "base": {"seconds": base_seconds, "guard": base_guard},
+    results = {"machine": machine(), "args": vars(args),
+               "base": {"seconds": base_seconds, "steps": base.steps, "guard": base_guard},
                "rounds": []}
     store = Store(db)
     latest = {"learn": run.path, "naive": run.path, "retrain": run.path}
@@ -219,20 +222,23 @@ def main() -> None:
         train(naive_cfg, show_progress=False)
         naive_seconds = round(time.time() - t0, 1)
         now = {"learn": run.live().path, "naive": work / f"naive-v{number + 1}"}
-        retrain_seconds = None
+        retrain_seconds = retrain_steps = None
         if number % args.retrain_every == 0 or number == len(plan):
             # retrain: a fresh adapter on everything so far, the base run's settings
             t0 = time.time()
-            train(load_config(None, data=str(write_jsonl(work / f"all-{number}.jsonl", base_convs + trained_so_far)),
-                              output=str(work / f"retrain-{number}"), **common), show_progress=False)
-            retrain_seconds = round(time.time() - t0, 1)
+            retrained = train(load_config(None, data=str(write_jsonl(work / f"all-{number}.jsonl",
+                                                                       base_convs + trained_so_far)),
+                                          output=str(work / f"retrain-{number}"), **common), show_progress=False)
+            retrain_seconds, retrain_steps = round(time.time() - t0, 1), retrained.steps
             now["retrain"] = work / f"retrain-{number}"
         row = {"round": number, "topic": round_["topic"], "edit": round_["edit"], "feedback": len(ids),
                "trained": len(taught), "held_out": len(held), "slice_items": len(slice_items),
                "learn": {"version": learned.version, "promoted": learned.promoted, "reason": learned.reason,
-                         "seconds": learn_seconds, "train_seconds": record["train_seconds"], "steps": record["steps"],
+                         "seconds": learn_seconds, "train_seconds": record["train_seconds"],
+                         "score_seconds": record["score_seconds"], "steps": record["steps"],
                          "guard_items": record["guard_items"], "guard_out_of_date": record["guard_out_of_date"]},
-               "naive_seconds": naive_seconds, "retrain_seconds": retrain_seconds, "systems": {}}
+               "naive_seconds": naive_seconds, "retrain_seconds": retrain_seconds, "retrain_steps": retrain_steps,
+               "systems": {}}
         for system in now:
             row["systems"][system] = {"slice_before": scorer(latest[system], slice_items),
                                       "slice_after": scorer(now[system], slice_items),
@@ -258,6 +264,11 @@ def main() -> None:
     print(f"\nbase guard intent / fact / loss: {base_guard['intent']:.2f} / {base_guard['fact']} / "
           f"{base_guard['loss']:.3f}; base training {base_seconds:.0f} s")
     print_table(["round", "system", "slice intent", "slice fact", "guard intent / fact / loss", "time"], rows)
+    retrains = [row["retrain_seconds"] for row in results["rounds"] if row["retrain_seconds"]]
+    rounds = [row["learn"]["seconds"] for row in results["rounds"]]
+    if retrains:
+        print(f"a learn round {min(rounds):.0f}-{max(rounds):.0f} s: {min(rounds) / retrains[-1]:.0%}-"
+              f"{max(rounds) / retrains[-1]:.0%} of the last retrain ({retrains[-1]:.0f} s)")
     results["seconds"] = round(time.time() - started, 1)
     write_results(args.output, results)
     plot(results, Path(args.output).with_suffix(".png"))

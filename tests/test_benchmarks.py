@@ -178,6 +178,8 @@ def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
             assert scores["guard"]["items"] == 6 and scores["slice_after"]["items"] == row["slice_items"] > 0
             assert 0 <= scores["slice_after"]["intent"] <= 1 and scores["guard"]["loss"] > 0
     assert second["retrain_seconds"] > 0 and first["retrain_seconds"] is None
+    assert result["base"]["steps"] == second["retrain_steps"] == 4  # the retrain runs the base run's recipe
+    assert all(0 < row["learn"]["score_seconds"] < row["learn"]["seconds"] for row in result["rounds"])
     assert (tmp_path / "learn_rounds.png").read_bytes()[:4] == b"\x89PNG"
 
 
