@@ -66,8 +66,9 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert result.version == "v2"
     assert len(result.feedback.train) == 8 and len(result.feedback.held_out) == 2  # a fifth held out for ever
     record = versions(base_run)["versions"][-1]
-    assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + loop.MIN_REPLAY, 4)
-    assert record["replayed"] == loop.MIN_REPLAY and record["guard_items"] > 0
+    replayed = min(len(RunDir(base_run).train_split().read_text().splitlines()), loop.REPLAY_PER_ITEM * 8)
+    assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + replayed, 4)
+    assert record["replayed"] == replayed > loop.MIN_REPLAY and record["guard_items"] > 0
     scores = record["scores"]
     # Trained on eight corrections of one kind, the two it never saw are answered far better: the slice improves.
     assert scores["feedback"]["candidate"]["loss"] < scores["feedback"]["parent"]["loss"] * 0.9
@@ -124,7 +125,8 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
     assert all(loop.VersionScores.key(None, c) in kept for c in fresh)  # the first training's test split
     assert second.record["parent"] == "v2" and second.version == "v3"
     first_lr = json.loads((base_run / "run_config.json").read_text())["config"]["learning_rate"]
-    assert second.record["learning_rate"] == versions(base_run)["versions"][1]["learning_rate"] == first_lr / 2
+    assert second.record["learning_rate"] == versions(base_run)["versions"][1]["learning_rate"]
+    assert second.record["learning_rate"] == first_lr * loop.LR_FACTOR
     assert second.record["guard_items"] == versions(base_run)["versions"][1]["guard_items"] + 2
     assert RunDir(base_run / "versions" / "v3").info()["config"]["init_adapter"] == str(base_run / "versions" / "v2")
 
@@ -263,10 +265,13 @@ def test_the_engine_swaps_in_a_promoted_version_after_the_batch_in_flight(base_r
     promote(base_run, "v2")
     started, finished = threading.Event(), {}
 
+    def streamed(row, text):
+        finished["last_text"] = time.monotonic()  # inside the batch, before it lets go of the engine
+        started.set()
+
     def long_answer():
-        result = engine.generate(ask, "support", Decoding(max_new_tokens=40, repetition_penalty=1.0),
-                                 on_text=lambda row, text: started.set())
-        finished["generate"] = (time.monotonic(), result[0])
+        finished["generate"] = engine.generate(ask, "support", Decoding(max_new_tokens=40, repetition_penalty=1.0),
+                                               on_text=streamed)[0]
 
     worker = threading.Thread(target=long_answer)
     worker.start()
@@ -274,8 +279,9 @@ def test_the_engine_swaps_in_a_promoted_version_after_the_batch_in_flight(base_r
     assert engine.reload_promoted() == {"support": "v2"}
     finished["reload"] = time.monotonic()
     worker.join(30)
-    ended, in_flight = finished["generate"]
-    assert in_flight.version == "v1" and ended <= finished["reload"]  # the batch in flight finished first, on v1
+    in_flight = finished["generate"]
+    # the batch in flight streamed its last text, on v1, before the swap
+    assert in_flight.version == "v1" and finished["last_text"] <= finished["reload"]
     after = engine.generate(ask, "support", Decoding(max_new_tokens=4))[0]
     assert after.version == "v2" and not torch.allclose(logits(), first, atol=1e-3)
     assert engine.version("support") == "v2" and engine.version("base") is None

@@ -7,10 +7,12 @@ the feedback alone and a retrain from scratch):
 - replay: training on a handful of corrections alone pulls the whole adapter toward them and the answers to every
   other question drift (catastrophic forgetting); mixed with REPLAY_PER_ITEM earlier training conversations per
   feedback item (at least MIN_REPLAY), the gradient keeps pointing at the old answers too.
-- from the live adapter at LR_FACTOR of its learning rate, for a few passes over the mix (FEEDBACK_PASSES, between
-  MIN_STEPS and MAX_STEPS optimizer steps): a round costs a small share of a full retrain. Four passes learnt each
-  round's slice to 0.87-1.00 intent (from 0.09-0.48) but cost 48-65% of a 100-step retrain and drifted the guard
-  set; two halve the training a round is made of.
+- from the live adapter at LR_FACTOR of its learning rate, for FEEDBACK_PASSES passes over the mix (between
+  MIN_STEPS and MAX_STEPS optimizer steps): a round costs a small share of a full retrain.
+  Chosen by benchmarks/learn_settings.py (round 1 of learn_rounds.py from a default-recipe base, guard loss 0.033):
+  the earlier 4 passes, 3 replayed per item, half the lr took the guard loss to 0.079 (2.4x) and the guard's greedy
+  intent 0.83 -> 0.67; 2 passes, 9 replayed, a quarter of the lr: guard loss 0.036, intent 0.73, the slice learnt as
+  well (intent 0.39 -> 0.87, facts 0.11 -> 0.67), 54 s a round against 360 s for the base's training.
 - each version's scores are kept per conversation (VersionScores): the live version was scored on most of this
   round's guard set when it was the candidate, so a round scores only the candidate and what is new.
 """
@@ -38,9 +40,9 @@ from ecombot.learn.feedback import FeedbackRound, as_conversation, feedback_roun
 from ecombot.run_dir import FIRST_VERSION, RunDir
 from ecombot.serve.store import Store
 
-REPLAY_PER_ITEM = 3
+REPLAY_PER_ITEM = 9
 MIN_REPLAY = 32
-LR_FACTOR = 0.5
+LR_FACTOR = 0.25
 FEEDBACK_PASSES = 2
 MIN_STEPS, MAX_STEPS = 10, 40
 # The promotion rule: the feedback slice's loss must fall, and the guard set's share of answer tokens the model is
@@ -185,7 +187,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     steps = learn_steps(len(feedback.train) + len(replay), batch)
     lr = float(root.info()["config"]["learning_rate"]) * LR_FACTOR  # of the first run: it must not halve every round
     say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback + {len(replay)} replayed conversations, "
-        f"{steps} steps of {batch} at lr {lr:g} (half the first training's)")
+        f"{steps} steps of {batch} at lr {lr:g} ({LR_FACTOR:g} of the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
     data = learn_data_path(root, version)
