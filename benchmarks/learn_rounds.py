@@ -64,6 +64,23 @@ def build_rounds(convs, rounds: int, per_topic: int, per_edit: int, slice_extra:
     return base, plan, topics
 
 
+def base_fields(args) -> dict:
+    """The base run's (and each retrain's) settings: `ecombot train`'s default recipe unless --base-steps is given;
+    ungrounded, so that the corrections must reach the weights."""
+    fields = dict(model=args.model, knowledge="none", seed=args.seed)
+    if args.base_steps:  # the quickstart's validation budget: every 50 steps on 64 conversations
+        fields.update(max_steps=args.base_steps, eval_steps=50, eval_max_examples=64)
+    return fields
+
+
+def parse_recipe(spec: str):
+    """'passes,replayed per feedback item,lr share' -> ecombot learn's Recipe."""
+    from ecombot.learn import Recipe
+
+    passes, per_item, lr_share = spec.split(",")
+    return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes))
+
+
 def write_jsonl(path: Path, convs) -> Path:
     path.write_text("".join(json.dumps(c.to_json()) + "\n" for c in convs))
     return path
@@ -160,6 +177,8 @@ def main() -> None:
     parser.add_argument("--retrain-every", type=int, default=5, help="Retrain from scratch every N rounds (and after "
                                                                          "the last): each costs a full training run.")
     parser.add_argument("--guard", type=int, default=48, help="Guard-set questions answered per version.")
+    parser.add_argument("--recipe", help="passes,replayed per feedback item,lr share for `ecombot learn` (default: "
+                                         "learn/loop.py's Recipe)")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--seed", type=int, default=42)
@@ -168,19 +187,18 @@ def main() -> None:
 
     from ecombot.config import load_config
     from ecombot.data import builtin_path, clean, read_file
-    from ecombot.learn import learn
+    from ecombot.learn import Recipe, learn
     from ecombot.run_dir import RunDir
     from ecombot.serve.store import Store
     from ecombot.train import train
 
+    recipe = parse_recipe(args.recipe) if args.recipe else Recipe()
     convs, _ = clean(read_file(builtin_path()))
     base_convs, plan, topics = build_rounds(convs, args.rounds, args.per_topic, args.per_edit, args.slice_extra,
                                             args.seed)
     work = Path(tempfile.mkdtemp(prefix="ecombot-learn-rounds-"))
     db = f"sqlite:///{work / 'store.db'}"
-    common = dict(model=args.model, knowledge="none", seed=args.seed)
-    if args.base_steps:  # the quickstart's validation budget: every 50 steps on 64 conversations
-        common.update(max_steps=args.base_steps, eval_steps=50, eval_max_examples=64)
+    common = base_fields(args)
 
     started = time.time()
     base = train(load_config(None, data=str(write_jsonl(work / "base.jsonl", base_convs)),
@@ -195,7 +213,7 @@ def main() -> None:
     print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
 
     base_guard = scorer(run.path, guard)
-    results = {"machine": machine(), "args": vars(args),
+    results = {"machine": machine(), "args": vars(args), "recipe": dataclasses.asdict(recipe),
                "base": {"seconds": base_seconds, "steps": base.steps, "guard": base_guard},
                "rounds": []}
     store = Store(db)
@@ -204,7 +222,8 @@ def main() -> None:
     for number, round_ in enumerate(plan, start=1):
         ids = record_feedback(store, "bot", run.live_version(), round_["feedback"], round_["edit"])
         t0 = time.time()
-        learned = learn(run.path, db=db, served_as="bot", say=lambda line: print("  " + line, flush=True))
+        learned = learn(run.path, db=db, served_as="bot", say=lambda line: print("  " + line, flush=True),
+                        recipe=recipe)
         learn_seconds = round(time.time() - t0, 1)
         held = [ids[i] for i in learned.feedback.held_out_ids]
         taught = [ids[i] for i in learned.feedback.used_ids]

@@ -183,6 +183,27 @@ def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
     assert (tmp_path / "learn_rounds.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_learn_settings_benchmark_short_form(tiny_model_dir, tmp_path):
+    """Round 1 of learn_rounds under two recipes from one base: each trains with its own replay, steps and learning
+    rate, and is scored before and after on the same slice and guard."""
+    from ecombot.learn.loop import learn_steps
+
+    result = run_benchmark("learn_settings", ["--model", str(tiny_model_dir), "--base-steps", "4", "--recipes",
+                                              "1,2,0.5", "2,1,0.25", "--per-topic", "6", "--per-edit", "2",
+                                              "--slice-extra", "4", "--guard", "6", "--max-new-tokens", "4"], tmp_path)
+    first, second = result["recipes"]
+    assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1}
+    first_lr = 2 * first["learning_rate"]
+    assert second["learning_rate"] == pytest.approx(first_lr * 0.25)
+    for got, per_item, passes in ((first, 2, 1), (second, 1, 2)):
+        trained = 8 - 2  # 8 feedback items, a fifth (2) held out as the slice
+        assert got["replayed"] == max(32, per_item * trained)  # MIN_REPLAY: the tiny base has more to replay
+        assert got["steps"] == learn_steps(trained + got["replayed"], 8, passes)
+        assert got["guard"]["items"] == 6 and got["slice_after"]["items"] == got["slice_before"]["items"] > 0
+        assert 0 < got["train_seconds"] < got["seconds"]
+    assert first["slice_before"] == second["slice_before"]  # the same base, the same held-out items
+
+
 def test_step_ops_short_form(tiny_model_dir, tmp_path):
     """The quickstart's grounded step profiled by operator: the shares add up to at most the whole step, the matrix
     products are among the operators, and the machine's matrix product rate is recorded beside them."""

@@ -66,7 +66,7 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert result.version == "v2"
     assert len(result.feedback.train) == 8 and len(result.feedback.held_out) == 2  # a fifth held out for ever
     record = versions(base_run)["versions"][-1]
-    replayed = min(len(RunDir(base_run).train_split().read_text().splitlines()), loop.REPLAY_PER_ITEM * 8)
+    replayed = min(len(RunDir(base_run).train_split().read_text().splitlines()), loop.Recipe.replay_per_item * 8)
     assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + replayed, 4)
     assert record["replayed"] == replayed > loop.MIN_REPLAY and record["guard_items"] > 0
     scores = record["scores"]
@@ -126,7 +126,7 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
     assert second.record["parent"] == "v2" and second.version == "v3"
     first_lr = json.loads((base_run / "run_config.json").read_text())["config"]["learning_rate"]
     assert second.record["learning_rate"] == versions(base_run)["versions"][1]["learning_rate"]
-    assert second.record["learning_rate"] == first_lr * loop.LR_FACTOR
+    assert second.record["learning_rate"] == first_lr * loop.Recipe.lr_factor
     assert second.record["guard_items"] == versions(base_run)["versions"][1]["guard_items"] + 2
     assert RunDir(base_run / "versions" / "v3").info()["config"]["init_adapter"] == str(base_run / "versions" / "v2")
 

@@ -5,11 +5,12 @@ set and the new feedback's held-out part -> promoted only if it helped and kept 
 Why each number (benchmarks/learn_rounds.py measures the loop over five rounds against naive sequential training on
 the feedback alone and a retrain from scratch):
 - replay: training on a handful of corrections alone pulls the whole adapter toward them and the answers to every
-  other question drift (catastrophic forgetting); mixed with REPLAY_PER_ITEM earlier training conversations per
-  feedback item (at least MIN_REPLAY), the gradient keeps pointing at the old answers too.
-- from the live adapter at LR_FACTOR of its learning rate, for FEEDBACK_PASSES passes over the mix (between
+  other question drift (catastrophic forgetting); mixed with Recipe.replay_per_item earlier training conversations
+  per feedback item (at least MIN_REPLAY), the gradient keeps pointing at the old answers too.
+- from the live adapter at Recipe.lr_factor of its learning rate, for Recipe.passes passes over the mix (between
   MIN_STEPS and MAX_STEPS optimizer steps): a round costs a small share of a full retrain.
-  Chosen by benchmarks/learn_settings.py (round 1 of learn_rounds.py from a default-recipe base, guard loss 0.033):
+  Chosen by benchmarks/learn_settings.py (round 1 of learn_rounds.py from a default-recipe base, guard loss 0.033;
+  2-core Zen 4, bf16):
   the earlier 4 passes, 3 replayed per item, half the lr took the guard loss to 0.079 (2.4x) and the guard's greedy
   intent 0.83 -> 0.67; 2 passes, 9 replayed, a quarter of the lr: guard loss 0.036, intent 0.73, the slice learnt as
   well (intent 0.39 -> 0.87, facts 0.11 -> 0.67), 54 s a round against 360 s for the base's training.
@@ -40,10 +41,7 @@ from ecombot.learn.feedback import FeedbackRound, as_conversation, feedback_roun
 from ecombot.run_dir import FIRST_VERSION, RunDir
 from ecombot.serve.store import Store
 
-REPLAY_PER_ITEM = 9
 MIN_REPLAY = 32
-LR_FACTOR = 0.25
-FEEDBACK_PASSES = 2
 MIN_STEPS, MAX_STEPS = 10, 40
 # The promotion rule: the feedback slice's loss must fall, and the guard set's share of answer tokens the model is
 # sure of (p > 0.5: greedy decoding says them) may fall by at most this much. Not the guard loss: on templated answers
@@ -51,6 +49,15 @@ MIN_STEPS, MAX_STEPS = 10, 40
 # share 96.3% -> 96.1% and guard intent accuracy 0.53 -> 0.61 on 64 greedy answers; a loss veto rejected that version.
 GUARD_SURE_DROP = 0.01
 GUARD_MAX = 100  # guard conversations scored per version (the first ones: the same every round): ~20 s each on CPU
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a round trains: replayed conversations per feedback item, the share of the first training's learning
+    rate, passes over feedback + replay (why these: the module docstring; benchmarks/learn_settings.py compares)."""
+    replay_per_item: int = 9
+    lr_factor: float = 0.25
+    passes: int = 2
 
 
 @dataclass
@@ -102,8 +109,8 @@ def replay_pool(root: RunDir, lineage: dict) -> list[Conversation]:
     return pool
 
 
-def learn_steps(examples: int, batch: int) -> int:
-    return min(MAX_STEPS, max(MIN_STEPS, -(-FEEDBACK_PASSES * examples // batch)))
+def learn_steps(examples: int, batch: int, passes: int = Recipe.passes) -> int:
+    return min(MAX_STEPS, max(MIN_STEPS, -(-passes * examples // batch)))
 
 
 def learn_data_path(root: RunDir, version: str) -> Path:
@@ -133,18 +140,18 @@ def only_learn_running(root: RunDir):
 
 
 def learn(adapter: str | Path, db: str | None = None, served_as: str | None = None, since: datetime | None = None,
-          dry_run: bool = False, say: Callable[[str], None] = print) -> LearnResult:
+          dry_run: bool = False, say: Callable[[str], None] = print, recipe: Recipe = Recipe()) -> LearnResult:
     root = RunDir(adapter)
     root.check_adapter()
     if root.info() is None:
         raise EcombotError(f"{root.path}: not a run trained by ecombot (no run_config.json); `ecombot learn` needs "
                            "the run's data split and settings")
     with only_learn_running(root):
-        return learn_locked(root, db, served_as, since, dry_run, say)
+        return learn_locked(root, db, served_as, since, dry_run, say, recipe)
 
 
 def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: datetime | None, dry_run: bool,
-                 say: Callable[[str], None]) -> LearnResult:
+                 say: Callable[[str], None], recipe: Recipe) -> LearnResult:
     lineage = root.lineage()
     drop_unfinished(root, lineage)
     parent = root.version(lineage["live"])
@@ -182,12 +189,12 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     pool = [c for c in replay_pool(root, lineage)
             if normalise_text(c.question) not in asked and not states_superseded(c, old_values)]
     rng = random.Random(parent_cfg.seed + int(version[1:]))
-    replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, REPLAY_PER_ITEM * len(feedback.train))))
+    replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, recipe.replay_per_item * len(feedback.train))))
     batch = parent_cfg.batch_size if isinstance(parent_cfg.batch_size, int) else 8
-    steps = learn_steps(len(feedback.train) + len(replay), batch)
-    lr = float(root.info()["config"]["learning_rate"]) * LR_FACTOR  # of the first run: it must not halve every round
+    steps = learn_steps(len(feedback.train) + len(replay), batch, recipe.passes)
+    lr = float(root.info()["config"]["learning_rate"]) * recipe.lr_factor  # of the first run, not halved every round
     say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback + {len(replay)} replayed conversations, "
-        f"{steps} steps of {batch} at lr {lr:g} ({LR_FACTOR:g} of the first training's)")
+        f"{steps} steps of {batch} at lr {lr:g} ({recipe.lr_factor:g} of the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
     data = learn_data_path(root, version)
@@ -391,4 +398,4 @@ def versions(adapter: str | Path) -> dict:
     return root.lineage()
 
 
-__all__ = ["FIRST_VERSION", "LearnResult", "learn", "rollback", "versions"]
+__all__ = ["FIRST_VERSION", "LearnResult", "Recipe", "learn", "rollback", "versions"]
