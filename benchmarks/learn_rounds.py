@@ -255,6 +255,7 @@ def main() -> None:
                "learn": {"version": learned.version, "promoted": learned.promoted, "reason": learned.reason,
                          "seconds": learn_seconds, "train_seconds": record["train_seconds"],
                          "score_seconds": record["score_seconds"], "steps": record["steps"],
+                         "passes": record["passes"],
                          "guard_items": record["guard_items"], "guard_out_of_date": record["guard_out_of_date"]},
                "naive_seconds": naive_seconds, "retrain_seconds": retrain_seconds, "retrain_steps": retrain_steps,
                "systems": {}}

@@ -76,7 +76,8 @@ def main() -> None:
         candidate = run / "versions" / learned.version
         got = {"recipe": dataclasses.asdict(recipe), "seconds": seconds,
                "train_seconds": learned.record["train_seconds"], "steps": learned.record["steps"],
-               "replayed": learned.record["replayed"], "learning_rate": learned.record["learning_rate"],
+               "replayed": learned.record["replayed"], "passes": learned.record["passes"],
+               "learning_rate": learned.record["learning_rate"],
                "promoted": learned.promoted, "reason": learned.reason,
                "slice_before": scorer(run, slice_items), "slice_after": scorer(candidate, slice_items),
                "guard": scorer(candidate, guard)}

@@ -193,8 +193,8 @@ def test_learn_settings_benchmark_short_form(tiny_model_dir, tmp_path):
                                               "--slice-extra", "4", "--guard", "6", "--max-new-tokens", "4"], tmp_path)
     first, second = result["recipes"]
     assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1}
-    first_lr = 2 * first["learning_rate"]
-    assert second["learning_rate"] == pytest.approx(first_lr * 0.25)
+    base_lr = 2 * first["learning_rate"]  # the base run's: each recipe takes its share of it
+    assert second["learning_rate"] == pytest.approx(base_lr * 0.25)
     for got, per_item, passes in ((first, 2, 1), (second, 1, 2)):
         trained = 8 - 2  # 8 feedback items, a fifth (2) held out as the slice
         assert got["replayed"] == max(32, per_item * trained)  # MIN_REPLAY: the tiny base has more to replay

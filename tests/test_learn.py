@@ -66,9 +66,12 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert result.version == "v2"
     assert len(result.feedback.train) == 8 and len(result.feedback.held_out) == 2  # a fifth held out for ever
     record = versions(base_run)["versions"][-1]
-    replayed = min(len(RunDir(base_run).train_split().read_text().splitlines()), loop.Recipe.replay_per_item * 8)
+    # 9 per feedback item, as many as the first training's split holds (none of it asks the feedback's questions)
+    pool = len(RunDir(base_run).train_split().read_text().splitlines())
+    replayed = min(pool, loop.Recipe.replay_per_item * 8)
     assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + replayed, 4)
     assert record["replayed"] == replayed > loop.MIN_REPLAY and record["guard_items"] > 0
+    assert record["passes"] == round(record["steps"] * 4 / (8 + replayed), 2)
     scores = record["scores"]
     # Trained on eight corrections of one kind, the two it never saw are answered far better: the slice improves.
     assert scores["feedback"]["candidate"]["loss"] < scores["feedback"]["parent"]["loss"] * 0.9
@@ -109,9 +112,9 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
     give_feedback(store, "support", questions(10, 20), version="v2")
     scored, stats = [], ecombot.evaluate.answer_token_stats
 
-    def counting(model, tokenizer, convs, system_prompt):
+    def counting(model, tokenizer, convs, *rest):
         scored.append((model.active_adapter, len(convs)))
-        return stats(model, tokenizer, convs, system_prompt)
+        return stats(model, tokenizer, convs, *rest)
 
     monkeypatch.setattr(ecombot.evaluate, "answer_token_stats", counting)
     second = learn(base_run, say=lambda _: None)
@@ -120,9 +123,10 @@ def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_th
     # guard now: as the parent it is scored on this round's new slice alone.
     assert scored == [("candidate", guard_items), ("parent", 2), ("candidate", 2)]
     kept = json.loads((base_run / "versions" / "v2" / "item_scores.json").read_text())
-    assert len(kept) == guard_items + 2
-    fresh = [c for c in loop.guard_set(RunDir(base_run), [], set(), {})[0]]
-    assert all(loop.VersionScores.key(None, c) in kept for c in fresh)  # the first training's test split
+    assert len(kept["items"]) == guard_items + 2
+    first_split = loop.guard_set(RunDir(base_run), [], set(), {})[0]
+    assert all(loop.VersionScores.key(None, c) in kept["items"] for c in first_split)
+    assert kept["scorer"]["precision"] == loaded.precision
     assert second.record["parent"] == "v2" and second.version == "v3"
     first_lr = json.loads((base_run / "run_config.json").read_text())["config"]["learning_rate"]
     assert second.record["learning_rate"] == versions(base_run)["versions"][1]["learning_rate"]
@@ -391,3 +395,19 @@ def test_sure_tokens_are_the_answer_tokens_the_model_gives_more_than_half_its_pr
     sums, counts, sure = answer_token_stats(model, tokenizer, convs, None)
     assert list(sure) == list(expected) and (sure <= counts).all() and (counts > 0).all()
     assert 0 < sure.sum() < counts.sum()
+
+
+def test_kept_scores_count_only_for_the_same_scorer_and_a_damaged_file_is_a_miss(tmp_path):
+    from types import SimpleNamespace
+
+    run = RunDir(tmp_path)
+    here = SimpleNamespace(device="cpu", precision="bf16", model_dir=tmp_path / "model")
+    item = Conversation([{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}])
+    kept = loop.VersionScores(run, here)
+    kept.known[kept.key(None, item)] = [1.0, 2.0, 1.0]
+    run.item_scores_file.write_text(json.dumps({"scorer": kept.scorer, "items": kept.known}))
+    assert loop.VersionScores(run, here).known == kept.known
+    elsewhere = SimpleNamespace(device="cpu", precision="fp32", model_dir=tmp_path / "model")
+    assert loop.VersionScores(run, elsewhere).known == {}  # scored in bf16: not this scorer's numbers
+    run.item_scores_file.write_text('{"scorer": ')
+    assert loop.VersionScores(run, here).known == {}

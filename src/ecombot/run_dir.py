@@ -12,6 +12,7 @@
                         the promotion decision, the feedback it used or held out, and which version is live
     versions/v2, v3 …   the later versions, each a complete run directory of its own, trained from its parent
     versions.png        each version's guard-set and feedback-slice loss beside its parent's
+    item_scores.json    after `ecombot learn` scored this version: its answer-token stats per conversation (a cache)
 
 Only a directory with both adapter files is an adapter; a run of ecombot's is finished when run_config.json says
 "complete", and its adapter is loaded only then (while it says "running" the files may be an older adapter's, or
@@ -70,6 +71,10 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.path.resolve().name
+
+    @property
+    def item_scores_file(self) -> Path:
+        return self.path / "item_scores.json"
 
     @property
     def versions_file(self) -> Path:

@@ -8,14 +8,17 @@ the feedback alone and a retrain from scratch):
   other question drift (catastrophic forgetting); mixed with Recipe.replay_per_item earlier training conversations
   per feedback item (at least MIN_REPLAY), the gradient keeps pointing at the old answers too.
 - from the live adapter at Recipe.lr_factor of its learning rate, for Recipe.passes passes over the mix (between
-  MIN_STEPS and MAX_STEPS optimizer steps): a round costs a small share of a full retrain.
-  Chosen by benchmarks/learn_settings.py (round 1 of learn_rounds.py from a default-recipe base, guard loss 0.033;
-  2-core Zen 4, bf16):
-  the earlier 4 passes, 3 replayed per item, half the lr took the guard loss to 0.079 (2.4x) and the guard's greedy
-  intent 0.83 -> 0.67; 2 passes, 9 replayed, a quarter of the lr: guard loss 0.036, intent 0.73, the slice learnt as
-  well (intent 0.39 -> 0.87, facts 0.11 -> 0.67), 54 s a round against 360 s for the base's training.
-- each version's scores are kept per conversation (VersionScores): the live version was scored on most of this
-  round's guard set when it was the candidate, so a round scores only the candidate and what is new.
+  MIN_STEPS and MAX_STEPS optimizer steps; above 16 feedback items with 9 replayed per item the 40-step cap makes it
+  fewer: each version records the passes it had): a round costs a small share of a full retrain.
+  Chosen by benchmarks/learn_settings.py and learn_rounds.py (2-core Zen 4, bf16; a default-recipe base of 208
+  steps). Round 1, the round's own guard (84 conversations, loss 0.033): the earlier recipe (4 passes, 3 replayed
+  per item, half the lr) left it at 0.079, 9 replayed at half the lr at 0.056, at a quarter of the lr at 0.036. Over
+  five rounds a quarter of the lr kept the guard loss lowest (0.035 -> 0.039 vs 0.050 at half) but learnt the slices
+  of rounds 2-4 by -17 to +17 points of greedy intent; half the lr learnt every round's (+22 to +61): a version that
+  does not say the agents' corrections is not worth a round. ~60 s a round, ~20% of a default-recipe retrain.
+- each version's scores are kept per conversation (VersionScores): the live version was scored on last round's
+  guard set and slice when it was the candidate, so the same prompts are not scored again (a grounded round whose
+  knowledge base changed retrieves other passages: those prompts are new and scored).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ MIN_STEPS, MAX_STEPS = 10, 40
 # it sits near 0.1 nats, where a 35% rise (0.117 -> 0.159, a round of benchmarks/learn_rounds.py) went with a sure
 # share 96.3% -> 96.1% and guard intent accuracy 0.53 -> 0.61 on 64 greedy answers; a loss veto rejected that version.
 GUARD_SURE_DROP = 0.01
+SCORE_MAX_LENGTH = 1024  # tokens per scored conversation (answer_token_stats' limit)
 GUARD_MAX = 100  # guard conversations scored per version (the first ones: the same every round): ~20 s each on CPU
 
 
@@ -56,8 +60,13 @@ class Recipe:
     """How a round trains: replayed conversations per feedback item, the share of the first training's learning
     rate, passes over feedback + replay (why these: the module docstring; benchmarks/learn_settings.py compares)."""
     replay_per_item: int = 9
-    lr_factor: float = 0.25
+    lr_factor: float = 0.5
     passes: int = 2
+
+    def __post_init__(self):
+        if self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1:
+            raise ValueError(f"a learn recipe replays >= 0 conversations per item, at a share of the learning rate in "
+                             f"(0, 1], for >= 1 pass (got {self})")
 
 
 @dataclass
@@ -218,8 +227,8 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     # grounded as the candidate reads the base (the parent's pairs and the feedback pairs training just added), for
     # both versions: the same prompts, so the scores differ by the weights alone
     scoring = time.time()
-    scores = compare_versions(root, {"parent": lineage["live"], "candidate": version},
-                              {"guard": guard, "feedback": slice_items}, open_grounder_of(parent_cfg, candidate))
+    scores = compare_versions(root, lineage["live"], version, {"guard": guard, "feedback": slice_items},
+                              open_grounder_of(parent_cfg, candidate))
     score_seconds = round(time.time() - scoring, 1)
     promoted, reason = promotion(scores)
     record = {"name": version, "parent": lineage["live"], "created_at": now_iso(),
@@ -227,6 +236,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
               "feedback_ids": feedback.used_ids, "held_out_ids": feedback.held_out_ids,
               "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
               "replayed": len(replay), "steps": result.steps, "learning_rate": lr,
+              "passes": round(steps * batch / (len(feedback.train) + len(replay)), 2),
               "train_seconds": result.train_seconds, "score_seconds": score_seconds,
               "seconds": round(time.time() - started, 1),
               "feedback_slice": slice_name, "guard_items": len(guard), "guard_out_of_date": out_of_date,
@@ -277,15 +287,22 @@ def guard_set(root: RunDir, corrections: list[Conversation], held_before: set[in
 class VersionScores:
     """One version's answer-token stats per conversation it was scored on, kept beside its adapter and keyed by the
     prompt and answer exactly as scored (grounded passages included): its weights never change, so next round, as
-    the live version, only conversations it has not seen are scored again."""
+    the live version, the conversations it was already scored on are not scored again. Kept only for the same
+    scorer (device, precision, base model, length limit); a damaged or foreign file is a cache miss, not an error."""
 
-    def __init__(self, run: RunDir):
-        self.path = run.path / "item_scores.json"
-        self.known = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+    def __init__(self, run: RunDir, loaded):
+        self.path = run.item_scores_file
+        self.scorer = {"device": loaded.device, "precision": loaded.precision, "model": str(loaded.model_dir),
+                       "max_length": SCORE_MAX_LENGTH}
+        self.known = {}
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            kept = json.loads(self.path.read_text(encoding="utf-8"))
+            if kept.get("scorer") == self.scorer:
+                self.known = dict(kept["items"])
 
     @staticmethod
     def key(system_prompt: str | None, conv: Conversation) -> str:
-        return hashlib.sha256(json.dumps([system_prompt, conv.messages]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([system_prompt, conv.messages], sort_keys=True).encode()).hexdigest()
 
     def stats(self, model, tokenizer, convs: list[Conversation], system_prompt: str | None) -> list[list[float]]:
         """[loss sum, answer tokens, tokens sure of] per conversation, scoring only the unseen ones."""
@@ -294,26 +311,26 @@ class VersionScores:
         keys = [self.key(system_prompt, c) for c in convs]
         unseen = {k: c for k, c in zip(keys, convs) if k not in self.known}
         if unseen:
-            found = answer_token_stats(model, tokenizer, list(unseen.values()), system_prompt)
+            found = answer_token_stats(model, tokenizer, list(unseen.values()), system_prompt, SCORE_MAX_LENGTH)
             self.known.update({k: [float(v[i]) for v in found] for i, k in enumerate(unseen)})
-            atomic.write_json(self.path, self.known)
+            atomic.write_json(self.path, {"scorer": self.scorer, "items": self.known})
         return [self.known[k] for k in keys]
 
 
-def compare_versions(root: RunDir, names: dict[str, str], sets: dict[str, list[Conversation]],
+def compare_versions(root: RunDir, parent: str, candidate: str, sets: dict[str, list[Conversation]],
                      grounder) -> dict[str, dict[str, dict[str, float] | None]]:
-    """Per set and version ("parent" and "candidate" in `names`): loss per answer token and the share of answer tokens
-    the version is sure of (p > 0.5), one base model in memory, prompts grounded the way the versions answer (an
-    item's own Q&A pair is never among its passages)."""
+    """Per set and version (the versions named `parent` and `candidate`): loss per answer token and the share of
+    answer tokens the version is sure of (p > 0.5), one base model in memory, prompts grounded the way the versions
+    answer (an item's own Q&A pair is never among its passages)."""
     from ecombot.evaluate.grounded import own_pair
     from ecombot.models import load_for_inference
 
-    runs = {role: root.version(name) for role, name in names.items()}
+    runs = {"parent": root.version(parent), "candidate": root.version(candidate)}
     loaded = load_for_inference(adapter=runs["parent"].path, adapter_name="parent", live=False)
     loaded.model.load_adapter(str(runs["candidate"].path), adapter_name="candidate")
     loaded.model.eval()
     system_prompt = runs["parent"].system_prompt()
-    kept = {role: VersionScores(run) for role, run in runs.items()}
+    kept = {role: VersionScores(run, loaded) for role, run in runs.items()}
     scores: dict[str, dict[str, dict[str, float] | None]] = {}
     for name, convs in sets.items():
         if grounder is not None and convs:
