@@ -73,6 +73,23 @@ def base_fields(args) -> dict:
     return fields
 
 
+def train_from_scratch(args, convs, data: Path, output: Path):
+    """A fresh adapter on `convs` with the base run's settings (base_fields): the base run, and each retrain."""
+    from ecombot.config import load_config
+    from ecombot.train import train
+
+    return train(load_config(None, data=str(write_jsonl(data, convs)), output=str(output), **base_fields(args)),
+                 show_progress=False)
+
+
+def guard_questions(run: Path, plan, size: int):
+    """The base run's held-out questions whose answers no round changes: a fixed set, so rounds compare."""
+    from ecombot.data import read_file
+
+    return [c for c in read_file(run / "data" / "test.jsonl").conversations
+            if not any(r["edit"][0] in c.answer for r in plan)][:size]
+
+
 def parse_recipe(spec: str):
     """'passes,replayed per feedback item,lr share' -> ecombot learn's Recipe."""
     from ecombot.learn import Recipe
@@ -201,14 +218,10 @@ def main() -> None:
     common = base_fields(args)
 
     started = time.time()
-    base = train(load_config(None, data=str(write_jsonl(work / "base.jsonl", base_convs)),
-                             output=str(work / "bot"), **common), show_progress=False)
+    base = train_from_scratch(args, base_convs, work / "base.jsonl", work / "bot")
     base_seconds = round(time.time() - started, 1)
     run = RunDir(work / "bot")
-    from ecombot.data import read_file as read
-    # the guard: held-out questions whose answers no round changes (a fixed set, so rounds compare)
-    guard = [c for c in read(run.data_dir / "test.jsonl").conversations
-             if not any(r["edit"][0] in c.answer for r in plan)][:args.guard]
+    guard = guard_questions(run.path, plan, args.guard)
     scorer = Scorer(convs + [c for r in plan for c in r["feedback"] + r["extra"]], args.max_new_tokens)
     print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
 
@@ -245,9 +258,8 @@ def main() -> None:
         if number % args.retrain_every == 0 or number == len(plan):
             # retrain: a fresh adapter on everything so far, the base run's settings
             t0 = time.time()
-            retrained = train(load_config(None, data=str(write_jsonl(work / f"all-{number}.jsonl",
-                                                                       base_convs + trained_so_far)),
-                                          output=str(work / f"retrain-{number}"), **common), show_progress=False)
+            retrained = train_from_scratch(args, base_convs + trained_so_far, work / f"all-{number}.jsonl",
+                                           work / f"retrain-{number}")
             retrain_seconds, retrain_steps = round(time.time() - t0, 1), retrained.steps
             now["retrain"] = work / f"retrain-{number}"
         row = {"round": number, "topic": round_["topic"], "edit": round_["edit"], "feedback": len(ids),

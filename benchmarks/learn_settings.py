@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_results  # noqa: E402
-from learn_rounds import Scorer, base_fields, build_rounds, parse_recipe, record_feedback, write_jsonl  # noqa: E402
+from learn_rounds import (Scorer, build_rounds, guard_questions, parse_recipe, record_feedback,  # noqa: E402
+                          train_from_scratch)
 
 PLANNED_ROUNDS = 5  # the guard leaves out every value learn_rounds.py's five rounds change, as it does there
 
@@ -40,11 +41,9 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/learn_settings.json")
     args = parser.parse_args()
 
-    from ecombot.config import load_config
     from ecombot.data import builtin_path, clean, read_file
     from ecombot.learn import learn
     from ecombot.serve.store import Store
-    from ecombot.train import train
 
     convs, _ = clean(read_file(builtin_path()))
     base_convs, plan, _ = build_rounds(convs, PLANNED_ROUNDS, args.per_topic, args.per_edit, args.slice_extra,
@@ -54,15 +53,13 @@ def main() -> None:
     base_seconds = None
     if not args.base:
         started = time.time()
-        train(load_config(None, data=str(write_jsonl(work / "base.jsonl", base_convs)), output=str(base),
-                          **base_fields(args)), show_progress=False)
+        train_from_scratch(args, base_convs, work / "base.jsonl", base)
         base_seconds = round(time.time() - started, 1)
-    guard = [c for c in read_file(base / "data" / "test.jsonl").conversations
-             if not any(r["edit"][0] in c.answer for r in plan)][:args.guard]
+    guard = guard_questions(base, plan, args.guard)
     scorer = Scorer(convs + [c for r in plan for c in r["feedback"] + r["extra"]], args.max_new_tokens)
     results = {"machine": machine(), "args": vars(args),
                "base": {"seconds": base_seconds, "guard": scorer(base, guard)}, "recipes": []}
-    rows = []
+    rows, before = [], {}  # the base's scores on a slice: every recipe holds out the same items
     for spec in args.recipes:
         recipe = parse_recipe(spec)
         run = work / spec.replace(",", "-") / "bot"
@@ -73,13 +70,16 @@ def main() -> None:
         learned = learn(run, db=db, served_as="bot", say=lambda _: None, recipe=recipe)
         seconds = round(time.time() - started, 1)
         slice_items = [ids[i] for i in learned.feedback.held_out_ids] + plan[0]["extra"]
+        asked = tuple(c.question for c in slice_items)
+        if asked not in before:
+            before[asked] = scorer(base, slice_items)
         candidate = run / "versions" / learned.version
         got = {"recipe": dataclasses.asdict(recipe), "seconds": seconds,
                "train_seconds": learned.record["train_seconds"], "steps": learned.record["steps"],
                "replayed": learned.record["replayed"], "passes": learned.record["passes"],
                "learning_rate": learned.record["learning_rate"],
                "promoted": learned.promoted, "reason": learned.reason,
-               "slice_before": scorer(run, slice_items), "slice_after": scorer(candidate, slice_items),
+               "slice_before": before[asked], "slice_after": scorer(candidate, slice_items),
                "guard": scorer(candidate, guard)}
         results["recipes"].append(got)
         write_results(args.output, results)
