@@ -91,11 +91,12 @@ def guard_questions(run: Path, plan, size: int):
 
 
 def parse_recipe(spec: str):
-    """'passes,replayed per feedback item,lr share' -> ecombot learn's Recipe."""
+    """'passes,replayed per feedback item,lr share[,L2 pull toward the parent]' -> ecombot learn's Recipe."""
     from ecombot.learn import Recipe
 
-    passes, per_item, lr_share = spec.split(",")
-    return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes))
+    passes, per_item, lr_share, *pull = spec.split(",")
+    return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes),
+                  **({"parent_l2": float(pull[0])} if pull else {}))
 
 
 def write_jsonl(path: Path, convs) -> Path:
@@ -196,6 +197,9 @@ def main() -> None:
     parser.add_argument("--guard", type=int, default=48, help="Guard-set questions answered per version.")
     parser.add_argument("--recipe", help="passes,replayed per feedback item,lr share for `ecombot learn` (default: "
                                          "learn/loop.py's Recipe)")
+    parser.add_argument("--systems", default="learn,naive,retrain", type=lambda v: v.split(","),
+                        help="learn and the anchors to run beside it (naive and retrain do not depend on --recipe: "
+                             "leave them out to compare recipes on a base they were measured on)")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--seed", type=int, default=42)
@@ -245,17 +249,20 @@ def main() -> None:
 
         # naive: the previous naive version on this round's feedback alone, the same steps and learning rate
         record = learned.record
-        naive_cfg = dataclasses.replace(load_config(None, data=str(write_jsonl(work / f"naive-{number}.jsonl", taught)),
-                                                    output=str(work / f"naive-v{number + 1}"), **common),
-                                        init_adapter=str(latest["naive"]), val_fraction=0.0, test_fraction=0.0,
-                                        max_steps=record["steps"], learning_rate=record["learning_rate"],
-                                        batch_size=8, eval_steps=record["steps"], warmup_ratio=0.0)
-        t0 = time.time()
-        train(naive_cfg, show_progress=False)
-        naive_seconds = round(time.time() - t0, 1)
-        now = {"learn": run.live().path, "naive": work / f"naive-v{number + 1}"}
-        retrain_seconds = retrain_steps = None
-        if number % args.retrain_every == 0 or number == len(plan):
+        now = {"learn": run.live().path}
+        naive_seconds = retrain_seconds = retrain_steps = None
+        if "naive" in args.systems:
+            data = write_jsonl(work / f"naive-{number}.jsonl", taught)
+            naive_cfg = dataclasses.replace(load_config(None, data=str(data), output=str(work / f"naive-v{number + 1}"),
+                                                        **common),
+                                            init_adapter=str(latest["naive"]), val_fraction=0.0, test_fraction=0.0,
+                                            max_steps=record["steps"], learning_rate=record["learning_rate"],
+                                            batch_size=8, eval_steps=record["steps"], warmup_ratio=0.0)
+            t0 = time.time()
+            train(naive_cfg, show_progress=False)
+            naive_seconds = round(time.time() - t0, 1)
+            now["naive"] = work / f"naive-v{number + 1}"
+        if "retrain" in args.systems and (number % args.retrain_every == 0 or number == len(plan)):
             # retrain: a fresh adapter on everything so far, the base run's settings
             t0 = time.time()
             retrained = train_from_scratch(args, base_convs + trained_so_far, work / f"all-{number}.jsonl",

@@ -1,5 +1,6 @@
 """Support questions about products, answered from the catalog: a grounded support adapter with the knowledge base it
-trained with, and with the store's catalog added to that base (`ecombot knowledge add --catalog FILE`).
+trained with, and with the store's catalog added to that base (`ecombot knowledge add --catalog FILE`) unless it
+trained with it (`ecombot train --catalog FILE`: then only about products it was never asked about in training).
 
 Questions are generated from the catalog with known answers, one per kind per product, phrased as a customer would:
 its dimensions, its material, its care, its price. An answer is right when it states the product's value (the
@@ -23,12 +24,7 @@ from _common import machine, print_table, write_results  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = {  # kind -> (question, the product's value an answer must state)
-    "dimensions": ("What are the dimensions of the {title}?", lambda p: p.attribute("dimensions")),
-    "material": ("What is the {title} made of?", lambda p: p.attribute("material")),
-    "care": ("How should I clean the {title}?", lambda p: p.attribute("care").split(";")[0].rstrip(".")),
-    "price": ("How much does the {title} cost?", lambda p: f"{p.price:.2f}"),
-}
+RIGHT = {"care": lambda care: care.split(";")[0].rstrip(".")}  # the care instruction's first clause suffices
 
 
 def normalised(text: str) -> str:
@@ -42,39 +38,52 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=24, help="Products asked about (4 questions each).")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unseen-by", nargs="*", default=[], help="Other runs whose trained product questions also "
+                        "rule products out: two adapters compared on the same products.")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "product_questions.json"))
     args = parser.parse_args()
 
     from ecombot.catalog import read_catalog
     from ecombot.catalog.knowledge import catalog_passages
+    from ecombot.catalog.questions import KINDS, PRODUCT_QUESTIONS
     from ecombot.chat import Decoding, open_engine
+    from ecombot.data import read_file
     from ecombot.knowledge import KnowledgeBase, is_handoff, open_grounder
     from ecombot.run_dir import RunDir
 
     recorded = RunDir(args.adapter).knowledge()
     if not recorded:
         sys.exit(f"{args.adapter} trained without a knowledge base: this compares grounded answers")
-    products = [p for p in read_catalog(args.catalog) if all(value(p) for _, value in QUESTIONS.values())]
+    # never a product the run (or --unseen-by's) trained a question about (support with --catalog)
+    trained_on = " ".join(c.question for run in [args.adapter, *args.unseen_by]
+                          for c in read_file(RunDir(run).data_dir / "train.jsonl").conversations
+                          if c.category == PRODUCT_QUESTIONS)
+    products = [p for p in read_catalog(args.catalog)
+                if all(value(p) for _, _, value in KINDS.values()) and f" {p.title}" not in trained_on]
     products = random.Random(args.seed).sample(products, min(args.products, len(products)))
-    items = [(kind, p, question.format(title=p.title), value(p))
-             for p in products for kind, (question, value) in QUESTIONS.items()]
+    items = [(kind, p, asks[0].format(title=p.title), RIGHT.get(kind, str)(value(p)))
+             for p in products for kind, (asks, _, value) in KINDS.items()]
 
     trained = KnowledgeBase(recorded["db"], recorded["name"])
-    with_catalog = KnowledgeBase(recorded["db"], f"{recorded['name']}+catalog")
-    started = time.perf_counter()
-    passages = trained.passages()
+    bases = {"trained knowledge base": trained}
+    source, catalog = catalog_passages(args.catalog)
     kinds = {s.name: s.kind for s in trained.sources()}
-    for source in kinds:
-        with_catalog.add_passages(source, [p for p in passages if p.source == source], kinds[source])
-    with_catalog.add_passages(*catalog_passages(args.catalog), kind="document")
-    print(f"knowledge base {with_catalog.name!r}: {len(with_catalog.passages())} passages "
-          f"({time.perf_counter() - started:.0f} s to build)")
+    if source not in recorded["sources"]:  # a run trained without the catalog: also answer with it added
+        with_catalog = KnowledgeBase(recorded["db"], f"{recorded['name']}+catalog")
+        started = time.perf_counter()
+        passages = trained.passages()
+        for name in kinds:
+            with_catalog.add_passages(name, [p for p in passages if p.source == name], kinds[name])
+        with_catalog.add_passages(source, catalog, kind="document")
+        print(f"knowledge base {with_catalog.name!r}: {len(with_catalog.passages())} passages "
+              f"({time.perf_counter() - started:.0f} s to build)")
+        bases["+ catalog"] = with_catalog
 
     engine = open_engine(None, [("adapter", Path(args.adapter))], Decoding(max_new_tokens=args.max_new_tokens),
                          max_batch=32)
     systems = {}
     rows = [{"kind": kind, "sku": p.sku, "question": q, "value": v} for kind, p, q, v in items]
-    for label, base in (("trained knowledge base", trained), ("+ catalog", with_catalog)):
+    for label, base in bases.items():
         grounder = open_grounder(base.name, recorded["db"], recorded.get("k", 3), recorded.get("handoff"))
         groundings = grounder.ground_many([[{"role": "user", "content": q}] for _, _, q, _ in items])
         asked = [i for i, g in enumerate(groundings) if g.covered]
@@ -90,7 +99,7 @@ def main() -> None:
         systems[label] = {
             "right": sum(right) / len(items),
             "per_kind": {kind: sum(r for (k, *_), r in zip(items, right) if k == kind) / len(products)
-                         for kind in QUESTIONS},
+                         for kind in KINDS},
             "handed_over": sum(not g.covered or is_handoff(a, grounder.handoff) for g, a in zip(groundings, answers))
             / len(items),
             "product_passage_shown": sum(own) / len(items), "generate_seconds": round(seconds, 1)}
@@ -98,8 +107,8 @@ def main() -> None:
             row[label] = {"answer": answer, "right": ok}
     results = {"machine": machine(), "args": vars(args), "questions": len(items), "systems": systems,
                "examples": rows[:8]}
-    print_table(["knowledge", "right", *QUESTIONS, "handed over", "own product's passage shown"],
-                [[name, f"{s['right']:.0%}", *(f"{s['per_kind'][k]:.0%}" for k in QUESTIONS),
+    print_table(["knowledge", "right", *KINDS, "handed over", "own product's passage shown"],
+                [[name, f"{s['right']:.0%}", *(f"{s['per_kind'][k]:.0%}" for k in KINDS),
                   f"{s['handed_over']:.0%}", f"{s['product_passage_shown']:.0%}"] for name, s in systems.items()])
     write_results(args.output, results)
 

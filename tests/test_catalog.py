@@ -266,18 +266,22 @@ def test_recommend_targets_list_the_matching_candidates_in_search_order_or_say_n
 
 def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_another_product(builtin, tiny_tokenizer):
     """Token by token, as the model decodes: each target the task trains on is allowed whole (then only a stop);
-    another product's SKU, a fourth line, a misspelt SKU or an empty answer is refused where it starts."""
-    from ecombot.catalog.recommend import (GRAMMARS, NONE_MATCH, answer_grammar, answer_grammars, recommend_answer,
-                                           with_candidates)
+    another product's SKU, a fourth line, a misspelt SKU, an empty answer or a reason longer than its products' own
+    reasons allow is refused where it starts."""
+    from ecombot.catalog.recommend import (GRAMMARS, NONE_MATCH, REASON_SLACK, answer_grammar, answer_grammars,
+                                           reason_limit, recommend_answer, with_candidates)
+    from ecombot.catalog.search import reason
     from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
     from ecombot.models import stop_token_ids
 
     stops = stop_token_ids(tiny_tokenizer)
     grammar_tokenizer = GrammarTokenizer(tiny_tokenizer, len(tiny_tokenizer), stops)
 
-    def refused_at(text: str, skus: list[str]) -> int | None:
-        """The token index where the grammar first refuses `text` (len: refused the stop after it; None: allowed)."""
-        rows, ids = RowGrammars(grammar_tokenizer, [answer_grammar(skus)]), tiny_tokenizer.encode(text)
+    def refused_at(text: str, skus: list[str], grammar: str | None = None) -> int | None:
+        """The token index where the grammar (default: `answer_grammar(skus, 200)`) first refuses `text` (len: refused the
+        stop after it; None: allowed)."""
+        rows = RowGrammars(grammar_tokenizer, [grammar or answer_grammar(skus, 200)])
+        ids = tiny_tokenizer.encode(text)
         for k in range(len(ids) + 1):
             allowed = rows.allowed(0, ids[:k])
             if not (allowed[ids[k]] if k < len(ids) else all(allowed[s] for s in stops)):
@@ -288,7 +292,13 @@ def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_anot
     for request, candidates in with_candidates(builtin, recommendation_requests(builtin, 12, seed=3)):
         skus = [p.sku for p in candidates]
         answer = recommend_answer(request, candidates)
-        assert refused_at(answer, skus) is None, answer
+        grammar = answer_grammars("candidates", [candidates], builtin)[0]
+        assert refused_at(answer, skus, grammar) is None, answer  # within the reason limit the run decodes with
+        longest = max(candidates, key=lambda p: len(reason(p)))
+        assert reason_limit(candidates) == len(reason(longest)) + REASON_SLACK
+        rambling = f"{longest.sku}: {reason(longest)} {'and more ' * 8}"  # past the limit: refused, cut at it allowed
+        assert refused_at(rambling, skus, grammar) is not None and refused_at(rambling, skus) is None
+        assert refused_at(rambling[:len(longest.sku) + 2 + reason_limit(candidates)], skus, grammar) is None
         targets += answer != NONE_MATCH
         other = next(p.sku for p in builtin if p.sku not in skus)
         assert refused_at(f"{other}: {candidates[0].title}", skus) is not None
@@ -304,8 +314,9 @@ def test_the_answer_grammar_allows_every_training_target_and_nothing_naming_anot
     candidates = builtin[:8]
     other = f"{builtin[100].sku}: not a candidate"
     by_mode = {mode: answer_grammars(mode, [candidates], builtin) for mode in GRAMMARS}
-    assert by_mode["none"] is None and by_mode["candidates"] == [answer_grammar([p.sku for p in candidates])]
-    assert by_mode["catalog"] == [answer_grammar([p.sku for p in builtin])]
+    assert by_mode["none"] is None
+    assert by_mode["candidates"] == [answer_grammar([p.sku for p in candidates], reason_limit(candidates))]
+    assert by_mode["catalog"] == [answer_grammar([p.sku for p in builtin], reason_limit(builtin))]
     rows = RowGrammars(grammar_tokenizer, by_mode["catalog"])
     ids = tiny_tokenizer.encode(other)
     assert all(rows.allowed(0, ids[:k])[ids[k]] for k in range(len(ids)))  # any product of the catalog
@@ -422,5 +433,5 @@ def test_any_sku_spelling_parses_and_words_inside_other_words_are_not_values(bui
     assert copy_checks(wrong, duvet.price, duvet.attributes, copy_prompt(duvet), alternatives)["contradicted"] > 0
     table = Product("A", "Oak table", "side table", 129.0, {"material": "oak"})
     assert copy_checks("An oak table for $129.", 129.0, table.attributes, copy_prompt(table), set())["coverage"] == 1.0
-    with pytest.raises(ConfigError, match="a catalog is for --task copy or recommend"):
-        load_config(None, catalog="builtin")
+    with pytest.raises(ConfigError, match="a support run answers questions about the catalog's products"):
+        load_config(None, catalog="builtin", knowledge="none")

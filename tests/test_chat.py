@@ -51,7 +51,7 @@ def test_batched_generation_is_deterministic(engine):
 
 
 def follows_recommend_grammar(text: str, skus: list[str], complete: bool) -> bool:
-    """Whether `text` is an answer `answer_grammar(skus)` allows (complete: whole; else a start of one)."""
+    """Whether `text` is an answer `answer_grammar(skus, ...)` allows (complete: whole; else a start of one)."""
     from ecombot.catalog.recommend import MAX_PICKS, NONE_MATCH
 
     if NONE_MATCH.startswith(text) if not complete else text == NONE_MATCH:
@@ -72,7 +72,7 @@ def test_grammar_rows_answer_only_what_their_grammar_allows_beside_free_rows(eng
     questions = [[{"role": "user", "content": f"Recommend a table, option {i}"}] for i in range(3)]
     free = engine.generate(questions, max_new_tokens=[40] * 3)
     assert not any(follows_recommend_grammar(g.text, skus, True) for g in free)  # the random model's own answers
-    grammar = answer_grammar(skus)
+    grammar = answer_grammar(skus, 200)
     constrained = engine.generate(questions, max_new_tokens=[40, 40, 4], grammars=[grammar, None, grammar])
     # a free row beside constrained ones answers as it did alone
     assert (constrained[1].text, constrained[1].new_tokens) == (free[1].text, free[1].new_tokens)

@@ -101,7 +101,7 @@ def test_greedy_answers_and_losses_equal_the_pytorch_engine_for_every_adapter(en
     # constrained decoding (a recommendation's grammar on two rows, the third free): the same greedy answers
     from ecombot.catalog.recommend import answer_grammar
 
-    grammars = [answer_grammar(["HP-01002", "OAK/7"]), None, answer_grammar(["AB-1"])]
+    grammars = [answer_grammar(["HP-01002", "OAK/7"], 200), None, answer_grammar(["AB-1"], 200)]
     ours, theirs = (e.generate(QUESTIONS, "support", max_new_tokens=[30] * 3, grammars=grammars)
                     for e in (llama, torch_engine))
     assert [g.text for g in ours] == [g.text for g in theirs]

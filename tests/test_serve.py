@@ -668,7 +668,7 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
     catalog search did not show the model."""
     from ecombot.catalog import CatalogSearch, Product, read_catalog
     from ecombot.catalog.copy import copy_prompt
-    from ecombot.catalog.recommend import NONE_MATCH, answer_grammar, recommend_prompt
+    from ecombot.catalog.recommend import NONE_MATCH, answer_grammar, reason_limit, recommend_prompt
     from ecombot.serve.tasks import CatalogTasks
 
     class ThreeTasks(ScriptedEngine):
@@ -723,7 +723,7 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
     assert engine.seen[0] == [{"role": "user", "content": recommend_prompt(request, candidates)}]
     assert engine.decodings[0].repetition_penalty == 1.0  # SKU lines repeat tokens; support's 1.1 cut the third
     # the recommendation decodes under the grammar of its candidates; copy and support answers are free
-    assert engine.grammars[0] == [answer_grammar([p.sku for p in candidates])]
+    assert engine.grammars[0] == [answer_grammar([p.sku for p in candidates], reason_limit(candidates))]
     assert engine.grammars[3] == [None] and engine.grammars[6] == [None]
     assert engine.decodings[3].repetition_penalty == engine.decoding.repetition_penalty
     assert plain["choices"][0]["message"]["content"] == f"{candidates[1].sku}: fits\n{candidates[0].sku}: also walnut"

@@ -443,3 +443,26 @@ def test_a_run_without_validation_writes_its_adapter_but_no_final_checkpoint(tin
     assert result.steps == 3 and result.best_val_loss is None
     assert (run / "adapter_model.safetensors").is_file()
     assert not list((run / "checkpoints").glob("checkpoint-*"))  # nothing to resume or choose from
+
+
+def test_parent_l2_keeps_a_continued_adapter_near_its_parent_and_needs_one(tiny_model_dir, small_dataset, tmp_path):
+    """`parent_l2` (L2-SP toward init_adapter's weights): the same continued training moves the adapter less the
+    harder it pulls, yet still moves it; without an adapter to pull toward, or below 0, it is refused."""
+    from ecombot.errors import ConfigError
+
+    parent = tmp_path / "parent"
+    train(tiny_config(tiny_model_dir, small_dataset, parent, max_steps=6), show_progress=False)
+    start = load_file(parent / "adapter_model.safetensors")
+    moved = {}
+    for pull in (0.0, 0.5, 50.0):
+        run = tmp_path / f"pull-{pull}"
+        train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=8, init_adapter=str(parent), parent_l2=pull,
+                          learning_rate=1e-3), show_progress=False)
+        now = load_file(run / "adapter_model.safetensors")
+        moved[pull] = sum((now[k].float() - start[k].float()).pow(2).sum().item() for k in start)
+        assert json.loads((run / "run_config.json").read_text())["config"]["parent_l2"] == pull
+    assert moved[0.0] > moved[0.5] > moved[50.0] > 0
+    assert moved[50.0] < 0.5 * moved[0.0]
+    for bad in ({"parent_l2": 0.1}, {"parent_l2": -1.0, "init_adapter": str(parent)}):
+        with pytest.raises(ConfigError, match="'parent_l2': must be >= 0, and above 0 only with init_adapter"):
+            tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", **bad)

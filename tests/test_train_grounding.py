@@ -1,6 +1,7 @@
 """Grounded (retrieval-augmented) training: what the prompts carry, what the knowledge base gains, what the run
 records."""
 
+import dataclasses
 import json
 
 import pytest
@@ -187,3 +188,63 @@ def test_a_run_reads_its_own_training_pairs_never_another_runs(tmp_path):
         KnowledgeBase(db, "default").remove(source)
     with pytest.raises(EcombotError, match="holds no passage this adapter reads .its training pairs .data: a.jsonl"):
         chat_knowledge(run_a, None, None, None)
+
+
+def test_product_questions_state_the_products_value_once_per_product_sized_and_seeded():
+    from ecombot.catalog import read_catalog
+    from ecombot.catalog.questions import KINDS, PRODUCT_QUESTIONS, product_questions
+
+    products = read_catalog("builtin")
+    made = product_questions(products, 40, seed=3)
+    assert len(made) == 40 and made == product_questions(products, 40, seed=3)
+    by_sku = {p.sku: p for p in products}
+    kinds = set()
+    for conv in made:
+        kind = conv.intent.removeprefix("product_")
+        asks, _, value = KINDS[kind]
+        product = by_sku[conv.source.removeprefix("catalog: ")]
+        assert conv.category == PRODUCT_QUESTIONS and value(product) in conv.answer and product.title in conv.answer
+        assert conv.question in {a.format(title=product.title) for a in asks}
+        kinds.add(kind)
+    assert kinds == set(KINDS)  # every kind asked
+    assert len({c.question for c in made}) == 40  # a product once
+    twin = dataclasses.replace(products[0], sku="TWIN-1")  # two products with one title: neither is asked about
+    assert not any(products[0].title in c.question for c in product_questions([products[0], twin], 5, seed=0))
+
+
+def test_a_support_run_with_a_catalog_trains_product_questions_grounded_in_their_passages(
+        tiny_model_dir, small_dataset, tmp_path, write_catalog, capsys):
+    """`--catalog` on a support run: product questions split with the data (held-out ones ask about products never
+    trained on), the catalog's passages join the knowledge base as a document, the questions' pairs do not (another
+    product's pair would be found for a question about this one), and the run's search finds the product's passage
+    for its questions; without a knowledge base it is refused."""
+    from test_train import tiny_config
+    from ecombot.catalog import read_catalog
+    from ecombot.catalog.questions import PRODUCT_QUESTIONS
+    from ecombot.errors import ConfigError
+    from ecombot.train import train
+
+    products = read_catalog("builtin")[:40]
+    catalog = write_catalog(tmp_path / "products.jsonl", products)
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    run = tmp_path / "run"
+    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=2, eval_steps=2, knowledge="shop", db=db,
+                      catalog=str(catalog)))
+    data = small_dataset.read_text().count("\n")
+    asked = {name: [c for c in read_file(run / "data" / f"{name}.jsonl").conversations
+                    if c.category == PRODUCT_QUESTIONS] for name in ("train", "validation", "test")}
+    made = sum(map(len, asked.values()))
+    assert made == min(40, int(0.25 * data)) and asked["train"] and asked["test"]
+    assert f"{made} questions about products of {catalog}" in capsys.readouterr().out
+    base = KnowledgeBase(db, "shop")
+    assert {s.name: s.passages for s in base.sources()}["catalog: products.jsonl"] == 40
+    pairs = {normalise_text(p.question) for p in base.passages() if p.question}
+    assert pairs and not any(normalise_text(c.question) in pairs for c in asked["train"])
+    assert "catalog: products.jsonl" in json.loads((run / "run_config.json").read_text())["knowledge"]["sources"]
+    questions = [c for split in asked.values() for c in split]
+    found = base.retriever().search([c.question for c in questions], 3)
+    titles = [max((p.title for p in products if p.title in c.answer), key=len) for c in questions]
+    assert sum(any(h.passage.text.startswith(t + " (SKU") for h in hits) for t, hits in zip(titles, found)) \
+        >= 0.8 * len(questions)
+    with pytest.raises(ConfigError, match="'catalog': a support run answers questions about the catalog"):
+        tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", knowledge="none", catalog=str(catalog))

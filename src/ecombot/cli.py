@@ -133,7 +133,8 @@ def train(
     task: Optional[str] = typer.Option(None, help="support (default); copy: product descriptions from --catalog; "
                                        "recommend: products for a customer's request, among those search finds."),
     catalog: Optional[str] = typer.Option(None, help="Catalog file (CSV, JSON, JSON Lines) for --task copy or "
-                                          "recommend, or 'builtin'."),
+                                          "recommend, or 'builtin'; for support, questions about its products "
+                                          "are trained, answered from their passages."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:

@@ -31,6 +31,7 @@ REPETITION_PENALTY = 1.0
 # "catalog" (any product of the catalog) or "none" (free text; `parse_recommendations` keeps the candidates named).
 GRAMMARS = ("candidates", "catalog", "none")
 GRAMMAR = "candidates"
+REASON_SLACK = 20  # characters a reason may add to its products' longest (reason_limit)
 
 
 def candidate_line(product: Product) -> str:
@@ -57,13 +58,21 @@ def lark_literal(text: str) -> str:
     return '"' + "".join(escaped) + '"'
 
 
-def answer_grammar(skus: list[str]) -> str:
-    """The Lark grammar of an answer naming only `skus`: one to MAX_PICKS lines "SKU: reason", or NONE_MATCH. A
-    model decoding with it cannot name a product outside `skus`, misspell one, or write a line the reply drops."""
+def answer_grammar(skus: list[str], reason_chars: int) -> str:
+    """The Lark grammar of an answer naming only `skus`: one to MAX_PICKS lines "SKU: reason", or NONE_MATCH, a reason
+    at most `reason_chars` characters. A model decoding with it cannot name a product outside `skus`, misspell one,
+    write a line the reply drops, or run one reason on until the token limit cuts the answer."""
     lines = f'line ("\\n" line)~0..{MAX_PICKS - 1} | ' if skus else ""
     return (f"start: {lines}{lark_literal(NONE_MATCH)}\n"
-            + (f'line: SKU ": " REASON\nSKU: {" | ".join(map(lark_literal, skus))}\nREASON: /[^\\n\\r]+/\n'
-               if skus else ""))
+            + (f'line: SKU ": " REASON\nSKU: {" | ".join(map(lark_literal, skus))}\n'
+               f'REASON: /[^\\n\\r]{{1,{reason_chars}}}/\n' if skus else ""))
+
+
+def reason_limit(products: list[Product]) -> int:
+    """How long a reason may run: REASON_SLACK more than the longest reason these products have in the training
+    targets (`reason`). The untrained base model, free to write a line of any length, ran into the token limit on
+    66% of its answers (benchmarks/recommend_grammar.py); an adapter writes its products' own reasons."""
+    return max((len(reason(p)) for p in products), default=0) + REASON_SLACK
 
 
 def nameable(mode: str, candidates: list[list[Product]], products: list[Product]) -> list[list[Product]]:
@@ -76,8 +85,10 @@ def answer_grammars(mode: str, candidates: list[list[Product]], products: list[P
     if mode == "none":
         return None
     grammars: dict[int, str] = {}  # one per distinct list: the catalog's is the same for every request
-    return [grammars.setdefault(id(names), answer_grammar([p.sku for p in names]))
-            for names in nameable(mode, candidates, products)]
+    for names in nameable(mode, candidates, products):
+        if id(names) not in grammars:
+            grammars[id(names)] = answer_grammar([p.sku for p in names], reason_limit(names))
+    return [grammars[id(names)] for names in nameable(mode, candidates, products)]
 
 
 @dataclass

@@ -43,6 +43,7 @@ class TrainConfig:
     adapted_layers: int | str = "all"
     prompt_gradients: bool = True
     init_adapter: str | None = None
+    parent_l2: float = 0.0
     epochs: float | str = AUTO
     max_steps: int = -1
     batch_size: int | str = AUTO
@@ -68,7 +69,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # YAML 1.1 reads "2e-4" as a string; accept it as the number the user meant.
         for name in ("val_fraction", "test_fraction", "alpha", "dropout", "epochs", "learning_rate",
-                     "weight_decay", "warmup_ratio", "handoff_share", "ungrounded_share"):
+                     "weight_decay", "warmup_ratio", "handoff_share", "ungrounded_share", "parent_l2"):
             value = getattr(self, name)
             if isinstance(value, str) and not (value == AUTO and name in SIZED_FIELDS):
                 try:
@@ -110,6 +111,8 @@ class TrainConfig:
         if self.adapted_layers != "all" and (isinstance(self.adapted_layers, bool)
                                              or not isinstance(self.adapted_layers, int) or self.adapted_layers < 1):
             raise bad("adapted_layers", "must be all or a positive number of top decoder layers")
+        if self.parent_l2 < 0 or (self.parent_l2 and not self.init_adapter):
+            raise bad("parent_l2", "must be >= 0, and above 0 only with init_adapter (the weights it pulls toward)")
         if not self.prompt_gradients and not self.packing:
             raise bad("prompt_gradients", "false (--answer-only-backward) needs packing: true (drop --no-packing): "
                                           "answer-only backward runs on packed rows")
@@ -122,8 +125,9 @@ class TrainConfig:
         if self.task != "support" and self.knowledge.lower() not in ("default", "none"):
             raise bad("knowledge", f"the {self.task} task trains without knowledge passages (its prompt holds the "
                                    f"{'product' if self.task == 'copy' else 'candidate products'} itself); drop it")
-        if self.task == "support" and self.catalog:
-            raise bad("catalog", "a catalog is for --task copy or recommend")
+        if self.task == "support" and self.catalog and not self.grounded:
+            raise bad("catalog", "a support run answers questions about the catalog's products from their passages "
+                                 "in the knowledge base: drop --knowledge none, or the catalog")
 
     @property
     def run_dir(self) -> Path:

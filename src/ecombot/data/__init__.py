@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ecombot.data.builtin import UNSEEN_INTENTS, builtin_path
 from ecombot.data.conversation import Conversation, normalise_text
@@ -31,14 +32,23 @@ def load_conversations(path: str | Path | None) -> tuple[list[Conversation], Dat
     return convs, report
 
 
-def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42) -> PreparedData:
-    """The one way every command turns a data file into splits, so the same seed gives the same test set."""
+def prepare(path: str | Path | None, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42,
+            extra: Callable[[list[Conversation]], list[Conversation]] | None = None) -> PreparedData:
+    """The one way every command turns a data file into splits, so the same seed gives the same test set. `extra`:
+    conversations made given the file's (a support run's product questions: train/tasks.py), split on their own
+    and appended to each split, so the file's split is the one every other command makes from it; one asking a
+    question of the file's is left out."""
     convs, report = load_conversations(path)
     if not convs:
         raise DataError(report.path, None, None, f"no usable conversations (dropped: {dict(report.dropped)})")
     split = split_conversations(convs, val_fraction, test_fraction, seed)
     if not split.train:
         raise DataError(report.path, None, None, f"only {len(convs)} usable conversation(s): too few to split")
+    if extra:
+        asked = {normalise_text(c.question) for c in convs}
+        more = split_conversations([c for c in extra(convs) if normalise_text(c.question) not in asked],
+                                   val_fraction, test_fraction, seed)
+        split = Split(split.train + more.train, split.validation + more.validation, split.test + more.test)
     return PreparedData(split, report)
 
 

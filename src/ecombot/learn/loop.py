@@ -58,15 +58,17 @@ GUARD_MAX = 100  # guard conversations scored per version (the first ones: the s
 @dataclass(frozen=True)
 class Recipe:
     """How a round trains: replayed conversations per feedback item, the share of the first training's learning
-    rate, passes over feedback + replay (why these: the module docstring; benchmarks/learn_settings.py compares)."""
+    rate, passes over feedback + replay, the L2 pull toward the live version's weights (TrainConfig.parent_l2; why
+    these: the module docstring; benchmarks/learn_settings.py compares)."""
     replay_per_item: int = 9
     lr_factor: float = 0.5
     passes: int = 2
+    parent_l2: float = 0.0
 
     def __post_init__(self):
-        if self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1:
+        if self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1 or self.parent_l2 < 0:
             raise ValueError(f"a learn recipe replays >= 0 conversations per item, at a share of the learning rate in "
-                             f"(0, 1], for >= 1 pass (got {self})")
+                             f"(0, 1], for >= 1 pass, with an L2 pull >= 0 (got {self})")
 
 
 @dataclass
@@ -215,7 +217,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     cfg = dataclasses.replace(parent_cfg, data=str(data), output=str(root.version_dir(version)),
                               init_adapter=str(parent.path), val_fraction=0.0, test_fraction=0.0, epochs=1,
                               max_steps=steps, batch_size=batch, learning_rate=lr, eval_steps=steps,
-                              warmup_ratio=0.0)
+                              warmup_ratio=0.0, parent_l2=recipe.parent_l2, catalog=None)
     started = time.time()
     result = train(cfg, overwrite=True, show_progress=False)
     candidate = root.version(version)
@@ -235,7 +237,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
               "status": "live" if promoted else "rejected", "reason": reason,
               "feedback_ids": feedback.used_ids, "held_out_ids": feedback.held_out_ids,
               "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
-              "replayed": len(replay), "steps": result.steps, "learning_rate": lr,
+              "replayed": len(replay), "steps": result.steps, "learning_rate": lr, "parent_l2": recipe.parent_l2,
               "passes": round(steps * batch / (len(feedback.train) + len(replay)), 2),
               "train_seconds": result.train_seconds, "score_seconds": score_seconds,
               "seconds": round(time.time() - started, 1),

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ecombot.catalog.questions import PRODUCT_QUESTIONS
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
 from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Grounding, Hit, KnowledgeBase, Passage,
@@ -93,13 +94,14 @@ def edit_facts(answer: str, hits: list[Hit], factor: int) -> tuple[str, list[Hit
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
                  documents_only_share: float = DOCUMENTS_ONLY_SHARE,
                  fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0) -> list[Conversation]:
-    """A seeded `ungrounded_share` of the conversations left as they were (no passages, their own answer, nothing
-    retrieved for them); each other one with passages in its last question, a seeded `fact_edit_share` of those with
+    """A seeded `ungrounded_share` of the conversations (product questions aside) left as they were (no passages,
+    their own answer, nothing retrieved for them); each other one with passages in its last question, a seeded `fact_edit_share` of those with
     the numbers their answer shares with the passages changed in both, and a seeded `handoff_share` with another
     grounded conversation's passages (a different answer, and a different intent where both have one) and the
     handoff."""
     rng, facts_rng, plain_rng = random.Random(seed), random.Random(f"{seed}-facts"), random.Random(f"{seed}-plain")
-    plain = [plain_rng.random() < ungrounded_share for _ in convs]
+    # never a product question: without its product's passage it could only be answered by inventing the value
+    plain = [plain_rng.random() < ungrounded_share and c.category != PRODUCT_QUESTIONS for c in convs]
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
     grounded = [i for i, skip in enumerate(plain) if not skip]
@@ -161,20 +163,28 @@ def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: 
 def ground_training_data(train: list[Conversation], validation: list[Conversation], data_path: str,
                          name: str, db: str | None, k: int, handoff_share: float, handoff: str | None,
                          seed: int, *, ungrounded_share: float = 0.0, index: bool = True,
-                         inherited: list[str] | None = None) -> GroundedData:
+                         inherited: list[str] | None = None,
+                         documents: list[tuple[str, list[Passage]]] = ()) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
     the validation or test pairs), then ground both splits. The run reads the base's documents, its own pairs and
     `inherited` (the pairs its parent adapter read: `ecombot learn`), never another run's (knowledge.base.in_scope);
-    None: a parent recorded before scopes, which read every pair. `index=False` (the extra processes of a
-    distributed run) waits until the main process has written them, so every process grounds from the same
-    passages."""
+    None: a parent recorded before scopes, which read every pair. `documents` (source, passages): added to the base
+    first (a support run's catalog). `index=False` (the extra processes of a distributed run) waits until the main
+    process has written them, so every process grounds from the same passages. Product questions
+    (catalog/questions.py) are not indexed as pairs: another product's pair would answer for the wrong product."""
     base = KnowledgeBase(db, name)
+    for document, passages in documents:
+        if index:
+            base.add_passages(document, passages, kind="document")
+        else:
+            wait_for_source(base, document, len(passages))
     source = training_source(data_path)
     own = None if inherited is None else list(dict.fromkeys([*inherited, source]))
     # A pair the run reads already under another source (`ecombot learn` replays earlier training data) is not
     # added twice: a duplicate would take a second of the k places in every prompt that finds it.
     held = {pair_key(p) for p in base.passages(own) if p.question is not None and p.source != source}
-    pairs = [p for p in qa_passages(train, source) if pair_key(p) not in held]
+    pairs = [p for p in qa_passages([c for c in train if c.category != PRODUCT_QUESTIONS], source)
+             if pair_key(p) not in held]
     if index:
         added = base.add_passages(source, pairs)
     else:

@@ -22,7 +22,7 @@ from ecombot.train.card import model_card
 from ecombot.train.grounding import ground_training_data
 from ecombot.train.packing import pack_budget, packed_rows
 from ecombot.train.result import TrainResult
-from ecombot.train.tasks import task_data
+from ecombot.train.tasks import catalog_documents, product_question_maker, task_data
 from ecombot.train.trainer import EvaluateAtEnd, RunLogger, SupervisedTrainer
 
 
@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     cfg, task_line = task_data(cfg, run, main)
     if task_line:
         say(task_line)
-    prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed, product_question_maker(cfg, say))
     split, summary = prepared.split, prepared.report
     if resume and (changed := run.changed_split_files(split_files(split))):
         raise EcombotError(f"{summary.path}: the data changed since this run started ({', '.join(changed)} in "
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         grounded = ground_training_data(train_convs, val_convs, summary.path, cfg.knowledge, cfg.db, cfg.knowledge_k,
                                         cfg.handoff_share, cfg.handoff_answer, cfg.seed,
                                         ungrounded_share=cfg.ungrounded_share, index=main,
-                                        inherited=inherited)
+                                        inherited=inherited, documents=catalog_documents(cfg))
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
 
@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         model=model, args=training_arguments(cfg, run, device, precision, has_validation),
         train_dataset=train_items, eval_dataset=val_items or None,
         data_collator=collator, callbacks=callbacks, run_logger=logger, run=run, keep_checkpoints=cfg.save_total_limit,
-        answer_only_backward=not cfg.prompt_gradients)
+        answer_only_backward=not cfg.prompt_gradients, parent_l2=cfg.parent_l2)
     started = time.time()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - started

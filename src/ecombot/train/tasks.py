@@ -1,5 +1,6 @@
-"""Training data for the catalog tasks: the store's catalog turned into chat conversations that the recipe then
-reads, splits and trains on like any data file (one pipeline for every task). In a distributed run the main process
+"""Training data from the catalog: for the catalog tasks, the store's catalog turned into chat conversations that
+the recipe then reads, splits and trains on like any data file (one pipeline for every task); for a support run
+with a catalog, questions about its products beside the data and its products' passages in the knowledge base. In a distributed run the main process
 writes them; the other ranks wait for the file."""
 
 from __future__ import annotations
@@ -7,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Callable
 
-from ecombot.catalog import read_catalog
+from ecombot.catalog import questions, read_catalog
 from ecombot.catalog.copy import write_copy_data
 from ecombot.catalog.recommend import CANDIDATES, write_recommend_data
 from ecombot.config import TrainConfig
+from ecombot.data import Conversation
 from ecombot.errors import ConfigError, DataError
+from ecombot.knowledge import Passage
 from ecombot.run_dir import RunDir
 
 WAIT_S = 600  # how long another rank waits for the main process to write the task's data
@@ -21,24 +25,24 @@ WAIT_S = 600  # how long another rank waits for the main process to write the ta
 def task_data(cfg: TrainConfig, run: RunDir, main: bool = True) -> tuple[TrainConfig, str | None]:
     """The config with `data` pointing at the task's conversations (written in the run directory), the catalog's
     path made absolute and no knowledge passages (a description comes from the product's own fields), and a line
-    saying what was built; a support run is returned as it is."""
+    saying what was built; a support run is returned as it is (its catalog's path made absolute: product questions
+    and passages, product_question_maker)."""
     if cfg.task == "support":
-        return cfg, None
+        return (dataclasses.replace(cfg, catalog=absolute_catalog(cfg.catalog)) if cfg.catalog else cfg), None
     built = run.task_data_file(cfg.task)
     if cfg.data and Path(cfg.data).resolve() != built.resolve():  # (a resumed run's config names the file built)
         raise ConfigError(f"the {cfg.task} task builds its data from --catalog; leave --data unset (got {cfg.data})")
-    catalog = cfg.catalog if cfg.catalog == "builtin" else str(Path(cfg.catalog).resolve())
-    cfg = dataclasses.replace(cfg, data=str(built), catalog=catalog, knowledge="none")
+    cfg = dataclasses.replace(cfg, data=str(built), catalog=absolute_catalog(cfg.catalog), knowledge="none")
     if not main:
         deadline = time.time() + WAIT_S
         while not built.is_file() and time.time() < deadline:
             time.sleep(1)
         return cfg, None
-    products = read_catalog(catalog)
+    products = read_catalog(cfg.catalog)
     if cfg.task == "copy":
         path, skipped = write_copy_data(products, built)
         if skipped == len(products):
-            raise DataError(catalog, None, "description", "no product has a description to learn the copy from")
+            raise DataError(cfg.catalog, None, "description", "no product has a description to learn the copy from")
         line = (f"copy task: {len(products) - skipped} products of {cfg.catalog} as training conversations"
                 + (f"; {skipped} without a description left out" if skipped else ""))
     else:
@@ -46,3 +50,35 @@ def task_data(cfg: TrainConfig, run: RunDir, main: bool = True) -> tuple[TrainCo
         line = (f"recommend task: {made} requests generated from the {len(products)} products of {cfg.catalog}, "
                 f"each with the {CANDIDATES} products the catalog search finds")
     return cfg, line
+
+
+def product_question_maker(cfg: TrainConfig, say: Callable[[str], None]
+                           ) -> Callable[[list[Conversation]], list[Conversation]] | None:
+    """A support run with a catalog: what makes questions about its products (catalog/questions.py) given the data's
+    conversations, sized to them, saying how many; None without a catalog."""
+    if cfg.task != "support" or not cfg.catalog:
+        return None
+
+    def make(data: list[Conversation]) -> list[Conversation]:
+        products = read_catalog(cfg.catalog)
+        limit = max(1, int(questions.QUESTIONS_PER_CONVERSATION * len(data)))
+        made = questions.product_questions(products, limit, cfg.seed)
+        say(f"support with a catalog: {len(made)} questions about products of {cfg.catalog} ({len(products)} "
+            f"products) join the {len(data)} conversations of the data, answered from the product's passage")
+        return made
+    return make
+
+
+def catalog_documents(cfg: TrainConfig) -> list[tuple[str, list[Passage]]]:
+    """A support run's catalog as knowledge-base documents (source, a passage per product), so its product
+    questions are grounded in the product's passage as chat and serve will find it; none without a catalog."""
+    if cfg.task != "support" or not cfg.catalog:
+        return []
+    from ecombot.catalog.knowledge import catalog_passages
+
+    return [catalog_passages(cfg.catalog)]
+
+
+def absolute_catalog(catalog: str) -> str:
+    """The catalog as the run records it: a file's absolute path (a resumed run may start elsewhere), or builtin."""
+    return catalog if catalog == "builtin" else str(Path(catalog).resolve())

@@ -84,11 +84,16 @@ class SupervisedTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, run_logger: RunLogger, run: RunDir, keep_checkpoints: int | None,
-                 answer_only_backward: bool = False, **kwargs):
+                 answer_only_backward: bool = False, parent_l2: float = 0.0, **kwargs):
         """`keep_checkpoints` replaces TrainingArguments.save_total_limit (leave that unset): Transformers prunes
         older checkpoints before this class can mark the new one complete. `answer_only_backward`: see
-        models/loss.py answer_only_losses."""
+        models/loss.py answer_only_losses. `parent_l2`: TrainConfig.parent_l2, pulling toward the weights the model
+        has now (the adapter it continues)."""
         super().__init__(*args, **kwargs)
+        self.parent_l2 = parent_l2
+        # (weight, its starting value) by object, taken before Accelerate wraps the model (DDP keeps the objects)
+        self.parent_weights = [(p, p.detach().clone()) for p in self.model.parameters()
+                               if p.requires_grad] if parent_l2 else []
         self.answer_only_backward = answer_only_backward
         self.run_logger = run_logger
         self.run = run
@@ -103,6 +108,12 @@ class SupervisedTrainer(Trainer):
             self.run_logger.tokens += batch_tokens(inputs)
         loss = supervised_loss(model, inputs, num_items_in_batch if model.training else None,
                                self.answer_only_backward)
+        if model.training and self.parent_weights:
+            # a share on each micro-batch and process, so that an optimizer step adds parent_l2 x drift once beside
+            # the supervised loss (which is divided by every process's answer tokens; DDP averages the gradients)
+            drift = sum((p - start).pow(2).sum() for p, start in self.parent_weights)
+            shares = self.current_gradient_accumulation_steps * self.accelerator.num_processes
+            loss = loss + self.parent_l2 * drift / shares
         return (loss, None) if return_outputs else loss
 
     def floating_point_ops(self, inputs) -> int:
