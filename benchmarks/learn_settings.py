@@ -92,7 +92,7 @@ def main() -> None:
     kept = results["base"]["guard"]
     print(f"base guard intent / facts / loss: {kept['intent']:.2f} / {kept['fact']} / {kept['loss']:.4f}"
           + (f"; base training {base_seconds:.0f} s" if base_seconds else ""))
-    print_table(["passes,replay,lr", "steps", "round", "promoted", "slice intent", "slice facts",
+    print_table(["passes,replay,lr[,l2]", "steps", "round", "promoted", "slice intent", "slice facts",
                  "guard intent / facts / loss"], rows)
 
 

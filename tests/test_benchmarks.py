@@ -186,13 +186,14 @@ def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
 def test_learn_settings_benchmark_short_form(tiny_model_dir, tmp_path):
     """Round 1 of learn_rounds under two recipes from one base: each trains with its own replay, steps and learning
     rate, and is scored before and after on the same slice and guard."""
-    from ecombot.learn.loop import learn_steps
+    from ecombot.learn.loop import Recipe, learn_steps
 
     result = run_benchmark("learn_settings", ["--model", str(tiny_model_dir), "--base-steps", "4", "--recipes",
-                                              "1,2,0.5", "2,1,0.25", "--per-topic", "6", "--per-edit", "2",
+                                              "1,2,0.5,0", "2,1,0.25", "--per-topic", "6", "--per-edit", "2",
                                               "--slice-extra", "4", "--guard", "6", "--max-new-tokens", "4"], tmp_path)
     first, second = result["recipes"]
-    assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1}
+    assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1, "parent_l2": 0.0}
+    assert second["recipe"]["parent_l2"] == Recipe.parent_l2  # a recipe without its fourth field: the default pull
     base_lr = 2 * first["learning_rate"]  # the base run's: each recipe takes its share of it
     assert second["learning_rate"] == pytest.approx(base_lr * 0.25)
     for got, per_item, passes in ((first, 2, 1), (second, 1, 2)):

@@ -72,6 +72,9 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert record["parent"] == "v1" and record["steps"] == loop.learn_steps(8 + replayed, 4)
     assert record["replayed"] == replayed > loop.MIN_REPLAY and record["guard_items"] > 0
     assert record["passes"] == round(record["steps"] * 4 / (8 + replayed), 2)
+    # trained with the recipe's pull toward the live version's weights (the trainer's test checks what it does)
+    v2 = json.loads((base_run / "versions" / "v2" / "run_config.json").read_text())["config"]
+    assert record["parent_l2"] == v2["parent_l2"] == loop.Recipe.parent_l2 > 0 and v2["init_adapter"]
     scores = record["scores"]
     # Trained on eight corrections of one kind, the two it never saw are answered far better: the slice improves.
     assert scores["feedback"]["candidate"]["loss"] < scores["feedback"]["parent"]["loss"] * 0.9

@@ -16,6 +16,12 @@ the feedback alone and a retrain from scratch):
   five rounds a quarter of the lr kept the guard loss lowest (0.035 -> 0.039 vs 0.050 at half) but learnt the slices
   of rounds 2-4 by -17 to +17 points of greedy intent; half the lr learnt every round's (+22 to +61): a version that
   does not say the agents' corrections is not worth a round. ~60 s a round, ~20% of a default-recipe retrain.
+- the L2 pull toward the live version's weights (Recipe.parent_l2, TrainConfig.parent_l2): replay alone still let
+  every weight drift (Adam moves each one by about the learning rate per step, whatever its gradient), and the
+  guard's greedy intent fell 0.83 -> 0.69 over five rounds. With the pull at 0.1 the weights the round's data does
+  not push hard stay put: after five rounds 0.83 / facts 0.86 / loss 0.032 (base 0.83 / 0.90 / 0.035), the slices
+  learnt by +48, -13 (facts +65), +9, +26, +44 points of intent; at 0.03 the guard read 0.81 / 0.80 and the slices
+  less; at 1 round 1 learnt nothing (same base, side by side; README "Learning from feedback").
 - each version's scores are kept per conversation (VersionScores): the live version was scored on last round's
   guard set and slice when it was the candidate, so the same prompts are not scored again (a grounded round whose
   knowledge base changed retrieves other passages: those prompts are new and scored).
@@ -58,12 +64,12 @@ GUARD_MAX = 100  # guard conversations scored per version (the first ones: the s
 @dataclass(frozen=True)
 class Recipe:
     """How a round trains: replayed conversations per feedback item, the share of the first training's learning
-    rate, passes over feedback + replay, the L2 pull toward the live version's weights (TrainConfig.parent_l2; why
-    these: the module docstring; benchmarks/learn_settings.py compares)."""
+    rate, passes over feedback + replay, the L2 pull toward the live version's weights (TrainConfig.parent_l2); why
+    these: the module docstring; benchmarks/learn_settings.py and learn_rounds.py --recipe compare."""
     replay_per_item: int = 9
     lr_factor: float = 0.5
     passes: int = 2
-    parent_l2: float = 0.0
+    parent_l2: float = 0.1
 
     def __post_init__(self):
         if self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1 or self.parent_l2 < 0:
