@@ -95,10 +95,10 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                  documents_only_share: float = DOCUMENTS_ONLY_SHARE,
                  fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0) -> list[Conversation]:
     """A seeded `ungrounded_share` of the conversations (product questions aside) left as they were (no passages,
-    their own answer, nothing retrieved for them); each other one with passages in its last question, a seeded `fact_edit_share` of those with
-    the numbers their answer shares with the passages changed in both, and a seeded `handoff_share` with another
-    grounded conversation's passages (a different answer, and a different intent where both have one) and the
-    handoff."""
+    their own answer, nothing retrieved for them); each other one with passages in its last question, a seeded
+    `fact_edit_share` of those with the numbers their answer shares with the passages changed in both, and a seeded
+    `handoff_share` with another grounded conversation's passages (a different answer, and a different intent where
+    both have one) and the handoff."""
     rng, facts_rng, plain_rng = random.Random(seed), random.Random(f"{seed}-facts"), random.Random(f"{seed}-plain")
     # never a product question: without its product's passage it could only be answered by inventing the value
     plain = [plain_rng.random() < ungrounded_share and c.category != PRODUCT_QUESTIONS for c in convs]

@@ -1,7 +1,7 @@
 """Training data from the catalog: for the catalog tasks, the store's catalog turned into chat conversations that
 the recipe then reads, splits and trains on like any data file (one pipeline for every task); for a support run
-with a catalog, questions about its products beside the data and its products' passages in the knowledge base. In a distributed run the main process
-writes them; the other ranks wait for the file."""
+with a catalog, questions about its products beside the data and its products' passages in the knowledge base. In
+a distributed run the main process writes a catalog task's data; the other ranks wait for the file."""
 
 from __future__ import annotations
 
