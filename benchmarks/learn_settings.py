@@ -3,7 +3,7 @@ feedback each version learns (its slice), how much of the rest it keeps (the gua
 learn_rounds.py, and loss), what the promotion rule said and what the round cost. learn/loop.py's Recipe defaults
 are chosen from this table.
 
-    python benchmarks/learn_settings.py --recipes 4,3,0.5 2,9,0.25 2,9,0.5,0.1
+    python benchmarks/learn_settings.py --recipes 4,3,0.5,0 2,9,0.25,0 2,9,0.5,0.1
     # passes, replayed per feedback item, lr share[, L2 pull toward the parent's weights]
 """
 
@@ -27,9 +27,9 @@ PLANNED_ROUNDS = 5  # the guard leaves out every value learn_rounds.py's five ro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=["2,9,0.5", "2,9,0.5,0.1"],
+    parser.add_argument("--recipes", nargs="+", default=["2,9,0.5,0", "2,9,0.5"],
                         help="passes,replayed conversations per feedback item,share of the first training's lr"
-                             "[,L2 pull toward the parent's weights (default 0)]")
+                             "[,L2 pull toward the parent's weights (default: learn's own, Recipe.parent_l2)]")
     parser.add_argument("--base", help="The run to learn from (its test split is the guard); default: one trained "
                                        "here on learn_rounds.py's base data with --base-steps.")
     parser.add_argument("--base-steps", type=int, default=0, help="0: the default recipe's steps.")

@@ -248,3 +248,21 @@ def test_a_support_run_with_a_catalog_trains_product_questions_grounded_in_their
         >= 0.8 * len(questions)
     with pytest.raises(ConfigError, match="'catalog': a support run answers questions about the catalog"):
         tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", knowledge="none", catalog=str(catalog))
+
+
+def test_product_questions_are_never_trained_without_passages():
+    """However large the ungrounded share, a product question keeps its passages (without them it could only invent
+    the value); the store's own conversations are left ungrounded at the share, drawn as before."""
+    from ecombot.catalog import read_catalog
+    from ecombot.catalog.knowledge import catalog_passages
+    from ecombot.catalog.questions import PRODUCT_QUESTIONS, product_questions
+
+    support = builtin_sample(2)
+    products = product_questions(read_catalog("builtin"), 12, seed=0)
+    grounder = Grounder(Retriever(read_passages(policy_path()) + catalog_passages("builtin")[1]), k=2)
+    grounded = ground_split(support + products, grounder, handoff_share=0.0, seed=0, ungrounded_share=0.95)
+    plain = {c.question for c in grounded if not c.meta["grounded"]}
+    assert all(c.meta["grounded"] for c in grounded if c.category == PRODUCT_QUESTIONS)
+    assert len(plain) >= 0.8 * len(support)
+    alone = ground_split(support, grounder, handoff_share=0.0, seed=0, ungrounded_share=0.95)
+    assert plain == {c.question for c in alone if not c.meta["grounded"]}

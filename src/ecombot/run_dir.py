@@ -188,7 +188,8 @@ class RunDir:
                 or not same_conversations((self.data_dir / name).read_text(encoding="utf-8"), text)]
 
     def task(self) -> tuple[str, str | None]:
-        """The run's task (support, copy or recommend) and, for a catalog task, the catalog it trained on."""
+        """The run's task (support, copy or recommend) and the catalog it trained on (a catalog task's, or a support
+        run's product questions), if any."""
         config = (self.info() or {}).get("config", {})
         return config.get("task") or "support", config.get("catalog")
 
