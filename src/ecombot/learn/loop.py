@@ -13,9 +13,10 @@ the feedback alone and a retrain from scratch):
   Chosen by benchmarks/learn_settings.py and learn_rounds.py (2-core Zen 4, bf16; a default-recipe base of 208
   steps). Round 1, the round's own guard (84 conversations, loss 0.033): the earlier recipe (4 passes, 3 replayed
   per item, half the lr) left it at 0.079, 9 replayed at half the lr at 0.056, at a quarter of the lr at 0.036. Over
-  five rounds (without the pull below) a quarter of the lr kept the guard loss lowest (0.035 -> 0.039 vs 0.050 at half) but learnt the slices
-  of rounds 2-4 by -17 to +17 points of greedy intent; half the lr learnt every round's (+22 to +61): a version that
-  does not say the agents' corrections is not worth a round. ~60 s a round, ~20% of a default-recipe retrain.
+  five rounds (without the pull below) a quarter of the lr kept the guard loss lowest (0.035 -> 0.039 vs 0.050 at
+  half) but learnt the slices of rounds 2-4 by -17 to +17 points of greedy intent; half the lr learnt every round's
+  (+22 to +61): a version that does not say the agents' corrections is not worth a round. ~60 s a round, ~20% of
+  a default-recipe retrain.
 - the L2 pull toward the live version's weights (Recipe.parent_l2, TrainConfig.parent_l2): replay alone still let
   every weight drift (Adam moves each one by about the learning rate per step, whatever its gradient), and the
   guard's greedy intent fell 0.83 -> 0.69 over five rounds. With the pull at 0.1 the weights the round's data does
