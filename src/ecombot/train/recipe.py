@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         run=run, steps=state.global_step,
         best_step=int(state.best_model_checkpoint.rsplit("-", 1)[1]) if state.best_model_checkpoint else state.global_step,
         best_val_loss=state.best_metric, final_train_loss=train_losses[-1] if train_losses else None,
-        train_seconds=round(train_seconds, 1), tokens_per_s=round(logger.tokens_per_second(), 1),
+        train_seconds=round(train_seconds, 3), tokens_per_s=round(logger.tokens_per_second(), 1),
         stopped_early=state.global_step < state.max_steps, split=split.counts(),
         truncated=train_set.truncated + val_set.truncated, model_dir=str(model_dir), precision=precision, device=device,
         packing=packing, cpu_kernels=applied.cpu_kernels, speedups=applied.to_dict())
