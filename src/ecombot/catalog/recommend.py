@@ -84,11 +84,10 @@ def answer_grammars(mode: str, candidates: list[list[Product]], products: list[P
     """Each request's grammar for `mode` (GRAMMARS): naming only what `nameable` gives, or none (free decoding)."""
     if mode == "none":
         return None
-    grammars: dict[int, str] = {}  # one per distinct list: the catalog's is the same for every request
-    for names in nameable(mode, candidates, products):
-        if id(names) not in grammars:
-            grammars[id(names)] = answer_grammar([p.sku for p in names], reason_limit(names))
-    return [grammars[id(names)] for names in nameable(mode, candidates, products)]
+    lists = nameable(mode, candidates, products)
+    grammars = {id(names): answer_grammar([p.sku for p in names], reason_limit(names))  # the catalog's: once
+                for names in {id(names): names for names in lists}.values()}
+    return [grammars[id(names)] for names in lists]
 
 
 @dataclass
