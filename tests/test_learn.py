@@ -414,3 +414,37 @@ def test_kept_scores_count_only_for_the_same_scorer_and_a_damaged_file_is_a_miss
     assert loop.VersionScores(run, elsewhere).known == {}  # scored in bf16: not this scorer's numbers
     run.item_scores_file.write_text('{"scorer": ')
     assert loop.VersionScores(run, here).known == {}
+
+
+def test_learn_on_a_support_run_with_a_catalog_replays_its_product_questions_and_adds_none(
+        tiny_model_dir, small_dataset, tmp_path, write_catalog):
+    """A support run trained with `--catalog`: its next version reads the same knowledge base (the catalog's passages
+    stay, not added again) and learns from feedback and replay only: the product questions it trains on are the
+    replayed ones of the first training, none made anew (the base's catalog is not read again)."""
+    from ecombot.catalog import read_catalog
+    from ecombot.catalog.questions import PRODUCT_QUESTIONS
+    from ecombot.data import read_file
+    from ecombot.knowledge import KnowledgeBase
+
+    catalog = write_catalog(tmp_path / "products.jsonl", read_catalog("builtin")[:40])
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    run = tmp_path / "support"
+    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=4, knowledge="shop", db=db, catalog=str(catalog)),
+          show_progress=False)
+    first = [c for c in read_file(run / "data" / "train.jsonl").conversations if c.category == PRODUCT_QUESTIONS]
+    assert first
+    give_feedback(Store(), "support", questions(10))
+
+    result = learn(run, say=lambda line: None)
+
+    assert result.version == "v2"
+    v2 = RunDir(run / "versions" / "v2")
+    assert v2.status() == "complete" and v2.info()["config"]["catalog"] is None
+    trained = read_file(loop.learn_data_path(RunDir(run), "v2")).conversations
+    replayed = [c for c in trained if c.category == PRODUCT_QUESTIONS]
+    assert {c.question for c in replayed} <= {c.question for c in first}
+    v2_split = read_file(v2.data_dir / "train.jsonl").conversations
+    assert sum(c.category == PRODUCT_QUESTIONS for c in v2_split) == len(replayed)
+    sources = {s.name: s.passages for s in KnowledgeBase(db, "shop").sources()}
+    assert sources["catalog: products.jsonl"] == 40
+    assert "catalog: products.jsonl" in v2.info()["knowledge"]["sources"]

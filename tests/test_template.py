@@ -46,6 +46,23 @@ def test_truncation_is_reported(tiny_tokenizer):
     assert not encode_conversation(tiny_tokenizer, CONV, max_length=512).truncated
 
 
+def test_scoring_cuts_an_over_long_conversation_before_its_answer_not_through_it(tiny_tokenizer):
+    """`keep_end`: the first token (BOS) and the last max_length - 1, so the last answer is scored whole; the default
+    cut at max_length leaves none of it."""
+    long_prompt = [{"role": "user", "content": "Where is my order? " * 60},
+                   {"role": "assistant", "content": "On its way."}]
+    whole = encode_conversation(tiny_tokenizer, long_prompt, max_length=4096)
+    answer = [t for t, label in zip(whole.input_ids, whole.labels) if label != -100]
+    limit = len(answer) + 20
+    assert len(whole.input_ids) > 3 * limit
+    start = encode_conversation(tiny_tokenizer, long_prompt, max_length=limit)
+    assert start.truncated and all(label == -100 for label in start.labels)
+    end = encode_conversation(tiny_tokenizer, long_prompt, max_length=limit, keep_end=True)
+    assert end.truncated and len(end.input_ids) == len(end.labels) == limit
+    assert end.input_ids[0] == whole.input_ids[0] and end.input_ids[1:] == whole.input_ids[-(limit - 1):]
+    assert [t for t, label in zip(end.input_ids, end.labels) if label != -100] == answer
+
+
 def test_prompt_ends_with_model_turn_opener(tiny_tokenizer):
     ids = encode_prompt(tiny_tokenizer, CONV[:2])
     text = tiny_tokenizer.decode(ids)

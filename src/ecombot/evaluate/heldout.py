@@ -20,10 +20,12 @@ def answer_token_stats(model, tokenizer, convs: list[Conversation], system_promp
                        batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per conversation: summed cross-entropy of its answer tokens (not the prefix's), their count, and how many
-    of them the model predicts with probability > 0.5 (so greedy decoding says them, given the reference so far)."""
-    encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes)
+    of them the model predicts with probability > 0.5 (so greedy decoding says them, given the reference so far).
+    Longer than `max_length`: its oldest prompt tokens are cut, never the answer (a grounded prompt of long passages
+    would otherwise leave nothing to score)."""
+    encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes, keep_end=True)
     if encoded.no_answer_left:
-        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token within {max_length} tokens")
+        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token to score")
     device = next(model.parameters()).device
     sums, counts, sure = np.zeros(len(convs)), np.zeros(len(convs)), np.zeros(len(convs))
     for start in range(0, len(encoded.examples), batch_size):
@@ -65,7 +67,8 @@ def engine_item_losses(engine, convs: list[Conversation], adapter: str, max_leng
         with engine.using(adapter):
             return item_losses(engine.model, engine.tokenizer, convs, engine.system_prompt(adapter), max_length,
                                prefixes=prefixes)
-    encoded = encode_conversations(convs, engine.tokenizer, engine.system_prompt(adapter), max_length, prefixes)
+    encoded = encode_conversations(convs, engine.tokenizer, engine.system_prompt(adapter), max_length, prefixes,
+                                   keep_end=True)
     if encoded.no_answer_left:
-        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token within {max_length} tokens")
+        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token to score")
     return engine.answer_losses(encoded.examples, adapter)

@@ -20,12 +20,14 @@ class EncodedSet:
 
 
 def encode_conversations(convs: list[Conversation], tokenizer, system_prompt: str | None, max_length: int,
-                         prefixes: list[list[dict[str, str]]] | None = None) -> EncodedSet:
-    """`prefixes`: per-conversation example turns placed before it (few-shot prompts), never supervised."""
+                         prefixes: list[list[dict[str, str]]] | None = None, keep_end: bool = False) -> EncodedSet:
+    """`prefixes`: per-conversation example turns placed before it (few-shot prompts), never supervised. `keep_end`:
+    an over-long conversation keeps its end (encode_conversation), as scoring wants."""
     examples, lengths, truncated, empty = [], [], 0, 0
     for i, conv in enumerate(convs):
         messages = with_system((prefixes[i] if prefixes else []) + conv.messages, system_prompt)
-        enc = encode_conversation(tokenizer, messages, max_length, supervise_from=len(messages) - len(conv.messages))
+        enc = encode_conversation(tokenizer, messages, max_length, supervise_from=len(messages) - len(conv.messages),
+                                  keep_end=keep_end)
         lengths.append(len(enc.input_ids) if not enc.truncated else max_length + 1)
         truncated += enc.truncated
         if all(label == -100 for label in enc.labels[1:]):

@@ -96,8 +96,12 @@ def assistant_char_spans(tokenizer, messages: list[dict[str, str]], supervise_fr
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int, supervise_from: int = 0) -> Encoded:
-    """Token ids and labels: loss only on assistant turns, including their end-of-turn token."""
+def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: int, supervise_from: int = 0,
+                        keep_end: bool = False) -> Encoded:
+    """Token ids and labels: loss only on assistant turns, including their end-of-turn token. Longer than
+    `max_length`: cut at the end (training: what is cut is not trained on), or with `keep_end` cut after the first
+    token (BOS) so the last answer stays whole (scoring: a long grounded prompt loses its oldest tokens, not the
+    answer it is scored on)."""
     text, spans = assistant_char_spans(tokenizer, messages, supervise_from)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
@@ -106,6 +110,9 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
         labels.append(token_id if supervised else -100)
     ids = enc["input_ids"]
     truncated = len(ids) > max_length
+    if truncated and keep_end:
+        kept = slice(len(ids) - max_length + 1, None)
+        return Encoded(ids[:1] + ids[kept], [-100] + labels[kept], truncated)
     return Encoded(ids[:max_length], labels[:max_length], truncated)
 
 
