@@ -100,8 +100,8 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_length: i
                         keep_end: bool = False) -> Encoded:
     """Token ids and labels: loss only on assistant turns, including their end-of-turn token. Longer than
     `max_length`: cut at the end (training: what is cut is not trained on), or with `keep_end` cut after the first
-    token (BOS) so the last answer stays whole (scoring: a long grounded prompt loses its oldest tokens, not the
-    answer it is scored on)."""
+    token (BOS) so the last answer is kept, whole unless it alone is longer (scoring: a long grounded prompt loses
+    its oldest tokens, not the answer it is scored on)."""
     text, spans = assistant_char_spans(tokenizer, messages, supervise_from)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
