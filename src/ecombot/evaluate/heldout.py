@@ -15,21 +15,27 @@ from ecombot.models import encode_conversations, scoring_batch, token_losses
 SURE = math.log(2)
 
 
+def scored_examples(convs: list[Conversation], tokenizer, system_prompt: str | None, max_length: int,
+                    prefixes: list[list[dict[str, str]]] | None) -> list[dict[str, list[int]]]:
+    """The conversations encoded for scoring, one example each: one longer than `max_length` loses its oldest
+    prompt tokens, never the answer (a grounded prompt of long passages would otherwise leave nothing to score)."""
+    encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes, keep_end=True)
+    if encoded.no_answer_left:
+        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token to score")
+    return encoded.examples
+
+
 @torch.inference_mode()
 def answer_token_stats(model, tokenizer, convs: list[Conversation], system_prompt: str | None, max_length: int = 1024,
                        batch_size: int = 16, prefixes: list[list[dict[str, str]]] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per conversation: summed cross-entropy of its answer tokens (not the prefix's), their count, and how many
-    of them the model predicts with probability > 0.5 (so greedy decoding says them, given the reference so far).
-    Longer than `max_length`: its oldest prompt tokens are cut, never the answer (a grounded prompt of long passages
-    would otherwise leave nothing to score)."""
-    encoded = encode_conversations(convs, tokenizer, system_prompt, max_length, prefixes, keep_end=True)
-    if encoded.no_answer_left:
-        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token to score")
+    of them the model predicts with probability > 0.5 (so greedy decoding says them, given the reference so far)."""
+    examples = scored_examples(convs, tokenizer, system_prompt, max_length, prefixes)
     device = next(model.parameters()).device
     sums, counts, sure = np.zeros(len(convs)), np.zeros(len(convs)), np.zeros(len(convs))
-    for start in range(0, len(encoded.examples), batch_size):
-        chunk = scoring_batch(model, encoded.examples[start:start + batch_size], tokenizer.pad_token_id)
+    for start in range(0, len(examples), batch_size):
+        chunk = scoring_batch(model, examples[start:start + batch_size], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in chunk.items()}
         losses, rows = token_losses(model, batch)
         rows = rows.cpu().numpy() + start
@@ -67,8 +73,5 @@ def engine_item_losses(engine, convs: list[Conversation], adapter: str, max_leng
         with engine.using(adapter):
             return item_losses(engine.model, engine.tokenizer, convs, engine.system_prompt(adapter), max_length,
                                prefixes=prefixes)
-    encoded = encode_conversations(convs, engine.tokenizer, engine.system_prompt(adapter), max_length, prefixes,
-                                   keep_end=True)
-    if encoded.no_answer_left:
-        raise ValueError(f"{encoded.no_answer_left} conversation(s) have no answer token to score")
-    return engine.answer_losses(encoded.examples, adapter)
+    return engine.answer_losses(scored_examples(convs, engine.tokenizer, engine.system_prompt(adapter), max_length,
+                                                prefixes), adapter)
