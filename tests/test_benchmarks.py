@@ -249,3 +249,22 @@ def test_support_log_csv_is_read_whole_with_its_multi_line_answers(tmp_path):
     assert report.rows_read == len(conversations) == 60 and not report.dropped
     assert len({c.intent for c in conversations}) == 12
     assert all(c.answers[0].count("\n") >= 4 and "1. " in c.answers[0] for c in conversations)
+
+
+def test_multitask_benchmark_short_form(tiny_model_dir, small_dataset, tmp_path, write_catalog):
+    """Three one-task runs and one multi-task run of three times their steps, then each task's evaluation of its own
+    adapter and of the multi-task one on the same test set."""
+    from ecombot.catalog import read_catalog
+
+    catalog = write_catalog(tmp_path / "catalog.jsonl", read_catalog("builtin")[::16])
+    result = run_benchmark("multitask", ["--model", str(tiny_model_dir), "--catalog", str(catalog), "--data",
+                                         str(small_dataset), "--steps", "1", "--support-limit", "3",
+                                         "--recommend-limit", "2", "--max-new-tokens", "4", "--work",
+                                         str(tmp_path / "work")], tmp_path)
+    assert [result["runs"][name]["steps"] for name in ("support", "copy", "recommend", "multi")] == [1, 1, 1, 3]
+    assert set(result["runs"]["multi"]["other_tasks"]) == {"copy", "recommend"}
+    for task, scored in (("support", 3), ("copy", result["runs"]["copy"]["split"]["test"]), ("recommend", 2)):
+        own, multi = result["scores"][task]["own"], result["scores"][task]["multi"]
+        assert own["scored"] == multi["scored"] == scored
+    assert 0 <= result["scores"]["copy"]["multi"]["attribute_coverage"]["value"] <= 1
+    assert len(result["table"]) == 13 and all(len(row) == 3 for row in result["table"])

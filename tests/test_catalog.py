@@ -11,7 +11,7 @@ import pytest
 from ecombot.catalog import (CatalogSearch, Product, builtin_catalog_path, price_limit, read_catalog,
                              recommendation_requests)
 from ecombot.catalog.requests import meets
-from ecombot.errors import DataError
+from ecombot.errors import DataError, EcombotError
 
 CSV = """SKU,Title,Category,Price,Material,Colour,Description,Related
 T-1,Oak side table,Side table,$129.99,oak,natural oak,"A small oak table.
@@ -225,6 +225,71 @@ def test_copy_task_trains_from_a_catalog_and_evaluates_attribute_by_attribute(ti
     chatted = runner.invoke(app, ["chat", "--adapter", str(run), "--once", "an oak stool"])
     assert isinstance(chatted.exception, EcombotError) and "is a copy adapter: chat talks to support" in str(
         chatted.exception)
+
+
+def test_one_adapter_learns_several_tasks_each_split_as_its_own_run_splits_it(tiny_model_dir, small_dataset, tmp_path,
+                                                                                builtin, write_catalog, capsys):
+    """`train --task recommend,support,copy`: one adapter on the three tasks' data, each task split on its own (the
+    test set a run of that task alone holds out), support grounded and its split in data/ as for any support run,
+    the catalog tasks' in data/TASK/ and never in the knowledge base; each task's evaluation reads its own split,
+    and the server serves the adapter under each task's name."""
+    from typer.testing import CliRunner
+
+    from ecombot.catalog.copy import INSTRUCTION, copy_conversations
+    from ecombot.catalog.recommend import REQUEST_HEADER
+    from ecombot.cli import app
+    from ecombot.config import load_config
+    from ecombot.data import split_conversations
+    from ecombot.errors import ConfigError
+    from ecombot.knowledge import KnowledgeBase
+    from ecombot.serve.tasks import CatalogTasks
+
+    catalog = write_catalog(tmp_path / "catalog.jsonl", builtin[::8])
+    run, db = tmp_path / "multi", f"sqlite:///{tmp_path / 'kb.db'}"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--task", "recommend,support,copy", "--catalog", str(catalog), "--data",
+                                 str(small_dataset), "--knowledge", "shop", "--db", db, "--model", str(tiny_model_dir),
+                                 "--output", str(run), "--max-steps", "2", "--batch-size", "4", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "run_config.json").read_text())["config"]
+    assert config["task"] == "support,copy,recommend" and config["knowledge"] == "shop"
+
+    def split(task):
+        folder = run / "data" / task if task else run / "data"
+        return {name: [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+                for name in ("train", "validation", "test")}
+    support, copy, recommend = split(None), split("copy"), split("recommend")
+    expected = split_conversations(copy_conversations(builtin[::8])[0], 0.1, 0.1, 42)
+    assert [c["messages"] for c in copy["test"]] == [c.messages for c in expected.test]  # a copy run's test set
+    assert all(c["messages"][0]["content"].startswith(INSTRUCTION) for s in copy.values() for c in s)
+    assert all(REQUEST_HEADER in c["messages"][0]["content"] for s in recommend.values() for c in s)
+    asked = [c["messages"][0]["content"] for s in support.values() for c in s]
+    assert asked and not any(INSTRUCTION in q or REQUEST_HEADER in q for q in asked)
+    said = capsys.readouterr().out + result.output
+    assert (f"one adapter for 3 tasks: support {len(support['train'])}, copy {len(copy['train'])}, recommend "
+            f"{len(recommend['train'])} training conversations") in said
+    pairs = [p.question for p in KnowledgeBase(db, "shop").passages() if p.question]
+    assert pairs and not any(INSTRUCTION in q or REQUEST_HEADER in q for q in pairs)  # only support's pairs
+    card = (run / "README.md").read_text()
+    assert "# ecombot multi-task adapter (support, copy, recommend) (lora)" in card
+    assert f"The copy task's split (train/validation/test): {len(copy['train'])}/" in card
+
+    out = tmp_path / "eval"
+    for task, limit in (("copy", "0"), ("recommend", "2")):
+        result = runner.invoke(app, ["evaluate", "--task", task, "--adapter", str(run), "--output", str(out),
+                                     "--systems", "finetuned", "--max-new-tokens", "4", "--limit", limit])
+        assert result.exit_code == 0, result.output
+        scores = json.loads((out / "results.json").read_text())
+        assert scores["products" if task == "copy" else "requests"] == (len(copy["test"]) if task == "copy" else 2)
+
+    tasks = CatalogTasks.of_adapters([("support", run), ("copy", run), ("recommend", run)])
+    assert [tasks.task(n) for n in ("support", "copy", "recommend")] == ["support", "copy", "recommend"]
+    with pytest.raises(EcombotError, match="one adapter for 3 tasks .*--adapter copy="):
+        CatalogTasks.of_adapters([("shop", run)])
+    with pytest.raises(ConfigError, match="must be one of support, copy, recommend, or several"):
+        load_config(None, task="copy,copy", catalog="builtin")
+    with pytest.raises(ConfigError, match="the copy and recommend tasks need a catalog file"):
+        load_config(None, task="support,copy,recommend")
 
 
 def test_copy_task_errors_name_what_is_missing(tiny_model_dir, tiny_run, tmp_path):

@@ -131,7 +131,8 @@ def train(
     db: Optional[str] = typer.Option(None, help="Database of the knowledge base (default: $ECOMBOT_DB, else "
                                      "$ECOMBOT_HOME/ecombot.db)."),
     task: Optional[str] = typer.Option(None, help="support (default); copy: product descriptions from --catalog; "
-                                       "recommend: products for a customer's request, among those search finds."),
+                                       "recommend: products for a customer's request, among those search finds; "
+                                       "several comma-separated (support,copy,recommend): one adapter for them all."),
     catalog: Optional[str] = typer.Option(None, help="Catalog file (CSV, JSON, JSON Lines) for --task copy or "
                                           "recommend, or 'builtin'; for support, questions about its products "
                                           "are trained, answered from their passages."),
@@ -191,8 +192,9 @@ def chat(
         values = parse_context(context)
     except ValueError as exc:
         raise EcombotError(str(exc)) from None
-    task = RunDir(adapter).task()[0] if adapter else "support"
-    if task != "support":
+    tasks = RunDir(adapter).tasks() if adapter else ["support"]
+    if "support" not in tasks:
+        task = tasks[0]
         raise EcombotError(f"{adapter} is a {task} adapter: chat talks to support adapters. Serve it beside them "
                            f"(`ecombot serve --adapter {task}={adapter}`: the request's model picks it) or score it "
                            f"with `ecombot evaluate --task {task} --adapter {adapter}`")

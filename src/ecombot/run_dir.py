@@ -181,17 +181,31 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise EcombotError(f"{summary}: damaged, not JSON ({exc})") from None
 
-    def changed_split_files(self, files: dict[str, str]) -> list[str]:
+    def changed_split_files(self, files: dict[str, str], directory: Path | None = None) -> list[str]:
         """Which of the split files given (name -> text) hold other conversations than the ones the run kept in
-        data/ (the order aside)."""
-        return [name for name, text in files.items() if not (self.data_dir / name).is_file()
-                or not same_conversations((self.data_dir / name).read_text(encoding="utf-8"), text)]
+        `directory` (default data/; the order aside)."""
+        directory = directory or self.data_dir
+        return [name for name, text in files.items() if not (directory / name).is_file()
+                or not same_conversations((directory / name).read_text(encoding="utf-8"), text)]
 
     def task(self) -> tuple[str, str | None]:
-        """The run's task (support, copy or recommend) and the catalog it trained on (a catalog task's, or a support
-        run's product questions), if any."""
+        """The run's task (support, copy or recommend; several comma-separated for a multi-task adapter) and the
+        catalog it trained on (a catalog task's, or a support run's product questions), if any."""
         config = (self.info() or {}).get("config", {})
         return config.get("task") or "support", config.get("catalog")
+
+    def tasks(self) -> list[str]:
+        """The tasks the adapter learnt, its main one first (config/train.py TrainConfig.tasks)."""
+        return self.task()[0].split(",")
+
+    def split_dir(self, task: str) -> Path:
+        """Where the run keeps `task`'s split: data/ for its main task, data/TASK/ for the other tasks of a multi-task
+        run (each task split on its own, as a run of that task alone splits it)."""
+        return self.data_dir if task == self.tasks()[0] else self.other_task_dir(task)
+
+    def other_task_dir(self, task: str) -> Path:
+        """The split of a multi-task run's task other than its main one."""
+        return self.data_dir / task
 
     def task_data_file(self, task: str) -> Path:
         """A catalog task's conversations, built from the catalog before the split (train/tasks.py)."""

@@ -116,22 +116,33 @@ class TrainConfig:
         if not self.prompt_gradients and not self.packing:
             raise bad("prompt_gradients", "false (--answer-only-backward) needs packing: true (drop --no-packing): "
                                           "answer-only backward runs on packed rows")
-        if self.task not in TASKS:
-            raise bad("task", f"must be one of {', '.join(TASKS)}")
-        if self.task != "support" and not self.catalog:
-            raise bad("catalog", f"the {self.task} task needs a catalog file (or 'builtin')")
-        if self.task != "support" and self.db:
+        tasks = [t.strip() for t in str(self.task).split(",")]
+        if any(t not in TASKS for t in tasks) or len(set(tasks)) < len(tasks):
+            raise bad("task", f"must be one of {', '.join(TASKS)}, or several of them comma-separated (one adapter "
+                              "trained on each task's data)")
+        self.task = ",".join(sorted(tasks, key=TASKS.index))  # support first: the run's main task (`tasks`)
+        catalog_tasks = [t for t in tasks if t != "support"]
+        if catalog_tasks and not self.catalog:
+            need = "tasks need" if len(catalog_tasks) > 1 else "task needs"
+            raise bad("catalog", f"the {' and '.join(catalog_tasks)} {need} a catalog file (or 'builtin')")
+        if "support" not in tasks and self.db:
             raise bad("db", f"the {self.task} task uses no knowledge base, so no database; drop it")
-        if self.task != "support" and self.knowledge.lower() not in ("default", "none"):
+        if "support" not in tasks and self.knowledge.lower() not in ("default", "none"):
             raise bad("knowledge", f"the {self.task} task trains without knowledge passages (its prompt holds the "
                                    f"{'product' if self.task == 'copy' else 'candidate products'} itself); drop it")
-        if self.task == "support" and self.catalog and not self.grounded:
+        if "support" in tasks and self.catalog and not self.grounded:
             raise bad("catalog", "a support run answers questions about the catalog's products from their passages "
                                  "in the knowledge base: drop --knowledge none, or the catalog")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output or f"runs/{self.method}")
+
+    @property
+    def tasks(self) -> list[str]:
+        """What the adapter learns: one task, or several trained together into one multi-task adapter (the first,
+        support where it is one, is the run's main task: its split is the run's data/, the others' data/TASK/)."""
+        return self.task.split(",")
 
     @property
     def grounded(self) -> bool:

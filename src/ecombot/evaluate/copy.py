@@ -36,14 +36,14 @@ def score_copy(answers: list[str], products, references: list[str], alternatives
 def evaluate_copy(cfg: EvalConfig, say=print) -> dict:
     run, catalog, products = catalog_runs(cfg.adapters, "copy")
     by_prompt = {copy_prompt(p): p for p in products}
-    test = held_out(run, cfg, say)
+    test = held_out(run, "copy", cfg, say)
     missing = [c.source for c in test if c.question not in by_prompt]
     if missing:
         raise EcombotError(f"{len(missing)} test products of {run.path} are not in the catalog {catalog} as "
                            f"they were (first: {missing[0]}); evaluate against the catalog the run trained on")
     items = [by_prompt[c.question] for c in test]
     references = [c.answer for c in test]
-    engine, runs = answering_systems(cfg, run, test, say)
+    engine, runs = answering_systems(cfg, run, "copy", test, say)
     alternatives = categorical_values(products)
     indices = metrics.bootstrap_indices(len(items), seed=cfg.seed)
     systems, predictions = {}, [{"sku": p.sku, "reference": r} for p, r in zip(items, references)]

@@ -45,7 +45,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
     seed = run.info()["config"]["seed"]
     by_text = {r.text: r for r in request_set(products, seed)}
     by_sku = {p.sku: p for p in products}
-    test = held_out(run, cfg, say)
+    test = held_out(run, "recommend", cfg, say)
     texts = [c.question.rsplit(REQUEST_HEADER, 1)[-1].strip() for c in test]
     missing = [c.source for c, t in zip(test, texts) if t not in by_text]
     if missing:
@@ -63,7 +63,7 @@ def evaluate_recommend(cfg: EvalConfig, say=print) -> dict:
         for row, skus in zip(predictions, found):
             row["search"] = skus
     generating = set(cfg.systems) - {"search"}
-    engine, runs = answering_systems(cfg, run, test, say, REPETITION_PENALTY) if generating else (None, [])
+    engine, runs = answering_systems(cfg, run, "recommend", test, say, REPETITION_PENALTY) if generating else (None, [])
     grammar = cfg.grammar or GRAMMAR
     grammars = answer_grammars(grammar, candidates, products)
     names = nameable(grammar, candidates, products)

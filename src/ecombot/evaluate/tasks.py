@@ -28,10 +28,15 @@ def catalog_run(adapter: str, task: str) -> tuple[RunDir, str, list[Product]]:
     run = RunDir(adapter)
     run.check_adapter()
     trained, catalog = run.task()
-    if trained != task:
+    if task not in run.tasks():
         raise EcombotError(f"{adapter}: not a {task} run (its task is {trained!r}); --task {task} evaluates adapters "
                            f"trained with `ecombot train --task {task} --catalog FILE`")
     return run, catalog, read_catalog(catalog)
+
+
+def task_split(run: RunDir, task: str, name: str) -> Path:
+    """One split file (train, validation or test) of `task` in the run (its own folder in a multi-task run)."""
+    return run.split_dir(task) / f"{name}.jsonl"
 
 
 def catalog_runs(adapters: list[str], task: str) -> tuple[RunDir, str, list[Product]]:
@@ -40,9 +45,9 @@ def catalog_runs(adapters: list[str], task: str) -> tuple[RunDir, str, list[Prod
         raise EcombotError(f"--task {task} needs --adapter RUN (a run trained with --task {task})")
     runs = [catalog_run(a, task) for a in adapters]
     first, catalog, products = runs[0]
-    test = (first.data_dir / "test.jsonl").read_text(encoding="utf-8")
+    test = task_split(first, task, "test").read_text(encoding="utf-8")
     for run, other, _ in runs[1:]:
-        if other != catalog or not same_conversations((run.data_dir / "test.jsonl").read_text(encoding="utf-8"), test):
+        if other != catalog or not same_conversations(task_split(run, task, "test").read_text(encoding="utf-8"), test):
             raise EcombotError(f"{run.path} and {first.path} were trained on different catalogs or splits; evaluate "
                                "them one at a time")
     return first, catalog, products
@@ -62,24 +67,24 @@ def generation_scores(answered: SystemAnswers, indices) -> dict:
             "cut_at_limit": metrics.mean_estimate(answered.cut, indices).to_dict()}
 
 
-def held_out(run: RunDir, cfg: EvalConfig, say=print) -> list[Conversation]:
-    """The run's held-out items, the first `cfg.limit` of them (said when that leaves some out)."""
-    test = read_file(run.data_dir / "test.jsonl").conversations
+def held_out(run: RunDir, task: str, cfg: EvalConfig, say=print) -> list[Conversation]:
+    """The run's held-out items of `task`, the first `cfg.limit` of them (said when that leaves some out)."""
+    test = read_file(task_split(run, task, "test")).conversations
     if cfg.limit and len(test) > cfg.limit:
         say(f"scoring {cfg.limit} of the {len(test)} held-out items (the first of the run's seeded split; "
             f"`ecombot evaluate --limit 0` scores all {len(test)})")
     return test[:cfg.limit or None]
 
 
-def answering_systems(cfg: EvalConfig, run: RunDir, scored: list[Conversation], say,
+def answering_systems(cfg: EvalConfig, run: RunDir, task: str, scored: list[Conversation], say,
                       repetition_penalty: float = Decoding.repetition_penalty
                       ) -> tuple[GenerationEngine, list[tuple[str, str, list[dict]]]]:
     """One engine, and each system of cfg.systems as (name, adapter, example turns before the prompt): the base model
-    shown k of the run's training conversations, then every adapter by its run's name. The answer limit fits the
-    training answers and the `scored` items' references, as support's evaluation does."""
+    shown k of the run's training conversations of `task`, then every adapter by its run's name. The answer limit
+    fits those training answers and the `scored` items' references, as support's evaluation does."""
     names = [Path(a).resolve().name for a in cfg.adapters] if "finetuned" in cfg.systems else []
     model_spec = base_model_spec(cfg.model, run.path)  # the run's own base even when no adapter is compared
-    train = read_file(run.data_dir / "train.jsonl").conversations
+    train = read_file(task_split(run, task, "train")).conversations
     cfg.max_new_tokens = fit_answer_tokens(cfg, model_spec, train + scored, say)
     engine = open_engine(model_spec, [(n, Path(a)) for n, a in zip(names, cfg.adapters)],
                          Decoding(max_new_tokens=cfg.max_new_tokens, repetition_penalty=repetition_penalty),

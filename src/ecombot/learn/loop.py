@@ -176,7 +176,8 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     parent_cfg = TrainConfig.recorded(parent.info()["config"])
     if parent_cfg.task != "support":
         raise EcombotError(f"{root.path}: a {parent_cfg.task} run; `ecombot learn` learns from reviewed support answers "
-                           "(train a new version of a catalog task with `ecombot train --task ...` on the new catalog)")
+                           "into a support adapter (train a new version of a catalog task, or of a multi-task adapter, "
+                           "with `ecombot train --task ...` on the new catalog and data)")
     served_as = served_as or root.name
 
     # 1. Feedback: approved answers to this adapter's questions not yet trained on or held out.

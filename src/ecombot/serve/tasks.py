@@ -10,7 +10,8 @@ prompt layout; support adapters are answered as before, grounded in the knowledg
   (catalog/recommend.py GRAMMAR), and the reply keeps only the candidates it names (`recommendations` lists them with
   title and price; `dropped_skus` counts any other SKU-like line), so no answer ever names a product that does not
   exist. Such a reply is checked whole before it is sent, so a stream carries it in one piece.
-Only the latest customer message is read: the task adapters were trained on single requests.
+Only the latest customer message is read: the task adapters were trained on single requests. A multi-task adapter
+(`train --task support,copy`) is served once per task, under the task's name (`--adapter copy=runs/multi`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ecombot.catalog.copy import copy_prompt
 from ecombot.catalog.readers import product_from_record
 from ecombot.catalog.recommend import (CANDIDATES, GRAMMAR, NONE_MATCH, REPETITION_PENALTY, answer_grammars,
                                        parse_recommendations, recommend_prompt)
-from ecombot.errors import DataError
+from ecombot.errors import DataError, EcombotError
 from ecombot.run_dir import RunDir
 from ecombot.serve.errors import ApiError
 
@@ -60,7 +61,7 @@ class CatalogTasks:
 
     @classmethod
     def of_adapters(cls, adapters: list[tuple[str, Path]]) -> CatalogTasks:
-        tasks = {name: RunDir(path).task() for name, path in adapters}
+        tasks = {name: served_task(name, path) for name, path in adapters}
         tasks = {name: (task, catalog) for name, (task, catalog) in tasks.items() if task != "support"}
         catalogs = {}
         for task, catalog in tasks.values():
@@ -87,6 +88,20 @@ class CatalogTasks:
         return TaskRequest(task, [{"role": "user", "content": recommend_prompt(text, candidates)}],
                            lambda raw, finish: recommendation_reply(raw, candidates, finish), REPETITION_PENALTY,
                            None if candidates else NONE_MATCH, grammar)  # no candidates: e.g. nothing within budget
+
+
+def served_task(name: str, path: Path) -> tuple[str, str | None]:
+    """The task an adapter is served for, and its run's catalog: its run's task, or for a multi-task adapter the
+    one it is served under (its name)."""
+    run = RunDir(path)
+    tasks, catalog = run.tasks(), run.task()[1]
+    if len(tasks) == 1:
+        return tasks[0], catalog
+    if name not in tasks:
+        flags = " ".join(f"--adapter {task}={path}" for task in tasks)
+        raise EcombotError(f"{path} is one adapter for {len(tasks)} tasks ({', '.join(tasks)}): serve it under the "
+                           f"name of the task each request's model asks for ({flags})")
+    return name, catalog
 
 
 def product_to_describe(adapter: str, text: str, catalog: Catalog) -> Product:

@@ -34,10 +34,18 @@ def held_out_line(data: DataReport) -> str:
             f"({held['reason']})" if held else "")
 
 
+def other_tasks_line(others: dict[str, dict]) -> str:
+    return "".join(f"\n- The {task} task's split (train/validation/test): {c['train']}/{c['validation']}/{c['test']}, "
+                   f"in data/{task}/" for task, c in others.items())
+
+
 def model_card(config: TrainConfig, data: DataReport, result: TrainResult, knowledge: dict | None = None,
-               recipe: str = "") -> str:
-    """README.md in the Hugging Face Hub's format, so the run directory can be shared as is."""
+               recipe: str = "", other_tasks: dict[str, dict] | None = None) -> str:
+    """README.md in the Hugging Face Hub's format, so the run directory can be shared as is. `other_tasks`: a
+    multi-task run's tasks beside its main one, with their split counts."""
     base, method, packing = config.model, config.method, result.packing
+    tasks = config.tasks
+    title = f"{tasks[0]} adapter" if len(tasks) == 1 else f"multi-task adapter ({', '.join(tasks)})"
     packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
     layers = "" if config.adapted_layers == "all" else f", in the top {config.adapted_layers} decoder layers only"
     card = f"""---
@@ -46,13 +54,14 @@ base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m
 pipeline_tag: text-generation
 tags:
 - ecombot
-- {TAGS[config.task]}
+{chr(10).join(f"- {TAGS[task]}" for task in tasks)}
 - {method}
 ---
 
-# ecombot {config.task} adapter ({method})
+# ecombot {title} ({method})
 
-A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecombot/) to {PURPOSES[config.task]}.
+A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecombot/) to {"; to ".join(
+    PURPOSES[task] for task in tasks)}.
 
 - Base model: `{base}` (loaded from `{result.model_dir}`){" — Gemma terms of use apply" if "gemma" in base else ""}
 - Method: {method}, rank {config.rank}, alpha {config.alpha}, dropout {config.dropout},
@@ -67,7 +76,7 @@ A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecomb
 - Source: `{data.path}` ({data.format}), {data.rows_read} rows read, {data.kept} kept,
   dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}{held_out_line(data)}
 - Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
-  {len(data.intents)} intents, {data.multi_turn} multi-turn conversations
+  {len(data.intents)} intents, {data.multi_turn} multi-turn conversations{other_tasks_line(other_tasks or {})}
 - Token length percentiles: {json.dumps(data.token_percentiles)}; truncated at {data.max_length}: {data.truncated}
 - Answer length percentiles (tokens): {json.dumps(data.answer_tokens)}
 

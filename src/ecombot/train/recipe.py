@@ -143,27 +143,34 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     main = is_main_process()
 
     # 1. Data: read, validate, split (the same seed gives the same split in every command). A catalog task first
-    #    turns the catalog into conversations (train/tasks.py).
+    #    turns the catalog into conversations (train/tasks.py); a multi-task run splits each task's data on its own,
+    #    so each test set is the one a run of that task alone holds out.
     say = print if main and show_progress else (lambda *_: None)
-    cfg, task_line = task_data(cfg, run, main)
-    if task_line:
-        say(task_line)
+    cfg, task_lines, other_tasks = task_data(cfg, run, main)
+    for line in task_lines:
+        say(line)
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed, product_question_maker(cfg, say))
     split, summary = prepared.split, prepared.report
-    if resume and (changed := run.changed_split_files(split_files(split))):
+    others = {task: prepare(path, cfg.val_fraction, cfg.test_fraction, cfg.seed).split for task, path in other_tasks}
+    splits = [(split, run.data_dir), *((s, run.other_task_dir(task)) for task, s in others.items())]
+    if resume and (changed := [f"{where.name}/{name}" for s, where in splits
+                               for name in run.changed_split_files(split_files(s), where)]):
         raise EcombotError(f"{summary.path}: the data changed since this run started ({', '.join(changed)} in "
-                           f"{run.data_dir} differ); a resumed run must train on the same data: restore it, or start "
+                           f"{run.path} differ); a resumed run must train on the same data: restore it, or start "
                            "a new run with --overwrite")
     if main:
-        write_split(split, run.data_dir, extra={"seed": cfg.seed, "source": summary.path})
+        for s, where in splits:
+            write_split(s, where, extra={"seed": cfg.seed, "source": summary.path if s is split else where.name})
     # The "auto" settings follow the data's size (config/train.py fit_to_data); the run records the numbers used.
-    cfg, sized = fit_to_data(cfg, len(split.train))
+    cfg, sized = fit_to_data(cfg, len(split.train) + sum(len(s.train) for s in others.values()))
     say(sized.reason)
 
     # 2. Knowledge: the training pairs join the store's documents in the knowledge base; every prompt gets the
-    #    passages found for its question (train/grounding.py), as chat, serve and evaluate will give them.
-    train_convs = split.train
-    val_convs = split.validation[: cfg.eval_max_examples] if cfg.eval_max_examples else split.validation
+    #    passages found for its question (train/grounding.py), as chat, serve and evaluate will give them. The other
+    #    tasks of a multi-task run are not grounded (their prompts hold their products), and validation is shared
+    #    out among the tasks so that it costs what one task's does.
+    val_cap = cfg.eval_max_examples // len(cfg.tasks) if cfg.eval_max_examples else None
+    train_convs, val_convs = split.train, split.validation[:val_cap]
     knowledge = None
     if cfg.grounded:
         parent = (RunDir(cfg.init_adapter).knowledge() or {}) if cfg.init_adapter else {}
@@ -174,6 +181,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
                                         inherited=inherited, documents=catalog_documents(cfg))
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
+    for task, s in others.items():
+        train_convs, val_convs = train_convs + s.train, val_convs + s.validation[:val_cap]
+    if others:
+        say(f"one adapter for {len(cfg.tasks)} tasks: "
+            + ", ".join(f"{task} {len(s.train)}" for task, s in [(cfg.tasks[0], split), *others.items()])
+            + " training conversations")
 
     # 3. Tokens: chat template applied, loss mask on assistant turns, truncation counted.
     model_dir = resolve_model(cfg.model)
@@ -182,8 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     train_set = encode_conversations(train_convs, tokenizer, system_prompt, cfg.max_length)
     val_set = encode_conversations(val_convs, tokenizer, system_prompt, cfg.max_length)
     summary.add_token_lengths(train_set.lengths + val_set.lengths, cfg.max_length)
-    summary.add_answer_lengths(answer_token_counts(tokenizer, [a for c in split.train + split.validation
-                                                               for a in c.answers]))
+    summary.add_answer_lengths(answer_token_counts(tokenizer, [a for s in [split, *others.values()]
+                                                               for c in s.train + s.validation for a in c.answers]))
     if not train_set.examples:
         raise EcombotError(f"{summary.path}: no training conversation has an answer within max_length={cfg.max_length}")
     cut, left_out = train_set.truncated + val_set.truncated, train_set.no_answer_left + val_set.no_answer_left
@@ -193,7 +206,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
             "--max-length raises the limit")
     if main:
         run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": left_out,
-                                               "split": split.counts()})
+                                               "split": split.counts(),
+                                               **({"other_tasks": {t: s.counts() for t, s in others.items()}}
+                                                  if others else {})})
 
     # 4. Batches: packed rows of one fixed size (see models.PackedCollator), or padded batches.
     if cfg.packing:
@@ -250,6 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         packing=packing, cpu_kernels=applied.cpu_kernels, speedups=applied.to_dict())
     if main:
         run.plot_loss_curve()
-        run.write_text("README.md", model_card(cfg, summary, result, knowledge, sized.reason))
+        run.write_text("README.md", model_card(cfg, summary, result, knowledge, sized.reason,
+                                                {t: s.counts() for t, s in others.items()}))
         run.write_info({**run_info, "status": "complete", "results": result.to_dict()})
     return result

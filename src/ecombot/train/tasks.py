@@ -1,7 +1,8 @@
 """Training data from the catalog: for the catalog tasks, the store's catalog turned into chat conversations that
-the recipe then reads, splits and trains on like any data file (one pipeline for every task); for a support run
-with a catalog, questions about its products beside the data and its products' passages in the knowledge base. In
-a distributed run the main process writes a catalog task's data; the other ranks wait for the file."""
+the recipe then reads, splits and trains on like any data file (one pipeline for every task; a multi-task run
+splits each task's data on its own and trains on them together); for a support run with a catalog, questions about
+its products beside the data and its products' passages in the knowledge base. In a distributed run the main
+process writes the catalog tasks' data; the other ranks wait for the files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ecombot.catalog import questions, read_catalog
+from ecombot.catalog import Product, questions, read_catalog
 from ecombot.catalog.copy import write_copy_data
 from ecombot.catalog.recommend import CANDIDATES, write_recommend_data
 from ecombot.config import TrainConfig
@@ -22,41 +23,50 @@ from ecombot.run_dir import RunDir
 WAIT_S = 600  # how long another rank waits for the main process to write the task's data
 
 
-def task_data(cfg: TrainConfig, run: RunDir, main: bool = True) -> tuple[TrainConfig, str | None]:
-    """The config with `data` pointing at the task's conversations (written in the run directory), the catalog's
-    path made absolute and no knowledge passages (a description comes from the product's own fields), and a line
-    saying what was built; a support run is returned as it is (its catalog's path made absolute: product questions
-    and passages, product_question_maker)."""
-    if cfg.task == "support":
-        return (dataclasses.replace(cfg, catalog=absolute_catalog(cfg.catalog)) if cfg.catalog else cfg), None
-    built = run.task_data_file(cfg.task)
-    if cfg.data and Path(cfg.data).resolve() != built.resolve():  # (a resumed run's config names the file built)
-        raise ConfigError(f"the {cfg.task} task builds its data from --catalog; leave --data unset (got {cfg.data})")
-    cfg = dataclasses.replace(cfg, data=str(built), catalog=absolute_catalog(cfg.catalog), knowledge="none")
+def task_data(cfg: TrainConfig, run: RunDir, main: bool = True
+              ) -> tuple[TrainConfig, list[str], list[tuple[str, Path]]]:
+    """The config with its catalog's path made absolute and, when the main task is a catalog task, `data` pointing at
+    its conversations (written in the run directory) and no knowledge passages (a description comes from the
+    product's own fields); a line per catalog task saying what was built; and the other tasks of a multi-task run
+    with their data files (each split on its own by the recipe). A support run is returned as it is (its catalog:
+    product questions and passages, product_question_maker)."""
+    if cfg.catalog:
+        cfg = dataclasses.replace(cfg, catalog=absolute_catalog(cfg.catalog))
+    built = {task: run.task_data_file(task) for task in cfg.tasks if task != "support"}
+    first = cfg.tasks[0]
+    if first != "support":
+        if cfg.data and Path(cfg.data).resolve() != built[first].resolve():  # (a resumed run's config names it)
+            raise ConfigError(f"the {cfg.task} task builds its data from --catalog; leave --data unset (got "
+                              f"{cfg.data})")
+        cfg = dataclasses.replace(cfg, data=str(built[first]), knowledge="none")
+    others = [(task, built[task]) for task in cfg.tasks[1:]]
     if not main:
         deadline = time.time() + WAIT_S
-        while not built.is_file() and time.time() < deadline:
+        while not all(path.is_file() for path in built.values()) and time.time() < deadline:
             time.sleep(1)
-        return cfg, None
-    products = read_catalog(cfg.catalog)
-    if cfg.task == "copy":
-        path, skipped = write_copy_data(products, built)
+        return cfg, [], others
+    products = read_catalog(cfg.catalog) if built else []
+    return cfg, [write_task_data(task, products, path, cfg) for task, path in built.items()], others
+
+
+def write_task_data(task: str, products: list[Product], path: Path, cfg: TrainConfig) -> str:
+    """A catalog task's conversations written to `path`; the line saying what they are."""
+    if task == "copy":
+        _, skipped = write_copy_data(products, path)
         if skipped == len(products):
             raise DataError(cfg.catalog, None, "description", "no product has a description to learn the copy from")
-        line = (f"copy task: {len(products) - skipped} products of {cfg.catalog} as training conversations"
+        return (f"copy task: {len(products) - skipped} products of {cfg.catalog} as training conversations"
                 + (f"; {skipped} without a description left out" if skipped else ""))
-    else:
-        path, made = write_recommend_data(products, built, cfg.seed)
-        line = (f"recommend task: {made} requests generated from the {len(products)} products of {cfg.catalog}, "
-                f"each with the {CANDIDATES} products the catalog search finds")
-    return cfg, line
+    _, made = write_recommend_data(products, path, cfg.seed)
+    return (f"recommend task: {made} requests generated from the {len(products)} products of {cfg.catalog}, "
+            f"each with the {CANDIDATES} products the catalog search finds")
 
 
 def product_question_maker(cfg: TrainConfig, say: Callable[[str], None]
                            ) -> Callable[[list[Conversation]], list[Conversation]] | None:
     """A support run with a catalog: what makes questions about its products (catalog/questions.py) given the data's
     conversations, sized to them, saying how many; None without a catalog."""
-    if cfg.task != "support" or not cfg.catalog:
+    if "support" not in cfg.tasks or not cfg.catalog:
         return None
 
     def make(data: list[Conversation]) -> list[Conversation]:
@@ -72,7 +82,7 @@ def product_question_maker(cfg: TrainConfig, say: Callable[[str], None]
 def catalog_documents(cfg: TrainConfig) -> list[tuple[str, list[Passage]]]:
     """A support run's catalog as knowledge-base documents (source, a passage per product), so its product
     questions are grounded in the product's passage as chat and serve will find it; none without a catalog."""
-    if cfg.task != "support" or not cfg.catalog:
+    if "support" not in cfg.tasks or not cfg.catalog:
         return []
     from ecombot.catalog.knowledge import catalog_passages
 
