@@ -3,7 +3,8 @@ trained with, and with the store's catalog added to that base (`ecombot knowledg
 trained with it (`ecombot train --catalog FILE`: then only about products it was never asked about in training).
 
 Questions are generated from the catalog with known answers, one per kind per product, phrased as a customer would:
-its dimensions, its material, its care, its price. An answer is right when it states the product's value (the
+its dimensions, its material, its care, its price; in the first of the ways training asks them, or (`--wording
+own`) in wordings training never uses, the title in lower case. An answer is right when it states the product's value (the
 price as 110.99, the care instruction's first clause); a handoff or any other answer is wrong. The catalog copy
 of the knowledge base is made under a new name in the same database and left there.
 
@@ -25,6 +26,18 @@ from _common import machine, print_table, write_results  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RIGHT = {"care": lambda care: care.split(";")[0].rstrip(".")}  # the care instruction's first clause suffices
+# --wording own: questions written apart from the trained ways of asking (catalog/questions.py KINDS), in the
+# looser shape a customer types them (lower case, the title run into the sentence, no question word, a yes/no
+# question the answer has to turn into the value); one per product and kind, taken in turn
+OWN_WORDING = {
+    "dimensions": ("will the {title} fit in a small flat? what are its measurements", "{title} size in cm please",
+                   "how wide and how tall is the {title}"),
+    "material": ("what's the {title} actually made out of?", "is the {title} real wood or something else?",
+                 "{title} - which material?"),
+    "care": ("can i just throw the {title} in the wash?", "any tips on keeping the {title} clean",
+             "how do you take care of the {title}"),
+    "price": ("what does the {title} go for?", "{title} price?", "how much would the {title} set me back"),
+}
 
 
 def normalised(text: str) -> str:
@@ -38,6 +51,8 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=24, help="Products asked about (4 questions each).")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wording", choices=("trained", "own"), default="trained", help="trained: the first of "
+                        "the ways training asks each kind; own: customer wordings training never uses (OWN_WORDING).")
     parser.add_argument("--unseen-by", nargs="*", default=[], help="Other runs whose trained product questions also "
                         "rule products out: two adapters compared on the same products.")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "product_questions.json"))
@@ -61,8 +76,10 @@ def main() -> None:
     products = [p for p in read_catalog(args.catalog)
                 if all(value(p) for _, _, value in KINDS.values()) and f" {p.title}" not in trained_on]
     products = random.Random(args.seed).sample(products, min(args.products, len(products)))
-    items = [(kind, p, asks[0].format(title=p.title), RIGHT.get(kind, str)(value(p)))
-             for p in products for kind, (asks, _, value) in KINDS.items()]
+    items = [(kind, p, (asks[0].format(title=p.title) if args.wording == "trained"
+                        else OWN_WORDING[kind][n % len(OWN_WORDING[kind])].format(title=p.title.lower())),
+              RIGHT.get(kind, str)(value(p)))
+             for n, p in enumerate(products) for kind, (asks, _, value) in KINDS.items()]
 
     trained = KnowledgeBase(recorded["db"], recorded["name"])
     bases = {"trained knowledge base": trained}
