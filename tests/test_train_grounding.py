@@ -204,9 +204,11 @@ def test_product_questions_state_the_products_value_once_per_product_sized_and_s
         asks, _, value = KINDS[kind]
         product = by_sku[conv.source.removeprefix("catalog: ")]
         assert conv.category == PRODUCT_QUESTIONS and value(product) in conv.answer and product.title in conv.answer
-        assert conv.question in {a.format(title=product.title) for a in asks}
+        assert conv.question in {a.format(title=t) for a in asks for t in (product.title, product.title.lower())}
         kinds.add(kind)
     assert kinds == set(KINDS)  # every kind asked
+    lower = sum(by_sku[c.source.removeprefix("catalog: ")].title not in c.question for c in made)
+    assert 10 <= lower <= 30  # about half typed in lower case, as customers do
     assert len({c.question for c in made}) == 40  # a product once
     twin = dataclasses.replace(products[0], sku="TWIN-1")  # two products with one title: neither is asked about
     assert not any(products[0].title in c.question for c in product_questions([products[0], twin], 5, seed=0))
