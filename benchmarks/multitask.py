@@ -51,8 +51,12 @@ def ecombot(*args: str, log: Path) -> float:
     return time.perf_counter() - started
 
 
+def knowledge_db(work: Path) -> str:
+    return f"sqlite:///{work / 'knowledge.db'}"
+
+
 def train_runs(args, work: Path, log: Path) -> dict[str, dict]:
-    db = f"sqlite:///{work / 'knowledge.db'}"
+    db = knowledge_db(work)
     ecombot("knowledge", "add", str(ROOT / "src/ecombot/data/builtin/policy.md"), "--name", KNOWLEDGE, "--db", db,
             log=log)
     grounded = ["--knowledge", KNOWLEDGE, "--db", db, *(["--data", args.data] if args.data else [])]
@@ -75,7 +79,7 @@ def train_runs(args, work: Path, log: Path) -> dict[str, dict]:
 
 def evaluations(args, work: Path, log: Path) -> dict[str, dict[str, dict]]:
     """Each task's scores of its own adapter and of the multi-task one: {task: {"own"|"multi": system scores}}."""
-    db = f"sqlite:///{work / 'knowledge.db'}"
+    db = knowledge_db(work)
     per_task = {"support": ["--systems", "grounded", "--no-slices", "--limit", str(args.support_limit),
                             "--knowledge", KNOWLEDGE, "--db", db],
                 "copy": ["--task", "copy", "--systems", "finetuned", "--limit", "0"],
@@ -101,13 +105,6 @@ def model_flag(args) -> list[str]:
     return ["--model", args.model] if args.model else []
 
 
-def cell(score, scale: float) -> str:
-    if isinstance(score, dict):
-        low, high = score["ci95"]
-        return f"{score['value'] * scale:.3g} [{low * scale:.3g}, {high * scale:.3g}]"
-    return "–" if score is None else f"{score * scale:.3g}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="each task's run; the multi-task run gets 3x")
@@ -122,12 +119,15 @@ def main() -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "multitask.json"))
     args = parser.parse_args()
 
+    from ecombot.evaluate.tasks import estimate_cell
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     runs = train_runs(args, work, log)
     scores = evaluations(args, work, log)
-    rows = [[title, cell(scores[task]["own"].get(metric), scale), cell(scores[task]["multi"].get(metric), scale)]
+    rows = [[title, estimate_cell(scores[task]["own"].get(metric), scale),
+             estimate_cell(scores[task]["multi"].get(metric), scale)]
             for task, metric, title, scale in MEASURES]
     rows += [["training time (s)", f"{sum(runs[t]['train_seconds'] for t in ('support', 'copy', 'recommend')):.0f} "
               "(three runs)", f"{runs['multi']['train_seconds']:.0f}"],

@@ -71,7 +71,7 @@ def adapter_test_split(adapters: list[str]) -> Path | None:
         if config is None or config.get("data") is None:
             found.append((run, "the built-in data" if config else "unknown data (no run_config.json)", None))
             continue
-        if "support" not in (config.get("task") or "support").split(","):
+        if "support" not in run.tasks():
             raise EcombotError(f"{adapter} is a {config['task']} run: score it with `ecombot evaluate --task "
                                f"{config['task']} --adapter {adapter}`")
         test = run.data_dir / "test.jsonl"

@@ -183,6 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         say(grounded.summary)
     for task, s in others.items():
         train_convs, val_convs = train_convs + s.train, val_convs + s.validation[:val_cap]
+    other_counts = {task: s.counts() for task, s in others.items()}
     if others:
         say(f"one adapter for {len(cfg.tasks)} tasks: "
             + ", ".join(f"{task} {len(s.train)}" for task, s in [(cfg.tasks[0], split), *others.items()])
@@ -207,8 +208,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     if main:
         run.write_json("data_summary.json", {**summary.to_dict(), "answer_cut_off_by_max_length": left_out,
                                                "split": split.counts(),
-                                               **({"other_tasks": {t: s.counts() for t, s in others.items()}}
-                                                  if others else {})})
+                                               **({"other_tasks": other_counts} if others else {})})
 
     # 4. Batches: packed rows of one fixed size (see models.PackedCollator), or padded batches.
     if cfg.packing:
@@ -265,7 +265,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         packing=packing, cpu_kernels=applied.cpu_kernels, speedups=applied.to_dict())
     if main:
         run.plot_loss_curve()
-        run.write_text("README.md", model_card(cfg, summary, result, knowledge, sized.reason,
-                                                {t: s.counts() for t, s in others.items()}))
+        run.write_text("README.md", model_card(cfg, summary, result, knowledge, sized.reason, other_counts))
         run.write_info({**run_info, "status": "complete", "results": result.to_dict()})
     return result
