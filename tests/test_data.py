@@ -33,6 +33,48 @@ def test_faq_json(tmp_path):
     assert raw.conversations[1].source == "faq.json:questions[1]"
 
 
+@pytest.mark.parametrize("indent", [2, None])  # pretty-printed, and on one line (not JSON Lines)
+def test_faq_json_under_another_key(tmp_path, indent):
+    """A shop's export wraps its FAQ in an object ({"store": ..., "faqs": [...]}): the records are read from the
+    object's list, each placed by its key and index, and the summary says where they came from."""
+    faqs = [{"category": "Delivery", "question": "Do you ship to Ireland?", "answer": "Yes:\n- Standard 3-7 days"},
+            {"category": "Returns", "question": "How long do I have?", "answer": "30 days."}]
+    raw = read_file(write(tmp_path, "faq.json", json.dumps({"store": "Voltwise", "faqs": faqs}, indent=indent)))
+    assert raw.format == "faq-json" and raw.read_from == 'the list under "faqs"'
+    assert [c.answer for c in raw.conversations] == ["Yes:\n- Standard 3-7 days", "30 days."]
+    assert [c.source for c in raw.conversations] == ["faq.json:faqs[0]", "faq.json:faqs[1]"]
+    assert raw.conversations[1].category == "Returns"
+    with pytest.raises(DataError, match=r"faq.json:faqs\[1\]: field 'answer': missing required field"):
+        read_file(write(tmp_path, "faq.json", json.dumps({"faqs": [faqs[0], {"question": "Where?"}]})))
+
+
+def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
+    with pytest.raises(DataError, match=r"a.json: .*the object's lists: current, archive \(keep one, or name it 'data'\)"):
+        read_file(write(tmp_path, "a.json", json.dumps({"current": [], "archive": []}, indent=1)))
+    with pytest.raises(DataError, match=r"b.json: .*the object's keys: store, updated"):
+        read_file(write(tmp_path, "b.json", json.dumps({"store": "V", "updated": "2026"}, indent=1)))
+    # a known key wins over other lists
+    raw = read_file(write(tmp_path, "c.json", json.dumps({"tags": ["x"], "data": [{"prompt": "a", "completion": "b"}]})))
+    assert raw.format == "prompt-completion" and raw.conversations[0].source == "c.json:data[0]"
+
+
+def test_csv_columns_found_by_the_words_of_their_names(tmp_path):
+    """A ticket export's "Customer Message" / "agent_reply" columns hold the pairs; an id, an e-mail or a date column
+    that shares a word is not text; two columns that could both be the question are an error, not a guess."""
+    path = write(tmp_path, "tickets.csv", 'ticket_id,Customer Email,Customer Message,agent_reply,reply_date\n'
+                 'T1,a@b.example,"Where is VW-100234?","It left today.\nTrack it here.",2025-01-06\n')
+    raw = read_file(path)
+    assert raw.read_from == "columns customer message (customer) and agent_reply (answer)"
+    assert raw.conversations[0].messages == [{"role": "user", "content": "Where is VW-100234?"},
+                                             {"role": "assistant", "content": "It left today.\nTrack it here."}]
+    with pytest.raises(DataError, match=r"row 1: field 'instruction': missing required column \(header has: "
+                                        r"customer_message, customer_note, agent_reply\)"):
+        read_file(write(tmp_path, "two.csv", "customer_message,customer_note,agent_reply\nq,n,a\n"))
+    # an exact spelling is taken before a worded one
+    raw = read_file(write(tmp_path, "both.csv", "user_text,question,answer\nu,q,a\n"))
+    assert raw.conversations[0].question == "q" and raw.read_from == "columns question (customer) and answer (answer)"
+
+
 def test_csv_with_optional_columns(tmp_path):
     path = write(tmp_path, "bitext.csv", 'flags,instruction,category,intent,response\n'
                  'B,"where is my order {{Order Number}}",ORDER,track_order,"Check the Orders page."\n'

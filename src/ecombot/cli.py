@@ -59,6 +59,8 @@ def data_inspect(
         encoded = encode_conversations(convs, tokenizer, system_prompt, max_length)
         report.add_token_lengths(encoded.lengths, max_length)
     table = Table(title=f"{file} ({report.format})", show_header=False)
+    if report.read_from:
+        table.add_row("read from", report.read_from)
     table.add_row("rows read", str(report.rows_read))
     table.add_row("kept", str(report.kept))
     table.add_row("multi-turn", str(report.multi_turn))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -19,9 +20,18 @@ from ecombot.data.conversation import Conversation
 from ecombot.errors import DataError
 
 FORMATS = ("faq-json", "csv", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
-# CSV header spellings accepted for the two required columns.
+# CSV header spellings taken as they are for the two required columns, in order of preference.
 CSV_QUESTION = ("instruction", "question", "query", "prompt", "customer", "utterance")
 CSV_ANSWER = ("response", "answer", "reply", "completion", "agent")
+# Otherwise a column whose name holds one of these words ("Customer Message", "customer_question", "agent_reply",
+# "Response Text"); a word of CSV_NOT_TEXT rules it out ("customer_id", "customer_email", "reply_date").
+CSV_QUESTION_WORDS = {"question", "query", "prompt", "customer", "utterance", "instruction", "inquiry", "enquiry",
+                      "user", "client", "buyer"}
+CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "resolution", "assistant", "staff"}
+CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", "type", "status", "count", "number",
+                "no", "phone", "tags", "tag", "rating", "score", "url", "language", "lang", "channel", "country"}
+# JSON: a top-level object holding the records under one of these keys (or under its only list)
+JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 
 
 @dataclass
@@ -29,6 +39,7 @@ class RawFile:
     path: Path
     format: str
     conversations: list[Conversation]
+    read_from: str | None = None  # where the pairs came from when the file has a choice: CSV columns, a JSON key
 
 
 def message_text(text: str) -> str:
@@ -177,14 +188,18 @@ def _read_json(path: Path, text: str) -> RawFile:
         if raw.format != "faq-json":
             raise DataError(path, "questions[0]", "question", "FAQ items need 'question' and 'answer'")
         return raw
-    if isinstance(data, dict):
-        for key in ("data", "conversations", "examples", "rows"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list):
-        raise DataError(path, None, None, "expected a list of records or {\"questions\": [...]} at the top level")
-    return _read_records(((f"item {i + 1}", r) for i, r in enumerate(data)), path)
+    if isinstance(data, list):
+        return _read_records(((f"item {i + 1}", r) for i, r in enumerate(data)), path)
+    lists = [key for key, value in data.items() if isinstance(value, list)] if isinstance(data, dict) else []
+    key = next((k for k in JSON_LIST_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
+    if key is None:
+        found = (f"; the object's lists: {', '.join(lists)} (keep one, or name it 'data')" if lists else
+                 f"; the object's keys: {', '.join(map(str, data)) or 'none'}" if isinstance(data, dict) else "")
+        raise DataError(path, None, None, "expected a list of records at the top level, or an object holding one "
+                                          f"(such as {{\"questions\": [...]}} or {{\"faqs\": [...]}}){found}")
+    raw = _read_records(((f"{key}[{i}]", r) for i, r in enumerate(data[key])), path)
+    raw.read_from = f'the list under "{key}"'
+    return raw
 
 
 def _json_lines(text: str) -> list[tuple[int, str]]:
@@ -222,13 +237,27 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
             yield _csv_place(row, first_line, reader.line_num), cells
 
 
+def csv_column(names: list[str], spellings: tuple[str, ...], words: set[str], taken: str | None = None) -> str | None:
+    """The column holding one side of the pairs: a name of `spellings` (first listed first), else the one column
+    whose name's words hold one of `words` and none of CSV_NOT_TEXT (None when none or several do: a guess
+    between "customer_message" and "customer_note" would train on the wrong text)."""
+    exact = next((name for name in spellings if name in names and name != taken), None)
+    if exact is not None:
+        return exact
+    candidates = [name for name in names if name != taken and (parts := set(re.split(r"[^a-z]+", name)))
+                  & words and not parts & CSV_NOT_TEXT]
+    return candidates[0] if len(candidates) == 1 else None
+
+
 def _read_csv(path: Path, text: str) -> RawFile:
     header_place, names, rows = csv_table(path, text)
-    question = next((c for c in CSV_QUESTION if c in names), None)
-    answer = next((c for c in CSV_ANSWER if c in names), None)
+    question = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS)
+    answer = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, taken=question)
     if question is None or answer is None:
         missing = "instruction" if question is None else "response"
-        raise DataError(path, header_place, missing, f"missing required column (header has: {', '.join(names)})")
+        raise DataError(path, header_place, missing,
+                        f"missing required column (header has: {', '.join(names)}); name the customer's column "
+                        f"one of {', '.join(CSV_QUESTION)} and the answer's one of {', '.join(CSV_ANSWER)}")
     out = []
     for where, values in rows:
         conv = Conversation([{"role": "user", "content": values[question]},
@@ -240,7 +269,7 @@ def _read_csv(path: Path, text: str) -> RawFile:
         out.append(conv)
     if not out:
         raise DataError(path, None, None, "the CSV file has a header but no rows")
-    return RawFile(path, "csv", out)
+    return RawFile(path, "csv", out, read_from=f"columns {question} (customer) and {answer} (answer)")
 
 
 def read_text(path: str | Path) -> tuple[Path, str]:
@@ -302,13 +331,16 @@ def read_file(path: str | Path) -> RawFile:
     if stripped.startswith("["):
         return _read_json(path, text)
     if stripped.startswith("{"):
-        # One JSON document ({"questions": [...]}) or JSON Lines: the first line decides.
+        # One JSON document ({"questions": [...]}, {"faqs": [...]}) or JSON Lines: the first line decides.
         lines = _json_lines(text)
         try:
             first = json.loads(lines[0][1])
         except (ValueError, RecursionError):
             return _read_json(path, text)
-        if len(lines) == 1 and isinstance(first, dict) and "questions" in first:
+        # (on one line, only a known key tells a wrapper from a record that lost a field: {"completion": [...]})
+        if len(lines) == 1 and isinstance(first, dict) and ("questions" in first or (
+                not any(all(k in first for k in keys) for _, keys, _ in RECORD_FORMATS)
+                and any(isinstance(first.get(key), list) for key in JSON_LIST_KEYS))):
             return _read_json(path, text)
         return _read_records(((f"line {number}", _loads(path, line, number)) for number, line in lines), path)
     raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines or CSV (.csv/.tsv)")

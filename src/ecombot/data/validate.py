@@ -20,6 +20,7 @@ class DataReport:
 
     path: str
     format: str
+    read_from: str | None = None
     rows_read: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> count
@@ -58,7 +59,8 @@ class DataReport:
 
     def to_dict(self) -> dict:
         return {
-            "path": self.path, "format": self.format, "rows_read": self.rows_read, "kept": self.kept,
+            "path": self.path, "format": self.format, "read_from": self.read_from, "rows_read": self.rows_read,
+            "kept": self.kept,
             "dropped": dict(self.dropped), "dropped_examples": self.dropped_examples,
             "intents": dict(self.intents.most_common()), "multi_turn": self.multi_turn,
             "token_percentiles": self.token_percentiles, "truncated": self.truncated, "max_length": self.max_length,
@@ -101,7 +103,8 @@ def _problem(conv: Conversation) -> str | None:
 
 def clean(raw: RawFile) -> tuple[list[Conversation], DataReport]:
     """Drop invalid conversations and duplicates (exact, then after normalising text), counting each."""
-    report = DataReport(path=str(raw.path), format=raw.format, rows_read=len(raw.conversations))
+    report = DataReport(path=str(raw.path), format=raw.format, read_from=raw.read_from,
+                        rows_read=len(raw.conversations))
     kept: list[Conversation] = []
     exact_seen: set[str] = set()
     normal_seen: set[str] = set()
