@@ -67,9 +67,14 @@ def test_csv_columns_found_by_the_words_of_their_names(tmp_path):
     assert raw.read_from == "columns customer message (customer) and agent_reply (answer)"
     assert raw.conversations[0].messages == [{"role": "user", "content": "Where is VW-100234?"},
                                              {"role": "assistant", "content": "It left today.\nTrack it here."}]
-    with pytest.raises(DataError, match=r"row 1: field 'instruction': missing required column \(header has: "
-                                        r"customer_message, customer_note, agent_reply\)"):
+    with pytest.raises(DataError, match=r"row 1: field 'instruction': columns customer_message and customer_note "
+                                        r"could each be it, rename the other"):
         read_file(write(tmp_path, "two.csv", "customer_message,customer_note,agent_reply\nq,n,a\n"))
+    # a ticket export's name columns are not the text: the column that says it holds text is
+    raw = read_file(write(tmp_path, "names.csv", "customer,customer_message,agent,agent_response\nAnn,q,Bo,a\n"))
+    assert raw.conversations[0].messages[0]["content"] == "q" and raw.conversations[0].answer == "a"
+    raw = read_file(write(tmp_path, "plain.csv", "Customer,Agent\nq,a\n"))  # alone, they are the text
+    assert raw.read_from == "columns customer (customer) and agent (answer)"
     # an exact spelling is taken before a worded one
     raw = read_file(write(tmp_path, "both.csv", "user_text,question,answer\nu,q,a\n"))
     assert raw.conversations[0].question == "q" and raw.read_from == "columns question (customer) and answer (answer)"

@@ -21,13 +21,16 @@ from ecombot.errors import DataError
 
 FORMATS = ("faq-json", "csv", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
 # CSV header spellings taken as they are for the two required columns, in order of preference.
-CSV_QUESTION = ("instruction", "question", "query", "prompt", "customer", "utterance")
-CSV_ANSWER = ("response", "answer", "reply", "completion", "agent")
-# Otherwise a column whose name holds one of these words ("Customer Message", "customer_question", "agent_reply",
-# "Response Text"); a word of CSV_NOT_TEXT rules it out ("customer_id", "customer_email", "reply_date").
+CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance")
+CSV_ANSWER = ("response", "answer", "reply", "completion")
+# Otherwise the column whose name holds one of these words ("Customer Message", "customer_question", "agent_reply",
+# "customer"); where several do, the one whose name also says it holds text ("customer_message" over "customer", a
+# ticket export's customer name). A word of CSV_NOT_TEXT rules a column out ("customer_id", "reply_date").
 CSV_QUESTION_WORDS = {"question", "query", "prompt", "customer", "utterance", "instruction", "inquiry", "enquiry",
                       "user", "client", "buyer"}
 CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "resolution", "assistant", "staff"}
+CSV_TEXT_WORDS = {"message", "text", "body", "content", "comment", "note", "question", "query", "request",
+                  "inquiry", "enquiry", "reply", "response", "answer", "resolution", "msg"}
 CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", "type", "status", "count", "number",
                 "no", "phone", "tags", "tag", "rating", "score", "url", "language", "lang", "channel", "country"}
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
@@ -237,27 +240,31 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
             yield _csv_place(row, first_line, reader.line_num), cells
 
 
-def csv_column(names: list[str], spellings: tuple[str, ...], words: set[str], taken: str | None = None) -> str | None:
-    """The column holding one side of the pairs: a name of `spellings` (first listed first), else the one column
-    whose name's words hold one of `words` and none of CSV_NOT_TEXT (None when none or several do: a guess
-    between "customer_message" and "customer_note" would train on the wrong text)."""
+def csv_column(names: list[str], spellings: tuple[str, ...], words: set[str],
+               taken: str | None = None) -> tuple[str | None, list[str]]:
+    """The column holding one side of the pairs (None if no column or several could), with the columns that could:
+    a name of `spellings` (first listed first), else by the words of the names (CSV_QUESTION_WORDS). Several
+    candidates are not guessed between: "customer_message" or "customer_note" would train on the wrong text."""
     exact = next((name for name in spellings if name in names and name != taken), None)
     if exact is not None:
-        return exact
-    candidates = [name for name in names if name != taken and (parts := set(re.split(r"[^a-z]+", name)))
-                  & words and not parts & CSV_NOT_TEXT]
-    return candidates[0] if len(candidates) == 1 else None
+        return exact, [exact]
+    worded = {name: set(re.split(r"[^a-z]+", name)) for name in names if name != taken}
+    candidates = [name for name, parts in worded.items() if parts & words and not parts & CSV_NOT_TEXT]
+    texts = [name for name in candidates if worded[name] & CSV_TEXT_WORDS] or candidates
+    return (texts[0] if len(texts) == 1 else None), texts
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
     header_place, names, rows = csv_table(path, text)
-    question = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS)
-    answer = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, taken=question)
+    question, asked = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS)
+    answer, answered = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, taken=question)
     if question is None or answer is None:
-        missing = "instruction" if question is None else "response"
+        missing, candidates = ("instruction", asked) if question is None else ("response", answered)
+        problem = (f"columns {' and '.join(candidates)} could each be it, rename the other" if candidates else
+                   f"missing required column (header has: {', '.join(names)})")
         raise DataError(path, header_place, missing,
-                        f"missing required column (header has: {', '.join(names)}); name the customer's column "
-                        f"one of {', '.join(CSV_QUESTION)} and the answer's one of {', '.join(CSV_ANSWER)}")
+                        f"{problem}; name the customer's column one of {', '.join(CSV_QUESTION)} and the answer's "
+                        f"one of {', '.join(CSV_ANSWER)}")
     out = []
     for where, values in rows:
         conv = Conversation([{"role": "user", "content": values[question]},
