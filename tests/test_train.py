@@ -29,6 +29,24 @@ def log_of(run):
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
+def test_a_packed_run_trains_the_steps_its_recipe_announced(tiny_model_dir, tmp_path):
+    """The size rule counts steps in conversations (42 training ones in steps of 4: 11 a pass, 12 passes); a packed
+    row holds about 4 only on average (here a few long answers fill rows alone), so the Trainer, left to count
+    rows x passes, ran another number of steps than the one `train` printed."""
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Question number {i} about my order?"},
+        {"role": "assistant", "content": f"Answer {i}: " + ("it ships today, " * (40 if i % 10 == 0 else 2))}]}) + "\n"
+        for i in range(60)))
+    run = tmp_path / "run"
+    result = train(tiny_config(tiny_model_dir, data, run, max_steps=-1, epochs="auto", eval_steps=66),
+                   show_progress=False)
+    recorded = json.loads((run / "run_config.json").read_text())
+    assert recorded["recipe"].startswith("42 training conversations: 132 steps of 4 conversations")
+    assert recorded["results"]["packing"]["train_rows"] != 11  # rows x 12 passes would not be 132
+    assert result.steps == 132 == max(r["step"] for r in log_of(run))
+
+
 def test_lora_run_directory_is_complete_and_loads_with_peft(tiny_model_dir, small_dataset, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -178,11 +178,7 @@ SMALL_DATA = 500  # below this many training conversations a batch holds 4 (twic
 
 @dataclass(frozen=True)
 class SizedRecipe:
-    epochs: float
-    max_steps: int
-    batch_size: int
-    learning_rate: float
-    eval_steps: int
+    steps: int | None  # the optimizer steps the size rule chose (None: epochs or max_steps were given)
     reason: str
 
 
@@ -209,7 +205,7 @@ def fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, SizedRecip
         why.append(f"validation every {eval_steps} steps, best checkpoint kept"
                    + (f", early stop after {cfg.early_stopping_patience} without improvement"
                       if cfg.early_stopping_patience else ""))
-    recipe = SizedRecipe(epochs, max_steps, batch, lr, eval_steps,
+    recipe = SizedRecipe(total if cfg.epochs == AUTO and cfg.max_steps <= 0 else None,
                          f"{n_train} training conversations: {total} steps of {batch} conversations, lr {lr:g}"
                          + (f" ({'; '.join(why)})" if why else ""))
     resolved = dataclasses.replace(cfg, epochs=epochs, max_steps=max_steps, batch_size=batch, learning_rate=lr,

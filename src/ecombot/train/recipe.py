@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from pathlib import Path
@@ -214,6 +216,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     if cfg.packing:
         budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
         train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
+        if sized.steps and cfg.max_steps <= 0:  # a row holds about batch_size conversations: the Trainer, counting
+            cfg = dataclasses.replace(cfg, max_steps=sized.steps)  # rows x passes, ran a few % off the steps announced
         collator = PackedCollator(tokenizer.pad_token_id, budget)
         packing = {"row_tokens": budget, "train_rows": len(train_items),
                    "padding_share": round(1 - sum(len(e["input_ids"]) for e in train_set.examples)
