@@ -102,15 +102,25 @@ def test_other_methods_train(tiny_model_dir, small_dataset, tmp_path, method):
 
 
 def test_conversations_cut_at_max_length_are_counted_on_the_terminal(tiny_model_dir, small_dataset, tmp_path, capsys):
+    """And the rows the file held that training leaves out: said on the terminal with their reason and place."""
+    data = tmp_path / "tickets.csv"
+    rows = [json.loads(line)["messages"] for line in small_dataset.read_text().splitlines()]
+    data.write_text("ticket_id,customer_message,agent_reply\n" + "".join(
+        f'T{i},"{m[0]["content"]}","{m[1]["content"] if i != 7 else ""}"\n' for i, m in
+        enumerate(rows + rows[:2])))
     run = tmp_path / "short"
-    train(tiny_config(tiny_model_dir, small_dataset, run, max_steps=1, eval_steps=1, max_length=40),
+    train(tiny_config(tiny_model_dir, data, run, max_steps=1, eval_steps=1, max_length=40),
           show_progress=True)
+    out = capsys.readouterr().out
     summary = json.loads((run / "data_summary.json").read_text())
     cut, left_out = summary["truncated"], summary["answer_cut_off_by_max_length"]
     assert cut > left_out > 0  # some keep part of their answer, some none: both said, nothing dropped in silence
     assert (f"{cut} conversation(s) longer than max_length=40 tokens, passages included, are cut there (what follows "
             f"is not trained on); {left_out} kept no answer and are left out; --max-length raises the limit"
-            in capsys.readouterr().out)
+            in out)
+    assert ("tickets.csv (csv, columns customer_message (customer) and agent_reply (answer)): 59 of 62 conversations "
+            "used; left out, exact duplicate: 2 (tickets.csv:row 62, tickets.csv:row 63); left out, empty answer: 1 "
+            "(tickets.csv:row 9)") in out
 
 
 def test_rslora_and_custom_targets(tiny_model_dir, small_dataset, tmp_path):

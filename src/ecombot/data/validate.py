@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,19 @@ class DataReport:
         self.intents = +self.intents
         intents = sorted({c.intent or "" for c in held})
         self.held_out = {"intents": intents, "conversations": len(held), "reason": reason}
+
+    def summary_line(self) -> str:
+        """What a command that trains on the file says of it: where the pairs came from, how many were kept, and
+        every row left out with its reason and first places (`data inspect` shows the same as a table)."""
+        name = Path(self.path).name
+        where = f"{self.format}, {self.read_from}" if self.read_from else self.format
+        line = f"{name} ({where}): {self.kept} of {self.rows_read} conversations used"
+        if self.held_out:
+            line += f"; {self.held_out['conversations']} held out ({self.held_out['reason']})"
+        for reason, count in self.dropped.most_common():
+            places = self.dropped_examples[reason]
+            line += f"; left out, {reason}: {count} ({', '.join(places)}{', …' if count > len(places) else ''})"
+        return line
 
     def drop(self, conv: Conversation, reason: str) -> None:
         self.dropped[reason] += 1

@@ -153,6 +153,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         say(line)
     prepared = prepare(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed, product_question_maker(cfg, say))
     split, summary = prepared.split, prepared.report
+    say(summary.summary_line())
     others = {task: prepare(path, cfg.val_fraction, cfg.test_fraction, cfg.seed).split for task, path in other_tasks}
     splits = [(split, run.data_dir), *((s, run.other_task_dir(task)) for task, s in others.items())]
     if resume and (changed := [f"{where.name}/{name}" for s, where in splits
