@@ -49,12 +49,14 @@ def test_faq_json_under_another_key(tmp_path, indent):
 
 
 def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
-    with pytest.raises(DataError, match=r"a.json: .*the object's lists: current, archive \(keep one, or name it 'data'\)"):
+    with pytest.raises(DataError, match=r"a.json: .*the object's lists: current, archive \(keep one, or name it "
+                                        r"'data'\)"):
         read_file(write(tmp_path, "a.json", json.dumps({"current": [], "archive": []}, indent=1)))
     with pytest.raises(DataError, match=r"b.json: .*the object's keys: store, updated"):
         read_file(write(tmp_path, "b.json", json.dumps({"store": "V", "updated": "2026"}, indent=1)))
     # a known key wins over other lists
-    raw = read_file(write(tmp_path, "c.json", json.dumps({"tags": ["x"], "data": [{"prompt": "a", "completion": "b"}]})))
+    wrapped = {"tags": ["x"], "data": [{"prompt": "a", "completion": "b"}]}
+    raw = read_file(write(tmp_path, "c.json", json.dumps(wrapped)))
     assert raw.format == "prompt-completion" and raw.conversations[0].source == "c.json:data[0]"
 
 
