@@ -54,6 +54,12 @@ def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
         read_file(write(tmp_path, "a.json", json.dumps({"current": [], "archive": []}, indent=1)))
     with pytest.raises(DataError, match=r"b.json: .*the object's keys: store, updated"):
         read_file(write(tmp_path, "b.json", json.dumps({"store": "V", "updated": "2026"}, indent=1)))
+    # one record is not a wrapper of its own lists
+    with pytest.raises(DataError, match=r"d.json: one record, not a list of them: put it in \[ \] or write JSON Lines"):
+        read_file(write(tmp_path, "d.json", json.dumps({"question": "q", "answer": "a", "tags": ["x"]}, indent=1)))
+    # an empty known list does not hide the records
+    raw = read_file(write(tmp_path, "e.json", json.dumps({"data": [], "faqs": [{"question": "q", "answer": "a"}]})))
+    assert raw.read_from == 'the list under "faqs"'
     # a known key wins over other lists
     wrapped = {"tags": ["x"], "data": [{"prompt": "a", "completion": "b"}]}
     raw = read_file(write(tmp_path, "c.json", json.dumps(wrapped)))
@@ -69,17 +75,33 @@ def test_csv_columns_found_by_the_words_of_their_names(tmp_path):
     assert raw.read_from == "columns customer message (customer) and agent_reply (answer)"
     assert raw.conversations[0].messages == [{"role": "user", "content": "Where is VW-100234?"},
                                              {"role": "assistant", "content": "It left today.\nTrack it here."}]
-    with pytest.raises(DataError, match=r"row 1: field 'instruction': columns customer_message and customer_note "
-                                        r"could each be it, rename the other"):
+    with pytest.raises(DataError, match=r"row 1: field 'instruction': columns customer_message, customer_note could "
+                                        r"each be the customer's message: rename the one to read 'question'"):
         read_file(write(tmp_path, "two.csv", "customer_message,customer_note,agent_reply\nq,n,a\n"))
-    # a ticket export's name columns are not the text: the column that says it holds text is
-    raw = read_file(write(tmp_path, "names.csv", "customer,customer_message,agent,agent_response\nAnn,q,Bo,a\n"))
-    assert raw.conversations[0].messages[0]["content"] == "q" and raw.conversations[0].answer == "a"
-    raw = read_file(write(tmp_path, "plain.csv", "Customer,Agent\nq,a\n"))  # alone, they are the text
-    assert raw.read_from == "columns customer (customer) and agent (answer)"
     # an exact spelling is taken before a worded one
     raw = read_file(write(tmp_path, "both.csv", "user_text,question,answer\nu,q,a\n"))
     assert raw.conversations[0].question == "q" and raw.read_from == "columns question (customer) and answer (answer)"
+
+
+@pytest.mark.parametrize("header, question, answer", [
+    ("customer,customer_message,agent,agent_response", "customer_message", "agent_response"),  # names vs text
+    ("Customer,Agent", "customer", "agent"),  # alone, they are the text
+    ("customer,agent,customer_segment", "customer", "agent"),  # the word alone over a column that only holds it
+    ("customer,customer_intent,agent", "customer", "agent"),
+    ("customer,agent,user_agent", "customer", "agent"),  # both sides' words: neither side's
+    ("customer,reply_message,customer_reply", "customer", "reply_message"),
+    ("CustomerMessage,AgentReply,TicketId", "customermessage", "agentreply"),  # camelCase words
+    ("customer_message_id,customer_message,agent_reply", "customer_message", "agent_reply"),
+    ("Question\tAnswer\tintent", "question", "answer"),  # a TSV, with its intent column
+])
+def test_csv_column_choice(tmp_path, header, question, answer):
+    tsv = "\t" in header
+    names = header.split("\t" if tsv else ",")
+    row = ("\t" if tsv else ",").join(f"cell of {n}" for n in names)
+    raw = read_file(write(tmp_path, "export.tsv" if tsv else "export.csv", f"{header}\n{row}\n"))
+    assert raw.read_from == f"columns {question} (customer) and {answer} (answer)"
+    [original] = [n for n in names if n.lower() == question]
+    assert raw.conversations[0].question == f"cell of {original}"
 
 
 def test_csv_with_optional_columns(tmp_path):

@@ -47,6 +47,18 @@ def test_a_packed_run_trains_the_steps_its_recipe_announced(tiny_model_dir, tmp_
     assert result.steps == 132 == max(r["step"] for r in log_of(run))
 
 
+def test_pinned_steps_never_exceed_the_rules_most_passes_over_the_rows():
+    """One long conversation sets the row size and short ones share rows: 4 rows, so the 132 steps announced for
+    42 conversations in steps of 4 would be 33 passes; the rule's most is 12."""
+    from ecombot.train.recipe import pinned_steps
+
+    said = []
+    cfg = load_config(None, grad_accum=1)
+    assert pinned_steps(cfg, 132, rows=4, say=said.append).max_steps == 48
+    assert said == ["packed into 4 rows: 48 steps (12 passes, the most the rule allows)"]
+    assert pinned_steps(cfg, 132, rows=12, say=said.append).max_steps == 132 and len(said) == 1
+
+
 def test_lora_run_directory_is_complete_and_loads_with_peft(tiny_model_dir, small_dataset, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -119,7 +131,7 @@ def test_conversations_cut_at_max_length_are_counted_on_the_terminal(tiny_model_
             f"is not trained on); {left_out} kept no answer and are left out; --max-length raises the limit"
             in out)
     assert ("tickets.csv (csv, columns customer_message (customer) and agent_reply (answer)): 59 of 62 conversations "
-            "used; left out, exact duplicate: 2 (tickets.csv:row 62, tickets.csv:row 63); left out, empty answer: 1 "
+            "kept; left out, exact duplicate: 2 (tickets.csv:row 62, tickets.csv:row 63); left out, empty answer: 1 "
             "(tickets.csv:row 9)") in out
 
 

@@ -178,7 +178,7 @@ SMALL_DATA = 500  # below this many training conversations a batch holds 4 (twic
 
 @dataclass(frozen=True)
 class SizedRecipe:
-    steps: int | None  # the optimizer steps the size rule chose (None: epochs or max_steps were given)
+    auto_steps: int | None  # the optimizer steps the size rule chose (None: epochs or max_steps were given)
     reason: str
 
 

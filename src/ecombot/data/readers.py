@@ -23,14 +23,15 @@ FORMATS = ("faq-json", "csv", "chat-jsonl", "sharegpt", "alpaca", "prompt-comple
 # CSV header spellings taken as they are for the two required columns, in order of preference.
 CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance")
 CSV_ANSWER = ("response", "answer", "reply", "completion")
-# Otherwise the column whose name holds one of these words ("Customer Message", "customer_question", "agent_reply",
-# "customer"); where several do, the one whose name also says it holds text ("customer_message" over "customer", a
-# ticket export's customer name). A word of CSV_NOT_TEXT rules a column out ("customer_id", "reply_date").
+# Otherwise the column whose name holds one of these words ("Customer Message", "customerQuestion", "agent_reply",
+# "customer") and none of the other side's: where several do, the one whose name says it holds text
+# ("customer_message" over a ticket export's "customer" name column), then the one named by the word alone. A word of
+# CSV_NOT_TEXT rules a column out ("customer_id", "reply_date").
 CSV_QUESTION_WORDS = {"question", "query", "prompt", "customer", "utterance", "instruction", "inquiry", "enquiry",
                       "user", "client", "buyer"}
-CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "resolution", "assistant", "staff"}
+CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "assistant", "staff"}
 CSV_TEXT_WORDS = {"message", "text", "body", "content", "comment", "note", "question", "query", "request",
-                  "inquiry", "enquiry", "reply", "response", "answer", "resolution", "msg"}
+                  "inquiry", "enquiry", "reply", "response", "answer", "msg"}
 CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", "type", "status", "count", "number",
                 "no", "phone", "tags", "tag", "rating", "score", "url", "language", "lang", "channel", "country"}
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
@@ -193,13 +194,25 @@ def _read_json(path: Path, text: str) -> RawFile:
         return raw
     if isinstance(data, list):
         return _read_records(((f"item {i + 1}", r) for i, r in enumerate(data)), path)
-    lists = [key for key, value in data.items() if isinstance(value, list)] if isinstance(data, dict) else []
-    key = next((k for k in JSON_LIST_KEYS if k in lists), lists[0] if len(lists) == 1 else None)
+    if not isinstance(data, dict):
+        raise DataError(path, None, None, f"expected a list of records at the top level, got {type(data).__name__}")
+    lists = [key for key, value in data.items() if isinstance(value, list)]
+    filled = [key for key in lists if data[key]]
+    known = [key for key in JSON_LIST_KEYS if key in lists]
+    # a known key holding records, else (the object not being one record itself) the only list holding any, else an
+    # empty known one (an empty file's error)
+    one_record = any(all(k in data for k in keys) for _, keys, _ in RECORD_FORMATS)
+    key = next((k for k in known if data[k]), None) or (filled[0] if len(filled) == 1 and not one_record else None) \
+        or next(iter(known), None)
     if key is None:
-        found = (f"; the object's lists: {', '.join(lists)} (keep one, or name it 'data')" if lists else
-                 f"; the object's keys: {', '.join(map(str, data)) or 'none'}" if isinstance(data, dict) else "")
+        if one_record:
+            raise DataError(path, None, None, "one record, not a list of them: put it in [ ] or write JSON Lines")
+        found = (f"the object's lists: {', '.join(lists)} (keep one, or name it 'data')" if lists else
+                 f"the object's keys: {', '.join(data) or 'none'}")
         raise DataError(path, None, None, "expected a list of records at the top level, or an object holding one "
-                                          f"(such as {{\"questions\": [...]}} or {{\"faqs\": [...]}}){found}")
+                                          f"(such as {{\"questions\": [...]}} or {{\"faqs\": [...]}}); {found}")
+    if not data[key]:
+        raise DataError(path, None, key, "an empty list: the file holds no records")
     raw = _read_records(((f"{key}[{i}]", r) for i, r in enumerate(data[key])), path)
     raw.read_from = f'the list under "{key}"'
     return raw
@@ -240,31 +253,45 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
             yield _csv_place(row, first_line, reader.line_num), cells
 
 
-def csv_column(names: list[str], spellings: tuple[str, ...], words: set[str],
+def header_words(name: str) -> set[str]:
+    """The words of a column name: "Customer Message", "customer_message" and "customerMessage" alike."""
+    return set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())) - {""}
+
+
+def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], others: set[str],
                taken: str | None = None) -> tuple[str | None, list[str]]:
-    """The column holding one side of the pairs (None if no column or several could), with the columns that could:
-    a name of `spellings` (first listed first), else by the words of the names (CSV_QUESTION_WORDS). Several
-    candidates are not guessed between: "customer_message" or "customer_note" would train on the wrong text."""
+    """The (lower-case) column holding one side of the pairs, None if no column or several could, with the columns
+    that could: a name of `spellings` (first listed first), else by the words of the names (see CSV_QUESTION_WORDS);
+    a name holding `others`, the other side's words, is not this side's. Equal candidates are not guessed between:
+    "customer_message" or "customer_note" would train on the wrong text."""
+    names = [name.strip().lower() for name in header]
     exact = next((name for name in spellings if name in names and name != taken), None)
     if exact is not None:
         return exact, [exact]
-    worded = {name: set(re.split(r"[^a-z]+", name)) for name in names if name != taken}
-    candidates = [name for name, parts in worded.items() if parts & words and not parts & CSV_NOT_TEXT]
-    texts = [name for name in candidates if worded[name] & CSV_TEXT_WORDS] or candidates
-    return (texts[0] if len(texts) == 1 else None), texts
+    worded = {name: header_words(original) for name, original in zip(names, header) if name != taken}
+    candidates = [name for name, parts in worded.items()
+                  if parts & words and not parts & (CSV_NOT_TEXT | others)]
+    for narrowed in ([n for n in candidates if worded[n] & CSV_TEXT_WORDS], [n for n in candidates if n in words]):
+        if len(narrowed) == 1:
+            return narrowed[0], narrowed
+    return (candidates[0] if len(candidates) == 1 else None), candidates
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
     header_place, names, rows = csv_table(path, text)
-    question, asked = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS)
-    answer, answered = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, taken=question)
+    header = next(_csv_rows(path, text), ("", []))[1]  # as written: "customerMessage" has two words
+    question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
+    answer, answered = csv_column(header, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
     if question is None or answer is None:
-        missing, candidates = ("instruction", asked) if question is None else ("response", answered)
-        problem = (f"columns {' and '.join(candidates)} could each be it, rename the other" if candidates else
-                   f"missing required column (header has: {', '.join(names)})")
+        missing, candidates, side, spelling = (("instruction", asked, "customer's message", "question")
+                                               if question is None else ("response", answered, "answer", "answer"))
+        if candidates:
+            raise DataError(path, header_place, missing,
+                            f"columns {', '.join(candidates)} could each be the {side}: rename the one to read "
+                            f"'{spelling}' (a column of that name is taken first)")
         raise DataError(path, header_place, missing,
-                        f"{problem}; name the customer's column one of {', '.join(CSV_QUESTION)} and the answer's "
-                        f"one of {', '.join(CSV_ANSWER)}")
+                        f"missing required column (header has: {', '.join(names)}); name the customer's column one "
+                        f"of {', '.join(CSV_QUESTION)} and the answer's one of {', '.join(CSV_ANSWER)}")
     out = []
     for where, values in rows:
         conv = Conversation([{"role": "user", "content": values[question]},

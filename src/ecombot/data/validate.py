@@ -48,7 +48,7 @@ class DataReport:
         every row left out with its reason and first places (`data inspect` shows the same as a table)."""
         name = Path(self.path).name
         where = f"{self.format}, {self.read_from}" if self.read_from else self.format
-        line = f"{name} ({where}): {self.kept} of {self.rows_read} conversations used"
+        line = f"{name} ({where}): {self.kept} of {self.rows_read} conversations kept"
         if self.held_out:
             line += f"; {self.held_out['conversations']} held out ({self.held_out['reason']})"
         for reason, count in self.dropped.most_common():

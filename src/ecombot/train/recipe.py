@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from ecombot import __version__
 from ecombot.config import TrainConfig, fit_to_data
+from ecombot.config.train import MAX_EPOCHS
 from ecombot.data import prepare, split_files, write_split
 from ecombot.errors import ConfigError, EcombotError
 from ecombot.knowledge import recorded_pairs
@@ -99,6 +101,18 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: str, precision: str):
     if cfg.init_adapter:
         return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     return get_peft_model(model, lora_config(cfg, model))
+
+
+def pinned_steps(cfg: TrainConfig, announced: int, rows: int, say) -> TrainConfig:
+    """The steps the size rule announced, as the run's max_steps. Why: a packed row holds about batch_size
+    conversations, so the Trainer, counting rows x passes, ran a few % off the number `train` printed (246 for 238).
+    Never more than MAX_EPOCHS passes over the rows: where one long conversation sets the row size, many short ones
+    share a row and the announced steps would be far more passes. (Distributed, each process takes its share of the
+    rows; the Trainer's count is kept there.)"""
+    most = math.ceil(rows / cfg.grad_accum) * MAX_EPOCHS
+    if announced > most:
+        say(f"packed into {rows} rows: {most} steps ({MAX_EPOCHS} passes, the most the rule allows)")
+    return dataclasses.replace(cfg, max_steps=min(announced, most))
 
 
 def training_arguments(cfg: TrainConfig, run: RunDir, device: str, precision: str, has_validation: bool):
@@ -216,8 +230,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     if cfg.packing:
         budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
         train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
-        if sized.steps and cfg.max_steps <= 0:  # a row holds about batch_size conversations: the Trainer, counting
-            cfg = dataclasses.replace(cfg, max_steps=sized.steps)  # rows x passes, ran a few % off the steps announced
+        if sized.auto_steps and cfg.max_steps <= 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            cfg = pinned_steps(cfg, sized.auto_steps, len(train_items), say)
         collator = PackedCollator(tokenizer.pad_token_id, budget)
         packing = {"row_tokens": budget, "train_rows": len(train_items),
                    "padding_share": round(1 - sum(len(e["input_ids"]) for e in train_set.examples)
