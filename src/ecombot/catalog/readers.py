@@ -98,7 +98,7 @@ def product_from_record(record: Any, path: Path, where: str) -> Product:
 
 def _records(path: Path, text: str):
     if path.suffix.lower() in (".csv", ".tsv"):
-        header_place, names, rows = csv_table(path, text)
+        header_place, names, _, rows = csv_table(path, text)
         for required in ("sku", TITLE_KEYS, "category", "price"):
             if not any(n in names for n in ((required,) if isinstance(required, str) else required)):
                 field = required if isinstance(required, str) else required[0]

@@ -145,12 +145,16 @@ RECORD_FORMATS: list[tuple[str, tuple[str, ...], Callable[[dict, Path, str], Con
 ]
 
 
+def record_format(record: dict) -> tuple[str, Callable] | None:
+    """The format whose keys the object has (the first listed), None if none."""
+    return next(((name, reader) for name, keys, reader in RECORD_FORMATS if all(k in record for k in keys)), None)
+
+
 def _detect_record(record: Any, path: Path, where: str) -> tuple[str, Callable]:
     if not isinstance(record, dict):
         raise DataError(path, where, None, f"expected a JSON object, got {type(record).__name__}")
-    for name, keys, reader in RECORD_FORMATS:
-        if all(k in record for k in keys):
-            return name, reader
+    if found := record_format(record):
+        return found
     raise DataError(path, where, None, "unrecognised record: expected 'messages' (chat), 'conversations' (ShareGPT), "
                     "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'question'+'answer' "
                     f"(found keys: {', '.join(sorted(record)) or 'none'})")
@@ -201,7 +205,7 @@ def _read_json(path: Path, text: str) -> RawFile:
     known = [key for key in JSON_LIST_KEYS if key in lists]
     # a known key holding records, else (the object not being one record itself) the only list holding any, else an
     # empty known one (an empty file's error)
-    one_record = any(all(k in data for k in keys) for _, keys, _ in RECORD_FORMATS)
+    one_record = record_format(data) is not None
     key = next((k for k in known if data[k]), None) or (filled[0] if len(filled) == 1 and not one_record else None) \
         or next(iter(known), None)
     if key is None:
@@ -278,8 +282,7 @@ def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], o
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    header_place, names, rows = csv_table(path, text)
-    header = next(_csv_rows(path, text), ("", []))[1]  # as written: "customerMessage" has two words
+    header_place, names, header, rows = csv_table(path, text)
     question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
     answer, answered = csv_column(header, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
     if question is None or answer is None:
@@ -341,9 +344,10 @@ def json_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         yield "document", data
 
 
-def csv_table(path: Path, text: str) -> tuple[str, list[str], Iterator[tuple[str, dict[str, str]]]]:
-    """A CSV/TSV file's header place, its lower-case column names and its rows as {column: cell text} with their
-    places; a row with more cells than the header is an error at its place."""
+def csv_table(path: Path, text: str) -> tuple[str, list[str], list[str], Iterator[tuple[str, dict[str, str]]]]:
+    """A CSV/TSV file's header place, its lower-case column names, the names as written ("customerMessage" has two
+    words) and its rows as {column: cell text} with their places; a row with more cells than the header is an error
+    at its place."""
     rows = _csv_rows(path, text)
     header_place, header = next(rows, ("row 1", []))
     names = [name.strip().lower() for name in header]
@@ -353,7 +357,7 @@ def csv_table(path: Path, text: str) -> tuple[str, list[str], Iterator[tuple[str
             if len(cells) > len(names):
                 raise DataError(path, where, None, f"{len(cells)} cells but the header has {len(names)} columns")
             yield where, dict(zip(names, [message_text(cell) for cell in cells] + [""] * (len(names) - len(cells))))
-    return header_place, names, values()
+    return header_place, names, header, values()
 
 
 def read_file(path: str | Path) -> RawFile:
@@ -373,8 +377,7 @@ def read_file(path: str | Path) -> RawFile:
             return _read_json(path, text)
         # (on one line, only a known key tells a wrapper from a record that lost a field: {"completion": [...]})
         if len(lines) == 1 and isinstance(first, dict) and ("questions" in first or (
-                not any(all(k in first for k in keys) for _, keys, _ in RECORD_FORMATS)
-                and any(isinstance(first.get(key), list) for key in JSON_LIST_KEYS))):
+                record_format(first) is None and any(isinstance(first.get(key), list) for key in JSON_LIST_KEYS))):
             return _read_json(path, text)
         return _read_records(((f"line {number}", _loads(path, line, number)) for number, line in lines), path)
     raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines or CSV (.csv/.tsv)")

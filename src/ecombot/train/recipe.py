@@ -109,6 +109,8 @@ def pinned_steps(cfg: TrainConfig, announced: int, rows: int, say) -> TrainConfi
     Never more than MAX_EPOCHS passes over the rows: where one long conversation sets the row size, many short ones
     share a row and the announced steps would be far more passes. (Distributed, each process takes its share of the
     rows; the Trainer's count is kept there.)"""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return cfg
     most = math.ceil(rows / cfg.grad_accum) * MAX_EPOCHS
     if announced > most:
         say(f"packed into {rows} rows: {most} steps ({MAX_EPOCHS} passes, the most the rule allows)")
@@ -230,7 +232,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     if cfg.packing:
         budget = pack_budget([len(e["input_ids"]) for e in train_set.examples + val_set.examples], cfg.batch_size)
         train_items, val_items = packed_rows(train_set.examples, budget), packed_rows(val_set.examples, budget)
-        if sized.auto_steps and cfg.max_steps <= 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if sized.auto_steps and cfg.max_steps <= 0:
             cfg = pinned_steps(cfg, sized.auto_steps, len(train_items), say)
         collator = PackedCollator(tokenizer.pad_token_id, budget)
         packing = {"row_tokens": budget, "train_rows": len(train_items),
