@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -91,12 +92,22 @@ def guard_questions(run: Path, plan, size: int):
 
 
 def parse_recipe(spec: str):
-    """'passes,replayed per feedback item,lr share[,L2 pull toward the parent]' -> ecombot learn's Recipe."""
+    """'passes,replayed per feedback item,lr share[,L2 pull toward the parent[,times each feedback item is trained
+    per pass]]' -> ecombot learn's Recipe (a field left out keeps its default)."""
     from ecombot.learn import Recipe
 
-    passes, per_item, lr_share, *pull = spec.split(",")
+    passes, per_item, lr_share, *rest = spec.split(",")
+    optional = dict(zip(("parent_l2", "feedback_repeats"), rest))
     return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes),
-                  **({"parent_l2": float(pull[0])} if pull else {}))
+                  **({"parent_l2": float(optional["parent_l2"])} if "parent_l2" in optional else {}),
+                  **({"feedback_repeats": int(optional["feedback_repeats"])} if "feedback_repeats" in optional else {}))
+
+
+def copy_base(base: Path, run: Path) -> None:
+    """A trained base run without any version `learn` made of it (nor the scores a round kept): rounds from the same
+    start, side by side."""
+    shutil.copytree(base, run,
+                    ignore=shutil.ignore_patterns("versions", "versions.*", "checkpoints", "item_scores.json"))
 
 
 def write_jsonl(path: Path, convs) -> Path:
@@ -190,17 +201,21 @@ def main() -> None:
                                                                      "the default recipe's (sized to the data).")
     parser.add_argument("--per-topic", type=int, default=16, help="Feedback items on the round's new topic.")
     parser.add_argument("--per-edit", type=int, default=8, help="Feedback items on the round's policy change.")
-    parser.add_argument("--slice-extra", type=int, default=16, help="Further new-topic questions in the round's slice "
-                                                                    "(and half as many policy ones), never trained on.")
+    parser.add_argument("--slice-extra", type=int, default=40,
+                        help="Further new-topic questions in the round's slice (and half as many policy ones), never "
+                             "trained on: 40 makes a slice of 65 questions, where 12 (23) left recipes within noise.")
     parser.add_argument("--retrain-every", type=int, default=5, help="Retrain from scratch every N rounds (and after "
                                                                          "the last): each costs a full training run.")
     parser.add_argument("--guard", type=int, default=48, help="Guard-set questions answered per version.")
-    parser.add_argument("--recipe", help="passes,replayed per feedback item,lr share for `ecombot learn` (default: "
-                                         "learn/loop.py's Recipe)")
+    parser.add_argument("--recipe", help="passes,replayed per feedback item,lr share[,L2 pull[,feedback repeats]] for "
+                                         "`ecombot learn` (default: learn/loop.py's Recipe)")
+    parser.add_argument("--base", help="A base run trained by an earlier run of this script (its `bot`, printed at the "
+                                       "start): copied without its versions, so recipes compare from the same base; "
+                                       "default: trained here.")
     parser.add_argument("--systems", default="learn,naive,retrain", type=lambda v: v.split(","),
                         help="learn and the anchors to run beside it (naive and retrain do not depend on --recipe: "
                              "leave them out to compare recipes on a base they were measured on)")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default="benchmarks/results/learn_rounds.json")
@@ -222,16 +237,21 @@ def main() -> None:
     common = base_fields(args)
 
     started = time.time()
-    base = train_from_scratch(args, base_convs, work / "base.jsonl", work / "bot")
-    base_seconds = round(time.time() - started, 1)
+    if args.base:
+        copy_base(Path(args.base), work / "bot")
+        base_seconds, base_steps = None, RunDir(work / "bot").info()["results"]["steps"]
+    else:
+        base_steps = train_from_scratch(args, base_convs, work / "base.jsonl", work / "bot").steps
+        base_seconds = round(time.time() - started, 1)
     run = RunDir(work / "bot")
     guard = guard_questions(run.path, plan, args.guard)
     scorer = Scorer(convs + [c for r in plan for c in r["feedback"] + r["extra"]], args.max_new_tokens)
-    print(f"base: {base.steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}", flush=True)
+    print(f"base {run.path}: {base_steps} steps in {base_seconds} s; new topics per round: {topics[:args.rounds]}",
+          flush=True)
 
     base_guard = scorer(run.path, guard)
     results = {"machine": machine(), "args": vars(args), "recipe": dataclasses.asdict(recipe),
-               "base": {"seconds": base_seconds, "steps": base.steps, "guard": base_guard},
+               "base": {"path": str(run.path), "seconds": base_seconds, "steps": base_steps, "guard": base_guard},
                "rounds": []}
     store = Store(db)
     latest = {"learn": run.path, "naive": run.path, "retrain": run.path}
@@ -301,7 +321,7 @@ def main() -> None:
                          f"{got['guard']['intent']:.2f} / {got['guard']['fact']} / {got['guard']['loss']:.3f}",
                          f"{seconds:.0f} s"])
     print(f"\nbase guard intent / fact / loss: {base_guard['intent']:.2f} / {base_guard['fact']} / "
-          f"{base_guard['loss']:.3f}; base training {base_seconds:.0f} s")
+          f"{base_guard['loss']:.3f}" + (f"; base training {base_seconds:.0f} s" if base_seconds else ""))
     print_table(["round", "system", "slice intent", "slice fact", "guard intent / fact / loss", "time"], rows)
     retrains = [row["retrain_seconds"] for row in results["rounds"] if row["retrain_seconds"]]
     rounds = [row["learn"]["seconds"] for row in results["rounds"]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import tempfile
 import time
@@ -19,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_results  # noqa: E402
-from learn_rounds import (Scorer, build_rounds, guard_questions, parse_recipe, record_feedback,  # noqa: E402
-                          train_from_scratch)
+from learn_rounds import (Scorer, build_rounds, copy_base, guard_questions, parse_recipe,  # noqa: E402
+                          record_feedback, train_from_scratch)
 
 PLANNED_ROUNDS = 5  # the guard leaves out every value learn_rounds.py's five rounds change, as it does there
 
@@ -65,7 +64,7 @@ def main() -> None:
     for spec in args.recipes:
         recipe = parse_recipe(spec)
         run = work / spec.replace(",", "-") / "bot"
-        shutil.copytree(base, run, ignore=shutil.ignore_patterns("versions", "versions.*", "checkpoints"))
+        copy_base(base, run)
         db = f"sqlite:///{run.parent / 'store.db'}"
         ids = record_feedback(Store(db), "bot", "v1", plan[0]["feedback"], plan[0]["edit"])
         started = time.time()

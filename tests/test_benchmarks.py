@@ -182,6 +182,18 @@ def test_learn_rounds_benchmark_short_form(tiny_model_dir, tmp_path):
     assert all(0 < row["learn"]["score_seconds"] < row["learn"]["seconds"] for row in result["rounds"])
     assert (tmp_path / "learn_rounds.png").read_bytes()[:4] == b"\x89PNG"
 
+    # Another recipe from the same base (--base: copied without the versions the first run made): the same rounds,
+    # the base not trained again, its guard scores the same.
+    again = run_benchmark("learn_rounds", ["--model", str(tiny_model_dir), "--rounds", "1", "--base",
+                                           result["base"]["path"], "--systems", "learn", "--recipe", "1,2,0.5,0.1,3",
+                                           "--per-topic", "6", "--per-edit", "2", "--slice-extra", "4", "--guard", "6",
+                                           "--max-new-tokens", "4"], tmp_path)
+    assert again["base"]["seconds"] is None and again["base"]["steps"] == 4
+    assert again["base"]["guard"] == result["base"]["guard"] and again["recipe"]["feedback_repeats"] == 3
+    only = again["rounds"][0]
+    assert only["learn"]["version"] == "v2" and set(only["systems"]) == {"learn"}
+    assert only["systems"]["learn"]["slice_before"] == first["systems"]["learn"]["slice_before"]
+
 
 def test_learn_settings_benchmark_short_form(tiny_model_dir, tmp_path):
     """Round 1 of learn_rounds under two recipes from one base: each trains with its own replay, steps and learning
@@ -189,17 +201,19 @@ def test_learn_settings_benchmark_short_form(tiny_model_dir, tmp_path):
     from ecombot.learn.loop import Recipe, learn_steps
 
     result = run_benchmark("learn_settings", ["--model", str(tiny_model_dir), "--base-steps", "4", "--recipes",
-                                              "1,2,0.5,0", "2,1,0.25", "--per-topic", "6", "--per-edit", "2",
+                                              "1,2,0.5,0,3", "2,1,0.25", "--per-topic", "6", "--per-edit", "2",
                                               "--slice-extra", "4", "--guard", "6", "--max-new-tokens", "4"], tmp_path)
     first, second = result["recipes"]
-    assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1, "parent_l2": 0.0}
-    assert second["recipe"]["parent_l2"] == Recipe.parent_l2  # a recipe without its fourth field: the default pull
+    assert first["recipe"] == {"replay_per_item": 2, "lr_factor": 0.5, "passes": 1, "parent_l2": 0.0,
+                               "feedback_repeats": 3}
+    # a recipe without its fourth and fifth fields: the default pull, each feedback item once a pass
+    assert (second["recipe"]["parent_l2"], second["recipe"]["feedback_repeats"]) == (Recipe.parent_l2, 1)
     base_lr = 2 * first["learning_rate"]  # the base run's: each recipe takes its share of it
     assert second["learning_rate"] == pytest.approx(base_lr * 0.25)
-    for got, per_item, passes in ((first, 2, 1), (second, 1, 2)):
+    for got, per_item, passes, repeats in ((first, 2, 1, 3), (second, 1, 2, 1)):
         trained = 8 - 2  # 8 feedback items, a fifth (2) held out as the slice
         assert got["replayed"] == max(32, per_item * trained)  # MIN_REPLAY: the tiny base has more to replay
-        assert got["steps"] == learn_steps(trained + got["replayed"], 8, passes)
+        assert got["steps"] == learn_steps(trained * repeats + got["replayed"], 8, passes)
         assert got["guard"]["items"] == 6 and got["slice_after"]["items"] == got["slice_before"]["items"] > 0
         assert 0 < got["train_seconds"] < got["seconds"]
     assert first["slice_before"] == second["slice_before"]  # the same base, the same held-out items

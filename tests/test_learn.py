@@ -93,6 +93,19 @@ def test_learn_trains_the_next_version_from_the_live_one_and_applies_the_promoti
     assert again.version is None and "no new reviewed feedback" in again.reason
 
 
+def test_a_recipe_that_repeats_feedback_trains_each_correction_that_many_times_a_pass(base_run):
+    give_feedback(Store(), "support", questions(10))
+    said = []
+    learn(base_run, say=said.append, recipe=loop.Recipe(feedback_repeats=3))
+    record = versions(base_run)["versions"][-1]
+    replayed = min(len(RunDir(base_run).train_split().read_text().splitlines()), loop.Recipe.replay_per_item * 8)
+    assert record["feedback_repeats"] == 3 and record["steps"] == loop.learn_steps(8 * 3 + replayed, 4)
+    assert record["passes"] == round(record["steps"] * 4 / (8 * 3 + replayed), 2)
+    v2 = json.loads((base_run / "versions" / "v2" / "run_config.json").read_text())["config"]
+    assert v2["emphasis"] == 3 and Path(v2["emphasised"]).read_text().count(CORRECTION) == 8
+    assert any("8 feedback (each 3 times)" in line for line in said)
+
+
 def test_a_promoted_version_is_what_every_command_loads_and_rollback_restores_the_first(base_run, monkeypatch):
     from ecombot.models import load_for_inference
 

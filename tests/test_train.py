@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ecombot.config import load_config
-from ecombot.errors import EcombotError, ModelError
+from ecombot.errors import ConfigError, EcombotError, ModelError
 from ecombot.train import train
 from ecombot.run_dir import COMPLETE_CHECKPOINT, RunDir, checkpoint_step
 
@@ -45,6 +45,27 @@ def test_a_packed_run_trains_the_steps_its_recipe_announced(tiny_model_dir, tmp_
     assert recorded["recipe"].startswith("42 training conversations: 132 steps of 4 conversations")
     assert recorded["results"]["packing"]["train_rows"] != 11  # rows x 12 passes would not be 132
     assert result.steps == 132 == max(r["step"] for r in log_of(run))
+
+
+def test_emphasised_conversations_are_trained_as_many_times_a_pass_as_emphasis_says(tiny_model_dir, small_dataset,
+                                                                                    tmp_path, capsys):
+    """`ecombot learn` weighs its few corrections among many replayed conversations this way: each emphasised one
+    is in the pass `emphasis` times (padded batches of 4: 60 conversations are 15 steps a pass, 60 + 6 x 2 are 18)."""
+    rows = small_dataset.read_text().splitlines()
+    marked = tmp_path / "feedback.jsonl"
+    marked.write_text("\n".join(rows[:6] + [json.dumps({"messages": [
+        {"role": "user", "content": "A question the data does not have?"},
+        {"role": "assistant", "content": "Then it is not repeated."}]})]) + "\n")
+    settings = dict(max_steps=-1, epochs=1, packing=False, val_fraction=0.0, test_fraction=0.0)
+    plain = train(tiny_config(tiny_model_dir, small_dataset, tmp_path / "plain", **settings), show_progress=False)
+    capsys.readouterr()
+    emphasised = train(tiny_config(tiny_model_dir, small_dataset, tmp_path / "emphasised", emphasised=str(marked),
+                                   emphasis=3, **settings))
+    assert (plain.steps, emphasised.steps) == (15, 18)
+    assert ("6 training conversations of feedback.jsonl trained 3 times per pass; 1 of its questions are not in the "
+            "training split") in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="emphasis"):
+        tiny_config(tiny_model_dir, small_dataset, tmp_path / "x", emphasis=3)
 
 
 def test_pinned_steps_never_exceed_the_rules_most_passes_over_the_rows():
@@ -133,6 +154,8 @@ def test_conversations_cut_at_max_length_are_counted_on_the_terminal(tiny_model_
     assert ("tickets.csv (csv, columns customer_message (customer) and agent_reply (answer)): 59 of 62 conversations "
             "kept; left out, exact duplicate: 2 (tickets.csv:row 62, tickets.csv:row 63); left out, empty answer: 1 "
             "(tickets.csv:row 9)") in out
+    assert "(csv, columns customer_message (customer) and agent_reply (answer)), 62 rows read, 59 kept" in (
+        run / "README.md").read_text()  # the model card says it too
 
 
 def test_rslora_and_custom_targets(tiny_model_dir, small_dataset, tmp_path):
@@ -147,7 +170,6 @@ def test_adapters_in_the_top_layers_only_leave_the_layers_below_out_of_the_backw
                                                                                           small_dataset, tmp_path):
     from safetensors import safe_open
 
-    from ecombot.errors import ConfigError
     from ecombot.train.recipe import build_model
 
     run = tmp_path / "top"

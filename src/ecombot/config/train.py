@@ -44,6 +44,8 @@ class TrainConfig:
     prompt_gradients: bool = True
     init_adapter: str | None = None
     parent_l2: float = 0.0
+    emphasised: str | None = None
+    emphasis: int = 1
     epochs: float | str = AUTO
     max_steps: int = -1
     batch_size: int | str = AUTO
@@ -113,6 +115,10 @@ class TrainConfig:
             raise bad("adapted_layers", "must be all or a positive number of top decoder layers")
         if self.parent_l2 < 0 or (self.parent_l2 and not self.init_adapter):
             raise bad("parent_l2", "must be >= 0, and above 0 only with init_adapter (the weights it pulls toward)")
+        if isinstance(self.emphasis, bool) or not isinstance(self.emphasis, int) or self.emphasis < 1 or (
+                self.emphasis > 1 and not self.emphasised):
+            raise bad("emphasis", "must be a positive integer, and above 1 only with emphasised (the conversations "
+                                  "it repeats)")
         if not self.prompt_gradients and not self.packing:
             raise bad("prompt_gradients", "false (--answer-only-backward) needs packing: true (drop --no-packing): "
                                           "answer-only backward runs on packed rows")

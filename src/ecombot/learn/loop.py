@@ -71,11 +71,14 @@ class Recipe:
     lr_factor: float = 0.5
     passes: int = 2
     parent_l2: float = 0.1
+    feedback_repeats: int = 1
 
     def __post_init__(self):
-        if self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1 or self.parent_l2 < 0:
+        if (self.replay_per_item < 0 or not 0 < self.lr_factor <= 1 or self.passes < 1 or self.parent_l2 < 0
+                or self.feedback_repeats < 1):
             raise ValueError(f"a learn recipe replays >= 0 conversations per item, at a share of the learning rate in "
-                             f"(0, 1], for >= 1 pass, with an L2 pull >= 0 (got {self})")
+                             f"(0, 1], for >= 1 pass, with an L2 pull >= 0, each item trained >= 1 times a pass "
+                             f"(got {self})")
 
 
 @dataclass
@@ -210,14 +213,19 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     rng = random.Random(parent_cfg.seed + int(version[1:]))
     replay = rng.sample(pool, min(len(pool), max(MIN_REPLAY, recipe.replay_per_item * len(feedback.train))))
     batch = parent_cfg.batch_size if isinstance(parent_cfg.batch_size, int) else 8
-    steps = learn_steps(len(feedback.train) + len(replay), batch, recipe.passes)
+    rows = len(feedback.train) * recipe.feedback_repeats + len(replay)
+    steps = learn_steps(rows, batch, recipe.passes)
     lr = float(root.info()["config"]["learning_rate"]) * recipe.lr_factor  # of the first run, not halved every round
-    say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback + {len(replay)} replayed conversations, "
+    say(f"{version} from {lineage['live']}: {len(feedback.train)} feedback"
+        + (f" (each {recipe.feedback_repeats} times)" if recipe.feedback_repeats > 1 else "")
+        + f" + {len(replay)} replayed conversations, "
         f"{steps} steps of {batch} at lr {lr:g} ({recipe.lr_factor:g} of the first training's)")
     if dry_run:
         return LearnResult(None, reason="dry run: nothing trained", feedback=feedback)
     data = learn_data_path(root, version)
     write_jsonl(data, feedback.train + replay)
+    feedback_file = root.path / "versions" / f"{version}-feedback.jsonl"
+    write_jsonl(feedback_file, feedback.train)
 
     # 3. Train the candidate from the live adapter (train/recipe.py: the same recipe, grounded the same way).
     from ecombot.train import train
@@ -225,7 +233,8 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
     cfg = dataclasses.replace(parent_cfg, data=str(data), output=str(root.version_dir(version)),
                               init_adapter=str(parent.path), val_fraction=0.0, test_fraction=0.0, epochs=1,
                               max_steps=steps, batch_size=batch, learning_rate=lr, eval_steps=steps,
-                              warmup_ratio=0.0, parent_l2=recipe.parent_l2, catalog=None)
+                              warmup_ratio=0.0, parent_l2=recipe.parent_l2, catalog=None,
+                              emphasised=str(feedback_file), emphasis=recipe.feedback_repeats)
     started = time.time()
     result = train(cfg, overwrite=True, show_progress=False)
     candidate = root.version(version)
@@ -246,12 +255,11 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
               "feedback_ids": feedback.used_ids, "held_out_ids": feedback.held_out_ids,
               "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
               "replayed": len(replay), "steps": result.steps, "learning_rate": lr, "parent_l2": recipe.parent_l2,
-              "passes": round(steps * batch / (len(feedback.train) + len(replay)), 2),
+              "passes": round(steps * batch / rows, 2), "feedback_repeats": recipe.feedback_repeats,
               "train_seconds": result.train_seconds, "score_seconds": score_seconds,
               "seconds": round(time.time() - started, 1),
               "feedback_slice": slice_name, "guard_items": len(guard), "guard_out_of_date": out_of_date,
               "superseded_values": {k: sorted(v) for k, v in old_values.items()}, "scores": scores}
-    write_jsonl(root.path / "versions" / f"{version}-feedback.jsonl", feedback.train)
     if promoted:
         for v in lineage["versions"]:
             if v["name"] == lineage["live"]:

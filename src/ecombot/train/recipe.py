@@ -14,7 +14,7 @@ import torch
 from ecombot import __version__
 from ecombot.config import TrainConfig, fit_to_data
 from ecombot.config.train import MAX_EPOCHS
-from ecombot.data import prepare, split_files, write_split
+from ecombot.data import Conversation, normalise_text, prepare, read_file, split_files, write_split
 from ecombot.errors import ConfigError, EcombotError
 from ecombot.knowledge import recorded_pairs
 from ecombot import speedups
@@ -117,6 +117,22 @@ def pinned_steps(cfg: TrainConfig, announced: int, rows: int, say) -> TrainConfi
     return dataclasses.replace(cfg, max_steps=min(announced, most))
 
 
+def mark_emphasised(cfg: TrainConfig, train: list[Conversation], say) -> None:
+    """Mark the training conversations `cfg.emphasised` names (by their first question), to be repeated
+    cfg.emphasis times once grounded: repeated before, they would enter the knowledge base as duplicate pairs. Why
+    repeat: ecombot learn's few corrections among many replayed conversations (learn/loop.py, Recipe)."""
+    if cfg.emphasis <= 1:
+        return
+    named = {normalise_text(c.question) for c in read_file(cfg.emphasised).conversations}
+    marked = [c for c in train if normalise_text(c.question) in named]
+    for conv in marked:
+        conv.meta["emphasised"] = True
+    found = {normalise_text(c.question) for c in marked}
+    say(f"{len(marked)} training conversations of {Path(cfg.emphasised).name} trained {cfg.emphasis} times per pass"
+        + (f"; {len(named - found)} of its questions are not in the training split (held out, or not in the data)"
+           if named - found else ""))
+
+
 def training_arguments(cfg: TrainConfig, run: RunDir, device: str, precision: str, has_validation: bool):
     from transformers import TrainingArguments
 
@@ -183,6 +199,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     cfg, sized = fit_to_data(cfg, len(split.train) + sum(len(s.train) for s in others.values()))
     say(sized.reason)
 
+    mark_emphasised(cfg, split.train, say)
+
     # 2. Knowledge: the training pairs join the store's documents in the knowledge base; every prompt gets the
     #    passages found for its question (train/grounding.py), as chat, serve and evaluate will give them. The other
     #    tasks of a multi-task run are not grounded (their prompts hold their products), and validation is shared
@@ -199,6 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
                                         inherited=inherited, documents=catalog_documents(cfg))
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
+    train_convs = train_convs + [c for c in train_convs if c.meta.get("emphasised")] * (cfg.emphasis - 1)
     for task, s in others.items():
         train_convs, val_convs = train_convs + s.train, val_convs + s.validation[:val_cap]
     other_counts = {task: s.counts() for task, s in others.items()}
