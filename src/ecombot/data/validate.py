@@ -43,12 +43,16 @@ class DataReport:
         intents = sorted({c.intent or "" for c in held})
         self.held_out = {"intents": intents, "conversations": len(held), "reason": reason}
 
+    @property
+    def read_as(self) -> str:
+        """Its format and, where ecombot chose among its parts, which: "csv, columns a (customer) and b (answer)"."""
+        return f"{self.format}, {self.read_from}" if self.read_from else self.format
+
     def summary_line(self) -> str:
         """What a command that trains on the file says of it: where the pairs came from, how many were kept, and
         every row left out with its reason and first places (`data inspect` shows the same as a table)."""
         name = Path(self.path).name
-        where = f"{self.format}, {self.read_from}" if self.read_from else self.format
-        line = f"{name} ({where}): {self.kept} of {self.rows_read} conversations kept"
+        line = f"{name} ({self.read_as}): {self.kept} of {self.rows_read} conversations kept"
         if self.held_out:
             line += f"; {self.held_out['conversations']} held out ({self.held_out['reason']})"
         for reason, count in self.dropped.most_common():

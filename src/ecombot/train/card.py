@@ -48,7 +48,6 @@ def model_card(config: TrainConfig, data: DataReport, result: TrainResult, knowl
     title = f"{tasks[0]} adapter" if len(tasks) == 1 else f"multi-task adapter ({', '.join(tasks)})"
     packed = f" (packed rows of {packing['row_tokens']} tokens)" if packing else ""
     layers = "" if config.adapted_layers == "all" else f", in the top {config.adapted_layers} decoder layers only"
-    read_as = f"{data.format}, {data.read_from}" if data.read_from else data.format
     card = f"""---
 library_name: peft
 base_model: {json.dumps(base if base != "gemma-3-270m" else "google/gemma-3-270m")}
@@ -74,7 +73,7 @@ A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecomb
 {f"- Settings chosen for the data's size: {recipe}" + chr(10) if recipe else ""}{grounding_line(knowledge)}
 
 ## Data
-- Source: `{data.path}` ({read_as}), {data.rows_read} rows read, {data.kept} kept,
+- Source: `{data.path}` ({data.read_as}), {data.rows_read} rows read, {data.kept} kept,
   dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}{held_out_line(data)}
 - Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
   {len(data.intents)} intents, {data.multi_turn} multi-turn conversations{other_tasks_line(other_tasks or {})}
