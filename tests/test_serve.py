@@ -483,6 +483,30 @@ def test_customer_suggestion_is_exported_only_after_an_agent_approves_it(store_o
     assert record["messages"] == [QUESTION[0], {"role": "assistant", "content": "It ships tomorrow."}]
 
 
+def test_an_agent_lists_handed_over_conversations_and_answers_one_over_the_api(store, running_server):
+    config = ServeConfig(api_keys=["sk-shop-1"], review_keys=["sk-agent"])
+    with running_server(create_app(ScriptedEngine(), store, config)) as server:
+        visitor = page_session(server.url)
+        chat(server.url, token=visitor, metadata={"conversation_id": "page-7"})
+        handed = post(server.url, "/v1/handoff", visitor, conversation_id="page-7", note="wants a person")
+        assert handed.status_code == 200
+        assert_openai_error(httpx.get(f"{server.url}/v1/handoffs", headers=authorization(visitor)), 403)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-7/answer", "sk-shop-1", answer="Yes."), 403)
+        [waiting] = httpx.get(f"{server.url}/v1/handoffs", headers=authorization("sk-agent")).json()["data"]
+        assert (waiting["conversation_id"], waiting["note"], waiting["question"], waiting["answered_by"]) == (
+            "page-7", "wants a person", QUESTION[0]["content"], None)
+        answered = post(server.url, "/v1/handoffs/page-7/answer", "sk-agent", answer="It ships on Monday.")
+        assert answered.json() == {"conversation_id": "page-7", "status": "answered"}
+        assert_openai_error(post(server.url, "/v1/handoffs/page-7/answer", "sk-agent", answer="Again."), 409)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-8/answer", "sk-agent", answer="Who?"), 404)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-7/answer", "sk-agent", answer=""), 400)
+        assert httpx.get(f"{server.url}/v1/handoffs", headers=authorization("sk-agent")).json()["data"] == []
+        [done] = httpx.get(f"{server.url}/v1/handoffs?waiting=false", headers=authorization("sk-agent")).json()["data"]
+        assert done["answered_by"] and done["answered_by"] != "sk-agent"  # the key's fingerprint, never the key
+    [reviewed] = store.reviewed_answers()
+    assert reviewed.messages == [QUESTION[0], {"role": "assistant", "content": "It ships on Monday."}]
+
+
 def test_concurrent_requests_opening_one_conversation(store_on_each_database, running_server):
     """Two clients naming the same new conversation: one gets it, the other a 404, nobody a 500."""
     store = store_on_each_database

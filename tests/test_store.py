@@ -173,6 +173,53 @@ def test_review_cli_lists_approves_and_rejects_then_export_takes_only_the_approv
     assert report.kept == 2 and [c.answer for c in conversations] == ["Corrected answer 0.", "Answer 2."]
 
 
+def test_an_agents_answer_to_a_handed_over_conversation_is_what_learn_and_export_train_on(store_on_each_database,
+                                                                                           tmp_path):
+    """The bot handed over (or the customer asked for a person); an agent answers in the store, and that answer
+    takes the place of the bot's last one as approved training data, once, whatever the customer rates later."""
+    from ecombot.serve.store import Conflict
+
+    store = store_on_each_database
+    url = store.url
+    first = [{"role": "user", "content": "Do you sell gift wrapping?"}]
+    handed = answer("Let me pass you to a colleague who can check that.")
+    handed.handoff = "not covered by the store's documents"
+    conversation = store.record_answer(None, "web-1", "web", first, handed)
+    other = store.record_answer(None, "web-2", "web", [{"role": "user", "content": "Where is my order?"}],
+                                answer("It ships today."))
+    store.record_handoff(other, "web-2", "the customer asked for a person")
+    store.record_answer(None, "web-3", "web", [{"role": "user", "content": "Hi"}], answer("Hello!"))  # no handoff
+
+    listed = CliRunner().invoke(cli, ["conversations", "handoffs", "--db", url], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0 and "2 handed-over conversation(s) waiting for an agent" in listed.output
+    assert [(h.conversation_id, h.question, h.answer, h.note) for h in store.handoffs()] == [
+        (conversation, "Do you sell gift wrapping?", handed.content, "not covered by the store's documents"),
+        (other, "Where is my order?", "It ships today.", "the customer asked for a person")]
+
+    said = CliRunner().invoke(cli, ["conversations", "answer", conversation, "Yes: gift wrapping is $4.95 at "
+                                    "checkout, with a card; mail help@example.com for more.", "--db", url])
+    assert said.exit_code == 0 and f"answered {conversation}" in said.output
+    [waiting] = store.handoffs()
+    assert waiting.conversation_id == other
+    answered = next(h for h in store.handoffs(waiting_only=False) if h.conversation_id == conversation)
+    assert answered.answered_by.startswith("cli:")
+    again = CliRunner().invoke(cli, ["conversations", "answer", conversation, "Twice.", "--db", url])
+    assert isinstance(again.exception, Conflict) and "answered by cli:" in str(again.exception)
+    for unknown in ("no-such-conversation", store.conversations()[-1].id):  # missing, or never handed over
+        with pytest.raises(NotFound):
+            store.answer_handoff(unknown, "An answer.", "agent")
+
+    agent_said = "Yes: gift wrapping is $4.95 at checkout, with a card; mail [email] for more."  # redacted as stored
+    [reviewed] = store.reviewed_answers()
+    assert reviewed.messages == [*first, {"role": "assistant", "content": agent_said}]
+    assert reviewed.generated == handed.content and reviewed.corrected and store.pending_suggestions() == []
+    # the customer rating the bot's answer afterwards does not undo the agent's answer
+    store.record_feedback(handed.completion_id, "web-1", -1, "Just tell me yes or no.")
+    assert [r.messages[-1]["content"] for r in store.reviewed_answers()] == [agent_said]
+    assert store.export(tmp_path / "f.jsonl", rated_only=True).written == 1
+    assert json.loads((tmp_path / "f.jsonl").read_text())["messages"][-1]["content"] == agent_said
+
+
 @pytest.mark.parametrize("url", ["postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/shop",
                                  "nodriver+x://shop:s3cret-pw@db.internal/shop"])
 def test_a_store_that_cannot_open_never_shows_the_password(url):

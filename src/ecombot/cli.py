@@ -534,6 +534,40 @@ def conversations_review(
     console.print(table)
 
 
+@conversations_app.command("handoffs")
+def conversations_handoffs(
+    all_: bool = typer.Option(False, "--all", help="Also the handed-over conversations an agent answered."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
+) -> None:
+    """The conversations handed over to an agent, oldest first: answer one with `conversations answer`."""
+    from ecombot.serve import Store
+
+    found = Store(db).handoffs(waiting_only=not all_)
+    waiting = sum(h.answered_by is None for h in found)
+    table = Table("conversation", "handed over", "note", "question", "bot's last answer", "answered by",
+                  title=f"{waiting} handed-over conversation(s) waiting for an agent")
+    for h in found:
+        table.add_row(h.conversation_id, f"{h.handed_over_at:%Y-%m-%d %H:%M}", h.note or "", h.question, h.answer,
+                      h.answered_by or "")
+    console.print(table)
+
+
+@conversations_app.command("answer")
+def conversations_answer(
+    conversation_id: str = typer.Argument(..., help="A handed-over conversation (`conversations handoffs`)."),
+    answer: str = typer.Argument(..., help="The agent's answer to the customer's last question."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
+) -> None:
+    """Record an agent's answer to a handed-over conversation. It becomes approved training data in place of the
+    bot's last answer: the next `ecombot learn` teaches the bot to answer such a question instead of handing over."""
+    import getpass
+
+    from ecombot.serve import Store
+
+    Store(db).answer_handoff(conversation_id, answer, f"cli:{getpass.getuser()}"[:64])
+    console.print(f"answered {conversation_id}: the next `ecombot learn` trains on it")
+
+
 # --- ecombot knowledge: the store's documents and Q&A pairs that answers are grounded in -------------------------
 knowledge_app = typer.Typer(help="The store's knowledge base: documents and Q&A pairs answers are grounded in.",
                             no_args_is_help=True)

@@ -22,9 +22,10 @@ from ecombot.serve.completion import Completion, answer_without_model
 from ecombot.serve.dependencies import (ServerState, State, api_client, json_body, rate_limited_caller,
                                         rate_limited_visitor, reviewer)
 from ecombot.serve.errors import ApiError
-from ecombot.serve.schemas import ChatCompletionRequest, FeedbackRequest, HandoffRequest, ReviewRequest
+from ecombot.serve.schemas import (ChatCompletionRequest, FeedbackRequest, HandoffAnswerRequest, HandoffRequest,
+                                   ReviewRequest)
 from ecombot.serve.security import Caller
-from ecombot.serve.store import NotFound
+from ecombot.serve.store import Conflict, NotFound
 
 STATIC = resources.files("ecombot.serve") / "static"
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -199,6 +200,26 @@ async def review_suggestion(state: State, who: Reviewer, suggestion_id: Annotate
     except NotFound as exc:
         raise ApiError(404, str(exc), "not_found_error", param="suggestion_id") from None
     return {"id": suggestion_id, "status": "approved" if approve else "rejected"}
+
+
+@api.get("/v1/handoffs")
+async def handoffs(state: State, _: Reviewer, waiting: bool = True):
+    """Conversations handed over to an agent, oldest first (`waiting=false`: the answered ones too)."""
+    found = await run_in_threadpool(state.store.handoffs, waiting)
+    return {"object": "list", "data": [{**asdict(h), "handed_over_at": h.handed_over_at.isoformat()} for h in found]}
+
+
+@api.post("/v1/handoffs/{conversation_id}/answer")
+async def answer_handoff(state: State, who: Reviewer, conversation_id: Annotated[str, Path(max_length=64)],
+                         body: Annotated[HandoffAnswerRequest, Depends(json_body(HandoffAnswerRequest))]):
+    """An agent's answer to a handed-over conversation: approved training data in place of the bot's last answer."""
+    try:
+        await run_in_threadpool(state.store.answer_handoff, conversation_id, body.answer, who.client)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "not_found_error", param="conversation_id") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc), "conflict_error", param="conversation_id") from None
+    return {"conversation_id": conversation_id, "status": "answered"}
 
 
 @web.get("/", response_class=HTMLResponse)

@@ -77,6 +77,10 @@ class HandoffRequest(BaseModel):
     note: str | None = Field(None, max_length=2000)
 
 
+class HandoffAnswerRequest(BaseModel):
+    answer: str = Field(min_length=1, max_length=4000)  # the agent's answer: what the bot learns to say instead
+
+
 class ReviewRequest(BaseModel):
     decision: Literal["approve", "reject"]
     answer: str | None = Field(None, min_length=1, max_length=4000)  # the reviewer's rewrite of the suggestion

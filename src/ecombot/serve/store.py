@@ -50,6 +50,9 @@ class ConversationRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     handoff_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     handoff_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # an agent's answer to the handed-over conversation (its text is the approved review of the bot's last answer)
+    handoff_answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    handoff_answered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     messages: Mapped[list["MessageRow"]] = relationship(order_by="MessageRow.position", back_populates="conversation")
 
 
@@ -114,6 +117,10 @@ class NotFound(EcombotError):
     """A conversation or answer that does not exist, or belongs to another client."""
 
 
+class Conflict(EcombotError):
+    """A request the stored state has already settled (a handed-over conversation an agent answered)."""
+
+
 @dataclass
 class Answer:
     """One generated answer and what it cost, as the server hands it to the store."""
@@ -142,6 +149,19 @@ class Suggestion:
     rating: int
     correction: str | None
     created_at: datetime
+
+
+@dataclass
+class Handoff:
+    """A conversation the bot (or the customer) handed to an agent: where it stands and what was said last."""
+
+    conversation_id: str
+    handed_over_at: datetime
+    note: str | None
+    question: str  # the customer's last turn
+    answer: str  # the bot's last answer (often the handoff message itself)
+    adapter: str | None
+    answered_by: str | None  # the agent who answered it, None while it waits
 
 
 @dataclass
@@ -265,7 +285,8 @@ class Store:
         return self._write(write)
 
     def record_feedback(self, completion_id: str, client: str, rating: int, correction: str | None) -> None:
-        """The customer's (latest) rating of one of their answers; changing it sends it back for review."""
+        """The customer's (latest) rating of one of their answers; changing it sends it back for review (not once
+        an agent answered the handed-over conversation: the agent's answer stays what training gets)."""
 
         def write(db: Session) -> None:
             message = db.scalar(select(MessageRow).where(MessageRow.completion_id == completion_id))
@@ -273,8 +294,8 @@ class Store:
                 raise NotFound(f"answer {completion_id!r} not found")
             feedback = message.feedback or FeedbackRow(message_id=message.id, rating=rating)
             feedback.rating, feedback.correction, feedback.created_at = rating, self._clean(correction or None), now()
-            if feedback.review is not None:
-                db.delete(feedback.review)
+            if feedback.review is not None and message.conversation.handoff_answered_at is None:
+                db.delete(feedback.review)  # an agent's answer to a handed-over conversation stays approved
             db.add(feedback)
 
         self._write(write)
@@ -315,6 +336,52 @@ class Store:
             suggested = feedback.correction or feedback.message.content
             review.answer = (self._clean(answer) or suggested) if approve else None
             db.add(review)
+
+        self._write(write)
+
+    def handoffs(self, waiting_only: bool = True) -> list[Handoff]:
+        """Conversations handed over to an agent, oldest first: those no agent answered yet, or all of them."""
+        with self.sessions() as db:
+            query = (select(ConversationRow).where(ConversationRow.handoff_at.is_not(None))
+                     .order_by(ConversationRow.handoff_at).options(selectinload(ConversationRow.messages)))
+            if waiting_only:
+                query = query.where(ConversationRow.handoff_answered_at.is_(None))
+            found = []
+            for row in db.scalars(query):
+                last = self._last_answer(row)
+                found.append(Handoff(row.id, as_utc(row.handoff_at), row.handoff_note,
+                                     self._question_before(db, last) if last else "", last.content if last else "",
+                                     last.adapter if last else None, row.handoff_answered_by))
+            return found
+
+    @staticmethod
+    def _last_answer(row: ConversationRow) -> MessageRow | None:
+        return next((m for m in reversed(row.messages) if m.completion_id and not m.task), None)
+
+    def answer_handoff(self, conversation_id: str, answer: str, agent: str) -> None:
+        """An agent's answer to a handed-over conversation. Why through the review: the agent's answer is what the
+        bot should have said, so it becomes the approved answer in place of the bot's last one (`ecombot learn` and
+        `conversations export --rated` take it as they take an approved correction), and a customer's own pending
+        correction of that answer is kept as theirs. Reaching the customer is the agent's own channel's job."""
+
+        def write(db: Session) -> None:
+            row = db.get(ConversationRow, conversation_id)
+            if row is None or row.handoff_at is None:
+                raise NotFound(f"no handed-over conversation {conversation_id!r}")
+            if row.handoff_answered_at is not None:
+                raise Conflict(f"conversation {conversation_id!r} was answered by {row.handoff_answered_by} already")
+            last = self._last_answer(row)
+            if last is None:
+                raise NotFound(f"conversation {conversation_id!r} has no answer of this server's to replace")
+            feedback = last.feedback or FeedbackRow(message_id=last.id, rating=-1)
+            feedback.correction = feedback.correction or self._clean(answer)
+            review = feedback.review or ReviewRow()
+            review.approved, review.reviewer, review.reviewed_at = True, agent, now()
+            review.answer = self._clean(answer)
+            feedback.review = review
+            db.add(feedback)
+            row.handoff_answered_at, row.handoff_answered_by = now(), agent
+            row.updated_at = now()
 
         self._write(write)
 
