@@ -103,6 +103,10 @@ def test_a_recipe_that_repeats_feedback_trains_each_correction_that_many_times_a
     assert record["passes"] == round(record["steps"] * 4 / (8 * 3 + replayed), 2)
     v2 = json.loads((base_run / "versions" / "v2" / "run_config.json").read_text())["config"]
     assert v2["emphasis"] == 3 and Path(v2["emphasised"]).read_text().count(CORRECTION) == 8
+    # the repeated items are the data's own questions, which training matches them by
+    emphasised = {json.loads(line)["messages"][0]["content"] for line in Path(v2["emphasised"]).open()}
+    trained = {json.loads(line)["messages"][0]["content"] for line in Path(v2["data"]).open()}
+    assert len(emphasised) == 8 and emphasised <= trained
     assert any("8 feedback (each 3 times)" in line for line in said)
 
 

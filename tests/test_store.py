@@ -219,6 +219,29 @@ def test_an_agents_answer_to_a_handed_over_conversation_is_what_learn_and_export
     assert store.export(tmp_path / "f.jsonl", rated_only=True).written == 1
     assert json.loads((tmp_path / "f.jsonl").read_text())["messages"][-1]["content"] == agent_said
 
+    # Blank is no answer; a conversation that ends with a catalog task's answer has no support answer to replace.
+    with pytest.raises(EcombotError, match="needs some text"):
+        store.answer_handoff(other, "  \n ", "agent")
+    described = answer("A linen shirt, cut loose.")
+    described.task = "copy"
+    store.record_answer(other, "web-2", "web", [{"role": "user", "content": "Describe the shirt."}], described)
+    with pytest.raises(Conflict, match="copy task answer"):
+        store.answer_handoff(other, "It ships today.", "agent")
+
+    # The conversation goes on and is handed over again: it waits for an agent again. A rating the customer then
+    # changes on another answer goes back to review, as every rating does; the agent's answer stays.
+    later = answer("Gift wrapping is free.")
+    store.record_answer(conversation, "web-1", "web", [{"role": "user", "content": "Is it free?"}], later)
+    store.record_feedback(later.completion_id, "web-1", 1, None)
+    store.review(store.pending_suggestions()[-1].id, True, "cli:reviewer")
+    store.record_feedback(later.completion_id, "web-1", -1, "It costs $4.95.")
+    assert [s.correction for s in store.pending_suggestions()] == ["It costs $4.95."]
+    store.record_handoff(conversation, "web-1", "wants a person again")
+    assert [h.conversation_id for h in store.handoffs()] == [other, conversation]  # by when handed over
+    store.answer_handoff(conversation, "It costs $4.95, wrapped by hand.", "agent-2")
+    assert [r.messages[-1]["content"] for r in store.reviewed_answers()] == [agent_said,
+                                                                             "It costs $4.95, wrapped by hand."]
+
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/shop",
                                  "nodriver+x://shop:s3cret-pw@db.internal/shop"])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 
 class TextPart(BaseModel):
@@ -78,7 +78,8 @@ class HandoffRequest(BaseModel):
 
 
 class HandoffAnswerRequest(BaseModel):
-    answer: str = Field(min_length=1, max_length=4000)  # the agent's answer: what the bot learns to say instead
+    # the agent's answer: what the bot learns to say instead (blank is no answer)
+    answer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 
 
 class ReviewRequest(BaseModel):

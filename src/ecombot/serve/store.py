@@ -109,6 +109,9 @@ class ReviewRow(Base):
     approved: Mapped[bool] = mapped_column(Boolean)
     answer: Mapped[str | None] = mapped_column(Text, nullable=True)  # what training gets, when approved
     reviewer: Mapped[str] = mapped_column(String(64))  # a review key's fingerprint, or "cli:<user>"
+    # an agent's answer to a handed-over conversation (Store.answer_handoff), not a decision on a customer's rating:
+    # a later rating by the customer leaves it in place
+    by_agent: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     feedback: Mapped[FeedbackRow] = relationship(back_populates="review")
 
@@ -277,8 +280,8 @@ class Store:
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                               finish_reason=answer.finish_reason, task=answer.task,
                               sources=json.dumps(answer.sources, ensure_ascii=False) if answer.sources else None))
-            if answer.handoff and row.handoff_at is None:  # a request already waiting for an agent keeps its note
-                row.handoff_at, row.handoff_note = now(), self._clean(answer.handoff)
+            if answer.handoff and (row.handoff_at is None or row.handoff_answered_at is not None):
+                self._hand_over(row, answer.handoff)  # a request already waiting for an agent keeps its note
             row.updated_at = now()
             return row.id
 
@@ -294,7 +297,7 @@ class Store:
                 raise NotFound(f"answer {completion_id!r} not found")
             feedback = message.feedback or FeedbackRow(message_id=message.id, rating=rating)
             feedback.rating, feedback.correction, feedback.created_at = rating, self._clean(correction or None), now()
-            if feedback.review is not None and message.conversation.handoff_answered_at is None:
+            if feedback.review is not None and not feedback.review.by_agent:
                 db.delete(feedback.review)  # an agent's answer to a handed-over conversation stays approved
             db.add(feedback)
 
@@ -305,7 +308,12 @@ class Store:
             row = db.get(ConversationRow, conversation_id)
             if row is None or row.client != client:
                 raise NotFound(f"conversation {conversation_id!r} not found")
-            row.handoff_at, row.handoff_note = now(), self._clean(note)
+            self._hand_over(row, note)
+
+    def _hand_over(self, row: ConversationRow, note: str | None) -> None:
+        """Waiting for an agent from now on; handed over again after an agent answered, it waits again."""
+        row.handoff_at, row.handoff_note = now(), self._clean(note)
+        row.handoff_answered_at = row.handoff_answered_by = None
 
     def pending_suggestions(self, limit: int | None = None) -> list[Suggestion]:
         """Customers' ratings and corrections no reviewer has decided on yet, oldest first."""
@@ -356,13 +364,17 @@ class Store:
 
     @staticmethod
     def _last_answer(row: ConversationRow) -> MessageRow | None:
-        return next((m for m in reversed(row.messages) if m.completion_id and not m.task), None)
+        return next((m for m in reversed(row.messages) if m.completion_id), None)
 
     def answer_handoff(self, conversation_id: str, answer: str, agent: str) -> None:
         """An agent's answer to a handed-over conversation. Why through the review: the agent's answer is what the
         bot should have said, so it becomes the approved answer in place of the bot's last one (`ecombot learn` and
         `conversations export --rated` take it as they take an approved correction), and a customer's own pending
         correction of that answer is kept as theirs. Reaching the customer is the agent's own channel's job."""
+
+        answer = (answer or "").strip()
+        if not answer:
+            raise EcombotError(f"conversation {conversation_id!r}: an agent's answer needs some text")
 
         def write(db: Session) -> None:
             row = db.get(ConversationRow, conversation_id)
@@ -371,12 +383,14 @@ class Store:
             if row.handoff_answered_at is not None:
                 raise Conflict(f"conversation {conversation_id!r} was answered by {row.handoff_answered_by} already")
             last = self._last_answer(row)
-            if last is None:
-                raise NotFound(f"conversation {conversation_id!r} has no answer of this server's to replace")
+            if last is None or last.task:  # a product description or recommendation is no support answer to replace
+                raise Conflict(f"conversation {conversation_id!r} ends with "
+                               + (f"a {last.task} task answer" if last else "no answer of this server's")
+                               + ": an agent's answer there would not be support training data")
             feedback = last.feedback or FeedbackRow(message_id=last.id, rating=-1)
             feedback.correction = feedback.correction or self._clean(answer)
             review = feedback.review or ReviewRow()
-            review.approved, review.reviewer, review.reviewed_at = True, agent, now()
+            review.approved, review.reviewer, review.reviewed_at, review.by_agent = True, agent, now(), True
             review.answer = self._clean(answer)
             feedback.review = review
             db.add(feedback)

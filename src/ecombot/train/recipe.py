@@ -217,7 +217,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
                                         inherited=inherited, documents=catalog_documents(cfg))
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
-    train_convs = train_convs + [c for c in train_convs if c.meta.get("emphasised")] * (cfg.emphasis - 1)
+    # not one the grounding drew as a handoff example: repeated, it would teach handing over what it corrects
+    handoff = knowledge["handoff"] if knowledge else None
+    train_convs = train_convs + [c for c in train_convs
+                                 if c.meta.get("emphasised") and c.answer != handoff] * (cfg.emphasis - 1)
     for task, s in others.items():
         train_convs, val_convs = train_convs + s.train, val_convs + s.validation[:val_cap]
     other_counts = {task: s.counts() for task, s in others.items()}
