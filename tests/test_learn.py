@@ -348,6 +348,8 @@ def test_the_cli_lists_versions_and_rolls_back(base_run, monkeypatch):
     runner = CliRunner()
     dry = runner.invoke(app, ["learn", "--adapter", str(base_run), "--dry-run"])
     assert dry.exit_code == 0 and "dry run" in dry.output and not (base_run / "versions.json").exists()
+    harder = runner.invoke(app, ["learn", "--adapter", str(base_run), "--dry-run", "--feedback-repeats", "3"])
+    assert harder.exit_code == 0 and "5 feedback (each 3 times)" in harder.output and "(each" not in dry.output
     assert runner.invoke(app, ["learn", "--adapter", str(base_run)]).exit_code == 0
     listed = runner.invoke(app, ["adapter", "versions", str(base_run)])
     assert listed.exit_code == 0 and "v2 is live" in listed.output and "retired" in listed.output

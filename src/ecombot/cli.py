@@ -349,16 +349,19 @@ def learn(
                                                 "$ECOMBOT_HOME/ecombot.db)."),
     since: Optional[datetime] = typer.Option(None, help="Only feedback reviewed at or after this date (UTC)."),
     dry_run: bool = typer.Option(False, help="Say what would be trained on, train nothing."),
+    feedback_repeats: int = typer.Option(1, min=1, help="Times each feedback item is trained a pass among the "
+                                         "replayed conversations: 3 learnt the corrections harder and kept fewer of "
+                                         "the guard's facts (README, Learning from feedback)."),
 ) -> None:
     """Train the next version of an adapter on reviewed feedback, from the live version, with a replay of its training
     data; it goes live only if the feedback improves and the guard set does not regress (`adapter versions`)."""
     from datetime import timezone
 
-    from ecombot.learn import learn as learn_from_feedback
+    from ecombot.learn import Recipe, learn as learn_from_feedback
 
     moment = since.replace(tzinfo=timezone.utc) if since is not None and since.tzinfo is None else since
     result = learn_from_feedback(adapter, db=db, served_as=served_as, since=moment, dry_run=dry_run,
-                                 say=console.print)
+                                 say=console.print, recipe=Recipe(feedback_repeats=feedback_repeats))
     if result.version is None:
         console.print(result.reason)
 
