@@ -97,10 +97,9 @@ def parse_recipe(spec: str):
     from ecombot.learn import Recipe
 
     passes, per_item, lr_share, *rest = spec.split(",")
-    optional = dict(zip(("parent_l2", "feedback_repeats"), rest))
-    return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes),
-                  **({"parent_l2": float(optional["parent_l2"])} if "parent_l2" in optional else {}),
-                  **({"feedback_repeats": int(optional["feedback_repeats"])} if "feedback_repeats" in optional else {}))
+    optional = {name: kind(value) for (name, kind), value in zip((("parent_l2", float), ("feedback_repeats", int)),
+                                                                 rest)}
+    return Recipe(replay_per_item=int(per_item), lr_factor=float(lr_share), passes=int(passes), **optional)
 
 
 def copy_base(base: Path, run: Path) -> None:

@@ -357,8 +357,9 @@ class Store:
             found = []
             for row in db.scalars(query):
                 last = self._last_answer(row)
+                at = row.messages.index(last) if last else 0  # the messages are loaded: the turn before, no query
                 found.append(Handoff(row.id, as_utc(row.handoff_at), row.handoff_note,
-                                     self._question_before(db, last) if last else "", last.content if last else "",
+                                     row.messages[at - 1].content if at else "", last.content if last else "",
                                      last.adapter if last else None, row.handoff_answered_by))
             return found
 
@@ -372,7 +373,7 @@ class Store:
         `conversations export --rated` take it as they take an approved correction), and a customer's own pending
         correction of that answer is kept as theirs. Reaching the customer is the agent's own channel's job."""
 
-        answer = (answer or "").strip()
+        answer = answer.strip()
         if not answer:
             raise EcombotError(f"conversation {conversation_id!r}: an agent's answer needs some text")
 
