@@ -46,6 +46,9 @@ def test_faq_json_under_another_key(tmp_path, indent):
     assert raw.conversations[1].category == "Returns"
     with pytest.raises(DataError, match=r"faq.json:faqs\[1\]: field 'answer': missing required field"):
         read_file(write(tmp_path, "faq.json", json.dumps({"faqs": [faqs[0], {"question": "Where?"}]})))
+    # a key of the shop's own naming, minified on one line: the list's items are records, so it is no JSON Lines line
+    raw = read_file(write(tmp_path, "shop.json", json.dumps({"store": "Voltwise", "faq_list": faqs}, indent=indent)))
+    assert raw.read_from == 'the list under "faq_list"' and len(raw.conversations) == 2
 
 
 def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):

@@ -360,6 +360,19 @@ def csv_table(path: Path, text: str) -> tuple[str, list[str], list[str], Iterato
     return header_place, names, header, values()
 
 
+def _wraps_records(document: dict) -> bool:
+    """Whether a one-line JSON object is a minified file holding a list of records ({"faq_list": [{...}, ...]}) and
+    not one JSON Lines record: it is no record itself and has a known list key, or a list whose first item is a
+    record (a record that lost a field, {"completion": [...]}, holds no records)."""
+    if "questions" in document:
+        return True
+    if record_format(document) is not None:
+        return False
+    lists = [value for value in document.values() if isinstance(value, list)]
+    return any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
+        value and isinstance(value[0], dict) and record_format(value[0]) is not None for value in lists)
+
+
 def read_file(path: str | Path) -> RawFile:
     """Read any supported file into conversations; the format is detected from the content."""
     path, text = read_text(path)
@@ -375,9 +388,7 @@ def read_file(path: str | Path) -> RawFile:
             first = json.loads(lines[0][1])
         except (ValueError, RecursionError):
             return _read_json(path, text)
-        # (on one line, only a known key tells a wrapper from a record that lost a field: {"completion": [...]})
-        if len(lines) == 1 and isinstance(first, dict) and ("questions" in first or (
-                record_format(first) is None and any(isinstance(first.get(key), list) for key in JSON_LIST_KEYS))):
+        if len(lines) == 1 and isinstance(first, dict) and _wraps_records(first):
             return _read_json(path, text)
         return _read_records(((f"line {number}", _loads(path, line, number)) for number, line in lines), path)
     raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines or CSV (.csv/.tsv)")
