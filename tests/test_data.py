@@ -51,6 +51,51 @@ def test_faq_json_under_another_key(tmp_path, indent):
     assert raw.read_from == 'the list under "faq_list"' and len(raw.conversations) == 2
 
 
+@pytest.mark.parametrize("question,answer", [("Question", "Answer"), ("q", "a"), ("prompt", "response"),
+                                             ("customer_message", "agent_reply")])
+def test_json_pairs_under_other_field_names(tmp_path, question, answer):
+    """An export's own field names ({"Question": …, "Answer": …}) are found as a CSV file's column names are, in a
+    JSON list and in JSON Lines, labels in any case; a later record without the field is an error at its place."""
+    rows = [{question: "Do you ship to Ireland?", answer: "Yes:\n- 3-7 days", "Category": "Delivery"},
+            {question: "How long do I have?", answer: "30 days."}]
+    for name, text in (("faq.json", json.dumps(rows, indent=1)), ("faq.jsonl", jsonl(rows))):
+        raw = read_file(write(tmp_path, name, text))
+        assert raw.format == "faq-json"
+        assert raw.read_from == f"fields {question.lower()} (customer) and {answer.lower()} (answer)"
+        assert [(c.question, c.answer, c.category) for c in raw.conversations] == [
+            ("Do you ship to Ireland?", "Yes:\n- 3-7 days", "Delivery"), ("How long do I have?", "30 days.", None)]
+    with pytest.raises(DataError, match=rf"faq.jsonl:line 2: field '{answer.lower()}': missing required field"):
+        read_file(write(tmp_path, "faq.jsonl", jsonl([rows[0], {question: "Where?"}])))
+
+
+def test_json_fields_that_could_each_be_the_question_are_not_guessed_between(tmp_path):
+    rows = [{"customer_message": "Where is it?", "customer_note": "VIP", "reply": "On its way."}]
+    with pytest.raises(DataError, match=r"item 1: unrecognised record.*found keys: customer_message, customer_note"):
+        read_file(write(tmp_path, "a.json", json.dumps(rows)))
+
+
+@pytest.mark.parametrize("indent", [2, None])
+def test_faq_page_sections_give_their_questions_with_the_heading_as_category(tmp_path, indent):
+    """An FAQ page exported by heading ({"faq": [{"category": "Shipping", "questions": [...]}, ...]}): every
+    section's questions are read, placed inside their section, labelled with its heading unless they name one."""
+    page = {"store": "Voltwise", "faq": [
+        {"category": "Shipping", "questions": [{"question": "Do you ship to Ireland?", "answer": "Yes."},
+                                               {"question": "How fast?", "answer": "3-7 days.", "category": "Speed"}]},
+        {"category": "Returns", "questions": [{"question": "How long do I have?", "answer": "30 days."}]}]}
+    raw = read_file(write(tmp_path, "page.json", json.dumps(page, indent=indent)))
+    assert raw.read_from == 'the list under "faq", sections holding their records under "questions"'
+    assert [(c.source, c.category) for c in raw.conversations] == [
+        ("page.json:faq[0].questions[0]", "Shipping"), ("page.json:faq[0].questions[1]", "Speed"),
+        ("page.json:faq[1].questions[0]", "Returns")]
+    sections = [{"Title": "Orders", "Items": [{"Q": "Where is it?", "A": "Tracked."}]}]
+    raw = read_file(write(tmp_path, "top.json", json.dumps(sections)))
+    assert [(c.question, c.category) for c in raw.conversations] == [("Where is it?", "Orders")]
+    page["faq"].append({"category": "Payment"})
+    with pytest.raises(DataError, match=r"page.json:faq\[2\]: field 'questions': expected a section holding its "
+                                        r"records under 'questions', as faq\[0\] does"):
+        read_file(write(tmp_path, "page.json", json.dumps(page, indent=indent)))
+
+
 def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
     with pytest.raises(DataError, match=r"a.json: .*the object's lists: current, archive \(keep one, or name it "
                                         r"'data'\)"):

@@ -21,8 +21,8 @@ from ecombot.errors import DataError
 
 FORMATS = ("faq-json", "csv", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
 # CSV header spellings taken as they are for the two required columns, in order of preference.
-CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance")
-CSV_ANSWER = ("response", "answer", "reply", "completion")
+CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance", "q")
+CSV_ANSWER = ("response", "answer", "reply", "completion", "a")
 # Otherwise the column whose name holds one of these words ("Customer Message", "customerQuestion", "agent_reply",
 # "customer") and none of the other side's: where several do, the one whose name says it holds text
 # ("customer_message" over a ticket export's "customer" name column), then the one named by the word alone. A word of
@@ -36,6 +36,8 @@ CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", 
                 "no", "phone", "tags", "tag", "rating", "score", "url", "language", "lang", "channel", "country"}
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
+# the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
+SECTION_HEADINGS = ("category", "section", "topic", "title", "heading", "name")
 
 
 @dataclass
@@ -84,9 +86,9 @@ def _get(record: dict, path: Path, where: str, name: str) -> Any:
     return record[name]
 
 
-def _faq(record: dict, path: Path, where: str) -> Conversation:
-    q = _text(_get(record, path, where, "question"), path, where, "question")
-    a = _text(_get(record, path, where, "answer"), path, where, "answer")
+def _faq(record: dict, path: Path, where: str, question: str = "question", answer: str = "answer") -> Conversation:
+    q = _text(_get(record, path, where, question), path, where, question)
+    a = _text(_get(record, path, where, answer), path, where, answer)
     return Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}], **_labels(record, path, where))
 
 
@@ -150,21 +152,41 @@ def record_format(record: dict) -> tuple[str, Callable] | None:
     return next(((name, reader) for name, keys, reader in RECORD_FORMATS if all(k in record for k in keys)), None)
 
 
-def _detect_record(record: Any, path: Path, where: str) -> tuple[str, Callable]:
+def _lowered(record: dict) -> dict:
+    return {str(key).strip().lower(): value for key, value in record.items()}
+
+
+def _pair_fields(record: dict) -> tuple[str, str] | None:
+    """The (lower-case) fields of a question/answer record named otherwise ({"Question": …, "Answer": …}, {"q": …,
+    "a": …}, {"customer_message": …, "agent_reply": …}), found by the CSV reader's column rule: a JSON export's field
+    names are a spreadsheet's column names."""
+    names = [key for key, value in record.items() if isinstance(value, str)]
+    question, _ = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
+    answer, _ = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
+    return (question, answer) if question and answer else None
+
+
+def _detect_record(record: Any, path: Path, where: str) -> tuple[str, Callable, str | None]:
+    """The record's format, its reader and, for pairs under other field names, where they are read from."""
     if not isinstance(record, dict):
         raise DataError(path, where, None, f"expected a JSON object, got {type(record).__name__}")
     if found := record_format(record):
-        return found
+        return (*found, None)
+    if fields := _pair_fields(record):
+        question, answer = fields
+        return ("faq-json", lambda r, p, w: _faq(_lowered(r), p, w, question, answer),
+                f"fields {question} (customer) and {answer} (answer)")
     raise DataError(path, where, None, "unrecognised record: expected 'messages' (chat), 'conversations' (ShareGPT), "
-                    "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'question'+'answer' "
+                    "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'question'+'answer' (or fields "
+                    "named like a CSV file's columns, such as 'Question' and 'Answer') "
                     f"(found keys: {', '.join(sorted(record)) or 'none'})")
 
 
 def _read_records(records: Iterator[tuple[str, Any]], path: Path) -> RawFile:
-    fmt, reader, out = None, None, []
+    fmt, reader, fields, out = None, None, None, []
     for where, record in records:
         if reader is None:
-            fmt, reader = _detect_record(record, path, where)
+            fmt, reader, fields = _detect_record(record, path, where)
         elif not isinstance(record, dict):
             raise DataError(path, where, None, f"expected a JSON object, got {type(record).__name__}")
         conv = reader(record, path, where)
@@ -172,7 +194,7 @@ def _read_records(records: Iterator[tuple[str, Any]], path: Path) -> RawFile:
         out.append(conv)
     if fmt is None:
         raise DataError(path, None, None, "the file holds no records")
-    return RawFile(path, fmt, out)
+    return RawFile(path, fmt, out, read_from=fields)
 
 
 def _loads(path: Path, text: str, line: int | None = None) -> Any:
@@ -186,6 +208,44 @@ def _loads(path: Path, text: str, line: int | None = None) -> Any:
         raise DataError(path, f"line {line}" if line is not None else None, None, f"invalid JSON: {exc}") from None
 
 
+def _is_record(document: dict) -> bool:
+    return record_format(document) is not None or _pair_fields(document) is not None
+
+
+def _section_list(item: Any) -> str | None:
+    """The key of an FAQ page's section ({"category": "Shipping", "questions": [{...}, ...]}): a list of records in an
+    object that is no record itself, None if the object is no such section."""
+    if not isinstance(item, dict) or _is_record(item):
+        return None
+    inner = [key for key, value in item.items()
+             if isinstance(value, list) and value and isinstance(value[0], dict) and _is_record(value[0])]
+    return inner[0] if len(inner) == 1 else None
+
+
+def _read_list(path: Path, items: list, place: Callable[[int], str]) -> RawFile:
+    """A list's records; a list of sections (an FAQ page's headings, each holding its questions) gives its sections'
+    records, labelled with the section's heading where a record names no category."""
+    inner = _section_list(items[0]) if items else None
+    if inner is None:
+        return _read_records(((place(i), record) for i, record in enumerate(items)), path)
+    raw = _read_records(_section_records(path, items, place, inner), path)
+    raw.read_from = ", ".join(filter(None, (f'sections holding their records under "{inner}"', raw.read_from)))
+    return raw
+
+
+def _section_records(path: Path, items: list, place: Callable[[int], str], inner: str) -> Iterator[tuple[str, Any]]:
+    for i, section in enumerate(items):
+        if not isinstance(section, dict) or not isinstance(section.get(inner), list):
+            raise DataError(path, place(i), inner, f"expected a section holding its records under '{inner}', as "
+                                                   f"{place(0)} does")
+        fields = _lowered(section)
+        heading = next((fields[key] for key in SECTION_HEADINGS if isinstance(fields.get(key), str)), None)
+        for j, record in enumerate(section[inner]):
+            if heading and isinstance(record, dict) and "category" not in _lowered(record):
+                record = {**record, "category": heading}
+            yield f"{place(i)}.{inner}[{j}]", record
+
+
 def _read_json(path: Path, text: str) -> RawFile:
     data = _loads(path, text)
     if isinstance(data, dict) and "questions" in data:
@@ -197,7 +257,7 @@ def _read_json(path: Path, text: str) -> RawFile:
             raise DataError(path, "questions[0]", "question", "FAQ items need 'question' and 'answer'")
         return raw
     if isinstance(data, list):
-        return _read_records(((f"item {i + 1}", r) for i, r in enumerate(data)), path)
+        return _read_list(path, data, lambda i: f"item {i + 1}")
     if not isinstance(data, dict):
         raise DataError(path, None, None, f"expected a list of records at the top level, got {type(data).__name__}")
     lists = [key for key, value in data.items() if isinstance(value, list)]
@@ -205,7 +265,7 @@ def _read_json(path: Path, text: str) -> RawFile:
     known = [key for key in JSON_LIST_KEYS if key in lists]
     # a known key holding records, else (the object not being one record itself) the only list holding any, else an
     # empty known one (an empty file's error)
-    one_record = record_format(data) is not None
+    one_record = _is_record(data)
     key = next((k for k in known if data[k]), None) or (filled[0] if len(filled) == 1 and not one_record else None) \
         or next(iter(known), None)
     if key is None:
@@ -217,8 +277,8 @@ def _read_json(path: Path, text: str) -> RawFile:
                                           f"(such as {{\"questions\": [...]}} or {{\"faqs\": [...]}}); {found}")
     if not data[key]:
         raise DataError(path, None, key, "an empty list: the file holds no records")
-    raw = _read_records(((f"{key}[{i}]", r) for i, r in enumerate(data[key])), path)
-    raw.read_from = f'the list under "{key}"'
+    raw = _read_list(path, data[key], lambda i: f"{key}[{i}]")
+    raw.read_from = ", ".join(filter(None, (f'the list under "{key}"', raw.read_from)))
     return raw
 
 
@@ -363,14 +423,15 @@ def csv_table(path: Path, text: str) -> tuple[str, list[str], list[str], Iterato
 def _wraps_records(document: dict) -> bool:
     """Whether a one-line JSON object is a minified file holding a list of records ({"faq_list": [{...}, ...]}) and
     not one JSON Lines record: it is no record itself and has a known list key, or a list whose first item is a
-    record (a record that lost a field, {"completion": [...]}, holds no records)."""
+    record or a section of them (a record that lost a field, {"completion": [...]}, holds no records)."""
     if "questions" in document:
         return True
-    if record_format(document) is not None:
+    if _is_record(document):
         return False
-    lists = [value for value in document.values() if isinstance(value, list)]
+    firsts = [value[0] for value in document.values()
+              if isinstance(value, list) and value and isinstance(value[0], dict)]
     return any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
-        value and isinstance(value[0], dict) and record_format(value[0]) is not None for value in lists)
+        _is_record(first) or _section_list(first) for first in firsts)
 
 
 def read_file(path: str | Path) -> RawFile:
