@@ -114,6 +114,60 @@ def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
     assert raw.format == "prompt-completion" and raw.conversations[0].source == "c.json:data[0]"
 
 
+TICKETS = """Ticket ID,Sender,Message,Created At
+T1,agent,"Hi! How can I help?",2025-01-01
+T1,customer,"Where is my order VW-1?",2025-01-01
+T1,customer,"It's been a week.",2025-01-01
+T1,agent,"It left today.
+Track it at /orders.",2025-01-02
+T1,customer,Thanks!,2025-01-02
+T2,Customer,"Can I return socks?",2025-01-03
+T3,customer,"Do you ship to Ireland?",2025-01-03
+T2,Agent,,2025-01-03
+T2,Agent,"Yes, within 30 days.",2025-01-03
+T3,Support,"Yes, 3-7 days.",2025-01-04
+T3,customer,"And to Malta?",2025-01-04
+T3,support,"Not yet.",2025-01-04
+T4,customer,"Hello?",2025-01-05
+"""
+
+
+def test_ticket_export_with_one_message_per_row_reads_as_threads(tmp_path):
+    """A help desk's export (ticket id, sender, message per row): each ticket is one conversation in file order, a
+    writer's messages in a row one turn; the greeting before the customer's first message, the thanks after the last
+    answer and an empty (attachment) row are left out and counted; a ticket never answered is left to `clean`."""
+    raw = read_file(write(tmp_path, "tickets.csv", TICKETS))
+    assert raw.format == "csv-threads"
+    assert raw.read_from == ("threads by ticket id, writer in sender, text in message; 1 empty messages left out; "
+                             "1 agent messages before the customer's first left out; 1 customer messages after the "
+                             "last answer left out")
+    assert [c.messages for c in raw.conversations[:3]] == [
+        [{"role": "user", "content": "Where is my order VW-1?\n\nIt's been a week."},
+         {"role": "assistant", "content": "It left today.\nTrack it at /orders."}],
+        [{"role": "user", "content": "Can I return socks?"}, {"role": "assistant", "content": "Yes, within 30 days."}],
+        [{"role": "user", "content": "Do you ship to Ireland?"}, {"role": "assistant", "content": "Yes, 3-7 days."},
+         {"role": "user", "content": "And to Malta?"}, {"role": "assistant", "content": "Not yet."}]]
+    assert raw.conversations[1].source == "tickets.csv:row 7 (line 8) (ticket id T2)"
+    kept, report = clean(raw)
+    assert len(kept) == 3 and report.dropped == {"does not end with an assistant turn": 1}
+    unanswered = report.dropped_examples["does not end with an assistant turn"]
+    assert unanswered == ["tickets.csv:row 14 (line 15) (ticket id T4)"]
+
+
+def test_ticket_export_errors_name_the_row_and_column(tmp_path):
+    with pytest.raises(DataError, match=r"tickets.csv:row 4: field 'sender': 'Dana' is neither the "
+                                        r"customer \(user, customer, .*\) nor the store \(assistant, agent, "):
+        read_file(write(tmp_path, "tickets.csv", TICKETS.replace("T1,customer,\"It's", "T1,Dana,\"It's")))
+    with pytest.raises(DataError, match=r"tickets.csv:row 3: field 'ticket id': empty thread id"):
+        read_file(write(tmp_path, "tickets.csv", TICKETS.replace("T1,customer,\"Where", ",customer,\"Where")))
+    with pytest.raises(DataError, match=r"row 1: columns message, body could each be the message text of the threads "
+                                        r"by ticket id: rename the one to read 'message'"):
+        read_file(write(tmp_path, "two.csv", "Ticket ID,Sender,Message,Body\nT1,customer,a,b\n"))
+    # a chat log's "utterance" column is the text of its threads, not a question column missing its answer
+    raw = read_file(write(tmp_path, "chat.csv", "conversation_id,speaker,utterance\n1,user,Hi?\n1,bot,Hello.\n"))
+    assert raw.format == "csv-threads" and raw.conversations[0].answer == "Hello."
+
+
 def test_csv_columns_found_by_the_words_of_their_names(tmp_path):
     """A ticket export's "Customer Message" / "agent_reply" columns hold the pairs; an id, an e-mail or a date column
     that shares a word is not text; two columns that could both be the question are an error, not a guess."""

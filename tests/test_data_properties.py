@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ecombot.data import FORMATS, Conversation, Split, read_file, write_split
 from ecombot.data.conversation import ROLE_ALIASES
-from ecombot.data.readers import message_text
+from ecombot.data.readers import CUSTOMER_WORDS, STORE_WORDS, message_text
 from ecombot.errors import DataError
 from ecombot.serve.store import Answer, Store
 
@@ -33,6 +33,11 @@ DIALOGUE = st.lists(st.tuples(MESSAGE_TEXT, MESSAGE_TEXT), min_size=1, max_size=
     lambda turns: [{"role": role, "content": text} for question_answer in turns
                    for role, text in zip(("user", "assistant"), question_answer)])
 DIALOGUES = st.lists(DIALOGUE, min_size=1, max_size=4)
+# a ticket export's messages are never blank (a blank one is an attachment's row: left out, counted)
+THREAD_DIALOGUES = st.lists(st.lists(st.tuples(MESSAGE_TEXT.filter(message_text), MESSAGE_TEXT.filter(message_text)),
+                                     min_size=1, max_size=3).map(
+    lambda turns: [{"role": role, "content": text} for question_answer in turns
+                   for role, text in zip(("user", "assistant"), question_answer)]), min_size=1, max_size=4)
 
 
 @contextmanager
@@ -108,6 +113,24 @@ def write_csv(directory: Path, name: str, convs, line_end: str = "\r\n") -> Path
     return path
 
 
+def write_thread_csv(directory: Path, name: str, convs, writers: list[str] | None = None,
+                     interleave: bool = False) -> Path:
+    """A ticket export: one message per row, its thread's id and who wrote it (`writers`: the spellings to cycle
+    through for each side); `interleave` writes the threads' messages in turns, as a shared inbox logs them."""
+    rows = [[(f"T{i}", m) for m in conv] for i, conv in enumerate(convs)]
+    order = ([row for turn in range(max(map(len, rows))) for conv in rows if turn < len(conv) for row in [conv[turn]]]
+             if interleave else [row for conv in rows for row in conv])
+    path = directory / name
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Ticket ID", "Sender", "Message"])
+        for n, (thread, m) in enumerate(order):
+            sides = {"user": CUSTOMER_WORDS, "assistant": STORE_WORDS}[m["role"]] if writers is None else writers
+            writer.writerow([thread, sides[n % len(sides)] if writers is None else writers[m["role"] == "assistant"],
+                             m["content"]])
+    return path
+
+
 # --- everything written reads back as written ---------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,name,container", JSON_FILES, ids=[f"{f}-{n}" for f, n, _ in JSON_FILES])
@@ -131,6 +154,17 @@ def test_csv_and_tsv_read_back_what_the_csv_module_wrote(name, line_end, convs):
         convs = [[{**m, "content": m["content"].replace("\r", "\n")} for m in c] for c in convs]
     with folder() as directory:
         assert read_back(write_csv(directory, name, convs, line_end)) == [as_read(c[:2]) for c in convs]
+
+
+@FAST
+@given(convs=THREAD_DIALOGUES, interleave=st.booleans(), upper=st.booleans())
+def test_ticket_threads_read_back_as_the_conversations_written(convs, interleave, upper):
+    """One message per row, threads written one after another or interleaved, writers in any spelling and case."""
+    with folder() as directory:
+        path = write_thread_csv(directory, "tickets.csv", convs, ["CUSTOMER", "AGENT"] if upper else None,
+                                interleave)
+        assert read_file(path).format == "csv-threads"
+        assert read_back(path) == [as_read(c) for c in convs]
 
 
 @FAST
@@ -177,7 +211,11 @@ def read_damaged(path: Path):
 def valid_file(draw_data, directory: Path):
     """A valid file of a random format, what it holds, and its name."""
     fmt, name, container = draw_data.draw(st.sampled_from(JSON_FILES + [("csv", "data.csv", None),
-                                                                        ("csv", "data.tsv", None)]))
+                                                                        ("csv", "data.tsv", None),
+                                                                        ("csv-threads", "threads.csv", None)]))
+    if fmt == "csv-threads":
+        convs = draw_data.draw(THREAD_DIALOGUES)
+        return write_thread_csv(directory, name, convs), [as_read(c) for c in convs], name
     convs = draw_data.draw(DIALOGUES)
     if container is None:
         return write_csv(directory, name, convs), [as_read(c[:2]) for c in convs], name
@@ -255,4 +293,4 @@ def test_csv_without_a_required_column_is_an_error_at_the_header(convs):
 
 
 def test_property_tests_cover_every_format():
-    assert {fmt for fmt, _, _ in JSON_FILES} | {"csv"} == set(FORMATS)
+    assert {fmt for fmt, _, _ in JSON_FILES} | {"csv", "csv-threads"} == set(FORMATS)

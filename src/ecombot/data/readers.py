@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ecombot.data.conversation import Conversation
+from ecombot.data.conversation import ROLE_ALIASES, Conversation
 from ecombot.errors import DataError
 
-FORMATS = ("faq-json", "csv", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
+FORMATS = ("faq-json", "csv", "csv-threads", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
 # CSV header spellings taken as they are for the two required columns, in order of preference.
 CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance", "q")
 CSV_ANSWER = ("response", "answer", "reply", "completion", "a")
@@ -34,6 +34,16 @@ CSV_TEXT_WORDS = {"message", "text", "body", "content", "comment", "note", "ques
                   "inquiry", "enquiry", "reply", "response", "answer", "msg"}
 CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", "type", "status", "count", "number",
                 "no", "phone", "tags", "tag", "rating", "score", "url", "language", "lang", "channel", "country"}
+# A ticket or chat export with one message per row: the thread's id column (a name with one of THREAD_WORDS and an id
+# word, or the word alone), who wrote it (ROLE_COLUMN_WORDS) and the text (CSV_TEXT_WORDS); writers by THREAD_SIDES.
+THREAD_WORDS = {"conversation", "thread", "ticket", "chat", "session", "dialog", "dialogue", "case"}
+THREAD_ID_WORDS = {"id", "number", "no", "key", "ref", "reference"}
+ROLE_COLUMN_WORDS = {"role", "sender", "speaker", "author", "from", "direction", "party", "side"}
+CUSTOMER_WORDS = ("user", "customer", "client", "human", "buyer", "requester", "visitor", "shopper", "end-user",
+                  "end user", "enduser", "inbound", "consumer")
+STORE_WORDS = ("assistant", "agent", "support", "staff", "bot", "chatbot", "operator", "admin", "representative", "rep",
+               "employee", "outbound", "model", "gpt", "seller", "merchant", "store", "shop")
+THREAD_SIDES = {**dict.fromkeys(CUSTOMER_WORDS, "user"), **dict.fromkeys(STORE_WORDS, "assistant")}
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
@@ -345,6 +355,8 @@ def _read_csv(path: Path, text: str) -> RawFile:
     header_place, names, header, rows = csv_table(path, text)
     question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
     answer, answered = csv_column(header, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
+    if (question is None or answer is None) and (thread := _thread_columns(path, header_place, header)):
+        return _read_threads(path, rows, *thread)
     if question is None or answer is None:
         missing, candidates, side, spelling = (("instruction", asked, "customer's message", "question")
                                                if question is None else ("response", answered, "answer", "answer"))
@@ -367,6 +379,75 @@ def _read_csv(path: Path, text: str) -> RawFile:
     if not out:
         raise DataError(path, None, None, "the CSV file has a header but no rows")
     return RawFile(path, "csv", out, read_from=f"columns {question} (customer) and {answer} (answer)")
+
+
+def _thread_columns(path: Path, header_place: str, header: list[str]) -> tuple[str, str, str] | None:
+    """The (lower-case) thread id, writer and text columns of a one-message-per-row export, None if it is none; two
+    columns that could each be the text are an error naming them."""
+    worded = {name.strip().lower(): header_words(name) for name in header}
+    thread = next((name for name, words in worded.items() if words & THREAD_WORDS
+                   and (words <= THREAD_WORDS or words & THREAD_ID_WORDS)), None)
+    role = next((name for name, words in worded.items() if words & ROLE_COLUMN_WORDS and name != thread), None)
+    if thread is None or role is None:
+        return None
+    texts = [name for name, words in worded.items() if name not in (thread, role)
+             and words & (CSV_TEXT_WORDS | {"utterance"}) and not words & CSV_NOT_TEXT]
+    named = [name for name in texts if worded[name] & {"message", "text", "body", "content", "utterance"}]
+    text = texts[0] if len(texts) == 1 else (named[0] if len(named) == 1 else None)
+    if text is None:
+        if texts:
+            raise DataError(path, header_place, None, f"columns {', '.join(texts)} could each be the message text of "
+                                                       f"the threads by {thread}: rename the one to read 'message'")
+        return None
+    return thread, role, text
+
+
+def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread: str, role: str,
+                  text: str) -> RawFile:
+    """Conversations from an export with one message per row, grouped by thread in file order: a writer's messages
+    in a row are one turn, agent messages before the customer's first and customer messages after the last answer are
+    left out (nothing to learn from them) and counted, like empty messages (an attachment's row)."""
+    threads: dict[str, list[tuple[str, list[str]]]] = {}  # thread id -> turns: (side, its messages)
+    first_rows: dict[str, str] = {}
+    labels: dict[str, dict[str, str | None]] = {}
+    empty = 0
+    for where, values in rows:
+        if not values[thread]:
+            raise DataError(path, where, thread, "empty thread id: which conversation is this message of?")
+        written_by = values[role].lower()
+        side = THREAD_SIDES.get(ROLE_ALIASES.get(written_by, written_by))
+        if side is None:
+            customers, store = ", ".join(CUSTOMER_WORDS), ", ".join(STORE_WORDS)
+            raise DataError(path, where, role, f"'{values[role]}' is neither the customer ({customers}) nor the store "
+                                               f"({store})")
+        first_rows.setdefault(values[thread], where)
+        labels.setdefault(values[thread], {"intent": values.get("intent") or None,
+                                           "category": values.get("category") or None})
+        turns = threads.setdefault(values[thread], [])
+        if not values[text]:
+            empty += 1
+        elif turns and turns[-1][0] == side:
+            turns[-1][1].append(values[text])
+        else:
+            turns.append((side, [values[text]]))
+    before, after, out = 0, 0, []
+    for thread_id, turns in threads.items():
+        sides = [side for side, _ in turns]
+        if "user" in sides and "assistant" in sides[sides.index("user"):]:
+            first, last = sides.index("user"), len(sides) - 1 - sides[::-1].index("assistant")
+            before += sum(len(messages) for _, messages in turns[:first])
+            after += sum(len(messages) for _, messages in turns[last + 1:])
+            turns = turns[first:last + 1]
+        # (a thread without an answer to a question stays whole: `clean` leaves it out with its reason)
+        source = f"{path.name}:{first_rows[thread_id]} ({thread} {thread_id})"
+        out.append(Conversation([{"role": side, "content": "\n\n".join(messages)} for side, messages in turns],
+                                **labels[thread_id], source=source))
+    if not out:
+        raise DataError(path, None, None, "the CSV file has a header but no rows")
+    counts = ((empty, "empty messages"), (before, "agent messages before the customer's first"),
+              (after, "customer messages after the last answer"))
+    return RawFile(path, "csv-threads", out, read_from=f"threads by {thread}, writer in {role}, text in {text}"
+                   + "".join(f"; {count} {what} left out" for count, what in counts if count))
 
 
 def read_text(path: str | Path) -> tuple[Path, str]:
