@@ -14,7 +14,7 @@ from ecombot.cli import app
 from ecombot.config import load_config
 from ecombot.export import export_merged, training_template
 from ecombot.models import load_base_model, load_for_inference, load_tokenizer, render
-from ecombot.models.template import with_system
+from ecombot.models.template import GEMMA_TEMPLATE, with_system
 from ecombot.train import train
 
 SYSTEM = 'You answer for "Harbor & Pine".\nBe brief {not} %} }} {{ here. Ünïcode 🙂'
@@ -91,6 +91,7 @@ def test_template_renders_the_training_prompt_with_the_runs_system_prompt(tiny_m
     export_merged(run, tmp_path / "merged")
     exported = AutoTokenizer.from_pretrained(tmp_path / "merged")
     ours = load_tokenizer(tiny_model_dir)
+    assert ours.chat_template == GEMMA_TEMPLATE  # export baked the system prompt into a copy, not the shared one
     for messages in CONVERSATIONS:
         for generation_prompt in (False, True):
             trained = render(ours, with_system(messages, SYSTEM), add_generation_prompt=generation_prompt)
@@ -159,7 +160,6 @@ def test_the_modelfile_gives_answers_the_runs_answer_length():
     from types import SimpleNamespace
 
     from ecombot.export.ollama import modelfile
-    from ecombot.models.template import GEMMA_TEMPLATE
 
     source = SimpleNamespace(base_template=GEMMA_TEMPLATE, version="v1", tokenizer=SimpleNamespace(eos_token="<eos>"),
                              record={"run": "/runs/steps", "stop_tokens": ["<end_of_turn>"], "system_prompt": None,

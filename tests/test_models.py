@@ -264,3 +264,21 @@ def test_two_processes_building_the_same_model_at_once_build_it_once(tiny_model_
     built = {Path(out.strip().splitlines()[-1]) for out, _ in outputs}
     assert len(built) == 1 and (built.pop() / MARKER).is_file()
     assert len((tmp_path / "saves").read_text().split()) == 1  # built once; the other process waited for it
+
+
+def test_a_tokenizer_is_read_once_until_its_files_change(tiny_model_dir, tmp_path):
+    """A learn round, an evaluation and the quickstart each ask for the tokenizer several times (~3 s a read for
+    Gemma's): the same object comes back until a file of the model directory changes; export's chat template goes on
+    a copy, not on the shared one."""
+    import shutil
+
+    from ecombot.models import load_tokenizer
+
+    copy_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy_dir)
+    first = load_tokenizer(copy_dir)
+    assert load_tokenizer(copy_dir) is first and load_tokenizer(Path(str(copy_dir) + "/.")) is first
+    (copy_dir / "tokenizer_config.json").write_text((copy_dir / "tokenizer_config.json").read_text() + "\n")
+    reread = load_tokenizer(copy_dir)
+    assert reread is not first and reread.chat_template == first.chat_template
+

@@ -13,6 +13,7 @@ Written by hand around PEFT's `merge_and_unload` because that is where exports b
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def export_source(run: str | Path, version: str | None = None) -> ExportSource:
     method = root.method()
     spec = root.base_model()
     model_dir = resolve_model(spec)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = copy.copy(load_tokenizer(model_dir))  # its chat template becomes the run's, below
     system_prompt = root.system_prompt()
     base_template = tokenizer.chat_template
     tokenizer.chat_template = training_template(base_template, system_prompt)

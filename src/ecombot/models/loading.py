@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from ecombot.models.template import ensure_chat_template
 from ecombot.run_dir import RunDir
 
 def load_tokenizer(model_dir: Path):
+    """The model's tokenizer with a chat template and a pad token, read once per process while the directory's files
+    stay as they are: Gemma's 262k-entry tokenizer.json takes ~3 s to read, and a `learn` round (train, then score),
+    an evaluation and the quickstart each read it several times. Shared: a caller that changes it (export's chat
+    template) changes `copy.copy(tokenizer)`."""
+    model_dir = Path(model_dir).resolve()
+    files = sorted(f for f in model_dir.iterdir() if f.is_file()) if model_dir.is_dir() else []
+    return _read_tokenizer(model_dir, tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_tokenizer(model_dir: Path, files: tuple):
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
