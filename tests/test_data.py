@@ -92,7 +92,7 @@ def test_faq_page_sections_give_their_questions_with_the_heading_as_category(tmp
     assert [(c.question, c.category) for c in raw.conversations] == [("Where is it?", "Orders")]
     page["faq"].append({"category": "Payment"})
     with pytest.raises(DataError, match=r"page.json:faq\[2\]: field 'questions': expected a section holding its "
-                                        r"records under 'questions', as faq\[0\] does"):
+                                        r"records under 'questions', as the others do"):
         read_file(write(tmp_path, "page.json", json.dumps(page, indent=indent)))
 
 
@@ -138,9 +138,9 @@ def test_ticket_export_with_one_message_per_row_reads_as_threads(tmp_path):
     answer and an empty (attachment) row are left out and counted; a ticket never answered is left to `clean`."""
     raw = read_file(write(tmp_path, "tickets.csv", TICKETS))
     assert raw.format == "csv-threads"
-    assert raw.read_from == ("threads by ticket id, writer in sender, text in message; 1 empty messages left out; "
-                             "1 agent messages before the customer's first left out; 1 customer messages after the "
-                             "last answer left out")
+    assert raw.read_from == ("threads by ticket id in order of created at, writer in sender, text in message; 1 empty "
+                             "message left out; 1 agent message before the customer's first left out; 1 customer "
+                             "message after the last answer left out")
     assert [c.messages for c in raw.conversations[:3]] == [
         [{"role": "user", "content": "Where is my order VW-1?\n\nIt's been a week."},
          {"role": "assistant", "content": "It left today.\nTrack it at /orders."}],
@@ -160,12 +160,93 @@ def test_ticket_export_errors_name_the_row_and_column(tmp_path):
         read_file(write(tmp_path, "tickets.csv", TICKETS.replace("T1,customer,\"It's", "T1,Dana,\"It's")))
     with pytest.raises(DataError, match=r"tickets.csv:row 3: field 'ticket id': empty thread id"):
         read_file(write(tmp_path, "tickets.csv", TICKETS.replace("T1,customer,\"Where", ",customer,\"Where")))
-    with pytest.raises(DataError, match=r"row 1: columns message, body could each be the message text of the threads "
-                                        r"by ticket id: rename the one to read 'message'"):
+    with pytest.raises(DataError, match=r"row 1: columns message, body could each be the message text of a "
+                                        r"one-message-per-row export: keep one"):
         read_file(write(tmp_path, "two.csv", "Ticket ID,Sender,Message,Body\nT1,customer,a,b\n"))
     # a chat log's "utterance" column is the text of its threads, not a question column missing its answer
     raw = read_file(write(tmp_path, "chat.csv", "conversation_id,speaker,utterance\n1,user,Hi?\n1,bot,Hello.\n"))
     assert raw.format == "csv-threads" and raw.conversations[0].answer == "Hello."
+
+
+def test_ticket_threads_in_time_order_and_labelled_by_their_first_kept_message(tmp_path):
+    """A help desk that exports newest first: ISO times put each thread back in order (other times leave file order,
+    and say so); the labels are the first kept message's, not the dropped greeting's; a thread of empty rows is no
+    conversation, only counted."""
+    newest_first = ("ticket_id,created_at,author_type,body,intent\n"
+                    "T1,2025-01-02T10:05:00,agent,\"No, not Ireland yet.\",refund\n"
+                    "T1,2025-01-02T10:04:00,customer,Do you ship to Ireland?,refund\n"
+                    "T1,2025-01-02T10:01:00,agent,\"Yes, 3-7 days.\",refund\n"
+                    "T1,2025-01-02T10:00:00,customer,Do you ship to Malta?,refund\n"
+                    "T1,2025-01-02T09:59:00,agent,Hi there!,greeting\n"
+                    "T2,2025-01-03T10:00:00,customer,,\n")
+    raw = read_file(write(tmp_path, "desk.csv", newest_first))
+    [conv] = raw.conversations
+    assert [m["content"] for m in conv.messages] == ["Do you ship to Malta?", "Yes, 3-7 days.",
+                                                     "Do you ship to Ireland?", "No, not Ireland yet."]
+    assert conv.intent == "refund" and conv.source == "desk.csv:row 5 (ticket_id T1)"
+    assert raw.read_from == ("threads by ticket_id in order of created_at, writer in author_type, text in body; "
+                             "1 empty message left out; 1 agent message before the customer's first left out")
+    local = read_file(write(tmp_path, "local.csv", newest_first.replace("2025-01-02T", "1/2/2025 ")))
+    assert local.read_from.startswith("threads by ticket_id in file order (created_at not ISO date-times)")
+    assert local.conversations[0].messages[0]["content"] == "Do you ship to Ireland?"
+
+
+@pytest.mark.parametrize("header,problem", [
+    ("Ticket Number,Conversation ID,Sender,Message", r"columns ticket number, conversation id could each be the thread "
+                                                     r"id of a one-message-per-row export: keep one"),
+    # a pair file whose question columns are unclear is that error, not a thread export's
+    ("Ticket ID,From,Customer Message,Customer Note,Agent Reply",
+     r"field 'instruction': columns customer message, customer note could each be the customer's message"),
+    ("Ticket ID,Sender,Question,Comment", r"columns question, comment could each be the message text .*name the "
+                                          r"answer's column 'answer'")])
+def test_a_one_message_per_row_export_is_not_guessed_at(tmp_path, header, problem):
+    with pytest.raises(DataError, match=r"x.csv:row 1: " + problem):
+        read_file(write(tmp_path, "x.csv", header + "\n" + ",".join(["1"] * header.count(",")) + ",a\n"))
+
+
+def test_pairs_or_threads_decided_by_the_writer_column(tmp_path):
+    """A thread export with "Customer"/"Agent" columns of names is threads (every sender is a side), not pairs of
+    names; a pair export with a "From" column of addresses stays pairs."""
+    threads = ("Ticket ID,Sender,Message,Customer,Agent\n"
+               "T1,customer,Where is it?,Dana,Mike\nT1,agent,Shipped.,Dana,Mike\n")
+    raw = read_file(write(tmp_path, "threads.csv", threads))
+    assert raw.format == "csv-threads" and raw.conversations[0].answer == "Shipped."
+    pairs = "Ticket ID,From,Customer Message,Agent Reply\nT1,dana@example.com,Where is it?,Shipped.\n"
+    raw = read_file(write(tmp_path, "pairs.csv", pairs))
+    assert raw.format == "csv" and raw.conversations[0].answer == "Shipped."
+
+
+def test_json_wrappers_sections_and_named_pairs_read_nothing_wrong(tmp_path):
+    """What a JSON file holds is read whole or refused: a wrapper with pair-like fields of its own, a multi-turn
+    record's turns, nested sections, an empty first section, labels in any case, a pair's input and system prompt."""
+    tickets = [{"question": "Q1", "answer": "A1"}, {"question": "Q2", "answer": "A2"}]
+    wrapper = {"customer": "Voltwise Ltd", "agent": "Acme BPO", "tickets": tickets}
+    for indent in (None, 1):
+        raw = read_file(write(tmp_path, "w.json", json.dumps(wrapper, indent=indent)))
+        assert [c.answer for c in raw.conversations] == ["A1", "A2"] and raw.read_from == 'the list under "tickets"'
+    dialog = {"dialog": [{"user": "Hi, my order is late", "agent": "Which order?"}, {"user": "VW-1", "agent": "Sent."}]}
+    for name, text in (("d.jsonl", json.dumps(dialog)), ("d.json", json.dumps([dialog, dialog]))):
+        with pytest.raises(DataError, match=r"unrecognised record"):
+            read_file(write(tmp_path, name, text))
+    nested = {"faq": [{"category": "Shipping", "questions": tickets,
+                       "subcategories": [{"category": "Abroad", "questions": tickets}]}]}
+    with pytest.raises(DataError, match=r"faq\[0\]: field 'subcategories': records under 'subcategories' as well"):
+        read_file(write(tmp_path, "n.json", json.dumps(nested)))
+    page = {"faq": [{"category": "Empty", "questions": []}, {"Category": 7, "questions": tickets},
+                    {"category": "Own", "questions": [{"question": "Q3", "answer": "A3", "Category": "Mine"}]}]}
+    raw = read_file(write(tmp_path, "p.json", json.dumps(page)))
+    assert [(c.source, c.category) for c in raw.conversations] == [
+        ("p.json:faq[1].questions[0]", "7"), ("p.json:faq[1].questions[1]", "7"),
+        ("p.json:faq[2].questions[0]", "Mine")]
+    pairs = [{"Instruction": "Check my order", "Input": "VW-123", "Response": "Shipped.", "System": "Be brief."}]
+    [conv] = read_file(write(tmp_path, "i.json", json.dumps(pairs))).conversations
+    assert conv.messages == [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "Check my order\n\nVW-123"},
+                             {"role": "assistant", "content": "Shipped."}]
+    with pytest.raises(DataError, match=r"item 1: field 'Question': fields Question, question differ only in case"):
+        read_file(write(tmp_path, "c.json", json.dumps([{"question": "a", "Question": "b", "Answer": "c"}])))
+    with pytest.raises(DataError, match=r"item 1: field 'question': missing required field"):
+        read_file(write(tmp_path, "m.json", json.dumps([{"Question": None, "Answer": "c"}])))
 
 
 def test_csv_columns_found_by_the_words_of_their_names(tmp_path):

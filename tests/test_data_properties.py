@@ -114,10 +114,14 @@ def write_csv(directory: Path, name: str, convs, line_end: str = "\r\n") -> Path
 
 
 def write_thread_csv(directory: Path, name: str, convs, writers: list[str] | None = None,
-                     interleave: bool = False) -> Path:
+                     interleave: bool = False, noise: bool = False) -> Path:
     """A ticket export: one message per row, its thread's id and who wrote it (`writers`: the spellings to cycle
-    through for each side); `interleave` writes the threads' messages in turns, as a shared inbox logs them."""
-    rows = [[(f"T{i}", m) for m in conv] for i, conv in enumerate(convs)]
+    through for each side); `interleave` writes the threads' messages in turns, as a shared inbox logs them; `noise`
+    adds to each thread a greeting before the customer's first message, an empty row and a thanks after the answer."""
+    greeting, empty, thanks = ({"role": "assistant", "content": "Hello!"}, {"role": "assistant", "content": " "},
+                               {"role": "user", "content": "Thanks!"})
+    rows = [[(f"T{i}", m) for m in ([greeting, *conv[:1], empty, *conv[1:], thanks] if noise else conv)]
+            for i, conv in enumerate(convs)]
     order = ([row for turn in range(max(map(len, rows))) for conv in rows if turn < len(conv) for row in [conv[turn]]]
              if interleave else [row for conv in rows for row in conv])
     path = directory / name
@@ -157,14 +161,19 @@ def test_csv_and_tsv_read_back_what_the_csv_module_wrote(name, line_end, convs):
 
 
 @FAST
-@given(convs=THREAD_DIALOGUES, interleave=st.booleans(), upper=st.booleans())
-def test_ticket_threads_read_back_as_the_conversations_written(convs, interleave, upper):
-    """One message per row, threads written one after another or interleaved, writers in any spelling and case."""
+@given(convs=THREAD_DIALOGUES, interleave=st.booleans(), upper=st.booleans(), noise=st.booleans())
+def test_ticket_threads_read_back_as_the_conversations_written(convs, interleave, upper, noise):
+    """One message per row, threads written one after another or interleaved, writers in any spelling and case;
+    what is left out of each thread (a greeting, an empty row, a thanks) is counted, never read as a turn."""
     with folder() as directory:
         path = write_thread_csv(directory, "tickets.csv", convs, ["CUSTOMER", "AGENT"] if upper else None,
-                                interleave)
-        assert read_file(path).format == "csv-threads"
-        assert read_back(path) == [as_read(c) for c in convs]
+                                interleave, noise)
+        raw = read_file(path)
+        assert raw.format == "csv-threads" and read_back(path) == [as_read(c) for c in convs]
+    n = len(convs)
+    assert raw.read_from.endswith(f"; {n} empty message{'s' * (n > 1)} left out; {n} agent message{'s' * (n > 1)} "
+                                  f"before the customer's first left out; {n} customer message{'s' * (n > 1)} after "
+                                  "the last answer left out" if noise else "text in message")
 
 
 @FAST

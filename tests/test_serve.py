@@ -503,6 +503,19 @@ def test_an_agent_lists_handed_over_conversations_and_answers_one_over_the_api(s
         assert httpx.get(f"{server.url}/v1/handoffs", headers=authorization("sk-agent")).json()["data"] == []
         [done] = httpx.get(f"{server.url}/v1/handoffs?waiting=false", headers=authorization("sk-agent")).json()["data"]
         assert done["answered_by"] and done["answered_by"] != "sk-agent"  # the key's fingerprint, never the key
+        # another one, closed without an answer: it stops waiting and nothing is trained on
+        chat(server.url, token=visitor, metadata={"conversation_id": "page-9"})
+        post(server.url, "/v1/handoff", visitor, conversation_id="page-9", note="wants a person")
+        assert_openai_error(post(server.url, "/v1/handoffs/page-9/close", "sk-shop-1", because="Spam."), 403)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-9/close", "sk-agent", because=" "), 400)
+        closed = post(server.url, "/v1/handoffs/page-9/close", "sk-agent", because="Solved by phone.")
+        assert closed.json() == {"conversation_id": "page-9", "status": "closed"}
+        assert_openai_error(post(server.url, "/v1/handoffs/page-9/answer", "sk-agent", answer="Late."), 409)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-7/close", "sk-agent", because="Spam."), 409)
+        assert httpx.get(f"{server.url}/v1/handoffs", headers=authorization("sk-agent")).json()["data"] == []
+        listed = httpx.get(f"{server.url}/v1/handoffs?waiting=false", headers=authorization("sk-agent")).json()
+        assert [(h["conversation_id"], h["closed_because"]) for h in listed["data"]] == [
+            ("page-7", None), ("page-9", "Solved by phone.")]
     [reviewed] = store.reviewed_answers()
     assert reviewed.messages == [QUESTION[0], {"role": "assistant", "content": "It ships on Monday."}]
 

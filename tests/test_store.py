@@ -243,6 +243,78 @@ def test_an_agents_answer_to_a_handed_over_conversation_is_what_learn_and_export
                                                                              "It costs $4.95, wrapped by hand."]
 
 
+def test_an_agent_closes_a_handoff_without_an_answer(store_on_each_database):
+    """Solved by phone, spam, a question about a product description: the conversation stops waiting, the reason is
+    kept, nothing becomes training data; it cannot then be answered, and handed over again it waits again."""
+    from ecombot.serve.store import Conflict
+
+    store = store_on_each_database
+    described = answer("A linen shirt, cut loose.")
+    described.task = "copy"
+    conversation = store.record_answer(None, "web-1", "web", [{"role": "user", "content": "Describe it."}], described)
+    store.record_handoff(conversation, "web-1", "the customer asked for a person")
+    with pytest.raises(EcombotError, match="needs a reason"):
+        store.close_handoff(conversation, " \n", "agent-1")
+    closed = CliRunner().invoke(cli, ["conversations", "close", conversation, "Solved by phone.", "--db", store.url])
+    assert closed.exit_code == 0 and f"closed {conversation}" in closed.output
+    assert store.handoffs() == []
+    [done] = store.handoffs(waiting_only=False)
+    assert done.answered_by.startswith("cli:") and done.closed_because == "Solved by phone."
+    listed = CliRunner().invoke(cli, ["conversations", "handoffs", "--all", "--db", store.url], env={"COLUMNS": "250"})
+    assert "(closed: Solved by phone.)" in listed.output
+    with pytest.raises(Conflict, match=r"was closed \(Solved by phone.\) by cli:"):
+        store.answer_handoff(conversation, "It ships today.", "agent-2")
+    with pytest.raises(Conflict):
+        store.close_handoff(conversation, "Spam.", "agent-2")
+    with pytest.raises(NotFound):
+        store.close_handoff("no-such-conversation", "Spam.", "agent-2")
+    assert store.reviewed_answers() == [] and store.pending_suggestions() == []
+    store.record_handoff(conversation, "web-1", "again")
+    [waiting] = store.handoffs()
+    assert (waiting.answered_by, waiting.closed_because) == (None, None)
+
+
+def test_agents_answering_one_handoff_at_once_keep_one_answer(store_on_each_database, monkeypatch):
+    """Four agents answer the same handed-over conversation at the same instant (its handoff message rated by the
+    customer already, so every one updates the same rating): one answer is kept, the others are told whose it is,
+    on SQLite and on PostgreSQL (where reading the row, then writing it, let the last one win)."""
+    from ecombot.serve.store import Conflict
+
+    store = store_on_each_database
+    last_answer = Store._last_answer
+
+    def slowly(row):  # a slow moment inside the transaction: the window in which agents' writes meet
+        time.sleep(0.2)
+        return last_answer(row)
+
+    monkeypatch.setattr(Store, "_last_answer", staticmethod(slowly))
+    handed = answer("Let me pass you to a colleague who can check that.")
+    handed.handoff = "not covered by the store's documents"
+    conversation = store.record_answer(None, "web-1", "web", [{"role": "user", "content": "Gift wrapping?"}], handed)
+    store.record_feedback(handed.completion_id, "web-1", -1, None)
+    start, results = threading.Barrier(4), []
+
+    def agent(n: int) -> None:
+        start.wait()
+        try:
+            store.answer_handoff(conversation, f"Yes, from agent {n}.", f"agent-{n}")
+            results.append(("answered", f"agent-{n}"))
+        except Conflict as exc:
+            results.append(("refused", str(exc)))
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    [winner] = [who for kind, who in results if kind == "answered"]
+    assert sorted(kind for kind, _ in results) == ["answered", "refused", "refused", "refused"]
+    assert all(f"answered by {winner} already" in said for kind, said in results if kind == "refused")
+    [reviewed] = store.reviewed_answers()
+    assert reviewed.messages[-1]["content"] == f"Yes, from {winner.replace('-', ' ')}."
+    assert [h.answered_by for h in store.handoffs(waiting_only=False)] == [winner]
+
+
 @pytest.mark.parametrize("url", ["postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/shop",
                                  "nodriver+x://shop:s3cret-pw@db.internal/shop"])
 def test_a_store_that_cannot_open_never_shows_the_password(url):

@@ -539,10 +539,11 @@ def conversations_review(
 
 @conversations_app.command("handoffs")
 def conversations_handoffs(
-    all_: bool = typer.Option(False, "--all", help="Also the handed-over conversations an agent answered."),
+    all_: bool = typer.Option(False, "--all", help="Also the handed-over conversations an agent answered or closed."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
 ) -> None:
-    """The conversations handed over to an agent, oldest first: answer one with `conversations answer`."""
+    """The conversations handed over to an agent, oldest first: answer one with `conversations answer`, or close one
+    without an answer with `conversations close`."""
     from ecombot.serve import Store
 
     found = Store(db).handoffs(waiting_only=not all_)
@@ -550,8 +551,9 @@ def conversations_handoffs(
     table = Table("conversation", "handed over", "note", "question", "bot's last answer", "answered by",
                   title=f"{waiting} handed-over conversation(s) waiting for an agent")
     for h in found:
+        done = f"{h.answered_by} (closed: {h.closed_because})" if h.closed_because else h.answered_by
         table.add_row(h.conversation_id, f"{h.handed_over_at:%Y-%m-%d %H:%M}", h.note or "", h.question, h.answer,
-                      h.answered_by or "")
+                      done or "")
     console.print(table)
 
 
@@ -569,6 +571,21 @@ def conversations_answer(
 
     Store(db).answer_handoff(conversation_id, answer, f"cli:{getpass.getuser()}"[:64])
     console.print(f"answered {conversation_id}: the next `ecombot learn` trains on it")
+
+
+@conversations_app.command("close")
+def conversations_close(
+    conversation_id: str = typer.Argument(..., help="A handed-over conversation (`conversations handoffs`)."),
+    because: str = typer.Argument(..., help="Why it is closed without an answer (\"solved by phone\", \"spam\")."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the store (default: $ECOMBOT_HOME/ecombot.db)."),
+) -> None:
+    """Close a handed-over conversation without an answer to learn from: it stops waiting, nothing is trained on."""
+    import getpass
+
+    from ecombot.serve import Store
+
+    Store(db).close_handoff(conversation_id, because, f"cli:{getpass.getuser()}"[:64])
+    console.print(f"closed {conversation_id}: no longer waiting for an agent, nothing to train on")
 
 
 # --- ecombot knowledge: the store's documents and Q&A pairs that answers are grounded in -------------------------

@@ -13,6 +13,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,6 +40,7 @@ CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", 
 THREAD_WORDS = {"conversation", "thread", "ticket", "chat", "session", "dialog", "dialogue", "case"}
 THREAD_ID_WORDS = {"id", "number", "no", "key", "ref", "reference"}
 ROLE_COLUMN_WORDS = {"role", "sender", "speaker", "author", "from", "direction", "party", "side"}
+THREAD_TIME_WORDS = {"date", "time", "created", "timestamp", "sent", "datetime", "posted"}
 CUSTOMER_WORDS = ("user", "customer", "client", "human", "buyer", "requester", "visitor", "shopper", "end-user",
                   "end user", "enduser", "inbound", "consumer")
 STORE_WORDS = ("assistant", "agent", "support", "staff", "bot", "chatbot", "operator", "admin", "representative", "rep",
@@ -48,6 +50,12 @@ THREAD_SIDES = {**dict.fromkeys(CUSTOMER_WORDS, "user"), **dict.fromkeys(STORE_W
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
 SECTION_HEADINGS = ("category", "section", "topic", "title", "heading", "name")
+# a pair record's fields read with its question (as Alpaca's input), where the record has them
+PAIR_EXTRA_FIELDS = ("input", "context")
+# the words of a key a one-line object's list of records may be under ({"faq_list": [...]}; not {"dialog": [...]}, a
+# multi-turn record's turns)
+WRAPPER_WORDS = {"data", "faq", "faqs", "question", "questions", "qa", "pairs", "items", "entries", "records", "rows",
+                 "examples", "list", "conversations", "tickets", "dataset", "sections", "categories", "topics"}
 
 
 @dataclass
@@ -77,8 +85,9 @@ def _text(value: Any, path: Path, where: str, name: str, required: bool = True) 
 def _labels(record: dict, path: Path, where: str) -> dict[str, str | None]:
     """intent and category; an integer label (a class id) reads as its digits."""
     out: dict[str, str | None] = {}
+    fields = _lowered(record)
     for name in ("intent", "category"):
-        value = record.get(name)
+        value = record.get(name, fields.get(name))
         label = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
         out[name] = _text(label, path, where, name, required=False) or None
     return out
@@ -170,10 +179,26 @@ def _pair_fields(record: dict) -> tuple[str, str] | None:
     """The (lower-case) fields of a question/answer record named otherwise ({"Question": …, "Answer": …}, {"q": …,
     "a": …}, {"customer_message": …, "agent_reply": …}), found by the CSV reader's column rule: a JSON export's field
     names are a spreadsheet's column names."""
-    names = [key for key, value in record.items() if isinstance(value, str)]
+    names = [str(key) for key, value in record.items() if value is None or isinstance(value, str)]
     question, _ = csv_column(names, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
     answer, _ = csv_column(names, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
     return (question, answer) if question and answer else None
+
+
+def _named_pair(record: dict, path: Path, where: str, question: str, answer: str) -> Conversation:
+    """A pair under the fields `_pair_fields` found, any case; an `input` or `context` field joins the question as
+    Alpaca's input does, a `system` field is the first turn: no text of the record is dropped unsaid."""
+    fields = _lowered(record)
+    if len(fields) < len(record):
+        spelt = [str(key).strip().lower() for key in record]
+        twins = sorted(str(key) for key, low in zip(record, spelt) if spelt.count(low) > 1)
+        raise DataError(path, where, twins[0], f"fields {', '.join(twins)} differ only in case: keep one")
+    conv = _faq(fields, path, where, question, answer)
+    extra = [_text(fields.get(name), path, where, name, required=False) for name in PAIR_EXTRA_FIELDS]
+    if any(extra):
+        conv.messages[0]["content"] = "\n\n".join([conv.messages[0]["content"], *filter(None, extra)])
+    conv.messages = _with_system(conv.messages, fields, path, where)
+    return conv
 
 
 def _detect_record(record: Any, path: Path, where: str) -> tuple[str, Callable, str | None]:
@@ -184,7 +209,7 @@ def _detect_record(record: Any, path: Path, where: str) -> tuple[str, Callable, 
         return (*found, None)
     if fields := _pair_fields(record):
         question, answer = fields
-        return ("faq-json", lambda r, p, w: _faq(_lowered(r), p, w, question, answer),
+        return ("faq-json", lambda r, p, w: _named_pair(r, p, w, question, answer),
                 f"fields {question} (customer) and {answer} (answer)")
     raise DataError(path, where, None, "unrecognised record: expected 'messages' (chat), 'conversations' (ShareGPT), "
                     "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'question'+'answer' (or fields "
@@ -218,24 +243,41 @@ def _loads(path: Path, text: str, line: int | None = None) -> Any:
         raise DataError(path, f"line {line}" if line is not None else None, None, f"invalid JSON: {exc}") from None
 
 
+def _records_in(value: Any) -> bool:
+    """A non-empty list whose first item is a record."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and (
+        record_format(value[0]) is not None or _pair_fields(value[0]) is not None)
+
+
 def _is_record(document: dict) -> bool:
-    return record_format(document) is not None or _pair_fields(document) is not None
+    """One record, not a wrapper of them: of a known format, or a pair under other names that holds no list of
+    records ({"customer": "Voltwise", "agent": "Acme BPO", "tickets": [...]} is a wrapper)."""
+    return record_format(document) is not None or (_pair_fields(document) is not None and not any(
+        _records_in(value) or _section_key(value) for value in document.values()))
 
 
-def _section_list(item: Any) -> str | None:
-    """The key of an FAQ page's section ({"category": "Shipping", "questions": [{...}, ...]}): a list of records in an
-    object that is no record itself, None if the object is no such section."""
-    if not isinstance(item, dict) or _is_record(item):
+def _heading(section: dict) -> str | None:
+    fields = _lowered(section)
+    value = next((fields[key] for key in SECTION_HEADINGS if isinstance(fields.get(key), (str, int))
+                  and not isinstance(fields.get(key), bool)), None)
+    return None if value is None else str(value).strip() or None
+
+
+def _section_key(items: Any) -> str | None:
+    """The key under which a list of FAQ-page sections ({"category": "Shipping", "questions": [...]}, ...) holds
+    each section's records, None if `items` is no such list: it starts with an object with a heading field that is no
+    record, and the first section holding a list of records (an empty one may come first) names the key."""
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict) or _heading(items[0]) is None \
+            or record_format(items[0]) is not None or _pair_fields(items[0]) is not None:
         return None
-    inner = [key for key, value in item.items()
-             if isinstance(value, list) and value and isinstance(value[0], dict) and _is_record(value[0])]
-    return inner[0] if len(inner) == 1 else None
+    return next((key for item in items if isinstance(item, dict) for key, value in item.items()
+                 if _records_in(value)), None)
 
 
 def _read_list(path: Path, items: list, place: Callable[[int], str]) -> RawFile:
     """A list's records; a list of sections (an FAQ page's headings, each holding its questions) gives its sections'
     records, labelled with the section's heading where a record names no category."""
-    inner = _section_list(items[0]) if items else None
+    inner = _section_key(items)
     if inner is None:
         return _read_records(((place(i), record) for i, record in enumerate(items)), path)
     raw = _read_records(_section_records(path, items, place, inner), path)
@@ -246,12 +288,15 @@ def _read_list(path: Path, items: list, place: Callable[[int], str]) -> RawFile:
 def _section_records(path: Path, items: list, place: Callable[[int], str], inner: str) -> Iterator[tuple[str, Any]]:
     for i, section in enumerate(items):
         if not isinstance(section, dict) or not isinstance(section.get(inner), list):
-            raise DataError(path, place(i), inner, f"expected a section holding its records under '{inner}', as "
-                                                   f"{place(0)} does")
-        fields = _lowered(section)
-        heading = next((fields[key] for key in SECTION_HEADINGS if isinstance(fields.get(key), str)), None)
+            raise DataError(path, place(i), inner, "expected a section holding its records under "
+                                                   f"'{inner}', as the others do")
+        nested = [key for key, value in section.items() if key != inner and (_records_in(value) or _section_key(value))]
+        if nested:  # a sub-section's records would be lost: not guessed at
+            raise DataError(path, place(i), nested[0], f"records under '{nested[0]}' as well as '{inner}': nested "
+                                                       "sections are not read; put their records in one list")
+        heading = _heading(section)
         for j, record in enumerate(section[inner]):
-            if heading and isinstance(record, dict) and "category" not in _lowered(record):
+            if isinstance(record, dict) and "category" not in _lowered(record):
                 record = {**record, "category": heading}
             yield f"{place(i)}.{inner}[{j}]", record
 
@@ -355,8 +400,16 @@ def _read_csv(path: Path, text: str) -> RawFile:
     header_place, names, header, rows = csv_table(path, text)
     question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
     answer, answered = csv_column(header, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
-    if (question is None or answer is None) and (thread := _thread_columns(path, header_place, header)):
-        return _read_threads(path, rows, *thread)
+    # One message per row: where a side of the pairs is missing with no column that could be it (several could: that
+    # ambiguity's error below), or where pairs were found too but every row's writer is a side ("Customer"/"Agent"
+    # columns holding names, beside ticket id, sender and message).
+    pairs = question is not None and answer is not None
+    unclear = (question is None and asked) or (answer is None and answered)
+    thread = None if unclear else _thread_columns(path, header_place, header, refuse_unclear=not pairs)
+    if thread:
+        rows = list(rows)
+        if not pairs or all(_side(values[thread[1]]) for _, values in rows):
+            return _read_threads(path, rows, *thread)
     if question is None or answer is None:
         missing, candidates, side, spelling = (("instruction", asked, "customer's message", "question")
                                                if question is None else ("response", answered, "answer", "answer"))
@@ -381,73 +434,108 @@ def _read_csv(path: Path, text: str) -> RawFile:
     return RawFile(path, "csv", out, read_from=f"columns {question} (customer) and {answer} (answer)")
 
 
-def _thread_columns(path: Path, header_place: str, header: list[str]) -> tuple[str, str, str] | None:
-    """The (lower-case) thread id, writer and text columns of a one-message-per-row export, None if it is none; two
-    columns that could each be the text are an error naming them."""
+def _thread_columns(path: Path, header_place: str, header: list[str],
+                    refuse_unclear: bool = True) -> tuple[str, str, str, str | None] | None:
+    """The (lower-case) thread id, writer, text and (if any) time columns of a one-message-per-row export, None if it
+    is none; two columns that could each be the thread id, the writer or the text are an error naming them (or None,
+    `refuse_unclear` False, where the file reads as pairs anyway)."""
     worded = {name.strip().lower(): header_words(name) for name in header}
-    thread = next((name for name, words in worded.items() if words & THREAD_WORDS
-                   and (words <= THREAD_WORDS or words & THREAD_ID_WORDS)), None)
-    role = next((name for name, words in worded.items() if words & ROLE_COLUMN_WORDS and name != thread), None)
-    if thread is None or role is None:
+    threads = [name for name, words in worded.items()
+               if words & THREAD_WORDS and (words <= THREAD_WORDS or words & THREAD_ID_WORDS)]
+    roles = [name for name, words in worded.items() if words & ROLE_COLUMN_WORDS and name not in threads
+             and not words & {"id", "email", "mail", "name", "phone"}]
+    if not threads or not roles:
         return None
-    texts = [name for name, words in worded.items() if name not in (thread, role)
+    texts = [name for name, words in worded.items() if name not in threads + roles
              and words & (CSV_TEXT_WORDS | {"utterance"}) and not words & CSV_NOT_TEXT]
     named = [name for name in texts if worded[name] & {"message", "text", "body", "content", "utterance"}]
-    text = texts[0] if len(texts) == 1 else (named[0] if len(named) == 1 else None)
-    if text is None:
-        if texts:
-            raise DataError(path, header_place, None, f"columns {', '.join(texts)} could each be the message text of "
-                                                       f"the threads by {thread}: rename the one to read 'message'")
-        return None
-    return thread, role, text
+    texts = named if len(texts) > 1 and len(named) == 1 else texts
+    for candidates, what, hint in ((threads, "thread id", "keep one"), (roles, "writer", "keep one"),
+                                   (texts, "message text", "keep one (or, for question/answer pairs in a row, name "
+                                                           "the answer's column 'answer')")):
+        if len(candidates) != 1:
+            if candidates and refuse_unclear:
+                raise DataError(path, header_place, None, f"columns {', '.join(candidates)} could each be the "
+                                                           f"{what} of a one-message-per-row export: {hint}")
+            return None
+    times = [name for name, words in worded.items()
+             if name not in threads + roles + texts and words & THREAD_TIME_WORDS]
+    return threads[0], roles[0], texts[0], (times[0] if times else None)
 
 
-def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread: str, role: str,
-                  text: str) -> RawFile:
-    """Conversations from an export with one message per row, grouped by thread in file order: a writer's messages
-    in a row are one turn, agent messages before the customer's first and customer messages after the last answer are
-    left out (nothing to learn from them) and counted, like empty messages (an attachment's row)."""
-    threads: dict[str, list[tuple[str, list[str]]]] = {}  # thread id -> turns: (side, its messages)
-    first_rows: dict[str, str] = {}
-    labels: dict[str, dict[str, str | None]] = {}
-    empty = 0
+def _side(writer: str) -> str | None:
+    """"user" or "assistant" for a writer column's value (any case), None if it is neither."""
+    writer = writer.lower()
+    return THREAD_SIDES.get(ROLE_ALIASES.get(writer, writer))
+
+
+def _counted(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _in_time_order(threads: dict[str, list]) -> bool:
+    """Each thread's messages sorted by their time where every one is an ISO date-time (a help desk may export newest
+    first); False, and file order kept, where one is not (a "1/2/2025" is read as neither 1 February nor 2 January)."""
+    try:
+        stamps = {id(m): datetime.fromisoformat(m[4]) for messages in threads.values() for m in messages}
+    except ValueError:
+        return False
+    if len({stamp.tzinfo is None for stamp in stamps.values()}) > 1:  # aware and naive times do not compare
+        return False
+    for messages in threads.values():
+        messages.sort(key=lambda m: stamps[id(m)])
+    return True
+
+
+def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread: str, role: str, text: str,
+                  time: str | None) -> RawFile:
+    """Conversations from an export with one message per row, grouped by thread (in time order where the export has
+    ISO times, else in file order): a writer's messages in a row are one turn, agent messages before the customer's
+    first and customer messages after the last answer are left out (nothing to learn from them) and counted, like
+    empty messages (an attachment's row). A conversation's labels are those of its first message kept."""
+    threads: dict[str, list[tuple[str, str, str, dict, str]]] = {}  # id -> (place, side, text, labels, time) each
     for where, values in rows:
         if not values[thread]:
             raise DataError(path, where, thread, "empty thread id: which conversation is this message of?")
-        written_by = values[role].lower()
-        side = THREAD_SIDES.get(ROLE_ALIASES.get(written_by, written_by))
+        side = _side(values[role])
         if side is None:
             customers, store = ", ".join(CUSTOMER_WORDS), ", ".join(STORE_WORDS)
             raise DataError(path, where, role, f"'{values[role]}' is neither the customer ({customers}) nor the store "
                                                f"({store})")
-        first_rows.setdefault(values[thread], where)
-        labels.setdefault(values[thread], {"intent": values.get("intent") or None,
-                                           "category": values.get("category") or None})
-        turns = threads.setdefault(values[thread], [])
-        if not values[text]:
-            empty += 1
-        elif turns and turns[-1][0] == side:
-            turns[-1][1].append(values[text])
-        else:
-            turns.append((side, [values[text]]))
-    before, after, out = 0, 0, []
-    for thread_id, turns in threads.items():
+        labels = {"intent": values.get("intent") or None, "category": values.get("category") or None}
+        threads.setdefault(values[thread], []).append((where, side, values[text], labels, values.get(time or "", "")))
+    ordered = time is not None and _in_time_order(threads)
+    empty, before, after, out = 0, 0, 0, []
+    for thread_id, messages in threads.items():
+        kept = [m for m in messages if m[2]]
+        empty += len(messages) - len(kept)
+        turns: list[tuple[str, list[tuple]]] = []  # (side, its messages)
+        for message in kept:
+            if turns and turns[-1][0] == message[1]:
+                turns[-1][1].append(message)
+            else:
+                turns.append((message[1], [message]))
+        if not turns:
+            continue  # only empty messages: counted as such
         sides = [side for side, _ in turns]
         if "user" in sides and "assistant" in sides[sides.index("user"):]:
             first, last = sides.index("user"), len(sides) - 1 - sides[::-1].index("assistant")
-            before += sum(len(messages) for _, messages in turns[:first])
-            after += sum(len(messages) for _, messages in turns[last + 1:])
+            before += sum(len(group) for _, group in turns[:first])
+            after += sum(len(group) for _, group in turns[last + 1:])
             turns = turns[first:last + 1]
         # (a thread without an answer to a question stays whole: `clean` leaves it out with its reason)
-        source = f"{path.name}:{first_rows[thread_id]} ({thread} {thread_id})"
-        out.append(Conversation([{"role": side, "content": "\n\n".join(messages)} for side, messages in turns],
-                                **labels[thread_id], source=source))
+        opening = turns[0][1][0]
+        out.append(Conversation([{"role": side, "content": "\n\n".join(m[2] for m in group)} for side, group in turns],
+                                **opening[3], source=f"{path.name}:{opening[0]} ({thread} {thread_id})"))
     if not out:
-        raise DataError(path, None, None, "the CSV file has a header but no rows")
-    counts = ((empty, "empty messages"), (before, "agent messages before the customer's first"),
-              (after, "customer messages after the last answer"))
-    return RawFile(path, "csv-threads", out, read_from=f"threads by {thread}, writer in {role}, text in {text}"
-                   + "".join(f"; {count} {what} left out" for count, what in counts if count))
+        raise DataError(path, None, None, "the CSV file has a header but no messages")
+    order = f"in order of {time}" if ordered else (f"in file order ({time} not ISO date-times)" if time else
+                                                   "in file order")
+    counts = [_counted(empty, "empty message", "empty messages"),
+              _counted(before, "agent message", "agent messages") + " before the customer's first",
+              _counted(after, "customer message", "customer messages") + " after the last answer"]
+    return RawFile(path, "csv-threads", out, read_from=f"threads by {thread} {order}, writer in {role}, text in {text}"
+                   + "".join(f"; {count} left out" for count in counts if not count.startswith("0 ")))
 
 
 def read_text(path: str | Path) -> tuple[Path, str]:
@@ -502,17 +590,16 @@ def csv_table(path: Path, text: str) -> tuple[str, list[str], list[str], Iterato
 
 
 def _wraps_records(document: dict) -> bool:
-    """Whether a one-line JSON object is a minified file holding a list of records ({"faq_list": [{...}, ...]}) and
-    not one JSON Lines record: it is no record itself and has a known list key, or a list whose first item is a
-    record or a section of them (a record that lost a field, {"completion": [...]}, holds no records)."""
+    """Whether a one-line JSON object is a minified file holding a list of records and not one JSON Lines record:
+    it is no record itself and holds its records (or sections) under a known key or one that says it holds a list
+    ({"faq_list": [...]}; a record's turns, {"dialog": [{"user": …, "agent": …}, …]}, are not a file's records)."""
     if "questions" in document:
         return True
     if _is_record(document):
         return False
-    firsts = [value[0] for value in document.values()
-              if isinstance(value, list) and value and isinstance(value[0], dict)]
     return any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
-        _is_record(first) or _section_list(first) for first in firsts)
+        (_records_in(value) or _section_key(value)) and header_words(str(key)) & WRAPPER_WORDS
+        for key, value in document.items())
 
 
 def read_file(path: str | Path) -> RawFile:

@@ -22,8 +22,8 @@ from ecombot.serve.completion import Completion, answer_without_model
 from ecombot.serve.dependencies import (ServerState, State, api_client, json_body, rate_limited_caller,
                                         rate_limited_visitor, reviewer)
 from ecombot.serve.errors import ApiError
-from ecombot.serve.schemas import (ChatCompletionRequest, FeedbackRequest, HandoffAnswerRequest, HandoffRequest,
-                                   ReviewRequest)
+from ecombot.serve.schemas import (ChatCompletionRequest, FeedbackRequest, HandoffAnswerRequest, HandoffCloseRequest,
+                                   HandoffRequest, ReviewRequest)
 from ecombot.serve.security import Caller
 from ecombot.serve.store import Conflict, NotFound
 
@@ -204,7 +204,7 @@ async def review_suggestion(state: State, who: Reviewer, suggestion_id: Annotate
 
 @api.get("/v1/handoffs")
 async def handoffs(state: State, _: Reviewer, waiting: bool = True):
-    """Conversations handed over to an agent, oldest first (`waiting=false`: the answered ones too)."""
+    """Conversations handed over to an agent, oldest first (`waiting=false`: the answered and closed ones too)."""
     found = await run_in_threadpool(state.store.handoffs, waiting)
     return {"object": "list", "data": [{**asdict(h), "handed_over_at": h.handed_over_at.isoformat()} for h in found]}
 
@@ -220,6 +220,19 @@ async def answer_handoff(state: State, who: Reviewer, conversation_id: Annotated
     except Conflict as exc:
         raise ApiError(409, str(exc), "conflict_error", param="conversation_id") from None
     return {"conversation_id": conversation_id, "status": "answered"}
+
+
+@api.post("/v1/handoffs/{conversation_id}/close")
+async def close_handoff(state: State, who: Reviewer, conversation_id: Annotated[str, Path(max_length=64)],
+                        body: Annotated[HandoffCloseRequest, Depends(json_body(HandoffCloseRequest))]):
+    """Close a handed-over conversation without an answer to learn from (solved elsewhere, spam): it stops waiting."""
+    try:
+        await run_in_threadpool(state.store.close_handoff, conversation_id, body.because, who.client)
+    except NotFound as exc:
+        raise ApiError(404, str(exc), "not_found_error", param="conversation_id") from None
+    except Conflict as exc:
+        raise ApiError(409, str(exc), "conflict_error", param="conversation_id") from None
+    return {"conversation_id": conversation_id, "status": "closed"}
 
 
 @web.get("/", response_class=HTMLResponse)

@@ -82,6 +82,11 @@ class HandoffAnswerRequest(BaseModel):
     answer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
 
 
+class HandoffCloseRequest(BaseModel):
+    # why the handoff is closed without an answer (kept with it; blank is no reason)
+    because: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
 class ReviewRequest(BaseModel):
     decision: Literal["approve", "reject"]
     answer: str | None = Field(None, min_length=1, max_length=4000)  # the reviewer's rewrite of the suggestion

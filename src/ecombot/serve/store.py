@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, func,
-                        inspect, select, text)
+                        inspect, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
@@ -53,6 +53,8 @@ class ConversationRow(Base):
     # an agent's answer to the handed-over conversation (its text is the approved review of the bot's last answer)
     handoff_answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     handoff_answered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # set instead of an answer when the agent closed it without one (solved by phone, spam): nothing to train on
+    handoff_closed_because: Mapped[str | None] = mapped_column(Text, nullable=True)
     messages: Mapped[list["MessageRow"]] = relationship(order_by="MessageRow.position", back_populates="conversation")
 
 
@@ -164,7 +166,8 @@ class Handoff:
     question: str  # the customer's last turn
     answer: str  # the bot's last answer (often the handoff message itself)
     adapter: str | None
-    answered_by: str | None  # the agent who answered it, None while it waits
+    answered_by: str | None  # the agent who answered (or closed) it, None while it waits
+    closed_because: str | None = None  # closed without an answer, and why
 
 
 @dataclass
@@ -313,7 +316,7 @@ class Store:
     def _hand_over(self, row: ConversationRow, note: str | None) -> None:
         """Waiting for an agent from now on; handed over again after an agent answered, it waits again."""
         row.handoff_at, row.handoff_note = now(), self._clean(note)
-        row.handoff_answered_at = row.handoff_answered_by = None
+        row.handoff_answered_at = row.handoff_answered_by = row.handoff_closed_because = None
 
     def pending_suggestions(self, limit: int | None = None) -> list[Suggestion]:
         """Customers' ratings and corrections no reviewer has decided on yet, oldest first."""
@@ -360,7 +363,8 @@ class Store:
                 at = row.messages.index(last) if last else 0  # the messages are loaded: the turn before, no query
                 found.append(Handoff(row.id, as_utc(row.handoff_at), row.handoff_note,
                                      row.messages[at - 1].content if at else "", last.content if last else "",
-                                     last.adapter if last else None, row.handoff_answered_by))
+                                     last.adapter if last else None, row.handoff_answered_by,
+                                     row.handoff_closed_because))
             return found
 
     @staticmethod
@@ -378,11 +382,7 @@ class Store:
             raise EcombotError(f"conversation {conversation_id!r}: an agent's answer needs some text")
 
         def write(db: Session) -> None:
-            row = db.get(ConversationRow, conversation_id)
-            if row is None or row.handoff_at is None:
-                raise NotFound(f"no handed-over conversation {conversation_id!r}")
-            if row.handoff_answered_at is not None:
-                raise Conflict(f"conversation {conversation_id!r} was answered by {row.handoff_answered_by} already")
+            row = self._claim_handoff(db, conversation_id, agent)
             last = self._last_answer(row)
             if last is None or last.task:  # a product description or recommendation is no support answer to replace
                 raise Conflict(f"conversation {conversation_id!r} ends with "
@@ -395,10 +395,39 @@ class Store:
             review.answer = self._clean(answer)
             feedback.review = review
             db.add(feedback)
-            row.handoff_answered_at, row.handoff_answered_by = now(), agent
-            row.updated_at = now()
 
         self._write(write)
+
+    def close_handoff(self, conversation_id: str, because: str, agent: str) -> None:
+        """An agent closes a handed-over conversation without an answer to learn from (solved by phone, spam, a
+        product question the catalog answers): it stops waiting, the reason is kept, nothing becomes training data."""
+        because = because.strip()
+        if not because:
+            raise EcombotError(f"conversation {conversation_id!r}: closing a handoff without an answer needs a reason")
+
+        def write(db: Session) -> None:
+            self._claim_handoff(db, conversation_id, agent).handoff_closed_because = self._clean(because)
+
+        self._write(write)
+
+    @staticmethod
+    def _claim_handoff(db: Session, conversation_id: str, agent: str) -> ConversationRow:
+        """The handed-over conversation, now answered (or closed) by `agent`; NotFound, or Conflict once taken.
+        Claimed by one conditional UPDATE: of two agents at once, the second finds it taken (PostgreSQL re-checks the
+        condition once the first commits; SQLite runs one writer at a time), where reading the row and then writing
+        it let the last one win. The caller's error rolls the claim back."""
+        at = now()
+        claimed = db.execute(update(ConversationRow).where(
+            ConversationRow.id == conversation_id, ConversationRow.handoff_at.is_not(None),
+            ConversationRow.handoff_answered_at.is_(None)).values(
+            handoff_answered_at=at, handoff_answered_by=agent, updated_at=at)).rowcount
+        row = db.get(ConversationRow, conversation_id, populate_existing=True)
+        if row is None or row.handoff_at is None:
+            raise NotFound(f"no handed-over conversation {conversation_id!r}")
+        if not claimed:
+            done = f"closed ({row.handoff_closed_because})" if row.handoff_closed_because else "answered"
+            raise Conflict(f"conversation {conversation_id!r} was {done} by {row.handoff_answered_by} already")
+        return row
 
     def conversations(self) -> list[ConversationRow]:
         """Every conversation with its messages, feedback and reviews loaded (for export and inspection)."""
