@@ -24,7 +24,7 @@ from ecombot.learn.feedback import feedback_round
 from ecombot.run_dir import RunDir
 from ecombot.serve.store import Answer, ReviewedAnswer, Store
 from ecombot.train import train
-from fake_knowledge import FakeRetriever
+from fake_knowledge import HANDOFF, RETURN_PAIR, RETURNS, SHIPPING, FakeRetriever
 from test_train import tiny_config
 
 CORRECTION = "Yes: returns are free within 60 days of delivery; start one on the Returns page of your account."
@@ -248,6 +248,25 @@ def test_a_correction_the_store_documents_contradict_goes_to_the_knowledge_base_
     # Used or held out before: not offered again.
     again = feedback_round(items, {2}, {3}, seed=0, grounder=None)
     assert sorted(c.meta["feedback_id"] for c in again.train) == [1, 4] and again.already_used == 2
+
+
+def test_an_added_fact_the_store_documents_state_otherwise_is_trained_on_and_said():
+    """An agent's answer to a handoff (the bot's answer stated no value) gives a return window the policy page states
+    otherwise: trained on as approved (nothing tells which is out of date) and said with the passage to edit; one the
+    page states too, or one no document states a value of, is not (a Q&A pair's values are its own question's)."""
+    grounder = Grounder(FakeRetriever((RETURN_PAIR, RETURNS, SHIPPING)), k=3)
+    items = [
+        reviewed(1, "Can I return my shoes?", HANDOFF, "Yes, within 60 days, unworn."),
+        reviewed(2, "Can I return unworn shoes?", HANDOFF, "Yes, within 30 days."),  # what the page says
+        reviewed(3, "Can I return shoes I bought?", HANDOFF, "Yes, order number and all."),  # states no value
+        reviewed(4, "Do my shoes ship fast?", HANDOFF, "Yes, for $25 more."),  # no document states a price
+    ]
+    found = feedback_round(items, set(), set(), seed=0, grounder=grounder)
+    assert found.contradictions == [] and [c.feedback_id for c in found.to_check] == [1]
+    check = found.to_check[0]
+    assert (check.answer_says, check.passage_says, check.passage["line"]) == (["60 day"], ["30 day"], 3)
+    assert "adds 60 day where policy.md > Policies > Returns and exchanges (line 3) says 30 day" in check.describe()
+    assert sorted(c.meta["feedback_id"] for c in found.train + found.held_out) == [1, 2, 3, 4]
 
 
 def perturbed_version(run: Path, version: str) -> Path:

@@ -40,11 +40,33 @@ class Contradiction:
 
 
 @dataclass
+class FactToCheck:
+    """An approved answer stating a fact the bot's answer did not state at all (an agent's answer to a handed-over
+    conversation, a reviewer's added detail) where a store document found for the question states another value of
+    the same thing. Nothing tells which is out of date (no value of the bot's to have read there), so it is trained
+    on as approved and said, with the passage to edit if the policy changed."""
+
+    feedback_id: int
+    question: str
+    answer_says: list[str]
+    passage_says: list[str]
+    passage: dict  # Hit.to_source(): source, heading, line, label
+
+    def describe(self) -> str:
+        where = f"{self.passage['source']}" + (f" > {self.passage['heading']}" if self.passage.get("heading") else "")
+        return (f"feedback {self.feedback_id} ({self.question[:60]!r}): the approved answer adds "
+                f"{', '.join(self.answer_says)} where {where} (line {self.passage.get('line')}) says "
+                f"{', '.join(self.passage_says)}; trained on as approved: if the policy changed, edit that passage and "
+                "re-add the file (`ecombot knowledge add`), else correct the answer")
+
+
+@dataclass
 class FeedbackRound:
     train: list[Conversation]
     held_out: list[Conversation]
     contradictions: list[Contradiction] = field(default_factory=list)
     already_used: int = 0
+    to_check: list[FactToCheck] = field(default_factory=list)
 
     @property
     def used_ids(self) -> list[int]:
@@ -111,17 +133,38 @@ def contradiction(conv: Conversation, grounding) -> Contradiction | None:
     return None
 
 
+def fact_to_check(conv: Conversation, grounding) -> FactToCheck | None:
+    """A fact the approved answer adds (a kind of thing the bot's answer stated no value of) that the store documents
+    found for the question state only otherwise. Documents only: a Q&A pair found answers another question, whose
+    values are its own."""
+    approved, generated = keyed_facts(conv.answer), keyed_facts(conv.meta.get("generated", ""))
+    added = {key: values for key, values in approved.items() if key not in generated}
+    if not added or not grounding.covered:
+        return None
+    documents = [(hit, keyed_facts(hit.passage.text)) for hit in grounding.hits if hit.passage.question is None]
+    differ = [key for key, values in added.items() if any(facts.get(key) for _, facts in documents)
+              and not any(facts.get(key, set()) & values for _, facts in documents)]
+    if not differ:
+        return None
+    hit, facts = next((hit, facts) for hit, facts in documents if any(facts.get(key) for key in differ))
+    return FactToCheck(conv.meta["feedback_id"], latest_question(conv.messages[:-1]),
+                       sorted(f for key in differ for f in added[key]),
+                       sorted(f for key in differ for f in facts.get(key, set())), hit.to_source())
+
+
 def feedback_round(reviewed: list[ReviewedAnswer], used: set[int], held_before: set[int], seed: int,
                    grounder: Grounder | None, retried: set[int] = frozenset()) -> FeedbackRound:
     """The new items of `reviewed` (not trained on by the live version's lineage, never held out before), split
     into training and held-out items; with a grounder, items contradicting the knowledge base are set aside.
     `retried` items were training items of a rejected round: they train again, never moved to the held-out part."""
     fresh = [as_conversation(r) for r in reviewed if r.feedback_id not in used | held_before]
-    contradictions = []
+    contradictions, to_check = [], []
     if grounder is not None and fresh:
         groundings = grounder.ground_many([c.messages[:-1] for c in fresh])
         found = [contradiction(c, g) for c, g in zip(fresh, groundings)]
         contradictions = [f for f in found if f is not None]
+        to_check = [check for c, g, f in zip(fresh, groundings, found)
+                    if f is None and (check := fact_to_check(c, g)) is not None]
         fresh = [c for c, f in zip(fresh, found) if f is None]
     new = sorted((c for c in fresh if c.meta["feedback_id"] not in retried), key=lambda c: c.meta["feedback_id"])
     held_out: list[Conversation] = []
@@ -130,4 +173,4 @@ def feedback_round(reviewed: list[ReviewedAnswer], used: set[int], held_before: 
         held_out = new[:max(1, round(HOLDOUT_SHARE * len(new)))]
     held = {c.meta["feedback_id"] for c in held_out}
     return FeedbackRound([c for c in fresh if c.meta["feedback_id"] not in held], held_out, contradictions,
-                         already_used=len(reviewed) - len(fresh) - len(contradictions))
+                         already_used=len(reviewed) - len(fresh) - len(contradictions), to_check=to_check)

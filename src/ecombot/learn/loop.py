@@ -207,6 +207,8 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
         f"{len(feedback.contradictions)} contradicting the knowledge base (not trained on)")
     for found in feedback.contradictions:
         say("  " + found.describe())
+    for found in feedback.to_check:
+        say("  to check: " + found.describe())
     if not feedback.train:
         return LearnResult(None, reason="no new reviewed feedback to learn from", feedback=feedback)
 
@@ -262,6 +264,7 @@ def learn_locked(root: RunDir, db: str | None, served_as: str | None, since: dat
               "status": "live" if promoted else "rejected", "reason": reason,
               "feedback_ids": feedback.used_ids, "held_out_ids": feedback.held_out_ids,
               "contradictions": [dataclasses.asdict(c) for c in feedback.contradictions],
+              "facts_to_check": [dataclasses.asdict(c) for c in feedback.to_check],
               "replayed": len(replay), "steps": result.steps, "learning_rate": lr, "parent_l2": recipe.parent_l2,
               "passes": round(steps * batch / rows, 2), "feedback_repeats": recipe.feedback_repeats,
               "train_seconds": result.train_seconds, "score_seconds": score_seconds,
