@@ -216,6 +216,65 @@ def test_pairs_or_threads_decided_by_the_writer_column(tmp_path):
     assert raw.format == "csv" and raw.conversations[0].answer == "Shipped."
 
 
+def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
+    """A shop's FAQ kept in Excel: the first sheet holding anything (a title row above the header is fine), cells
+    as a CSV export writes them (line breaks kept, 30.0 as "30", dates in ISO form), places as Excel numbers rows;
+    another sheet holding anything is named, not read; one message per row reads as threads, in time order."""
+    from datetime import datetime
+
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    workbook.active.title = "Notes"  # an empty first sheet is skipped
+    faq = workbook.create_sheet("FAQ")
+    for row in (["Voltwise FAQ export"], [], ["Category", "Question", "Answer"],
+                ["Returns", "How long do I have?", 30.0], ["Delivery", "Do you ship to Ireland?", "Yes:\n- 3-7 days"]):
+        faq.append(row)
+    workbook.create_sheet("Archive").append(["old", "stuff"])
+    workbook.save(tmp_path / "faq.xlsx")
+    raw = read_file(tmp_path / "faq.xlsx")
+    assert raw.format == "xlsx"
+    assert raw.read_from == ("sheet 'FAQ' (not read: 'Archive'), header on row 3, columns question (customer) and "
+                             "answer (answer)")
+    assert [(c.question, c.answer, c.category, c.source) for c in raw.conversations] == [
+        ("How long do I have?", "30", "Returns", "faq.xlsx:row 4"),
+        ("Do you ship to Ireland?", "Yes:\n- 3-7 days", "Delivery", "faq.xlsx:row 5")]
+
+    faq["E5"] = "a stray note"
+    workbook.save(tmp_path / "stray.xlsx")
+    with pytest.raises(DataError, match=r"stray.xlsx:row 5: a value in column 5 but the header has 3"):
+        read_file(tmp_path / "stray.xlsx")
+
+    tickets = Workbook()
+    for row in (["Ticket", "Sent", "From", "Body"], ["T1", datetime(2025, 1, 2, 10, 5), "agent", "Yes, 3-7 days."],
+                ["T1", datetime(2025, 1, 2, 10, 0), "customer", "Do you ship to Ireland?"]):
+        tickets.active.append(row)
+    tickets.save(tmp_path / "tickets.xlsx")
+    raw = read_file(tmp_path / "tickets.xlsx")
+    assert raw.format == "xlsx-threads"
+    assert raw.read_from.startswith("sheet 'Sheet', threads by ticket in order of sent")
+    assert [m["content"] for m in raw.conversations[0].messages] == ["Do you ship to Ireland?", "Yes, 3-7 days."]
+
+
+def test_a_workbook_that_cannot_be_read_is_an_error_naming_why(tmp_path):
+    from openpyxl import Workbook
+
+    Workbook().save(tmp_path / "empty.xlsx")
+    with pytest.raises(DataError, match=r"empty.xlsx: the workbook's sheets are empty"):
+        read_file(tmp_path / "empty.xlsx")
+    (tmp_path / "cut.xlsx").write_bytes((tmp_path / "empty.xlsx").read_bytes()[:300])
+    with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(.xlsx\): "):
+        read_file(tmp_path / "cut.xlsx")
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    with pytest.raises(DataError, match=r"old.xls: an old Excel \(.xls\) workbook: save it as .xlsx or CSV"):
+        read_file(tmp_path / "old.xls")
+    header_only = Workbook()
+    header_only.active.append(["question", "answer"])
+    header_only.save(tmp_path / "header.xlsx")
+    with pytest.raises(DataError, match=r"header.xlsx: the sheet has a header but no rows"):
+        read_file(tmp_path / "header.xlsx")
+
+
 def test_json_wrappers_sections_and_named_pairs_read_nothing_wrong(tmp_path):
     """What a JSON file holds is read whole or refused: a wrapper with pair-like fields of its own, a multi-turn
     record's turns, nested sections, an empty first section, labels in any case, a pair's input and system prompt."""

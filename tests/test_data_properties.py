@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ecombot.data import FORMATS, Conversation, Split, read_file, write_split
@@ -135,6 +135,24 @@ def write_thread_csv(directory: Path, name: str, convs, writers: list[str] | Non
     return path
 
 
+def storable_in_excel(text: str) -> bool:
+    """What a cell can hold: no control characters XML 1.0 forbids, no leading "=" (openpyxl writes a formula)."""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    return not ILLEGAL_CHARACTERS_RE.search(text) and not text.startswith("=") and not {"\ufffe", "\uffff"} & set(text)
+
+
+def write_xlsx(directory: Path, name: str, header: list[str], rows: list[list[str]]) -> Path:
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    workbook.active.append(header)
+    for row in rows:
+        workbook.active.append(row)
+    workbook.save(directory / name)
+    return directory / name
+
+
 # --- everything written reads back as written ---------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,name,container", JSON_FILES, ids=[f"{f}-{n}" for f, n, _ in JSON_FILES])
@@ -174,6 +192,25 @@ def test_ticket_threads_read_back_as_the_conversations_written(convs, interleave
     assert raw.read_from.endswith(f"; {n} empty message{'s' * (n > 1)} left out; {n} agent message{'s' * (n > 1)} "
                                   f"before the customer's first left out; {n} customer message{'s' * (n > 1)} after "
                                   "the last answer left out" if noise else "text in message")
+
+
+@FAST
+@given(convs=DIALOGUES, threads=st.booleans())
+def test_excel_sheets_read_back_what_was_written(convs, threads):
+    """The same tables as an Excel workbook, pairs per row or one message per row (XML keeps no lone CR: line ends
+    read back as LF, as `message_text` gives them anyway)."""
+    convs = [[{**m, "content": m["content"].replace("\r", "\n")} for m in c] for c in convs
+             if all(storable_in_excel(m["content"]) and message_text(m["content"]) for m in c)]
+    assume(convs)
+    with folder() as directory:
+        if threads:
+            rows = [[f"T{i}", m["role"], m["content"]] for i, c in enumerate(convs) for m in c]
+            path = write_xlsx(directory, "tickets.xlsx", ["ticket_id", "role", "message"], rows)
+        else:
+            path = write_xlsx(directory, "faq.xlsx", ["question", "answer"], [list(pair(c)) for c in convs])
+        raw = read_file(path)
+        assert raw.format == ("xlsx-threads" if threads else "xlsx")
+        assert read_back(path) == [as_read(c if threads else c[:2]) for c in convs]
 
 
 @FAST
@@ -302,4 +339,4 @@ def test_csv_without_a_required_column_is_an_error_at_the_header(convs):
 
 
 def test_property_tests_cover_every_format():
-    assert {fmt for fmt, _, _ in JSON_FILES} | {"csv", "csv-threads"} == set(FORMATS)
+    assert {fmt for fmt, _, _ in JSON_FILES} | {"csv", "csv-threads", "xlsx", "xlsx-threads"} == set(FORMATS)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 from ecombot.data.conversation import ROLE_ALIASES, Conversation
 from ecombot.errors import DataError
 
-FORMATS = ("faq-json", "csv", "csv-threads", "chat-jsonl", "sharegpt", "alpaca", "prompt-completion")
+FORMATS = ("faq-json", "csv", "csv-threads", "xlsx", "xlsx-threads", "chat-jsonl", "sharegpt", "alpaca",
+           "prompt-completion")
 # CSV header spellings taken as they are for the two required columns, in order of preference.
 CSV_QUESTION = ("instruction", "question", "query", "prompt", "utterance", "q")
 CSV_ANSWER = ("response", "answer", "reply", "completion", "a")
@@ -46,6 +47,7 @@ CUSTOMER_WORDS = ("user", "customer", "client", "human", "buyer", "requester", "
 STORE_WORDS = ("assistant", "agent", "support", "staff", "bot", "chatbot", "operator", "admin", "representative", "rep",
                "employee", "outbound", "model", "gpt", "seller", "merchant", "store", "shop")
 THREAD_SIDES = {**dict.fromkeys(CUSTOMER_WORDS, "user"), **dict.fromkeys(STORE_WORDS, "assistant")}
+TABLES = {"csv": "CSV file", "xlsx": "sheet"}  # what an error calls each kind of table
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
@@ -397,7 +399,12 @@ def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], o
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    header_place, names, header, rows = csv_table(path, text)
+    return _read_table(path, *csv_table(path, text), kind="csv")
+
+
+def _read_table(path: Path, header_place: str, names: list[str], header: list[str],
+                rows: Iterator[tuple[str, dict[str, str]]], kind: str) -> RawFile:
+    """A table's conversations (a CSV file, an Excel sheet): a pair per row, or one message per row by thread."""
     question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
     answer, answered = csv_column(header, CSV_ANSWER, CSV_ANSWER_WORDS, CSV_QUESTION_WORDS, taken=question)
     # One message per row: where a side of the pairs is missing with no column that could be it (several could: that
@@ -409,7 +416,7 @@ def _read_csv(path: Path, text: str) -> RawFile:
     if thread:
         rows = list(rows)
         if not pairs or all(_side(values[thread[1]]) for _, values in rows):
-            return _read_threads(path, rows, *thread)
+            return _read_threads(path, rows, *thread, kind=f"{kind}-threads")
     if question is None or answer is None:
         missing, candidates, side, spelling = (("instruction", asked, "customer's message", "question")
                                                if question is None else ("response", answered, "answer", "answer"))
@@ -430,8 +437,8 @@ def _read_csv(path: Path, text: str) -> RawFile:
             conv.meta["flags"] = values["flags"]
         out.append(conv)
     if not out:
-        raise DataError(path, None, None, "the CSV file has a header but no rows")
-    return RawFile(path, "csv", out, read_from=f"columns {question} (customer) and {answer} (answer)")
+        raise DataError(path, None, None, f"the {TABLES[kind]} has a header but no rows")
+    return RawFile(path, kind, out, read_from=f"columns {question} (customer) and {answer} (answer)")
 
 
 def _thread_columns(path: Path, header_place: str, header: list[str],
@@ -488,7 +495,7 @@ def _in_time_order(threads: dict[str, list]) -> bool:
 
 
 def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread: str, role: str, text: str,
-                  time: str | None) -> RawFile:
+                  time: str | None, kind: str) -> RawFile:
     """Conversations from an export with one message per row, grouped by thread (in time order where the export has
     ISO times, else in file order): a writer's messages in a row are one turn, agent messages before the customer's
     first and customer messages after the last answer are left out (nothing to learn from them) and counted, like
@@ -528,13 +535,13 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
         out.append(Conversation([{"role": side, "content": "\n\n".join(m[2] for m in group)} for side, group in turns],
                                 **opening[3], source=f"{path.name}:{opening[0]} ({thread} {thread_id})"))
     if not out:
-        raise DataError(path, None, None, "the CSV file has a header but no messages")
+        raise DataError(path, None, None, f"the {TABLES[kind.removesuffix('-threads')]} has a header but no messages")
     order = f"in order of {time}" if ordered else (f"in file order ({time} not ISO date-times)" if time else
                                                    "in file order")
     counts = [_counted(empty, "empty message", "empty messages"),
               _counted(before, "agent message", "agent messages") + " before the customer's first",
               _counted(after, "customer message", "customer messages") + " after the last answer"]
-    return RawFile(path, "csv-threads", out, read_from=f"threads by {thread} {order}, writer in {role}, text in {text}"
+    return RawFile(path, kind, out, read_from=f"threads by {thread} {order}, writer in {role}, text in {text}"
                    + "".join(f"; {count} left out" for count in counts if not count.startswith("0 ")))
 
 
@@ -602,8 +609,63 @@ def _wraps_records(document: dict) -> bool:
         for key, value in document.items())
 
 
+def _cell_text(value: Any) -> str:
+    """An Excel cell as the text a CSV export of it holds: a whole number without ".0", a date-time in ISO form
+    (threads sort by it), TRUE/FALSE."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _read_xlsx(path: Path) -> RawFile:
+    """An Excel workbook's first sheet holding anything, read as a CSV file's rows are ("row N" as Excel numbers
+    them; a title above the header skipped, and said); other sheets holding anything are named in "read from", not
+    read (one table per file, as a CSV)."""
+    from openpyxl import load_workbook
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+        sheets = [(sheet.title, [[_cell_text(v) for v in row] for row in sheet.iter_rows(min_row=1, values_only=True)])
+                  for sheet in workbook.worksheets]
+    except Exception as exc:  # openpyxl raises zip, XML, key and value errors alike for a damaged file
+        raise DataError(path, None, None, f"not a readable Excel workbook (.xlsx): {exc}") from None
+    filled = [(title, rows) for title, rows in sheets if any(any(cell.strip() for cell in row) for row in rows)]
+    if not filled:
+        raise DataError(path, None, None, "the workbook's sheets are empty")
+    (title, table), others = filled[0], [title for title, _ in filled[1:]]
+    numbered = [(n, row) for n, row in enumerate(table, start=1) if any(cell.strip() for cell in row)]
+    # the header: the first row naming two columns or more (a title above the table, "Voltwise FAQ export", is not)
+    at = next((i for i, (_, row) in enumerate(numbered) if sum(bool(cell.strip()) for cell in row) > 1), 0)
+    (first, header), body = numbered[at], numbered[at + 1:]
+    width = max((i + 1 for i, cell in enumerate(header) if cell.strip()), default=0)
+    header = [cell.strip() for cell in header[:width]]
+    names = [name.lower() for name in header]
+
+    def values() -> Iterator[tuple[str, dict[str, str]]]:
+        for n, row in body:
+            beyond = [i for i, cell in enumerate(row[width:], start=width + 1) if cell.strip()]
+            if beyond:
+                raise DataError(path, f"row {n}", None, f"a value in column {beyond[0]} but the header has {width}")
+            yield f"row {n}", dict(zip(names, [message_text(cell) for cell in row[:width]]))
+
+    raw = _read_table(path, f"row {first}", names, header, values(), kind="xlsx")
+    sheet = (f"sheet '{title}'" + (f" (not read: {', '.join(repr(o) for o in others)})" if others else "")
+             + (f", header on row {first}" if at else ""))
+    raw.read_from = ", ".join(filter(None, (sheet, raw.read_from)))
+    return raw
+
+
 def read_file(path: str | Path) -> RawFile:
     """Read any supported file into conversations; the format is detected from the content."""
+    path = Path(path)
+    if path.suffix.lower() in (".xlsx", ".xlsm") and path.is_file():
+        return _read_xlsx(path)
+    if path.suffix.lower() == ".xls" and path.is_file():
+        raise DataError(path, None, None, "an old Excel (.xls) workbook: save it as .xlsx or CSV")
     path, text = read_text(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         return _read_csv(path, text)
@@ -620,4 +682,5 @@ def read_file(path: str | Path) -> RawFile:
         if len(lines) == 1 and isinstance(first, dict) and _wraps_records(first):
             return _read_json(path, text)
         return _read_records(((f"line {number}", _loads(path, line, number)) for number, line in lines), path)
-    raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines or CSV (.csv/.tsv)")
+    raise DataError(path, "line 1", None, "unrecognised format: expected JSON, JSON Lines, CSV (.csv/.tsv) or "
+                                                 "Excel (.xlsx)")
