@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import ecombot.learn.loop as loop
 from ecombot.data import Conversation
-from ecombot.knowledge import Grounder
+from ecombot.knowledge import Grounder, Passage
 from ecombot.learn import learn, rollback, versions
 from ecombot.learn.feedback import feedback_round
 from ecombot.run_dir import RunDir
@@ -254,19 +254,25 @@ def test_an_added_fact_the_store_documents_state_otherwise_is_trained_on_and_sai
     """An agent's answer to a handoff (the bot's answer stated no value) gives a return window the policy page states
     otherwise: trained on as approved (nothing tells which is out of date) and said with the passage to edit; one the
     page states too, or one no document states a value of, is not (a Q&A pair's values are its own question's)."""
-    grounder = Grounder(FakeRetriever((RETURN_PAIR, RETURNS, SHIPPING)), k=3)
+    free_over = Passage("policy.md", "Policies > Shipping costs", 12, "Shipping is free on parcels over $50.")
+    grounder = Grounder(FakeRetriever((RETURN_PAIR, RETURNS, SHIPPING, free_over)), k=4)
     items = [
         reviewed(1, "Can I return my shoes?", HANDOFF, "Yes, within 60 days, unworn."),
         reviewed(2, "Can I return unworn shoes?", HANDOFF, "Yes, within 30 days."),  # what the page says
         reviewed(3, "Can I return shoes I bought?", HANDOFF, "Yes, order number and all."),  # states no value
         reviewed(4, "Do my shoes ship fast?", HANDOFF, "Yes, for $25 more."),  # no document states a price
+        # the first document found is the returns one: the shipping page's $50 is about something else
+        reviewed(5, "Can I return unworn shoes if shipping was free?", HANDOFF,
+                 "Yes, within 30 days; a return label costs $5."),
     ]
     found = feedback_round(items, set(), set(), seed=0, grounder=grounder)
     assert found.contradictions == [] and [c.feedback_id for c in found.to_check] == [1]
     check = found.to_check[0]
     assert (check.answer_says, check.passage_says, check.passage["line"]) == (["60 day"], ["30 day"], 3)
     assert "adds 60 day where policy.md > Policies > Returns and exchanges (line 3) says 30 day" in check.describe()
-    assert sorted(c.meta["feedback_id"] for c in found.train + found.held_out) == [1, 2, 3, 4]
+    assert sorted(c.meta["feedback_id"] for c in found.train + found.held_out) == [1, 2, 3, 4, 5]
+    assert check.held_out == (1 in found.held_out_ids)
+    assert ("held out as the feedback slice" if check.held_out else "trained on as approved") in check.describe()
 
 
 def perturbed_version(run: Path, version: str) -> Path:

@@ -508,6 +508,8 @@ def test_an_agent_lists_handed_over_conversations_and_answers_one_over_the_api(s
         post(server.url, "/v1/handoff", visitor, conversation_id="page-9", note="wants a person")
         assert_openai_error(post(server.url, "/v1/handoffs/page-9/close", "sk-shop-1", because="Spam."), 403)
         assert_openai_error(post(server.url, "/v1/handoffs/page-9/close", "sk-agent", because=" "), 400)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-9/close", "sk-agent", because="x" * 501), 400)
+        assert_openai_error(post(server.url, "/v1/handoffs/page-0/close", "sk-agent", because="Spam."), 404)
         closed = post(server.url, "/v1/handoffs/page-9/close", "sk-agent", because="Solved by phone.")
         assert closed.json() == {"conversation_id": "page-9", "status": "closed"}
         assert_openai_error(post(server.url, "/v1/handoffs/page-9/answer", "sk-agent", answer="Late."), 409)

@@ -21,7 +21,9 @@ from ecombot.serve import ServeConfig, Store, create_app
 REVIEW_KEY = "sk-agent"
 EXAMPLES_PER_OPERATION_AND_MODE = 25
 BODIES = {("/v1/chat/completions", "post"): "ChatCompletionRequest", ("/v1/feedback", "post"): "FeedbackRequest",
-          ("/v1/handoff", "post"): "HandoffRequest", ("/v1/reviews/{suggestion_id}", "post"): "ReviewRequest"}
+          ("/v1/handoff", "post"): "HandoffRequest", ("/v1/reviews/{suggestion_id}", "post"): "ReviewRequest",
+          ("/v1/handoffs/{conversation_id}/answer", "post"): "HandoffAnswerRequest",
+          ("/v1/handoffs/{conversation_id}/close", "post"): "HandoffCloseRequest"}
 
 
 @pytest.fixture(scope="module")

@@ -253,8 +253,9 @@ def test_an_agent_closes_a_handoff_without_an_answer(store_on_each_database):
     described.task = "copy"
     conversation = store.record_answer(None, "web-1", "web", [{"role": "user", "content": "Describe it."}], described)
     store.record_handoff(conversation, "web-1", "the customer asked for a person")
-    with pytest.raises(EcombotError, match="needs a reason"):
-        store.close_handoff(conversation, " \n", "agent-1")
+    for blank in (" \n", "\x00 \x00"):  # NUL characters are not stored: no reason either
+        with pytest.raises(EcombotError, match="needs a reason"):
+            store.close_handoff(conversation, blank, "agent-1")
     closed = CliRunner().invoke(cli, ["conversations", "close", conversation, "Solved by phone.", "--db", store.url])
     assert closed.exit_code == 0 and f"closed {conversation}" in closed.output
     assert store.handoffs() == []
@@ -272,6 +273,26 @@ def test_an_agent_closes_a_handoff_without_an_answer(store_on_each_database):
     store.record_handoff(conversation, "web-1", "again")
     [waiting] = store.handoffs()
     assert (waiting.answered_by, waiting.closed_because) == (None, None)
+
+
+def test_a_store_made_before_the_handoff_columns_gets_them(store_on_each_database):
+    """A database written by an older ecombot (no agent answers, no closed handoffs): opened again, the columns are
+    added and its waiting handoff can be closed."""
+    from sqlalchemy import text
+
+    old = store_on_each_database
+    handed = answer("Let me pass you to a colleague.")
+    handed.handoff = "not covered"
+    conversation = old.record_answer(None, "web-1", "web", [{"role": "user", "content": "Gift wrap?"}], handed)
+    with old.engine.begin() as db:
+        for column in ("handoff_answered_at", "handoff_answered_by", "handoff_closed_because"):
+            db.execute(text(f"ALTER TABLE conversations DROP COLUMN {column}"))
+    old.engine.dispose()
+    store = Store(old.url)
+    assert [h.conversation_id for h in store.handoffs()] == [conversation]
+    store.close_handoff(conversation, "Solved by phone.", "agent-1")
+    assert [(h.answered_by, h.closed_because) for h in store.handoffs(waiting_only=False)] == [
+        ("agent-1", "Solved by phone.")]
 
 
 def test_agents_answering_one_handoff_at_once_keep_one_answer(store_on_each_database, monkeypatch):

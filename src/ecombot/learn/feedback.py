@@ -51,13 +51,15 @@ class FactToCheck:
     answer_says: list[str]
     passage_says: list[str]
     passage: dict  # Hit.to_source(): source, heading, line, label
+    held_out: bool = False  # drawn into the feedback slice: never trained on
 
     def describe(self) -> str:
         where = f"{self.passage['source']}" + (f" > {self.passage['heading']}" if self.passage.get("heading") else "")
+        used = "held out as the feedback slice (never trained on)" if self.held_out else "trained on as approved"
         return (f"feedback {self.feedback_id} ({self.question[:60]!r}): the approved answer adds "
                 f"{', '.join(self.answer_says)} where {where} (line {self.passage.get('line')}) says "
-                f"{', '.join(self.passage_says)}; trained on as approved: if the policy changed, edit that passage and "
-                "re-add the file (`ecombot knowledge add`), else correct the answer")
+                f"{', '.join(self.passage_says)}; {used}: if the policy changed, edit that passage and re-add the "
+                "file (`ecombot knowledge add`), else correct the answer")
 
 
 @dataclass
@@ -134,22 +136,22 @@ def contradiction(conv: Conversation, grounding) -> Contradiction | None:
 
 
 def fact_to_check(conv: Conversation, grounding) -> FactToCheck | None:
-    """A fact the approved answer adds (a kind of thing the bot's answer stated no value of) that the store documents
-    found for the question state only otherwise. Documents only: a Q&A pair found answers another question, whose
-    values are its own."""
+    """A fact the approved answer adds (a kind of thing the bot's answer stated no value of) that the store document
+    found first for the question states otherwise. That document only: another one found is about something else
+    as often as not ("a return label costs $5" is no claim about "free shipping over $50"), and a Q&A pair answers
+    another question, whose values are its own."""
     approved, generated = keyed_facts(conv.answer), keyed_facts(conv.meta.get("generated", ""))
     added = {key: values for key, values in approved.items() if key not in generated}
-    if not added or not grounding.covered:
+    top = next((hit for hit in grounding.hits if hit.passage.question is None), None) if grounding.covered else None
+    if not added or top is None:
         return None
-    documents = [(hit, keyed_facts(hit.passage.text)) for hit in grounding.hits if hit.passage.question is None]
-    differ = [key for key, values in added.items() if any(facts.get(key) for _, facts in documents)
-              and not any(facts.get(key, set()) & values for _, facts in documents)]
+    facts = keyed_facts(top.passage.text)
+    differ = [key for key, values in added.items() if facts.get(key) and not facts[key] & values]
     if not differ:
         return None
-    hit, facts = next((hit, facts) for hit, facts in documents if any(facts.get(key) for key in differ))
     return FactToCheck(conv.meta["feedback_id"], latest_question(conv.messages[:-1]),
-                       sorted(f for key in differ for f in added[key]),
-                       sorted(f for key in differ for f in facts.get(key, set())), hit.to_source())
+                       sorted(f for key in differ for f in added[key]), sorted(f for key in differ for f in facts[key]),
+                       top.to_source())
 
 
 def feedback_round(reviewed: list[ReviewedAnswer], used: set[int], held_before: set[int], seed: int,
@@ -172,5 +174,7 @@ def feedback_round(reviewed: list[ReviewedAnswer], used: set[int], held_before: 
         random.Random(seed).shuffle(new)
         held_out = new[:max(1, round(HOLDOUT_SHARE * len(new)))]
     held = {c.meta["feedback_id"] for c in held_out}
+    for check in to_check:
+        check.held_out = check.feedback_id in held
     return FeedbackRound([c for c in fresh if c.meta["feedback_id"] not in held], held_out, contradictions,
                          already_used=len(reviewed) - len(fresh) - len(contradictions), to_check=to_check)

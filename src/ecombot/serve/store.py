@@ -377,7 +377,7 @@ class Store:
         `conversations export --rated` take it as they take an approved correction), and a customer's own pending
         correction of that answer is kept as theirs. Reaching the customer is the agent's own channel's job."""
 
-        answer = answer.strip()
+        answer = (self._clean(answer) or "").strip()  # as stored: NUL characters only are no text either
         if not answer:
             raise EcombotError(f"conversation {conversation_id!r}: an agent's answer needs some text")
 
@@ -389,10 +389,10 @@ class Store:
                                + (f"a {last.task} task answer" if last else "no answer of this server's")
                                + ": an agent's answer there would not be support training data")
             feedback = last.feedback or FeedbackRow(message_id=last.id, rating=-1)
-            feedback.correction = feedback.correction or self._clean(answer)
+            feedback.correction = feedback.correction or answer
             review = feedback.review or ReviewRow()
             review.approved, review.reviewer, review.reviewed_at, review.by_agent = True, agent, now(), True
-            review.answer = self._clean(answer)
+            review.answer = answer
             feedback.review = review
             db.add(feedback)
 
@@ -401,12 +401,12 @@ class Store:
     def close_handoff(self, conversation_id: str, because: str, agent: str) -> None:
         """An agent closes a handed-over conversation without an answer to learn from (solved by phone, spam, a
         product question the catalog answers): it stops waiting, the reason is kept, nothing becomes training data."""
-        because = because.strip()
+        because = (self._clean(because) or "").strip()
         if not because:
             raise EcombotError(f"conversation {conversation_id!r}: closing a handoff without an answer needs a reason")
 
         def write(db: Session) -> None:
-            self._claim_handoff(db, conversation_id, agent).handoff_closed_because = self._clean(because)
+            self._claim_handoff(db, conversation_id, agent).handoff_closed_because = because
 
         self._write(write)
 
@@ -425,7 +425,7 @@ class Store:
         if row is None or row.handoff_at is None:
             raise NotFound(f"no handed-over conversation {conversation_id!r}")
         if not claimed:
-            done = f"closed ({row.handoff_closed_because})" if row.handoff_closed_because else "answered"
+            done = f"closed ({row.handoff_closed_because})" if row.handoff_closed_because is not None else "answered"
             raise Conflict(f"conversation {conversation_id!r} was {done} by {row.handoff_answered_by} already")
         return row
 
