@@ -213,12 +213,7 @@ async def handoffs(state: State, _: Reviewer, waiting: bool = True):
 async def answer_handoff(state: State, who: Reviewer, conversation_id: Annotated[str, Path(max_length=64)],
                          body: Annotated[HandoffAnswerRequest, Depends(json_body(HandoffAnswerRequest))]):
     """An agent's answer to a handed-over conversation: approved training data in place of the bot's last answer."""
-    try:
-        await run_in_threadpool(state.store.answer_handoff, conversation_id, body.answer, who.client)
-    except NotFound as exc:
-        raise ApiError(404, str(exc), "not_found_error", param="conversation_id") from None
-    except Conflict as exc:
-        raise ApiError(409, str(exc), "conflict_error", param="conversation_id") from None
+    await settle_handoff(state.store.answer_handoff, conversation_id, body.answer, who.client)
     return {"conversation_id": conversation_id, "status": "answered"}
 
 
@@ -226,13 +221,18 @@ async def answer_handoff(state: State, who: Reviewer, conversation_id: Annotated
 async def close_handoff(state: State, who: Reviewer, conversation_id: Annotated[str, Path(max_length=64)],
                         body: Annotated[HandoffCloseRequest, Depends(json_body(HandoffCloseRequest))]):
     """Close a handed-over conversation without an answer to learn from (solved elsewhere, spam): it stops waiting."""
+    await settle_handoff(state.store.close_handoff, conversation_id, body.because, who.client)
+    return {"conversation_id": conversation_id, "status": "closed"}
+
+
+async def settle_handoff(work, conversation_id: str, *args) -> None:
+    """A store call answering or closing a handed-over conversation; its NotFound / Conflict as 404 / 409."""
     try:
-        await run_in_threadpool(state.store.close_handoff, conversation_id, body.because, who.client)
+        await run_in_threadpool(work, conversation_id, *args)
     except NotFound as exc:
         raise ApiError(404, str(exc), "not_found_error", param="conversation_id") from None
     except Conflict as exc:
         raise ApiError(409, str(exc), "conflict_error", param="conversation_id") from None
-    return {"conversation_id": conversation_id, "status": "closed"}
 
 
 @web.get("/", response_class=HTMLResponse)
