@@ -1,4 +1,5 @@
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -237,12 +238,12 @@ def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
     assert raw.read_from == ("sheet 'FAQ' (not read: 'Archive'), header on row 3, columns question (customer) and "
                              "answer (answer)")
     assert [(c.question, c.answer, c.category, c.source) for c in raw.conversations] == [
-        ("How long do I have?", "30", "Returns", "faq.xlsx:row 4"),
-        ("Do you ship to Ireland?", "Yes:\n- 3-7 days", "Delivery", "faq.xlsx:row 5")]
+        ("How long do I have?", "30", "Returns", "faq.xlsx:sheet 'FAQ' row 4"),
+        ("Do you ship to Ireland?", "Yes:\n- 3-7 days", "Delivery", "faq.xlsx:sheet 'FAQ' row 5")]
 
     faq["E5"] = "a stray note"
     workbook.save(tmp_path / "stray.xlsx")
-    with pytest.raises(DataError, match=r"stray.xlsx:row 5: a value in column 5 but the header has 3"):
+    with pytest.raises(DataError, match=r"stray.xlsx:sheet 'FAQ' row 5: a value in column 5 but the header has 3"):
         read_file(tmp_path / "stray.xlsx")
 
     tickets = Workbook()
@@ -256,18 +257,63 @@ def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
     assert [m["content"] for m in raw.conversations[0].messages] == ["Do you ship to Ireland?", "Yes, 3-7 days."]
 
 
+def test_excel_cells_read_as_excel_shows_them(tmp_path):
+    """What trains is what the shop sees: 15% not 0.15, $19.90, an order number's leading zeros, a date alone; a
+    formula Excel never calculated, or an error value, is an error at its cell, not an empty or literal answer; a
+    sheet whose stored dimension is stale is read whole."""
+    import zipfile
+    from datetime import datetime
+
+    from openpyxl import Workbook
+
+    shown = [(0.15, "0%", "15%"), (19.9, '"$"#,##0.00', "$19.90"), (1234, "00000000", "00001234"),
+             (datetime(2025, 1, 2), "yyyy-mm-dd", "2025-01-02"), (1234.5, "General", "1234.5"),
+             (1500000, "#,##0", "1,500,000")]
+    workbook = Workbook()
+    workbook.active.append(["question", "answer", "category"])
+    for n, (value, form, _) in enumerate(shown, start=2):
+        workbook.active.append([f"Q{n}?", value, "c"])
+        workbook.active.cell(n, 2).number_format = form
+    workbook.save(tmp_path / "shown.xlsx")
+    assert [c.answer for c in read_file(tmp_path / "shown.xlsx").conversations] == [text for _, _, text in shown]
+
+    # the same file with its dimension cut to A1:B3 (as some writers leave it): all 7 rows and the category read
+    with zipfile.ZipFile(tmp_path / "shown.xlsx") as original, \
+            zipfile.ZipFile(tmp_path / "stale.xlsx", "w") as stale:
+        for item in original.infolist():
+            data = original.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = re.sub(rb'<dimension ref="[^"]*"', b'<dimension ref="A1:B3"', data)
+            stale.writestr(item, data)
+    raw = read_file(tmp_path / "stale.xlsx")
+    assert len(raw.conversations) == len(shown) and raw.conversations[-1].category == "c"
+
+    for name, value in (("formula.xlsx", '="Yes, "&"3-7 days"'), ("error.xlsx", "#N/A")):
+        workbook.active["B3"] = value
+        workbook.save(tmp_path / name)
+    with pytest.raises(DataError, match=r"formula.xlsx:sheet 'Sheet' row 3: field 'column 2': a formula Excel never "
+                                        r"calculated"):
+        read_file(tmp_path / "formula.xlsx")
+    with pytest.raises(DataError, match=r"error.xlsx:sheet 'Sheet' row 3: field 'column 2': an Excel error value, "
+                                        r"#N/A"):
+        read_file(tmp_path / "error.xlsx")
+
+
 def test_a_workbook_that_cannot_be_read_is_an_error_naming_why(tmp_path):
     from openpyxl import Workbook
 
     Workbook().save(tmp_path / "empty.xlsx")
-    with pytest.raises(DataError, match=r"empty.xlsx: the workbook's sheets are empty"):
+    with pytest.raises(DataError, match=r"empty.xlsx: the workbook's visible sheets are empty"):
         read_file(tmp_path / "empty.xlsx")
     (tmp_path / "cut.xlsx").write_bytes((tmp_path / "empty.xlsx").read_bytes()[:300])
     with pytest.raises(DataError, match=r"cut.xlsx: not a readable Excel workbook \(.xlsx\): "):
         read_file(tmp_path / "cut.xlsx")
-    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
-    with pytest.raises(DataError, match=r"old.xls: an old Excel \(.xls\) workbook: save it as .xlsx or CSV"):
+    for name in ("old.xls", "locked.xlsx"):  # an old workbook, or one saved with a password: an OLE container
+        (tmp_path / name).write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512))
+    with pytest.raises(DataError, match=r"old.xls: a .xls spreadsheet: save it as .xlsx or CSV"):
         read_file(tmp_path / "old.xls")
+    with pytest.raises(DataError, match=r"locked.xlsx: an old \(.xls\) or password-protected Excel workbook"):
+        read_file(tmp_path / "locked.xlsx")
     header_only = Workbook()
     header_only.active.append(["question", "answer"])
     header_only.save(tmp_path / "header.xlsx")

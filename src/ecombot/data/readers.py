@@ -399,10 +399,10 @@ def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], o
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    return _read_table(path, *csv_table(path, text), kind="csv")
+    return read_table(path, *csv_table(path, text), kind="csv")
 
 
-def _read_table(path: Path, header_place: str, names: list[str], header: list[str],
+def read_table(path: Path, header_place: str, names: list[str], header: list[str],
                 rows: Iterator[tuple[str, dict[str, str]]], kind: str) -> RawFile:
     """A table's conversations (a CSV file, an Excel sheet): a pair per row, or one message per row by thread."""
     question, asked = csv_column(header, CSV_QUESTION, CSV_QUESTION_WORDS, CSV_ANSWER_WORDS)
@@ -609,63 +609,15 @@ def _wraps_records(document: dict) -> bool:
         for key, value in document.items())
 
 
-def _cell_text(value: Any) -> str:
-    """An Excel cell as the text a CSV export of it holds: a whole number without ".0", a date-time in ISO form
-    (threads sort by it), TRUE/FALSE."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def _read_xlsx(path: Path) -> RawFile:
-    """An Excel workbook's first sheet holding anything, read as a CSV file's rows are ("row N" as Excel numbers
-    them; a title above the header skipped, and said); other sheets holding anything are named in "read from", not
-    read (one table per file, as a CSV)."""
-    from openpyxl import load_workbook
-
-    try:
-        workbook = load_workbook(path, read_only=True, data_only=True)
-        sheets = [(sheet.title, [[_cell_text(v) for v in row] for row in sheet.iter_rows(min_row=1, values_only=True)])
-                  for sheet in workbook.worksheets]
-    except Exception as exc:  # openpyxl raises zip, XML, key and value errors alike for a damaged file
-        raise DataError(path, None, None, f"not a readable Excel workbook (.xlsx): {exc}") from None
-    filled = [(title, rows) for title, rows in sheets if any(any(cell.strip() for cell in row) for row in rows)]
-    if not filled:
-        raise DataError(path, None, None, "the workbook's sheets are empty")
-    (title, table), others = filled[0], [title for title, _ in filled[1:]]
-    numbered = [(n, row) for n, row in enumerate(table, start=1) if any(cell.strip() for cell in row)]
-    # the header: the first row naming two columns or more (a title above the table, "Voltwise FAQ export", is not)
-    at = next((i for i, (_, row) in enumerate(numbered) if sum(bool(cell.strip()) for cell in row) > 1), 0)
-    (first, header), body = numbered[at], numbered[at + 1:]
-    width = max((i + 1 for i, cell in enumerate(header) if cell.strip()), default=0)
-    header = [cell.strip() for cell in header[:width]]
-    names = [name.lower() for name in header]
-
-    def values() -> Iterator[tuple[str, dict[str, str]]]:
-        for n, row in body:
-            beyond = [i for i, cell in enumerate(row[width:], start=width + 1) if cell.strip()]
-            if beyond:
-                raise DataError(path, f"row {n}", None, f"a value in column {beyond[0]} but the header has {width}")
-            yield f"row {n}", dict(zip(names, [message_text(cell) for cell in row[:width]]))
-
-    raw = _read_table(path, f"row {first}", names, header, values(), kind="xlsx")
-    sheet = (f"sheet '{title}'" + (f" (not read: {', '.join(repr(o) for o in others)})" if others else "")
-             + (f", header on row {first}" if at else ""))
-    raw.read_from = ", ".join(filter(None, (sheet, raw.read_from)))
-    return raw
-
-
 def read_file(path: str | Path) -> RawFile:
     """Read any supported file into conversations; the format is detected from the content."""
     path = Path(path)
     if path.suffix.lower() in (".xlsx", ".xlsm") and path.is_file():
-        return _read_xlsx(path)
-    if path.suffix.lower() == ".xls" and path.is_file():
-        raise DataError(path, None, None, "an old Excel (.xls) workbook: save it as .xlsx or CSV")
+        from ecombot.data.excel import read_xlsx
+
+        return read_xlsx(path)
+    if path.suffix.lower() in (".xls", ".xlsb", ".ods") and path.is_file():
+        raise DataError(path, None, None, f"a {path.suffix.lower()} spreadsheet: save it as .xlsx or CSV")
     path, text = read_text(path)
     if path.suffix.lower() in (".csv", ".tsv"):
         return _read_csv(path, text)
