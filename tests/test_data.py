@@ -354,6 +354,21 @@ def test_json_wrappers_sections_and_named_pairs_read_nothing_wrong(tmp_path):
         read_file(write(tmp_path, "m.json", json.dumps([{"Question": None, "Answer": "c"}])))
 
 
+def test_csv_saved_by_a_european_excel_with_semicolons_and_its_own_words(tmp_path):
+    """Excel in German, French or Italian settings saves "CSV" with semicolons (commas then sit inside the text):
+    the separator is read from the header and said; column names in the shop's language, accents and all."""
+    raw = read_file(write(tmp_path, "de.csv", 'Frage;Antwort\n"Wo ist meine Bestellung?";"Unterwegs; morgen da, '
+                                              'versprochen."\nKann ich zurückgeben?;Ja, 30 Tage.\n'))
+    assert raw.read_from == "columns frage (customer) and antwort (answer), cells separated by ';'"
+    assert [c.answer for c in raw.conversations] == ["Unterwegs; morgen da, versprochen.", "Ja, 30 Tage."]
+    raw = read_file(write(tmp_path, "fr.csv", "Question client|Réponse\nOù est ma commande ?|En route, demain.\n"))
+    assert raw.read_from == "columns question client (customer) and réponse (answer), cells separated by '|'"
+    assert raw.conversations[0].answer == "En route, demain."
+    # a comma file whose header holds a semicolon stays a comma file
+    raw = read_file(write(tmp_path, "en.csv", "question,answer;final\nWhere?,Here; now.\n"))
+    assert raw.read_from == "columns question (customer) and answer;final (answer)"
+
+
 def test_csv_columns_found_by_the_words_of_their_names(tmp_path):
     """A ticket export's "Customer Message" / "agent_reply" columns hold the pairs; an id, an e-mail or a date column
     that shares a word is not text; two columns that could both be the question are an error, not a guess."""

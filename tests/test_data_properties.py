@@ -104,10 +104,11 @@ def write_json_file(directory: Path, name: str, container, records: list[dict]) 
     return path, places
 
 
-def write_csv(directory: Path, name: str, convs, line_end: str = "\r\n") -> Path:
+def write_csv(directory: Path, name: str, convs, line_end: str = "\r\n", delimiter: str | None = None) -> Path:
     path = directory / name
     with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, dialect="excel-tab" if name.endswith(".tsv") else "excel", lineterminator=line_end)
+        writer = csv.writer(f, dialect="excel-tab" if name.endswith(".tsv") else "excel", lineterminator=line_end,
+                            **({"delimiter": delimiter} if delimiter else {}))
         writer.writerow(["instruction", "response"])
         writer.writerows(pair(c) for c in convs)
     return path
@@ -165,17 +166,19 @@ def test_json_formats_read_back_what_was_written(fmt, name, container, convs):
         assert read_back(path) == [as_read(turns(c)) for c in convs]
 
 
-@pytest.mark.parametrize("name", ["data.csv", "data.tsv"])
+@pytest.mark.parametrize("name,delimiter", [("data.csv", None), ("data.tsv", None), ("data.csv", ";"),
+                                            ("data.csv", "|")])
 @pytest.mark.parametrize("line_end", ["\r\n", "\n"])
 @FAST
 @given(convs=DIALOGUES)
-def test_csv_and_tsv_read_back_what_the_csv_module_wrote(name, line_end, convs):
+def test_csv_and_tsv_read_back_what_the_csv_module_wrote(name, delimiter, line_end, convs):
+    """Comma, tab, and the semicolons Excel writes in German, French or Italian settings (or pipes)."""
     if line_end == "\n":
         # the csv module quotes a cell for its own terminator's characters only: with LF endings it writes a lone CR
         # bare, which every CSV reader takes for a line end (a limit of that writer, not of ecombot's reader)
         convs = [[{**m, "content": m["content"].replace("\r", "\n")} for m in c] for c in convs]
     with folder() as directory:
-        assert read_back(write_csv(directory, name, convs, line_end)) == [as_read(c[:2]) for c in convs]
+        assert read_back(write_csv(directory, name, convs, line_end, delimiter)) == [as_read(c[:2]) for c in convs]
 
 
 @FAST

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +31,11 @@ CSV_ANSWER = ("response", "answer", "reply", "completion", "a")
 # ("customer_message" over a ticket export's "customer" name column), then the one named by the word alone. A word of
 # CSV_NOT_TEXT rules a column out ("customer_id", "reply_date").
 CSV_QUESTION_WORDS = {"question", "query", "prompt", "customer", "utterance", "instruction", "inquiry", "enquiry",
-                      "user", "client", "buyer"}
-CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "assistant", "staff"}
+                      "user", "client", "buyer",
+                      # the same in the languages shops export in (German, French, Spanish, Italian, Dutch, Portuguese)
+                      "frage", "kunde", "pregunta", "cliente", "domanda", "vraag", "klant", "pergunta"}
+CSV_ANSWER_WORDS = {"response", "answer", "reply", "completion", "agent", "assistant", "staff",
+                    "antwort", "reponse", "respuesta", "risposta", "antwoord", "resposta"}
 CSV_TEXT_WORDS = {"message", "text", "body", "content", "comment", "note", "question", "query", "request",
                   "inquiry", "enquiry", "reply", "response", "answer", "msg"}
 CSV_NOT_TEXT = {"id", "name", "email", "mail", "date", "time", "created", "at", "type", "status", "count", "number",
@@ -47,7 +51,8 @@ CUSTOMER_WORDS = ("user", "customer", "client", "human", "buyer", "requester", "
 STORE_WORDS = ("assistant", "agent", "support", "staff", "bot", "chatbot", "operator", "admin", "representative", "rep",
                "employee", "outbound", "model", "gpt", "seller", "merchant", "store", "shop")
 THREAD_SIDES = {**dict.fromkeys(CUSTOMER_WORDS, "user"), **dict.fromkeys(STORE_WORDS, "assistant")}
-TABLES = {"csv": "CSV file", "xlsx": "sheet"}  # what an error calls each kind of table
+TABLES = {"csv": "CSV file", "xlsx": "sheet"}
+CSV_SEPARATORS = (",", ";", "\t", "|")  # what an error calls each kind of table
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
@@ -354,11 +359,21 @@ def _csv_place(row: int, first_line: int, last_line: int) -> str:
     return f"row {row} ({lines})"
 
 
+def csv_delimiter(path: Path, text: str) -> str:
+    """The cell separator: a tab in a .tsv; else the one of , ; tab | that cuts the header line into the most cells
+    (a comma where they tie): Excel in German, French or Italian saves "CSV" with semicolons."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    cells = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in CSV_SEPARATORS}
+    return max(CSV_SEPARATORS, key=lambda sep: (cells[sep], sep == ","))
+
+
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
     """The non-blank records of a CSV/TSV file with their places. Strict quoting: a stray quote or a quoted cell
     left open (a cut-off file) is an error, not text silently merged into the next cells."""
-    dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-    reader = csv.reader(io.StringIO(text, newline=""), dialect=dialect, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), dialect="excel", delimiter=csv_delimiter(path, text),
+                        strict=True)
     row = 0
     while True:
         first_line = reader.line_num + 1
@@ -375,8 +390,10 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
 
 
 def header_words(name: str) -> set[str]:
-    """The words of a column name: "Customer Message", "customer_message" and "customerMessage" alike."""
-    return set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower())) - {""}
+    """The words of a column name: "Customer Message", "customer_message" and "customerMessage" alike; accents
+    folded ("Réponse" is "reponse")."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", plain).lower())) - {""}
 
 
 def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], others: set[str],
@@ -399,7 +416,11 @@ def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], o
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    return read_table(path, *csv_table(path, text), kind="csv")
+    raw = read_table(path, *csv_table(path, text), kind="csv")
+    separator = csv_delimiter(path, text)
+    if separator not in (",", "\t"):
+        raw.read_from += f", cells separated by '{separator}'"
+    return raw
 
 
 def read_table(path: Path, header_place: str, names: list[str], header: list[str],
