@@ -553,8 +553,9 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(DataError, match="the file is empty"):
         read_file(write(tmp_path, "empty.jsonl", "\n"))
     bad = tmp_path / "latin1.jsonl"
-    bad.write_bytes('{"prompt": "caf\xe9"}'.encode("latin-1"))
-    with pytest.raises(DataError, match="not UTF-8"):
+    bad.write_bytes('{"prompt": "tea", "completion": "ok"}\n{"prompt": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl:line 2: not UTF-8 text \(byte 0xe9\); save the data file as "
+                                        r"UTF-8 \(in Excel: Save As \"CSV UTF-8\"\)"):
         read_file(bad)
 
 

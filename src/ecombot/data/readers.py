@@ -566,6 +566,17 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
                    + "".join(f"; {count} left out" for count in counts if not count.startswith("0 ")))
 
 
+def utf8_text(path: Path, raw: bytes, how_to_save: str) -> str:
+    """`raw` as UTF-8 text (a byte-order mark dropped), or a DataError at the line of the first byte that is not
+    UTF-8 (a Windows "ANSI" export, where "é" is one byte), saying how to save the file."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(path, f"line {line}", None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the "
+                                                    f"{how_to_save}") from None
+
+
 def read_text(path: str | Path) -> tuple[Path, str]:
     """A data file's text, or a DataError saying why not (missing, a directory, not UTF-8, empty)."""
     path = Path(path)
@@ -573,10 +584,8 @@ def read_text(path: str | Path) -> tuple[Path, str]:
         raise DataError(path, None, None, "file not found")
     if path.is_dir():
         raise DataError(path, None, None, "is a directory, expected a data file")
-    try:  # bytes decoded as they are: newline translation would change text inside CSV cells
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"byte {exc.start}", None, "not UTF-8 text") from None
+    # bytes decoded as they are: newline translation would change text inside CSV cells
+    text = utf8_text(path, path.read_bytes(), "data file as UTF-8 (in Excel: Save As \"CSV UTF-8\")")
     if not text.strip():
         raise DataError(path, None, None, "the file is empty")
     return path, text

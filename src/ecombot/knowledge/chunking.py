@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ecombot.data import Conversation, read_file
 from ecombot.data.conversation import ROLE_ALIASES
+from ecombot.data.readers import utf8_text
 from ecombot.errors import DataError
 from ecombot.knowledge.passage import Passage
 
@@ -60,13 +61,7 @@ def _read_text(path: Path) -> str:
         raise DataError(path, None, None, "file not found")
     if path.is_dir():
         raise DataError(path, None, None, "is a directory, expected a document")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DataError(path, f"line {line}", None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
-                        "save the document as UTF-8") from None
+    return utf8_text(path, path.read_bytes(), "document as UTF-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _clean(text: str) -> str:
