@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,15 @@ def test_data_inspect_summary(tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "2477" in result.output and "chat-jsonl" in result.output and "p50" in result.output
     assert "longer than 1024" in result.output  # train's limit, so inspect counts what train will cut
+
+
+def test_data_inspect_counts_a_ticket_exports_threads_not_its_rows(tmp_path):
+    tickets = tmp_path / "tickets.csv"
+    tickets.write_text("ticket_id,sender,message\nT1,customer,Where is it?\nT1,agent,Shipped.\nT1,customer,Thanks!\n"
+                       "T2,customer,Gift wrap?\nT2,agent,Yes.\n")
+    result = runner.invoke(app, ["data", "inspect", str(tickets), "--no-tokens"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert re.search(r"threads read\s*│\s*2\s", result.output) and "rows read" not in result.output
 
 
 def test_bad_file_is_one_clear_line_and_exit_1(tmp_path):

@@ -61,7 +61,7 @@ def data_inspect(
     table = Table(title=f"{file} ({report.format})", show_header=False)
     if report.read_from:
         table.add_row("read from", report.read_from)
-    table.add_row("rows read", str(report.rows_read))
+    table.add_row(f"{report.read_unit} read", str(report.rows_read))
     table.add_row("kept", str(report.kept))
     table.add_row("multi-turn", str(report.multi_turn))
     table.add_row("intents", f"{len(report.intents)}" + (

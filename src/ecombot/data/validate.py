@@ -48,6 +48,11 @@ class DataReport:
         """Its format and, where ecombot chose among its parts, which: "csv, columns a (customer) and b (answer)"."""
         return f"{self.format}, {self.read_from}" if self.read_from else self.format
 
+    @property
+    def read_unit(self) -> str:
+        """What `rows_read` counts: rows, or the threads of a one-message-per-row export (its rows are messages)."""
+        return "threads" if self.format.endswith("-threads") else "rows"
+
     def summary_line(self) -> str:
         """What a command that trains on the file says of it: where the pairs came from, how many were kept, and
         every row left out with its reason and first places (`data inspect` shows the same as a table)."""

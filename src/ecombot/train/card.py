@@ -73,7 +73,7 @@ A {method.upper()} adapter trained with [ecombot](https://pypi.org/project/ecomb
 {f"- Settings chosen for the data's size: {recipe}" + chr(10) if recipe else ""}{grounding_line(knowledge)}
 
 ## Data
-- Source: `{data.path}` ({data.read_as}), {data.rows_read} rows read, {data.kept} kept,
+- Source: `{data.path}` ({data.read_as}), {data.rows_read} {data.read_unit} read, {data.kept} kept,
   dropped: {json.dumps(dict(data.dropped)) if data.dropped else "none"}{held_out_line(data)}
 - Split (train/validation/test): {result.split["train"]}/{result.split["validation"]}/{result.split["test"]},
   {len(data.intents)} intents, {data.multi_turn} multi-turn conversations{other_tasks_line(other_tasks or {})}
