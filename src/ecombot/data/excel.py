@@ -40,8 +40,9 @@ def shown(cell: Any) -> str:
         return str(int(value)).zfill(len(digits))
     percent = "%" in digits
     number = value * 100 if percent else value
-    decimals = len(re.search(r"\.(0+)", digits).group(1)) if re.search(r"\.(0+)", digits) else None
-    if decimals is not None:
+    fixed = re.search(r"\.(0+)", digits)
+    if fixed:
+        decimals = len(fixed.group(1))
         text = f"{number:,.{decimals}f}" if "," in digits else f"{number:.{decimals}f}"
     elif float(number).is_integer():
         text = f"{int(number):,}" if "," in digits else str(int(number))

@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from ecombot.data.conversation import ROLE_ALIASES, Conversation
 from ecombot.errors import DataError
@@ -51,8 +51,8 @@ CUSTOMER_WORDS = ("user", "customer", "client", "human", "buyer", "requester", "
 STORE_WORDS = ("assistant", "agent", "support", "staff", "bot", "chatbot", "operator", "admin", "representative", "rep",
                "employee", "outbound", "model", "gpt", "seller", "merchant", "store", "shop")
 THREAD_SIDES = {**dict.fromkeys(CUSTOMER_WORDS, "user"), **dict.fromkeys(STORE_WORDS, "assistant")}
-TABLES = {"csv": "CSV file", "xlsx": "sheet"}
-CSV_SEPARATORS = (",", ";", "\t", "|")  # what an error calls each kind of table
+TABLES = {"csv": "CSV file", "xlsx": "sheet"}  # what an error calls each kind of table
+CSV_SEPARATORS = (",", ";", "\t", "|")
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
@@ -250,10 +250,14 @@ def _loads(path: Path, text: str, line: int | None = None) -> Any:
         raise DataError(path, f"line {line}" if line is not None else None, None, f"invalid JSON: {exc}") from None
 
 
+def _record_like(document: dict) -> bool:
+    """Of a known format, or a pair under other field names."""
+    return record_format(document) is not None or _pair_fields(document) is not None
+
+
 def _records_in(value: Any) -> bool:
     """A non-empty list whose first item is a record."""
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and (
-        record_format(value[0]) is not None or _pair_fields(value[0]) is not None)
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and _record_like(value[0])
 
 
 def _is_record(document: dict) -> bool:
@@ -275,7 +279,7 @@ def _section_key(items: Any) -> str | None:
     each section's records, None if `items` is no such list: it starts with an object with a heading field that is no
     record, and the first section holding a list of records (an empty one may come first) names the key."""
     if not isinstance(items, list) or not items or not isinstance(items[0], dict) or _heading(items[0]) is None \
-            or record_format(items[0]) is not None or _pair_fields(items[0]) is not None:
+            or _record_like(items[0]):
         return None
     return next((key for item in items if isinstance(item, dict) for key, value in item.items()
                  if _records_in(value)), None)
@@ -364,16 +368,15 @@ def csv_delimiter(path: Path, text: str) -> str:
     (a comma where they tie): Excel in German, French or Italian saves "CSV" with semicolons."""
     if path.suffix.lower() == ".tsv":
         return "\t"
-    header = next((line for line in text.splitlines() if line.strip()), "")
+    header = next((line for line in io.StringIO(text, newline=None) if line.strip()), "").rstrip("\n")
     cells = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in CSV_SEPARATORS}
     return max(CSV_SEPARATORS, key=lambda sep: (cells[sep], sep == ","))
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
+def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[str, list[str]]]:
     """The non-blank records of a CSV/TSV file with their places. Strict quoting: a stray quote or a quoted cell
     left open (a cut-off file) is an error, not text silently merged into the next cells."""
-    reader = csv.reader(io.StringIO(text, newline=""), dialect="excel", delimiter=csv_delimiter(path, text),
-                        strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), dialect="excel", delimiter=delimiter, strict=True)
     row = 0
     while True:
         first_line = reader.line_num + 1
@@ -416,8 +419,8 @@ def csv_column(header: list[str], spellings: tuple[str, ...], words: set[str], o
 
 
 def _read_csv(path: Path, text: str) -> RawFile:
-    raw = read_table(path, *csv_table(path, text), kind="csv")
     separator = csv_delimiter(path, text)
+    raw = read_table(path, *csv_table(path, text, separator), kind="csv")
     if separator not in (",", "\t"):
         raw.read_from += f", cells separated by '{separator}'"
     return raw
@@ -501,11 +504,20 @@ def _counted(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def _in_time_order(threads: dict[str, list]) -> bool:
+class _Message(NamedTuple):
+    """One row of a one-message-per-row export."""
+    place: str
+    side: str
+    text: str
+    labels: dict
+    time: str
+
+
+def _in_time_order(threads: dict[str, list[_Message]]) -> bool:
     """Each thread's messages sorted by their time where every one is an ISO date-time (a help desk may export newest
     first); False, and file order kept, where one is not (a "1/2/2025" is read as neither 1 February nor 2 January)."""
     try:
-        stamps = {id(m): datetime.fromisoformat(m[4]) for messages in threads.values() for m in messages}
+        stamps = {id(m): datetime.fromisoformat(m.time) for messages in threads.values() for m in messages}
     except ValueError:
         return False
     if len({stamp.tzinfo is None for stamp in stamps.values()}) > 1:  # aware and naive times do not compare
@@ -521,7 +533,7 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
     ISO times, else in file order): a writer's messages in a row are one turn, agent messages before the customer's
     first and customer messages after the last answer are left out (nothing to learn from them) and counted, like
     empty messages (an attachment's row). A conversation's labels are those of its first message kept."""
-    threads: dict[str, list[tuple[str, str, str, dict, str]]] = {}  # id -> (place, side, text, labels, time) each
+    threads: dict[str, list[_Message]] = {}
     for where, values in rows:
         if not values[thread]:
             raise DataError(path, where, thread, "empty thread id: which conversation is this message of?")
@@ -531,18 +543,19 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
             raise DataError(path, where, role, f"'{values[role]}' is neither the customer ({customers}) nor the store "
                                                f"({store})")
         labels = {"intent": values.get("intent") or None, "category": values.get("category") or None}
-        threads.setdefault(values[thread], []).append((where, side, values[text], labels, values.get(time or "", "")))
+        threads.setdefault(values[thread], []).append(_Message(where, side, values[text], labels,
+                                                               values.get(time or "", "")))
     ordered = time is not None and _in_time_order(threads)
     empty, before, after, out = 0, 0, 0, []
     for thread_id, messages in threads.items():
-        kept = [m for m in messages if m[2]]
+        kept = [m for m in messages if m.text]
         empty += len(messages) - len(kept)
-        turns: list[tuple[str, list[tuple]]] = []  # (side, its messages)
+        turns: list[tuple[str, list[_Message]]] = []  # (side, its messages)
         for message in kept:
-            if turns and turns[-1][0] == message[1]:
+            if turns and turns[-1][0] == message.side:
                 turns[-1][1].append(message)
             else:
-                turns.append((message[1], [message]))
+                turns.append((message.side, [message]))
         if not turns:
             continue  # only empty messages: counted as such
         sides = [side for side, _ in turns]
@@ -553,8 +566,9 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
             turns = turns[first:last + 1]
         # (a thread without an answer to a question stays whole: `clean` leaves it out with its reason)
         opening = turns[0][1][0]
-        out.append(Conversation([{"role": side, "content": "\n\n".join(m[2] for m in group)} for side, group in turns],
-                                **opening[3], source=f"{path.name}:{opening[0]} ({thread} {thread_id})"))
+        messages_out = [{"role": side, "content": "\n\n".join(m.text for m in group)} for side, group in turns]
+        out.append(Conversation(messages_out, **opening.labels,
+                                source=f"{path.name}:{opening.place} ({thread} {thread_id})"))
     if not out:
         raise DataError(path, None, None, f"the {TABLES[kind.removesuffix('-threads')]} has a header but no messages")
     order = f"in order of {time}" if ordered else (f"in file order ({time} not ISO date-times)" if time else
@@ -610,11 +624,12 @@ def json_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         yield "document", data
 
 
-def csv_table(path: Path, text: str) -> tuple[str, list[str], list[str], Iterator[tuple[str, dict[str, str]]]]:
+def csv_table(path: Path, text: str, delimiter: str | None = None
+              ) -> tuple[str, list[str], list[str], Iterator[tuple[str, dict[str, str]]]]:
     """A CSV/TSV file's header place, its lower-case column names, the names as written ("customerMessage" has two
     words) and its rows as {column: cell text} with their places; a row with more cells than the header is an error
     at its place."""
-    rows = _csv_rows(path, text)
+    rows = _csv_rows(path, text, delimiter or csv_delimiter(path, text))
     header_place, header = next(rows, ("row 1", []))
     names = [name.strip().lower() for name in header]
 
