@@ -97,6 +97,26 @@ def test_faq_page_sections_give_their_questions_with_the_heading_as_category(tmp
         read_file(write(tmp_path, "page.json", json.dumps(page, indent=indent)))
 
 
+@pytest.mark.parametrize("indent", [None, 2])
+def test_faq_kept_as_a_lookup_table_of_question_to_answer(tmp_path, indent):
+    """{"How do I return?": "Within 30 days.", ...}, or by section {"Shipping": {question: answer}}: each entry a pair,
+    placed by its question, a section's heading its category; read the same minified or indented."""
+    table = {"How do I return an item?": "Within 30 days.", "Shipping times": "3-5 days.",
+             "Payments": {"Do you take PayPal?": "Yes.", "Can I pay later?": "With Klarna."}}
+    raw = read_file(write(tmp_path, "t.json", json.dumps(table, indent=indent)))
+    assert raw.format == "faq-json" and raw.read_from == "an object mapping each question to its answer, 1 section by heading"
+    assert [(c.source, c.question, c.answer, c.category) for c in raw.conversations] == [
+        ('t.json:key "How do I return an item?"', "How do I return an item?", "Within 30 days.", None),
+        ('t.json:key "Shipping times"', "Shipping times", "3-5 days.", None),
+        ('t.json:key "Payments" → "Do you take PayPal?"', "Do you take PayPal?", "Yes.", "Payments"),
+        ('t.json:key "Payments" → "Can I pay later?"', "Can I pay later?", "With Klarna.", "Payments")]
+    with pytest.raises(DataError, match=r'b.json:key "Where is it\?": field \'answer\': expected text, got int'):
+        read_file(write(tmp_path, "b.json", json.dumps({"How do I return?": "x", "Where is it?": 5}, indent=indent)))
+    # field names are no questions: one record with unknown fields is still refused, not read as a pair per field
+    with pytest.raises(DataError, match=r"r.json:.*(unrecognised record|the object.s keys: Order Id, Ticket Text)"):
+        read_file(write(tmp_path, "r.json", json.dumps({"Order Id": "1", "Ticket Text": "Late"}, indent=indent)))
+
+
 def test_json_object_without_one_clear_list_names_what_it_holds(tmp_path):
     with pytest.raises(DataError, match=r"a.json: .*the object's lists: current, archive \(keep one, or name it "
                                         r"'data'\)"):
@@ -352,6 +372,17 @@ def test_json_wrappers_sections_and_named_pairs_read_nothing_wrong(tmp_path):
         read_file(write(tmp_path, "c.json", json.dumps([{"question": "a", "Question": "b", "Answer": "c"}])))
     with pytest.raises(DataError, match=r"item 1: field 'question': missing required field"):
         read_file(write(tmp_path, "m.json", json.dumps([{"Question": None, "Answer": "c"}])))
+
+
+def test_a_column_read_twice_over_is_refused_not_read_from_its_last_copy(tmp_path):
+    """Two columns of one name (an export's "Answer" in two languages, a pasted column): which to train on is not
+    guessed, and a row's dict would keep only the last."""
+    with pytest.raises(DataError, match=r"a.csv:row 1: field 'answer': 2 columns named 'answer' \(columns 2, 3\)"):
+        read_file(write(tmp_path, "a.csv", "Question,Answer,answer \nWhere?,Here.,Hier.\n"))
+    with pytest.raises(DataError, match=r"t.csv:row 1: field 'message': 2 columns named 'message' \(columns 3, 4\)"):
+        read_file(write(tmp_path, "t.csv", "ticket id,sender,message,message\nT1,customer,Hi?,x\nT1,agent,Yes.,y\n"))
+    raw = read_file(write(tmp_path, "ok.csv", "Question,Answer,note,note\nWhere?,Here.,a,b\n"))
+    assert [c.answer for c in raw.conversations] == ["Here."]  # a repeated column not read is no loss
 
 
 def test_csv_saved_by_a_european_excel_with_semicolons_and_its_own_words(tmp_path):

@@ -312,6 +312,34 @@ def _section_records(path: Path, items: list, place: Callable[[int], str], inner
             yield f"{place(i)}.{inner}[{j}]", record
 
 
+def _question_like(key: str) -> bool:
+    """A question, not a field name: it ends in '?' or holds a space ("Return policy")."""
+    return key.rstrip().endswith("?") or " " in key.strip()
+
+
+def _question_map(document: dict) -> bool:
+    """An FAQ kept as a lookup table, {question: answer, ...} or by section {heading: {question: answer}, ...}: no
+    value a list, every key outside a section and every key inside one question-like (a record's fields are names,
+    not questions), and some question ending in '?' (so {"Order Id": …, "Ticket Text": …} is no FAQ)."""
+    if not document or any(isinstance(value, list) for value in document.values()):
+        return False
+    questions = [key for key, value in document.items() if not isinstance(value, dict)] + [
+        key for value in document.values() if isinstance(value, dict) for key in value]
+    return bool(questions) and all(_question_like(key) for key in questions) and any(
+        key.rstrip().endswith("?") for key in questions)
+
+
+def _map_records(document: dict) -> Iterator[tuple[str, Any]]:
+    """The lookup table's pairs, placed by their question (and section); a section's heading is its category."""
+    for key, value in document.items():
+        if not isinstance(value, dict):
+            yield f'key "{key.strip()[:60]}"', {"question": key, "answer": value}
+            continue
+        for question, answer in value.items():
+            yield f'key "{key.strip()[:60]}" → "{question.strip()[:60]}"', {
+                "question": question, "answer": answer, "category": key}
+
+
 def _read_json(path: Path, text: str) -> RawFile:
     data = _loads(path, text)
     if isinstance(data, dict) and "questions" in data:
@@ -332,6 +360,12 @@ def _read_json(path: Path, text: str) -> RawFile:
     # a known key holding records, else (the object not being one record itself) the only list holding any, else an
     # empty known one (an empty file's error)
     one_record = _is_record(data)
+    if not one_record and not lists and _question_map(data):
+        raw = _read_records(_map_records(data), path)
+        sections = sum(isinstance(value, dict) for value in data.values())
+        raw.read_from = "an object mapping each question to its answer" + (
+            f", {_counted(sections, 'section', 'sections')} by heading" if sections else "")
+        return raw
     key = next((k for k in known if data[k]), None) or (filled[0] if len(filled) == 1 and not one_record else None) \
         or next(iter(known), None)
     if key is None:
@@ -437,6 +471,11 @@ def read_table(path: Path, header_place: str, names: list[str], header: list[str
     pairs = question is not None and answer is not None
     unclear = (question is None and asked) or (answer is None and answered)
     thread = None if unclear else _thread_columns(path, header_place, header, refuse_unclear=not pairs)
+    for used in (*(thread or ()), question, answer, "intent", "category"):
+        if used is not None and names.count(used) > 1:  # a row's dict keeps the last cell: the other would be lost
+            columns = ", ".join(str(i + 1) for i, name in enumerate(names) if name == used)
+            raise DataError(path, header_place, used, f"{names.count(used)} columns named '{used}' (columns "
+                                                      f"{columns}): rename or remove all but one")
     if thread:
         rows = list(rows)
         if not pairs or all(_side(values[thread[1]]) for _, values in rows):
@@ -649,7 +688,7 @@ def _wraps_records(document: dict) -> bool:
         return True
     if _is_record(document):
         return False
-    return any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
+    return _question_map(document) or any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
         (_records_in(value) or _section_key(value)) and header_words(str(key)) & WRAPPER_WORDS
         for key, value in document.items())
 
