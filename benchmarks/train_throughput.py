@@ -14,6 +14,8 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
             below run without a backward pass
   NAME+answers  an ecombot system with answer-only backward (`prompt_gradients: false`): the prompt tokens run
             once without autograd, the backward pass goes through the answer tokens only (e.g. ecombot-grounded+answers)
+  NAME+eager  an ecombot system without the fused C kernels (ECOMBOT_CPU_KERNELS=0: PyTorch's ops for the norms, the
+            MLP activation and the head's softmax), to measure what the kernels give on this CPU and precision
 
 Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
 system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -161,11 +164,13 @@ def train_ecombot(model_spec: str, train, test, out: Path, method: str, grounded
     loaded = load_for_inference(model=model_spec, adapter=result.run.path)
     system_prompt = result.run.system_prompt()
     loss = heldout_loss(loaded.model, loaded.tokenizer, test, system_prompt)["loss"]
-    return {"seconds": result.train_seconds, "steps": result.steps, **peak,
-            "heldout_loss": loss}
+    return {"seconds": result.train_seconds, "steps": result.steps, **peak, "heldout_loss": loss,
+            "precision": result.precision, "cpu_kernels": result.cpu_kernels}
 
 
 def worker(args) -> None:
+    if args.eager:
+        os.environ["ECOMBOT_CPU_KERNELS"] = "0"  # read when the kernels are first asked for, in training
     from ecombot.models import load_tokenizer, resolve_model
 
     model_dir = resolve_model(args.model)
@@ -202,6 +207,7 @@ def main() -> None:
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
     parser.add_argument("--adapted-layers", default="all", help=argparse.SUPPRESS)  # a worker's, from SYSTEM@N
     parser.add_argument("--answer-only", action="store_true", help=argparse.SUPPRESS)  # a worker's: NAME+answers
+    parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)  # a worker's: NAME+eager
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -210,13 +216,14 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     worker_args = {}  # system -> its worker's system, adapted layers and backward
     for system in systems:
-        spec, plus, modifier = system.partition("+")
+        spec, *modifiers = system.split("+")
         name, at, layers = spec.partition("@")
-        if (name not in SYSTEMS or (at and not layers.isdigit()) or (plus and modifier != "answers")
-                or ((at or plus) and not name.startswith("ecombot"))):
-            parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N "
-                         "and/or +answers)")
-        worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all", *(["--answer-only"] * bool(plus))]
+        if (name not in SYSTEMS or (at and not layers.isdigit()) or not set(modifiers) <= {"answers", "eager"}
+                or ((at or modifiers) and not name.startswith("ecombot"))):
+            parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N, "
+                         "+answers and/or +eager)")
+        worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all",
+                               *(["--answer-only"] * ("answers" in modifiers)), *(["--eager"] * ("eager" in modifiers))]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),

@@ -50,6 +50,17 @@ def test_train_throughput_benchmark_short_form(tiny_model_dir, tmp_path):
     assert summary["notebook"]["speedup_vs_notebook"]["median"] == 1.0
 
 
+def test_train_throughput_measures_the_fused_kernels_against_pytorchs_ops(tiny_model_dir, tmp_path):
+    """NAME+eager trains without the C kernels, side by side with the kernels on, in the precision asked for."""
+    result = run_benchmark("train_throughput", ["--model", str(tiny_model_dir), "--examples", "8", "--eval-examples", "2",
+                                                "--repeats", "1", "--systems", "ecombot,ecombot+eager",
+                                                "--precision", "fp32"], tmp_path)
+    [on], [off] = result["runs"]["ecombot"], result["runs"]["ecombot+eager"]
+    assert on["precision"] == off["precision"] == "fp32"
+    assert on["cpu_kernels"] == "on" and off["cpu_kernels"].startswith("off: switched off")
+    assert abs(on["heldout_loss"] - off["heldout_loss"]) < 1e-3  # the same computation up to rounding
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
     """Both precisions on every CPU class (bf16 runs, slower, where the CPU has no native bf16): the low-bit paths run
@@ -124,7 +135,7 @@ def test_train_throughput_reports_a_failed_system_and_keeps_measuring_the_others
     assert result["summary"]["ecombot"]["peak_gpu_mb"]["median"] == 900.0
     table = capsys.readouterr().out
     assert "peak GPU MB" in table and "FAILED" in table
-    for wrong in ("notebook@9", "ecombot@top", "ecombt"):  # layer variants are for ecombot's systems only
+    for wrong in ("notebook@9", "ecombot@top", "ecombt", "notebook+eager", "ecombot+fast"):  # layer variants are for ecombot's systems only
         monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--systems", wrong])
         with pytest.raises(SystemExit):
             bench.main()

@@ -10,8 +10,8 @@ choice uses attention.py's kernel whatever the switch says, since it needs it: a
 | piece        | what it replaces                                                        | modes         |
 |--------------|-------------------------------------------------------------------------|---------------|
 | lora.py      | PEFT's LoRA forward/backward (one fused function, bf16 inputs kept)     | train         |
-| norm.py      | Gemma's RMSNorm (lean backward; C kernel on bf16 CPUs)                  | train         |
-| mlp.py       | GELU(gate) * up (C kernel on bf16 CPUs)                                 | train         |
+| norm.py      | Gemma's RMSNorm (lean backward; C kernel on CPUs, bf16 or fp32)         | train         |
+| mlp.py       | GELU(gate) * up (C kernel on CPUs, bf16 or fp32)                        | train         |
 | attention.py | attention over a packed row / short CPU batches (and a row's answer     | train, decode |
 |              | tokens over keys/values recorded without autograd)                      |               |
 | head.py      | output head + cross-entropy of the answer tokens (one pass, no logits); | train, decode |
@@ -99,7 +99,7 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
         changed["flat_head"] = patch_forward(model, lambda module: module is output, head.flat_head_forward)
     if low_bit in (4, 8) and on_cpu_bf16 and lowbit.kernels_available() and not changed.get("low_bit"):
         changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
-    if on_cpu_bf16 and mode == "train":
+    if parameter is not None and parameter.device.type == "cpu" and mode == "train":
         applied.cpu_kernels = kernels.status()
     setattr(base, MARK, applied)
     return applied

@@ -1,5 +1,5 @@
-"""Fused CPU kernels for bf16 training (fused_cpu.c): Gemma's RMSNorm, the MLP's GELU(gate) * up, and the output
-head's online softmax over one vocabulary chunk.
+"""Fused CPU kernels for training (fused_cpu.c), in bf16 and in fp32: Gemma's RMSNorm, the MLP's GELU(gate) * up,
+and the output head's online softmax over one vocabulary chunk.
 
 Why by hand: on a CPU, eager PyTorch runs every elementwise op as its own pass over memory, and a packed step of
 Gemma 3 270M runs ~110 norms and 18 MLP activations forward and backward. Fused here, one norm (576 x 640, forward
@@ -32,6 +32,10 @@ import torch
 from ecombot import atomic
 
 SOURCE = Path(__file__).with_name("fused_cpu.c")
+KERNELS = SOURCE.with_name("fused_cpu_kernels.h")  # the kernels, included by SOURCE once per storage type
+# each kernel's exported name is its name and the suffix of its storage type: bf16 (uint16 in C) or fp32
+SUFFIXES = {torch.bfloat16: "", torch.float32: "_f32"}
+KERNEL_NAMES = ("rms_norm_forward", "rms_norm_backward", "gelu_mul_forward", "gelu_mul_backward", "softmax_chunk")
 # -fno-math-errno / -fno-trapping-math let the compiler vectorise floor and the comparisons; 512-bit vectors where
 # the CPU has them (x86's default tuning stops at 256: GELU x up 1.37 -> 1.0 ms with them).
 COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
@@ -77,7 +81,7 @@ def _build(compiler: str) -> Path:
 
     openmp = _loaded_openmp_runtime()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *COMPILE_FLAGS, version, _cpu_signature(),
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), KERNELS.read_text(), *COMPILE_FLAGS, version, _cpu_signature(),
                                     str(openmp)]).encode()).hexdigest()[:16]
     target = ecombot_home() / "kernels" / key / "fused_cpu.so"
     if target.is_file():
@@ -112,11 +116,14 @@ def library() -> ctypes.CDLL | None:
         log.warning("fused CPU kernels unavailable, using PyTorch ops: %s", exc)
         return None
     pointer, count = ctypes.c_void_p, ctypes.c_int64
-    lib.rms_norm_forward.argtypes = [pointer, pointer, pointer, pointer, count, count, ctypes.c_float]
-    lib.rms_norm_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count, count]
-    lib.gelu_mul_forward.argtypes = [pointer, pointer, pointer, count]
-    lib.gelu_mul_backward.argtypes = [pointer, pointer, pointer, pointer, pointer, count]
-    lib.softmax_chunk.argtypes = [pointer, count, pointer, pointer, pointer, pointer, count, count]
+    arguments = dict(zip(KERNEL_NAMES, ([pointer, pointer, pointer, pointer, count, count, ctypes.c_float],
+                                        [pointer, pointer, pointer, pointer, pointer, count, count],
+                                        [pointer, pointer, pointer, count],
+                                        [pointer, pointer, pointer, pointer, pointer, count],
+                                        [pointer, count, pointer, pointer, pointer, pointer, count, count])))
+    for name, types in arguments.items():
+        for suffix in SUFFIXES.values():
+            getattr(lib, name + suffix).argtypes = types
     return lib
 
 
@@ -126,16 +133,20 @@ def status() -> str:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """True when the kernels apply: bf16 CPU tensors (other dtypes and devices keep PyTorch's ops)."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
-            and library() is not None)
+    """True when the kernels apply: CPU tensors all bf16 or all fp32 (other dtypes and devices keep PyTorch's ops)."""
+    return (bool(tensors) and tensors[0].dtype in SUFFIXES
+            and all(t.device.type == "cpu" and t.dtype == tensors[0].dtype for t in tensors) and library() is not None)
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    return getattr(library(), name + SUFFIXES[dtype])
 
 
 def rms_norm_forward(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x * rsqrt(mean(x^2) + eps) * gain over the last dimension, the rsqrt per row as (..., 1) fp32)."""
     x, gain = x.contiguous(), gain.to(torch.float32).contiguous()
     y, scale = torch.empty_like(x), torch.empty((*x.shape[:-1], 1), dtype=torch.float32)
-    library().rms_norm_forward(x.data_ptr(), gain.data_ptr(), y.data_ptr(), scale.data_ptr(),
+    _kernel("rms_norm_forward", x.dtype)(x.data_ptr(), gain.data_ptr(), y.data_ptr(), scale.data_ptr(),
                                x.numel() // x.shape[-1], x.shape[-1], eps)
     return y, scale
 
@@ -143,7 +154,7 @@ def rms_norm_forward(x: torch.Tensor, gain: torch.Tensor, eps: float) -> tuple[t
 def rms_norm_backward(x: torch.Tensor, scale: torch.Tensor, gain: torch.Tensor, grad_y: torch.Tensor) -> torch.Tensor:
     x, grad_y, gain = x.contiguous(), grad_y.contiguous(), gain.to(torch.float32).contiguous()
     grad_x = torch.empty_like(x)
-    library().rms_norm_backward(x.data_ptr(), scale.contiguous().data_ptr(), gain.data_ptr(), grad_y.data_ptr(),
+    _kernel("rms_norm_backward", x.dtype)(x.data_ptr(), scale.contiguous().data_ptr(), gain.data_ptr(), grad_y.data_ptr(),
                                 grad_x.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
     return grad_x
 
@@ -152,14 +163,14 @@ def gelu_mul_forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gelu(gate, approximate="tanh") * up."""
     gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty_like(gate)
-    library().gelu_mul_forward(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+    _kernel("gelu_mul_forward", gate.dtype)(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
     return out
 
 
 def gelu_mul_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grad, gate, up = grad.contiguous(), gate.contiguous(), up.contiguous()
     grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
-    library().gelu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
+    _kernel("gelu_mul_backward", gate.dtype)(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), grad_gate.data_ptr(),
                                 grad_up.data_ptr(), gate.numel())
     return grad_gate, grad_up
 
@@ -167,8 +178,8 @@ def gelu_mul_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) 
 def softmax_chunk(logits: torch.Tensor, probs: torch.Tensor, top: torch.Tensor, total: torch.Tensor,
                   rescale: torch.Tensor) -> None:
     """One vocabulary chunk of the head's online softmax, in place (see fused_cpu.c softmax_chunk): `logits`
-    (rows x cols bf16, rows may be strided), `probs` (contiguous bf16, same shape) gets exp(logits - new top);
+    (rows x cols, rows may be strided), `probs` (contiguous, same shape and dtype) gets exp(logits - new top);
     `top`, `total`, `rescale` are contiguous fp32 per-row vectors."""
     assert logits.stride(1) == 1 and probs.is_contiguous() and probs.shape == logits.shape
-    library().softmax_chunk(logits.data_ptr(), logits.stride(0), probs.data_ptr(), top.data_ptr(), total.data_ptr(),
+    _kernel("softmax_chunk", logits.dtype)(logits.data_ptr(), logits.stride(0), probs.data_ptr(), top.data_ptr(), total.data_ptr(),
                             rescale.data_ptr(), logits.shape[0], logits.shape[1])
