@@ -109,6 +109,12 @@ def test_gelu_mul_kernel_is_as_accurate_as_pytorchs_ops(built, dtype):
     assert close_in_bf16(grad_gate, exact_gate.grad, atol=1e-2 if dtype == torch.bfloat16 else 1e-5, step=step)
     if dtype == torch.bfloat16:  # in fp32 both are within a few fp32 steps of the exact values
         assert (out.double() - exact).abs().max() <= (pytorch.double() - exact).abs().max()
+    # far on GELU's negative side exact zeros, as PyTorch's: values near 1e-37 would make the next matrix product's
+    # products denormal (~100x slower on x86)
+    far = torch.tensor([[-10.0, -20.0, -100.0, -9.5]], dtype=dtype)
+    ones = torch.ones_like(far)
+    assert (kernels.gelu_mul_forward(far, ones) == 0).all()
+    assert all((g == 0).all() for g in kernels.gelu_mul_backward(ones, far, ones))
 
 
 @DTYPES
@@ -129,6 +135,11 @@ def test_head_softmax_kernel_gives_pytorchs_loss_and_gradient(monkeypatch, built
     assert ((grads[0].float() - grads[1].float()).norm() / grads[1].float().norm()) < 1e-3
     exact = F.cross_entropy(hidden.double() @ weight.double().t(), targets, reduction="none")
     assert (losses[0].double() - exact).abs().max() < 0.02  # bf16 logits, as the model's own head gives them
+    logits = torch.tensor([[0.0, -63.0, -65.0, -200.0]], dtype=dtype)  # far below the maximum: exact zeros
+    probs, top, total, rescale = torch.empty_like(logits), torch.full((1, 1), float("-inf")), torch.zeros(1, 1), \
+        torch.empty(1, 1)
+    kernels.softmax_chunk(logits, probs, top, total, rescale)
+    assert probs[0, 1] > 0 and (probs[0, 2:] == 0).all() and total.item() == pytest.approx(1.0)
 
 
 @DTYPES

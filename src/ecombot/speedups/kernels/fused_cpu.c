@@ -38,11 +38,15 @@ static inline float exp_small(float x) {
     return p * scale;
 }
 
-/* (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), without tanh's cancellation where GELU is tiny (u << 0). */
+/* (1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), without tanh's cancellation where GELU is small (u << 0), and 0 where it
+ * is below 2^-26, as fp32's 1 + tanh(u) is there (PyTorch's GELU gives exact zeros): the values near 1e-37 that the
+ * formula would leave make the next matrix product's products denormal, ~100x slower on x86 (a 2624 x 2048 @ 2048 x
+ * 640 fp32 product: 25 ms, 2.5 s with half its inputs 1e-37; a grounded fp32 epoch 145 -> 209 s). */
 static inline float half_one_plus_tanh(float u) {
     float a = -2.0f * u;
     a = a > 87.0f ? 87.0f : (a < -87.0f ? -87.0f : a);
-    return 1.0f / (1.0f + exp_small(a));
+    float s = 1.0f / (1.0f + exp_small(a));
+    return s < 0x1p-26f ? 0.0f : s;
 }
 
 #define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */

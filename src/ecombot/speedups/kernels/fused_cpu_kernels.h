@@ -65,7 +65,7 @@ void NAME(gelu_mul_backward)(const T *grad, const T *gate, const T *up, T *grad_
 
 /* One vocabulary chunk of the output head's online softmax (ecombot/speedups/head.py head_cross_entropy_rows).
  * logits: rows x cols T, row stride ld. Per row: the new running maximum m = max(top, max(logits)); probs =
- * exp(logits - m) in T (for probs @ weight); total = total * exp(top - m) + sum(exp(logits - m)) in fp32 from the
+ * exp(logits - m) in T, 0 below exp(-64) (for probs @ weight); total = total * exp(top - m) + sum(exp(logits - m)) in fp32 from the
  * unrounded values; rescale = exp(top - m) (for the running probs @ weight); top = m. */
 void NAME(softmax_chunk)(const T *logits, int64_t ld, T *probs, float *top, float *total, float *rescale,
                    int64_t rows, int64_t cols) {
@@ -83,7 +83,9 @@ void NAME(softmax_chunk)(const T *logits, int64_t ld, T *probs, float *top, floa
         #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < cols; j++) {
             float d = LOAD(lr[j]) - m;
-            float e = exp_small(d < -87.0f ? -87.0f : d);
+            /* below exp(-64) nothing adds to total (>= 1 in fp32), and such probs would make probs @ weight's products
+             * denormal (slow; see half_one_plus_tanh) */
+            float e = d < -64.0f ? 0.0f : exp_small(d);
             pr[j] = STORE(e);
             sum += e;
         }
