@@ -64,7 +64,9 @@ def test_train_throughput_measures_the_fused_kernels_against_pytorchs_ops(tiny_m
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
     """Both precisions on every CPU class (bf16 runs, slower, where the CPU has no native bf16): the low-bit paths run
-    for bf16 weights and are left off for fp32 ones."""
+    for bf16 weights, and for fp32 ones only on CPUs with AVX-512 (where they pay)."""
+    from ecombot.speedups.lowbit import fp32_pays
+
     result = run_benchmark("inference", ["--model", str(tiny_model_dir), "--repeats", "1", "--max-new-tokens", "8",
                                          "--quality-examples", "2", "--precision", precision,
                                          "--no-llama-cpp"], tmp_path)
@@ -76,7 +78,7 @@ def test_inference_benchmark_short_form(tiny_model_dir, tmp_path, precision):
     losses = [result["summary"][name]["decoding_path_loss"] for name in engines]
     low_bit_layers = [result["summary"][name]["low_bit_layers"] for name in engines]
     assert all(0 < loss < 20 for loss in losses)
-    if precision == "bf16":
+    if precision == "bf16" or fp32_pays():
         assert low_bit_layers[0] == 0 < low_bit_layers[1] == low_bit_layers[2]
         assert len(set(losses)) == 3  # the low-bit paths really ran
     else:

@@ -235,6 +235,24 @@ def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, group, tolerance):
     assert torch.equal(layer(one), linear(one))  # with gradients on (training), always the original weights
 
 
+def test_an_fp32_layer_answers_one_row_with_low_bit_weights_and_batches_in_fp32():
+    """fp32 models (CPUs without native bf16): the one-token row goes through the kernels in bf16 and comes back fp32;
+    prompts keep the fp32 weights."""
+    import torch
+
+    from ecombot.speedups.lowbit import LowBitDecodeLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 64, bias=True)
+    layer = LowBitDecodeLinear(linear, 8)
+    one, many = torch.randn(1, 1, 128), torch.randn(3, 5, 128)
+    with torch.inference_mode():
+        exact, low = linear(one), layer(one)
+        assert low.dtype == torch.float32 and not torch.equal(exact, low)
+        assert (low - exact).norm() / exact.norm() < 0.02
+        assert torch.equal(layer(many), linear(many))
+
+
 def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dirs):
     import torch
 

@@ -8,6 +8,7 @@ import torch
 
 from conftest import make_tiny_model
 from ecombot import speedups
+from ecombot.speedups import kernels, lowbit
 from ecombot.models import PackedCollator
 from ecombot.models.loss import supervised_loss
 from ecombot.train.packing import packed_rows
@@ -35,14 +36,18 @@ def test_train_mode_says_what_it_changed_and_records_it_on_the_model():
                                "mlp": 2}
     assert applied.off is None and speedups.applied_to(model) is applied
     assert patched(model) == 14 + 13 + 2
-    assert applied.to_dict()["cpu_kernels"] == "not used"  # fp32 model: the bf16 C kernels never run
+    assert applied.to_dict()["cpu_kernels"] == kernels.status()  # an fp32 CPU model uses the fp32 C kernels
 
 
-def test_decode_mode_changes_only_the_head_of_an_fp32_model():
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+def test_decode_mode_gives_an_fp32_model_low_bit_steps_only_where_they_pay(monkeypatch, avx512):
+    monkeypatch.setattr(lowbit, "fp32_pays", lambda: avx512)
     model = make_tiny_model(vocab_size=64).eval()
-    applied = speedups.apply(model, mode="decode", low_bit=8)  # low-bit weights only for bf16 CPU models
-    assert applied.changed == {"attention": 1, "fused_head": 1, "flat_head": 1} and patched(model) == 1
-    assert "forward" in vars(model.get_output_embeddings())
+    applied = speedups.apply(model, mode="decode", low_bit=8)
+    low_bit = {"low_bit": 2 * 7 + 1} if avx512 else {}  # 2 layers x 7 projections + the head
+    assert applied.changed == {"attention": 1, "fused_head": 1, "flat_head": 1, **low_bit}
+    head = model.get_output_embeddings()
+    assert isinstance(head, lowbit.LowBitDecodeLinear) if avx512 else "forward" in vars(head)
     with pytest.raises(ValueError, match="mode"):
         speedups.apply(model, mode="fast")
 

@@ -17,7 +17,7 @@ choice uses attention.py's kernel whatever the switch says, since it needs it: a
 | head.py      | output head + cross-entropy of the answer tokens (one pass, no logits); | train, decode |
 |              | in decoding, the head over generate's last positions as a 2-D matmul    |               |
 |              | (weight-major `W @ xᵀ` for a few fp32 rows on a CPU)                    |               |
-| lowbit.py    | one-token decoding steps with int8/int4 weights (bf16 CPUs)             | decode        |
+| lowbit.py    | one-token decoding steps with int8/int4 weights (bf16; fp32 on AVX-512) | decode        |
 
 cpu.py says what the CPU can do (native bf16 or not): which pieces pay, and the precision models train in.
 """
@@ -97,7 +97,9 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     output = model.get_output_embeddings()
     if mode == "decode" and isinstance(output, torch.nn.Linear):
         changed["flat_head"] = patch_forward(model, lambda module: module is output, head.flat_head_forward)
-    if low_bit in (4, 8) and on_cpu_bf16 and lowbit.kernels_available() and not changed.get("low_bit"):
+    on_cpu_fp32 = parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.float32
+    if (low_bit in (4, 8) and (on_cpu_bf16 or (on_cpu_fp32 and lowbit.fp32_pays())) and lowbit.kernels_available()
+            and not changed.get("low_bit")):
         changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
     if parameter is not None and parameter.device.type == "cpu" and mode == "train":
         applied.cpu_kernels = kernels.status()
