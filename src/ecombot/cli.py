@@ -27,7 +27,8 @@ console = Console()
 err = Console(stderr=True)
 DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.05x plain fp32 "
                     "generate, held-out loss +0.3%), 4 (int4: 2.4x, loss +6.7%) or 16 (bf16 as loaded). "
-                    "Batched steps always use bf16. PyTorch engine only.")
+                    "Batched steps keep the loaded weights (bf16, or fp32 on CPUs without native bf16; there the "
+                    "low-bit steps run on AVX-512 CPUs only). PyTorch engine only.")
 REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.90 "
               "between the two questions, knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the "
               "model; --no-reuse-answers generates every answer.")

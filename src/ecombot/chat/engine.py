@@ -301,7 +301,8 @@ class TransformersEngine(PromptingEngine):
         return [adapter_display_name(name) for name in getattr(self.model, "peft_config", {})]
 
     def speed_up_decoding(self, bits: int = 8) -> None:
-        """On CPUs with bf16 weights, answer one-token steps with int8/int4 weights (speedups/lowbit.py).
+        """On CPUs, answer one-token steps with int8/int4 weights (speedups/lowbit.py): for bf16 weights, and for fp32
+        ones where the CPU has AVX-512.
 
         Call it once every adapter is loaded; batched calls and training-style losses are unchanged.
         """

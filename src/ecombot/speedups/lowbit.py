@@ -36,8 +36,8 @@ def kernels_available() -> bool:
 
 
 def fp32_pays() -> bool:
-    """Low-bit one-token steps for an fp32 model: measured faster on AVX-512 (bf16 rows); on AVX2 the same kernels
-    were 3-4x slower than fp32 (Performance, "PyTorch's int8 / int4 weight-only kernels for fp32 decoding")."""
+    """Low-bit one-token steps for an fp32 model: measured faster on AVX-512 (bf16 rows). On AVX2 (forced) the
+    kernels with fp32 rows were 3-4x slower than fp32 (README, Performance); bf16 rows there are not measured."""
     return {"avx512f", "avx512bw", "avx512vl"} <= cpu_flags()
 
 
