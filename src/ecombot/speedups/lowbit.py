@@ -3,15 +3,15 @@
 Why by hand: decoding one token at a time multiplies a single row by every weight matrix, which is bound by
 memory bandwidth, and this CPU's bf16 matrix-vector product is slow. Measured for the 262k x 640 output head:
 bf16 21 ms, fp32 24 ms, PyTorch's int8 weight-only kernel 13 ms, its int4 kernel 4.5 ms. Batched calls
-(prompts, several requests at once) keep the bf16 weights, where AMX beats both kernels.
+(prompts, several requests at once) keep the bf16 weights, where AMX beats both kernels. Weights are
+quantized once at load time: int8 per output channel (symmetric); int4 per group of 64 inputs (asymmetric,
+like the Q4 GGUF the default model ships as).
 
 Models kept in fp32 (CPUs without native bf16) get the same kernels where the CPU has AVX-512 (`fp32_pays`): the
 one-token row is rounded to bf16 for them (their fp32-activation forms are slower than fp32 itself: head 93 / 202 ms
 vs 26 ms) and prompts keep the fp32 weights, 4-5x faster than emulated bf16 there. Measured on a 2-core Xeon with
 AVX-512 but no BF16, head: fp32 26 ms, int8 with a bf16 row 12.4 ms, int4 6.2 ms; a 2048 x 640 layer 0.10 vs
-0.06 ms. Weights are
-quantized once at load time: int8 per output channel (symmetric); int4 per group of 64 inputs (asymmetric,
-like the Q4 GGUF the default model ships as).
+0.06 ms.
 
 The output head (62% of Gemma 3 270M's weights) gets int4 in groups of 32 in both low-bit modes: with an int8
 body that measured 36.7 tok/s vs 28.0 for all-int8, held-out loss through the decoding path 2.897 vs 2.883
@@ -50,12 +50,14 @@ class LowBitDecodeLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias  # shared, not copied (tied embeddings stay tied)
         self.bits = 4 if bits == 4 and self.in_features % group == 0 and self.out_features % 16 == 0 else 8
         self.group = group
+        # the kernels' row and scales: bf16 for an fp32 model too (see above)
+        kernel_dtype = torch.bfloat16 if linear.weight.dtype == torch.float32 else linear.weight.dtype
         with torch.no_grad():
             w = linear.weight.detach().float()
             if self.bits == 8:
                 scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
                 packed = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-                params = scale.to(linear.weight.dtype)
+                params = scale.to(kernel_dtype)
             else:
                 groups = w.reshape(self.out_features, -1, group)
                 low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
@@ -64,15 +66,14 @@ class LowBitDecodeLinear(nn.Module):
                 packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
                 middle = low + 8 * scale  # the kernel computes (q - 8) * scale + middle
                 params = torch.stack([scale.squeeze(-1).t(), middle.squeeze(-1).t()], dim=-1).contiguous()
-                params = params.to(linear.weight.dtype)
+                params = params.to(kernel_dtype)
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("params", params.to(torch.bfloat16) if params.dtype == torch.float32 else params,
-                             persistent=False)
+        self.register_buffer("params", params, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() != x.shape[-1] or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
             return linear_rows(x, self.weight, self.bias)
-        row = x.reshape(1, -1).to(self.params.dtype)  # an fp32 model's row in bf16 (see above)
+        row = x.reshape(1, -1).to(self.params.dtype)  # an fp32 model's row in bf16
         if self.bits == 8:
             out = torch.ops.aten._weight_int8pack_mm(row, self.packed, self.params)
         else:
