@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated; an ecombot system as NAME@N puts its adapters in the top N decoder "
                              "layers only (adapted_layers), NAME+answers trains with answer-only backward "
-                             "(prompt_gradients: false), e.g. "
-                             "ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers")
+                             "(prompt_gradients: false), NAME+eager without the fused C kernels, e.g. "
+                             "ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers,ecombot+eager")
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")

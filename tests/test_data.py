@@ -112,6 +112,19 @@ def test_faq_kept_as_a_lookup_table_of_question_to_answer(tmp_path, indent):
         ('t.json:key "Payments" → "Can I pay later?"', "Can I pay later?", "With Klarna.", "Payments")]
     with pytest.raises(DataError, match=r'b.json:key "Where is it\?": field \'answer\': expected text, got int'):
         read_file(write(tmp_path, "b.json", json.dumps({"How do I return?": "x", "Where is it?": 5}, indent=indent)))
+    # questions holding a pair field's words are still questions, not one record's fields
+    words = {"How do I contact customer service?": "Use chat.", "How long until I get a reply?": "1 day",
+             "Do you ship abroad?": "Yes"}
+    raw = read_file(write(tmp_path, "w.json", json.dumps(words, indent=indent)))
+    assert [(c.question, c.answer) for c in raw.conversations] == list(words.items())
+    # a note about the file is left out and said; a wrapper's key is no category; a question twice is refused
+    noted = {"Last updated": "2024-01-01", "faqs": {"Do you ship?": "Yes.", "Can I return?": "30 days."}}
+    raw = read_file(write(tmp_path, "n.json", json.dumps(noted, indent=indent)))
+    assert [(c.question, c.category) for c in raw.conversations] == [("Do you ship?", None), ("Can I return?", None)]
+    assert raw.read_from.endswith('left out as notes about the file: "Last updated"')
+    twice = '{"Do you ship?": "Yes", "Do you ship?": "No, EU only", "Can I return?": "30 days"}'
+    with pytest.raises(DataError, match=r"d.json: field 'Do you ship\?': this question is a key twice"):
+        read_file(write(tmp_path, "d.json", twice if indent is None else twice.replace('", "', '",\n  "')))
     # field names are no questions: one record with unknown fields is still refused, not read as a pair per field
     with pytest.raises(DataError, match=r"r.json:.*(unrecognised record|the object.s keys: Order Id, Ticket Text)"):
         read_file(write(tmp_path, "r.json", json.dumps({"Order Id": "1", "Ticket Text": "Late"}, indent=indent)))

@@ -208,3 +208,15 @@ def test_training_on_a_cpu_uses_the_kernels(tiny_model_dir, small_dataset, tmp_p
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
               if "\"loss\"" in line]
     assert len(losses) == 16 and losses[-1] < losses[0] * 0.8  # it learns
+
+
+def test_the_kernel_sources_are_shipped_with_the_package():
+    """A wheel holds only the package data pyproject names: a source the build reads but the wheel lacks would turn
+    the kernels off silently on every installed (not editable) copy."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["ecombot.speedups.kernels"]
+    for source in (kernels.SOURCE, kernels.KERNELS):
+        assert source.is_file() and any(fnmatch.fnmatch(source.name, pattern) for pattern in shipped), source.name

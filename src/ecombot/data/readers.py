@@ -55,6 +55,9 @@ TABLES = {"csv": "CSV file", "xlsx": "sheet"}  # what an error calls each kind o
 CSV_SEPARATORS = (",", ";", "\t", "|")
 # JSON: a top-level object holding the records under one of these keys (or under its only list)
 JSON_LIST_KEYS = ("data", "faqs", "faq", "conversations", "examples", "rows", "items", "entries", "records")
+# words of a lookup-table FAQ's keys that are notes about the file, not questions ("Last updated", "Store name")
+FILE_NOTE_WORDS = {"updated", "modified", "version", "store", "shop", "company", "author", "source", "generated",
+                   "exported", "title", "website", "site", "copyright", "contact"}
 # the fields naming an FAQ page's section ({"category": "Shipping", "questions": [...]}): its records' category
 SECTION_HEADINGS = ("category", "section", "topic", "title", "heading", "name")
 # a pair record's fields read with its question (as Alpaca's input), where the record has them
@@ -239,10 +242,24 @@ def _read_records(records: Iterator[tuple[str, Any]], path: Path) -> RawFile:
     return RawFile(path, fmt, out, read_from=fields)
 
 
+class _JsonObject(dict):
+    """A JSON object that remembers the keys it held more than once (json keeps the last value only)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    found = _JsonObject(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        found.duplicates = tuple(key for key, _ in pairs if key in seen or seen.add(key))
+    return found
+
+
 def _loads(path: Path, text: str, line: int | None = None) -> Any:
     """json.loads with its failures as a DataError at the file's line (`line`: where `text` starts)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError as exc:
         where = line if line is not None else exc.lineno
         raise DataError(path, f"line {where}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
@@ -317,27 +334,43 @@ def _question_like(key: str) -> bool:
     return key.rstrip().endswith("?") or " " in key.strip()
 
 
+def _about_the_file(key: str, value: Any) -> bool:
+    """A lookup table's note about itself beside its questions ("Last updated": "2024-01-01", "Store name": …)."""
+    return not key.rstrip().endswith("?") and not isinstance(value, dict) and bool(
+        header_words(key) & (CSV_NOT_TEXT | FILE_NOTE_WORDS))
+
+
 def _question_map(document: dict) -> bool:
     """An FAQ kept as a lookup table, {question: answer, ...} or by section {heading: {question: answer}, ...}: no
-    value a list, every key outside a section and every key inside one question-like (a record's fields are names,
-    not questions), and some question ending in '?' (so {"Order Id": …, "Ticket Text": …} is no FAQ)."""
+    value a list, every key outside a section (notes about the file aside) and every key inside one question-like (a
+    record's fields are names, not questions), and some question ending in '?' (so {"Order Id": …, "Ticket Text": …}
+    is no FAQ)."""
     if not document or any(isinstance(value, list) for value in document.values()):
         return False
-    questions = [key for key, value in document.items() if not isinstance(value, dict)] + [
+    questions = [key for key, value in document.items() if not isinstance(value, dict)
+                 and not _about_the_file(key, value)] + [
         key for value in document.values() if isinstance(value, dict) for key in value]
     return bool(questions) and all(_question_like(key) for key in questions) and any(
         key.rstrip().endswith("?") for key in questions)
 
 
-def _map_records(document: dict) -> Iterator[tuple[str, Any]]:
-    """The lookup table's pairs, placed by their question (and section); a section's heading is its category."""
+def _map_records(path: Path, document: dict) -> Iterator[tuple[str, Any]]:
+    """The lookup table's pairs, placed by their question (and section); a section's heading is its category (not
+    a wrapper's key: {"faqs": {…}}). A question written twice is an error: JSON keeps only its last answer."""
+    for table in (document, *(value for value in document.values() if isinstance(value, dict))):
+        if getattr(table, "duplicates", ()):
+            raise DataError(path, None, table.duplicates[0], "this question is a key twice and JSON keeps only its "
+                                                             "last answer: merge the answers or reword one")
     for key, value in document.items():
+        if _about_the_file(key, value):
+            continue
         if not isinstance(value, dict):
             yield f'key "{key.strip()[:60]}"', {"question": key, "answer": value}
             continue
+        category = None if header_words(key) <= WRAPPER_WORDS else key
         for question, answer in value.items():
             yield f'key "{key.strip()[:60]}" → "{question.strip()[:60]}"', {
-                "question": question, "answer": answer, "category": key}
+                "question": question, "answer": answer, "category": category}
 
 
 def _read_json(path: Path, text: str) -> RawFile:
@@ -359,13 +392,16 @@ def _read_json(path: Path, text: str) -> RawFile:
     known = [key for key in JSON_LIST_KEYS if key in lists]
     # a known key holding records, else (the object not being one record itself) the only list holding any, else an
     # empty known one (an empty file's error)
-    one_record = _is_record(data)
-    if not one_record and not lists and _question_map(data):
-        raw = _read_records(_map_records(data), path)
+    if not lists and _question_map(data):  # before the record test: a question may hold a field's word ("reply")
+        raw = _read_records(_map_records(path, data), path)
         sections = sum(isinstance(value, dict) for value in data.values())
-        raw.read_from = "an object mapping each question to its answer" + (
-            f", {_counted(sections, 'section', 'sections')} by heading" if sections else "")
+        notes = [key for key, value in data.items() if _about_the_file(key, value)]
+        raw.read_from = ", ".join(filter(None, (
+            "an object mapping each question to its answer",
+            sections and f"{_counted(sections, 'section', 'sections')} by heading",
+            notes and "left out as notes about the file: " + ", ".join(f'"{key}"' for key in notes))))
         return raw
+    one_record = _is_record(data)
     key = next((k for k in known if data[k]), None) or (filled[0] if len(filled) == 1 and not one_record else None) \
         or next(iter(known), None)
     if key is None:
@@ -684,11 +720,11 @@ def _wraps_records(document: dict) -> bool:
     """Whether a one-line JSON object is a minified file holding a list of records and not one JSON Lines record:
     it is no record itself and holds its records (or sections) under a known key or one that says it holds a list
     ({"faq_list": [...]}; a record's turns, {"dialog": [{"user": …, "agent": …}, …]}, are not a file's records)."""
-    if "questions" in document:
+    if "questions" in document or _question_map(document):
         return True
     if _is_record(document):
         return False
-    return _question_map(document) or any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
+    return any(isinstance(document.get(key), list) for key in JSON_LIST_KEYS) or any(
         (_records_in(value) or _section_key(value)) and header_words(str(key)) & WRAPPER_WORDS
         for key, value in document.items())
 

@@ -72,8 +72,8 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
 
     train: every LoRA layer, norm and MLP of the model; per-batch attention and the fused head in the loss.
     decode: per-batch attention and the fused head when scoring, the output head as one 2-D matmul over the
-    positions `generate` keeps; with `low_bit` 8 or 4, one-token steps of a bf16
-    CPU model with int8 (or int4) weights — call it then only once every adapter is loaded.
+    positions `generate` keeps; with `low_bit` 8 or 4, one-token steps of a bf16 CPU model (or an fp32 one where the
+    CPU has AVX-512) with int8 (or int4) weights — call it then only once every adapter is loaded.
     """
     from ecombot.speedups import lora, lowbit, mlp, norm
 
@@ -101,7 +101,8 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     if (low_bit in (4, 8) and (on_cpu_bf16 or (on_cpu_fp32 and lowbit.fp32_pays())) and lowbit.kernels_available()
             and not changed.get("low_bit")):
         changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
-    if parameter is not None and parameter.device.type == "cpu" and mode == "train":
+    if parameter is not None and parameter.device.type == "cpu" and parameter.dtype in kernels.SUFFIXES \
+            and mode == "train":
         applied.cpu_kernels = kernels.status()
     setattr(base, MARK, applied)
     return applied
