@@ -242,24 +242,10 @@ def _read_records(records: Iterator[tuple[str, Any]], path: Path) -> RawFile:
     return RawFile(path, fmt, out, read_from=fields)
 
 
-class _JsonObject(dict):
-    """A JSON object that remembers the keys it held more than once (json keeps the last value only)."""
-
-    duplicates: tuple[str, ...] = ()
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
-    found = _JsonObject(pairs)
-    if len(found) < len(pairs):
-        seen: set[str] = set()
-        found.duplicates = tuple(key for key, _ in pairs if key in seen or seen.add(key))
-    return found
-
-
 def _loads(path: Path, text: str, line: int | None = None) -> Any:
     """json.loads with its failures as a DataError at the file's line (`line`: where `text` starts)."""
     try:
-        return json.loads(text, object_pairs_hook=_json_object)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         where = line if line is not None else exc.lineno
         raise DataError(path, f"line {where}", None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
@@ -354,13 +340,22 @@ def _question_map(document: dict) -> bool:
         key.rstrip().endswith("?") for key in questions)
 
 
-def _map_records(path: Path, document: dict) -> Iterator[tuple[str, Any]]:
+def _repeated_key(text: str) -> str | None:
+    """The first key an object of this JSON text holds twice (json.loads keeps only its last value)."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        seen: set[str] = set()
+        repeated.extend(key for key, _ in items if key in seen or seen.add(key))
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return repeated[0] if repeated else None
+
+
+def _map_records(document: dict) -> Iterator[tuple[str, Any]]:
     """The lookup table's pairs, placed by their question (and section); a section's heading is its category (not
-    a wrapper's key: {"faqs": {…}}). A question written twice is an error: JSON keeps only its last answer."""
-    for table in (document, *(value for value in document.values() if isinstance(value, dict))):
-        if getattr(table, "duplicates", ()):
-            raise DataError(path, None, table.duplicates[0], "this question is a key twice and JSON keeps only its "
-                                                             "last answer: merge the answers or reword one")
+    a wrapper's key: {"faqs": {…}})."""
     for key, value in document.items():
         if _about_the_file(key, value):
             continue
@@ -393,7 +388,10 @@ def _read_json(path: Path, text: str) -> RawFile:
     # a known key holding records, else (the object not being one record itself) the only list holding any, else an
     # empty known one (an empty file's error)
     if not lists and _question_map(data):  # before the record test: a question may hold a field's word ("reply")
-        raw = _read_records(_map_records(path, data), path)
+        if (question := _repeated_key(text)) is not None:  # the file's keys are its questions: none may be lost
+            raise DataError(path, None, question, "this question is a key twice and JSON keeps only its last answer: "
+                                                  "merge the answers or reword one")
+        raw = _read_records(_map_records(data), path)
         sections = sum(isinstance(value, dict) for value in data.values())
         notes = [key for key, value in data.items() if _about_the_file(key, value)]
         raw.read_from = ", ".join(filter(None, (
