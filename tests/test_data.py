@@ -387,6 +387,13 @@ def test_json_wrappers_sections_and_named_pairs_read_nothing_wrong(tmp_path):
         read_file(write(tmp_path, "m.json", json.dumps([{"Question": None, "Answer": "c"}])))
 
 
+def test_a_thread_export_whose_messages_are_all_empty_names_the_text_column(tmp_path):
+    """Rows but no text (a truncated export, attachments only): an error naming the column, not "no rows"."""
+    with pytest.raises(DataError, match=r"e.csv: field 'message': the CSV file has no messages: this column is empty "
+                                        r"in all 2 rows"):
+        read_file(write(tmp_path, "e.csv", "ticket id,sender,message\nT1,customer,\nT1,agent\n"))
+
+
 def test_a_column_read_twice_over_is_refused_not_read_from_its_last_copy(tmp_path):
     """Two columns of one name (an export's "Answer" in two languages, a pasted column): which to train on is not
     guessed, and a row's dict would keep only the last."""

@@ -642,8 +642,9 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
         messages_out = [{"role": side, "content": "\n\n".join(m.text for m in group)} for side, group in turns]
         out.append(Conversation(messages_out, **opening.labels,
                                 source=f"{path.name}:{opening.place} ({thread} {thread_id})"))
-    if not out:
-        raise DataError(path, None, None, f"the {TABLES[kind.removesuffix('-threads')]} has a header but no messages")
+    if not out:  # rows, but every one's text empty
+        raise DataError(path, None, text, f"the {TABLES[kind.removesuffix('-threads')]} has no messages: this column "
+                                          f"is empty in all {_counted(empty, 'row', 'rows')}")
     order = f"in order of {time}" if ordered else (f"in file order ({time} not ISO date-times)" if time else
                                                    "in file order")
     counts = [_counted(empty, "empty message", "empty messages"),
