@@ -87,7 +87,7 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     changed = applied.changed
     changed.update(attention=1, fused_head=1)
     parameter = next(model.parameters(), None)
-    on_cpu_bf16 = parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
+    cpu_dtype = parameter.dtype if parameter is not None and parameter.device.type == "cpu" else None  # None: GPU
     if mode == "train":
         changed["lora"] = lora.use_fused_lora(model)
         computes_in_bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
@@ -97,12 +97,10 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
     output = model.get_output_embeddings()
     if mode == "decode" and isinstance(output, torch.nn.Linear):
         changed["flat_head"] = patch_forward(model, lambda module: module is output, head.flat_head_forward)
-    on_cpu_fp32 = parameter is not None and parameter.device.type == "cpu" and parameter.dtype == torch.float32
-    if (low_bit in (4, 8) and (on_cpu_bf16 or (on_cpu_fp32 and lowbit.fp32_pays())) and lowbit.kernels_available()
-            and not changed.get("low_bit")):
+    low_bit_pays = cpu_dtype == torch.bfloat16 or (cpu_dtype == torch.float32 and lowbit.fp32_pays())
+    if low_bit in (4, 8) and low_bit_pays and lowbit.kernels_available() and not changed.get("low_bit"):
         changed["low_bit"] = lowbit.use_low_bit_decoding(model, low_bit)
-    if parameter is not None and parameter.device.type == "cpu" and parameter.dtype in kernels.SUFFIXES \
-            and mode == "train":
+    if mode == "train" and cpu_dtype in kernels.SUFFIXES:
         applied.cpu_kernels = kernels.status()
     setattr(base, MARK, applied)
     return applied
