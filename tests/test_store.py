@@ -336,6 +336,44 @@ def test_agents_answering_one_handoff_at_once_keep_one_answer(store_on_each_data
     assert [h.answered_by for h in store.handoffs(waiting_only=False)] == [winner]
 
 
+@pytest.mark.parametrize("handed_over_by", ["an answer", "the customer"])
+def test_a_handoff_made_while_an_agent_closes_the_last_one_waits(store_on_each_database, handed_over_by):
+    """The customer asks for a person again (or the bot hands over again) at the instant an agent closes the waiting
+    handoff: the agent's close commits between the request reading the conversation and writing it. The new handoff
+    waits for an agent; deciding on the row read earlier kept it closed, and the customer was never answered."""
+    from sqlalchemy import event
+
+    from ecombot.serve.store import ConversationRow
+
+    store = store_on_each_database
+    handed = answer("Let me pass you to a colleague.")
+    handed.handoff = "not covered"
+    conversation = store.record_answer(None, "web-1", "web", [{"role": "user", "content": "Gift wrap?"}], handed)
+    agent_desk = Store(store.url)  # another process: the agents' CLI
+    closes = []
+
+    def agent_closes_once_read(row, context):  # the request has just read the conversation
+        if not closes:  # once: the agent's own read of the row loads it too
+            closes.append(row)
+            agent_desk.close_handoff(conversation, "Solved by phone.", "agent-1")
+
+    event.listen(ConversationRow, "load", agent_closes_once_read)
+    try:
+        if handed_over_by == "an answer":
+            again = answer("Let me pass you to a colleague again.")
+            again.handoff = "still not covered"
+            store.record_answer(conversation, "web-1", "web", [{"role": "user", "content": "And now?"}], again)
+        else:
+            store.record_handoff(conversation, "web-1", "still not covered")
+    finally:
+        event.remove(ConversationRow, "load", agent_closes_once_read)
+    assert len(closes) == 1
+    [waiting] = store.handoffs()
+    assert (waiting.conversation_id, waiting.note, waiting.answered_by, waiting.closed_because) == (
+        conversation, "still not covered", None, None)
+    agent_desk.engine.dispose()
+
+
 @pytest.mark.parametrize("url", ["postgresql+psycopg://shop:s3cret-pw@127.0.0.1:1/shop",
                                  "nodriver+x://shop:s3cret-pw@db.internal/shop"])
 def test_a_store_that_cannot_open_never_shows_the_password(url):

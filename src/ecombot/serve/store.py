@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from sqlalchemy import (Boolean, DateTime, Float, ForeignKey, Integer, String, Text, func,
-                        inspect, select, text, update)
+                        inspect, or_, select, text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
@@ -283,8 +283,8 @@ class Store:
                               prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                               finish_reason=answer.finish_reason, task=answer.task,
                               sources=json.dumps(answer.sources, ensure_ascii=False) if answer.sources else None))
-            if answer.handoff and (row.handoff_at is None or row.handoff_answered_at is not None):
-                self._hand_over(row, answer.handoff)  # a request already waiting for an agent keeps its note
+            if answer.handoff:
+                self._hand_over(db, row.id, answer.handoff, unless_waiting=True)
             row.updated_at = now()
             return row.id
 
@@ -311,12 +311,19 @@ class Store:
             row = db.get(ConversationRow, conversation_id)
             if row is None or row.client != client:
                 raise NotFound(f"conversation {conversation_id!r} not found")
-            self._hand_over(row, note)
+            self._hand_over(db, conversation_id, note)
 
-    def _hand_over(self, row: ConversationRow, note: str | None) -> None:
-        """Waiting for an agent from now on; handed over again after an agent answered, it waits again."""
-        row.handoff_at, row.handoff_note = now(), self._clean(note)
-        row.handoff_answered_at = row.handoff_answered_by = row.handoff_closed_because = None
+    def _hand_over(self, db: Session, conversation_id: str, note: str | None, unless_waiting: bool = False) -> None:
+        """Waiting for an agent from now on (handed over again after an agent answered, it waits again);
+        `unless_waiting`: a conversation waiting already keeps its first note. One UPDATE whose condition the
+        database checks at write time, as in `_claim_handoff`: setting the fields of the row read earlier in the
+        request let an agent's answer or close committed in between win, and the new handoff was lost."""
+        query = update(ConversationRow).where(ConversationRow.id == conversation_id)
+        if unless_waiting:
+            query = query.where(or_(ConversationRow.handoff_at.is_(None), ConversationRow.handoff_answered_at.is_not(None)))
+        db.execute(query.values(handoff_at=now(), handoff_note=self._clean(note), handoff_answered_at=None,
+                                handoff_answered_by=None, handoff_closed_because=None)
+                   .execution_options(synchronize_session=False))
 
     def pending_suggestions(self, limit: int | None = None) -> list[Suggestion]:
         """Customers' ratings and corrections no reviewer has decided on yet, oldest first."""
