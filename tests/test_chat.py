@@ -235,42 +235,56 @@ def test_low_bit_decoding_layer_matches_the_bf16_layer(bits, group, tolerance):
     assert torch.equal(layer(one), linear(one))  # with gradients on (training), always the original weights
 
 
-def test_an_fp32_layer_answers_one_row_with_low_bit_weights_and_batches_in_fp32():
-    """fp32 models (CPUs without native bf16): the one-token row goes through the kernels in bf16 and comes back fp32;
-    prompts keep the fp32 weights."""
+@pytest.mark.parametrize("most_rows", [1, 8])
+def test_an_fp32_layer_answers_a_few_rows_with_low_bit_weights_and_prompts_in_fp32(most_rows):
+    """fp32 models (CPUs without native bf16): a decoding step's rows (one per request in the batch, up to
+    `most_rows`) go through the kernels in bf16 and come back fp32; prompts keep the fp32 weights."""
     import torch
 
     from ecombot.speedups.lowbit import LowBitDecodeLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 64, bias=True)
-    layer = LowBitDecodeLinear(linear, 8)
-    one, many = torch.randn(1, 1, 128), torch.randn(3, 5, 128)
+    layer = LowBitDecodeLinear(linear, 8, most_rows=most_rows)
+    one, step, prompts = torch.randn(1, 1, 128), torch.randn(most_rows, 1, 128), torch.randn(3, 5, 128)
     with torch.inference_mode():
-        exact, low = linear(one), layer(one)
-        assert low.dtype == torch.float32 and not torch.equal(exact, low)
-        assert (low - exact).norm() / exact.norm() < 0.02
-        assert torch.equal(layer(many), linear(many))
+        for rows in (one, step):
+            exact, low = linear(rows), layer(rows)
+            assert low.shape == exact.shape and low.dtype == torch.float32 and not torch.equal(exact, low)
+            assert (low - exact).norm() / exact.norm() < 0.02
+        assert torch.equal(layer(prompts), linear(prompts))  # 15 rows: more than most_rows
+        wider = torch.randn(most_rows + 1, 1, 128)
+        assert torch.equal(layer(wider), linear(wider))
 
 
-def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dirs):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_low_bit_decoding_keeps_lora_and_the_answers(tiny_model_dir, adapter_dirs, monkeypatch, precision):
     import torch
 
+    from ecombot.speedups import lowbit
     from ecombot.speedups.lowbit import LowBitDecodeLinear
     from ecombot.chat import open_engine
 
+    monkeypatch.setattr(lowbit, "fp32_pays", lambda: True)  # fp32 models get the kernels on AVX-512 CPUs only
     engine = open_engine(str(tiny_model_dir), [("support", adapter_dirs["support"])], Decoding(max_new_tokens=6),
-                          precision="bf16", decode_bits=16)
-    question = [[{"role": "user", "content": "Where is my order?"}]]
-    before = engine.generate(question, "support")[0]
+                          precision=precision, decode_bits=16)
+    questions = [[{"role": "user", "content": "Where is my order?"}], [{"role": "user", "content": "Refund?"}]]
+    before = engine.generate(questions, "support")
     engine.speed_up_decoding(8)
     swapped = [m for m in engine.model.modules() if isinstance(m, LowBitDecodeLinear)]
     assert engine.low_bit_layers == len(swapped) == 2 * 7 + 1  # 2 layers x 7 projections + the output head
     head = engine.model.get_output_embeddings()
     assert head.bits == 4 and head.group == 32 and {m.bits for m in swapped if m is not head} == {8}
+    # bf16: batched steps keep the bf16 weights; fp32: the two rows of each batched step use the kernels too
+    assert {m.most_rows for m in swapped if m is not head} == ({1} if precision == "bf16" else {8})
     assert all(type(m.lora_A["support"]) is torch.nn.Linear for m in engine.model.modules() if hasattr(m, "lora_A"))
-    after = engine.generate(question, "support")[0]
-    assert after.new_tokens == before.new_tokens
+    rows_seen = []
+    kernel = torch.ops.aten._weight_int8pack_mm
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm",
+                        lambda row, *args: rows_seen.append(row.shape[0]) or kernel(row, *args), raising=False)
+    after = engine.generate(questions, "support")
+    assert [a.new_tokens for a in after] == [b.new_tokens for b in before]
+    assert (2 in rows_seen) == (precision == "fp32") and 1 not in rows_seen  # both rows answered as one batch
     with pytest.raises(Exception, match="before speed_up_decoding"):
         engine.add_adapter("fr", adapter_dirs["fr"])
     with pytest.raises(Exception, match="4, 8 or 16"):

@@ -48,6 +48,9 @@ def test_decode_mode_gives_an_fp32_model_low_bit_steps_only_where_they_pay(monke
     assert applied.changed == {"attention": 1, "fused_head": 1, "flat_head": 1, **low_bit}
     head = model.get_output_embeddings()
     assert isinstance(head, lowbit.LowBitDecodeLinear) if avx512 else "forward" in vars(head)
+    if avx512:  # an fp32 model's batched steps of a few rows use the kernels too, the head's up to 16
+        body = {m.most_rows for m in model.modules() if isinstance(m, lowbit.LowBitDecodeLinear) and m is not head}
+        assert body == {lowbit.FP32_LOW_BIT_ROWS} and head.most_rows == lowbit.FP32_HEAD_LOW_BIT_ROWS == 16
     with pytest.raises(ValueError, match="mode"):
         speedups.apply(model, mode="fast")
 

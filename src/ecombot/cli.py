@@ -27,8 +27,8 @@ console = Console()
 err = Console(stderr=True)
 DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, int4 output head: 2.05x plain fp32 "
                     "generate, held-out loss +0.3%), 4 (int4: 2.4x, loss +6.7%) or 16 (bf16 as loaded). "
-                    "Batched steps keep the loaded weights (bf16, or fp32 on CPUs without native bf16; there the "
-                    "low-bit steps run on AVX-512 CPUs only). PyTorch engine only.")
+                    "Batched steps keep bf16 weights; fp32 models (CPUs without native bf16) take the low-bit "
+                    "steps on AVX-512 CPUs only, batched steps of up to 8 rows too. PyTorch engine only.")
 REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.90 "
               "between the two questions, knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the "
               "model; --no-reuse-answers generates every answer.")
@@ -445,7 +445,8 @@ def serve(
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
     decode_bits: int = typer.Option(8, help="As for chat. Serving an adapter, int8 measured 11.7 vs 4.1 tokens/s "
-                                            "with bf16 at concurrency 1 and 18.3 vs 17.6 at 8 (benchmarks/serve_load.py)."),
+                                            "with bf16 at concurrency 1 and 18.3 vs 17.6 at 8 (AMX Xeon); 44 vs 32-38 at "
+                                            "8 with fp32 (AVX-512 Xeon) (benchmarks/serve_load.py)."),
     reload_every: float = typer.Option(5.0, help="Seconds between checks for an adapter version `ecombot learn` "
                                                  "promoted (or `adapter rollback` restored), swapped in without a "
                                                  "restart; 0: never."),
