@@ -59,7 +59,3 @@ class ScriptedEngine:
 
     def reload_promoted(self):
         return {}
-
-    def stream(self, messages, adapter=None):
-        self.seen.append(messages)
-        yield self.answer

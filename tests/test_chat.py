@@ -83,9 +83,10 @@ def test_grammar_rows_answer_only_what_their_grammar_allows_beside_free_rows(eng
     assert engine.generate(questions[:1], max_new_tokens=[40], grammars=[grammar])[0].text == first.text
 
 
-def test_stream_gives_the_same_text_as_generate(engine):
-    question = [{"role": "user", "content": "Can I pay with PayPal?"}]
-    assert "".join(engine.stream(question)) == engine.generate([question])[0].text
+def test_streamed_pieces_make_the_generated_text(engine):
+    question, pieces = [{"role": "user", "content": "Can I pay with PayPal?"}], []
+    [answer] = engine.generate([question], on_text=lambda row, piece: pieces.append(piece))
+    assert len(pieces) > 1 and "".join(pieces) == answer.text == engine.generate([question])[0].text
 
 
 def test_history_is_trimmed_to_the_context_window(engine):

@@ -116,14 +116,21 @@ def test_chat_answers_from_the_knowledge_base(knowledge_bases, tiny_model_dir):
                                ("shop", None, 3, None, None, None)]
 
 
-def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch):
-    import uvicorn
-
-    import ecombot.chat
+@pytest.fixture
+def served_apps(monkeypatch) -> list:
+    """The apps `ecombot serve` builds, in order (run_server replaced: nothing listens)."""
+    import ecombot.serve
 
     apps = []
+    monkeypatch.setattr(ecombot.serve, "run_server", lambda app, host, port: apps.append(app) or True)
+    return apps
+
+
+def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkeypatch, served_apps):
+    import ecombot.chat
+
+    apps = served_apps
     monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: ScriptedEngine())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     db = f"sqlite:///{tmp_path / 'shop.db'}"
     common = ["serve", "--model", "tiny", "--adapter", f"support={grounded_run(tmp_path)}", "--db", db,
               "--session-secret", str(tmp_path / "secret")]
@@ -146,13 +153,12 @@ def test_serve_flags_choose_the_knowledge_base(knowledge_bases, tmp_path, monkey
 
 def test_serve_gives_answers_room_for_the_longest_answer_its_adapters_trained_on(knowledge_bases, tmp_path,
                                                                                    monkeypatch):
-    import uvicorn
-
     import ecombot.chat
+    import ecombot.serve
 
     apps = []
     monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: ScriptedEngine())
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    monkeypatch.setattr(ecombot.serve, "run_server", lambda app, host, port: apps.append(app) or True)
     run = grounded_run(tmp_path)
     (run / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 180, "max": 409}}))
     common = ["serve", "--model", "tiny", "--adapter", f"support={run}", "--db", f"sqlite:///{tmp_path / 'shop.db'}",
@@ -170,18 +176,15 @@ def test_serve_gives_answers_room_for_the_longest_answer_its_adapters_trained_on
 
 
 def test_serve_sizes_each_adapters_answers_by_its_own_data_and_its_live_version(knowledge_bases, tmp_path,
-                                                                                 monkeypatch):
-    import uvicorn
-
+                                                                                 monkeypatch, served_apps):
     import ecombot.chat
     from ecombot.serve.dependencies import ServerState
 
     engine = ScriptedEngine()
     live = {"support": "v1", "copy": "v1"}  # as the engine reports an adapter loaded from its run
     engine.version = lambda adapter=None: live.get(adapter)
-    apps = []
+    apps = served_apps
     monkeypatch.setattr(ecombot.chat, "open_engine", lambda *args, **kwargs: engine)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     support, copy = grounded_run(tmp_path), tmp_path / "copy"
     copy.mkdir()
     (support / "data_summary.json").write_text(json.dumps({"answer_tokens": {"p50": 40, "max": 90}}))

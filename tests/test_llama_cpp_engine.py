@@ -140,7 +140,6 @@ def test_batches_budgets_cancellation_and_streaming(engines):
     assert cut[0].text == alone[0].text and streamed[0] == cut[0].text
     assert cut[2].new_tokens == 3 and alone[2].text.startswith(cut[2].text)
     assert cut[1].new_tokens < 12
-    assert "".join(llama.stream(QUESTIONS[0])) == alone[0].text
 
 
 def test_a_promoted_version_is_swapped_in(engines, runs, tmp_path):

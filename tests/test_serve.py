@@ -789,3 +789,96 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
     exported = store.export(tmp_path / "support.jsonl", rated_only=False)  # task answers are no support data
     assert exported.written == 1 and exported.skipped == {"recommend task answers (not support)": 6,
                                                           "copy task answers (not support)": 3}
+
+
+@pytest.fixture
+def torch_threads_restored():
+    """run_server gives every later thread one PyTorch thread (speedups/cpu.py); the tests after this one get the
+    process-wide count back (set from a short-lived thread, as that function does, so this thread's stays)."""
+    import torch
+
+    count = torch.get_num_threads()
+    yield count
+    restorer = threading.Thread(target=torch.set_num_threads, args=(count,))
+    restorer.start()
+    restorer.join()
+
+
+def thread_count_of_a_new_thread() -> int:
+    import torch
+
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+def test_only_the_thread_that_loaded_the_model_runs_pytorch_on_several_cores(torch_threads_restored):
+    import torch
+
+    from ecombot.speedups.cpu import one_parallel_thread
+
+    setter = threading.Thread(target=torch.set_num_threads, args=(2,))  # a new thread would get 2
+    setter.start()
+    setter.join()
+    assert thread_count_of_a_new_thread() == 2
+    one_parallel_thread()
+    assert torch.get_num_threads() == torch_threads_restored  # this thread's own count is kept
+    assert thread_count_of_a_new_thread() == 1
+
+
+def test_the_served_model_generates_on_the_main_thread_until_a_signal_stops_the_server(store, torch_threads_restored):
+    """`ecombot serve` (run_server): HTTP on a thread of its own, generation on the main thread, the one that loaded
+    the model (a second thread running it pays libgomp's wake-ups: 59-75 vs 35 ms a step, serve/server.py). SIGTERM
+    stops it after the answer in flight; the signal handlers are the caller's again afterwards."""
+    import signal
+    import socket
+
+    from ecombot.serve import run_server
+
+    generated_on = []
+
+    class RecordingEngine(ScriptedEngine):
+        def generate(self, *args, **kwargs):
+            generated_on.append(threading.current_thread())
+            return super().generate(*args, **kwargs)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    answers = []
+
+    def customer() -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                answers.append(httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                                          json={"model": "support", "messages": QUESTION}).json())
+                break
+            except httpx.ConnectError:
+                time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    client = threading.Thread(target=customer)
+    client.start()
+    assert run_server(create_app(RecordingEngine("Parcels leave today."), store), "127.0.0.1", port) is True
+    client.join(timeout=30)
+    assert [a["choices"][0]["message"]["content"] for a in answers] == ["Parcels leave today."]
+    assert generated_on == [threading.main_thread()]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert thread_count_of_a_new_thread() == 1  # the request threads ran PyTorch on one core
+
+
+def test_a_server_that_cannot_listen_says_so_and_stops_generating(store, torch_threads_restored):
+    import socket
+
+    from ecombot.serve import run_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        started = time.time()
+        assert run_server(create_app(ScriptedEngine(), store), "127.0.0.1", taken.getsockname()[1]) is False
+    assert time.time() - started < 30

@@ -453,12 +453,10 @@ def serve(
     engine: str = typer.Option("transformers", help=ENGINE_HELP),
 ) -> None:
     """Serve the bot: OpenAI-compatible API (/v1/chat/completions), web chat page (/), conversation store."""
-    import uvicorn
-
     from ecombot.chat import Decoding, adapters_answer_limit, open_engine, open_knowledge
     from ecombot.home import ecombot_home
     from ecombot.models import base_model_spec
-    from ecombot.serve import ServeConfig, Store, create_app, parse_adapters
+    from ecombot.serve import ServeConfig, Store, create_app, parse_adapters, run_server
     from ecombot.serve.tasks import CatalogTasks
 
     adapters = parse_adapters(adapter)
@@ -491,7 +489,8 @@ def serve(
     console.print(f"serving {names} with {engine} on http://{host}:{port} (chat page: {'/' if web else 'off'}; "
                   f"API keys: {len(config.api_keys) or 'none'}, review keys: {len(config.review_keys) or 'none'}; "
                   f"store: {store.engine.url.render_as_string(hide_password=True)}; {grounded})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if not run_server(app, host, port):
+        raise typer.Exit(1)
 
 
 @conversations_app.command("export")

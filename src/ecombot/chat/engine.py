@@ -9,11 +9,10 @@ tokenizer), each adapter's system prompt and version; generation stops at <end_o
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -108,8 +107,6 @@ class GenerationEngine(Protocol):
                  decoding: Decoding | None = None, max_new_tokens: list[int] | None = None,
                  on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
                  grammars: list[str | None] | None = None) -> list[Generation]: ...
-
-    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]: ...
 
     def version(self, adapter: str | None = None) -> str | None: ...
 
@@ -261,24 +258,6 @@ class PromptingEngine:
                  on_text: TextCallback | None = None, prompts: list[list[int]] | None = None,
                  grammars: list[str | None] | None = None) -> list[Generation]:
         raise NotImplementedError
-
-    def stream(self, messages: list[dict[str, str]], adapter: str | None = None) -> Iterator[str]:
-        """Yield one answer's text piece by piece as tokens are generated (a batch of one, in a thread)."""
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-
-        def run() -> None:
-            try:
-                self.generate([messages], adapter, on_text=lambda row, text: pieces.put(text) if text else None)
-                pieces.put(done)
-            except BaseException as exc:  # surfaced in the caller's thread below
-                pieces.put(exc)
-
-        threading.Thread(target=run, daemon=True).start()
-        while (item := pieces.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 class TransformersEngine(PromptingEngine):

@@ -26,12 +26,19 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
     sys.stdout as it is at the call (tests replace it)."""
     out = out or sys.stdout
     grounding = grounder.ground(history) if grounder else Grounding(history)
-    pieces = engine.stream(grounding.messages) if grounding.answer is None else [grounding.answer]
     stream, raw = PlaceholderStream(context), []
-    for piece in pieces:
+
+    def show(row: int, piece: str) -> None:
+        if not piece:  # the engine asking whether to go on
+            return
         raw.append(piece)
         out.write(stream.feed(piece))
         out.flush()
+
+    if grounding.answer is None:  # generated on this thread, the one that loaded the model (serve.run_server: why)
+        engine.generate([grounding.messages], on_text=show)
+    else:
+        show(0, grounding.answer)
     out.write(stream.flush() + "\n")
     answer = "".join(raw).strip()
     if grounding.covered and grounding.cited:

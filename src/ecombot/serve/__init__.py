@@ -2,7 +2,7 @@
 
 from ecombot.config.serve import ServeConfig
 from ecombot.serve.app import create_app
-from ecombot.serve.server import parse_adapters
+from ecombot.serve.server import parse_adapters, run_server
 from ecombot.serve.store import Store
 
-__all__ = ["ServeConfig", "Store", "create_app", "parse_adapters"]
+__all__ = ["ServeConfig", "Store", "create_app", "parse_adapters", "run_server"]

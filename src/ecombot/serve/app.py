@@ -55,7 +55,8 @@ class SecurityHeaders:
 
 @asynccontextmanager
 async def batching(app: FastAPI):
-    """The batcher's worker thread runs as long as the server does, and so does the watch for promoted versions."""
+    """The batcher works as long as the server runs (on its own thread, or on the one `run_server` leaves it), and so
+    does the watch for promoted versions."""
     state = app.state.server
     stop = threading.Event()
     watch = threading.Thread(target=watch_versions, args=(state.engine, state.config.reload_every_s, stop),

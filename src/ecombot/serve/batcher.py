@@ -64,16 +64,19 @@ class Batcher:
         self.ready = threading.Condition()
         self.stats = BatchStats()
         self.stopping = False
-        self.thread = threading.Thread(target=self._work, name="ecombot-batcher", daemon=True)
+        self.caller_works = False  # True: `start` leaves the work to a thread that calls `work` (serve/server.py)
+        self.thread = threading.Thread(target=self.work, name="ecombot-batcher", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        if not self.caller_works:
+            self.thread.start()
 
     def stop(self) -> None:
         with self.ready:
             self.stopping = True
             self.ready.notify_all()
-        self.thread.join(timeout=30)
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
 
     def depth(self) -> int:
         return len(self.waiting)
@@ -106,7 +109,8 @@ class Batcher:
             self.waiting = rest
             return batch
 
-    def _work(self) -> None:
+    def work(self) -> None:
+        """Generate batches until `stop`: on the batcher's own thread, or on the caller's (`caller_works`)."""
         while True:
             batch = self._take()
             if self.stopping:

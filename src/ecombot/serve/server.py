@@ -1,8 +1,10 @@
-"""`ecombot serve --adapter NAME=DIR`: the named adapters one server answers with (chat.factory loads them)."""
+"""`ecombot serve`: the named adapters one server answers with (chat.factory loads them), and the threads it runs on."""
 
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from pathlib import Path
 
 from ecombot.chat.engine import BASE
@@ -22,3 +24,46 @@ def parse_adapters(specs: list[str]) -> list[tuple[str, Path]]:
             raise ConfigError(f"--adapter {spec!r}: the name {name!r} is used twice")
         adapters.append((name, Path(path)))
     return adapters
+
+
+def run_server(app, host: str, port: int) -> bool:
+    """Serve `app` until SIGINT or SIGTERM: HTTP on a thread of its own, generation on this (the main) thread;
+    returns False if the server could not start (uvicorn logged why: a port in use).
+
+    Why not uvicorn.run with the batcher on a thread: the model was loaded on the main thread, so PyTorch's OpenMP
+    (libgomp) keeps a pool there, and a second thread running the model brings a second pool; with more OpenMP
+    threads than cores libgomp stops spin-waiting between parallel regions, and every layer pays a wake-up. Measured
+    on the 2-core Xeon (AVX-512), one decoding step of Gemma 3 270M: 35 ms on the loading thread, 59-75 ms on another
+    (speedups/cpu.py, `one_parallel_thread`).
+    """
+    import uvicorn
+
+    from ecombot.speedups.cpu import one_parallel_thread
+
+    one_parallel_thread()  # request threads (embedding questions) would slow generation just the same
+    batcher = app.state.server.batcher
+    batcher.caller_works = True
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+    def serve_http() -> None:
+        try:
+            server.run()
+        except SystemExit:  # uvicorn could not start (it logged why): `server.started` says so below
+            pass
+        finally:  # stopped, or never started: the main thread stops generating either way
+            batcher.stop()
+
+    def on_signal(signum, frame) -> None:
+        server.force_exit = server.should_exit  # a second Ctrl-C stops without waiting for requests in flight
+        server.should_exit = True
+
+    handlers = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        http = threading.Thread(target=serve_http, name="ecombot-http")
+        http.start()
+        batcher.work()
+        http.join()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return server.started
