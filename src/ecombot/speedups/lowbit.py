@@ -32,7 +32,7 @@ HEAD_INT4_GROUP = 32
 # An fp32 model answers batched decoding steps (one row per request being answered) of up to this many rows with
 # the kernels too: measured on the 2-core Xeon with AVX-512 but no BF16, the 262k x 640 head in fp32 vs int4 with
 # bf16 rows, 2 rows 26 vs 7.8 ms, 4: 52 vs 10.9, 8: 83 vs 22.9, 16: 55 vs 42.7; a whole step of Gemma 3 270M with
-# its adapter, 2 / 4 / 8 rows: fp32 62 / 98 / 137 ms, int4 head 48 / 62 / 85, int8 body too 41 / 50 / 77
+# its adapter, 2 / 4 / 8 rows: fp32 62 / 98 / 137 ms, int4 head 48 / 62 / 85, int8 body too 40-41 / 48-50 / 75-77
 # (the MLP's 2048-wide layers gain, attention's small ones neither gain nor lose). bf16 models keep one row: on
 # CPUs with native bf16, batched bf16 products beat the kernels.
 FP32_LOW_BIT_ROWS = 8
