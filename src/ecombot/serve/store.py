@@ -320,7 +320,8 @@ class Store:
         request let an agent's answer or close committed in between win, and the new handoff was lost."""
         query = update(ConversationRow).where(ConversationRow.id == conversation_id)
         if unless_waiting:
-            query = query.where(or_(ConversationRow.handoff_at.is_(None), ConversationRow.handoff_answered_at.is_not(None)))
+            query = query.where(or_(ConversationRow.handoff_at.is_(None),
+                                    ConversationRow.handoff_answered_at.is_not(None)))
         db.execute(query.values(handoff_at=now(), handoff_note=self._clean(note), handoff_answered_at=None,
                                 handoff_answered_by=None, handoff_closed_because=None)
                    .execution_options(synchronize_session=False))
