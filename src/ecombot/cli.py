@@ -445,8 +445,9 @@ def serve(
     rate_limit: int = typer.Option(60, help="Requests per minute per client (0: no limit)."),
     max_request_kb: int = typer.Option(64, help="Largest request body in KiB."),
     decode_bits: int = typer.Option(8, help="As for chat. Serving an adapter, int8 measured 11.7 vs 4.1 tokens/s "
-                                            "with bf16 at concurrency 1 and 18.3 vs 17.6 at 8 (AMX Xeon); 54-61 vs 33-35 "
-                                            "at 8 with fp32 weights (AVX-512 Xeon) (benchmarks/serve_load.py)."),
+                                            "with bf16 at concurrency 1 and 18.3 vs 17.6 at 8 (AMX Xeon); "
+                                            "54-61 vs 33-35 at 8 with fp32 weights (AVX-512 Xeon) "
+                                            "(benchmarks/serve_load.py)."),
     reload_every: float = typer.Option(5.0, help="Seconds between checks for an adapter version `ecombot learn` "
                                                  "promoted (or `adapter rollback` restored), swapped in without a "
                                                  "restart; 0: never."),
