@@ -250,10 +250,60 @@ def test_pairs_or_threads_decided_by_the_writer_column(tmp_path):
     assert raw.format == "csv" and raw.conversations[0].answer == "Shipped."
 
 
+def test_an_faq_split_into_sheets_by_topic_reads_every_sheet(tmp_path):
+    """An FAQ kept as one sheet per topic: every sheet of conversations is read (before, only the first was, and the
+    rest were named), each sheet's name the category of rows without one; a cover page, a notes sheet (an error
+    value in it is no error: it is not read) and a sheet of another layout are named, not read."""
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    cover = workbook.active
+    cover.title = "Cover"
+    for row in (["Voltwise customer FAQ"], ["Updated weekly by the support team"]):
+        cover.append(row)
+    shipping = workbook.create_sheet("Shipping")
+    for row in (["Question", "Answer"], ["Do you ship to Ireland?", "Yes, 3-7 days."],
+                ["Is shipping free?", "Over $50."]):
+        shipping.append(row)
+    returns = workbook.create_sheet("Returns")
+    for row in (["Question", "Answer", "Category"], ["How long do I have?", "30 days.", ""],
+                ["When is my refund paid?", "Within 5 days.", "Refunds"]):
+        returns.append(row)
+    notes = workbook.create_sheet("Notes")
+    for row in (["Owner", "Check"], ["Dana", "#N/A"]):
+        notes.append(row)
+    tickets = workbook.create_sheet("Tickets")
+    for row in (["Ticket", "From", "Body"], ["T1", "customer", "Hi"], ["T1", "agent", "Hello"]):
+        tickets.append(row)
+    workbook.save(tmp_path / "topics.xlsx")
+    raw = read_file(tmp_path / "topics.xlsx")
+    assert raw.format == "xlsx"
+    assert [(c.question, c.category, c.source) for c in raw.conversations] == [
+        ("Do you ship to Ireland?", "Shipping", "topics.xlsx:sheet 'Shipping' row 2"),
+        ("Is shipping free?", "Shipping", "topics.xlsx:sheet 'Shipping' row 3"),
+        ("How long do I have?", "Returns", "topics.xlsx:sheet 'Returns' row 2"),
+        ("When is my refund paid?", "Refunds", "topics.xlsx:sheet 'Returns' row 3")]
+    assert raw.read_from == ("sheet 'Shipping', columns question (customer) and answer (answer); sheet 'Returns', "
+                             "columns question (customer) and answer (answer) (not read: 'Cover', 'Notes', "
+                             "'Tickets' (another layout))")
+
+    returns["B2"] = "#N/A"  # in a sheet of conversations, a cell that cannot be read is an error
+    workbook.save(tmp_path / "broken.xlsx")
+    with pytest.raises(DataError, match=r"broken.xlsx:sheet 'Returns' row 2: field 'column 2': an Excel error value"):
+        read_file(tmp_path / "broken.xlsx")
+    for sheet in (shipping, returns, tickets):
+        workbook.remove(sheet)
+    workbook.save(tmp_path / "notes.xlsx")
+    with pytest.raises(DataError, match=r"notes.xlsx: no sheet has question and answer columns \(sheets: 'Cover', "
+                                        r"'Notes'\)"):
+        read_file(tmp_path / "notes.xlsx")
+
+
 def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
     """A shop's FAQ kept in Excel: the first sheet holding anything (a title row above the header is fine), cells
     as a CSV export writes them (line breaks kept, 30.0 as "30", dates in ISO form), places as Excel numbers rows;
-    another sheet holding anything is named, not read; one message per row reads as threads, in time order."""
+    another sheet without question and answer columns is named, not read; one message per row reads as threads, in
+    time order."""
     from datetime import datetime
 
     from openpyxl import Workbook
@@ -268,8 +318,8 @@ def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
     workbook.save(tmp_path / "faq.xlsx")
     raw = read_file(tmp_path / "faq.xlsx")
     assert raw.format == "xlsx"
-    assert raw.read_from == ("sheet 'FAQ' (not read: 'Archive'), header on row 3, columns question (customer) and "
-                             "answer (answer)")
+    assert raw.read_from == ("sheet 'FAQ', header on row 3, columns question (customer) and answer (answer) "
+                             "(not read: 'Archive')")
     assert [(c.question, c.answer, c.category, c.source) for c in raw.conversations] == [
         ("How long do I have?", "30", "Returns", "faq.xlsx:sheet 'FAQ' row 4"),
         ("Do you ship to Ireland?", "Yes:\n- 3-7 days", "Delivery", "faq.xlsx:sheet 'FAQ' row 5")]

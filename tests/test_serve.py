@@ -793,7 +793,7 @@ def test_catalog_task_adapters_read_their_task_prompt_and_recommend_only_candida
 
 @pytest.fixture
 def torch_threads_restored():
-    """run_server gives every later thread one PyTorch thread (speedups/cpu.py); the tests after this one get the
+    """run_server gives every later thread one PyTorch thread (models/device.py); the tests after this one get the
     process-wide count back (set from a short-lived thread, as that function does, so this thread's stays)."""
     import torch
 
@@ -817,7 +817,7 @@ def thread_count_of_a_new_thread() -> int:
 def test_only_the_thread_that_loaded_the_model_runs_pytorch_on_several_cores(torch_threads_restored):
     import torch
 
-    from ecombot.speedups.cpu import one_parallel_thread
+    from ecombot.models import one_parallel_thread
 
     setter = threading.Thread(target=torch.set_num_threads, args=(2,))  # a new thread would get 2
     setter.start()

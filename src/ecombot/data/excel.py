@@ -1,4 +1,4 @@
-"""Excel workbooks (.xlsx) as training data: one sheet read as the CSV file an export of it would be.
+"""Excel workbooks (.xlsx) as training data: each sheet of conversations read as the CSV file an export of it would be.
 
 Written by hand over openpyxl's cells (not pandas) because what a shop sees in Excel must be what trains: a cell
 shown as "15%" is 15%, not 0.15; an order number formatted "00001234" keeps its zeros; a formula Excel never
@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from ecombot.data.readers import RawFile, message_text, read_table
+from ecombot.data.readers import NotATable, RawFile, message_text, read_table
 from ecombot.errors import DataError
 
 OLE_SIGNATURE = b"\xd0\xcf\x11\xe0"  # an old .xls, or an .xlsx saved with a password (encrypted in an OLE container)
@@ -53,9 +53,11 @@ def shown(cell: Any) -> str:
 
 
 def read_xlsx(path: Path) -> RawFile:
-    """The workbook's first visible sheet holding anything, read as a CSV file's rows are (places "sheet 'FAQ' row
-    N" as Excel numbers rows; a title above the header skipped, and said); other sheets holding anything are named
-    in "read from", not read (one table per file, as a CSV)."""
+    """Every visible sheet holding a table of conversations, read as a CSV file's rows are (places "sheet 'FAQ' row
+    N" as Excel numbers rows; a title above the header skipped, and said). A shop splitting its FAQ by topic
+    ("Shipping", "Returns") gets every sheet, the sheet's name as the category of rows without one; sheets without
+    question and answer columns (notes, a cover page) and sheets of another layout than the first are named in
+    "read from", not read."""
     from openpyxl import load_workbook
 
     with path.open("rb") as f:
@@ -76,15 +78,56 @@ def read_xlsx(path: Path) -> RawFile:
                                                    for row in rows_of(sheet) for cell in row)]
         if not filled:
             raise DataError(path, None, None, "the workbook's visible sheets are empty")
-        sheet, others = filled[0], [other.title for other in filled[1:]]
-        computed = {(n, i) for n, row in enumerate(rows_of(formulas[sheet.title]), start=1)
-                    for i, cell in enumerate(row) if cell.data_type == "f"}
-        table = [[cell_text(path, sheet.title, n, i, cell, (n, i) in computed) for i, cell in enumerate(row)]
-                 for n, row in enumerate(rows_of(sheet), start=1)]
+        tables = [(sheet.title, *sheet_cells(path, sheet, formulas[sheet.title])) for sheet in filled]
     finally:
         values.close()
         formulas.close()
-    return sheet_table(path, sheet.title, table, others)
+    read: list[tuple[str, RawFile]] = []
+    skipped: list[str] = []
+    for title, table, cell_error in tables:
+        if cell_error and len(tables) == 1:
+            raise cell_error
+        try:
+            raw = sheet_table(path, title, table)
+        except NotATable:
+            if len(tables) == 1:
+                raise
+            skipped.append(f"'{title}'")
+            continue
+        if cell_error:  # a table of conversations with a cell that cannot be read
+            raise cell_error
+        if read and raw.format != read[0][1].format:
+            skipped.append(f"'{title}' (another layout)")
+        else:
+            read.append((title, raw))
+    if not read:
+        raise NotATable(path, None, None, f"no sheet has question and answer columns (sheets: {', '.join(skipped)})")
+    if len(read) > 1:
+        for title, raw in read:
+            for conversation in raw.conversations:
+                conversation.category = conversation.category or title
+    first = read[0][1]
+    conversations = [conversation for _, raw in read for conversation in raw.conversations]
+    places = "; ".join(raw.read_from for _, raw in read) + (f" (not read: {', '.join(skipped)})" if skipped else "")
+    return RawFile(path, first.format, conversations, read_from=places)
+
+
+def sheet_cells(path: Path, sheet, formulas) -> tuple[list[list[str]], DataError | None]:
+    """The sheet's cells as text, and the first cell that cannot be read (an error only where the sheet turns out to
+    be a table of conversations)."""
+    computed = {(n, i) for n, row in enumerate(rows_of(formulas), start=1)
+                for i, cell in enumerate(row) if cell.data_type == "f"}
+    errors: list[DataError] = []
+
+    def text(n: int, i: int, cell: Any) -> str:
+        try:
+            return cell_text(path, sheet.title, n, i, cell, (n, i) in computed)
+        except DataError as exc:
+            errors.append(exc)
+            return ""
+
+    table = [[text(n, i, cell) for i, cell in enumerate(row)] for n, row in enumerate(rows_of(sheet), start=1)]
+    return table, errors[0] if errors else None
 
 
 def rows_of(sheet) -> Iterator[tuple]:
@@ -105,7 +148,7 @@ def cell_text(path: Path, title: str, row: int, column: int, cell: Any, formula:
     return shown(cell)
 
 
-def sheet_table(path: Path, title: str, table: list[list[str]], others: list[str]) -> RawFile:
+def sheet_table(path: Path, title: str, table: list[list[str]]) -> RawFile:
     numbered = [(n, row) for n, row in enumerate(table, start=1) if any(cell.strip() for cell in row)]
     # the header: the first row naming two columns or more (a title above the table, "Voltwise FAQ export", is not)
     at = next((i for i, (_, row) in enumerate(numbered) if sum(bool(cell.strip()) for cell in row) > 1), 0)
@@ -124,7 +167,6 @@ def sheet_table(path: Path, title: str, table: list[list[str]], others: list[str
             yield f"sheet '{title}' row {n}", dict(zip(names, [message_text(cell) for cell in cells]))
 
     raw = read_table(path, f"sheet '{title}' row {first}", names, header, rows(), kind="xlsx")
-    sheet = (f"sheet '{title}'" + (f" (not read: {', '.join(repr(o) for o in others)})" if others else "")
-             + (f", header on row {first}" if at else ""))
+    sheet = f"sheet '{title}'" + (f", header on row {first}" if at else "")
     raw.read_from = ", ".join(filter(None, (sheet, raw.read_from)))
     return raw

@@ -76,6 +76,11 @@ class RawFile:
     read_from: str | None = None  # where the pairs came from when the file has a choice: CSV columns, a JSON key
 
 
+class NotATable(DataError):
+    """A table without the columns of a conversation: no question or answer column, no thread columns (a workbook's
+    notes sheet beside its FAQ, where the other sheets are read)."""
+
+
 def message_text(text: str) -> str:
     """Line breaks (CRLF, CR) as LF, one convention for the model to learn; no surrounding whitespace (spreadsheet
     padding, a trailing newline); everything in between as written."""
@@ -521,7 +526,7 @@ def read_table(path: Path, header_place: str, names: list[str], header: list[str
             raise DataError(path, header_place, missing,
                             f"columns {', '.join(candidates)} could each be the {side}: rename the one to read "
                             f"'{spelling}' (a column of that name is taken first)")
-        raise DataError(path, header_place, missing,
+        raise NotATable(path, header_place, missing,
                         f"missing required column (header has: {', '.join(names)}); name the customer's column one "
                         f"of {', '.join(CSV_QUESTION)} and the answer's one of {', '.join(CSV_ANSWER)}")
     out = []

@@ -34,11 +34,11 @@ def run_server(app, host: str, port: int) -> bool:
     (libgomp) keeps a pool there, and a second thread running the model brings a second pool; with more OpenMP
     threads than cores libgomp stops spin-waiting between parallel regions, and every layer pays a wake-up. Measured
     on the 2-core Xeon (AVX-512), one decoding step of Gemma 3 270M: 35 ms on the loading thread, 59-75 ms on another
-    (speedups/cpu.py, `one_parallel_thread`).
+    (models/device.py, `one_parallel_thread`).
     """
     import uvicorn
 
-    from ecombot.speedups.cpu import one_parallel_thread
+    from ecombot.models import one_parallel_thread
 
     one_parallel_thread()  # request threads (embedding questions) would slow generation just the same
     batcher = app.state.server.batcher
