@@ -295,7 +295,7 @@ def test_an_faq_split_into_sheets_by_topic_reads_every_sheet(tmp_path):
         workbook.remove(sheet)
     workbook.save(tmp_path / "notes.xlsx")
     with pytest.raises(DataError, match=r"notes.xlsx: no sheet has question and answer columns \(sheets: 'Cover', "
-                                        r"'Notes'\)"):
+                                        r"'Notes'\); sheet 'Cover': missing required column \(header has: voltwise"):
         read_file(tmp_path / "notes.xlsx")
 
 

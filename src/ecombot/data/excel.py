@@ -84,15 +84,17 @@ def read_xlsx(path: Path) -> RawFile:
         formulas.close()
     read: list[tuple[str, RawFile]] = []
     skipped: list[str] = []
+    not_tables: list[NotATable] = []
     for title, table, cell_error in tables:
         if cell_error and len(tables) == 1:
             raise cell_error
         try:
             raw = sheet_table(path, title, table)
-        except NotATable:
+        except NotATable as exc:
             if len(tables) == 1:
                 raise
             skipped.append(f"'{title}'")
+            not_tables.append(exc)
             continue
         if cell_error:  # a table of conversations with a cell that cannot be read
             raise cell_error
@@ -101,7 +103,9 @@ def read_xlsx(path: Path) -> RawFile:
         else:
             read.append((title, raw))
     if not read:
-        raise NotATable(path, None, None, f"no sheet has question and answer columns (sheets: {', '.join(skipped)})")
+        first = not_tables[0]
+        raise NotATable(path, None, None, f"no sheet has question and answer columns (sheets: {', '.join(skipped)}); "
+                                          f"sheet '{tables[0][0]}': {first.problem}")
     if len(read) > 1:
         for title, raw in read:
             for conversation in raw.conversations:
