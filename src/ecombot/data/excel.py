@@ -84,7 +84,7 @@ def read_xlsx(path: Path) -> RawFile:
         formulas.close()
     read: list[tuple[str, RawFile]] = []
     skipped: list[str] = []
-    not_tables: list[NotATable] = []
+    refusal: NotATable | None = None  # why the first sheet not read is no table of conversations
     for title, table, cell_error in tables:
         if cell_error and len(tables) == 1:
             raise cell_error
@@ -94,7 +94,7 @@ def read_xlsx(path: Path) -> RawFile:
             if len(tables) == 1:
                 raise
             skipped.append(f"'{title}'")
-            not_tables.append(exc)
+            refusal = refusal or exc
             continue
         if cell_error:  # a table of conversations with a cell that cannot be read
             raise cell_error
@@ -103,17 +103,15 @@ def read_xlsx(path: Path) -> RawFile:
         else:
             read.append((title, raw))
     if not read:
-        first = not_tables[0]
         raise NotATable(path, None, None, f"no sheet has question and answer columns (sheets: {', '.join(skipped)}); "
-                                          f"sheet '{tables[0][0]}': {first.problem}")
+                                          f"sheet '{tables[0][0]}': {refusal.problem}")
     if len(read) > 1:
         for title, raw in read:
             for conversation in raw.conversations:
                 conversation.category = conversation.category or title
-    first = read[0][1]
     conversations = [conversation for _, raw in read for conversation in raw.conversations]
     places = "; ".join(raw.read_from for _, raw in read) + (f" (not read: {', '.join(skipped)})" if skipped else "")
-    return RawFile(path, first.format, conversations, read_from=places)
+    return RawFile(path, read[0][1].format, conversations, read_from=places)
 
 
 def sheet_cells(path: Path, sheet, formulas) -> tuple[list[list[str]], DataError | None]:

@@ -30,11 +30,8 @@ def run_server(app, host: str, port: int) -> bool:
     """Serve `app` until SIGINT or SIGTERM: HTTP on a thread of its own, generation on this (the main) thread;
     returns False if the server could not start (uvicorn logged why: a port in use).
 
-    Why not uvicorn.run with the batcher on a thread: the model was loaded on the main thread, so PyTorch's OpenMP
-    (libgomp) keeps a pool there, and a second thread running the model brings a second pool; with more OpenMP
-    threads than cores libgomp stops spin-waiting between parallel regions, and every layer pays a wake-up. Measured
-    on the 2-core Xeon (AVX-512), one decoding step of Gemma 3 270M: 35 ms on the loading thread, 59-75 ms on another
-    (models/device.py, `one_parallel_thread`).
+    Why not uvicorn.run with the batcher on a thread: the model runs fastest on the thread that loaded it, and every
+    other thread on one core (models/device.py, `one_parallel_thread`, says why and what was measured).
     """
     import uvicorn
 

@@ -18,4 +18,3 @@ def cpu_flags() -> set[str]:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run at full speed (measured ~2.5x fp32 for LoRA steps here)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
