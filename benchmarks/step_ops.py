@@ -47,12 +47,13 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--steps", type=int, default=4, help="training steps; the last two are profiled")
     parser.add_argument("--top", type=int, default=12, help="operators kept in the results")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32", "int8"))
     parser.add_argument("--output", default="benchmarks/results/step_ops.json")
     args = parser.parse_args()
     if args.steps < PROFILED_STEPS + 1:
         parser.error(f"--steps must be at least {PROFILED_STEPS + 1} (the first step warms up)")
 
-    precision = resolve_precision("auto")
+    precision = resolve_precision(args.precision, training=True)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rate = matmul_gflops(dtype)
     print(f"{precision} 2048 x 2048 matrix product: {rate:.0f} GFLOP/s", flush=True)
@@ -92,7 +93,7 @@ def main() -> None:
         # validation only at the end (which the profiler's callback skips), so no step in the window validates
         cfg = load_config(None, output=str(Path(tmp) / "run"), model=args.model, knowledge=KNOWLEDGE,
                           **{**REFERENCE.train, "max_steps": args.steps, "eval_steps": args.steps,
-                             "logging_steps": args.steps, "early_stopping_patience": 0})
+                             "logging_steps": args.steps, "early_stopping_patience": 0, "precision": precision})
         result = train(cfg, overwrite=True, show_progress=False)
     events = report.pop("events")
     total = sum(e.self_cpu_time_total for e in events) / 1e6 / PROFILED_STEPS

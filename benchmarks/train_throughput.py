@@ -16,6 +16,8 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
             once without autograd, the backward pass goes through the answer tokens only (e.g. ecombot-grounded+answers)
   NAME+eager  an ecombot system without the fused C kernels (ECOMBOT_CPU_KERNELS=0: PyTorch's ops for the norms, the
             MLP activation and the head's softmax), to measure what the kernels give on this CPU and precision
+  NAME+int8, NAME+fp32  an ecombot system at that precision whatever --precision says (int8: fp32 with the frozen
+            base's products in int8, on CPUs), to compare precisions side by side in one run
 
 Throughput = answer tokens of the training conversations / training wall time (the same numerator for every
 system, so the ratio is the ratio of times for the same data). Held-out loss = mean loss per answer token of
@@ -203,7 +205,7 @@ def main() -> None:
                              "(prompt_gradients: false), NAME+eager without the fused C kernels, e.g. "
                              "ecombot-grounded,ecombot-grounded@9,ecombot-grounded+answers,ecombot+eager")
     parser.add_argument("--output", default="benchmarks/results/train_throughput.json")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32", "int8"),
                         help="ecombot's precision: fp32 measures the path of CPUs without AVX-512 BF16")
     parser.add_argument("--adapted-layers", default="all", help=argparse.SUPPRESS)  # a worker's, from SYSTEM@N
     parser.add_argument("--answer-only", action="store_true", help=argparse.SUPPRESS)  # a worker's: NAME+answers
@@ -214,16 +216,18 @@ def main() -> None:
         return worker(args)
 
     systems = [s for s in args.systems.split(",") if s]
-    worker_args = {}  # system -> its worker's system, adapted layers and backward
+    worker_args = {}  # system -> its worker's system, adapted layers, backward and precision
     for system in systems:
         spec, *modifiers = system.split("+")
         name, at, layers = spec.partition("@")
-        if (name not in SYSTEMS or (at and not layers.isdigit()) or not set(modifiers) <= {"answers", "eager"}
+        if (name not in SYSTEMS or (at and not layers.isdigit())
+                or not set(modifiers) <= {"answers", "eager", "int8", "fp32"}
                 or ((at or modifiers) and not name.startswith("ecombot"))):
             parser.error(f"--systems: {system!r} is not one of {', '.join(SYSTEMS)} (ecombot ones may end in @N, "
-                         "+answers and/or +eager)")
+                         "+answers, +eager, +int8 or +fp32)")
         worker_args[system] = ["--worker", name, "--adapted-layers", layers or "all",
-                               *(["--answer-only"] * ("answers" in modifiers)), *(["--eager"] * ("eager" in modifiers))]
+                               *(["--answer-only"] * ("answers" in modifiers)), *(["--eager"] * ("eager" in modifiers)),
+                               *[arg for m in ("int8", "fp32") if m in modifiers for arg in ("--precision", m)]]
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     failures: dict[str, str] = {}
     common = ["--model", args.model, "--examples", str(args.examples), "--eval-examples", str(args.eval_examples),

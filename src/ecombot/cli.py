@@ -128,7 +128,8 @@ def train(
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing",
                                            help="Whole conversations end to end in fixed-size rows (default on)."),
     seed: Optional[int] = typer.Option(None, help="Seed for split, initialisation and shuffling."),
-    precision: Optional[str] = typer.Option(None, help="auto, bf16 or fp32."),
+    precision: Optional[str] = typer.Option(None, help="auto, bf16, fp32 or int8 (CPU: fp32 with the frozen base's "
+                                            "products in int8)."),
     knowledge: Optional[str] = typer.Option(None, help="Knowledge base whose passages go in every training prompt "
                                             "(default 'default'; 'none' trains without)."),
     db: Optional[str] = typer.Option(None, help="Database of the knowledge base (default: $ECOMBOT_DB, else "

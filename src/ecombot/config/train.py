@@ -14,7 +14,7 @@ import yaml
 from ecombot.errors import ConfigError
 
 METHODS = ("lora", "qlora", "dora")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")
 TASKS = ("support", "copy", "recommend")  # what an adapter learns; the catalog tasks build their data from a catalog
 #                                          (train/tasks.py)
 AUTO = "auto"

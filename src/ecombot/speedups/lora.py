@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ecombot.speedups import int8 as int8_products
 from ecombot.speedups import patch_forward
+from ecombot.speedups.int8 import INT8_WEIGHT, Int8Weight
 
 
 def _down(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, dtype: torch.dtype):
@@ -58,14 +60,22 @@ class LoRAUpdate(torch.autograd.Function):
 
 
 class LoRALinear(torch.autograd.Function):
-    """`x @ weight.T (+ bias) + scaling * x @ a.T @ b.T` for a frozen weight, computed in `dtype`."""
+    """`x @ weight.T (+ bias) + scaling * x @ a.T @ b.T` for a frozen weight, computed in `dtype`; with `int8`
+    (the weight's int8 copy, speedups/int8.py: fp32 CPU training at precision int8) the two products with the frozen
+    weight run in int8, the adapter's in `dtype`."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype, int8: Int8Weight | None = None):
         rows, down, a_, scaled_b = _down(ctx, x, a, b, scaling, dtype)
-        w_ = weight.to(dtype)
-        out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
+        w_ = weight.to(dtype) if int8 is None else weight
+        if int8 is not None:
+            out = int8_products.linear(rows, int8)
+            if bias is not None:
+                out.add_(bias.to(dtype))
+        else:
+            out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
         out.addmm_(down, scaled_b.t())
+        ctx.int8 = int8
         ctx.save_for_backward(rows, down, w_, a_, scaled_b)
         return out.view(*x.shape[:-1], w_.shape[0])
 
@@ -75,8 +85,9 @@ class LoRALinear(torch.autograd.Function):
         grad, grad_down, grad_a, grad_b = _rank_r_gradients(ctx, grad_out, rows, down, scaled_b, a_index=3)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad, w_).addmm_(grad_down, a_).view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, None, None, grad_a, grad_b, None, None
+            base = torch.mm(grad, w_) if ctx.int8 is None else int8_products.input_gradient(grad, ctx.int8)
+            grad_x = base.addmm_(grad_down, a_).view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 def _plain_lora_adapter(layer, kwargs) -> str | None:
@@ -101,7 +112,8 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if type(base) is torch.nn.Linear and not base.weight.requires_grad and not args and not kwargs:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
-        return LoRALinear.apply(x, base.weight, base.bias, a, b, scaling, dtype)
+        int8 = getattr(base, INT8_WEIGHT, None) if dtype == torch.float32 and x.device.type == "cpu" else None
+        return LoRALinear.apply(x, base.weight, base.bias, a, b, scaling, dtype, int8)
     return LoRAUpdate.apply(base(x, *args, **kwargs), x, a, b, scaling)
 
 
@@ -128,5 +140,20 @@ def keep_activations_in_bf16(model: torch.nn.Module) -> int:
     for module in model.modules():
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
+def use_int8_base(model: torch.nn.Module) -> int:
+    """Give the frozen base of every LoRA linear layer of `model` an int8 copy of its weight, which the fused update
+    then multiplies by in fp32 CPU training (precision int8, speedups/int8.py); returns how many layers."""
+    from peft.tuners.lora import LoraLayer
+
+    changed = 0
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(module, LoraLayer) and type(base) is torch.nn.Linear and not base.weight.requires_grad:
+            if getattr(base, INT8_WEIGHT, None) is None:
+                setattr(base, INT8_WEIGHT, Int8Weight.of(base.weight, int8_products.weight_levels()))
             changed += 1
     return changed

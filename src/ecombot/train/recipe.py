@@ -266,9 +266,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
 
     # 5. Model: base (4-bit for QLoRA) + fresh adapter (or the one it continues: `init_adapter`).
     device = pick_device()
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, training=True)
     model = build_model(cfg, model_dir, device, precision)
-    applied = speedups.apply(model, mode="train")
+    applied = speedups.apply(model, mode="train", int8_base=precision == "int8")
+    if precision == "int8" and not applied.changed.get("int8_base"):
+        precision = "fp32"
+        say(f"precision int8: the int8 products are off ({applied.off or 'no LoRA layer with a frozen plain Linear'}"
+            "), so this run trains in fp32")
     trainable, total = model.get_nb_trainable_parameters()
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
                 "system_prompt": system_prompt, "knowledge": knowledge, "recipe": sized.reason,
