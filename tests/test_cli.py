@@ -288,7 +288,7 @@ def test_quickstart_flow_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
     from ecombot import quickstart
     from ecombot.quickstart import SHORT, SHOWN_QUESTIONS, run
 
-    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a: "fp32")
+    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a, **k: "fp32")
     monkeypatch.setattr(quickstart, "pick_device", lambda: "cpu")
     console = Console(record=True, width=160)
     summary = run(output=str(tmp_path / "qs"), max_steps=2, console=console, model=str(tiny_model_dir))
@@ -334,7 +334,7 @@ def test_quickstart_budget_follows_the_compute_path(tmp_path, monkeypatch, devic
 
     from ecombot import quickstart
 
-    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a: precision)
+    monkeypatch.setattr(quickstart, "resolve_precision", lambda *a, **k: precision)
     monkeypatch.setattr(quickstart, "pick_device", lambda: device)
     seen = {}
 

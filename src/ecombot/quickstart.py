@@ -91,8 +91,9 @@ def pick_budget(fp32_cpu: bool, full: bool) -> Budget:
 
 def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
     """What fp32 training costs here, what the quickstart does about it, and the way to the other budget."""
-    text = ("This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32 at a fifth to a tenth of the "
-            "speed of one that has it. ")
+    int8 = " with int8 input gradients (precision int8)" if resolve_precision(training=True) == "int8" else ""
+    text = (f"This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32{int8} at a fifth to a tenth "
+            "of the speed of one that has it. ")
     if budget is REFERENCE:
         return text + (f"--full: {steps} steps (a 2-core AVX2 AMD EPYC took 14-28 s per step) and "
                        f"{REFERENCE.eval_items} questions per set (21 min of evaluation there on a slower day); the "

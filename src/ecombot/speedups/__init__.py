@@ -19,8 +19,8 @@ choice uses attention.py's kernel whatever the switch says, since it needs it: a
 |              | in decoding, the head over generate's last positions as a 2-D matmul    |               |
 |              | (weight-major `W @ xᵀ` for a few fp32 rows on a CPU)                    |               |
 | lowbit.py    | one-token decoding steps with int8/int4 weights (bf16; fp32 on AVX-512) | decode        |
-| int8.py      | the frozen base's products in int8 for fp32 CPU training (precision     | train         |
-|              | int8: not the same values up to rounding, a precision like bf16)        |               |
+| int8.py      | the frozen base's input gradients in int8 for fp32 CPU training         | train         |
+|              | (precision int8: not the same values up to rounding, a precision)       |               |
 
 cpu.py says what the CPU can do (native bf16 or not): which pieces pay, and the precision models train in.
 """
@@ -70,14 +70,15 @@ def patch_forward(model: torch.nn.Module, wants: Callable[[torch.nn.Module], boo
     return changed
 
 
-def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = None, int8_base: bool = False) -> Applied:
+def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = None,
+          int8_gradients: bool = False) -> Applied:
     """Put the speed-ups of `mode` on `model` (a PEFT or plain Transformers model); safe to call again.
 
     train: every LoRA layer, norm and MLP of the model; per-batch attention and the fused head in the loss.
     decode: per-batch attention and the fused head when scoring, the output head as one 2-D matmul over the
     positions `generate` keeps; with `low_bit` 8 or 4, one-token steps of a bf16 CPU model (or an fp32 one where the
-    CPU has AVX-512) with int8 (or int4) weights — call it then only once every adapter is loaded. `int8_base`
-    (train, precision int8): the frozen base's products of an fp32 CPU model in int8 (int8.py).
+    CPU has AVX-512) with int8 (or int4) weights — call it then only once every adapter is loaded. `int8_gradients`
+    (train, precision int8): the frozen base's input gradients of an fp32 CPU model in int8 (int8.py).
     """
     from ecombot.speedups import lora, lowbit, mlp, norm
 
@@ -98,8 +99,8 @@ def apply(model: torch.nn.Module, mode: str = "train", low_bit: int | None = Non
         changed["lora_bf16_inputs"] = lora.keep_activations_in_bf16(model) if computes_in_bf16 else 0
         changed["norms"] = norm.use_lean_norms(model)
         changed["mlp"] = mlp.use_fused_mlp(model)
-        if int8_base and cpu_dtype == torch.float32 and int8.pays():
-            changed["int8_base"] = lora.use_int8_base(model)
+        if int8_gradients and cpu_dtype == torch.float32 and int8.pays():
+            changed["int8_gradients"] = lora.use_int8_gradients(model)
     output = model.get_output_embeddings()
     if mode == "decode" and isinstance(output, torch.nn.Linear):
         changed["flat_head"] = patch_forward(model, lambda module: module is output, head.flat_head_forward)

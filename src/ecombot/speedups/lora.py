@@ -17,7 +17,7 @@ import torch
 
 from ecombot.speedups import int8 as int8_products
 from ecombot.speedups import patch_forward
-from ecombot.speedups.int8 import INT8_WEIGHT, Int8Weight
+from ecombot.speedups.int8 import INT8_GRADIENTS
 
 
 def _down(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, dtype: torch.dtype):
@@ -61,19 +61,13 @@ class LoRAUpdate(torch.autograd.Function):
 
 class LoRALinear(torch.autograd.Function):
     """`x @ weight.T (+ bias) + scaling * x @ a.T @ b.T` for a frozen weight, computed in `dtype`; with `int8`
-    (the weight's int8 copy, speedups/int8.py: fp32 CPU training at precision int8) the two products with the frozen
-    weight run in int8, the adapter's in `dtype`."""
+    (fp32 CPU training at precision int8, speedups/int8.py) backward's product with the frozen weight runs in int8."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype, int8: Int8Weight | None = None):
+    def forward(ctx, x, weight, bias, a, b, scaling: float, dtype: torch.dtype, int8: bool = False):
         rows, down, a_, scaled_b = _down(ctx, x, a, b, scaling, dtype)
-        w_ = weight.to(dtype) if int8 is None else weight
-        if int8 is not None:
-            out = int8_products.linear(rows, int8)
-            if bias is not None:
-                out.add_(bias.to(dtype))
-        else:
-            out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
+        w_ = weight.to(dtype)
+        out = torch.mm(rows, w_.t()) if bias is None else torch.addmm(bias.to(dtype), rows, w_.t())
         out.addmm_(down, scaled_b.t())
         ctx.int8 = int8
         ctx.save_for_backward(rows, down, w_, a_, scaled_b)
@@ -85,7 +79,7 @@ class LoRALinear(torch.autograd.Function):
         grad, grad_down, grad_a, grad_b = _rank_r_gradients(ctx, grad_out, rows, down, scaled_b, a_index=3)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            base = torch.mm(grad, w_) if ctx.int8 is None else int8_products.input_gradient(grad, ctx.int8)
+            base = int8_products.input_gradient(grad, w_) if ctx.int8 else torch.mm(grad, w_)
             grad_x = base.addmm_(grad_down, a_).view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
@@ -112,7 +106,7 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if type(base) is torch.nn.Linear and not base.weight.requires_grad and not args and not kwargs:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
-        int8 = getattr(base, INT8_WEIGHT, None) if dtype == torch.float32 and x.device.type == "cpu" else None
+        int8 = getattr(base, INT8_GRADIENTS, False) and dtype == torch.float32 and x.device.type == "cpu"
         return LoRALinear.apply(x, base.weight, base.bias, a, b, scaling, dtype, int8)
     return LoRAUpdate.apply(base(x, *args, **kwargs), x, a, b, scaling)
 
@@ -144,16 +138,15 @@ def keep_activations_in_bf16(model: torch.nn.Module) -> int:
     return changed
 
 
-def use_int8_base(model: torch.nn.Module) -> int:
-    """Give the frozen base of every LoRA linear layer of `model` an int8 copy of its weight, which the fused update
-    then multiplies by in fp32 CPU training (precision int8, speedups/int8.py); returns how many layers."""
+def use_int8_gradients(model: torch.nn.Module) -> int:
+    """Mark the frozen base of every LoRA linear layer of `model`: the fused update then computes its input gradient
+    in int8 in fp32 CPU training (precision int8, speedups/int8.py); returns how many layers."""
     from peft.tuners.lora import LoraLayer
 
     changed = 0
     for module in model.modules():
         base = getattr(module, "base_layer", None)
         if isinstance(module, LoraLayer) and type(base) is torch.nn.Linear and not base.weight.requires_grad:
-            if getattr(base, INT8_WEIGHT, None) is None:
-                setattr(base, INT8_WEIGHT, Int8Weight.of(base.weight, int8_products.weight_levels()))
+            setattr(base, INT8_GRADIENTS, True)
             changed += 1
     return changed

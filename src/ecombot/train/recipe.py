@@ -268,8 +268,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     device = pick_device()
     precision = resolve_precision(cfg.precision, device, training=True)
     model = build_model(cfg, model_dir, device, precision)
-    applied = speedups.apply(model, mode="train", int8_base=precision == "int8")
-    if precision == "int8" and not applied.changed.get("int8_base"):
+    applied = speedups.apply(model, mode="train", int8_gradients=precision == "int8")
+    if precision == "int8" and not applied.changed.get("int8_gradients"):
         precision = "fp32"
         say(f"precision int8: the int8 products are off ({applied.off or 'no LoRA layer with a frozen plain Linear'}"
             "), so this run trains in fp32")

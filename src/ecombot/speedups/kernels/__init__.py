@@ -1,5 +1,6 @@
 """Fused CPU kernels for training (fused_cpu.c), in bf16 and in fp32: Gemma's RMSNorm, the MLP's GELU(gate) * up,
-and the output head's online softmax over one vocabulary chunk.
+and the output head's online softmax over one vocabulary chunk; and, fp32 only, the row quantization of int8 input
+gradients (speedups/int8.py).
 
 Why by hand: on a CPU, eager PyTorch runs every elementwise op as its own pass over memory, and a packed step of
 Gemma 3 270M runs ~110 norms and 18 MLP activations forward and backward. Fused here, one norm (576 x 640, forward
@@ -36,7 +37,6 @@ KERNELS = SOURCE.with_name("fused_cpu_kernels.h")  # the kernels, included by SO
 # each kernel's exported name is its name and the suffix of its storage type: bf16 (uint16 in C) or fp32
 SUFFIXES = {torch.bfloat16: "", torch.float32: "_f32"}
 KERNEL_NAMES = ("rms_norm_forward", "rms_norm_backward", "gelu_mul_forward", "gelu_mul_backward", "softmax_chunk")
-INT8_KERNEL_NAMES = ("quantize_rows_i8", "dequantize_rows_i32")
 # -fno-math-errno / -fno-trapping-math let the compiler vectorise floor and the comparisons; 512-bit vectors where
 # the CPU has them (x86's default tuning stops at 256: GELU x up 1.37 -> 1.0 ms with them).
 COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
@@ -125,8 +125,9 @@ def library() -> ctypes.CDLL | None:
     for name, types in arguments.items():
         for suffix in SUFFIXES.values():
             getattr(lib, name + suffix).argtypes = types
-    for name in INT8_KERNEL_NAMES:  # fp32 only (speedups/int8.py)
-        getattr(lib, name).argtypes = [pointer, pointer, pointer, pointer, count, count]
+    # fp32 only (speedups/int8.py)
+    lib.quantize_rows_i8.argtypes = [pointer, pointer, pointer, pointer, count, count, ctypes.c_float]
+    lib.dequantize_rows_i32.argtypes = [pointer, pointer, pointer, count, count]
     return lib
 
 
@@ -188,22 +189,16 @@ def softmax_chunk(logits: torch.Tensor, probs: torch.Tensor, top: torch.Tensor, 
                             rescale.data_ptr(), logits.shape[0], logits.shape[1])
 
 
-def _pointer(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def quantize_rows_i8(x: torch.Tensor, col_scales: torch.Tensor | None, q: torch.Tensor,
-                     row_scales: torch.Tensor) -> None:
-    """q (int8) = round(x * col_scales / row_scales[row]), row_scales = max |x * col_scales| / 127 per row (see
+def quantize_rows_i8(x: torch.Tensor, col_scales: torch.Tensor | None, q: torch.Tensor, row_scales: torch.Tensor,
+                     levels: int) -> None:
+    """q (int8) = round(x * col_scales / row_scales[row]), row_scales = max |x * col_scales| / levels per row (see
     fused_cpu.c); x (rows, cols) contiguous fp32, col_scales (cols,) fp32 or None."""
     assert x.is_contiguous() and x.dtype == torch.float32 and q.is_contiguous()
-    library().quantize_rows_i8(x.data_ptr(), _pointer(col_scales), q.data_ptr(), row_scales.data_ptr(),
-                               x.shape[0], x.shape[1])
+    library().quantize_rows_i8(x.data_ptr(), None if col_scales is None else col_scales.data_ptr(), q.data_ptr(),
+                               row_scales.data_ptr(), x.shape[0], x.shape[1], levels)
 
 
-def dequantize_rows_i32(acc: torch.Tensor, row_scales: torch.Tensor, col_scales: torch.Tensor | None,
-                        out: torch.Tensor) -> None:
-    """out (fp32, may share acc's memory) = acc (int32) * row_scales[row] * col_scales[col]."""
+def dequantize_rows_i32(acc: torch.Tensor, row_scales: torch.Tensor, out: torch.Tensor) -> None:
+    """out (fp32, may share acc's memory) = acc (int32) * row_scales[row]."""
     assert acc.is_contiguous() and out.is_contiguous() and acc.shape == out.shape
-    library().dequantize_rows_i32(acc.data_ptr(), row_scales.data_ptr(), _pointer(col_scales), out.data_ptr(),
-                                  acc.shape[0], acc.shape[1])
+    library().dequantize_rows_i32(acc.data_ptr(), row_scales.data_ptr(), out.data_ptr(), acc.shape[0], acc.shape[1])

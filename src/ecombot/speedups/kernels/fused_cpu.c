@@ -70,11 +70,12 @@ static inline float half_one_plus_tanh(float u) {
 #define NAME(kernel) kernel##_f32
 #include "fused_cpu_kernels.h"
 
-/* Int8 matrix products with a frozen weight (ecombot/speedups/int8.py), fp32 storage only: the rows of x (times
- * col_scale per column where given: the weight's per-output-channel scales, folded into a gradient) scaled to int8
- * symmetrically, one scale per row, rounded to nearest; row_scale[r] = max |x[r]| / 127 (0 for a zero row). */
+/* Int8 input gradients of a frozen weight (ecombot/speedups/int8.py), fp32 storage only: the rows of x (times
+ * col_scale per column where given: the weight's per-output-channel scales, folded into the gradient) scaled to
+ * integers in [-levels, levels] (levels <= 127), one scale per row, rounded to nearest; row_scale[r] = max |x[r]| /
+ * levels (0 for a zero row). */
 void quantize_rows_i8(const float *x, const float *col_scale, int8_t *q, float *row_scale, int64_t rows,
-                      int64_t cols) {
+                      int64_t cols, float levels) {
     #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_FROM)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
@@ -93,8 +94,8 @@ void quantize_rows_i8(const float *x, const float *col_scale, int8_t *q, float *
                 top = v > top ? v : top;
             }
         }
-        float inverse = top > 0.0f ? 127.0f / top : 0.0f;
-        row_scale[r] = top / 127.0f;
+        float inverse = top > 0.0f ? levels / top : 0.0f;
+        row_scale[r] = top / levels;
         if (col_scale) {
             #pragma omp simd
             for (int64_t j = 0; j < cols; j++) qr[j] = (int8_t)__builtin_rintf(xr[j] * col_scale[j] * inverse);
@@ -105,20 +106,14 @@ void quantize_rows_i8(const float *x, const float *col_scale, int8_t *q, float *
     }
 }
 
-/* out[r][j] = acc[r][j] * row_scale[r] (* col_scale[j] where given): an int8 product's int32 sums back to fp32. out
- * may be acc's own memory (each element is read before it is written). */
-void dequantize_rows_i32(const int32_t *acc, const float *row_scale, const float *col_scale, float *out,
-                         int64_t rows, int64_t cols) {
+/* out[r][j] = acc[r][j] * row_scale[r]: an int8 product's int32 sums back to fp32. out may be acc's own memory (each
+ * element is read before it is written). */
+void dequantize_rows_i32(const int32_t *acc, const float *row_scale, float *out, int64_t rows, int64_t cols) {
     #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_FROM)
     for (int64_t r = 0; r < rows; r++) {
         const int32_t *ar = acc + r * cols;
         float *outr = out + r * cols, s = row_scale[r];
-        if (col_scale) {
-            #pragma omp simd
-            for (int64_t j = 0; j < cols; j++) outr[j] = (float)ar[j] * s * col_scale[j];
-        } else {
-            #pragma omp simd
-            for (int64_t j = 0; j < cols; j++) outr[j] = (float)ar[j] * s;
-        }
+        #pragma omp simd
+        for (int64_t j = 0; j < cols; j++) outr[j] = (float)ar[j] * s;
     }
 }
