@@ -111,3 +111,17 @@ def test_a_run_at_precision_int8_trains_with_int8_products_and_records_it(tiny_m
     assert recorded["results"]["speedups"]["changed"]["int8_gradients"] == 14
     losses = [r["loss"] for r in log_of(run) if "loss" in r]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_precision_int8_with_the_speed_ups_off_trains_and_says_fp32(tiny_model_dir, small_dataset, tmp_path,
+                                                                     monkeypatch, capsys):
+    from test_train import tiny_config
+
+    from ecombot.train import train
+
+    monkeypatch.setenv("ECOMBOT_SPEEDUPS", "0")  # no fused LoRA layer to compute the int8 gradients
+    run = tmp_path / "off"
+    result = train(tiny_config(tiny_model_dir, small_dataset, run, precision="int8", max_steps=2, eval_steps=2))
+    assert result.precision == json.loads((run / "run_config.json").read_text())["precision"] == "fp32"
+    assert "int8 input gradients are off (switched off (ECOMBOT_SPEEDUPS=0)), so this run trains in fp32" in (
+        capsys.readouterr().out)

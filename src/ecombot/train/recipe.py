@@ -271,7 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     applied = speedups.apply(model, mode="train", int8_gradients=precision == "int8")
     if precision == "int8" and not applied.changed.get("int8_gradients"):
         precision = "fp32"
-        say(f"precision int8: the int8 products are off ({applied.off or 'no LoRA layer with a frozen plain Linear'}"
+        say(f"precision int8: the int8 input gradients are off ({applied.off or 'no LoRA layer with a frozen plain Linear'}"
             "), so this run trains in fp32")
     trainable, total = model.get_nb_trainable_parameters()
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
