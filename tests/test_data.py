@@ -340,6 +340,46 @@ def test_an_excel_workbook_reads_as_its_csv_export_would(tmp_path):
     assert [m["content"] for m in raw.conversations[0].messages] == ["Do you ship to Ireland?", "Yes, 3-7 days."]
 
 
+def test_a_sheet_with_a_header_and_no_rows_beside_filled_ones_is_named_not_read(tmp_path):
+    """A workbook with a sheet per topic where one topic is not written yet (its header only): the other sheets are
+    read and the empty one named (it was an error for the whole workbook); alone, or every sheet so, still an error."""
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    shipping = workbook.active
+    shipping.title = "Shipping"
+    for row in (["Question", "Answer"], ["Do you ship to Ireland?", "Yes, 3-7 days."]):
+        shipping.append(row)
+    returns = workbook.create_sheet("Returns")
+    returns.append(["Question", "Answer"])
+    workbook.save(tmp_path / "topics.xlsx")
+    raw = read_file(tmp_path / "topics.xlsx")
+    assert [(c.question, c.category) for c in raw.conversations] == [("Do you ship to Ireland?", None)]
+    assert raw.read_from == "sheet 'Shipping', columns question (customer) and answer (answer) (not read: 'Returns' " \
+                            "(no rows))"
+
+    workbook.remove(shipping)
+    workbook.save(tmp_path / "one.xlsx")
+    with pytest.raises(DataError, match=r"one.xlsx: the sheet has a header but no rows"):
+        read_file(tmp_path / "one.xlsx")
+    workbook.create_sheet("Payments").append(["Question", "Answer"])
+    workbook.save(tmp_path / "two.xlsx")
+    with pytest.raises(DataError, match=r"two.xlsx: every sheet has a header but no rows \(sheets: 'Returns' \(no "
+                                        r"rows\), 'Payments' \(no rows\)\)"):
+        read_file(tmp_path / "two.xlsx")
+    tickets = workbook.create_sheet("Tickets")  # a help desk's export, one message per row: the same for threads
+    for row in (["Ticket", "From", "Body"], ["T1", "customer", "Hi, where is my order?"],
+                ["T1", "agent", "On its way."]):
+        tickets.append(row)
+    workbook.create_sheet("Tickets 2").append(["Ticket", "From", "Body"])
+    for name in ("Returns", "Payments"):
+        workbook.remove(workbook[name])
+    workbook.save(tmp_path / "threads.xlsx")
+    raw = read_file(tmp_path / "threads.xlsx")
+    assert [c.question for c in raw.conversations] == ["Hi, where is my order?"]
+    assert raw.read_from.endswith("(not read: 'Tickets 2' (no rows))")
+
+
 def test_excel_cells_read_as_excel_shows_them(tmp_path):
     """What trains is what the shop sees: 15% not 0.15, $19.90, an order number's leading zeros, a date alone; a
     formula Excel never calculated, or an error value, is an error at its cell, not an empty or literal answer; a

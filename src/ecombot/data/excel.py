@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from ecombot.data.readers import NotATable, RawFile, message_text, read_table
+from ecombot.data.readers import NoRows, NotATable, RawFile, message_text, read_table
 from ecombot.errors import DataError
 
 OLE_SIGNATURE = b"\xd0\xcf\x11\xe0"  # an old .xls, or an .xlsx saved with a password (encrypted in an OLE container)
@@ -96,12 +96,19 @@ def read_xlsx(path: Path) -> RawFile:
             skipped.append(f"'{title}'")
             refusal = refusal or exc
             continue
+        except NoRows:
+            if len(tables) == 1:
+                raise
+            skipped.append(f"'{title}' (no rows)")
+            continue
         if cell_error:  # a table of conversations with a cell that cannot be read
             raise cell_error
         if read and raw.format != read[0][1].format:
             skipped.append(f"'{title}' (another layout)")
         else:
             read.append((title, raw))
+    if not read and refusal is None:
+        raise NoRows(path, None, None, f"every sheet has a header but no rows (sheets: {', '.join(skipped)})")
     if not read:
         raise NotATable(path, None, None, f"no sheet has question and answer columns (sheets: {', '.join(skipped)}); "
                                           f"sheet '{tables[0][0]}': {refusal.problem}")

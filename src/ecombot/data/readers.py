@@ -81,6 +81,11 @@ class NotATable(DataError):
     notes sheet beside its FAQ, where the other sheets are read)."""
 
 
+class NoRows(DataError):
+    """A table of conversations with a header and no rows (a workbook's sheet for a topic not written yet, beside
+    its filled ones, where the other sheets are read)."""
+
+
 def message_text(text: str) -> str:
     """Line breaks (CRLF, CR) as LF, one convention for the model to learn; no surrounding whitespace (spreadsheet
     padding, a trailing newline); everything in between as written."""
@@ -539,7 +544,7 @@ def read_table(path: Path, header_place: str, names: list[str], header: list[str
             conv.meta["flags"] = values["flags"]
         out.append(conv)
     if not out:
-        raise DataError(path, None, None, f"the {TABLES[kind]} has a header but no rows")
+        raise NoRows(path, None, None, f"the {TABLES[kind]} has a header but no rows")
     return RawFile(path, kind, out, read_from=f"columns {question} (customer) and {answer} (answer)")
 
 
@@ -623,6 +628,8 @@ def _read_threads(path: Path, rows: Iterator[tuple[str, dict[str, str]]], thread
         labels = {"intent": values.get("intent") or None, "category": values.get("category") or None}
         threads.setdefault(values[thread], []).append(_Message(where, side, values[text], labels,
                                                                values.get(time or "", "")))
+    if not threads:
+        raise NoRows(path, None, None, f"the {TABLES[kind.removesuffix('-threads')]} has a header but no rows")
     ordered = time is not None and _in_time_order(threads)
     empty, before, after, out = 0, 0, 0, []
     for thread_id, messages in threads.items():
