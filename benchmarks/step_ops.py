@@ -56,7 +56,7 @@ def main() -> None:
     precision = resolve_precision(args.precision, training=True)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rate = matmul_gflops(dtype)
-    print(f"{precision} 2048 x 2048 matrix product: {rate:.0f} GFLOP/s", flush=True)
+    print(f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} 2048 x 2048 matrix product: {rate:.0f} GFLOP/s", flush=True)
 
     report: dict = {}
 

@@ -6,7 +6,9 @@ process (so peak memory is its own), in round-robin over --repeats; ratios are t
   notebook  HF Trainer + PEFT LoRA (r=16, alpha=32, dropout 0.05, PEFT's default targets), fp32,
             "question ->: answer" text, DataCollatorForLanguageModeling(mlm=False), batch 2, grad. accum. 2, lr 2e-4
   trl       TRL SFTTrainer with its defaults (prompt/completion data, completion-only loss) + the same LoRA
-  ecombot   `ecombot train` defaults (one epoch, no validation split), batch 8, without a knowledge base
+  ecombot   `ecombot train` defaults (one epoch, no validation split), batch 8, without a knowledge base; precision
+            auto: bf16 where the CPU has it natively, int8 input gradients on other x86 CPUs (since stop 52; fp32
+            before), as recorded per run
   ecombot-qlora   the same with --method qlora (4-bit NF4 base)
   ecombot-grounded  the same as ecombot, grounded: every prompt carries 3 passages from the built-in policy and the
             training pairs (retrieval-augmented fine-tuning, `ecombot train`'s default); only the answers are scored

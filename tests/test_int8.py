@@ -2,6 +2,9 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -40,6 +43,41 @@ def test_input_gradients_are_the_integer_products_of_the_scaled_rows_and_close_t
     assert relative_error(back, grad @ w) < 0.03
     if rows > 2:
         assert (back[-1] == 0).all() and relative_error(back[1:-1], grad[1:-1] @ w) < 0.03
+
+
+def test_a_non_finite_gradient_row_stays_non_finite():
+    """NaN cast to int8 is undefined (0 on x86): the row is NaN instead, as fp32's product would be, so a diverging
+    run still shows NaN."""
+    w, grad = torch.randn(8, 16), torch.randn(3, 8)
+    grad[0, 2], grad[2, 5] = float("nan"), float("inf")
+    back = int8.input_gradient(grad, w)
+    assert back[0].isnan().all() and back[2].isnan().all() and back[1].isfinite().all()
+
+
+SATURATION_PROBE = """
+import torch
+from ecombot.speedups import int8
+torch.manual_seed(0)
+w, grad = torch.randn(512, 256), torch.randn(64, 512)
+print(int8.weight_levels())
+for levels in (127, 63):
+    weight_q, weight_scales = int8.quantize_rows(w, None, levels)
+    q, row_scales = int8.quantize_rows(grad, weight_scales)
+    exact = (q.double() @ weight_q.double()) * row_scales.double()[:, None]
+    got = torch._int_mm(q, weight_q).double() * row_scales.double()[:, None]
+    print(((got - exact).abs().max() / exact.abs().max()).item())
+"""
+
+
+def test_seven_bit_weights_are_exact_where_onednn_runs_without_vnni():
+    """With oneDNN capped at AVX2 (as on a CPU without VNNI), 8-bit weights saturate its 16-bit pair sums and 7-bit
+    ones do not; ecombot picks 7 bits there."""
+    done = subprocess.run([sys.executable, "-c", SATURATION_PROBE], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr
+    levels, error_127, error_63 = done.stdout.split()
+    assert int(levels) == 63
+    assert float(error_127) > 1e-3 and float(error_63) < 1e-6
 
 
 def test_weights_keep_seven_bits_where_the_cpu_has_no_vnni(monkeypatch):
@@ -87,6 +125,14 @@ def test_lora_layers_take_their_input_gradients_in_int8_and_their_forward_in_fp3
         assert cosine > 0.99, name
 
 
+def test_only_layers_of_the_fused_update_are_marked():
+    """Dropout (or DoRA, several adapters) sends a layer to PEFT's own forward, where no int8 product runs."""
+    with_dropout = lora_model(dropout=0.1)
+    assert use_int8_gradients(with_dropout) == 0  # not fused at all
+    use_fused_lora(with_dropout)
+    assert use_int8_gradients(with_dropout) == 0  # fused, but not plain LoRA
+
+
 def test_precision_int8_is_for_cpu_training(monkeypatch):
     assert resolve_precision("int8", "cpu", training=True) == "int8"
     assert resolve_precision("int8", "cpu") == "fp32"  # answering and scoring use the fp32 weights int8 trained
@@ -125,3 +171,8 @@ def test_precision_int8_with_the_speed_ups_off_trains_and_says_fp32(tiny_model_d
     assert result.precision == json.loads((run / "run_config.json").read_text())["precision"] == "fp32"
     assert "int8 input gradients are off (switched off (ECOMBOT_SPEEDUPS=0)), so this run trains in fp32" in (
         capsys.readouterr().out)
+    if resolve_precision("auto", "cpu") == "bf16":
+        return  # auto picks bf16 on this CPU
+    run = tmp_path / "auto"
+    result = train(tiny_config(tiny_model_dir, small_dataset, run, precision="auto", max_steps=2, eval_steps=2))
+    assert result.precision == "fp32" and "int8" not in capsys.readouterr().out  # not asked for: nothing to say

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from rich.console import Console
 from rich.table import Table
 
+from ecombot import speedups
 from ecombot.chat import fill_placeholders
 from ecombot.config import load_config
 from ecombot.data.builtin import policy_path
@@ -91,7 +92,8 @@ def pick_budget(fp32_cpu: bool, full: bool) -> Budget:
 
 def fp32_notice(budget: Budget, steps: int, steps_given: bool) -> str:
     """What fp32 training costs here, what the quickstart does about it, and the way to the other budget."""
-    int8 = " with int8 input gradients (precision int8)" if resolve_precision(training=True) == "int8" else ""
+    int8 = (" with int8 input gradients (precision int8)"
+            if resolve_precision(training=True) == "int8" and speedups.enabled() else "")
     text = (f"This CPU has no native bf16 (AVX-512 BF16 or AMX), so training runs in fp32{int8} at a fifth to a tenth "
             "of the speed of one that has it. ")
     if budget is REFERENCE:

@@ -18,8 +18,9 @@ def pick_device() -> str:
 
 def resolve_precision(preference: str = "auto", device: str | None = None, training: bool = False) -> str:
     """'bf16', 'fp32' or, for training on a CPU, 'int8' (fp32 weights and adapter, the frozen base's products in
-    int8: speedups/int8.py). auto: bf16 on CUDA cards that support it and on CPUs with native bf16; on other x86
-    CPUs int8 for training (1.35-1.5x fp32's steps at the same held-out loss: README, Performance), fp32 to answer."""
+    int8: speedups/int8.py). auto: bf16 on CUDA cards that support it and on CPUs with native bf16; for training on
+    other x86 CPUs with AVX2 (and the C kernels) int8: 1.07-1.25x fp32's steps, each step's gradient as close to
+    fp32's as bf16's (README, Performance, "Int8 input gradients"); fp32 to answer."""
     device = device or pick_device()
     if preference == "int8":
         if not training:

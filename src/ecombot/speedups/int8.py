@@ -13,8 +13,8 @@ gradients alone leave the loss exact and the gradient error at 5.1%, as bf16 aut
 with both in int8: held-out loss 0.208 against fp32's 0.187.)
 
 The quantization is SwitchBack's (Wortsman et al., 2023, "Stable and low-precision training for large-scale
-vision-language models"): the weight symmetric per output channel, once; the gradient symmetric per row at each call
-with the weight's channel scales folded into its columns first, so the int8 weight (out x in) is used as it is. The C
+vision-language models"): the weight symmetric per output channel, the gradient symmetric per row with the weight's
+channel scales folded into its columns first (so the int8 weight, out x in, is used as it is), both at each call. The C
 kernels (speedups/kernels) quantize the rows and scale the int32 sums back in one pass each: eager PyTorch's eight
 ops took longer than the product saved.
 """
@@ -29,7 +29,8 @@ from ecombot.speedups import kernels
 from ecombot.speedups.cpu import cpu_flags
 
 INT8_GRADIENTS = "ecombot_int8_gradients"  # attribute of a frozen nn.Linear: True where its input gradient is int8
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below VNNI: its int8 kernels then saturate as on a CPU without it
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) below VNNI: its int8 kernels then
+# saturate as on a CPU without it
 ISAS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 
 
@@ -37,7 +38,8 @@ def weight_levels() -> int:
     """127 where oneDNN multiplies int8 with VNNI (32-bit sums); 63 elsewhere. Why: without VNNI, oneDNN adds pairs
     of u8 x s8 products into 16 bits with saturation (AVX2's vpmaddubsw), which 8-bit weights overflow: measured
     under forced AVX2, 2.2% error against fp32 vs 1.1% with VNNI; 7-bit weights (1.7%) fit and are exact there."""
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ISAS_WITHOUT_VNNI
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    capped = cap.upper() in ISAS_WITHOUT_VNNI
     return 127 if {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags() and not capped else 63
 
 
@@ -57,6 +59,8 @@ def why_not() -> str:
 def quantize_rows(x: torch.Tensor, col_scales: torch.Tensor | None = None,
                   levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """x (n, k) fp32 (times col_scales per column) as int8 rows in [-levels, levels], and each row's scale."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
+        raise ValueError(f"int8 rows: a 2-D fp32 CPU tensor, got {x.dim()}-D {x.dtype} on {x.device}")
     x = x.contiguous()
     q, row_scales = torch.empty(x.shape, dtype=torch.int8), torch.empty(x.shape[0], dtype=torch.float32)
     kernels.quantize_rows_i8(x, col_scales, q, row_scales, levels)

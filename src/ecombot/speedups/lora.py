@@ -139,14 +139,17 @@ def keep_activations_in_bf16(model: torch.nn.Module) -> int:
 
 
 def use_int8_gradients(model: torch.nn.Module) -> int:
-    """Mark the frozen base of every LoRA linear layer of `model`: the fused update then computes its input gradient
-    in int8 in fp32 CPU training (precision int8, speedups/int8.py); returns how many layers."""
+    """Mark the frozen base of every LoRA linear layer of `model` that runs the fused update (use_fused_lora, plain
+    LoRA: not DoRA, dropout, a bias of B or several adapters, which PEFT's own forward computes): its input gradient
+    is then computed in int8 in fp32 CPU training (precision int8, speedups/int8.py). Returns how many layers."""
     from peft.tuners.lora import LoraLayer
 
     changed = 0
     for module in model.modules():
         base = getattr(module, "base_layer", None)
-        if isinstance(module, LoraLayer) and type(base) is torch.nn.Linear and not base.weight.requires_grad:
+        fused = getattr(module.forward, "__func__", None) is _forward and _plain_lora_adapter(module, {}) is not None
+        if (isinstance(module, LoraLayer) and fused and type(base) is torch.nn.Linear
+                and not base.weight.requires_grad):
             setattr(base, INT8_GRADIENTS, True)
             changed += 1
     return changed

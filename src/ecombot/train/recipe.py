@@ -270,9 +270,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
     model = build_model(cfg, model_dir, device, precision)
     applied = speedups.apply(model, mode="train", int8_gradients=precision == "int8")
     if precision == "int8" and not applied.changed.get("int8_gradients"):
-        precision = "fp32"
-        say(f"precision int8: the int8 input gradients are off ({applied.off or 'no LoRA layer with a frozen plain Linear'}"
-            "), so this run trains in fp32")
+        precision = "fp32"  # what the run computes, recorded as such (auto: said only where int8 was asked for)
+        if cfg.precision == "int8":
+            why = applied.off or "no plain LoRA layer on a frozen Linear: QLoRA, DoRA or dropout"
+            say(f"precision int8: the int8 input gradients are off ({why}), so this run trains in fp32")
     trainable, total = model.get_nb_trainable_parameters()
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
                 "system_prompt": system_prompt, "knowledge": knowledge, "recipe": sized.reason,

@@ -72,8 +72,9 @@ static inline float half_one_plus_tanh(float u) {
 
 /* Int8 input gradients of a frozen weight (ecombot/speedups/int8.py), fp32 storage only: the rows of x (times
  * col_scale per column where given: the weight's per-output-channel scales, folded into the gradient) scaled to
- * integers in [-levels, levels] (levels <= 127), one scale per row, rounded to nearest; row_scale[r] = max |x[r]| /
- * levels (0 for a zero row). */
+ * integers in [-levels, levels] (levels <= 127), one scale per row, rounded to nearest; row_scale[r] =
+ * max |x[r] * col_scale| / levels (0 for a zero row; NaN for a row holding a NaN or an infinity, whose q is then 0:
+ * the product's row becomes NaN, as fp32's would, instead of the value vanishing in the cast to int8). */
 void quantize_rows_i8(const float *x, const float *col_scale, int8_t *q, float *row_scale, int64_t rows,
                       int64_t cols, float levels) {
     #pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_FROM)
@@ -81,18 +82,17 @@ void quantize_rows_i8(const float *x, const float *col_scale, int8_t *q, float *
         const float *xr = x + r * cols;
         int8_t *qr = q + r * cols;
         float top = 0.0f;
-        if (col_scale) {
-            #pragma omp simd reduction(max : top)
-            for (int64_t j = 0; j < cols; j++) {
-                float v = __builtin_fabsf(xr[j] * col_scale[j]);
-                top = v > top ? v : top;
-            }
-        } else {
-            #pragma omp simd reduction(max : top)
-            for (int64_t j = 0; j < cols; j++) {
-                float v = __builtin_fabsf(xr[j]);
-                top = v > top ? v : top;
-            }
+        int finite = 1;
+        #pragma omp simd reduction(max : top) reduction(& : finite)
+        for (int64_t j = 0; j < cols; j++) {
+            float v = __builtin_fabsf(col_scale ? xr[j] * col_scale[j] : xr[j]);
+            finite &= v <= 3.4028234663852886e38f; /* false for NaN and infinity */
+            top = v > top ? v : top;
+        }
+        if (!finite) {
+            row_scale[r] = __builtin_nanf("");
+            memset(qr, 0, (size_t)cols);
+            continue;
         }
         float inverse = top > 0.0f ? levels / top : 0.0f;
         row_scale[r] = top / levels;
