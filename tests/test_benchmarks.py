@@ -51,12 +51,17 @@ def test_train_throughput_benchmark_short_form(tiny_model_dir, tmp_path):
 
 
 def test_train_throughput_measures_the_fused_kernels_against_pytorchs_ops(tiny_model_dir, tmp_path):
-    """NAME+eager trains without the C kernels, side by side with the kernels on, in the precision asked for."""
+    """NAME+eager trains without the C kernels, side by side with the kernels on, in the precision asked for;
+    NAME+int8 at precision int8 whatever --precision says."""
+    from ecombot.speedups import int8
+
+    systems = "ecombot,ecombot+eager" + (",ecombot+int8" if int8.pays() else "")
     result = run_benchmark("train_throughput", ["--model", str(tiny_model_dir), "--examples", "8", "--eval-examples", "2",
-                                                "--repeats", "1", "--systems", "ecombot,ecombot+eager",
-                                                "--precision", "fp32"], tmp_path)
+                                                "--repeats", "1", "--systems", systems, "--precision", "fp32"],
+                           tmp_path)
     [on], [off] = result["runs"]["ecombot"], result["runs"]["ecombot+eager"]
     assert on["precision"] == off["precision"] == "fp32"
+    assert not int8.pays() or [run["precision"] for run in result["runs"]["ecombot+int8"]] == ["int8"]
     assert on["cpu_kernels"] == "on" and off["cpu_kernels"].startswith("off: switched off")
     assert abs(on["heldout_loss"] - off["heldout_loss"]) < 1e-3  # the same computation up to rounding
 
@@ -237,9 +242,10 @@ def test_step_ops_short_form(tiny_model_dir, tmp_path):
     products are among the operators, and the machine's matrix product rate is recorded beside them."""
     result = run_benchmark("step_ops", ["--model", str(tiny_model_dir), "--steps", "3", "--top", "40"], tmp_path)
     assert result["matmul_2048_gflops"] > 0 and result["step_s"] > 0 and result["machine"]["cpu_class"]
-    assert result["precision"] in ("bf16", "fp32")
+    assert result["precision"] in ("bf16", "fp32", "int8")
     ops = {row["op"]: row for row in result["ops"]}
     assert "aten::mm" in ops and ops["aten::mm"]["calls_per_step"] > 0
+    assert ("aten::_int_mm" in ops) == (result["precision"] == "int8")  # int8: the input gradients
     assert 0.5 < sum(row["share"] for row in result["ops"]) <= 1 + 1e-4 * len(ops)  # shares rounded to 4 places
     assert result["tokens_per_s"] > 0
     assert result["profiled_self_s_per_step"] <= result["step_s"] * 1.5
