@@ -90,16 +90,12 @@ def read_xlsx(path: Path) -> RawFile:
             raise cell_error
         try:
             raw = sheet_table(path, title, table)
-        except NotATable as exc:
+        except (NotATable, NoRows) as exc:
             if len(tables) == 1:
                 raise
-            skipped.append(f"'{title}'")
-            refusal = refusal or exc
-            continue
-        except NoRows:
-            if len(tables) == 1:
-                raise
-            skipped.append(f"'{title}' (no rows)")
+            empty = isinstance(exc, NoRows)
+            skipped.append(f"'{title}'" + (" (no rows)" if empty else ""))
+            refusal = refusal or (None if empty else exc)
             continue
         if cell_error:  # a table of conversations with a cell that cannot be read
             raise cell_error

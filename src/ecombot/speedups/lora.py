@@ -97,16 +97,21 @@ def _plain_lora_adapter(layer, kwargs) -> str | None:
     return name
 
 
+def _frozen_linear(base) -> bool:
+    """A base whose matmul LoRALinear computes itself: a plain, frozen nn.Linear."""
+    return type(base) is torch.nn.Linear and not base.weight.requires_grad
+
+
 def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     name = _plain_lora_adapter(self, kwargs)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     a, b, scaling = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
     base = self.base_layer
-    if type(base) is torch.nn.Linear and not base.weight.requires_grad and not args and not kwargs:
+    if _frozen_linear(base) and not args and not kwargs:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else base.weight.dtype
-        int8 = getattr(base, INT8_GRADIENTS, False) and dtype == torch.float32 and x.device.type == "cpu"
+        int8 = getattr(base, INT8_GRADIENTS, False) and dtype == torch.float32 and device == "cpu"
         return LoRALinear.apply(x, base.weight, base.bias, a, b, scaling, dtype, int8)
     return LoRAUpdate.apply(base(x, *args, **kwargs), x, a, b, scaling)
 
@@ -142,14 +147,10 @@ def use_int8_gradients(model: torch.nn.Module) -> int:
     """Mark the frozen base of every LoRA linear layer of `model` that runs the fused update (use_fused_lora, plain
     LoRA: not DoRA, dropout, a bias of B or several adapters, which PEFT's own forward computes): its input gradient
     is then computed in int8 in fp32 CPU training (precision int8, speedups/int8.py). Returns how many layers."""
-    from peft.tuners.lora import LoraLayer
-
     changed = 0
     for module in model.modules():
-        base = getattr(module, "base_layer", None)
-        fused = getattr(module.forward, "__func__", None) is _forward and _plain_lora_adapter(module, {}) is not None
-        if (isinstance(module, LoraLayer) and fused and type(base) is torch.nn.Linear
-                and not base.weight.requires_grad):
-            setattr(base, INT8_GRADIENTS, True)
+        fused = getattr(getattr(module, "forward", None), "__func__", None) is _forward  # patched LoRA layers only
+        if fused and _plain_lora_adapter(module, {}) is not None and _frozen_linear(module.base_layer):
+            setattr(module.base_layer, INT8_GRADIENTS, True)
             changed += 1
     return changed
