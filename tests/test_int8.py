@@ -169,10 +169,24 @@ def test_precision_int8_with_the_speed_ups_off_trains_and_says_fp32(tiny_model_d
     run = tmp_path / "off"
     result = train(tiny_config(tiny_model_dir, small_dataset, run, precision="int8", max_steps=2, eval_steps=2))
     assert result.precision == json.loads((run / "run_config.json").read_text())["precision"] == "fp32"
-    assert "int8 input gradients are off (switched off (ECOMBOT_SPEEDUPS=0)), so this run trains in fp32" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "int8 input gradients are off (switched off (ECOMBOT_SPEEDUPS=0)), so this run trains in fp32" in out
+    assert "training on cpu in fp32\n" in out  # asked for int8: the CPU is not what made it fp32
     if resolve_precision("auto", "cpu") == "bf16":
         return  # auto picks bf16 on this CPU
     run = tmp_path / "auto"
     result = train(tiny_config(tiny_model_dir, small_dataset, run, precision="auto", max_steps=2, eval_steps=2))
-    assert result.precision == "fp32" and "int8" not in capsys.readouterr().out  # not asked for: nothing to say
+    out = capsys.readouterr().out
+    assert result.precision == "fp32" and "int8" not in out  # not asked for: nothing to say of int8
+    assert "training on cpu in fp32: this CPU has no native bf16" in out
+
+
+def test_train_says_its_precision_and_why_a_cpu_runs_without_bf16():
+    from ecombot.train.recipe import precision_line
+
+    assert precision_line("cpu", "bf16", "auto") == "training on cpu in bf16"
+    assert precision_line("cuda", "fp32", "auto") == "training on cuda in fp32"
+    assert precision_line("cpu", "int8", "auto") == (
+        "training on cpu in int8 (fp32 weights, the frozen layers' input gradients in int8): this CPU has no native "
+        "bf16 (AVX-512 BF16 or AMX), which trains several times faster")
+    assert precision_line("cpu", "fp32", "fp32") == "training on cpu in fp32"  # asked for: nothing to explain

@@ -64,6 +64,16 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Tr
     return cfg, run, None
 
 
+def precision_line(device: str, precision: str, asked: str) -> str:
+    """Said before training: on a CPU without native bf16, a user sees why it runs slower than bf16 figures."""
+    line = f"training on {device} in {precision}"
+    if precision == "int8":
+        line += " (fp32 weights, the frozen layers' input gradients in int8)"
+    if device == "cpu" and precision != "bf16" and asked == "auto":
+        line += ": this CPU has no native bf16 (AVX-512 BF16 or AMX), which trains several times faster"
+    return line
+
+
 def lora_config(cfg: TrainConfig, model):
     from peft import LoraConfig
 
@@ -274,6 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         if cfg.precision == "int8":
             why = applied.off or "no plain LoRA layer on a frozen Linear: QLoRA, DoRA or dropout"
             say(f"precision int8: the int8 input gradients are off ({why}), so this run trains in fp32")
+    say(precision_line(device, precision, cfg.precision))
     trainable, total = model.get_nb_trainable_parameters()
     run_info = {"config": cfg.to_dict(), "model_dir": str(model_dir), "device": device, "precision": precision,
                 "system_prompt": system_prompt, "knowledge": knowledge, "recipe": sized.reason,
