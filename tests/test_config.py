@@ -39,6 +39,7 @@ def test_file_then_flags(tmp_path):
     ("batch_size: many\n", "'batch_size': must be a positive integer or auto"),
     ("handoff_share: 1.5\n", "'handoff_share': must be in [0, 1)"),
     ("ungrounded_share: -0.1\n", "'ungrounded_share': must be in [0, 1)"),
+    ("rule_share: 1\n", "'rule_share': must be in [0, 1)"),
     ("knowledge_k: 0\n", "'knowledge_k': must be a positive integer"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, message):

@@ -3,6 +3,7 @@ records."""
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -93,6 +94,47 @@ def test_fact_edits_change_the_answer_and_its_passages_together():
     no_shared = Conversation([conv.messages[0], {"role": "assistant", "content": "An agent will call you at 9."}])
     [plain] = ground_split([no_shared], Grounder(Retriever([policy, other]), k=2), 0.0, seed=3, fact_edit_share=1.0)
     assert plain.answer == no_shared.answer and "facts_edited" not in plain.meta
+
+
+def test_rule_examples_hide_their_topic_and_answer_with_the_document_line_that_states_it():
+    convs = builtin_sample()
+    grounder = Grounder(Retriever(read_passages(policy_path()) + qa_passages(convs, "data: sample")), k=3)
+    grounded = ground_split(convs, grounder, handoff_share=0.0, seed=1, fact_edit_share=0.0, rule_share=0.99)
+
+    ruled = [(original, g) for original, g in zip(convs, grounded) if g.meta.get("rule")]
+    assert 0.4 * len(convs) < len(ruled) < len(convs)  # the others: no document line shown states their answer
+    for original, conv in ruled:
+        prompt, target = conv.messages[-2]["content"], conv.answer
+        assert f"] {original.intent} (data: sample):" not in prompt  # no pair of its own topic
+        shown = [re.sub(r"^\[\d+\] .*?\): ", "", line).removeprefix("- ") for line in prompt.splitlines()]
+        assert any(target.startswith(line) for line in shown if line)  # the rule, as the document states it
+        assert target != original.answer
+    installments = [conv.answer for original, conv in ruled if original.intent == "installments"]
+    assert installments and all(a.startswith("Klarna splits orders over $35 into 4 interest-free payments.")
+                                for a in installments)
+    for original, conv in zip(convs, grounded):
+        if not conv.meta.get("rule"):  # an ordinary example, its own answer never among its passages
+            assert conv.answer == original.answer
+            assert normalise_text(original.answer) not in normalise_text(conv.messages[-2]["content"])
+    assert not any(g.meta.get("rule") for g in ground_split(convs, grounder, handoff_share=0.0, seed=1))
+
+
+def test_a_rule_example_without_intents_hides_its_own_pair_and_its_numbers_can_be_edited():
+    policy = Passage("policy.md", "Gift cards", 1, "- Gift cards are valid for 2 years.\n- Gift cards can be "
+                     "topped up online.\n- Gift cards from €25 to €250 are sent by e-mail.")
+    conv = Conversation([{"role": "user", "content": "What amounts do your gift cards come in?"},
+                         {"role": "assistant", "content": "Our gift cards go from €25 to €250, sent by e-mail."}])
+    other = Conversation([{"role": "user", "content": "How long is a gift card valid?"},
+                          {"role": "assistant", "content": "Two years from the day you buy it."}])
+    grounder = Grounder(Retriever([policy] + qa_passages([conv, other], "data: faq.json")), k=3)
+    [ruled, _] = ground_split([conv, other], grounder, 0.0, seed=0, fact_edit_share=0.0, rule_share=0.99)
+    assert ruled.meta["rule"] and ruled.answer.startswith("Gift cards from €25 to €250 are sent by e-mail.")
+    prompt = ruled.messages[-2]["content"]
+    assert conv.answer not in prompt and "How long is a gift card valid?" in prompt
+    [edited, _] = ground_split([conv, other], grounder, 0.0, seed=0, fact_edit_share=0.99, rule_share=0.99)
+    factor = 2 if "€50" in edited.answer else 3
+    assert edited.answer.startswith(f"Gift cards from €{25 * factor} to €{250 * factor} are sent by e-mail.")
+    assert f"€{25 * factor} to €{250 * factor}" in edited.messages[-2]["content"]
 
 
 def test_own_answer_filter_rejects_paraphrases_with_the_same_answer_and_the_same_question():

@@ -66,12 +66,14 @@ class TrainConfig:
     knowledge_k: int = 3
     handoff_share: float = 0.1
     ungrounded_share: float = 0.1
+    rule_share: float = 0.0
     handoff_answer: str | None = None
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "2e-4" as a string; accept it as the number the user meant.
         for name in ("val_fraction", "test_fraction", "alpha", "dropout", "epochs", "learning_rate",
-                     "weight_decay", "warmup_ratio", "handoff_share", "ungrounded_share", "parent_l2"):
+                     "weight_decay", "warmup_ratio", "handoff_share", "ungrounded_share", "rule_share",
+                     "parent_l2"):
             value = getattr(self, name)
             if isinstance(value, str) and not (value == AUTO and name in SIZED_FIELDS):
                 try:
@@ -105,7 +107,7 @@ class TrainConfig:
             raise bad("learning_rate", "must be positive or auto")
         if self.epochs != AUTO and self.epochs <= 0 and self.max_steps <= 0:
             raise bad("epochs", "set epochs > 0, auto, or max_steps > 0")
-        for name in ("handoff_share", "ungrounded_share"):
+        for name in ("handoff_share", "ungrounded_share", "rule_share"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad(name, "must be in [0, 1)")
         if not self.knowledge or not isinstance(self.knowledge, str):

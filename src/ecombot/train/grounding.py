@@ -8,7 +8,9 @@ store's own text (what it needs for a topic its training data never covered, or 
 in a share of the examples the numbers the answer shares with its passages are changed in both (a 30-day window
 becomes 60 days, $4.95 becomes $9.90), so the values can only come from the passages, never from memory; and a
 share of the examples get only another question's passages with the store's handoff answer as their target, so the
-model learns to hand over rather than invent when the passages do not answer the question. A last share is shown no
+model learns to hand over rather than invent when the passages do not answer the question. Opt-in (`rule_share`),
+a share answers with the line of a store document that states its answer, its own topic's Q&A pairs hidden (below).
+A last share is shown no
 passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system, an export prompted without
 passages): a model that only ever saw passages reads their absence as "not covered" and hands over or rambles (on a
 support log a third of its answers were handoffs; README, Results, "Prompts without passages").
@@ -26,7 +28,7 @@ from ecombot.catalog.questions import PRODUCT_QUESTIONS
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
 from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Grounding, Hit, KnowledgeBase, Passage,
-                               ground_messages, passages_hash, qa_passages)
+                               embed, ground_messages, passages_hash, qa_passages)
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
@@ -34,6 +36,13 @@ DOCUMENTS_ONLY_SHARE = 0.5
 # a model trained on grounded prompts learns to recite and ignore its passages; with an edited policy it then states
 # the old value. Examples whose facts exist only in their passages make reading the cheaper way to a low loss.
 FACT_EDIT_SHARE = 0.3
+# rule_share (config, default 0): why and how much, measured (README Results, "The document's own rule"): a model
+# trained only on the store's answers answers a topic its data never covered with a neighbouring topic's answer; an
+# example whose passages hold no pair of its own topic and whose target is the document line stating its answer can
+# only be learnt by reading. A line states the answer when its MiniLM cosine with the stored answer reaches
+# RULE_COSINE; the RULE_LINES closest such lines are the target.
+RULE_COSINE = 0.5
+RULE_LINES = 2
 # A number as a store states it ("30" days, "$4.95", "2" pm, "1"-year, "10"%), not a piece of a code, word or address.
 NUMBER = re.compile(r"(?<![\w.,/@])\d{1,4}(?:\.\d{1,2})?(?![\w@/]|[.,]\d)")
 
@@ -69,6 +78,30 @@ def is_qa_pair(passage: Passage) -> bool:
     return passage.question is not None
 
 
+def topic_filter(conv: Conversation, topic_answers: dict[str, set[str]]):
+    """Rejects what `own_answer_filter` rejects and, for a conversation with an intent, every Q&A pair of that intent
+    (its heading) or with one of its answers: the example stands for a topic the training data never covered."""
+    own = own_answer_filter(conv)
+    if conv.intent is None:
+        return own
+    answers = topic_answers.get(conv.intent, set())
+    return lambda passage: own(passage) or (passage.question is not None and (
+        passage.heading == conv.intent or normalise_text(passage.text) in answers))
+
+
+def document_lines(hits: list[Hit]) -> list[str]:
+    return [line for hit in hits if hit.passage.question is None for line in hit.passage.text.split("\n")]
+
+
+def rule_target(answer_vector, hits: list[Hit], line_vectors: dict[str, object]) -> str | None:
+    """The document line(s) among the hits that state the answer (RULE_COSINE, RULE_LINES), closest first, without
+    their list marks; None when none does."""
+    scored = sorted(((float(line_vectors[line] @ answer_vector), line) for line in document_lines(hits)),
+                    key=lambda pair: -pair[0])
+    kept = [line.removeprefix("- ").strip() for cosine, line in scored[:RULE_LINES] if cosine >= RULE_COSINE]
+    return " ".join(kept) or None
+
+
 def scaled_number(value: str, factor: int) -> str:
     """`value` times `factor`, written the same way (decimal places, leading zeros: "4.95" -> "9.90", "00" -> "00")."""
     if "." in value:
@@ -93,34 +126,56 @@ def edit_facts(answer: str, hits: list[Hit], factor: int) -> tuple[str, list[Hit
 
 def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: float, seed: int,
                  documents_only_share: float = DOCUMENTS_ONLY_SHARE,
-                 fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0) -> list[Conversation]:
+                 fact_edit_share: float = FACT_EDIT_SHARE, ungrounded_share: float = 0.0,
+                 rule_share: float = 0.0) -> list[Conversation]:
     """A seeded `ungrounded_share` of the conversations (product questions aside) left as they were (no passages,
     their own answer, nothing retrieved for them); each other one with passages in its last question, a seeded
     `fact_edit_share` of those with the numbers their answer shares with the passages changed in both, and a seeded
     `handoff_share` with another grounded conversation's passages (a different answer, and a different intent where
-    both have one) and the handoff."""
+    both have one) and the handoff. Where the base holds documents, a seeded `rule_share` is searched without its
+    own topic's pairs (topic_filter) and answers with the document line(s) stating its answer (rule_target; where
+    none is shown, it stays an ordinary example); fact edits apply to these too."""
     rng, facts_rng, plain_rng = random.Random(seed), random.Random(f"{seed}-facts"), random.Random(f"{seed}-plain")
+    rule_rng = random.Random(f"{seed}-rules")
     # never a product question: without its product's passage it could only be answered by inventing the value
     plain = [plain_rng.random() < ungrounded_share and c.category != PRODUCT_QUESTIONS for c in convs]
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
+    # not a product question either: its answer is its product's value, not a store rule
+    rules = [has_documents and rule_share > 0 and rule_rng.random() < rule_share and not skip
+             and c.category != PRODUCT_QUESTIONS for c, skip in zip(convs, plain)]
+    topic_answers: dict[str, set[str]] = {}
+    for c in convs:
+        if c.intent is not None:
+            topic_answers.setdefault(c.intent, set()).add(normalise_text(c.answer))
     grounded = [i for i, skip in enumerate(plain) if not skip]
     found = iter(grounder.ground_many([convs[i].messages[:-1] for i in grounded],
-                                      [is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
+                                      [topic_filter(convs[i], topic_answers) if rules[i] else
+                                       is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
                                        for i in grounded]))
     groundings: list[Grounding | None] = [None if skip else next(found) for skip in plain]
+    targets = rule_targets(convs, groundings, rules)
+    unstated = [i for i in range(len(convs)) if rules[i] and targets[i] is None]
+    for i, grounding in zip(unstated, grounder.ground_many([convs[i].messages[:-1] for i in unstated],
+                                                           [own_answer_filter(convs[i]) for i in unstated])):
+        groundings[i] = grounding  # its own topic's other pairs come back: an ordinary example
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
         if grounding is None:
             out.append(replace(conv, meta={**conv.meta, "grounded": False}))
             continue
         messages, meta = grounding.messages + [conv.messages[-1]], {**conv.meta, "grounded": True}
+        if targets[i] is not None:
+            messages, meta["rule"] = grounding.messages + [{"role": "assistant", "content": targets[i]}], True
         if facts_rng.random() < fact_edit_share:
-            edited = edit_facts(conv.answer, grounding.hits, facts_rng.choice((2, 3)))
+            edited = edit_facts(messages[-1]["content"], grounding.hits, facts_rng.choice((2, 3)))
             if edited is not None:
                 messages = ground_messages(conv.messages[:-1], edited[1]) + [
                     {"role": "assistant", "content": edited[0]}]
                 meta["facts_edited"] = True
+        if targets[i] is not None:
+            out.append(replace(conv, messages=messages, meta=meta))
+            continue
         if len(grounded) > 1 and rng.random() < handoff_share:
             other = distractor_source(convs, i, rng, candidates=grounded)
             if other is not None:
@@ -130,6 +185,21 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                 meta.pop("facts_edited", None)
         out.append(replace(conv, messages=messages, meta=meta))
     return out
+
+
+def rule_targets(convs: list[Conversation], groundings: list[Grounding | None],
+                 rules: list[bool]) -> list[str | None]:
+    """rule_target of each conversation drawn for one (None for the others), embedding each line and answer once."""
+    drawn = [i for i, rule in enumerate(rules) if rule]
+    if not drawn:
+        return [None] * len(convs)
+    lines = sorted({line for i in drawn for line in document_lines(groundings[i].hits)})
+    line_vectors = dict(zip(lines, embed(lines)))
+    answers = embed([convs[i].answer for i in drawn])
+    targets: list[str | None] = [None] * len(convs)
+    for i, answer in zip(drawn, answers):
+        targets[i] = rule_target(answer, groundings[i].hits, line_vectors)
+    return targets
 
 
 def distractor_source(convs: list[Conversation], i: int, rng: random.Random, candidates: list[int],
@@ -162,7 +232,7 @@ def wait_for_source(base: KnowledgeBase, source: str, passages: int, timeout_s: 
 
 def ground_training_data(train: list[Conversation], validation: list[Conversation], data_path: str,
                          name: str, db: str | None, k: int, handoff_share: float, handoff: str | None,
-                         seed: int, *, ungrounded_share: float = 0.0, index: bool = True,
+                         seed: int, *, ungrounded_share: float = 0.0, rule_share: float = 0.0, index: bool = True,
                          inherited: list[str] | None = None,
                          documents: list[tuple[str, list[Passage]]] = ()) -> GroundedData:
     """Index the training split's Q&A pairs in the knowledge base `name` (replacing this file's earlier ones; never
@@ -191,25 +261,29 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
         wait_for_source(base, source, len(pairs))
         added = None
     grounder = Grounder(base.retriever(pairs_from=own), k=k, handoff=handoff or DEFAULT_HANDOFF)
-    grounded_train = ground_split(train, grounder, handoff_share, seed, ungrounded_share=ungrounded_share)
-    grounded_val = ground_split(validation, grounder, handoff_share, seed + 1, ungrounded_share=ungrounded_share)
+    shares = {"ungrounded_share": ungrounded_share, "rule_share": rule_share}
+    grounded_train = ground_split(train, grounder, handoff_share, seed, **shares)
+    grounded_val = ground_split(validation, grounder, handoff_share, seed + 1, **shares)
     sources = base.sources(own)
     passages = sum(s.passages for s in sources)
     others = [s for s in base.sources() if s.name not in {t.name for t in sources}]
     record = {"name": name, "db": base.display_url, "k": k, "handoff": grounder.handoff,
               "content_hash": passages_hash(grounder.retriever.passages), "passages": passages,
-              "handoff_share": handoff_share, "ungrounded_share": ungrounded_share,
+              "handoff_share": handoff_share, "ungrounded_share": ungrounded_share, "rule_share": rule_share,
               "fact_edit_share": FACT_EDIT_SHARE, "pairs": own,
               "threshold": grounder.retriever.threshold, "sources": [s.name for s in sources]}
     handoffs = sum(c.answer == grounder.handoff for c in grounded_train)
     edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
     plain = sum(not c.meta.get("grounded") for c in grounded_train)
+    rules = sum(bool(c.meta.get("rule")) for c in grounded_train)
     documents = [s.name for s in sources if not s.name.startswith(TRAINING_PAIRS)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
                f"pairs{replaced_note(source) if added and added.status == 'replaced' else ''}; "
                f"documents: {', '.join(documents) or 'none — add policy pages with `ecombot knowledge add`'})"
                f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
                f"numbers from their passages, {plain} see no passages (as --knowledge none answers)"
+               + (f", {rules} answer with the document rule stating their answer, their topic's pairs hidden"
+                  if rule_share else "")
                + (f"; left out: {sum(s.passages for s in others)} Q&A pairs other training runs added "
                   f"({', '.join(s.name for s in others)}), this run reads its own" if others else ""))
     return GroundedData(grounded_train, grounded_val, record, summary)

@@ -223,7 +223,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, show_
         inherited = recorded_pairs(parent, cfg.knowledge) if parent else []  # a fresh adapter reads its own pairs
         grounded = ground_training_data(train_convs, val_convs, summary.path, cfg.knowledge, cfg.db, cfg.knowledge_k,
                                         cfg.handoff_share, cfg.handoff_answer, cfg.seed,
-                                        ungrounded_share=cfg.ungrounded_share, index=main,
+                                        ungrounded_share=cfg.ungrounded_share, rule_share=cfg.rule_share,
+                                        index=main,
                                         inherited=inherited, documents=catalog_documents(cfg))
         train_convs, val_convs, knowledge = grounded.train, grounded.validation, grounded.record
         say(grounded.summary)
