@@ -310,3 +310,13 @@ def test_product_questions_are_never_trained_without_passages():
     assert len(plain) >= 0.8 * len(support)
     alone = ground_split(support, grounder, handoff_share=0.0, seed=0, ungrounded_share=0.95)
     assert plain == {c.question for c in alone if not c.meta["grounded"]}
+
+
+def test_the_model_card_names_the_rule_share_only_where_a_run_used_it():
+    from ecombot.train.card import grounding_line
+
+    knowledge = {"name": "shop", "passages": 3, "sources": ["policy.md"], "content_hash": "h", "k": 3,
+                 "ungrounded_share": 0.1, "handoff_share": 0.1, "handoff": "An agent will reply."}
+    assert "document rule" not in grounding_line(knowledge)
+    assert ("shown none (to answer with knowledge off), 30% answered with the document rule stating their answer, "
+            "10% taught the handoff answer") in grounding_line({**knowledge, "rule_share": 0.3})

@@ -24,7 +24,10 @@ def grounding_line(knowledge: dict | None) -> str:
     return (f"- Grounding: knowledge base `{knowledge['name']}` ({knowledge['passages']} passages from "
             f"{', '.join(knowledge['sources'])}; content hash {knowledge['content_hash']}), {knowledge['k']} passages "
             f"per prompt, {knowledge.get('ungrounded_share', 0):.0%} of conversations shown none (to answer with "
-            f"knowledge off), {knowledge['handoff_share']:.0%} taught the handoff answer:\n"
+            f"knowledge off), "
+            + (f"{knowledge['rule_share']:.0%} answered with the document rule stating their answer, "
+               if knowledge.get("rule_share") else "")
+            + f"{knowledge['handoff_share']:.0%} taught the handoff answer:\n"
             f"  \"{knowledge['handoff']}\"")
 
 

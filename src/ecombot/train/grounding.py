@@ -156,9 +156,11 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
     groundings: list[Grounding | None] = [None if skip else next(found) for skip in plain]
     targets = rule_targets(convs, groundings, rules)
     unstated = [i for i in range(len(convs)) if rules[i] and targets[i] is None]
-    for i, grounding in zip(unstated, grounder.ground_many([convs[i].messages[:-1] for i in unstated],
-                                                           [own_answer_filter(convs[i]) for i in unstated])):
-        groundings[i] = grounding  # its own topic's other pairs come back: an ordinary example
+    if unstated:  # no document line shown states the answer: its own topic's other pairs come back, an ordinary example
+        regrounded = grounder.ground_many([convs[i].messages[:-1] for i in unstated],
+                                          [own_answer_filter(convs[i]) for i in unstated])
+        for i, grounding in zip(unstated, regrounded):
+            groundings[i] = grounding
     out = []
     for i, (conv, grounding) in enumerate(zip(convs, groundings)):
         if grounding is None:
