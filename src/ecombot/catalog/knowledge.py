@@ -11,6 +11,8 @@ from ecombot.catalog.product import Product
 from ecombot.catalog.readers import builtin_catalog_path, read_catalog
 from ecombot.knowledge import Passage
 
+CATALOG_SOURCE = "catalog: "  # the knowledge-base source of a catalog file's products, before the file's name
+
 
 def product_passage(product: Product, source: str, position: int) -> Passage:
     """`position`: where the product is in the file, counted from 1 (a CSV row, a JSON Lines line, a list item)."""
@@ -26,5 +28,5 @@ def catalog_passages(path: str | Path) -> tuple[str, list[Passage]]:
     built-in one)."""
     products = read_catalog(path)
     name = builtin_catalog_path().name if str(path) == "builtin" else Path(path).name
-    source = f"catalog: {name}"
+    source = f"{CATALOG_SOURCE}{name}"
     return source, [product_passage(p, source, i + 1) for i, p in enumerate(products)]

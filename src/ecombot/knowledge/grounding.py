@@ -33,13 +33,16 @@ REUSE_THRESHOLD = 0.90
 STORED_ANSWER_NOTE = " (its stored answer, as written)"  # after the sources, wherever a stored answer is shown
 
 
+def shown_text(passage: Passage) -> str:
+    """The passage as a prompt shows it: a long one cut at a word, marked with an ellipsis."""
+    text = passage.prompt_text
+    return text if len(text) <= PASSAGE_CHARS else text[:PASSAGE_CHARS].rsplit(" ", 1)[0] + " …"
+
+
 def passages_block(hits: list[Hit]) -> str:
     lines = [KNOWLEDGE_HEADER]
     for number, hit in enumerate(hits, start=1):
-        text = hit.passage.prompt_text
-        if len(text) > PASSAGE_CHARS:
-            text = text[:PASSAGE_CHARS].rsplit(" ", 1)[0] + " …"
-        lines.append(f"[{number}] {hit.passage.label}: {text}")
+        lines.append(f"[{number}] {hit.passage.label}: {shown_text(hit.passage)}")
     return "\n".join(lines)
 
 

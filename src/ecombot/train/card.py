@@ -25,8 +25,8 @@ def grounding_line(knowledge: dict | None) -> str:
             f"{', '.join(knowledge['sources'])}; content hash {knowledge['content_hash']}), {knowledge['k']} passages "
             f"per prompt, {knowledge.get('ungrounded_share', 0):.0%} of conversations shown none (to answer with "
             f"knowledge off), "
-            + (f"{knowledge['rule_share']:.0%} answered with the document rule stating their answer, "
-               if knowledge.get("rule_share") else "")
+            + (f"{knowledge['rule_examples']} answered with the document rule stating their answer (rule_share "
+               f"{knowledge['rule_share']:g}), " if knowledge.get("rule_share") else "")
             + f"{knowledge['handoff_share']:.0%} taught the handoff answer:\n"
             f"  \"{knowledge['handoff']}\"")
 

@@ -10,10 +10,10 @@ becomes 60 days, $4.95 becomes $9.90), so the values can only come from the pass
 share of the examples get only another question's passages with the store's handoff answer as their target, so the
 model learns to hand over rather than invent when the passages do not answer the question. Opt-in (`rule_share`),
 a share answers with the line of a store document that states its answer, its own topic's Q&A pairs hidden (below).
-A last share is shown no
-passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system, an export prompted without
-passages): a model that only ever saw passages reads their absence as "not covered" and hands over or rambles (on a
-support log a third of its answers were handoffs; README, Results, "Prompts without passages").
+A last share is shown no passages at all, as `--knowledge none` asks (chat, serve, evaluate's "fine-tuned" system, an
+export prompted without passages): a model that only ever saw passages reads their absence as "not covered" and hands
+over or rambles (on a support log a third of its answers were handoffs; README, Results, "Prompts without passages").
+The validation split gets the same shares, so its loss (and the checkpoint it keeps) weighs them as training does.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ecombot.catalog.knowledge import CATALOG_SOURCE
 from ecombot.catalog.questions import PRODUCT_QUESTIONS
 from ecombot.data import Conversation, normalise_text
 from ecombot.errors import EcombotError
 from ecombot.knowledge import (DEFAULT_HANDOFF, TRAINING_PAIRS, Grounder, Grounding, Hit, KnowledgeBase, Passage,
                                embed, ground_messages, passages_hash, qa_passages)
+from ecombot.knowledge.grounding import is_first_question, shown_text
 
 
 DOCUMENTS_ONLY_SHARE = 0.5
@@ -89,8 +91,15 @@ def topic_filter(conv: Conversation, topic_answers: dict[str, set[str]]):
         passage.heading == conv.intent or normalise_text(passage.text) in answers))
 
 
+def states_rules(passage: Passage) -> bool:
+    """A store document (policy or help page), not a Q&A pair nor a catalog's product."""
+    return passage.question is None and not passage.source.startswith(CATALOG_SOURCE)
+
+
 def document_lines(hits: list[Hit]) -> list[str]:
-    return [line for hit in hits if hit.passage.question is None for line in hit.passage.text.split("\n")]
+    """The lines of the store documents among the hits as the prompt shows them (a long passage is cut), each once."""
+    return list(dict.fromkeys(line for hit in hits if states_rules(hit.passage)
+                              for line in shown_text(hit.passage).split("\n") if not line.endswith(" …")))
 
 
 def rule_target(answer_vector, hits: list[Hit], line_vectors: dict[str, object]) -> str | None:
@@ -141,24 +150,27 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
     plain = [plain_rng.random() < ungrounded_share and c.category != PRODUCT_QUESTIONS for c in convs]
     has_documents = any(p.question is None for p in grounder.retriever.passages)
     documents_only = [has_documents and rng.random() < documents_only_share for _ in convs]
-    # not a product question either: its answer is its product's value, not a store rule
-    rules = [has_documents and rule_share > 0 and rule_rng.random() < rule_share and not skip
-             and c.category != PRODUCT_QUESTIONS for c, skip in zip(convs, plain)]
+    # A customer's single question, not a product question (its answer is its product's value, not a store rule),
+    # nor an agent's correction that `emphasis` repeats: the user asked for those words to be learnt.
+    has_rules = rule_share > 0 and any(states_rules(p) for p in grounder.retriever.passages)
+    rules = [has_rules and rule_rng.random() < rule_share and not skip and c.category != PRODUCT_QUESTIONS
+             and not c.meta.get("emphasised") and is_first_question(c.messages[:-1]) for c, skip in zip(convs, plain)]
     topic_answers: dict[str, set[str]] = {}
     for c in convs:
         if c.intent is not None:
             topic_answers.setdefault(c.intent, set()).add(normalise_text(c.answer))
+    def ordinary(i: int):
+        return is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
+
     grounded = [i for i, skip in enumerate(plain) if not skip]
     found = iter(grounder.ground_many([convs[i].messages[:-1] for i in grounded],
-                                      [topic_filter(convs[i], topic_answers) if rules[i] else
-                                       is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
+                                      [topic_filter(convs[i], topic_answers) if rules[i] else ordinary(i)
                                        for i in grounded]))
     groundings: list[Grounding | None] = [None if skip else next(found) for skip in plain]
     targets = rule_targets(convs, groundings, rules)
     unstated = [i for i in range(len(convs)) if rules[i] and targets[i] is None]
-    if unstated:  # no document line shown states the answer: its own topic's other pairs come back, an ordinary example
-        regrounded = grounder.ground_many([convs[i].messages[:-1] for i in unstated],
-                                          [own_answer_filter(convs[i]) for i in unstated])
+    if unstated:  # no document line shown states the answer: an ordinary example, searched as one
+        regrounded = grounder.ground_many([convs[i].messages[:-1] for i in unstated], [ordinary(i) for i in unstated])
         for i, grounding in zip(unstated, regrounded):
             groundings[i] = grounding
     out = []
@@ -175,9 +187,6 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                 messages = ground_messages(conv.messages[:-1], edited[1]) + [
                     {"role": "assistant", "content": edited[0]}]
                 meta["facts_edited"] = True
-        if targets[i] is not None:
-            out.append(replace(conv, messages=messages, meta=meta))
-            continue
         if len(grounded) > 1 and rng.random() < handoff_share:
             other = distractor_source(convs, i, rng, candidates=grounded)
             if other is not None:
@@ -185,6 +194,7 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
                 messages = ground_messages(conv.messages[:-1], hits) + [
                     {"role": "assistant", "content": grounder.handoff}]
                 meta.pop("facts_edited", None)
+                meta.pop("rule", None)
         out.append(replace(conv, messages=messages, meta=meta))
     return out
 
@@ -278,6 +288,8 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     edited = sum(bool(c.meta.get("facts_edited")) for c in grounded_train)
     plain = sum(not c.meta.get("grounded") for c in grounded_train)
     rules = sum(bool(c.meta.get("rule")) for c in grounded_train)
+    if rule_share:
+        record["rule_examples"] = rules  # what the share gave: only examples shown a line stating their answer
     documents = [s.name for s in sources if not s.name.startswith(TRAINING_PAIRS)]
     summary = (f"knowledge base '{name}': {passages} passages ({len(pairs)} training Q&A "
                f"pairs{replaced_note(source) if added and added.status == 'replaced' else ''}; "
@@ -285,6 +297,7 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
                f", {k} per prompt; {handoffs} training conversations teach the handoff, {edited} read edited "
                f"numbers from their passages, {plain} see no passages (as --knowledge none answers)"
                + (f", {rules} answer with the document rule stating their answer, their topic's pairs hidden"
+                  + ("" if rules else " (none: no store document among their passages states it)")
                   if rule_share else "")
                + (f"; left out: {sum(s.passages for s in others)} Q&A pairs other training runs added "
                   f"({', '.join(s.name for s in others)}), this run reads its own" if others else ""))
