@@ -156,9 +156,10 @@ def ground_split(convs: list[Conversation], grounder: Grounder, handoff_share: f
     rules = [has_rules and rule_rng.random() < rule_share and not skip and c.category != PRODUCT_QUESTIONS
              and not c.meta.get("emphasised") and is_first_question(c.messages[:-1]) for c, skip in zip(convs, plain)]
     topic_answers: dict[str, set[str]] = {}
-    for c in convs:
+    for c in convs if has_rules else ():  # only rule examples hide their topic
         if c.intent is not None:
             topic_answers.setdefault(c.intent, set()).add(normalise_text(c.answer))
+
     def ordinary(i: int):
         return is_qa_pair if documents_only[i] else own_answer_filter(convs[i])
 
