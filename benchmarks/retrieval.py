@@ -1,5 +1,5 @@
 """The knowledge base's retrieval: (a) the calibration of the coverage threshold, (b) search latency at 1k, 10k and
-100k passages.
+100k passages, and what the fact check of generated answers costs there.
 
 (a) Two thresholds, one per kind of passage. Q&A pairs: the built-in dataset's test split (seed 42) against the
 training split's pairs; documents: the questions of the intents held out of training (unseen topics) against
@@ -22,7 +22,8 @@ cosine is reported.
 k=3), the index already built; its build time is reported apart. Passages are the built-in ones repeated with
 random extra words from their own vocabulary; at 1k they are embedded with the real model, at 10k and 100k their
 vectors are random unit vectors (embedding 100k passages takes long on a small CPU; a flat index costs the same
-whatever the vectors hold).
+whatever the vectors hold). The fact check (knowledge/facts.py): the time to read every passage's facts once (at
+`chat`/`serve` start) and, per question, to check an answer (its top passage's text) against them and the prompt.
 
     python benchmarks/retrieval.py                      # both parts, results in benchmarks/results/retrieval.json
     python benchmarks/retrieval.py --sizes 1000 --questions 5
@@ -210,6 +211,23 @@ def synthetic(n: int, seed: int = 0):
     return out
 
 
+def fact_check_cost(retriever, queries: list[str]) -> dict:
+    """Reading the base's facts once, then checking one answer per question (ms, median)."""
+    from ecombot.knowledge import Grounder, Grounding, ground_messages
+
+    grounder = Grounder(retriever, 3, check_facts=True)
+    started = time.perf_counter()
+    grounder.store_facts
+    read = time.perf_counter() - started
+    times = []
+    for query, hits in zip(queries, retriever.search(queries, 3)):
+        grounding = Grounding(ground_messages([{"role": "user", "content": query}], hits), hits)
+        started = time.perf_counter()
+        grounder.fact_check(grounding).check(hits[0].passage.text)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"facts_read_s": read, "check_median_ms": statistics.median(times)}
+
+
 def latency(sizes: list[int], questions: int) -> list[dict]:
     from ecombot.knowledge import Retriever, embed
     from ecombot.knowledge.search import dense_text
@@ -240,7 +258,8 @@ def latency(sizes: list[int], questions: int) -> list[dict]:
         times.sort()
         rows.append({"passages": n, "vectors": kind, "build_s": build, "median_ms": statistics.median(times),
                      "p95_ms": times[min(len(times) - 1, int(0.95 * len(times)))],
-                     "query_embedding_median_ms": statistics.median(embedding), "questions": len(times)})
+                     "query_embedding_median_ms": statistics.median(embedding), "questions": len(times),
+                     **fact_check_cost(retriever, queries)})
     return rows
 
 
@@ -285,9 +304,11 @@ def main() -> None:
     rows = latency([int(s) for s in args.sizes.split(",")], args.questions)
     result["latency"] = rows
     print("\nsearch latency per question (query embedding + BM25 + faiss + fusion, k=3)")
-    print_table(["passages", "passage vectors", "build s", "median ms", "p95 ms", "of which query embedding ms"],
+    print_table(["passages", "passage vectors", "build s", "median ms", "p95 ms", "of which query embedding ms",
+                 "fact check: read s", "per answer ms"],
                 [[str(r["passages"]), r["vectors"], f"{r['build_s']:.1f}", f"{r['median_ms']:.1f}",
-                  f"{r['p95_ms']:.1f}", f"{r['query_embedding_median_ms']:.1f}"] for r in rows])
+                  f"{r['p95_ms']:.1f}", f"{r['query_embedding_median_ms']:.1f}", f"{r['facts_read_s']:.1f}",
+                  f"{r['check_median_ms']:.2f}"] for r in rows])
     write_results(args.output, result)
 
 

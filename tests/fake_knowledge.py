@@ -45,8 +45,9 @@ class FakeRetriever:
         return [[0.5 * len(words(q) & words(p.question)) for p in ps] for q, ps in zip(queries, pairs)]
 
 
-def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3, reuse: float | None = None) -> Grounder:
-    return Grounder(FakeRetriever(passages), k, HANDOFF, reuse)
+def fake_grounder(passages=(RETURNS, SHIPPING), k: int = 3, reuse: float | None = None,
+                  check_facts: bool = False) -> Grounder:
+    return Grounder(FakeRetriever(passages), k, HANDOFF, reuse, check_facts)
 
 
 @pytest.fixture
@@ -54,11 +55,11 @@ def knowledge_bases(monkeypatch):
     """`open_grounder` over named bases: "shop" holds passages, "default" and "empty" none; records each call."""
     calls = []
 
-    def open_grounder(name, db, k, handoff, reuse=None, pairs_from=None):
+    def open_grounder(name, db, k, handoff, reuse=None, pairs_from=None, check_facts=False):
         calls.append((name, db, k, handoff, reuse, pairs_from))
         if name in ("default", "empty"):
             raise EcombotError(f"the knowledge base {name!r} is empty")
-        return fake_grounder(k=k, reuse=reuse)
+        return fake_grounder(k=k, reuse=reuse, check_facts=check_facts)
 
     monkeypatch.setattr(ecombot.knowledge, "open_grounder", open_grounder)
     return calls

@@ -301,3 +301,13 @@ def test_multitask_benchmark_short_form(tiny_model_dir, small_dataset, tmp_path,
         assert own["scored"] == multi["scored"] == scored
     assert 0 <= result["scores"]["copy"]["multi"]["attribute_coverage"]["value"] <= 1
     assert len(result["table"]) == 13 and all(len(row) == 3 for row in result["table"])
+
+
+def test_retrieval_latency_short_form_times_search_and_the_fact_check(tmp_path):
+    """The latency part alone (the calibration reads the whole built-in dataset): the search and, for the same
+    passages, reading their facts once and checking an answer."""
+    result = run_benchmark("retrieval", ["--no-calibration", "--sizes", "300", "--questions", "3"], tmp_path)
+    [row] = result["latency"]
+    assert (row["passages"], row["vectors"], row["questions"]) == (300, "real", 3)
+    assert row["p95_ms"] >= row["median_ms"] > 0 and row["facts_read_s"] > 0 and row["check_median_ms"] > 0
+    assert "calibration" not in result and result["machine"]["cpu_class"]

@@ -8,7 +8,7 @@ from scripted_engine import ScriptedEngine
 
 from ecombot.chat import (BASE, Decoding, TransformersEngine, PlaceholderStream, answer_streaming, fill_placeholders,
                           open_knowledge, parse_context, repl)
-from ecombot.chat.terminal import HANDOFF_NOTE
+from ecombot.chat.terminal import FACTS_NOTE, HANDOFF_NOTE
 from ecombot.errors import EcombotError, ModelError
 from ecombot.knowledge import REUSE_THRESHOLD
 from ecombot.models import load_for_inference
@@ -153,13 +153,24 @@ def test_terminal_chat_flags_a_generated_handoff():
     assert out.getvalue().splitlines()[-2:] == ["from: Returns and exchanges (policy.md)", HANDOFF_NOTE]
 
 
+def test_terminal_chat_leaves_out_a_fact_no_passage_states_and_hands_over():
+    engine = ScriptedEngine("Yes, within 30 days.\nRefunds take 5 days.")
+    out = io.StringIO()
+    answer = answer_streaming(engine, [{"role": "user", "content": COVERED}], {}, out, fake_grounder(check_facts=True))
+    assert answer == f"Yes, within 30 days.\n{HANDOFF}"  # what the history keeps is what the customer saw
+    assert out.getvalue().splitlines() == ["Yes, within 30 days.", HANDOFF, "from: Returns and exchanges (policy.md)",
+                                           FACTS_NOTE + "5 day)", HANDOFF_NOTE]
+
+
 def test_chat_and_serve_use_the_runs_knowledge_unless_told_otherwise(knowledge_bases, tmp_path):
     run = grounded_run(tmp_path)
     grounder, note = open_knowledge(run, None, None, None)
-    assert (grounder.k, grounder.handoff, grounder.reuse, note) == (
-        4, HANDOFF, REUSE_THRESHOLD, "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.90")
-    grounder, note = open_knowledge(run, "other", "sqlite:///other.db", 2, reuse_answers=False)
-    assert grounder.reuse is None and note.endswith(", every answer generated")
+    assert (grounder.k, grounder.handoff, grounder.reuse, grounder.check_facts, note) == (
+        4, HANDOFF, REUSE_THRESHOLD, True,
+        "knowledge: 'shop', 4 passages per question, stored answers reused from cosine 0.90")
+    grounder, note = open_knowledge(run, "other", "sqlite:///other.db", 2, reuse_answers=False, check_facts=False)
+    assert grounder.reuse is None and not grounder.check_facts
+    assert note.endswith(", every answer generated, facts unchecked")
     # its own training pairs; in another base none (they are other runs')
     assert knowledge_bases == [("shop", "sqlite:///shop.db", 4, HANDOFF, REUSE_THRESHOLD, ["data: shop.jsonl"]),
                                ("other", "sqlite:///other.db", 2, HANDOFF, None, [])]

@@ -290,3 +290,39 @@ def test_no_slices_and_no_knowledge(tmp_path, monkeypatch, small_builtin):
     assert all(s.test_size == 3 for s in result.slices.values())
     # without a knowledge base the training answers and policy.md are what the store told the systems
     assert result.slices["policy_edits"].systems["retrieval"].invented_fact_rate is not None
+
+
+def test_grounded_answers_go_through_the_fact_check_as_chat_and_serve_give_them(tmp_path, monkeypatch, small_run,
+                                                                               tiny_model_dir, small_builtin):
+    from ecombot.chat import Generation
+    from ecombot.evaluate import EvalConfig, run_evaluation
+    from ecombot.knowledge import KnowledgeBase, qa_passages
+
+    _, train = small_builtin
+    invented = "Thanks for asking. It costs $987.65."  # a price the built-in store never states
+
+    def generate(engine, conversations, adapter=None, grammars=None):
+        return [Generation(invented, 5, 3, "stop") for _ in conversations]
+
+    monkeypatch.setattr(TransformersEngine, "generate", generate)
+    db = f"sqlite:///{tmp_path / 'kb.db'}"
+    KnowledgeBase(db, "store").add_passages("data: train.jsonl", qa_passages(train, "data: train.jsonl"))
+    results = {check: run_evaluation(EvalConfig(adapters=[str(small_run)], model=str(tiny_model_dir), knowledge="store",
+                                                db=db, limit=4, systems=("grounded",), slices=False,
+                                                reuse_answers=False, check_facts=check,
+                                                output=str(tmp_path / f"e{check}")))
+               for check in (True, False)}
+    on, off = results[True], results[False]
+    cut = [i for i, p in enumerate(on.predictions) if p.left_out]  # the rest were not covered: the handoff, given
+    assert cut and on.systems["run+knowledge"].facts_left_out.value == pytest.approx(len(cut) / 4)
+    for i, (checked, unchecked) in enumerate(zip(on.predictions, off.predictions)):
+        answer = checked.answers["run+knowledge"]
+        if i in cut:
+            assert checked.left_out == {"run+knowledge": ["It costs $987.65."]}
+            assert answer.startswith("Thanks for asking. ") and "987.65" not in answer
+            assert unchecked.answers["run+knowledge"] == invented and not unchecked.left_out
+        else:
+            assert answer == unchecked.answers["run+knowledge"] and "987.65" not in answer
+    assert on.systems["run+knowledge"].false_handoffs.value == 1.0  # a cut answer hands over
+    assert off.systems["run+knowledge"].facts_left_out is None
+    assert "*left out by the fact check*: It costs $987.65." in (tmp_path / "eTrue" / "report.md").read_text()

@@ -19,7 +19,7 @@ from ecombot.errors import ConfigError
 from ecombot.models import encode_prompt
 from ecombot.serve import ServeConfig, Store, create_app
 from ecombot.serve.security import KeyRing, persistent_secret
-from ecombot.serve.completion import HANDED_OVER, NOT_COVERED as NOT_COVERED_NOTE
+from ecombot.serve.completion import FACTS_LEFT_OUT, HANDED_OVER, NOT_COVERED as NOT_COVERED_NOTE
 from ecombot.serve.store import Answer, ConversationRow
 
 QUESTION = [{"role": "user", "content": "Where is my order?"}]
@@ -670,6 +670,28 @@ def test_generated_handoff_is_flagged_and_streams_its_sources(store, running_ser
     with running_server(create_app(plain, store, grounder=fake_grounder())) as server:
         final = json.loads(sse_events(ask(server.url, COVERED, stream=True))[-2])
     assert (final["sources"], final["handoff"]) == ([RETURNS_SOURCE], False)
+
+
+def test_a_fact_no_passage_states_is_left_out_and_the_conversation_handed_over(store, running_server):
+    engine = ScriptedEngine("Yes, within 30 days. Refunds take 5 days, order {{Order Number}} too.")
+    with running_server(create_app(engine, store, grounder=fake_grounder(check_facts=True))) as server:
+        whole = ask(server.url, COVERED, metadata={"conversation_id": "c-checked"}).json()
+        streamed = ask(server.url, COVERED, stream=True, metadata={"conversation_id": "c-checked-2"})
+        unchecked = create_app(ScriptedEngine("Refunds take 5 days."), store, grounder=fake_grounder())
+    said = f"Yes, within 30 days. {HANDOFF}"
+    assert (whole["choices"][0]["message"]["content"], whole["handoff"]) == (said, True)
+    chunks = [json.loads(e) for e in sse_events(streamed)[:-1]]
+    pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
+    assert pieces == ["Yes, within 30 days.", f" {HANDOFF}"]  # whole sentences once checked
+    assert (chunks[-1]["handoff"], chunks[-1]["sources"]) == (True, [RETURNS_SOURCE])
+    with store.sessions() as db:
+        for conversation_id in ("c-checked", "c-checked-2"):
+            conversation = db.get(ConversationRow, conversation_id)
+            assert conversation.handoff_note == FACTS_LEFT_OUT + "5 day" and conversation.handoff_at is not None
+            assert conversation.messages[1].content == said
+    with running_server(unchecked) as server:  # `serve --no-check-facts`
+        body = ask(server.url, COVERED).json()
+    assert (body["choices"][0]["message"]["content"], body["handoff"]) == ("Refunds take 5 days.", False)
 
 
 def test_without_knowledge_the_model_reads_the_question_as_asked(store, running_server):

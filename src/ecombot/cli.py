@@ -32,6 +32,9 @@ DECODE_BITS_HELP = ("Weights for one-token decoding steps on CPU: 8 (int8 body, 
 REUSE_HELP = ("A question that a stored Q&A pair of the knowledge base asks in other words (cosine >= 0.90 "
               "between the two questions, knowledge.REUSE_THRESHOLD) gets the pair's answer as written, without the "
               "model; --no-reuse-answers generates every answer.")
+CHECK_FACTS_HELP = ("A generated answer may state only the amounts, durations, times and contacts that the knowledge "
+                    "base or the conversation states: a sentence stating another is left out and the answer ends "
+                    "with the handoff (an agent takes over); --no-check-facts gives answers as generated.")
 ENGINE_HELP = ("Runtime: 'transformers' (PyTorch, default) or 'llama.cpp' (the base model's GGUF + each adapter as a "
                "LoRA GGUF, converted once; needs pip install 'ecombot[llama-cpp]'). LoRA adapters only.")
 
@@ -186,6 +189,7 @@ def chat(
                                                 "(default: the run's, else $ECOMBOT_HOME/ecombot.db)."),
     k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
     reuse_answers: bool = typer.Option(True, help=REUSE_HELP),
+    check_facts: bool = typer.Option(True, help=CHECK_FACTS_HELP),
 ) -> None:
     """Chat in the terminal with a fine-tuned adapter or the base model (streaming answers, with their sources)."""
     from ecombot.chat import (Decoding, adapters_answer_limit, answer_streaming, open_engine, open_knowledge,
@@ -202,7 +206,7 @@ def chat(
         raise EcombotError(f"{adapter} is a {task} adapter: chat talks to support adapters. Serve it beside them "
                            f"(`ecombot serve --adapter {task}={adapter}`: the request's model picks it) or score it "
                            f"with `ecombot evaluate --task {task} --adapter {adapter}`")
-    grounder, grounded = open_knowledge(adapter, knowledge, db, k, reuse_answers)
+    grounder, grounded = open_knowledge(adapter, knowledge, db, k, reuse_answers, check_facts)
     if max_new_tokens is None:
         max_new_tokens = adapters_answer_limit([adapter] if adapter else [])
     bot = open_engine(model, [(adapter.resolve().name, adapter)] if adapter else [],
@@ -242,6 +246,7 @@ def evaluate(
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the knowledge base (default: the adapter's, else "
                                                 "$ECOMBOT_HOME/ecombot.db)."),
     reuse_answers: bool = typer.Option(True, help="For the grounded systems: " + REUSE_HELP),
+    check_facts: bool = typer.Option(True, help="For the grounded systems: " + CHECK_FACTS_HELP),
     slices: bool = typer.Option(True, help="On the built-in data, also score the slices: unseen topics, policy edits, "
                                            "questions the knowledge does not cover."),
     engine: str = typer.Option("transformers", help=ENGINE_HELP + " Answers and held-out loss both come from it."),
@@ -264,7 +269,8 @@ def evaluate(
     cfg = EvalConfig(data=data, test=test, adapters=[str(a) for a in adapter], model=model, limit=limit,
                      output=output, seed=seed, fewshot_k=fewshot_k, batch_size=batch_size,
                      max_new_tokens=max_new_tokens, systems=chosen,
-                     knowledge=knowledge, db=db, reuse_answers=reuse_answers, slices=slices, engine=engine,
+                     knowledge=knowledge, db=db, reuse_answers=reuse_answers, check_facts=check_facts, slices=slices,
+                     engine=engine,
                      grammar=grammar)
     if grammar is not None and task != "recommend":
         raise EcombotError(f"--grammar chooses what recommendations may name; it has no effect with --task {task}")
@@ -275,7 +281,8 @@ def evaluate(
 
         ignored = [name for name, given in (("--data", data), ("--test", test), ("--no-slices", not slices),
                                             ("--knowledge", knowledge), ("--db", db),
-                                            ("--no-reuse-answers", not reuse_answers)) if given]
+                                            ("--no-reuse-answers", not reuse_answers),
+                                            ("--no-check-facts", not check_facts)) if given]
         if ignored:
             raise EcombotError(f"--task {task} evaluates the held-out part of the run's own data, without a knowledge "
                                f"base: drop {', '.join(ignored)}")
@@ -431,6 +438,7 @@ def serve(
                                             "the one the first adapter trained with, else 'default')."),
     k: Optional[int] = typer.Option(None, min=1, help="Passages per question (default: the run's, else 3)."),
     reuse_answers: bool = typer.Option(True, help=REUSE_HELP),
+    check_facts: bool = typer.Option(True, help=CHECK_FACTS_HELP),
     redact: bool = typer.Option(True, help="Remove e-mails, phone and card numbers before anything is stored."),
     cors_origin: List[str] = typer.Option([], help="Allowed browser origin for CORS (repeatable; default: CORS off)."),
     web: bool = typer.Option(True, help="Serve the customer chat page at /."),
@@ -480,7 +488,7 @@ def serve(
                          default_max_tokens=default_max_tokens, rate_limit_per_minute=rate_limit,
                          max_batch=max_batch, max_queue=max_queue, reload_every_s=reload_every)
     store = Store(db, redact_text=redact)
-    grounder, grounded = open_knowledge(support_runs, knowledge, db, k, reuse_answers)
+    grounder, grounded = open_knowledge(support_runs, knowledge, db, k, reuse_answers, check_facts)
     bot = open_engine(model, adapters, Decoding(max_new_tokens=default_max_tokens), engine=engine,
                       decode_bits=decode_bits, max_batch=max_batch)
     if any(tasks.task(name) == "recommend" for name, _ in adapters):
@@ -666,7 +674,7 @@ def knowledge_search(question: str = typer.Argument(..., help="A customer's ques
 
     if name == "none":
         raise EcombotError("--name none: no knowledge base to search")
-    grounder, said = open_knowledge(adapter, name or (None if adapter else "default"), db, k)
+    grounder, said = open_knowledge(adapter, name or (None if adapter else "default"), db, k, check_facts=False)
     if grounder is None:
         raise EcombotError(f"nothing to search: {said}")
     messages = [{"role": "user", "content": question}]

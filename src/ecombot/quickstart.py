@@ -48,7 +48,7 @@ SHOWN_QUESTIONS = 5
 SLICE_EXAMPLES = ("unseen_topics", "policy_edits", "not_covered")
 SUMMARY_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "fact_accuracy",
                    "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs",
-                   "stored_answers")  # in quickstart.json
+                   "stored_answers", "facts_left_out")  # in quickstart.json
 EXAMPLE_CONTEXT = {"ordernumber": "HP-10482"}  # fills {{Order Number}} as `ecombot chat --context` would
 
 

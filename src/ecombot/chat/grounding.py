@@ -14,7 +14,7 @@ DEFAULT_K = 3
 
 
 def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str | None, k: int | None,
-                   reuse_answers: bool = True) -> tuple[Grounder | None, str]:
+                   reuse_answers: bool = True, check_facts: bool = True) -> tuple[Grounder | None, str]:
     """The grounder (None: answers come from the weights alone) and one line for the terminal saying which.
 
     `run_dir`: the adapter, or the support adapters a server answers with (they share one grounder: the first
@@ -22,7 +22,8 @@ def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str 
     flags, None when not given: then the run's recorded knowledge, else the "default" base with k=3. A base that
     the flag or the run names must hold passages (EcombotError otherwise); the default one may be empty (a fresh
     install has none yet), and then nothing is grounded. `reuse_answers`: a question a stored Q&A pair asks in
-    other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD)."""
+    other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD); `check_facts`: a generated answer states
+    no fact its passages do not (knowledge/facts.py)."""
     from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
 
     runs = [] if run_dir is None else run_dir if isinstance(run_dir, list) else [run_dir]
@@ -36,10 +37,14 @@ def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str 
     try:
         grounder = open_grounder(chosen, db or recorded.get("db"), k, recorded.get("handoff"),
                                  REUSE_THRESHOLD if reuse_answers else None,
-                                 pairs_from=scope_of(records, chosen))  # their own training pairs only
+                                 pairs_from=scope_of(records, chosen),  # their own training pairs only
+                                 check_facts=check_facts)
     except EcombotError as exc:
         if name or recorded:
             raise
         return None, f"knowledge: none, answers come from the model alone ({exc})"
+    if check_facts:
+        grounder.store_facts  # read now, not during the first customer's answer (100k passages: ~11 s)
     reuse = f", stored answers reused from cosine {REUSE_THRESHOLD:.2f}" if reuse_answers else ", every answer generated"
-    return grounder, f"knowledge: {chosen!r}, {k} passages per question{reuse}"
+    checked = "" if check_facts else ", facts unchecked"
+    return grounder, f"knowledge: {chosen!r}, {k} passages per question{reuse}{checked}"

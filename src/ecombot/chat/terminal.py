@@ -11,6 +11,7 @@ from ecombot.knowledge import STORED_ANSWER_NOTE, Grounder, Grounding, is_handof
 
 HELP = "Type your question. /reset starts a new conversation, /quit leaves."
 HANDOFF_NOTE = "(handed over to a support agent)"
+FACTS_NOTE = "(left out, not in the knowledge base: "
 
 
 def dim(text: str, out) -> str:
@@ -22,21 +23,27 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
     """Stream one answer to `out` with placeholders filled, then its sources; returns the raw answer for the history.
 
     With a `grounder` the model reads the passages found for the question; a question they do not cover gets the
-    handoff answer, one a stored Q&A pair answers gets that answer, both without generation. `out` defaults to
-    sys.stdout as it is at the call (tests replace it)."""
+    handoff answer, one a stored Q&A pair answers gets that answer, both without generation; a generated answer goes
+    through its fact check (whole sentences then). `out` defaults to sys.stdout as it is at the call (tests replace
+    it)."""
     out = out or sys.stdout
     grounding = grounder.ground(history) if grounder else Grounding(history)
+    check = grounder.fact_check(grounding) if grounder else None
     stream, raw = PlaceholderStream(context), []
 
-    def show(row: int, piece: str) -> None:
-        if not piece:  # the engine asking whether to go on
-            return
-        raw.append(piece)
-        out.write(stream.feed(piece))
+    def write(text: str) -> None:
+        raw.append(text)
+        out.write(stream.feed(text))
         out.flush()
+
+    def show(row: int, piece: str) -> None:
+        if piece:  # empty: the engine asking whether to go on
+            write(check.feed(piece) if check else piece)
 
     if grounding.answer is None:  # generated on this thread, the one that loaded the model (serve.run_server: why)
         engine.generate([grounding.messages], on_text=show)
+        if check:
+            write(check.flush())
     else:
         show(0, grounding.answer)
     out.write(stream.flush() + "\n")
@@ -45,7 +52,9 @@ def answer_streaming(engine: GenerationEngine, history: list[dict[str, str]], co
         labels = dict.fromkeys(hit.passage.label for hit in grounding.cited)  # two passages of one section: one label
         reused = STORED_ANSWER_NOTE if grounding.reused else ""
         out.write(dim("from: " + "; ".join(labels) + reused, out) + "\n")
-    if grounder and (not grounding.covered or is_handoff(answer, grounder.handoff)):
+    if check and check.dropped:
+        out.write(dim(FACTS_NOTE + ", ".join(check.dropped) + ")", out) + "\n")
+    if grounder and (not grounding.covered or (check and check.dropped) or is_handoff(answer, grounder.handoff)):
         out.write(dim(HANDOFF_NOTE, out) + "\n")
     out.flush()
     return answer

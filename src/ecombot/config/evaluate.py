@@ -38,6 +38,7 @@ class EvalConfig:
     #                               "default"; "none" = no grounded systems
     db: str | None = None  # its database (default: the run record's, else $ECOMBOT_HOME's)
     reuse_answers: bool = True  # grounded systems give a stored Q&A pair's answer to a question it asks in other words
+    check_facts: bool = True  # grounded systems leave out a sentence stating a fact the knowledge does not; hand over
     slices: bool = True  # also score the built-in data's slices (evaluate/slices.py) when evaluating on it
     engine: str = "transformers"  # runtime answering and scored: "transformers" or "llama.cpp" (chat.factory)
     grammar: str | None = None  # --task recommend: what answers may name (catalog/recommend.py GRAMMARS; None: GRAMMAR)

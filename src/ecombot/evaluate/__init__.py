@@ -36,7 +36,8 @@ def print_table(result: EvalResult, console) -> None:
                "cut_at_limit": ("cut", 2),
                "fact_accuracy": ("facts", 2), "invented_fact_rate": ("invented", 2),
                "handoff_precision": ("handoff P", 2), "handoff_recall": ("handoff R", 2),
-               "false_handoffs": ("false handoff", 2), "stored_answers": ("stored", 2)}
+               "false_handoffs": ("false handoff", 2), "stored_answers": ("stored", 2),
+               "facts_left_out": ("cut facts", 2)}
     of = result.source.get("heldout_questions")
     sets = [(f"{result.test_size}{f' of {of}' if of else ''} held-out test conversations", result.systems)]
     sets += [(f"slice {name}: {s.test_size} questions", s.systems) for name, s in result.slices.items()]

@@ -11,7 +11,7 @@ from typing import Callable
 from ecombot.config import EvalConfig
 from ecombot.data import Conversation, normalise_text
 from ecombot.data.builtin import policy_text
-from ecombot.evaluate.metrics import extract_facts
+from ecombot.knowledge.facts import extract_facts
 from ecombot.evaluate.slices import Edits, apply_edits
 from ecombot.knowledge import (DEFAULT_HANDOFF, REUSE_THRESHOLD, Grounder, KnowledgeBase, Passage, Retriever, embed,
                                latest_question, passages_hash, recorded_pairs)
@@ -48,7 +48,7 @@ class StoreKnowledge:
             changed = [i for i, (a, b) in enumerate(zip(old.passages, passages)) if dense_text(a) != dense_text(b)]
             vectors[changed] = embed([dense_text(passages[i]) for i in changed])
             grounder = Grounder(Retriever(passages, vectors, old.threshold, old.document_threshold), self.grounder.k,
-                               self.handoff, self.grounder.reuse)
+                               self.handoff, self.grounder.reuse, self.grounder.check_facts)
         return StoreKnowledge(passages, self.handoff, grounder, self.info)
 
 
@@ -71,7 +71,8 @@ def open_knowledge(cfg: EvalConfig, train: list[Conversation], builtin: bool, gr
             reuse = REUSE_THRESHOLD if cfg.reuse_answers else None
             info["reuse_threshold"] = reuse
             return StoreKnowledge(retriever.passages, handoff,
-                                  Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff, reuse), info)
+                                  Grounder(retriever, record.get("k") or cfg.retrieval_k, handoff, reuse,
+                                           cfg.check_facts), info)
     passages = [Passage("data: training split", "", 0, c.answer, c.question) for c in train]
     if builtin:
         passages.append(Passage("policy.md", "", 1, policy_text()))

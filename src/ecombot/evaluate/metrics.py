@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from ecombot.knowledge.facts import extract_facts, facts_by_kind, plain_number
+
 BOOTSTRAP_SAMPLES = 1000
 
 
@@ -95,83 +97,7 @@ def nearest_intents(answer_vectors: np.ndarray, pool_vectors: np.ndarray, pool_i
     return [pool_intents[i] for i in (_unit(answer_vectors) @ _unit(pool_vectors).T).argmax(axis=1)]
 
 
-# --- facts: what a grounded answer must get exactly right ----------------------------------------------------
-
-UNITS = r"(business\s+days?|days?|hours?|minutes?|weeks?|months?|years?|payments?|installments?)\b"
-NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # 1,000.50 | 4.95 | 30
-DASH = r"\s*(?:[-–—]|to)\s*"
-# In priority order: each match is blanked out before the next pattern looks, so "1-800-555-0142" is one phone
-# number (not plain numbers), "$4.95" one amount, "8 am–8 pm" two times (not a range).
-FACT_PATTERNS = (
-    ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-    ("url", r"(?:https?://|www\.)[^\s<>()\"']+"),
-    ("phone", r"(?<![\d-])(?:\d{1,3}[-. ])?\d{3}[-. ]\d{3}[-. ]\d{4}(?![\d-])"),
-    ("money", rf"[$€£]\s?(?:{NUMBER})|\b(?:{NUMBER})\s*(?:dollars|usd)\b"),
-    ("percent", rf"\b(?:{NUMBER})\s*(?:%|percent\b)"),
-    ("time", r"\b\d{1,2}(?::\d{2})?\s*[ap]\.?m\b\.?|\b\d{1,2}:\d{2}\b"),
-    ("range", rf"\b\d+{DASH}\d+(?:\s+|-){UNITS}"),
-    ("quantity", rf"\b(?:{NUMBER})(?:\s+|-)(?:[a-z]+-[a-z]+\s+)?{UNITS}"),
-    ("number", r"\b(?:\d{1,3}(?:,\d{3})+|\d+\.\d+|\d{2,})\b"),
-)
-FACT_RE = [(kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in FACT_PATTERNS]
-
-
-def _number(text: str) -> str:
-    """'1,000' -> '1000', '4.50' -> '4.5', '50.00' -> '50'."""
-    value = float(text.replace(",", ""))
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
-def _unit_name(text: str) -> str:
-    """'Business  Days' -> 'business day'."""
-    words = text.lower().split()
-    return " ".join(words[:-1] + [words[-1].rstrip("s")])
-
-
-def _normalised_fact(kind: str, text: str) -> str:
-    text = text.strip().lower()
-    if kind == "email":
-        return text.rstrip(".")
-    if kind == "url":
-        return re.sub(r"^(https?://)?(www\.)?", "", text).rstrip(".,;:!?/")
-    if kind == "phone":
-        return re.sub(r"\D", "", text)[-10:]  # with or without the country code
-    if kind == "money":
-        return "$" + _number(re.search(NUMBER, text).group())
-    if kind == "percent":
-        return _number(re.search(NUMBER, text).group()) + "%"
-    if kind == "time":
-        hour, minute = (re.findall(r"\d+", text) + ["00"])[:2]
-        hour, half = int(hour), ("pm" if "p" in text else "am" if "a" in text else None)
-        if half is None:  # 24-hour clock: 14:00 is 2 pm
-            hour, half = (hour - 12 if hour > 12 else hour or 12), ("pm" if hour >= 12 else "am")
-        return f"{hour}{':' + minute if minute != '00' else ''} {half}"
-    if kind == "range":
-        low, high = re.findall(r"\d+", text)[:2]
-        return f"{low}-{high} {_unit_name(re.search(UNITS, text, re.IGNORECASE).group())}"
-    if kind == "quantity":
-        unit = re.search(UNITS + "$", text, re.IGNORECASE).group()
-        return f"{_number(re.match(NUMBER, text).group())} {_unit_name(unit)}"
-    return _number(text)
-
-
-def facts_by_kind(text: str) -> dict[str, set[str]]:
-    """The checkable facts of a text by kind (FACT_PATTERNS), normalised so that different spellings of one fact
-    compare equal: amounts ("$4.95", "4.95 dollars"), quantities and ranges with units ("30 days", "1-year",
-    "3–5 business days", "3 to 5 business days"), percentages, clock times ("2 pm", "14:00"), e-mail addresses,
-    URLs, phone numbers and other numbers of two or more digits. Single digits without a unit ("step 2") are not
-    facts."""
-    facts: dict[str, set[str]] = {}
-    for kind, pattern in FACT_RE:
-        for match in pattern.finditer(text):
-            facts.setdefault(kind, set()).add(_normalised_fact(kind, match.group()))
-        text = pattern.sub(lambda m: " " * len(m.group()), text)
-    return facts
-
-
-def extract_facts(text: str) -> set[str]:
-    """Every checkable fact of a text (facts_by_kind), of whatever kind."""
-    return set().union(*facts_by_kind(text).values())
+# --- facts: what a grounded answer must get exactly right (extracted by knowledge/facts.py) --------------------
 
 
 def fact_accuracy(answers: list[str], references: list[str]) -> list[float | None]:
@@ -240,7 +166,7 @@ def copy_checks(text: str, price: float, attributes: dict[str, str], own: str,
     product's fields. None where nothing of that kind applies."""
     own_text = own.lower()
     money = facts_by_kind(text).get("money", set())
-    own_price = "$" + _number(f"{price:.2f}")
+    own_price = "$" + plain_number(f"{price:.2f}")
     stated = [_stated(v, text) for v in attributes.values() if v] + [own_price in money]
     scan, named, wrong = text.lower(), 0, 0
     for value in sorted(alternatives, key=len, reverse=True):

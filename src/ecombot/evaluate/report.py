@@ -16,7 +16,7 @@ from ecombot.run_dir import RunDir
 
 MAIN_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy")  # plotted; semantic/intent as 0-100
 GROUNDING_METRICS = ("fact_accuracy", "invented_fact_rate", "handoff_precision", "handoff_recall", "false_handoffs",
-                     "stored_answers")
+                     "stored_answers", "facts_left_out")
 TABLE_METRICS = ("bleu", "chrf", "rouge_l", "semantic", "intent_accuracy", "loss", "latency_s", "cut_at_limit",
                  *GROUNDING_METRICS)
 HANDOFF_METRICS = ("handoff_precision", "handoff_recall", "false_handoffs")
@@ -60,6 +60,8 @@ def transcripts(predictions: list[Prediction]) -> list[str]:
             used = ", ".join(source["label"] for source in sources)
             how = "stored answer of" if sources and sources[0].get("reused") else "sources:"
             md.append(f"- *{name}*: {answer}" + (f" ({how} {used})" if used else ""))
+            if p.left_out.get(name):
+                md.append(f"  - *left out by the fact check*: {' / '.join(p.left_out[name])}")
         md.append("")
     return md
 
@@ -70,7 +72,9 @@ def slice_sections(result: EvalResult) -> list[str]:
           "states; invented facts = share of the answer's facts found neither in the reference nor in the knowledge "
           "the system could see; a handoff is predicted when the system chose not to answer or its answer is the "
           "handoff; false handoffs = share of covered questions handed over; stored answers = share answered with a "
-          "stored Q&A pair's answer as written, without the model (its question asked in other words).", ""]
+          "stored Q&A pair's answer as written, without the model (its question asked in other words); facts left "
+          "out = share of answers that lost a sentence stating a fact the knowledge base does not, and so end with "
+          "the handoff (the fact check, on by default).", ""]
     for name, scores in result.slices.items():
         md += [f"### {name} ({scores.test_size} questions)", "", SLICE_TEXT.get(name, ""), ""]
         md += markdown_table(["system", *TABLE_METRICS], table_rows(scores.systems)) + [""]

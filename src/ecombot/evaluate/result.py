@@ -46,6 +46,7 @@ class SystemScores:
     handoff_recall: metrics.Estimate | None = None
     false_handoffs: metrics.Estimate | None = None
     stored_answers: metrics.Estimate | None = None  # share given a stored Q&A pair's answer (knowledge/grounding.py)
+    facts_left_out: metrics.Estimate | None = None  # share whose generated answer lost a sentence (knowledge/facts.py)
     cut_at_limit: metrics.Estimate | None = None  # share of answers stopped by the token limit; None: not generated
 
     def to_dict(self) -> dict:
@@ -66,6 +67,7 @@ class Prediction:
     answers: dict[str, str]
     slice: str = "heldout"
     sources: dict[str, list[dict]] = field(default_factory=dict)  # per grounded system: the passages it was shown
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # per grounded system: sentences the fact check cut
 
 
 @dataclass

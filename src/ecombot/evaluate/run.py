@@ -46,6 +46,7 @@ class SystemAnswers:
     loss: tuple[np.ndarray, np.ndarray] | None = None  # per-item loss sums and token counts
     cut: list[bool] | None = None  # per answer: generation stopped at the token limit; None: nothing generated
     groundings: list[Grounding] | None = None  # grounded systems: the passages shown and the coverage decisions
+    left_out: list[list[str]] | None = None  # grounded systems: per answer, the sentences the fact check cut
 
     def handoffs(self, handoff: str) -> list[bool]:
         """Which questions the system handed over: it decided the knowledge does not cover them, or said so."""
@@ -253,6 +254,7 @@ class Contestants:
                                     cfg.batch_size, given, label=name)
             if groundings and kind in GROUNDED:
                 answered.groundings = groundings
+                check_facts(answered, knowledge.grounder)
                 answered.latency_s = [t + ground_s / len(test) for t in answered.latency_s]
                 answered.seconds += ground_s
             answered.loss = engine_item_losses(self.engine, convs, adapter, prefixes=prefixes)
@@ -260,6 +262,13 @@ class Contestants:
             self.prompts_used[name] = self.engine.system_prompt(adapter)
             systems.append(answered)
         return systems
+
+
+def check_facts(answered: SystemAnswers, grounder) -> None:
+    """The generated answers as chat and serve would give them: through the grounder's fact check (off: unchanged)."""
+    checks = [grounder.fact_check(g) for g in answered.groundings]
+    answered.answers = [check.check(a) if check else a for check, a in zip(checks, answered.answers)]
+    answered.left_out = [check.left_out if check else [] for check in checks]
 
 
 def handoff_estimates(predicted: list[bool], truth: list[bool],
@@ -307,6 +316,8 @@ def score(system: SystemAnswers, test: list[Conversation], pool_vectors: np.ndar
         stored_answers=metrics.mean_estimate([g.reused is not None for g in system.groundings], indices)
         if system.groundings else None,
         cut_at_limit=metrics.mean_estimate(system.cut, indices) if system.cut is not None else None,
+        facts_left_out=metrics.mean_estimate([bool(cut) for cut in system.left_out], indices)
+        if system.left_out is not None and knowledge.grounder.check_facts else None,
     )
 
 
@@ -324,7 +335,8 @@ def per_intent(test: list[Conversation], semantic: list[float], rouge_l: list[fl
 def predictions(questions: EvalSet, systems: list[SystemAnswers]) -> list[Prediction]:
     return [Prediction(latest_question(c.messages), c.intent, len(c.messages), c.answer,
                        {s.name: s.answers[i] for s in systems}, questions.name,
-                       {s.name: s.groundings[i].sources for s in systems if s.groundings})
+                       {s.name: s.groundings[i].sources for s in systems if s.groundings},
+                       {s.name: s.left_out[i] for s in systems if s.left_out and s.left_out[i]})
             for i, c in enumerate(questions.test)]
 
 

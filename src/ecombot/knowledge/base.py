@@ -210,16 +210,17 @@ class KnowledgeBase:
 
 
 def open_grounder(name: str | None, db: str | None, k: int, handoff: str | None,
-                  reuse: float | None = None, pairs_from: Collection[str] | None = None) -> Grounder | None:
+                  reuse: float | None = None, pairs_from: Collection[str] | None = None,
+                  check_facts: bool = False) -> Grounder | None:
     """The grounder of knowledge base `name` (None: "default"); None for "none" (answers from the weights alone).
-    `reuse`: see Grounder; `pairs_from`: the training pairs a run reads, see in_scope."""
+    `reuse`, `check_facts`: see Grounder; `pairs_from`: the training pairs a run reads, see in_scope."""
     if name == "none":
         return None
     base = KnowledgeBase(db, name or "default")
     if base.is_empty:
         raise EcombotError(f"the knowledge base '{base.name}' is empty: add the store's documents with "
                            "`ecombot knowledge add FILE`, or answer without one with `--knowledge none`")
-    return Grounder(base.retriever(pairs_from=pairs_from), k, handoff or DEFAULT_HANDOFF, reuse)
+    return Grounder(base.retriever(pairs_from=pairs_from), k, handoff or DEFAULT_HANDOFF, reuse, check_facts)
 
 
 def recorded_pairs(record: dict, name: str) -> list[str] | None:

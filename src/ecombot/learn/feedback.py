@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 
 from ecombot.data import Conversation
-from ecombot.evaluate.metrics import facts_by_kind
+from ecombot.knowledge.facts import facts_by_kind
 from ecombot.knowledge import Grounder, latest_question
 from ecombot.serve.store import ReviewedAnswer
 

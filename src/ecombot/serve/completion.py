@@ -33,6 +33,7 @@ log = logging.getLogger("ecombot.serve")
 CLIENT_CHECK_S = 0.25  # how often a request in progress asks whether its client is still there
 NOT_COVERED = "not covered by the knowledge base"  # the store's handoff note when the model was not asked
 HANDED_OVER = "the bot answered that it hands over to an agent"  # ... when the model itself said so
+FACTS_LEFT_OUT = "the answer stated what the knowledge base does not, left out: "  # ... when the fact check cut
 
 
 class ClientGone(Exception):
@@ -59,6 +60,8 @@ class Completion:
         self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
         self.task, self.task_extras = task, {}  # a catalog task's request and reply (serve/tasks.py)
         self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
+        # a generated support answer states no fact its passages do not (knowledge/facts.py)
+        self.check = state.grounder.fact_check(grounding) if state.grounder and task is None else None
         self.store: Store = state.store
         self.handoff_text, self.request = state.handoff, request
         self.conversation_id = conversation_id
@@ -95,7 +98,7 @@ class Completion:
         yield self.raw
 
     async def generated(self):
-        """The answer's text pieces as generated; stop sequences applied, placeholders filled."""
+        """The answer's text pieces as generated; stop sequences applied, facts checked, placeholders filled."""
         fill = PlaceholderStream(self.context)
         held = ""  # text that might be the start of a stop sequence
         stops = self.body.stop or []
@@ -107,24 +110,30 @@ class Completion:
                 result: Generation = value
                 self.completion_tokens, self.version = result.new_tokens, result.version
                 self.finish_reason = "length" if result.finish_reason == "length" else "stop"
-                if held:
-                    self.raw += held
-                    yield fill.feed(held)
+                yield fill.feed(self._checked(held))
                 break
             held += value
             hit = min((held.find(s) for s in stops if s in held), default=-1)
             if hit >= 0:
                 self.job.cancelled = True  # the rest of this answer is not wanted: free its batch row
-                self.raw += held[:hit]
-                yield fill.feed(held[:hit])
+                yield fill.feed(self._checked(held[:hit]))
                 self.completion_tokens = await self._drain()
                 self.finish_reason = "stop"
                 break
             keep = max((len(s) - 1 for s in stops), default=0)
             ready, held = (held[:-keep], held[-keep:]) if keep else (held, "")
-            self.raw += ready
-            yield fill.feed(ready)
+            yield fill.feed(self._checked(ready))
+        if self.check:
+            rest = self.check.flush()
+            self.raw += rest
+            yield fill.feed(rest)
         yield fill.flush()
+
+    def _checked(self, text: str) -> str:
+        """`text` as the customer may see it (the fact check's whole sentences), kept in `raw`."""
+        text = self.check.feed(text) if self.check and text else text
+        self.raw += text
+        return text
 
     async def _drain(self) -> int:
         while True:
@@ -143,6 +152,8 @@ class Completion:
         """Why an agent should take over (the store's note), or None when the bot answered by itself."""
         if not self.grounding.covered:
             return NOT_COVERED
+        if self.check and self.check.dropped:
+            return FACTS_LEFT_OUT + ", ".join(self.check.dropped)
         return HANDED_OVER if is_handoff(self.raw, self.handoff_text) else None
 
     def extras(self) -> dict:
