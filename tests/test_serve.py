@@ -677,6 +677,7 @@ def test_a_fact_no_passage_states_is_left_out_and_the_conversation_handed_over(s
     with running_server(create_app(engine, store, grounder=fake_grounder(check_facts=True))) as server:
         whole = ask(server.url, COVERED, metadata={"conversation_id": "c-checked"}).json()
         streamed = ask(server.url, COVERED, stream=True, metadata={"conversation_id": "c-checked-2"})
+        stopped = [ask(server.url, COVERED, stop=[stop]).json() for stop in ("Refunds", " too")]
         unchecked = create_app(ScriptedEngine("Refunds take 5 days."), store, grounder=fake_grounder())
     said = f"Yes, within 30 days. {HANDOFF}"
     assert (whole["choices"][0]["message"]["content"], whole["handoff"]) == (said, True)
@@ -684,10 +685,14 @@ def test_a_fact_no_passage_states_is_left_out_and_the_conversation_handed_over(s
     pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
     assert pieces == ["Yes, within 30 days.", f" {HANDOFF}"]  # whole sentences once checked
     assert (chunks[-1]["handoff"], chunks[-1]["sources"]) == (True, [RETURNS_SOURCE])
+    # a stop sequence cuts first: what it leaves is checked (the unfinished sentence too)
+    assert [(s["choices"][0]["message"]["content"], s["handoff"]) for s in stopped] == [
+        ("Yes, within 30 days.", False), (said, True)]
     with store.sessions() as db:
         for conversation_id in ("c-checked", "c-checked-2"):
             conversation = db.get(ConversationRow, conversation_id)
-            assert conversation.handoff_note == FACTS_LEFT_OUT + "5 day" and conversation.handoff_at is not None
+            assert conversation.handoff_at is not None
+            assert conversation.handoff_note == FACTS_LEFT_OUT + "Refunds take 5 days, order {{Order Number}} too."
             assert conversation.messages[1].content == said
     with running_server(unchecked) as server:  # `serve --no-check-facts`
         body = ask(server.url, COVERED).json()

@@ -23,7 +23,7 @@ def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str 
     the flag or the run names must hold passages (EcombotError otherwise); the default one may be empty (a fresh
     install has none yet), and then nothing is grounded. `reuse_answers`: a question a stored Q&A pair asks in
     other words gets its answer (knowledge/grounding.py, REUSE_THRESHOLD); `check_facts`: a generated answer states
-    no fact its passages do not (knowledge/facts.py)."""
+    no fact the knowledge base and the conversation do not (Grounder.fact_check; its facts are read here, once)."""
     from ecombot.knowledge import open_grounder  # looked up per call, so that tests can stand in a fake base
 
     runs = [] if run_dir is None else run_dir if isinstance(run_dir, list) else [run_dir]
@@ -43,8 +43,6 @@ def open_knowledge(run_dir: Path | list[Path] | None, name: str | None, db: str 
         if name or recorded:
             raise
         return None, f"knowledge: none, answers come from the model alone ({exc})"
-    if check_facts:
-        grounder.store_facts  # read now, not during the first customer's answer (100k passages: ~11 s)
     reuse = f", stored answers reused from cosine {REUSE_THRESHOLD:.2f}" if reuse_answers else ", every answer generated"
     checked = "" if check_facts else ", facts unchecked"
     return grounder, f"knowledge: {chosen!r}, {k} passages per question{reuse}{checked}"

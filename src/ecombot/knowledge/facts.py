@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 UNITS = r"(business\s+days?|days?|hours?|minutes?|weeks?|months?|years?|payments?|installments?)\b"
 NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # 1,000.50 | 4.95 | 30
@@ -52,7 +53,7 @@ def _normalised_fact(kind: str, text: str) -> str:
     if kind == "email":
         return text.rstrip(".")
     if kind == "url":
-        return re.sub(r"^(https?://)?(www\.)?", "", text).rstrip(".,;:!?/")
+        return re.sub(r"^(https?://)?(www\.)?", "", text).rstrip(".,;:!?/*_`]")  # a Markdown link's tail too
     if kind == "phone":
         return re.sub(r"\D", "", text)[-10:]  # with or without the country code
     if kind == "money":
@@ -97,10 +98,18 @@ def extract_facts(text: str) -> set[str]:
 
 # Kinds compared exactly: a contact or a clock time is right or wrong as a whole.
 EXACT_KINDS = frozenset({"email", "url", "phone", "time"})
+# What a customer's own words may support in an answer: the order number or address they gave, not a price, a
+# duration or a percentage ("Is the return window 90 days?" must not make "Yes, within 90 days" pass).
+IDENTIFIER_KINDS = frozenset({"email", "url", "phone", "number"})
 # Where a unit of text ends: after a sentence's end that a space follows, or before a line break (the space or the
 # break opens the next unit, so a unit left out takes its own). A list's items and an answer's sentences are checked
-# one by one, so one wrong line does not cost the customer the rest of the answer.
-UNIT_END = re.compile(r"(?<=[.!?])(?=\s)|(?=\n)")
+# one by one, so one wrong line does not cost the customer the rest of the answer. Not after an abbreviation ("9
+# a.m. to 6 p.m.", "e.g. DHL", "approx. 12 days") or a list's number ("2. Pay the fee"): cutting there would leave a
+# sentence saying something else.
+ABBREVIATIONS = ("approx", "incl", "excl", "ca", "vs", "no", "nr")
+UNIT_END = re.compile(r"(?<=[.!?])" + "".join(rf"(?<!\b{word}\.)" for word in ABBREVIATIONS)
+                      + r"(?<!\b[a-z]\.)(?<!^\d\.)(?<!^\d\d\.)(?=\s)|(?=\n)", re.IGNORECASE | re.MULTILINE)
+LIST_NUMBER = re.compile(r"^\s*\d{1,2}[.)](?=\s)", re.MULTILINE)  # "10. Pay the fee": a list's number, not a fact
 
 
 def _numbers(fact: str) -> set[str]:
@@ -109,20 +118,30 @@ def _numbers(fact: str) -> set[str]:
 
 def _family(kind: str, fact: str) -> str:
     """Facts whose numbers may be compared: durations with durations ('5 business day' is stated by '3-5 business
-    day'), amounts with amounts, percentages with percentages."""
-    return f"unit {fact.rsplit(' ', 1)[-1]}" if kind in ("quantity", "range") else kind
+    day'), payments with instalments, amounts with amounts, percentages with percentages."""
+    if kind not in ("quantity", "range"):
+        return kind
+    unit = fact.rsplit(" ", 1)[-1]
+    return f"unit {'payment' if unit == 'installment' else unit}"
 
 
 class KnownFacts:
-    """The facts of the texts an answer may draw on (the conversation), on top of `base`'s (the store's knowledge,
-    read once: a conversation's facts are added per answer without copying the store's)."""
+    """The facts of `texts` (of `kinds` only, when given) on top of `base`'s: per answer, the passages it was shown
+    and the conversation are layered over the store's facts, read once, without copying them.
 
-    def __init__(self, texts: list[str], base: KnownFacts | None = None):
-        self.base = base
+    A fact is known as written, or (amounts, durations, percentages) when each of its numbers is stated in its family
+    ('5 business days' from '3-5 business days'), or, where `bare`, as a bare number ('$75' from 'orders over 75'):
+    for the passages shown, not for the whole base, where a SKU or a year would make any price pass."""
+
+    def __init__(self, texts: list[str], base: KnownFacts | None = None, kinds: frozenset[str] | None = None,
+                 bare: bool = True):
+        self.base, self.bare = base, bare
         self.facts: set[str] = set()
         self.numbers: dict[str, set[str]] = {}  # family -> the numbers stated in it
         for text in dict.fromkeys(texts):  # a store's Q&A pairs repeat their answers
             for kind, facts in facts_by_kind(text).items():
+                if kinds is not None and kind not in kinds:
+                    continue
                 self.facts |= facts
                 if kind not in EXACT_KINDS:
                     for fact in facts:
@@ -130,32 +149,40 @@ class KnownFacts:
         self.any_number = set().union(*self.numbers.values())
 
     def _states_number(self, kind: str, fact: str, number: str) -> bool:
-        """`number` of `fact` is stated in its family or bare (a bare number: anywhere)."""
-        found = (number in self.any_number if kind == "number" else
-                 number in self.numbers.get(_family(kind, fact), ()) or number in self.numbers.get("number", ()))
+        """`number` of `fact` is stated here or below: in its family, bare where that counts; a bare number
+        anywhere."""
+        found = (number in self.any_number if kind == "number" else number in self.numbers.get(_family(kind, fact), ())
+                 or (self.bare and number in self.numbers.get("number", ())))
         return found or (self.base is not None and self.base._states_number(kind, fact, number))
 
+    def _has(self, fact: str) -> bool:
+        return fact in self.facts or (self.base is not None and self.base._has(fact))
+
     def supports(self, kind: str, fact: str) -> bool:
-        """Stated as written, or (amounts, durations, plain numbers) each of its numbers is stated in its family or
-        bare: '5 business days' from '3-5 business days', '$75' from 'orders over 75'; a bare number from any."""
-        if fact in self.facts or (self.base is not None and fact in self.base.facts):
+        if self._has(fact):
             return True
         return kind not in EXACT_KINDS and all(self._states_number(kind, fact, n) for n in _numbers(fact))
 
     def unsupported(self, text: str) -> list[str]:
-        return sorted(fact for kind, facts in facts_by_kind(text).items() for fact in facts
+        """The facts of `text` not known, in order; a list's own numbering is not a fact."""
+        return sorted(fact for kind, facts in facts_by_kind(LIST_NUMBER.sub("", text)).items() for fact in facts
                       if not self.supports(kind, fact))
+
+
+def never(text: str) -> bool:
+    return False
 
 
 @dataclass
 class FactCheck:
     """Checks a generated answer as it streams, one sentence or line at a time: a unit stating a fact that `known`
     does not support is left out, and an answer that lost any unit ends with the store's `handoff` (an agent takes
-    the question over) instead of guessing. Text is released once its unit is complete, so a stream shows whole
-    sentences."""
+    the question over) instead of guessing, unless it already says it (`handed_over`: knowledge.is_handoff). Text is
+    released once its unit is complete, so a stream shows whole sentences."""
 
     known: KnownFacts
     handoff: str
+    handed_over: Callable[[str], bool] = never
     pending: str = ""
     shown: str = ""  # the text released so far
     dropped: list[str] = field(default_factory=list)  # the facts left out
@@ -176,6 +203,8 @@ class FactCheck:
             else:
                 kept.append(unit)
         released = "".join(kept)
+        if not self.shown:  # the answer starts with its first kept unit, not with the space a cut one left
+            released = released.lstrip()
         self.shown += released
         return released
 
@@ -187,9 +216,9 @@ class FactCheck:
 
     def flush(self) -> str:
         rest, self.pending = self._checked(self.pending), ""
-        if not self.dropped:
+        if not self.dropped or self.handed_over(self.shown):
             return rest
-        if not (self.shown.strip()):
+        if not self.shown:
             return self.handoff
         gap = "" if self.shown[-1:].isspace() else "\n" if self.lines or "\n" in self.shown else " "
         return rest + gap + self.handoff

@@ -60,7 +60,7 @@ class Completion:
         self.job, self.asked, self.grounding, self.body, self.who = job, asked, grounding, body, who
         self.task, self.task_extras = task, {}  # a catalog task's request and reply (serve/tasks.py)
         self.sources = grounding.sources if grounding.covered else []  # passages too weak to answer from are none
-        # a generated support answer states no fact its passages do not (knowledge/facts.py)
+        # a generated support answer states no fact the knowledge base does not (Grounder.fact_check)
         self.check = state.grounder.fact_check(grounding) if state.grounder and task is None else None
         self.store: Store = state.store
         self.handoff_text, self.request = state.handoff, request
@@ -69,7 +69,7 @@ class Completion:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.started = self.client_checked_at = time.monotonic()
-        self.raw = ""  # the answer as generated (placeholders unfilled), cut at a stop sequence
+        self.raw = ""  # the answer as sent (placeholders unfilled): cut at a stop sequence, through the fact check
         self.finish_reason = "stop"
         self.completion_tokens = 0
         self.version: str | None = None  # the adapter version that answered, from the batch's result
@@ -153,7 +153,7 @@ class Completion:
         if not self.grounding.covered:
             return NOT_COVERED
         if self.check and self.check.dropped:
-            return FACTS_LEFT_OUT + ", ".join(self.check.dropped)
+            return FACTS_LEFT_OUT + " / ".join(self.check.left_out)
         return HANDED_OVER if is_handoff(self.raw, self.handoff_text) else None
 
     def extras(self) -> dict:
