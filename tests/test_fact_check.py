@@ -16,6 +16,8 @@ POLICY = ("Standard delivery costs €4.95 and takes 3-5 business days; it is fr
 @pytest.mark.parametrize("answer, supported", [
     ("Delivery costs €4.95.", True),
     ("It takes 5 business days.", True),  # one end of the stated range, same unit
+    ("It takes 3 to 5 business days.", True),
+    ("It takes 4-5 business days.", False),  # a range is stated as a whole or not at all
     ("It is free from $75.", True),  # the amount is stated as a bare number
     ("Call 1-800-555-0142.", True),
     ("Delivery costs €5.95.", False),

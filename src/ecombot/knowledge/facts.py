@@ -96,8 +96,11 @@ def extract_facts(text: str) -> set[str]:
     """Every checkable fact of a text (facts_by_kind), of whatever kind."""
     return set().union(*facts_by_kind(text).values())
 
-# Kinds compared exactly: a contact or a clock time is right or wrong as a whole.
+# Kinds compared exactly: a contact or a clock time is right or wrong as a whole; so is a range ("1-3 business days"
+# pieced together from "1-2" and "3-8" is no range the store gave), though its ends state durations ("5 business
+# days" from "3-5 business days").
 EXACT_KINDS = frozenset({"email", "url", "phone", "time"})
+AS_WRITTEN = EXACT_KINDS | {"range"}
 # What a customer's own words may support in an answer: the order number or address they gave, not a price, a
 # duration or a percentage ("Is the return window 90 days?" must not make "Yes, within 90 days" pass).
 IDENTIFIER_KINDS = frozenset({"email", "url", "phone", "number"})
@@ -161,7 +164,7 @@ class KnownFacts:
     def supports(self, kind: str, fact: str) -> bool:
         if self._has(fact):
             return True
-        return kind not in EXACT_KINDS and all(self._states_number(kind, fact, n) for n in _numbers(fact))
+        return kind not in AS_WRITTEN and all(self._states_number(kind, fact, n) for n in _numbers(fact))
 
     def unsupported(self, text: str) -> list[str]:
         """The facts of `text` not known, in order; a list's own numbering is not a fact."""
