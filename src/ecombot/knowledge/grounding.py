@@ -121,7 +121,7 @@ class Grounder:
                  check_facts: bool = False):
         self.retriever, self.k, self.handoff, self.reuse = retriever, k, handoff, reuse
         self.check_facts = check_facts
-        # every fact the knowledge base and the handoff state, read once (100k passages: ~14 s on a 2-core Xeon)
+        # every fact the knowledge base and the handoff state, read once (100k passages: ~18 s on a 2-core Xeon)
         self.store_facts = KnownFacts([handoff, *(f"{p.question or ''}\n{p.text}" for p in retriever.passages)],
                                       bare=False) if check_facts else None
 
