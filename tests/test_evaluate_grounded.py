@@ -29,6 +29,8 @@ from ecombot.knowledge import DEFAULT_HANDOFF, REUSE_THRESHOLD
     ("a 1-year warranty, 10% off or 10 percent, 4 interest-free payments", {"1 year", "10%", "4 payment"}),
     ("valid for 60 minutes; a 30-day window; within 1 business day", {"60 minute", "30 day", "1 business day"}),
     ("order 12345 and 1,000 points", {"12345", "1000"}),
+    ("ships in 3 working days, 4 to 6 working days; 75 euros or 75 EUR, 20 pounds", {"3 working day",
+                                                                                   "4-6 working day", "$75", "$20"}),
     ("step 2 of 3, {{Order Number}}, 3 daysx", set()),  # single digits without a unit are no facts
 ])
 def test_extract_facts(text, facts):

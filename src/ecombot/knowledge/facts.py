@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-UNITS = r"(business\s+days?|days?|hours?|minutes?|weeks?|months?|years?|payments?|installments?)\b"
+UNITS = r"((?:business|working)\s+days?|days?|hours?|minutes?|weeks?|months?|years?|payments?|installments?)\b"
 NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # 1,000.50 | 4.95 | 30
 DASH = r"\s*(?:[-–—]|to)\s*"
 # In priority order: each match is blanked out before the next pattern looks, so "1-800-555-0142" is one phone
@@ -25,7 +25,7 @@ FACT_PATTERNS = (
     ("email", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     ("url", r"(?:https?://|www\.)[^\s<>()\"']+"),
     ("phone", r"(?<![\d-])(?:\d{1,3}[-. ])?\d{3}[-. ]\d{3}[-. ]\d{4}(?![\d-])"),
-    ("money", rf"[$€£]\s?(?:{NUMBER})|\b(?:{NUMBER})\s*(?:dollars|usd)\b"),
+    ("money", rf"[$€£]\s?(?:{NUMBER})|\b(?:{NUMBER})\s*(?:dollars|usd|euros?|eur|pounds|gbp)\b"),
     ("percent", rf"\b(?:{NUMBER})\s*(?:%|percent\b)"),
     ("time", r"\b\d{1,2}(?::\d{2})?\s*[ap]\.?m\b\.?|\b\d{1,2}:\d{2}\b"),
     ("range", rf"\b\d+{DASH}\d+(?:\s+|-){UNITS}"),
