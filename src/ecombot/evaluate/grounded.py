@@ -31,7 +31,7 @@ class StoreKnowledge:
 
     @cached_property
     def facts(self) -> set[str]:
-        return set().union(*(extract_facts(f"{p.question or ''}\n{p.text}") for p in self.passages))
+        return set().union(*(extract_facts(p.prompt_text) for p in self.passages))
 
     def edited(self, edits: Edits) -> StoreKnowledge:
         """The same knowledge after the store changed its documents (policy and training pairs alike); a passage

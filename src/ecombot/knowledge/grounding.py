@@ -120,10 +120,13 @@ class Grounder:
     def __init__(self, retriever, k: int = 3, handoff: str = DEFAULT_HANDOFF, reuse: float | None = None,
                  check_facts: bool = False):
         self.retriever, self.k, self.handoff, self.reuse = retriever, k, handoff, reuse
-        self.check_facts = check_facts
         # every fact the knowledge base and the handoff state, read once (100k passages: ~18 s on a 2-core Xeon)
-        self.store_facts = KnownFacts([handoff, *(f"{p.question or ''}\n{p.text}" for p in retriever.passages)],
+        self.store_facts = KnownFacts([handoff, *(p.prompt_text for p in retriever.passages)],
                                       bare=False) if check_facts else None
+
+    @property
+    def check_facts(self) -> bool:
+        return self.store_facts is not None
 
     def fact_check(self, grounding: Grounding) -> FactCheck | None:
         """The check a generated answer passes through (knowledge/facts.py), or None where nothing is checked: the
@@ -137,7 +140,7 @@ class Grounder:
             return None
         said = [m for m in grounding.messages if m["role"] == "user"]
         customer = KnownFacts([m["content"] for m in said], self.store_facts, IDENTIFIER_KINDS, bare=False)
-        shown = [f"{hit.passage.question or ''}\n{hit.passage.text}" for hit in grounding.hits]
+        shown = [hit.passage.prompt_text for hit in grounding.hits]
         shown += [m["content"] for m in grounding.messages if m["role"] == "assistant"]
         return FactCheck(KnownFacts(shown, customer), self.handoff, partial(is_handoff, handoff=self.handoff))
 
