@@ -22,7 +22,7 @@ from ecombot import speedups
 from ecombot.chat.grammar import GrammarLogits, GrammarTokenizer, RowGrammars
 from ecombot.errors import EcombotError, ModelError
 from ecombot.models import (CHAT_ANSWER_TOKENS, LoadedModel, adapter_display_name, answer_token_limit, encode_prompt,
-                            peft_adapter_name, stop_token_ids, with_system)
+                            never_output, peft_adapter_name, stop_token_ids, with_system)
 from ecombot.run_dir import RunDir
 
 BASE = "base"  # adapter name meaning "the base model, adapters switched off"
@@ -53,6 +53,17 @@ class AnswerRepetitionPenalty(LogitsProcessor):
         seen = torch.gather(scores, 1, answer)
         seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
         return scores.scatter(1, answer, seen)
+
+
+class NeverOutput(LogitsProcessor):
+    """Leaves out the tokens no answer may contain: the head's look-alikes of the end-of-turn token (models/vocab.py),
+    which a fine-tuned model raises with it and which stop nothing."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.index_fill(1, self.ids.to(scores.device), float("-inf"))
 
 
 @dataclass
@@ -275,6 +286,7 @@ class TransformersEngine(PromptingEngine):
         if self.default_adapter != BASE:
             self._register(self.default_adapter, loaded.adapter_dir, loaded.adapter_version)
         self.low_bit_layers = 0  # Linear layers answering one-token steps with low-bit weights (speed_up_decoding)
+        self.never_output = never_output(self.model)
 
     def adapters(self) -> list[str]:
         return [adapter_display_name(name) for name in getattr(self.model, "peft_config", {})]
@@ -357,6 +369,8 @@ class TransformersEngine(PromptingEngine):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
         kwargs = decoding.generate_kwargs(width)
+        if self.never_output is not None:
+            kwargs["logits_processor"].append(NeverOutput(self.never_output))
         if rows := self.row_grammars(grammars):
             kwargs["logits_processor"].append(GrammarLogits(rows, width))
         with self.lock, self.using(adapter):

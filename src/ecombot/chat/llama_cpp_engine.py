@@ -21,7 +21,7 @@ import numpy as np
 from ecombot.chat.engine import BASE, Decoding, Generation, PromptingEngine, RowTracker, TextCallback
 from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import llama_cpp
+from ecombot.models import llama_cpp, never_output_in
 from ecombot.run_dir import RunDir
 
 LOSS_CHUNK = 128  # tokens per decode when scoring: llama.cpp keeps a vocabulary-wide logits row per scored token
@@ -65,6 +65,7 @@ class LlamaCppEngine(PromptingEngine):
         self.loras: dict[str, object] = {}
         self.active: str | None = None  # the adapter set on the context
         self.rng = np.random.default_rng(seed)
+        self.never_output = never_output_in(model_dir, self.stop_ids).numpy()  # as the PyTorch engine's NeverOutput
 
     def close(self) -> None:
         """Free llama.cpp's memory now (else at exit); the model frees its adapters."""
@@ -206,9 +207,10 @@ class LlamaCppEngine(PromptingEngine):
 
     def _pick(self, logits: np.ndarray | None, answer: list[int], decoding: Decoding,
               allowed: np.ndarray | None = None) -> int:
-        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), the row's
-        grammar (`allowed`, as `GrammarLogits`), then greedy, or temperature + top-p sampling. Rows already finished
-        (no logits) get a placeholder the tracker skips."""
+        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), the tokens no
+        answer may contain left out (as `NeverOutput`), the row's grammar (`allowed`, as `GrammarLogits`), then
+        greedy, or temperature + top-p sampling. Rows already finished (no logits) get a placeholder the tracker
+        skips."""
         if logits is None:
             return -1
         if answer and decoding.repetition_penalty != 1.0:
@@ -216,6 +218,7 @@ class LlamaCppEngine(PromptingEngine):
             scores = logits[seen]
             logits[seen] = np.where(scores < 0, scores * decoding.repetition_penalty,
                                     scores / decoding.repetition_penalty)
+        logits[self.never_output] = -np.inf
         if allowed is not None:
             logits[:len(allowed)][~allowed] = -np.inf
             logits[len(allowed):] = -np.inf
@@ -247,6 +250,7 @@ class LlamaCppEngine(PromptingEngine):
                     for i, (_, t, _, wanted) in enumerate(chunk):
                         if wanted:
                             row = self._logits(i).astype(np.float64)
+                            row[self.never_output[self.never_output != labels[t + 1]]] = -np.inf  # as training
                             peak = row.max()
                             sums[n] += peak + np.log(np.exp(row - peak).sum()) - row[labels[t + 1]]
                             counts[n] += 1

@@ -8,7 +8,9 @@ Written by hand around PEFT's `merge_and_unload` because that is where exports b
   into 4-bit weights quantized again after the merge (rounding wipes out most of a small delta);
 - tied input and output embeddings stay tied (LoRA never touches them; save_pretrained writes one matrix);
 - the template is the one training rendered, with the run's system prompt as its default first message, and the
-  end-of-turn token is a stop token in generation_config.json, so `generate` stops where the trained model stops.
+  end-of-turn token is a stop token in generation_config.json, so `generate` stops where the trained model stops;
+  the tokens no answer may contain (models/vocab.py: the head's look-alikes of that token) are its `suppress_tokens`,
+  as ecombot's engines leave them out (else `generate` may end an answer with a look-alike, which stops nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 
 from ecombot import __version__
 from ecombot.export.target import GEMMA_TERMS, build_export
-from ecombot.models import CHAT_ANSWER_TOKENS, answer_token_limit, load_adapter_base, load_tokenizer, resolve_model
+from ecombot.models import (CHAT_ANSWER_TOKENS, answer_token_limit, load_adapter_base, load_tokenizer, never_output,
+                            resolve_model)
 from ecombot.models.template import stop_token_ids
 from ecombot.run_dir import RunDir
 
@@ -98,6 +101,8 @@ def merged_model(source: ExportSource):
     model = PeftModel.from_pretrained(base, str(source.adapter_dir)).merge_and_unload()
     model.eval()
     model.generation_config.eos_token_id = source.stops
+    if (never := never_output(model)) is not None:
+        model.generation_config.suppress_tokens = never.tolist()
     model.generation_config.pad_token_id = source.tokenizer.pad_token_id
     source.record.update(dtype="float32", tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)))
     return model

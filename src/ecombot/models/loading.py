@@ -12,7 +12,8 @@ from ecombot import speedups
 from ecombot.errors import ModelError
 from ecombot.models.device import pick_device, resolve_precision
 from ecombot.models.registry import bf16_weights, resolve_model
-from ecombot.models.template import ensure_chat_template
+from ecombot.models.template import ensure_chat_template, stop_token_ids
+from ecombot.models.vocab import mark_never_output
 from ecombot.run_dir import RunDir
 
 def load_tokenizer(model_dir: Path):
@@ -60,6 +61,7 @@ def load_base_model(model_dir: Path, dtype: torch.dtype = torch.float32, quantiz
         raise ModelError(f"{model_dir}: cannot load the model ({exc})") from None
     # Adapters record this as their base model: the directory with the tokenizer, not the bf16 weights' copy.
     model.name_or_path = model.config._name_or_path = str(model_dir)
+    mark_never_output(model, stop_token_ids(load_tokenizer(model_dir)))  # tokens no answer may contain
     if not quantize_4bit:
         model.to(device)
     if weights != model_dir and device == "cpu" and not quantize_4bit:

@@ -17,6 +17,7 @@ import torch
 
 from ecombot import speedups
 from ecombot.models.encoding import PackedCollator, PadCollator
+from ecombot.speedups.attention import unwrapped
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -48,13 +49,17 @@ def token_losses(model, batch: dict[str, torch.Tensor],
             inputs["position_ids"] = batch["position_ids"]
         losses = speedups.forward_losses(model, inputs, targets, cu_seq_lens)
         if losses is None:  # no speed-ups on this model: its own forward and PyTorch's cross-entropy
-            losses = logits_cross_entropy(model(**inputs).logits, targets)
+            losses = logits_cross_entropy(model, model(**inputs).logits, targets)
     if cu_seq_lens is None:
         return losses, where[:, 0]
     return losses, torch.searchsorted(cu_seq_lens, where[:, 1], right=True) - 1
 
 
-def logits_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def logits_cross_entropy(model, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """PyTorch's cross-entropy, the tokens no answer may contain (models/vocab.py) left out as the speed-ups do."""
+    never = speedups.head.left_out(unwrapped(model).get_output_embeddings(), targets)
+    if never is not None:
+        logits = logits.index_fill(-1, never, float("-inf"))
     return torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
                                              reduction="none")
 
@@ -83,7 +88,7 @@ def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor
     with attention_for(model, answers["input_ids"], layout=layout):
         if speedups.is_applied(model):
             return speedups.head.forward_losses(model, answers, targets)  # the head fused into the loss
-        return logits_cross_entropy(model(**answers).logits, targets)
+        return logits_cross_entropy(model, model(**answers).logits, targets)
 
 
 def scoring_batch(model, examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

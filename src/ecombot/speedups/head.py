@@ -6,7 +6,9 @@ forward pass (softmax - one_hot), so both functions below compute it there and k
 needs. The fused head goes further: it walks the vocabulary once in chunks, keeping a running
 log-sum-exp and a running softmax @ weight (the online softmax of flash attention), so only one small
 chunk of logits ever exists; backward gets the gradient of the hidden states (N x 640).
-Same values as PyTorch's cross_entropy (tests/test_loss.py).
+Same values as PyTorch's cross_entropy (tests/test_loss.py). Tokens the head marks `never_output` (models/vocab.py:
+look-alikes of the end-of-turn token, which no answer may contain) are left out of the softmax, as decoding leaves
+them out.
 """
 
 from __future__ import annotations
@@ -35,9 +37,20 @@ def ce_block_rows(logits: torch.Tensor) -> int:
     return max(1, CE_BLOCK_ELEMENTS["cpu" if logits.device.type == "cpu" else "other"] // logits.shape[-1])
 
 
+def left_out(head: torch.nn.Module | None, targets: torch.Tensor) -> torch.Tensor | None:
+    """The head's `never_output` ids (models/vocab.py) on the targets' device, less every token a target is (a token
+    the data holds is scored as written); None: nothing is left out."""
+    ids = getattr(head, "never_output", None)
+    if ids is None or not len(ids):
+        return None
+    ids = ids.to(targets.device)
+    return ids[~torch.isin(ids, targets)]
+
+
 def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
-                       grad_into: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of each row of `logits` in fp32 (at least); with `grad_into`, also write d loss / d logits.
+                       grad_into: torch.Tensor | None = None, never: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each row of `logits` in fp32 (at least), the columns `never` left out of the softmax; with
+    `grad_into`, also write d loss / d logits.
 
     `grad_into` may be `logits` itself (its values are read block by block before being overwritten).
     """
@@ -48,6 +61,8 @@ def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_blo
     for start in range(0, logits.shape[0], rows_per_block):
         rows = slice(start, min(start + rows_per_block, logits.shape[0]))
         block = buffer[: rows.stop - start].copy_(logits[rows])
+        if never is not None:
+            block[:, never] = float("-inf")
         top = block.amax(dim=-1, keepdim=True)
         total = block.sub_(top).exp_().sum(dim=-1, keepdim=True)
         losses[rows] += total.log().add_(top).squeeze(1)
@@ -61,21 +76,22 @@ class CrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of (N, vocab) logits; keeps d loss / d logits (the size of the logits), not fp32 copies."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, never: torch.Tensor | None = None) -> torch.Tensor:
         grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        losses = cross_entropy_rows(logits, targets, ce_block_rows(logits), grad)
+        losses = cross_entropy_rows(logits, targets, ce_block_rows(logits), grad, never)
         ctx.save_for_backward(grad)
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_losses[:, None].to(grad.dtype), None
+        return grad * grad_losses[:, None].to(grad.dtype), None, None
 
 
 def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
-                           grad_into: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of each row of `hidden @ weight.T` in one pass over the vocabulary; with `grad_into`, also
+                           grad_into: torch.Tensor | None = None, never: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each row of `hidden @ weight.T` in one pass over the vocabulary, the columns `never` (sorted)
+    left out of the softmax; with `grad_into`, also
     write d loss / d hidden = softmax @ weight - weight[target]. Logits keep the matmul's dtype, as the model's own
     head would give them; the log-sum-exp and the softmax sums are accumulated in fp32 (at least)."""
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
@@ -97,6 +113,9 @@ def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets:
         inside = (targets >= start) & (targets < start + columns.shape[0])
         picked = logits.gather(1, (targets - start).clamp(0, columns.shape[0] - 1)[:, None]).squeeze(1)
         target_logit += torch.where(inside, picked, 0.0)
+        if never is not None:
+            span = torch.searchsorted(never, torch.tensor([start, start + columns.shape[0]], device=never.device))
+            logits[:, never[span[0]:span[1]] - start] = float("-inf")
         if fused:  # updates top, total and rescale in place
             probs = probs_buffer[:n * columns.shape[0]].view(n, columns.shape[0])  # contiguous, also when partial
             kernels.softmax_chunk(logits, probs, top, total, rescale)
@@ -118,7 +137,8 @@ class HeadCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of `hidden @ weight.T` for a frozen head; logits exist one vocabulary chunk at a time."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                never: torch.Tensor | None = None) -> torch.Tensor:
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         losses = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32),
                              device=hidden.device)
@@ -126,14 +146,14 @@ class HeadCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], HEAD_ROW_BLOCK):
             rows = slice(start, min(start + HEAD_ROW_BLOCK, hidden.shape[0]))
             losses[rows] = head_cross_entropy_rows(hidden[rows], weight, targets[rows], chunk,
-                                                   grad_hidden[rows] if grad_hidden is not None else None)
+                                                   grad_hidden[rows] if grad_hidden is not None else None, never)
         ctx.save_for_backward(grad_hidden)
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses: torch.Tensor):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None
+        return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None, None
 
 
 # Rows for which an fp32 head on a CPU is faster as `W @ xᵀ` than as F.linear's `x @ Wᵀ`, per CPU class, only where
@@ -204,7 +224,7 @@ def head_fused_with_loss(head: torch.nn.Module, targets: torch.Tensor):
 
     def hook(module, args):
         hidden = args[0].reshape(-1, args[0].shape[-1])
-        result["losses"] = HeadCrossEntropy.apply(hidden, module.weight, targets)
+        result["losses"] = HeadCrossEntropy.apply(hidden, module.weight, targets, left_out(module, targets))
         return (hidden[:0],)
 
     handle = head.register_forward_pre_hook(hook)
@@ -219,7 +239,8 @@ def forward_losses(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
     is frozen and plain, else the kept positions' logits with the lean cross-entropy above."""
     head = fusable_head(model)
     if head is None:
-        return CrossEntropy.apply(model(**inputs).logits, targets)
+        never = left_out(unwrapped(model).get_output_embeddings(), targets)
+        return CrossEntropy.apply(model(**inputs).logits, targets, never)
     with head_fused_with_loss(head, targets) as result:
         model(**inputs)
     return result["losses"]

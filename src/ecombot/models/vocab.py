@@ -1,0 +1,67 @@
+"""Tokens no answer may contain: the output head's look-alikes of the tokens that end an answer.
+
+Why: Gemma 3 270M's head (tied to its embeddings) has 6,442 rows within cosine 0.9 of `<end_of_turn>`'s: its 4,540
+`<unusedN>` tokens, byte tokens and pieces pre-training hardly saw ('SpringMVCProject', cuneiform signs), whose rows
+stayed where `<end_of_turn>`'s did (the base model never ends a turn). The tokens of real text stay below 0.38. A
+fine-tuned model ending its answer raises them all at once, so `<end_of_turn>` gets ~1/6,443 of that probability:
+~8.8 nats of loss on every answer's last token, and greedy decoding picks a look-alike such as `<unused1401>`, which
+stops nothing, so the answer runs on to the token budget (measured on a 63-pair FAQ adapter: 4 of 8 held-out
+answers rambled on for 100+ tokens, "Thank you for your support! Thank you for your support! …"). The loss and
+every engine leave these tokens out of the vocabulary: trained on the distribution decoding draws from, the model
+learns when to stop, not which of 6,443 identical rows is the real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Measured on Gemma 3 270M (Q4_K_M weights): look-alikes of <end_of_turn> lie at 0.90-1.00, the tokens of the
+# built-in data, a second store's FAQ and policy below 0.38. A head without such a cluster (a tiny random one,
+# another model family) has no row this close, and nothing is left out.
+LOOKALIKE_COSINE = 0.9
+
+
+def stop_lookalikes(head_weight: torch.Tensor, stop_ids: list[int], cosine: float = LOOKALIKE_COSINE) -> torch.Tensor:
+    """Sorted ids of the head rows within `cosine` of any stop token's row, the stop tokens themselves excepted."""
+    weight = head_weight.detach()
+    stops = [s for s in stop_ids if 0 <= s < weight.shape[0]]
+    norms = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).clamp(min=1e-12)
+    close = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+    for stop in stops:
+        close |= (weight @ weight[stop]).float() / (norms * norms[stop]) >= cosine
+    close[stops] = False
+    return close.nonzero().squeeze(1).cpu()
+
+
+def mark_never_output(model, stop_ids: list[int]) -> int:
+    """Record on the model's output head which tokens no answer may contain (`head.never_output`, read by the loss
+    and the engines); returns how many."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or not weight.is_floating_point() or weight.dim() != 2:
+        return 0
+    head.never_output = stop_lookalikes(weight, stop_ids)
+    return len(head.never_output)
+
+
+def never_output(model) -> torch.Tensor | None:
+    """The ids `mark_never_output` recorded (None: none recorded, or an empty set)."""
+    ids = getattr(model.get_output_embeddings(), "never_output", None)
+    return ids if ids is not None and len(ids) else None
+
+
+def never_output_in(model_dir: Path, stop_ids: list[int]) -> torch.Tensor:
+    """`stop_lookalikes` of the head stored in a model directory's safetensors files (its `lm_head`, else the input
+    embedding it is tied to), for an engine that runs no PyTorch model (llama.cpp)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for suffix in ("lm_head.weight", "embed_tokens.weight"):
+        for file in files:
+            with safe_open(str(file), "pt") as weights:
+                name = next((n for n in weights.keys() if n.endswith(suffix)), None)
+                if name is not None:
+                    return stop_lookalikes(weights.get_tensor(name), stop_ids)
+    return torch.empty(0, dtype=torch.long)

@@ -1,0 +1,165 @@
+"""The tokens no answer may contain (models/vocab.py): found by the head's look-alikes of the stop tokens, left out of
+the training loss, of scoring and of every engine's decoding."""
+
+import shutil
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_tiny_model
+from ecombot import speedups
+from ecombot.chat import Decoding, TransformersEngine
+from ecombot.chat.llama_cpp_engine import LlamaCppEngine
+from ecombot.models import load_for_inference, load_tokenizer, never_output, never_output_in, stop_token_ids
+from ecombot.models.loss import supervised_loss
+from ecombot.models.vocab import mark_never_output, stop_lookalikes
+from test_loss import batch
+
+
+def plant_lookalikes(weight: torch.Tensor, stop: int, ids: list[int], seed: int = 0) -> None:
+    """Make `ids` rows near-copies of the `stop` row (cosine > 0.95), as untrained tokens are in Gemma's head."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for scale, token in zip(np.linspace(0.8, 1.3, len(ids)), ids):
+            noise = torch.randn(weight.shape[1], generator=generator) * weight[stop].norm() / weight.shape[1] ** 0.5
+            weight[token] = weight[stop] * float(scale) + 0.05 * noise.to(weight.dtype)
+
+
+def test_the_stop_tokens_lookalikes_are_found_and_nothing_else():
+    torch.manual_seed(0)
+    weight = torch.randn(60, 16)
+    plant_lookalikes(weight, 7, [20, 21, 22])
+    plant_lookalikes(weight, 1, [40])
+    weight[30] = weight[7] + torch.randn(16) * weight[7].norm()  # same side, far from a copy (cosine ~0.7)
+    assert F.cosine_similarity(weight[30], weight[7], dim=0) < 0.9
+    assert stop_lookalikes(weight, [1, 7]).tolist() == [20, 21, 22, 40]
+    assert stop_lookalikes(weight, [7]).tolist() == [20, 21, 22]
+    assert stop_lookalikes(weight.to(torch.bfloat16), [1, 7]).tolist() == [20, 21, 22, 40]
+    assert stop_lookalikes(weight, [99]).tolist() == []  # a stop id outside the vocabulary finds nothing
+
+
+def test_a_head_without_lookalikes_leaves_nothing_out(tiny_model_dir, tiny_tokenizer):
+    """A random head (the tests' models, other model families) has no row this close: nothing changes for it."""
+    loaded = load_for_inference(model=str(tiny_model_dir), precision="fp32")
+    assert never_output(loaded.model) is None
+    assert never_output_in(tiny_model_dir, stop_token_ids(tiny_tokenizer)).tolist() == []
+    assert TransformersEngine(loaded, None).never_output is None
+
+
+def masked_reference(model, b, never: list[int]):
+    """PyTorch's cross-entropy of the supervised tokens over logits with the `never` columns at -inf."""
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    labels = b["labels"][:, 1:]
+    keep = labels != -100
+    masked = logits[keep].index_fill(-1, torch.tensor(never), float("-inf"))
+    return F.cross_entropy(masked, labels[keep])
+
+
+@pytest.mark.parametrize("path", ["plain", "logits", "fused"])
+def test_the_loss_leaves_the_lookalikes_out_of_the_softmax_but_scores_a_target_that_is_one(path):
+    """The batch's targets are 12, 13, 14, 21, 22; 13 is made a look-alike too: the data holds it, so it is scored as
+    written (finite) and stays in the softmax; 40-49 leave it. Loss and gradients equal PyTorch's on masked logits,
+    on the three paths: no speed-ups, speed-ups with a trainable head, the head fused into the loss."""
+    model = make_tiny_model(vocab_size=64)
+    head = model.get_output_embeddings()
+    plant_lookalikes(head.weight, 1, [*range(40, 50), 13])
+    if path == "fused":
+        head.weight.requires_grad_(False)
+    if path != "plain":
+        speedups.apply(model, mode="train")
+    assert (speedups.head.fusable_head(model) is not None) == (path == "fused")
+    b = batch()
+    unmasked = supervised_loss(model, b).item()
+    assert mark_never_output(model, [1]) == 11
+    reference = masked_reference(model, b, list(range(40, 50)))
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    ours = supervised_loss(model, b)
+    ours.backward()
+    assert torch.isfinite(ours) and torch.allclose(ours, reference, atol=1e-5), (ours, reference)
+    assert ours.item() < unmasked  # the look-alikes took probability from every target
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+
+
+def end_wanted_engine(tiny_model_dir):
+    """An engine over the tiny model whose head, at the prompt's last position, wants to end the answer, and ranks
+    a look-alike of <end_of_turn> (a bigger copy of its row) above <end_of_turn> itself."""
+    loaded = load_for_inference(model=str(tiny_model_dir), precision="fp32")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    lookalike = max(set(range(len(tokenizer))) - set(stop_token_ids(tokenizer)))
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())  # untied: the prompt's tokens read as before
+    engine = TransformersEngine(loaded, None, Decoding(max_new_tokens=6, repetition_penalty=1.0))
+    conversation = [{"role": "user", "content": "Where is my order?"}]
+    seen = []
+    handle = head.register_forward_pre_hook(lambda m, a: seen.append(a[0][0, -1].detach()))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([engine.prompt_ids(conversation)]))
+    handle.remove()
+    with torch.no_grad():
+        weight = head.weight
+        weight[end] = seen[0] / seen[0].norm() * weight.norm(dim=1).max() * 4
+        weight[lookalike] = weight[end] * 1.2
+    return engine, conversation, end, lookalike
+
+
+def test_an_answer_ends_at_the_end_of_turn_token_not_at_its_lookalike(tiny_model_dir):
+    engine, conversation, end, lookalike = end_wanted_engine(tiny_model_dir)
+    assert engine.never_output is None  # marked at load, before the look-alike was planted
+    ran_on = engine.generate([conversation])[0]
+    assert ran_on.finish_reason == "length"  # the look-alike won, and it stops nothing
+    mark_never_output(engine.model, engine.stop_ids)
+    engine.never_output = never_output(engine.model)
+    assert engine.never_output.tolist() == [lookalike]
+    stopped = engine.generate([conversation])[0]
+    assert stopped.finish_reason == "stop" and stopped.text == "" and stopped.new_tokens == 1
+
+
+def test_the_llama_cpp_engine_never_picks_a_lookalike():
+    """`_pick` leaves them out before greedy choice and sampling (no llama.cpp needed: the rule is numpy's)."""
+    row = types.SimpleNamespace(never_output=np.array([3, 5]), rng=np.random.default_rng(0))
+    logits = np.array([0.0, 1.0, 2.0, 9.0, 3.0, 8.0], dtype=np.float32)
+    assert LlamaCppEngine._pick(row, logits.copy(), [], Decoding(repetition_penalty=1.0)) == 4
+    sampled = {LlamaCppEngine._pick(row, logits.copy(), [], Decoding(temperature=5.0, top_p=1.0)) for _ in range(200)}
+    assert sampled and not sampled & {3, 5}
+
+
+@pytest.fixture(scope="module")
+def lookalike_model_dir(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    """The tiny model saved with 5 look-alikes of <end_of_turn> in its (tied) head, as Gemma's untrained tokens."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("lookalikes")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    weights = load_file(folder / "model.safetensors")
+    name = next(n for n in weights if n.endswith("embed_tokens.weight"))
+    end = tiny_tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    planted = sorted(set(range(len(tiny_tokenizer) - 6, len(tiny_tokenizer))) - set(stop_token_ids(tiny_tokenizer)))[:5]
+    plant_lookalikes(weights[name], end, planted)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder, planted
+
+
+def test_the_merged_export_tells_generate_to_suppress_the_lookalikes(lookalike_model_dir, small_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ecombot.config import load_config
+    from ecombot.export import export_merged
+    from ecombot.train import train
+
+    folder, planted = lookalike_model_dir
+    assert never_output_in(folder, stop_token_ids(load_tokenizer(folder))).tolist() == planted
+    run = tmp_path / "run"
+    train(load_config(None, model=str(folder), data=str(small_dataset), output=str(run), max_steps=2, eval_steps=2,
+                      batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
+          show_progress=False)
+    export_merged(run, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.generation_config.suppress_tokens == planted
