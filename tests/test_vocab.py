@@ -147,7 +147,7 @@ def lookalike_model_dir(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
     return folder, planted
 
 
-def test_the_merged_export_tells_generate_to_suppress_the_lookalikes(lookalike_model_dir, small_dataset, tmp_path):
+def test_the_merged_export_tells_generate_and_other_runtimes_to_suppress_the_lookalikes(lookalike_model_dir, small_dataset, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from ecombot.config import load_config
@@ -160,6 +160,6 @@ def test_the_merged_export_tells_generate_to_suppress_the_lookalikes(lookalike_m
     train(load_config(None, model=str(folder), data=str(small_dataset), output=str(run), max_steps=2, eval_steps=2,
                       batch_size=4, precision="fp32", val_fraction=0.15, test_fraction=0.15, knowledge="none"),
           show_progress=False)
-    export_merged(run, tmp_path / "merged")
+    record = export_merged(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-    assert merged.generation_config.suppress_tokens == planted
+    assert merged.generation_config.suppress_tokens == planted == record["suppress_tokens"]

@@ -24,8 +24,8 @@ import torch
 
 from ecombot import __version__
 from ecombot.export.target import GEMMA_TERMS, build_export
-from ecombot.models import (CHAT_ANSWER_TOKENS, answer_token_limit, load_adapter_base, load_tokenizer, never_output,
-                            resolve_model)
+from ecombot.models import (CHAT_ANSWER_TOKENS, answer_token_limit, load_adapter_base, load_tokenizer,
+                            never_output_in, resolve_model)
 from ecombot.models.template import stop_token_ids
 from ecombot.run_dir import RunDir
 
@@ -87,7 +87,10 @@ def export_source(run: str | Path, version: str | None = None) -> ExportSource:
               "grounded": knowledge is not None, "ecombot_version": __version__,
               # the answer length runtimes are told (Ollama's num_predict): room for the longest answer the version
               # trained on (a learn version on feedback and a replay of its root's data: both counted)
-              "answer_token_limit": answer_token_limit(longest, CHAT_ANSWER_TOKENS)}
+              "answer_token_limit": answer_token_limit(longest, CHAT_ANSWER_TOKENS),
+              # the tokens no answer may contain (models/vocab.py), for runtimes that take a list to ban
+              # (Transformers' `suppress_tokens`, llama-server's and vLLM's `logit_bias`)
+              "suppress_tokens": never_output_in(model_dir, stop_token_ids(tokenizer)).tolist()}
     if knowledge is not None:
         record["knowledge"] = {key: knowledge.get(key) for key in ("name", "k", "handoff", "content_hash", "pairs")}
     return ExportSource(root, name, source.path, method, spec, model_dir, tokenizer, base_template, record)
@@ -101,8 +104,8 @@ def merged_model(source: ExportSource):
     model = PeftModel.from_pretrained(base, str(source.adapter_dir)).merge_and_unload()
     model.eval()
     model.generation_config.eos_token_id = source.stops
-    if (never := never_output(model)) is not None:
-        model.generation_config.suppress_tokens = never.tolist()
+    if source.record["suppress_tokens"]:
+        model.generation_config.suppress_tokens = source.record["suppress_tokens"]
     model.generation_config.pad_token_id = source.tokenizer.pad_token_id
     source.record.update(dtype="float32", tied_embeddings=bool(getattr(model.config, "tie_word_embeddings", False)))
     return model
