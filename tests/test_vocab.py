@@ -16,7 +16,6 @@ from ecombot.chat.llama_cpp_engine import LlamaCppEngine
 from ecombot.models import load_for_inference, load_tokenizer, never_output, never_output_in, stop_token_ids
 from ecombot.models.loss import supervised_loss
 from ecombot.models.vocab import mark_never_output, stop_lookalikes
-from test_loss import batch
 
 
 def plant_lookalikes(weight: torch.Tensor, stop: int, ids: list[int], seed: int = 0) -> None:
@@ -49,20 +48,38 @@ def test_a_head_without_lookalikes_leaves_nothing_out(tiny_model_dir, tiny_token
     assert TransformersEngine(loaded, None).never_output is None
 
 
-def masked_reference(model, b, never: list[int]):
-    """PyTorch's cross-entropy of the supervised tokens over logits with the `never` columns at -inf."""
+def stop_batch():
+    """Two conversations; the first answer ends with the stop token 1 (the tiny model's EOS), as answers do."""
+    from ecombot.models import PadCollator
+
+    return PadCollator(pad_token_id=0)([
+        {"input_ids": [2, 10, 11, 12, 13, 1], "labels": [-100, -100, 11, 12, 13, 1]},
+        {"input_ids": [2, 20, 21, 22], "labels": [-100, -100, 21, 22]},
+    ])
+
+
+def reference_losses(model, b, never: list[int], stop: int, training: bool):
+    """PyTorch's cross-entropy of the supervised tokens over logits with the `never` columns at -inf; in training,
+    plus at the stop token's row its cross-entropy among itself and `never`."""
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     labels = b["labels"][:, 1:]
     keep = labels != -100
-    masked = logits[keep].index_fill(-1, torch.tensor(never), float("-inf"))
-    return F.cross_entropy(masked, labels[keep])
+    logits, targets = logits[keep], labels[keep]
+    losses = F.cross_entropy(logits.index_fill(-1, torch.tensor(never), float("-inf")), targets, reduction="none")
+    if training:
+        ends = (targets == stop).nonzero().squeeze(1)
+        cluster = logits[ends][:, [stop, *never]]
+        losses = losses.index_add(0, ends, torch.logsumexp(cluster, dim=1) - cluster[:, 0])
+    return losses.mean()
 
 
 @pytest.mark.parametrize("path", ["plain", "logits", "fused"])
-def test_the_loss_leaves_the_lookalikes_out_of_the_softmax_but_scores_a_target_that_is_one(path):
-    """The batch's targets are 12, 13, 14, 21, 22; 13 is made a look-alike too: the data holds it, so it is scored as
-    written (finite) and stays in the softmax; 40-49 leave it. Loss and gradients equal PyTorch's on masked logits,
-    on the three paths: no speed-ups, speed-ups with a trainable head, the head fused into the loss."""
+def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them(path):
+    """40-49 are look-alikes of the stop token 1, and so is 13, a target: the data holds it, so it is scored as
+    written and stays in the softmax. Loss and gradients equal PyTorch's on masked logits plus, in training, the stop
+    token's cross-entropy among itself and its look-alikes (what a runtime that does not leave them out needs);
+    scored without gradients (validation, evaluation), the masked loss alone. The three paths: no speed-ups,
+    speed-ups with a trainable head, the head fused into the loss."""
     model = make_tiny_model(vocab_size=64)
     head = model.get_output_embeddings()
     plant_lookalikes(head.weight, 1, [*range(40, 50), 13])
@@ -71,20 +88,25 @@ def test_the_loss_leaves_the_lookalikes_out_of_the_softmax_but_scores_a_target_t
     if path != "plain":
         speedups.apply(model, mode="train")
     assert (speedups.head.fusable_head(model) is not None) == (path == "fused")
-    b = batch()
-    unmasked = supervised_loss(model, b).item()
+    b = stop_batch()
+    with torch.no_grad():
+        unmasked = supervised_loss(model, b).item()
     assert mark_never_output(model, [1]) == 11
-    reference = masked_reference(model, b, list(range(40, 50)))
+    never = list(range(40, 50))
+    reference = reference_losses(model, b, never, 1, training=True)
     reference.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     ours = supervised_loss(model, b)
     ours.backward()
     assert torch.isfinite(ours) and torch.allclose(ours, reference, atol=1e-5), (ours, reference)
-    assert ours.item() < unmasked  # the look-alikes took probability from every target
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+    with torch.no_grad():
+        scored = supervised_loss(model, b)
+        assert torch.allclose(scored, reference_losses(model, b, never, 1, training=False), atol=1e-5)
+    assert scored.item() < unmasked < ours.item()  # the look-alikes took probability from every target
 
 
 def end_wanted_engine(tiny_model_dir):

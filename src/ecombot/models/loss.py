@@ -56,12 +56,15 @@ def token_losses(model, batch: dict[str, torch.Tensor],
 
 
 def logits_cross_entropy(model, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """PyTorch's cross-entropy, the tokens no answer may contain (models/vocab.py) left out as the speed-ups do."""
-    never = speedups.head.left_out(unwrapped(model).get_output_embeddings(), targets)
-    if never is not None:
-        logits = logits.index_fill(-1, never, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
-                                             reduction="none")
+    """PyTorch's cross-entropy, the tokens no answer may contain (models/vocab.py) left out and, in training, the stop
+    token ranked against them, as the speed-ups do."""
+    head = unwrapped(model).get_output_embeddings()
+    never = speedups.head.left_out(head, targets)
+    masked = logits if never is None else logits.index_fill(-1, never, float("-inf"))
+    losses = torch.nn.functional.cross_entropy(masked.to(torch.promote_types(logits.dtype, torch.float32)), targets,
+                                               reduction="none")
+    extra = speedups.head.lookalike_losses(head, targets, never, lambda rows, columns: logits[rows][:, columns])
+    return losses if extra is None else losses + extra
 
 
 def answer_only_losses(model, batch: dict[str, torch.Tensor], keep: torch.Tensor,

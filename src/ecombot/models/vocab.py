@@ -8,7 +8,11 @@ fine-tuned model ending its answer raises them all at once, so `<end_of_turn>` g
 stops nothing, so the answer runs on to the token budget (measured on a 63-pair FAQ adapter: 4 of 8 held-out
 answers rambled on for 100+ tokens, "Thank you for your support! Thank you for your support! …"). The loss and
 every engine leave these tokens out of the vocabulary: trained on the distribution decoding draws from, the model
-learns when to stop, not which of 6,443 identical rows is the real one.
+learns when to stop, not which of 6,443 identical rows is the real one. A runtime that does not leave them out (Ollama,
+llama-server, vLLM, a plain PEFT `generate`) still needs the model to rank the end-of-turn token above them, so
+training adds, where the target is a stop token, the cross-entropy of that token among itself and its look-alikes
+(speedups/head.py `lookalike_losses`): trained on the masked loss alone, the built-in quickstart adapter ended every
+answer with a look-alike when nothing left them out.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def mark_never_output(model, stop_ids: list[int]) -> int:
     if weight is None or not weight.is_floating_point() or weight.dim() != 2:
         return 0
     head.never_output = stop_lookalikes(weight, stop_ids)
+    head.stop_ids = torch.tensor(sorted(stop_ids), dtype=torch.long)
     return len(head.never_output)
 
 

@@ -14,6 +14,7 @@ them out.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,25 @@ def left_out(head: torch.nn.Module | None, targets: torch.Tensor) -> torch.Tenso
         return None
     ids = ids.to(targets.device)
     return ids[~torch.isin(ids, targets)]
+
+
+def lookalike_losses(head: torch.nn.Module | None, targets: torch.Tensor, never: torch.Tensor | None,
+                     logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """Training only (with gradients): per row whose target is a stop token, the cross-entropy of that token among
+    itself and the look-alikes `never` (models/vocab.py: what a runtime that does not leave them out needs), 0
+    elsewhere; None where there is nothing to add. `logits_of(rows, columns)` gives those rows' logits in those
+    columns (a rows x columns matrix)."""
+    stops = getattr(head, "stop_ids", None)
+    if never is None or stops is None or not torch.is_grad_enabled():
+        return None
+    rows = torch.isin(targets, stops.to(targets.device)).nonzero().squeeze(1)
+    if not len(rows):
+        return None
+    own = logits_of(rows, targets[rows]).diagonal()
+    logits = torch.cat([own[:, None], logits_of(rows, never)], dim=1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    extra = torch.zeros(len(targets), dtype=logits.dtype, device=logits.device)
+    return extra.index_add(0, rows, torch.logsumexp(logits, dim=1) - logits[:, 0])
 
 
 def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
@@ -224,7 +244,12 @@ def head_fused_with_loss(head: torch.nn.Module, targets: torch.Tensor):
 
     def hook(module, args):
         hidden = args[0].reshape(-1, args[0].shape[-1])
-        result["losses"] = HeadCrossEntropy.apply(hidden, module.weight, targets, left_out(module, targets))
+        never = left_out(module, targets)
+        result["losses"] = HeadCrossEntropy.apply(hidden, module.weight, targets, never)
+        extra = lookalike_losses(module, targets, never,
+                                 lambda rows, columns: hidden[rows] @ module.weight[columns].t())
+        if extra is not None:
+            result["losses"] = result["losses"] + extra
         return (hidden[:0],)
 
     handle = head.register_forward_pre_hook(hook)
@@ -239,8 +264,12 @@ def forward_losses(model, inputs: dict, targets: torch.Tensor) -> torch.Tensor:
     is frozen and plain, else the kept positions' logits with the lean cross-entropy above."""
     head = fusable_head(model)
     if head is None:
-        never = left_out(unwrapped(model).get_output_embeddings(), targets)
-        return CrossEntropy.apply(model(**inputs).logits, targets, never)
+        head = unwrapped(model).get_output_embeddings()
+        never = left_out(head, targets)
+        logits = model(**inputs).logits
+        losses = CrossEntropy.apply(logits, targets, never)
+        extra = lookalike_losses(head, targets, never, lambda rows, columns: logits[rows][:, columns])
+        return losses if extra is None else losses + extra
     with head_fused_with_loss(head, targets) as result:
         model(**inputs)
     return result["losses"]
