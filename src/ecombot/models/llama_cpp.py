@@ -279,19 +279,30 @@ def _cache(kind: str, *sources: Path) -> Path:
     return ecombot_home() / "gguf" / kind / digest.hexdigest()[:20]
 
 
-def greedy(llm, prompt_ids: list[int], max_new_tokens: int, stops: set[int]) -> list[int]:
-    """llama.cpp's greedy answer to prompt token ids, ending with the stop token when it stopped by itself."""
+def greedy(llm, prompt_ids: list[int], max_new_tokens: int, stops: set[int],
+           never: list[int] | None = None) -> list[int]:
+    """llama.cpp's greedy answer to prompt token ids, ending with the stop token when it stopped by itself; `never`:
+    tokens left out (an export's `suppress_tokens`, as a user gives them to llama-server as `logit_bias`)."""
+    from llama_cpp import LogitsProcessorList
+
+    def leave_out(_ids, scores):
+        scores[never] = -float("inf")
+        return scores
+
+    processors = LogitsProcessorList([leave_out]) if never else None
     answer = []
-    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+    for token in llm.generate(prompt_ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True,
+                              logits_processor=processors):
         answer.append(token)
         if token in stops or len(answer) >= max_new_tokens:
             break
     return answer
 
 
-def answer_loss(llm, examples) -> tuple[float, int]:
+def answer_loss(llm, examples, never: list[int] | None = None) -> tuple[float, int]:
     """Summed cross-entropy of the supervised (answer) tokens of encoded conversations (`models.Encoded`), and their
-    count, from llama.cpp's logits (a model opened with logits_all=True): what ecombot's held-out loss computes."""
+    count, from llama.cpp's logits (a model opened with logits_all=True): what ecombot's held-out loss computes, with
+    the tokens `never` left out as it leaves them out (models/vocab.py; a target among them is scored)."""
     import numpy as np
 
     total, count = 0.0, 0
@@ -301,6 +312,11 @@ def answer_loss(llm, examples) -> tuple[float, int]:
         labels = np.asarray(example.labels)
         positions = np.nonzero(labels[1:] != -100)[0]  # the logits at t predict the token at t + 1
         rows = np.asarray(llm.scores[positions], dtype=np.float64)
+        if never:
+            targets = labels[positions + 1]
+            kept = rows[np.arange(len(positions)), targets]
+            rows[:, never] = -np.inf
+            rows[np.arange(len(positions)), targets] = kept
         peak = rows.max(axis=1)
         log_z = peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))
         total += float((log_z - rows[np.arange(len(positions)), labels[positions + 1]]).sum())
