@@ -169,7 +169,8 @@ def lookalike_model_dir(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
     return folder, planted
 
 
-def test_the_merged_export_tells_generate_and_other_runtimes_to_suppress_the_lookalikes(lookalike_model_dir, small_dataset, tmp_path):
+def test_the_merged_export_tells_generate_and_other_runtimes_to_suppress_the_lookalikes(lookalike_model_dir,
+                                                                                        small_dataset, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from ecombot.config import load_config
