@@ -186,3 +186,27 @@ def test_the_merged_export_tells_generate_and_other_runtimes_to_suppress_the_loo
     record = export_merged(run, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.generation_config.suppress_tokens == planted == record["suppress_tokens"]
+
+
+def test_a_grammar_that_allows_only_lookalikes_keeps_them():
+    """Left out after the grammar, never leaving a row without a token (a rare character written in byte tokens)."""
+    from ecombot.chat.engine import NeverOutput
+
+    scores = torch.tensor([[0.0, 5.0, 3.0, 1.0], [float("-inf"), float("-inf"), 2.0, float("-inf")]])
+    out = NeverOutput(torch.tensor([1, 2]))(None, scores.clone())
+    assert out[0].tolist() == [0.0, float("-inf"), float("-inf"), 1.0] and torch.equal(out[1], scores[1])
+    row = types.SimpleNamespace(never_output=np.array([3, 5]), rng=np.random.default_rng(0))
+    logits = np.array([0.0, 1.0, 2.0, 9.0, 3.0, 8.0], dtype=np.float32)
+    only_lookalikes = np.array([False, False, False, True, False, True])
+    assert LlamaCppEngine._pick(row, logits.copy(), [], Decoding(repetition_penalty=1.0), only_lookalikes) == 3
+
+
+def test_low_bit_decoding_keeps_the_heads_marks():
+    from ecombot.speedups.lowbit import use_low_bit_decoding
+
+    model = make_tiny_model(vocab_size=64).to(torch.bfloat16)
+    plant_lookalikes(model.get_output_embeddings().weight.data, 1, [40, 41])
+    assert mark_never_output(model, [1]) == 2
+    use_low_bit_decoding(model, 8)
+    assert type(model.get_output_embeddings()).__name__ == "LowBitDecodeLinear"
+    assert never_output(model).tolist() == [40, 41] and model.get_output_embeddings().stop_ids.tolist() == [1]

@@ -57,13 +57,15 @@ class AnswerRepetitionPenalty(LogitsProcessor):
 
 class NeverOutput(LogitsProcessor):
     """Leaves out the tokens no answer may contain: the head's look-alikes of the end-of-turn token (models/vocab.py),
-    which a fine-tuned model raises with it and which stop nothing."""
+    which a fine-tuned model raises with it and which stop nothing. A row that would have no token left (a grammar
+    that allows only such tokens, e.g. byte tokens for a rare character) keeps its scores."""
 
     def __init__(self, ids: torch.Tensor):
         self.ids = ids
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores.index_fill(1, self.ids.to(scores.device), float("-inf"))
+        left = scores.index_fill(1, self.ids, float("-inf"))
+        return torch.where(torch.isneginf(left).all(dim=1, keepdim=True), scores, left)
 
 
 @dataclass
@@ -369,10 +371,10 @@ class TransformersEngine(PromptingEngine):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.loaded.device)
         tracker = RowTracker(self.tokenizer, self.stop_ids, width, limits, on_text)
         kwargs = decoding.generate_kwargs(width)
-        if self.never_output is not None:
-            kwargs["logits_processor"].append(NeverOutput(self.never_output))
         if rows := self.row_grammars(grammars):
             kwargs["logits_processor"].append(GrammarLogits(rows, width))
+        if self.never_output is not None:  # after the grammar, which it never leaves without a token
+            kwargs["logits_processor"].append(NeverOutput(self.never_output.to(self.loaded.device)))
         with self.lock, self.using(adapter):
             version = self.version(adapter)
             self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(limits), streamer=tracker,

@@ -207,8 +207,8 @@ class LlamaCppEngine(PromptingEngine):
 
     def _pick(self, logits: np.ndarray | None, answer: list[int], decoding: Decoding,
               allowed: np.ndarray | None = None) -> int:
-        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), the tokens no
-        answer may contain left out (as `NeverOutput`), the row's grammar (`allowed`, as `GrammarLogits`), then
+        """The next token of one row: the answer's repetition penalty (as `AnswerRepetitionPenalty`), the row's
+        grammar (`allowed`, as `GrammarLogits`), the tokens no answer may contain left out (as `NeverOutput`), then
         greedy, or temperature + top-p sampling. Rows already finished (no logits) get a placeholder the tracker
         skips."""
         if logits is None:
@@ -218,10 +218,13 @@ class LlamaCppEngine(PromptingEngine):
             scores = logits[seen]
             logits[seen] = np.where(scores < 0, scores * decoding.repetition_penalty,
                                     scores / decoding.repetition_penalty)
-        logits[self.never_output] = -np.inf
         if allowed is not None:
             logits[:len(allowed)][~allowed] = -np.inf
             logits[len(allowed):] = -np.inf
+        banned = logits[self.never_output]
+        logits[self.never_output] = -np.inf
+        if not np.isfinite(logits).any():  # the grammar allows only such tokens: keep them (as NeverOutput)
+            logits[self.never_output] = banned
         if decoding.temperature <= 0:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / decoding.temperature

@@ -112,6 +112,8 @@ def use_low_bit_decoding(model: nn.Module, bits: int = 8) -> int:
             if type(child) is nn.Linear and not name.startswith("lora_"):
                 if child is head:
                     low_bit = LowBitDecodeLinear(child, 4, HEAD_INT4_GROUP, most_rows=head_rows)
+                    # what models/vocab.py marked on the head (the tokens no answer may contain) stays on it
+                    low_bit.__dict__.update({k: v for k, v in vars(child).items() if k in ("never_output", "stop_ids")})
                 else:
                     low_bit = LowBitDecodeLinear(child, bits, most_rows=rows)
                 setattr(parent, name, low_bit)
