@@ -161,6 +161,24 @@ def test_exclusion_drops_passages_and_still_returns_k(policy_retriever):
     assert len(excluded) == 3 and not any(h.passage.heading.endswith("Refunds") for h in excluded)
 
 
+def test_a_pair_said_in_several_conversations_takes_one_place(store_pairs):
+    """The built-in data holds some Q&A pairs several times word for word (a follow-up after different first
+    questions, a common question): each is stored (its own line), but a search shows it once and fills the k places
+    with others."""
+    keys = [p.key for p in store_pairs]
+    repeated = next(p for p in store_pairs if keys.count(p.key) > 1)
+    retriever = Retriever(store_pairs)
+    hits = retriever.search([repeated.question], 3)[0]
+    assert hits[0].passage.key == repeated.key and len(hits) == 3
+    assert len({h.passage.key for h in hits}) == 3
+    # "the same" is up to case, spaces and punctuation; another answer to the same question is another passage
+    same = [Passage("faq", "", 1, "Yes, 30 days.", "Can I return it?"),
+            Passage("faq", "", 2, "yes  30 days", "can I return it"),
+            Passage("faq", "", 3, "No.", "Can I return it?"), Passage("faq", "", 4, "Ask us.", "Can I return it?")]
+    lines = {h.passage.line for h in Retriever(same).search(["Can I return it?"], 3)[0]}
+    assert len(lines) == 3 and {3, 4} <= lines
+
+
 @pytest.fixture(scope="module")
 def store_pairs() -> list[Passage]:
     """The built-in training split's Q&A pairs: the intents held out as unseen topics are not among them."""

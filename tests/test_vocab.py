@@ -1,6 +1,7 @@
 """The tokens no answer may contain (models/vocab.py): found by the head's look-alikes of the stop tokens, left out of
 the training loss, of scoring and of every engine's decoding."""
 
+import os
 import shutil
 import types
 
@@ -59,13 +60,15 @@ def stop_batch():
 
 
 def reference_losses(model, b, never: list[int], stop: int, training: bool):
-    """PyTorch's cross-entropy of the supervised tokens over logits with the `never` columns at -inf; in training,
-    plus at the stop token's row its cross-entropy among itself and `never`."""
+    """PyTorch's cross-entropy of the supervised tokens over logits with the `never` columns at -inf, each row's own
+    target excepted; in training, plus at the stop token's row its cross-entropy among itself and `never`."""
     logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     labels = b["labels"][:, 1:]
     keep = labels != -100
     logits, targets = logits[keep], labels[keep]
-    losses = F.cross_entropy(logits.index_fill(-1, torch.tensor(never), float("-inf")), targets, reduction="none")
+    masked = torch.stack([row.index_fill(0, torch.tensor([t for t in never if t != target]), float("-inf"))
+                          for row, target in zip(logits, targets.tolist())])
+    losses = F.cross_entropy(masked, targets, reduction="none")
     if training:
         ends = (targets == stop).nonzero().squeeze(1)
         cluster = logits[ends][:, [stop, *never]]
@@ -75,10 +78,10 @@ def reference_losses(model, b, never: list[int], stop: int, training: bool):
 
 @pytest.mark.parametrize("path", ["plain", "logits", "fused"])
 def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them(path):
-    """40-49 are look-alikes of the stop token 1, and so is 13, a target: the data holds it, so it is scored as
-    written and stays in the softmax. Loss and gradients equal PyTorch's on masked logits plus, in training, the stop
-    token's cross-entropy among itself and its look-alikes (what a runtime that does not leave them out needs);
-    scored without gradients (validation, evaluation), the masked loss alone. The three paths: no speed-ups,
+    """40-49 are look-alikes of the stop token 1, and so is 13, a target: the data holds it, so its own row scores
+    it as written and every other row leaves it out. Loss and gradients equal PyTorch's on masked logits plus, in
+    training, the stop token's cross-entropy among itself and its look-alikes (what a runtime that does not leave
+    them out needs); scored without gradients (validation, evaluation), the masked loss alone. The three paths: no speed-ups,
     speed-ups with a trainable head, the head fused into the loss."""
     model = make_tiny_model(vocab_size=64)
     head = model.get_output_embeddings()
@@ -92,7 +95,7 @@ def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them
     with torch.no_grad():
         unmasked = supervised_loss(model, b).item()
     assert mark_never_output(model, [1]) == 11
-    never = list(range(40, 50))
+    never = [13, *range(40, 50)]
     reference = reference_losses(model, b, never, 1, training=True)
     reference.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -106,7 +109,8 @@ def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them
     with torch.no_grad():
         scored = supervised_loss(model, b)
         assert torch.allclose(scored, reference_losses(model, b, never, 1, training=False), atol=1e-5)
-    assert scored.item() < unmasked < ours.item()  # the look-alikes took probability from every target
+    assert scored.item() < unmasked  # the look-alikes took probability from every target
+    assert ours.item() > scored.item()  # training adds the stop token's cross-entropy among its look-alikes
 
 
 def end_wanted_engine(tiny_model_dir):
@@ -210,3 +214,36 @@ def test_low_bit_decoding_keeps_the_heads_marks():
     use_low_bit_decoding(model, 8)
     assert type(model.get_output_embeddings()).__name__ == "LowBitDecodeLinear"
     assert never_output(model).tolist() == [40, 41] and model.get_output_embeddings().stop_ids.tolist() == [1]
+
+
+def test_llama_cpp_scores_leave_the_lookalikes_out_as_training_does():
+    """The numpy cross-entropy behind the llama.cpp engine's held-out loss and the GGUF parity check equals
+    PyTorch's training loss on the same logits: look-alikes out, a row's own target among them scored."""
+    from ecombot.models import answer_cross_entropy
+
+    torch.manual_seed(0)
+    logits, targets, never = torch.randn(5, 30), torch.tensor([3, 7, 7, 20, 0]), torch.tensor([7, 8, 9, 21])
+    head = types.SimpleNamespace(never_output=never)
+    expected = speedups.head.CrossEntropy.apply(logits, targets, speedups.head.left_out(head, targets))
+    ours = answer_cross_entropy(logits.numpy(), targets.numpy(), never.numpy())
+    assert np.allclose(ours, expected.numpy(), atol=1e-5)
+    assert np.allclose(answer_cross_entropy(logits.numpy(), targets.numpy(), None),
+                       F.cross_entropy(logits, targets, reduction="none").numpy(), atol=1e-5)
+    # row 0 (target 3) loses the look-alikes' probability; rows 1-2 (target 7, a look-alike) still compete with 8, 9
+    assert ours[0] < F.cross_entropy(logits[:1], targets[:1]).item()
+
+
+def test_a_model_dirs_lookalikes_are_read_once_until_its_files_change(lookalike_model_dir, tiny_tokenizer,
+                                                                     monkeypatch, tmp_path):
+    from ecombot.models import vocab
+
+    folder, stops = shutil.copytree(lookalike_model_dir[0], tmp_path / "model"), stop_token_ids(tiny_tokenizer)
+    first = never_output_in(folder, stops)
+    assert first.tolist() == lookalike_model_dir[1]
+    calls = []
+    monkeypatch.setattr(vocab, "stop_lookalikes", lambda *a: calls.append(a) or torch.tensor([5]))
+    first.fill_(0)  # a caller's copy: the cache keeps its own
+    assert never_output_in(folder, stops).tolist() == lookalike_model_dir[1] and calls == []
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten
+    assert never_output_in(folder, stops).tolist() == [5] and len(calls) == 1

@@ -21,7 +21,7 @@ import numpy as np
 from ecombot.chat.engine import BASE, Decoding, Generation, PromptingEngine, RowTracker, TextCallback
 from ecombot.chat.grammar import GrammarTokenizer, RowGrammars
 from ecombot.errors import EcombotError, ModelError
-from ecombot.models import llama_cpp, never_output_in
+from ecombot.models import answer_cross_entropy, llama_cpp, never_output_in
 from ecombot.run_dir import RunDir
 
 LOSS_CHUNK = 128  # tokens per decode when scoring: llama.cpp keeps a vocabulary-wide logits row per scored token
@@ -250,12 +250,10 @@ class LlamaCppEngine(PromptingEngine):
                     chunk = [(0, t, ids[t], t + 1 < len(ids) and labels[t + 1] != -100)
                              for t in range(start, min(start + LOSS_CHUNK, len(ids)))]
                     self._decode(chunk)
-                    for i, (_, t, _, wanted) in enumerate(chunk):
-                        if wanted:
-                            row = self._logits(i).astype(np.float64)
-                            row[self.never_output[self.never_output != labels[t + 1]]] = -np.inf  # as training
-                            peak = row.max()
-                            sums[n] += peak + np.log(np.exp(row - peak).sum()) - row[labels[t + 1]]
-                            counts[n] += 1
+                    wanted = [(i, labels[t + 1]) for i, (_, t, _, scored) in enumerate(chunk) if scored]
+                    if wanted:
+                        rows = np.stack([self._logits(i) for i, _ in wanted])
+                        sums[n] += answer_cross_entropy(rows, [target for _, target in wanted], self.never_output).sum()
+                        counts[n] += len(wanted)
             self.lib.llama_memory_clear(self.memory, True)
         return sums, counts

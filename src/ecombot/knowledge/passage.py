@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ecombot.data.conversation import normalise_text
+
 
 @dataclass(frozen=True)
 class Passage:
@@ -24,6 +26,12 @@ class Passage:
         """How an answer cites it: "Returns and exchanges (policy.md)", or the source alone."""
         last = self.heading.rsplit(" > ", 1)[-1]
         return f"{last} ({self.source})" if last else self.source
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two passages say the same: their question and text, normalised. The same follow-up and its
+        answer recur in many conversations ("And how long does standard take?"), so a data file holds repeats."""
+        return normalise_text(self.question or ""), normalise_text(self.text)
 
     @property
     def prompt_text(self) -> str:

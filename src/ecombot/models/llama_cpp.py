@@ -305,20 +305,14 @@ def answer_loss(llm, examples, never: list[int] | None = None) -> tuple[float, i
     the tokens `never` left out as it leaves them out (models/vocab.py; a target among them is scored)."""
     import numpy as np
 
+    from ecombot.models.vocab import answer_cross_entropy
+
     total, count = 0.0, 0
     for example in examples:
         llm.reset()
         llm.eval(example.input_ids)
         labels = np.asarray(example.labels)
         positions = np.nonzero(labels[1:] != -100)[0]  # the logits at t predict the token at t + 1
-        rows = np.asarray(llm.scores[positions], dtype=np.float64)
-        if never:
-            targets = labels[positions + 1]
-            kept = rows[np.arange(len(positions)), targets]
-            rows[:, never] = -np.inf
-            rows[np.arange(len(positions)), targets] = kept
-        peak = rows.max(axis=1)
-        log_z = peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))
-        total += float((log_z - rows[np.arange(len(positions)), labels[positions + 1]]).sum())
+        total += float(answer_cross_entropy(llm.scores[positions], labels[positions + 1], never).sum())
         count += len(positions)
     return total, count

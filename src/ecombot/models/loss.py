@@ -60,7 +60,9 @@ def logits_cross_entropy(model, logits: torch.Tensor, targets: torch.Tensor) -> 
     token ranked against them, as the speed-ups do."""
     head = unwrapped(model).get_output_embeddings()
     never = speedups.head.left_out(head, targets)
-    masked = logits if never is None else logits.index_fill(-1, never, float("-inf"))
+    own = targets[:, None]  # each row's target scored, as the speed-ups score it (speedups.head.left_out)
+    masked = logits if never is None else logits.index_fill(-1, never, float("-inf")).scatter(
+        -1, own, logits.gather(-1, own))
     losses = torch.nn.functional.cross_entropy(masked.to(torch.promote_types(logits.dtype, torch.float32)), targets,
                                                reduction="none")
     extra = speedups.head.lookalike_losses(head, targets, never, lambda rows, columns: logits[rows][:, columns])

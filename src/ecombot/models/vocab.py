@@ -17,8 +17,10 @@ answer with a look-alike when nothing left them out.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Measured on Gemma 3 270M (Q4_K_M weights): look-alikes of <end_of_turn> lie at 0.90-1.00, the tokens of the
@@ -32,9 +34,9 @@ def stop_lookalikes(head_weight: torch.Tensor, stop_ids: list[int], cosine: floa
     """Sorted ids of the head rows within `cosine` of any stop token's row, the stop tokens themselves excepted."""
     weight = head_weight.detach()
     stops = [s for s in stop_ids if 0 <= s < weight.shape[0]]
-    close = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     if not stops:
-        return close.nonzero().squeeze(1).cpu()
+        return torch.empty(0, dtype=torch.long)
+    close = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
     units = weight[stops].float()
     units = units / torch.linalg.vector_norm(units, dim=1, keepdim=True).clamp(min=1e-12)
     for start in range(0, weight.shape[0], COSINE_CHUNK):  # in fp32 (a bf16 head's rows too), a slice at a time
@@ -65,14 +67,37 @@ def never_output(model) -> torch.Tensor | None:
 
 def never_output_in(model_dir: Path, stop_ids: list[int]) -> torch.Tensor:
     """`stop_lookalikes` of the head stored in a model directory's safetensors files (its `lm_head`, else the input
-    embedding it is tied to), for an engine that runs no PyTorch model (llama.cpp)."""
+    embedding it is tied to), for an engine that runs no PyTorch model (llama.cpp) and an export's record."""
+    files = sorted(Path(model_dir).resolve().glob("*.safetensors"))
+    return _lookalikes_in(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files),
+                          tuple(stop_ids)).clone()
+
+
+@functools.lru_cache(maxsize=4)
+def _lookalikes_in(files: tuple[tuple[str, int, int], ...], stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """Kept per model files (name, time and size: a rewritten file is read again), because reading Gemma's 670 MB
+    embedding and comparing its rows takes ~1.6 s, at every llama.cpp engine start and every export."""
     from safetensors import safe_open
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+    files = [name for name, _, _ in files]
     for suffix in ("lm_head.weight", "embed_tokens.weight"):
         for file in files:
             with safe_open(str(file), "pt") as weights:
                 name = next((n for n in weights.keys() if n.endswith(suffix)), None)
                 if name is not None:
-                    return stop_lookalikes(weights.get_tensor(name), stop_ids)
+                    return stop_lookalikes(weights.get_tensor(name), list(stop_ids))
     return torch.empty(0, dtype=torch.long)
+
+
+def answer_cross_entropy(logits: np.ndarray, targets: np.ndarray, never: np.ndarray | list[int] | None) -> np.ndarray:
+    """Per row of `logits` (positions x vocabulary, from an engine that runs no PyTorch model: llama.cpp), the
+    cross-entropy of its target in float64, the tokens `never` left out of the softmax as training leaves them out
+    (speedups.head.left_out: a row's own target among them is scored)."""
+    rows = np.array(logits, dtype=np.float64, ndmin=2)
+    where, targets = np.arange(len(rows)), np.asarray(targets)
+    target_logits = rows[where, targets]
+    if never is not None and len(never):
+        rows[:, never] = -np.inf
+        rows[where, targets] = target_logits
+    peak = rows.max(axis=1)
+    return peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1)) - target_logits

@@ -39,13 +39,11 @@ def ce_block_rows(logits: torch.Tensor) -> int:
 
 
 def left_out(head: torch.nn.Module | None, targets: torch.Tensor) -> torch.Tensor | None:
-    """The head's `never_output` ids (models/vocab.py) on the targets' device, less every token a target is (a token
-    the data holds is scored as written); None: nothing is left out."""
+    """The head's `never_output` ids (models/vocab.py) on the targets' device; None: nothing is left out. A row
+    whose target is one of them keeps that column (a token the data holds is scored as written), every other row
+    leaves it out: a row's loss does not depend on the rest of its batch."""
     ids = getattr(head, "never_output", None)
-    if ids is None or not len(ids):
-        return None
-    ids = ids.to(targets.device)
-    return ids[~torch.isin(ids, targets)]
+    return ids.to(targets.device) if ids is not None and len(ids) else None
 
 
 def lookalike_losses(head: torch.nn.Module | None, targets: torch.Tensor, never: torch.Tensor | None,
@@ -82,7 +80,9 @@ def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_blo
         rows = slice(start, min(start + rows_per_block, logits.shape[0]))
         block = buffer[: rows.stop - start].copy_(logits[rows])
         if never is not None:
+            own = targets[rows, None]
             block[:, never] = float("-inf")
+            block.scatter_(1, own, logits[rows].gather(1, own).to(accumulate))  # each row's target scored (left_out)
         top = block.amax(dim=-1, keepdim=True)
         total = block.sub_(top).exp_().sum(dim=-1, keepdim=True)
         losses[rows] += total.log().add_(top).squeeze(1)
@@ -136,6 +136,9 @@ def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets:
         if never is not None:
             span = torch.searchsorted(never, torch.tensor([start, start + columns.shape[0]], device=never.device))
             logits[:, never[span[0]:span[1]] - start] = float("-inf")
+            # each row's target scored (left_out): a row whose target is elsewhere writes back what it read
+            local = (targets - start).clamp(0, columns.shape[0] - 1)[:, None]
+            logits.scatter_(1, local, torch.where(inside, picked, logits.gather(1, local).squeeze(1))[:, None])
         if fused:  # updates top, total and rescale in place
             probs = probs_buffer[:n * columns.shape[0]].view(n, columns.shape[0])  # contiguous, also when partial
             kernels.softmax_chunk(logits, probs, top, total, rescale)

@@ -71,10 +71,6 @@ def own_answer_filter(conv: Conversation):
     return rejects
 
 
-def pair_key(passage: Passage) -> tuple[str, str]:
-    return normalise_text(passage.question or ""), normalise_text(passage.text)
-
-
 def is_qa_pair(passage: Passage) -> bool:
     """What a documents-only example rejects: it is answered from the store's documents alone."""
     return passage.question is not None
@@ -265,9 +261,9 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     own = None if inherited is None else list(dict.fromkeys([*inherited, source]))
     # A pair the run reads already under another source (`ecombot learn` replays earlier training data) is not
     # added twice: a duplicate would take a second of the k places in every prompt that finds it.
-    held = {pair_key(p) for p in base.passages(own) if p.question is not None and p.source != source}
+    held = {p.key for p in base.passages(own) if p.question is not None and p.source != source}
     pairs = [p for p in qa_passages([c for c in train if c.category != PRODUCT_QUESTIONS], source)
-             if pair_key(p) not in held]
+             if p.key not in held]
     if index:
         added = base.add_passages(source, pairs)
     else:
