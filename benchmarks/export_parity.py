@@ -30,17 +30,23 @@ from ecombot.evaluate import heldout_loss  # noqa: E402
 from ecombot.export import export_gguf, export_lora_gguf, export_merged  # noqa: E402
 from ecombot.models.llama_cpp import answer_loss, greedy as llama_cpp_greedy, open_gguf  # noqa: E402
 from ecombot.knowledge import Grounder, KnowledgeBase  # noqa: E402
-from ecombot.models import encode_conversation, encode_prompt, load_for_inference, with_system  # noqa: E402
+from ecombot.models import (encode_conversation, encode_prompt, load_for_inference, never_output,  # noqa: E402
+                            with_system)
+from ecombot.models.vocab import mark_never_output  # noqa: E402
 from ecombot.run_dir import RunDir  # noqa: E402
 
 
-def greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos: list[int] | None) -> list[list[int]]:
-    """One prompt at a time (no padding), as a plain Transformers user would call it."""
+def greedy(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, eos: list[int] | None,
+           suppress: list[int] | None = None) -> list[list[int]]:
+    """One prompt at a time (no padding), as a plain Transformers user would call it; `suppress`: the export's
+    suppress_tokens, for a model whose generation_config does not carry them (the plain PEFT control)."""
     out = []
     for messages in prompts:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         kwargs = {"eos_token_id": eos} if eos else {}
+        if suppress:
+            kwargs["suppress_tokens"] = suppress
         with torch.inference_mode():
             out.append(model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
                        [0, ids.shape[1]:].tolist())
@@ -92,11 +98,17 @@ def main() -> None:
     # plain greedy: the engine's default penalty on repeated answer tokens is not part of a model's weights
     engine = TransformersEngine(full, run.system_prompt(), Decoding(max_new_tokens=args.max_new_tokens, repetition_penalty=1.0))
     stops = engine.stop_ids
+    # the look-alikes of the stop tokens every path leaves out (models/vocab.py): the engine does, the merged export's
+    # generation_config says so, and a user passes the export's suppress_tokens to the others (README, Export)
+    never = never_output(full.model)
+    never = never.tolist() if never is not None else None
+    mark_never_output(merged, stops)  # scored as ecombot scores (a Transformers load does not mark its head)
     ecombot_ids = [engine.tokenizer(g.text, add_special_tokens=False).input_ids for g in engine.generate(prompts)]
     merged_ids = greedy(merged, exported_tokenizer, prompts, args.max_new_tokens, None)
     plain_base = AutoModelForCausalLM.from_pretrained(str(full.model_dir)).eval()
     plain = PeftModel.from_pretrained(plain_base, str(run.live().path)).eval()
-    plain_ids = greedy(plain, exported_tokenizer, prompts, args.max_new_tokens, stops)
+    mark_never_output(plain_base, stops)
+    plain_ids = greedy(plain, exported_tokenizer, prompts, args.max_new_tokens, stops, never)
 
     def text(ids: list[int]) -> str:
         return exported_tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -111,7 +123,7 @@ def main() -> None:
         # what the adapter trained against (4-bit base) and the merge the export avoids (into the original weights)
         from ecombot.models import load_base_model
 
-        four_bit = load_base_model(full.model_dir, quantize_4bit=True, device="cpu")
+        four_bit = load_base_model(full.model_dir, quantize_4bit=True, device="cpu")  # marks its head
         losses["peft_on_4bit_base"] = heldout_loss(PeftModel.from_pretrained(four_bit, str(run.live().path)).eval(),
                                                    full.tokenizer, scored, system_prompt)["loss"]
         losses["peft_on_original_weights"] = heldout_loss(plain, full.tokenizer, scored, system_prompt)["loss"]
@@ -127,11 +139,11 @@ def main() -> None:
                 same_ids = sum(llm.tokenize(t.encode(), add_bos=False, special=True) == ids
                                for t, ids in zip(texts, prompt_ids)) / len(texts)
                 started = time.time()
-                answers = [llama_cpp_greedy(llm, ids, args.max_new_tokens, set(stops)) for ids in prompt_ids]
+                answers = [llama_cpp_greedy(llm, ids, args.max_new_tokens, set(stops), never) for ids in prompt_ids]
                 answer_s = time.time() - started
                 del llm
                 scorer = open_gguf(model_file, lora, n_ctx=1024, logits_all=True)
-                total, count = answer_loss(scorer, encoded)
+                total, count = answer_loss(scorer, encoded, never)
                 loss = total / count
                 del scorer
                 finished = [ids for ids in answers if len(ids) < args.max_new_tokens]
