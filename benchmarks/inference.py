@@ -99,9 +99,9 @@ def decoding_path_loss(engine, conversations) -> float:
     answer and its end-of-turn token), but fed one token at a time through the KV cache from the first answer token
     on, as when decoding (so one-token steps use the low-bit weights)."""
     import torch
-    import torch.nn.functional as F
 
     from ecombot.models.encoding import encode_conversations
+    from ecombot.models.loss import logits_cross_entropy
 
     base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else engine.model
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -115,7 +115,8 @@ def decoding_path_loss(engine, conversations) -> float:
             out = engine.model(input_ids=torch.tensor([ids[:first]], device=device), use_cache=True)
             for position in range(first, len(ids)):
                 if labels[position] != -100:
-                    total += float(F.cross_entropy(out.logits[:, -1].float(), torch.tensor([labels[position]], device=device)))
+                    target = torch.tensor([labels[position]], device=device)
+                    total += float(logits_cross_entropy(engine.model, out.logits[:, -1].float(), target))  # as scored
                     count += 1
                 if position + 1 < len(ids):
                     cache = getattr(out, "cache", None) or out.past_key_values

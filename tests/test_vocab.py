@@ -77,7 +77,7 @@ def reference_losses(model, b, never: list[int], stop: int, training: bool):
 
 
 @pytest.mark.parametrize("path", ["plain", "logits", "fused"])
-def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them(path):
+def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them(path, monkeypatch):
     """40-49 are look-alikes of the stop token 1, and so is 13, a target: the data holds it, so its own row scores
     it as written and every other row leaves it out. Loss and gradients equal PyTorch's on masked logits plus, in
     training, the stop token's cross-entropy among itself and its look-alikes (what a runtime that does not leave
@@ -88,6 +88,9 @@ def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them
     plant_lookalikes(head.weight, 1, [*range(40, 50), 13])
     if path == "fused":
         head.weight.requires_grad_(False)
+        # vocabulary chunks of 14 and blocks of 2 rows: a row's target is in another chunk than most left-out ids
+        monkeypatch.setattr(speedups.head, "HEAD_VOCAB_CHUNK", {"cpu": 14, "other": 14})
+        monkeypatch.setattr(speedups.head, "HEAD_ROW_BLOCK", 2)
     if path != "plain":
         speedups.apply(model, mode="train")
     assert (speedups.head.fusable_head(model) is not None) == (path == "fused")
@@ -111,6 +114,27 @@ def test_the_loss_leaves_the_lookalikes_out_and_trains_the_stop_token_above_them
         assert torch.allclose(scored, reference_losses(model, b, never, 1, training=False), atol=1e-5)
     assert scored.item() < unmasked  # the look-alikes took probability from every target
     assert ours.item() > scored.item()  # training adds the stop token's cross-entropy among its look-alikes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_vocabulary_chunk_wholly_left_out_adds_nothing(dtype):
+    """The fused head walks the vocabulary in chunks; a chunk whose every column is left out (the first one here)
+    must add no probability, not turn the running log-sum-exp into NaN. bf16 takes the C kernel where it is built."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(4, 16).to(dtype), torch.randn(64, 16).to(dtype)
+    targets, never = torch.tensor([3, 20, 63, 5]), torch.arange(0, 8)
+    grad = torch.empty_like(hidden)
+    losses = speedups.head.head_cross_entropy_rows(hidden, weight, targets, 8, grad, never)
+    h = hidden.double().requires_grad_()
+    logits = h @ weight.double().t()
+    masked = torch.stack([row.index_fill(0, never[never != t], float("-inf")) for row, t in zip(logits, targets)])
+    expected = F.cross_entropy(masked, targets, reduction="none")
+    expected.sum().backward()
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    assert torch.isfinite(losses).all() and torch.allclose(losses.double(), expected, atol=tolerance)
+    assert torch.allclose(grad.double(), h.grad, atol=tolerance)
+    rows = speedups.head.cross_entropy_rows(logits.detach().to(dtype), targets, 2, None, never)
+    assert torch.allclose(rows.double(), expected, atol=tolerance)
 
 
 def end_wanted_engine(tiny_model_dir):
@@ -227,6 +251,7 @@ def test_llama_cpp_scores_leave_the_lookalikes_out_as_training_does():
     expected = speedups.head.CrossEntropy.apply(logits, targets, speedups.head.left_out(head, targets))
     ours = answer_cross_entropy(logits.numpy(), targets.numpy(), never.numpy())
     assert np.allclose(ours, expected.numpy(), atol=1e-5)
+    assert np.allclose(answer_cross_entropy(logits.numpy(), targets.numpy(), never.numpy(), rows_per_block=2), ours)
     assert np.allclose(answer_cross_entropy(logits.numpy(), targets.numpy(), None),
                        F.cross_entropy(logits, targets, reduction="none").numpy(), atol=1e-5)
     # row 0 (target 3) loses the look-alikes' probability; rows 1-2 (target 7, a look-alike) still compete with 8, 9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ecombot.data.conversation import normalise_text
 
@@ -27,7 +28,7 @@ class Passage:
         last = self.heading.rsplit(" > ", 1)[-1]
         return f"{last} ({self.source})" if last else self.source
 
-    @property
+    @cached_property  # a search compares the keys of its candidates
     def key(self) -> tuple[str, str]:
         """What makes two passages say the same: their question and text, normalised. The same follow-up and its
         answer recur in many conversations ("And how long does standard take?"), so a data file holds repeats."""

@@ -98,7 +98,8 @@ class Retriever:
 
     def search(self, queries: list[str], k: int,
                exclude: list[Callable[[Passage], bool] | None] | None = None) -> list[list[Hit]]:
-        """The k best passages per query, best first; `exclude[i]` returning True drops a passage for query i."""
+        """The k best passages per query, best first, each saying something the others do not (`Passage.key`; fewer
+        than k only where the base holds fewer); `exclude[i]` returning True drops a passage for query i."""
         if not queries:
             return []
         if not self.passages:
@@ -122,7 +123,7 @@ class Retriever:
             candidates = np.union1d(dense_ids[dense_ids >= 0], lexical_ids)
             if reject is not None:
                 candidates = np.array([c for c in candidates if not reject(self.passages[c])], dtype=np.int64)
-            if len(candidates) >= k or fetch == n:
+            if fetch == n or len({self.passages[c].key for c in candidates}) >= k:
                 break
             fetch = min(n, fetch * 4)
         dense = self.vectors[candidates] @ vector

@@ -302,7 +302,7 @@ def greedy(llm, prompt_ids: list[int], max_new_tokens: int, stops: set[int],
 def answer_loss(llm, examples, never: list[int] | None = None) -> tuple[float, int]:
     """Summed cross-entropy of the supervised (answer) tokens of encoded conversations (`models.Encoded`), and their
     count, from llama.cpp's logits (a model opened with logits_all=True): what ecombot's held-out loss computes, with
-    the tokens `never` left out as it leaves them out (models/vocab.py; a target among them is scored)."""
+    the tokens `never` left out as it leaves them out (models/vocab.py answer_cross_entropy)."""
     import numpy as np
 
     from ecombot.models.vocab import answer_cross_entropy

@@ -68,18 +68,18 @@ def never_output(model) -> torch.Tensor | None:
 def never_output_in(model_dir: Path, stop_ids: list[int]) -> torch.Tensor:
     """`stop_lookalikes` of the head stored in a model directory's safetensors files (its `lm_head`, else the input
     embedding it is tied to), for an engine that runs no PyTorch model (llama.cpp) and an export's record."""
-    files = sorted(Path(model_dir).resolve().glob("*.safetensors"))
-    return _lookalikes_in(tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files),
+    stats = [(str(f), f.stat()) for f in sorted(Path(model_dir).resolve().glob("*.safetensors"))]
+    return _lookalikes_in(tuple((name, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats),
                           tuple(stop_ids)).clone()
 
 
 @functools.lru_cache(maxsize=4)
-def _lookalikes_in(files: tuple[tuple[str, int, int], ...], stop_ids: tuple[int, ...]) -> torch.Tensor:
-    """Kept per model files (name, time and size: a rewritten file is read again), because reading Gemma's 670 MB
-    embedding and comparing its rows takes ~1.6 s, at every llama.cpp engine start and every export."""
+def _lookalikes_in(files: tuple[tuple[str, int, int, int, int], ...], stop_ids: tuple[int, ...]) -> torch.Tensor:
+    """Kept per model files (name, inode, size and times: a rewritten or replaced file is read again), because
+    reading Gemma's 670 MB embedding and comparing its rows takes ~1.6 s, at every llama.cpp engine start and export."""
     from safetensors import safe_open
 
-    files = [name for name, _, _ in files]
+    files = [file[0] for file in files]
     for suffix in ("lm_head.weight", "embed_tokens.weight"):
         for file in files:
             with safe_open(str(file), "pt") as weights:
@@ -89,15 +89,23 @@ def _lookalikes_in(files: tuple[tuple[str, int, int], ...], stop_ids: tuple[int,
     return torch.empty(0, dtype=torch.long)
 
 
-def answer_cross_entropy(logits: np.ndarray, targets: np.ndarray, never: np.ndarray | list[int] | None) -> np.ndarray:
+def answer_cross_entropy(logits: np.ndarray, targets, never: np.ndarray | list[int] | None,
+                         rows_per_block: int = 16) -> np.ndarray:
     """Per row of `logits` (positions x vocabulary, from an engine that runs no PyTorch model: llama.cpp), the
     cross-entropy of its target in float64, the tokens `never` left out of the softmax as training leaves them out
-    (speedups.head.left_out: a row's own target among them is scored)."""
-    rows = np.array(logits, dtype=np.float64, ndmin=2)
-    where, targets = np.arange(len(rows)), np.asarray(targets)
-    target_logits = rows[where, targets]
-    if never is not None and len(never):
-        rows[:, never] = -np.inf
-        rows[where, targets] = target_logits
-    peak = rows.max(axis=1)
-    return peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1)) - target_logits
+    (speedups.head.left_out: a row's own target among them is scored). A few rows at a time: 128 of Gemma's 262k-wide
+    rows in float64 would take 270 MB, and as much again for each temporary."""
+    logits, targets = np.asarray(logits).reshape(-1, np.shape(logits)[-1]), np.asarray(targets)
+    losses = np.empty(len(logits))
+    for start in range(0, len(logits), rows_per_block):
+        rows = logits[start:start + rows_per_block].astype(np.float64)
+        where, own = np.arange(len(rows)), targets[start:start + rows_per_block]
+        target_logits = rows[where, own]
+        if never is not None and len(never):
+            rows[:, never] = -np.inf
+            rows[where, own] = target_logits
+        peak = rows.max(axis=1)
+        rows -= peak[:, None]
+        np.exp(rows, out=rows)
+        losses[start:start + len(rows)] = peak + np.log(rows.sum(axis=1)) - target_logits
+    return losses

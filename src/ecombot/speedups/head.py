@@ -8,7 +8,7 @@ log-sum-exp and a running softmax @ weight (the online softmax of flash attentio
 chunk of logits ever exists; backward gets the gradient of the hidden states (N x 640).
 Same values as PyTorch's cross_entropy (tests/test_loss.py). Tokens the head marks `never_output` (models/vocab.py:
 look-alikes of the end-of-turn token, which no answer may contain) are left out of the softmax, as decoding leaves
-them out.
+them out, except at a position whose target is one of them (left_out).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def lookalike_losses(head: torch.nn.Module | None, targets: torch.Tensor, never:
 
 def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, rows_per_block: int,
                        grad_into: torch.Tensor | None = None, never: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of each row of `logits` in fp32 (at least), the columns `never` left out of the softmax; with
-    `grad_into`, also write d loss / d logits.
+    """Cross-entropy of each row of `logits` in fp32 (at least), the columns `never` left out of the softmax (each
+    row's own target excepted: left_out); with `grad_into`, also write d loss / d logits.
 
     `grad_into` may be `logits` itself (its values are read block by block before being overwritten).
     """
@@ -111,33 +111,35 @@ class CrossEntropy(torch.autograd.Function):
 def head_cross_entropy_rows(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
                            grad_into: torch.Tensor | None = None, never: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each row of `hidden @ weight.T` in one pass over the vocabulary, the columns `never` (sorted)
-    left out of the softmax; with `grad_into`, also
-    write d loss / d hidden = softmax @ weight - weight[target]. Logits keep the matmul's dtype, as the model's own
-    head would give them; the log-sum-exp and the softmax sums are accumulated in fp32 (at least)."""
+    left out of the softmax (each row's own target excepted: left_out); with `grad_into`, also write d loss /
+    d hidden = softmax @ weight - weight[target]. Logits keep the matmul's dtype, as the model's own head would give
+    them; the log-sum-exp and the softmax sums are accumulated in fp32 (at least)."""
     accumulate = torch.promote_types(hidden.dtype, torch.float32)
     n, vocab = hidden.shape[0], weight.shape[0]
     options = dict(dtype=accumulate, device=hidden.device)
-    top = torch.full((n, 1), float("-inf"), **options)
+    # not -inf: a first chunk whose columns are all left out would make its rescale exp(-inf - -inf) = NaN
+    top = torch.full((n, 1), torch.finfo(accumulate).min, **options)
     total = torch.zeros((n, 1), **options)
     target_logit = torch.zeros(n, **options)
     weighted = torch.zeros((n, weight.shape[1]), **options) if grad_into is not None else None
     fused = kernels.usable(hidden, weight)
+    if never is not None:  # chunk i's ids are never[cuts[i]:cuts[i + 1]]: found once, not a device sync per chunk
+        cuts = torch.searchsorted(never, torch.arange(0, vocab + chunk, chunk, device=never.device)).tolist()
     if fused:  # one pass for max, exp, sum and the bf16 copy (kernels/fused_cpu.c): 6 passes fewer per chunk
         probs_buffer = torch.empty(n * min(chunk, vocab), dtype=weight.dtype, device=hidden.device)
         rescale = torch.empty((n, 1), **options)
     else:
         buffer = torch.empty((n, min(chunk, vocab)), **options)
-    for start in range(0, vocab, chunk):
+    for i, start in enumerate(range(0, vocab, chunk)):
         columns = weight[start:start + chunk]
         logits = hidden @ columns.t()
         inside = (targets >= start) & (targets < start + columns.shape[0])
-        picked = logits.gather(1, (targets - start).clamp(0, columns.shape[0] - 1)[:, None]).squeeze(1)
+        local = (targets - start).clamp(0, columns.shape[0] - 1)[:, None]
+        picked = logits.gather(1, local).squeeze(1)
         target_logit += torch.where(inside, picked, 0.0)
         if never is not None:
-            span = torch.searchsorted(never, torch.tensor([start, start + columns.shape[0]], device=never.device))
-            logits[:, never[span[0]:span[1]] - start] = float("-inf")
+            logits[:, never[cuts[i]:cuts[i + 1]] - start] = float("-inf")
             # each row's target scored (left_out): a row whose target is elsewhere writes back what it read
-            local = (targets - start).clamp(0, columns.shape[0] - 1)[:, None]
             logits.scatter_(1, local, torch.where(inside, picked, logits.gather(1, local).squeeze(1))[:, None])
         if fused:  # updates top, total and rescale in place
             probs = probs_buffer[:n * columns.shape[0]].view(n, columns.shape[0])  # contiguous, also when partial

@@ -260,7 +260,7 @@ def ground_training_data(train: list[Conversation], validation: list[Conversatio
     source = training_source(data_path)
     own = None if inherited is None else list(dict.fromkeys([*inherited, source]))
     # A pair the run reads already under another source (`ecombot learn` replays earlier training data) is not
-    # added twice: a duplicate would take a second of the k places in every prompt that finds it.
+    # added twice: a search shows it once anyway (Retriever._distinct), a copy would only be embedded and stored.
     held = {p.key for p in base.passages(own) if p.question is not None and p.source != source}
     pairs = [p for p in qa_passages([c for c in train if c.category != PRODUCT_QUESTIONS], source)
              if p.key not in held]
