@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_adapters
 
 from ecombot.chat import BASE, Decoding, TransformersEngine, open_engine
@@ -227,3 +228,27 @@ def test_encoded_examples_match_what_evaluate_scores(engines):
     encoded = encode_conversations([conv], llama.tokenizer, PROMPT, 1024)
     sums, counts = llama.answer_losses(encoded.examples, BASE)
     assert counts[0] == sum(label != -100 for label in encoded.examples[0]["labels"][1:]) and sums[0] > 0
+
+
+def test_both_engines_score_with_the_same_tokens_left_out(engines):
+    """Held-out losses from llama.cpp's logits leave out what PyTorch's loss leaves out (models/vocab.py): the marked
+    look-alikes, except at a position whose target is one of them (the answer's first token here)."""
+    from ecombot.data import Conversation
+    from ecombot.evaluate.heldout import engine_item_losses
+
+    llama, torch_engine = engines
+    convs = [Conversation(q + [{"role": "assistant", "content": "Your order ships in 3 days."}]) for q in QUESTIONS]
+    first = encode_conversations(convs[:1], llama.tokenizer, PROMPT, 1024).examples[0]
+    target = next(label for label in first["labels"] if label != -100)
+    unmasked, _ = engine_item_losses(llama, convs, BASE)
+    head = torch_engine.model.get_output_embeddings()
+    left_out = sorted({target, *range(len(llama.tokenizer) - 40, len(llama.tokenizer) - 20)})
+    kept = llama.never_output, getattr(head, "never_output", None)
+    try:
+        llama.never_output, head.never_output = np.array(left_out), torch.tensor(left_out)
+        ours, _ = engine_item_losses(llama, convs, BASE)
+        theirs, _ = engine_item_losses(torch_engine, convs, BASE)
+    finally:
+        llama.never_output, head.never_output = kept
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    assert (ours < unmasked).all()  # 20+ columns fewer in every softmax, the answer's own first token still scored

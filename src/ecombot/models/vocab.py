@@ -27,7 +27,7 @@ import torch
 # built-in data, a second store's FAQ and policy below 0.38. A head without such a cluster (a tiny random one,
 # another model family) has no row this close, and nothing is left out.
 LOOKALIKE_COSINE = 0.9
-COSINE_CHUNK = 16384  # head rows compared at a time: 40 MB of fp32 for Gemma's 640-wide rows
+COSINE_CHUNK = 4096  # head rows compared at a time: 10 MB of fp32 for Gemma's 640-wide rows (a transient at load)
 
 
 def stop_lookalikes(head_weight: torch.Tensor, stop_ids: list[int], cosine: float = LOOKALIKE_COSINE) -> torch.Tensor:
