@@ -90,22 +90,13 @@ def _lookalikes_in(files: tuple[tuple[str, int, int, int, int], ...], stop_ids: 
 
 
 def answer_cross_entropy(logits: np.ndarray, targets, never: np.ndarray | list[int] | None,
-                         rows_per_block: int = 16) -> np.ndarray:
+                         rows_per_block: int | None = None) -> np.ndarray:
     """Per row of `logits` (positions x vocabulary, from an engine that runs no PyTorch model: llama.cpp), the
-    cross-entropy of its target in float64, the tokens `never` left out of the softmax as training leaves them out
-    (speedups.head.left_out: a row's own target among them is scored). A few rows at a time: 128 of Gemma's 262k-wide
-    rows in float64 would take 270 MB, and as much again for each temporary."""
-    logits, targets = np.asarray(logits).reshape(-1, np.shape(logits)[-1]), np.asarray(targets)
-    losses = np.empty(len(logits))
-    for start in range(0, len(logits), rows_per_block):
-        rows = logits[start:start + rows_per_block].astype(np.float64)
-        where, own = np.arange(len(rows)), targets[start:start + rows_per_block]
-        target_logits = rows[where, own]
-        if never is not None and len(never):
-            rows[:, never] = -np.inf
-            rows[where, own] = target_logits
-        peak = rows.max(axis=1)
-        rows -= peak[:, None]
-        np.exp(rows, out=rows)
-        losses[start:start + len(rows)] = peak + np.log(rows.sum(axis=1)) - target_logits
-    return losses
+    cross-entropy of its target, the tokens `never` left out as training leaves them out: the training loss's own
+    blockwise cross-entropy (speedups.head.cross_entropy_rows) over the engine's logits."""
+    from ecombot.speedups.head import ce_block_rows, cross_entropy_rows
+
+    rows = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32).reshape(-1, np.shape(logits)[-1]))
+    ids = torch.as_tensor(np.asarray(never, dtype=np.int64)) if never is not None and len(never) else None
+    return cross_entropy_rows(rows, torch.as_tensor(np.asarray(targets, dtype=np.int64)),
+                              rows_per_block or ce_block_rows(rows), None, ids).numpy()
